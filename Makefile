@@ -1,0 +1,64 @@
+# fastcifar's named targets. `make test` and `make demo` work on a fresh machine: they create .venv,
+# install the pinned dependencies, build the wheel and install that wheel (as users get it).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(abspath $(VENV))/bin/python
+SHARED ?= ../shared/datasets
+DATA ?= data
+export FASTCIFAR_DATA ?= $(abspath $(DATA))
+# torch-sys builds against the venv's torch; maturin and cargo find that python through the venv.
+export LIBTORCH_USE_PYTORCH := 1
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+TORCH_LIB = $(shell $(PY) -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+PYTEST_ARGS ?=
+
+.PHONY: venv wheel install data test test-rust test-python demo bench bench-data bench-loader bench-train clean
+
+$(VENV)/.ready: requirements-dev.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.ready
+
+wheel: venv
+	rm -rf dist
+	$(VENV)/bin/maturin build --release --quiet -o dist -i $(PY)
+
+install: wheel
+	$(PY) -m pip install -q --force-reinstall --no-deps dist/fastcifar-*.whl
+
+# Real CIFAR-10 in both official layouts and archives, built from ../shared/datasets (never committed).
+$(DATA)/.ready:
+	@if [ -f $(SHARED)/build_cifar10.py ]; then $(PY) $(SHARED)/build_cifar10.py $(DATA) >/dev/null && touch $@; \
+	else echo "no $(SHARED): tests on real data will be skipped"; fi
+
+data: venv $(DATA)/.ready
+
+test-rust: venv
+	LD_LIBRARY_PATH=$(TORCH_LIB) cargo test --quiet
+
+# Runs from tests/ so that `import fastcifar` is the installed wheel, not python/ in the tree.
+test-python: install data
+	cd tests && $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test: test-rust test-python
+
+demo: install data
+	$(PY) -m fastcifar demo --data $(FASTCIFAR_DATA)
+
+bench-data: install data
+	$(PY) benches/bench_data.py --data $(FASTCIFAR_DATA)
+
+bench-loader: install data
+	$(PY) benches/bench_loader.py --data $(FASTCIFAR_DATA)
+
+bench-train: install data
+	$(PY) benches/bench_train_cpu.py --data $(FASTCIFAR_DATA)
+
+bench: bench-data bench-loader bench-train
+
+clean:
+	rm -rf dist target $(VENV) $(DATA)

@@ -1,0 +1,35 @@
+"""fastcifar: CIFAR-10 data, augmentation and training for PyTorch, with the hot loops in Rust.
+
+    import fastcifar
+    from fastcifar import transforms as T
+
+    train = fastcifar.CIFAR10("./data", train=True, transform=T.Compose([
+        T.RandomHorizontalFlip(), T.RandomCrop(32, padding=4), T.ToTensor(),
+        T.Normalize((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))]))
+    loader = fastcifar.DataLoader(train, batch_size=128, shuffle=True)
+    for images, labels in loader:  # float32 (128, 3, 32, 32), int64 (128,)
+        ...
+"""
+TORCH_VERSION = "2.11.0"
+
+try:
+    # torch first: the native module links to the libtorch that this torch provides.
+    import torch
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(f"fastcifar needs torch=={TORCH_VERSION}: pip install torch=={TORCH_VERSION}") from e
+
+if torch.__version__.split("+")[0] != TORCH_VERSION:
+    raise ImportError(
+        f"fastcifar was built against torch {TORCH_VERSION}, but torch {torch.__version__} is installed; "
+        f"install the matching torch with: pip install torch=={TORCH_VERSION}"
+    )
+
+from . import _native  # noqa: E402
+from . import transforms  # noqa: E402
+from .datasets import CIFAR10, CIFAR100, Dataset, ImageFolder  # noqa: E402
+from .loader import DataLoader  # noqa: E402
+
+__version__ = _native.__version__
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+__all__ = ["CIFAR10", "CIFAR100", "ImageFolder", "Dataset", "DataLoader", "transforms", "TORCH_VERSION", "__version__"]

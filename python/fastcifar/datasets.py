@@ -1,0 +1,276 @@
+"""torchvision-style data sets whose images live in one Rust-owned uint8 buffer."""
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from . import _native as _rs
+
+__all__ = ["Dataset", "CIFAR10", "CIFAR100", "ImageFolder", "download_url"]
+
+
+class Dataset:
+    """Images (N, H, W, C) uint8, integer targets and class names, held in Rust.
+
+    ``data`` is a read-only numpy view of the Rust buffer (no copy); assigning ``data`` or
+    ``targets`` (e.g. ``ds.data = ds.data[:1000]``) rebuilds the data set from the new arrays.
+    Indexing gives ``(image, target)``: the HWC uint8 array, or the output of ``transform``.
+    """
+
+    # Arrays assigned to .data / .targets wait here until both agree in length.
+    _pending_data: Optional[np.ndarray] = None
+    _pending_targets: Optional[list] = None
+    transform = None
+
+    def __init__(self, native: _rs.NativeDataset, transform=None, target_transform=None):
+        self._native_ds = native
+        self.transform = transform
+        self.target_transform = target_transform
+        self._targets: Optional[list] = None
+
+    @classmethod
+    def from_numpy(cls, images, labels, classes: Optional[Sequence[str]] = None, transform=None, target_transform=None) -> "Dataset":
+        """A data set from arrays you already have: ``images`` uint8 (N, H, W, C) with C 1 or 3, or
+        (N, H, W) for grayscale; ``labels`` integers in ``range(len(classes))``."""
+        return cls._wrap(_from_numpy(images, labels, classes), transform, target_transform)
+
+    @classmethod
+    def _wrap(cls, native, transform=None, target_transform=None) -> "Dataset":
+        ds = Dataset.__new__(Dataset)
+        Dataset.__init__(ds, native, transform, target_transform)
+        return ds
+
+    @property
+    def _native(self) -> _rs.NativeDataset:
+        """The Rust data set, rebuilt first if .data or .targets were assigned."""
+        if self._pending_data is not None or self._pending_targets is not None:
+            data, targets = self.data, self.targets
+            if len(data) != len(targets):
+                raise ValueError(f"data has {len(data)} images but targets has {len(targets)} labels; assign both with the same length")
+            self._native_ds = _from_numpy(data, targets, self._native_ds.classes)
+            self._pending_data = self._pending_targets = self._targets = None
+        return self._native_ds
+
+    # torchvision's attributes -------------------------------------------------------------
+    @property
+    def data(self) -> np.ndarray:
+        """(N, H, W, C) uint8: a read-only view of the Rust buffer (torchvision's layout)."""
+        if self._pending_data is not None:
+            return self._pending_data
+        c, h, w = self._native_ds.shape
+        return self._native_ds.buffer().reshape(len(self._native_ds), c, h, w).transpose(0, 2, 3, 1)
+
+    @data.setter
+    def data(self, images) -> None:
+        self._pending_data = np.asarray(images)
+
+    @property
+    def targets(self) -> list:
+        if self._pending_targets is not None:
+            return self._pending_targets
+        if self._targets is None:
+            self._targets = self._native_ds.targets.tolist()
+        return self._targets
+
+    @targets.setter
+    def targets(self, labels) -> None:
+        self._pending_targets = [int(v) for v in labels]
+
+    @property
+    def classes(self) -> list:
+        return self._native.classes
+
+    @property
+    def class_to_idx(self) -> dict:
+        return {c: i for i, c in enumerate(self.classes)}
+
+    @property
+    def shape(self) -> tuple:
+        """(C, H, W) of every image."""
+        return self._native.shape
+
+    def class_counts(self) -> dict:
+        """Images per class name."""
+        return dict(zip(self.classes, self._native.class_counts()))
+
+    def subset(self, indices) -> "Dataset":
+        """A new data set of these indices (copies their images), keeping the transforms."""
+        idx = [int(i) for i in np.asarray(indices).reshape(-1)]
+        return Dataset._wrap(self._native.select(idx), self.transform, self.target_transform)
+
+    def __len__(self) -> int:
+        return len(self._native)
+
+    def __getitem__(self, index: int):
+        n = len(self)
+        if not isinstance(index, (int, np.integer)):
+            raise TypeError(f"index must be an int, got {type(index).__name__}")
+        if not -n <= index < n:
+            raise IndexError(f"index {index} is out of range for {n} images")
+        index = int(index) % n
+        target = self.targets[index]
+        if self.transform is None:
+            img = self.data[index]
+        else:
+            from . import transforms
+
+            if isinstance(self.transform, transforms.Transform):
+                img = self.transform._apply_native(self._native, index)
+            else:
+                img = self.transform(self.data[index])
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return img, target
+
+    def __repr__(self) -> str:
+        lines = [f"Dataset {type(self).__name__}", f"    Number of datapoints: {len(self)}"]
+        for k in ("root", "split", "source"):
+            if hasattr(self, k):
+                lines.append(f"    {k.capitalize()}: {getattr(self, k)}")
+        if self.transform is not None:
+            lines.append("    Transform: " + repr(self.transform).replace("\n", "\n    "))
+        return "\n".join(lines)
+
+
+def _from_numpy(images, labels, classes):
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise TypeError(f"images: expected dtype uint8, got {images.dtype}")
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"images: expected shape (N, H, W) or (N, H, W, C) with C 1 or 3, got {images.shape}")
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not (np.issubdtype(labels.dtype, np.integer) or labels.size == 0):
+        raise TypeError(f"labels: expected a 1-D sequence of integers, got dtype {labels.dtype} and shape {labels.shape}")
+    if classes is None:
+        classes = [str(i) for i in range(int(labels.max()) + 1 if labels.size else 1)]
+    return _rs.NativeDataset.from_numpy(np.ascontiguousarray(images), labels.astype(np.int64).tolist(), [str(c) for c in classes])
+
+
+def download_url(url: str, dest: str, md5: Optional[str] = None, progress: bool = True) -> str:
+    """Downloads ``url`` to ``dest`` atomically (``dest.part`` then rename), checking ``md5``."""
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    part = dest + ".part"
+    digest = hashlib.md5()
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r, open(part, "wb") as f:
+            total = int(r.headers.get("Content-Length") or 0) or None
+            bar = None
+            if progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(dest))
+            while True:
+                chunk = r.read(1 << 20)
+                if not chunk:
+                    break
+                f.write(chunk)
+                digest.update(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+            if bar is not None:
+                bar.close()
+    except (urllib.error.URLError, OSError) as e:
+        if os.path.exists(part):
+            os.remove(part)
+        raise RuntimeError(f"could not download {url}: {getattr(e, 'reason', e)}") from e
+    if md5 is not None and digest.hexdigest() != md5:
+        os.remove(part)
+        raise RuntimeError(f"{url}: downloaded file has md5 {digest.hexdigest()}, expected {md5} (corrupt download?)")
+    os.replace(part, dest)
+    return dest
+
+
+class CIFAR10(Dataset):
+    """CIFAR-10 as torchvision has it, decoded in Rust.
+
+    ``root`` may hold any official form; the first found in this order is read:
+    ``cifar-10-batches-py/`` (pickles), ``cifar-10-batches-bin/`` (binary records),
+    ``cifar-10-python.tar.gz``, ``cifar-10-binary.tar.gz`` (archives are read in place, never
+    extracted). ``root`` may also name one of those folders or archives itself.
+    Checksums of local files are not checked (re-packed copies load), only their structure.
+
+    ``download=True`` fetches ``url`` into ``root`` when no form is present, checking ``tgz_md5``.
+    """
+
+    base_folder = "cifar-10-batches-py"
+    url = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    filename = "cifar-10-python.tar.gz"
+    tgz_md5 = "c58f30108f718f92721af3b95e74349a"
+    _variant = "cifar10"
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        train: bool = True,
+        transform: Optional[Callable] = None,
+        target_transform: Optional[Callable] = None,
+        download: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        self.root = os.path.expanduser(os.fspath(root))
+        self.train = train
+        label = kwargs.pop("label", "fine")
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}() got unexpected keyword arguments: {', '.join(kwargs)}")
+        if download:
+            self.download()
+        native, self.layout, self.source = _rs.NativeDataset.cifar(self.root, self._variant, train, label)
+        super().__init__(native, transform, target_transform)
+
+    @property
+    def split(self) -> str:
+        return "Train" if self.train else "Test"
+
+    def download(self) -> None:
+        """Fetches the official archive unless some form of the data is already under ``root``."""
+        try:
+            _rs.NativeDataset.cifar(self.root, self._variant, self.train, "fine")
+            return  # already present and readable
+        except FileNotFoundError:
+            pass
+        dest = os.path.join(self.root, self.filename)
+        try:
+            download_url(self.url, dest, self.tgz_md5)
+        except RuntimeError as e:
+            raise RuntimeError(
+                f"{e}. Without internet, download {self.url} elsewhere and put {self.filename} "
+                f"(or its extracted {self.base_folder}/ folder) into {os.path.abspath(self.root)}"
+            ) from e
+
+
+class CIFAR100(CIFAR10):
+    """CIFAR-100; ``label="fine"`` (100 classes) or ``"coarse"`` (20 super-classes)."""
+
+    base_folder = "cifar-100-python"
+    url = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+    filename = "cifar-100-python.tar.gz"
+    tgz_md5 = "eb9058c3a382ffc7106e4002c42a8d85"
+    _variant = "cifar100"
+
+    def __init__(self, root, train: bool = True, transform=None, target_transform=None, download: bool = False, label: str = "fine"):
+        if label not in ("fine", "coarse"):
+            raise ValueError(f"label: '{label}' is not 'fine' or 'coarse'")
+        self.label = label
+        super().__init__(root, train, transform, target_transform, download, label=label)
+
+
+class ImageFolder(Dataset):
+    """A ``root/<class>/<image>.(png|jpg|jpeg)`` tree, decoded in parallel in Rust as RGB.
+
+    Classes are the sorted folder names. ``size`` (int or (h, w)) resizes every image (bilinear);
+    without it all images must have the size of the first.
+    """
+
+    def __init__(self, root, size=None, transform=None, target_transform=None):
+        self.root = os.path.expanduser(os.fspath(root))
+        if isinstance(size, int):
+            size = (size, size)
+        native = _rs.NativeDataset.image_folder(self.root, tuple(size) if size is not None else None)
+        super().__init__(native, transform, target_transform)

@@ -1,0 +1,139 @@
+//! A class-per-subfolder tree of PNG / JPEG files (torchvision's `ImageFolder`), decoded in parallel
+//! straight into the data set's CHW buffer.
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use super::{hwc_to_chw, Dataset};
+use crate::error::{read_file, Error, Result};
+
+const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+
+fn is_image(p: &Path) -> bool {
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut v = Vec::new();
+    for e in rd {
+        let e = e.map_err(|e| Error::io(dir, e))?;
+        if !e.file_name().to_string_lossy().starts_with('.') {
+            v.push(e.path());
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for p in sorted_entries(dir)? {
+        if p.is_dir() {
+            walk(&p, out)?;
+        } else if is_image(&p) {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// The class names (sorted folder names) and every image file with its class index.
+pub fn scan(root: &Path) -> Result<(Vec<String>, Vec<(PathBuf, i64)>)> {
+    if !root.is_dir() {
+        return Err(Error::not_found(root, "image folder does not exist"));
+    }
+    let mut classes = Vec::new();
+    let mut files = Vec::new();
+    for dir in sorted_entries(root)?.into_iter().filter(|p| p.is_dir()) {
+        let mut found = Vec::new();
+        walk(&dir, &mut found)?;
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        if found.is_empty() {
+            return Err(Error::not_found(&dir, format!("class folder '{name}' holds no .jpg, .jpeg or .png file")));
+        }
+        files.extend(found.into_iter().map(|f| (f, classes.len() as i64)));
+        classes.push(name);
+    }
+    if classes.is_empty() {
+        return Err(Error::not_found(root, "no class subfolders found (expected root/<class>/<image>.png|jpg)"));
+    }
+    Ok((classes, files))
+}
+
+fn decode(path: &Path, size: Option<(usize, usize)>) -> Result<image::RgbImage> {
+    let bytes = read_file(path)?;
+    let img = image::load_from_memory(&bytes).map_err(|e| Error::format(path, format!("cannot decode image: {e}")))?;
+    let img = img.into_rgb8();
+    Ok(match size {
+        Some((h, w)) if (img.height() as usize, img.width() as usize) != (h, w) => {
+            image::imageops::resize(&img, w as u32, h as u32, image::imageops::FilterType::Triangle)
+        }
+        _ => img,
+    })
+}
+
+/// Decodes every image as RGB. With `size = Some((h, w))` each is resized (bilinear); without it all
+/// images must share the first image's size.
+pub fn load(root: &Path, size: Option<(usize, usize)>) -> Result<Dataset> {
+    if let Some((h, w)) = size {
+        if h == 0 || w == 0 {
+            return Err(Error::invalid("size", format!("({h}, {w}) is empty")));
+        }
+    }
+    let (classes, files) = scan(root)?;
+    let (h, w) = match size {
+        Some(s) => s,
+        None => {
+            let first = decode(&files[0].0, None)?;
+            (first.height() as usize, first.width() as usize)
+        }
+    };
+    let per = 3 * h * w;
+    let mut images = super::ImageBuf::zeroed(files.len() * per);
+    images.par_chunks_mut(per).zip(files.par_iter()).with_min_len(16).try_for_each(|(dst, (path, _))| {
+        let img = decode(path, size)?;
+        if (img.height() as usize, img.width() as usize) != (h, w) {
+            return Err(Error::format(
+                path,
+                format!("image is {}x{}, the first was {h}x{w}; pass size=(h, w) to resize", img.height(), img.width()),
+            ));
+        }
+        hwc_to_chw(img.as_raw(), dst, 3);
+        Ok(())
+    })?;
+    let labels = files.iter().map(|(_, l)| *l).collect();
+    Dataset::new(images, labels, classes, [3, h, w])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_png_and_jpeg_tree_with_resize() {
+        let t = tempfile::tempdir().unwrap();
+        for (class, ext) in [("cat", "png"), ("dog", "jpg")] {
+            let d = t.path().join(class);
+            std::fs::create_dir_all(&d).unwrap();
+            for i in 0..3u8 {
+                let img = image::RgbImage::from_fn(4, 2, |x, y| image::Rgb([x as u8 * 10, y as u8 * 100, i]));
+                img.save(d.join(format!("{i}.{ext}"))).unwrap();
+            }
+        }
+        let ds = load(t.path(), None).unwrap();
+        assert_eq!(ds.classes, vec!["cat", "dog"]);
+        assert_eq!(ds.labels, vec![0, 0, 0, 1, 1, 1]);
+        assert_eq!(ds.shape, [3, 2, 4]);
+        // PNG is lossless: R plane of image 0 is x*10.
+        assert_eq!(&ds.image(0)[..4], &[0, 10, 20, 30]);
+        let small = load(t.path(), Some((1, 2))).unwrap();
+        assert_eq!(small.shape, [3, 1, 2]);
+        // A differently sized image without `size` is an error naming the file.
+        image::RgbImage::new(5, 5).save(t.path().join("cat/9.png")).unwrap();
+        let e = load(t.path(), None).unwrap_err().to_string();
+        assert!(e.contains("9.png") && e.contains("size="), "{e}");
+        std::fs::write(t.path().join("cat/9.png"), b"not a png").unwrap();
+        let e = load(t.path(), None).unwrap_err().to_string();
+        assert!(e.contains("cannot decode"), "{e}");
+    }
+}

@@ -1,0 +1,13 @@
+//! fastcifar's core: CIFAR decoding, fused augmentation, a prefetching loader, models and training
+//! through libtorch. Nothing here knows about Python; `python` (behind the `python` feature) is the
+//! only place that does.
+pub mod data;
+pub mod error;
+pub mod loader;
+pub mod rng;
+pub mod transforms;
+
+#[cfg(feature = "python")]
+mod python;
+
+pub use error::{Error, Result};

@@ -1,0 +1,305 @@
+//! The data loader: a sampler (permutation keyed by seed and epoch), the fused transform pass run
+//! on a private rayon pool straight into the batch tensor's memory, and a background thread that
+//! keeps `prefetch` batches ready in a bounded channel.
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+use crate::transforms::{Element, Op, Pipeline};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutKind {
+    Float32,
+    /// Raw augmented bytes, to be normalised on the device.
+    Uint8,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoaderOptions {
+    pub batch_size: usize,
+    pub shuffle: bool,
+    pub drop_last: bool,
+    pub seed: u64,
+    pub prefetch: usize,
+    pub kind: OutKind,
+    pub device: Device,
+    pub pin_memory: bool,
+    /// Threads of the loader's own pool; None = one per core.
+    pub num_threads: Option<usize>,
+    /// Data-parallel shard: this process is `rank` of `world_size` (DistributedSampler's rules).
+    pub rank: usize,
+    pub world_size: usize,
+}
+
+impl Default for LoaderOptions {
+    fn default() -> Self {
+        LoaderOptions {
+            batch_size: 1,
+            shuffle: false,
+            drop_last: false,
+            seed: 0,
+            prefetch: 2,
+            kind: OutKind::Float32,
+            device: Device::Cpu,
+            pin_memory: false,
+            num_threads: None,
+            rank: 0,
+            world_size: 1,
+        }
+    }
+}
+
+pub struct Loader {
+    dataset: Arc<Dataset>,
+    pipeline: Arc<Pipeline>,
+    opts: LoaderOptions,
+    pool: Arc<rayon::ThreadPool>,
+}
+
+pub type Batch = (Tensor, Tensor);
+
+impl Loader {
+    pub fn new(dataset: Arc<Dataset>, ops: Vec<Op>, opts: LoaderOptions) -> Result<Loader> {
+        if opts.batch_size == 0 {
+            return Err(Error::invalid("batch_size", "must be at least 1"));
+        }
+        if opts.prefetch == 0 {
+            return Err(Error::invalid("prefetch", "must be at least 1"));
+        }
+        if opts.num_threads == Some(0) {
+            return Err(Error::invalid("num_threads", "must be at least 1"));
+        }
+        if opts.world_size == 0 || opts.rank >= opts.world_size {
+            return Err(Error::invalid("rank", format!("rank {} is not below world_size {}", opts.rank, opts.world_size)));
+        }
+        if dataset.is_empty() {
+            return Err(Error::invalid("dataset", "is empty"));
+        }
+        let pipeline = Arc::new(Pipeline::new(ops, dataset.shape)?);
+        let mut pool = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("fastcifar-loader-{i}"));
+        if let Some(n) = opts.num_threads {
+            pool = pool.num_threads(n);
+        }
+        let pool = Arc::new(pool.build().map_err(|e| Error::invalid("num_threads", e.to_string()))?);
+        Ok(Loader { dataset, pipeline, opts, pool })
+    }
+
+    pub fn dataset(&self) -> &Arc<Dataset> {
+        &self.dataset
+    }
+
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    pub fn options(&self) -> &LoaderOptions {
+        &self.opts
+    }
+
+    /// Samples this rank sees per epoch: DistributedSampler pads the data set by repeating its
+    /// first indices up to a multiple of world_size (or drops the tail with drop_last).
+    pub fn num_samples(&self) -> usize {
+        let (n, w) = (self.dataset.len(), self.opts.world_size);
+        if self.opts.drop_last && w > 1 {
+            n / w
+        } else {
+            n.div_ceil(w)
+        }
+    }
+
+    /// Batches per epoch, as `len(DataLoader)`.
+    pub fn len(&self) -> usize {
+        let (n, b) = (self.num_samples(), self.opts.batch_size);
+        if self.opts.drop_last {
+            n / b
+        } else {
+            n.div_ceil(b)
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The data set indices of one epoch, in order, for this rank.
+    pub fn indices(&self, epoch: u64) -> Vec<usize> {
+        let n = self.dataset.len();
+        let mut order: Vec<usize> =
+            if self.opts.shuffle { Rng::keyed(&[self.opts.seed, epoch, u64::MAX]).permutation(n) } else { (0..n).collect() };
+        let (w, r) = (self.opts.world_size, self.opts.rank);
+        if w > 1 {
+            let per = self.num_samples();
+            let total = per * w;
+            if total > order.len() {
+                // Pad by wrapping around, as DistributedSampler does.
+                let extra: Vec<usize> = order.iter().cycle().take(total - order.len()).copied().collect();
+                order.extend(extra);
+            }
+            order.truncate(total);
+            order = order.into_iter().skip(r).step_by(w).collect();
+        }
+        order
+    }
+
+    /// Builds one batch synchronously on the loader's pool.
+    pub fn batch(&self, epoch: u64, indices: &[usize]) -> Result<Batch> {
+        let [c, h, w] = self.pipeline.out_shape();
+        let b = indices.len();
+        let x = match self.opts.kind {
+            OutKind::Float32 => self.fill::<f32>(Kind::Float, [b, c, h, w], epoch, indices)?,
+            OutKind::Uint8 => self.fill::<u8>(Kind::Uint8, [b, c, h, w], epoch, indices)?,
+        };
+        let labels: Vec<i64> = indices.iter().map(|&i| self.dataset.labels[i]).collect();
+        let y = Tensor::from_slice(&labels);
+        Ok(if self.opts.device.is_cuda() {
+            let (x, y) = if self.opts.pin_memory { (x.pin_memory(self.opts.device), y.pin_memory(self.opts.device)) } else { (x, y) };
+            let nb = self.opts.pin_memory;
+            (x.to_device_(self.opts.device, x.kind(), nb, false), y.to_device_(self.opts.device, Kind::Int64, nb, false))
+        } else {
+            (x, y)
+        })
+    }
+
+    fn fill<T: Element>(&self, kind: Kind, shape: [usize; 4], epoch: u64, indices: &[usize]) -> Result<Tensor> {
+        let numel: usize = shape.iter().product();
+        let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+        let t = Tensor::f_empty(dims.as_slice(), (kind, Device::Cpu))?;
+        // SAFETY: a fresh, contiguous CPU tensor of `numel` elements of T that nothing else sees yet.
+        let out = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut T, numel) };
+        self.pool.install(|| self.pipeline.apply_batch(&self.dataset, indices, self.opts.seed, epoch, out))?;
+        Ok(t)
+    }
+
+    /// Iterates one epoch with a background producer thread.
+    pub fn iter(&self, epoch: u64) -> BatchIter {
+        let order = self.indices(epoch);
+        let (b, drop_last) = (self.opts.batch_size, self.opts.drop_last);
+        let chunks: Vec<Vec<usize>> =
+            order.chunks(b).filter(|c| !drop_last || c.len() == b).map(|c| c.to_vec()).collect();
+        let remaining = chunks.len();
+        let (tx, rx) = sync_channel::<Result<Batch>>(self.opts.prefetch);
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = Loader {
+            dataset: self.dataset.clone(),
+            pipeline: self.pipeline.clone(),
+            opts: self.opts.clone(),
+            pool: self.pool.clone(),
+        };
+        let flag = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("fastcifar-prefetch".into())
+            .spawn(move || {
+                for chunk in chunks {
+                    if flag.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.batch(epoch, &chunk)))
+                        .unwrap_or_else(|p| Err(Error::invalid("loader", format!("batch builder panicked: {}", panic_message(&p)))));
+                    let failed = r.is_err();
+                    if tx.send(r).is_err() || failed {
+                        break;
+                    }
+                }
+            })
+            .expect("spawning the prefetch thread");
+        BatchIter { rx: Some(rx), handle: Some(handle), stop, remaining }
+    }
+}
+
+pub fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default()
+}
+
+/// One epoch's batches. Dropping it mid-epoch stops and joins the producer thread.
+pub struct BatchIter {
+    rx: Option<Receiver<Result<Batch>>>,
+    handle: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    remaining: usize,
+}
+
+impl BatchIter {
+    pub fn remaining(&self) -> usize {
+        self.remaining
+    }
+}
+
+impl Iterator for BatchIter {
+    type Item = Result<Batch>;
+    fn next(&mut self) -> Option<Result<Batch>> {
+        let r = self.rx.as_ref()?.recv().ok();
+        if r.is_some() {
+            self.remaining = self.remaining.saturating_sub(1);
+        }
+        r
+    }
+}
+
+impl Drop for BatchIter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Dropping the receiver makes a blocked `send` fail, so the producer exits promptly.
+        self.rx.take();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ds(n: usize) -> Arc<Dataset> {
+        let images = (0..n * 3 * 8 * 8).map(|i| (i % 256) as u8).collect();
+        Arc::new(Dataset::new(images, (0..n as i64).map(|i| i % 10).collect(), (0..10).map(|i| i.to_string()).collect(), [3, 8, 8]).unwrap())
+    }
+
+    #[test]
+    fn epoch_covers_everything_once_and_reshuffles() {
+        let opts = LoaderOptions { batch_size: 7, shuffle: true, seed: 3, ..Default::default() };
+        let l = Loader::new(ds(50), vec![Op::ToTensor], opts).unwrap();
+        assert_eq!(l.len(), 8);
+        let mut seen: Vec<usize> = l.indices(0);
+        assert_ne!(seen, l.indices(1));
+        seen.sort();
+        assert_eq!(seen, (0..50).collect::<Vec<_>>());
+        let batches: Vec<Batch> = l.iter(0).map(|b| b.unwrap()).collect();
+        assert_eq!(batches.len(), 8);
+        assert_eq!(batches[7].0.size(), vec![1, 3, 8, 8]);
+        assert_eq!(batches[0].1.kind(), Kind::Int64);
+    }
+
+    #[test]
+    fn shards_are_disjoint_and_cover() {
+        for world in 1..=4 {
+            let mut all = Vec::new();
+            for rank in 0..world {
+                let opts = LoaderOptions { shuffle: true, seed: 1, rank, world_size: world, ..Default::default() };
+                let l = Loader::new(ds(10), vec![], opts).unwrap();
+                let idx = l.indices(5);
+                assert_eq!(idx.len(), 10usize.div_ceil(world));
+                all.extend(idx);
+            }
+            all.sort();
+            all.dedup();
+            assert_eq!(all.len(), 10, "world {world}");
+        }
+    }
+
+    #[test]
+    fn dropping_mid_epoch_stops_the_producer() {
+        let opts = LoaderOptions { batch_size: 1, prefetch: 1, ..Default::default() };
+        let l = Loader::new(ds(100), vec![], opts).unwrap();
+        let mut it = l.iter(0);
+        assert!(it.next().is_some());
+        drop(it); // must not hang
+        assert!(Loader::new(ds(1), vec![], LoaderOptions { batch_size: 0, ..Default::default() }).is_err());
+    }
+}

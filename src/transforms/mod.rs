@@ -1,0 +1,652 @@
+//! torchvision-style transforms, compiled into one fused pass per sample.
+//!
+//! A pipeline is a list of `Op`s in torchvision order. `Pipeline::new` checks it against the image
+//! shape and compiles it into:
+//! - geometry stages: runs of crops / pads / flips become two index maps (rows, columns), because all
+//!   of them are separable; `Resize` is a separable bilinear filter with precomputed weights;
+//! - one per-channel affine for `ToTensor` and `Normalize` (out = pixel * scale + bias), applied while
+//!   the final stage writes the output (through a 256-entry table per channel);
+//! - rectangles (`RandomErasing`, `Cutout`) overwritten in the output afterwards.
+//!
+//! So a batch is read once from the uint8 data set and written once into the output tensor's memory,
+//! with no per-image allocation (Resize reuses a per-thread scratch buffer).
+mod resize;
+
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+use rayon::prelude::*;
+use resize::Weights;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PadMode {
+    Constant,
+    Reflect,
+    Edge,
+}
+
+impl std::str::FromStr for PadMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "constant" => Ok(PadMode::Constant),
+            "reflect" => Ok(PadMode::Reflect),
+            "edge" => Ok(PadMode::Edge),
+            _ => Err(Error::invalid("padding_mode", format!("'{s}' is not one of 'constant', 'reflect', 'edge'"))),
+        }
+    }
+}
+
+/// `Resize(int)` scales the shorter side (keeping the aspect ratio); `Resize((h, w))` is exact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResizeTo {
+    Shorter(usize),
+    Exact(usize, usize),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Pad by (left, top, right, bottom), then take a uniformly placed `size` window.
+    RandomCrop { size: (usize, usize), padding: [usize; 4], fill: Vec<u8>, mode: PadMode, pad_if_needed: bool },
+    CenterCrop { size: (usize, usize) },
+    RandomHorizontalFlip { p: f64 },
+    RandomVerticalFlip { p: f64 },
+    Resize { size: ResizeTo },
+    ToTensor,
+    Normalize { mean: Vec<f64>, std: Vec<f64> },
+    /// torchvision's RandomErasing: area fraction in `scale`, aspect ratio in `ratio` (log-uniform).
+    RandomErasing { p: f64, scale: (f64, f64), ratio: (f64, f64), value: Vec<f64> },
+    /// DeVries & Taylor's Cutout: a `size` square centred on a uniform pixel, clipped at the border.
+    Cutout { size: usize, p: f64, value: Vec<f64> },
+}
+
+fn check_p(name: &str, p: f64) -> Result<()> {
+    if !(0.0..=1.0).contains(&p) {
+        return Err(Error::invalid("p", format!("{p} is not a probability in [0, 1] ({name})")));
+    }
+    Ok(())
+}
+
+fn check_size(name: &str, (h, w): (usize, usize)) -> Result<()> {
+    if h == 0 || w == 0 {
+        return Err(Error::invalid("size", format!("({h}, {w}) must be positive ({name})")));
+    }
+    Ok(())
+}
+
+impl Op {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::RandomCrop { .. } => "RandomCrop",
+            Op::CenterCrop { .. } => "CenterCrop",
+            Op::RandomHorizontalFlip { .. } => "RandomHorizontalFlip",
+            Op::RandomVerticalFlip { .. } => "RandomVerticalFlip",
+            Op::Resize { .. } => "Resize",
+            Op::ToTensor => "ToTensor",
+            Op::Normalize { .. } => "Normalize",
+            Op::RandomErasing { .. } => "RandomErasing",
+            Op::Cutout { .. } => "Cutout",
+        }
+    }
+
+    /// Checks the parameters that do not depend on the image (the rest waits for `Pipeline::new`).
+    pub fn validate(&self) -> Result<()> {
+        let name = self.name();
+        match self {
+            Op::RandomCrop { size, .. } | Op::CenterCrop { size } => check_size(name, *size),
+            Op::RandomHorizontalFlip { p } | Op::RandomVerticalFlip { p } => check_p(name, *p),
+            Op::Resize { size: ResizeTo::Shorter(s) } => check_size(name, (*s, *s)),
+            Op::Resize { size: ResizeTo::Exact(h, w) } => check_size(name, (*h, *w)),
+            Op::ToTensor => Ok(()),
+            Op::Normalize { mean, std } => {
+                if mean.is_empty() || mean.len() != std.len() {
+                    return Err(Error::invalid("mean", format!("{} values for mean but {} for std (Normalize)", mean.len(), std.len())));
+                }
+                if let Some(s) = std.iter().find(|s| **s == 0.0 || !s.is_finite()) {
+                    return Err(Error::invalid("std", format!("{s} would divide by zero or is not finite (Normalize)")));
+                }
+                if mean.iter().any(|m| !m.is_finite()) {
+                    return Err(Error::invalid("mean", "values must be finite (Normalize)"));
+                }
+                Ok(())
+            }
+            Op::RandomErasing { p, scale, ratio, value } => {
+                check_p(name, *p)?;
+                if !(0.0 <= scale.0 && scale.0 <= scale.1 && scale.1 <= 1.0) {
+                    return Err(Error::invalid("scale", format!("{scale:?} must satisfy 0 <= min <= max <= 1 (RandomErasing)")));
+                }
+                if !(0.0 < ratio.0 && ratio.0 <= ratio.1 && ratio.1.is_finite()) {
+                    return Err(Error::invalid("ratio", format!("{ratio:?} must satisfy 0 < min <= max (RandomErasing)")));
+                }
+                check_value(name, value)
+            }
+            Op::Cutout { size, p, value } => {
+                check_p(name, *p)?;
+                check_size(name, (*size, *size))?;
+                check_value(name, value)
+            }
+        }
+    }
+}
+
+fn check_value(name: &str, value: &[f64]) -> Result<()> {
+    if value.is_empty() || value.iter().any(|v| !v.is_finite()) {
+        return Err(Error::invalid("value", format!("needs one finite value or one per channel ({name})")));
+    }
+    Ok(())
+}
+
+/// Broadcasts a one-or-per-channel parameter to `c` channels.
+fn per_channel<T: Copy>(param: &str, op: &str, v: &[T], c: usize) -> Result<Vec<T>> {
+    match v.len() {
+        1 => Ok(vec![v[0]; c]),
+        n if n == c => Ok(v.to_vec()),
+        n => Err(Error::invalid(param, format!("{n} values for {c}-channel images ({op})"))),
+    }
+}
+
+/// One separable geometric step, in the coordinates of its own input.
+#[derive(Debug, Clone)]
+enum Geo {
+    /// Pad (left, top, right, bottom) then crop `size` at a random offset (or the centre).
+    Crop { pad: [usize; 4], size: (usize, usize), random: bool, mode: PadMode, fill: usize },
+    Flip { p: f64, horizontal: bool },
+}
+
+#[derive(Debug, Clone)]
+enum Stage {
+    /// Crops, pads and flips: their composition is a row map and a column map.
+    Maps { geos: Vec<Geo>, in_hw: (usize, usize) },
+    Resize { wy: Weights, wx: Weights, in_hw: (usize, usize) },
+}
+
+#[derive(Debug, Clone)]
+struct Erase {
+    p: f64,
+    kind: EraseKind,
+    /// The fill, already mapped into the output's units, per channel.
+    value: Vec<f32>,
+}
+
+#[derive(Debug, Clone)]
+enum EraseKind {
+    Random { scale: (f64, f64), log_ratio: (f64, f64) },
+    Cutout { size: usize },
+}
+
+/// Output element type of the fused pass.
+pub trait Element: Copy + Send + Sync + Default + 'static {
+    /// Output value of pixel byte `v` in channel `c`.
+    fn table(p: &Pipeline, c: usize) -> [Self; 256];
+    fn from_f32(v: f32) -> Self;
+}
+
+impl Element for f32 {
+    fn table(p: &Pipeline, c: usize) -> [f32; 256] {
+        std::array::from_fn(|v| (v as f64 * p.scale[c] + p.bias[c]) as f32)
+    }
+    fn from_f32(v: f32) -> f32 {
+        v
+    }
+}
+
+/// Raw bytes: geometry (and erasing) only; `ToTensor` / `Normalize` are left for the GPU.
+impl Element for u8 {
+    fn table(_: &Pipeline, _: usize) -> [u8; 256] {
+        std::array::from_fn(|v| v as u8)
+    }
+    fn from_f32(v: f32) -> u8 {
+        v.round().clamp(0.0, 255.0) as u8
+    }
+}
+
+/// A compiled transform pipeline for images of one shape.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    ops: Vec<Op>,
+    stages: Vec<Stage>,
+    erases: Vec<Erase>,
+    fills: Vec<Vec<u8>>,
+    scale: Vec<f64>,
+    bias: Vec<f64>,
+    in_shape: [usize; 3],
+    out_shape: [usize; 3],
+    /// Largest intermediate image (Resize output), for the per-thread scratch buffers.
+    scratch: usize,
+}
+
+impl Pipeline {
+    pub fn new(ops: Vec<Op>, in_shape: [usize; 3]) -> Result<Pipeline> {
+        let [c, mut h, mut w] = in_shape;
+        let mut stages = Vec::new();
+        let mut geos = Vec::new();
+        let mut stage_in = (h, w);
+        let mut fills: Vec<Vec<u8>> = Vec::new();
+        let (mut scale, mut bias) = (vec![1.0f64; c], vec![0.0f64; c]);
+        let mut tensor = false;
+        // Erasing values are given in the units at their position; remember those to map them later.
+        let mut pending: Vec<(f64, EraseKind, Vec<f64>, Vec<f64>, Vec<f64>)> = Vec::new();
+        let mut scratch = 0;
+        for op in &ops {
+            op.validate()?;
+            let name = op.name();
+            let geometric = matches!(op, Op::RandomCrop { .. } | Op::CenterCrop { .. } | Op::Resize { .. })
+                || matches!(op, Op::RandomHorizontalFlip { .. } | Op::RandomVerticalFlip { .. });
+            if geometric && tensor {
+                return Err(Error::invalid(
+                    "transforms",
+                    format!("{name} after ToTensor: put geometric transforms before ToTensor in the fused pipeline"),
+                ));
+            }
+            match op {
+                Op::RandomCrop { size, padding, fill, mode, pad_if_needed } => {
+                    let mut pad = *padding;
+                    if *pad_if_needed {
+                        let (ph, pw) = (h + pad[1] + pad[3], w + pad[0] + pad[2]);
+                        if ph < size.0 {
+                            pad[1] += size.0 - ph;
+                            pad[3] += size.0 - ph;
+                        }
+                        if pw < size.1 {
+                            pad[0] += size.1 - pw;
+                            pad[2] += size.1 - pw;
+                        }
+                    }
+                    let (ph, pw) = (h + pad[1] + pad[3], w + pad[0] + pad[2]);
+                    if size.0 > ph || size.1 > pw {
+                        return Err(Error::invalid(
+                            "size",
+                            format!("crop {}x{} is larger than the padded image {ph}x{pw} (RandomCrop)", size.0, size.1),
+                        ));
+                    }
+                    if *mode == PadMode::Reflect && (pad[0].max(pad[2]) >= w || pad[1].max(pad[3]) >= h) {
+                        return Err(Error::invalid("padding", format!("reflect padding {pad:?} must be smaller than the image {h}x{w} (RandomCrop)")));
+                    }
+                    let fill = per_channel("fill", name, fill, c)?;
+                    fills.push(fill);
+                    geos.push(Geo::Crop { pad, size: *size, random: true, mode: *mode, fill: fills.len() - 1 });
+                    (h, w) = *size;
+                }
+                Op::CenterCrop { size } => {
+                    // torchvision pads with zeros when the crop is larger than the image.
+                    let (py, px) = (size.0.saturating_sub(h), size.1.saturating_sub(w));
+                    let pad = [px / 2, py / 2, px - px / 2, py - py / 2];
+                    fills.push(vec![0; c]);
+                    geos.push(Geo::Crop { pad, size: *size, random: false, mode: PadMode::Constant, fill: fills.len() - 1 });
+                    (h, w) = *size;
+                }
+                Op::RandomHorizontalFlip { p } => geos.push(Geo::Flip { p: *p, horizontal: true }),
+                Op::RandomVerticalFlip { p } => geos.push(Geo::Flip { p: *p, horizontal: false }),
+                Op::Resize { size } => {
+                    let (nh, nw) = match *size {
+                        ResizeTo::Exact(a, b) => (a, b),
+                        // torchvision: the shorter side becomes `s`, the longer keeps the ratio (floored).
+                        ResizeTo::Shorter(s) if h <= w => (s, (s * w / h).max(1)),
+                        ResizeTo::Shorter(s) => ((s * h / w).max(1), s),
+                    };
+                    stages.push(Stage::Maps { geos: std::mem::take(&mut geos), in_hw: stage_in });
+                    stages.push(Stage::Resize { wy: Weights::new(h, nh), wx: Weights::new(w, nw), in_hw: (h, w) });
+                    scratch = scratch.max(c * h * w);
+                    (h, w) = (nh, nw);
+                    stage_in = (h, w);
+                    scratch = scratch.max(c * h * w);
+                }
+                Op::ToTensor => {
+                    if tensor {
+                        return Err(Error::invalid("transforms", "ToTensor appears twice"));
+                    }
+                    tensor = true;
+                    scale.iter_mut().for_each(|s| *s /= 255.0);
+                    bias.iter_mut().for_each(|b| *b /= 255.0);
+                }
+                Op::Normalize { mean, std } => {
+                    if !tensor {
+                        return Err(Error::invalid("transforms", "Normalize needs ToTensor before it (it works on [0, 1] tensors)"));
+                    }
+                    let mean = per_channel("mean", name, mean, c)?;
+                    let std = per_channel("std", name, std, c)?;
+                    for ch in 0..c {
+                        scale[ch] /= std[ch];
+                        bias[ch] = (bias[ch] - mean[ch]) / std[ch];
+                    }
+                }
+                Op::RandomErasing { p, scale: area, ratio, value } => {
+                    if !tensor {
+                        return Err(Error::invalid("transforms", "RandomErasing works on tensors: put it after ToTensor"));
+                    }
+                    let value = per_channel("value", name, value, c)?;
+                    let kind = EraseKind::Random { scale: *area, log_ratio: (ratio.0.ln(), ratio.1.ln()) };
+                    pending.push((*p, kind, value, scale.clone(), bias.clone()));
+                }
+                Op::Cutout { size, p, value } => {
+                    if !tensor {
+                        return Err(Error::invalid("transforms", "Cutout works on tensors: put it after ToTensor"));
+                    }
+                    let value = per_channel("value", name, value, c)?;
+                    pending.push((*p, EraseKind::Cutout { size: *size }, value, scale.clone(), bias.clone()));
+                }
+            }
+        }
+        // The final stage always writes through maps, even if it is the identity.
+        stages.push(Stage::Maps { geos, in_hw: stage_in });
+        // value (in units at the op) -> pixel units -> output units.
+        let erases = pending
+            .into_iter()
+            .map(|(p, kind, value, s0, b0)| {
+                let value = (0..c).map(|ch| (((value[ch] - b0[ch]) / s0[ch]) * scale[ch] + bias[ch]) as f32).collect();
+                Erase { p, kind, value }
+            })
+            .collect();
+        Ok(Pipeline { ops, stages, erases, fills, scale, bias, in_shape, out_shape: [c, h, w], scratch })
+    }
+
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
+    pub fn out_shape(&self) -> [usize; 3] {
+        self.out_shape
+    }
+
+    pub fn in_shape(&self) -> [usize; 3] {
+        self.in_shape
+    }
+
+    /// Writes the transformed images `indices` of `ds` into `out` (B * C * H * W elements), one
+    /// sample per task across the current rayon pool. Sample `i`'s randomness is keyed by
+    /// (seed, epoch, i) alone.
+    pub fn apply_batch<T: Element>(&self, ds: &Dataset, indices: &[usize], seed: u64, epoch: u64, out: &mut [T]) -> Result<()> {
+        if ds.shape != self.in_shape {
+            return Err(Error::invalid("dataset", format!("images are {:?}, the pipeline was built for {:?}", ds.shape, self.in_shape)));
+        }
+        let per: usize = self.out_shape.iter().product();
+        if out.len() != per * indices.len() {
+            return Err(Error::invalid("out", format!("{} elements for {} samples of {per}", out.len(), indices.len())));
+        }
+        if let Some(&bad) = indices.iter().find(|&&i| i >= ds.len()) {
+            return Err(Error::invalid("index", format!("{bad} is out of range for {} images", ds.len())));
+        }
+        let tables: Vec<[T; 256]> = (0..self.out_shape[0]).map(|c| T::table(self, c)).collect();
+        out.par_chunks_mut(per).zip(indices.par_iter()).with_min_len(8).for_each_init(
+            || (vec![0u8; self.scratch], vec![0u8; self.scratch], vec![0f32; self.scratch]),
+            |(a, b, tmp), (dst, &i)| {
+                let mut rng = Rng::keyed(&[seed, epoch, i as u64]);
+                self.apply_one(ds.image(i), &mut rng, &tables, a, b, tmp, dst);
+            },
+        );
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_one<T: Element>(
+        &self,
+        src: &[u8],
+        rng: &mut Rng,
+        tables: &[[T; 256]],
+        a: &mut Vec<u8>,
+        b: &mut Vec<u8>,
+        tmp: &mut Vec<f32>,
+        dst: &mut [T],
+    ) {
+        let c = self.in_shape[0];
+        // After the first Resize the current image lives in `a`; each stage writes `b`, then swaps.
+        let mut in_scratch = false;
+        let last = self.stages.len() - 1;
+        for (si, stage) in self.stages.iter().enumerate() {
+            let cur: &[u8] = if in_scratch { &a[..] } else { src };
+            match stage {
+                Stage::Maps { geos, in_hw } => {
+                    let (ymap, xmap) = self.maps(geos, *in_hw, rng);
+                    if si == last {
+                        write_mapped(cur, c, *in_hw, &ymap, &xmap, &self.fills, dst, tables);
+                        break;
+                    }
+                    // Only happens right before a Resize: materialise as bytes.
+                    let n = c * ymap.len() * xmap.len();
+                    let identity: Vec<[u8; 256]> = vec![std::array::from_fn(|v| v as u8); c];
+                    write_mapped(cur, c, *in_hw, &ymap, &xmap, &self.fills, &mut b[..n], &identity);
+                }
+                Stage::Resize { wy, wx, in_hw } => {
+                    let n = c * wy.len() * wx.len();
+                    resize::resize(cur, c, *in_hw, wy, wx, tmp, &mut b[..n]);
+                }
+            }
+            std::mem::swap(a, b);
+            in_scratch = true;
+        }
+        let [_, h, w] = self.out_shape;
+        for e in &self.erases {
+            if let Some((y0, x0, eh, ew)) = e.draw(rng, h, w) {
+                for ch in 0..c {
+                    let v = T::from_f32(e.value[ch]);
+                    for y in y0..y0 + eh {
+                        dst[(ch * h + y) * w + x0..][..ew].fill(v);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Draws one sample's geometry and returns its row and column maps into the stage input.
+    /// Entries >= 0 are source coordinates; -(k + 1) means "fill value k".
+    fn maps(&self, geos: &[Geo], (h, w): (usize, usize), rng: &mut Rng) -> (Vec<i32>, Vec<i32>) {
+        let mut ymap: Vec<i32> = (0..h as i32).collect();
+        let mut xmap: Vec<i32> = (0..w as i32).collect();
+        for g in geos {
+            match *g {
+                Geo::Crop { pad, size, random, mode, fill } => {
+                    let (ph, pw) = (ymap.len() + pad[1] + pad[3], xmap.len() + pad[0] + pad[2]);
+                    let (oy, ox) = if random {
+                        // torchvision: i = randint(0, h - th + 1), then j likewise.
+                        (rng.below(ph - size.0 + 1), rng.below(pw - size.1 + 1))
+                    } else {
+                        // torchvision's centre: int(round((h - th) / 2)).
+                        (((ph - size.0) as f64 / 2.0).round() as usize, ((pw - size.1) as f64 / 2.0).round() as usize)
+                    };
+                    ymap = crop_map(&ymap, pad[1], oy, size.0, mode, fill);
+                    xmap = crop_map(&xmap, pad[0], ox, size.1, mode, fill);
+                }
+                Geo::Flip { p, horizontal } => {
+                    // torch.rand(1) < p
+                    if rng.uniform() < p {
+                        if horizontal {
+                            xmap.reverse();
+                        } else {
+                            ymap.reverse();
+                        }
+                    }
+                }
+            }
+        }
+        (ymap, xmap)
+    }
+}
+
+impl Erase {
+    /// (y, x, h, w) of the rectangle to fill, or None.
+    fn draw(&self, rng: &mut Rng, h: usize, w: usize) -> Option<(usize, usize, usize, usize)> {
+        if rng.uniform() >= self.p {
+            return None;
+        }
+        match self.kind {
+            EraseKind::Random { scale, log_ratio } => {
+                // torchvision RandomErasing.get_params: up to 10 tries, else leave the image alone.
+                let area = (h * w) as f64;
+                for _ in 0..10 {
+                    let target = area * rng.range_f(scale.0, scale.1);
+                    let aspect = rng.range_f(log_ratio.0, log_ratio.1).exp();
+                    let eh = (target * aspect).sqrt().round() as usize;
+                    let ew = (target / aspect).sqrt().round() as usize;
+                    if !(eh < h && ew < w) || eh == 0 || ew == 0 {
+                        continue;
+                    }
+                    return Some((rng.below(h - eh + 1), rng.below(w - ew + 1), eh, ew));
+                }
+                None
+            }
+            EraseKind::Cutout { size } => {
+                let (cy, cx) = (rng.below(h) as isize, rng.below(w) as isize);
+                let half = (size / 2) as isize;
+                let (y0, y1) = ((cy - half).max(0) as usize, ((cy - half + size as isize).min(h as isize)) as usize);
+                let (x0, x1) = ((cx - half).max(0) as usize, ((cx - half + size as isize).min(w as isize)) as usize);
+                Some((y0, x0, y1 - y0, x1 - x0))
+            }
+        }
+    }
+}
+
+/// One axis of pad-then-crop: output coordinate j reads padded coordinate j + offset.
+fn crop_map(map: &[i32], pad_before: usize, offset: usize, size: usize, mode: PadMode, fill: usize) -> Vec<i32> {
+    let n = map.len() as isize;
+    (0..size)
+        .map(|j| {
+            let q = (j + offset) as isize - pad_before as isize;
+            if (0..n).contains(&q) {
+                return map[q as usize];
+            }
+            match mode {
+                PadMode::Constant => -(fill as i32) - 1,
+                PadMode::Edge => map[q.clamp(0, n - 1) as usize],
+                // torchvision / numpy "reflect": the edge pixel is not repeated.
+                PadMode::Reflect => {
+                    let period = 2 * (n - 1).max(1);
+                    let mut r = q.rem_euclid(period);
+                    if r >= n {
+                        r = period - r;
+                    }
+                    map[r.clamp(0, n - 1) as usize]
+                }
+            }
+        })
+        .collect()
+}
+
+/// Writes a C x |ymap| x |xmap| image from `src` (C x h x w) through the maps and per-channel tables.
+#[allow(clippy::too_many_arguments)]
+fn write_mapped<T: Copy>(
+    src: &[u8],
+    c: usize,
+    (h, w): (usize, usize),
+    ymap: &[i32],
+    xmap: &[i32],
+    fills: &[Vec<u8>],
+    dst: &mut [T],
+    tables: &[[T; 256]],
+) {
+    let (oh, ow) = (ymap.len(), xmap.len());
+    // Columns that read the source: a contiguous run in the common no-padding case.
+    for ch in 0..c {
+        let plane = &src[ch * h * w..(ch + 1) * h * w];
+        let table = &tables[ch];
+        let fill_of = |k: i32| table[fills[(-k - 1) as usize][ch] as usize];
+        for (y, &sy) in ymap.iter().enumerate() {
+            let row = &mut dst[(ch * oh + y) * ow..][..ow];
+            if sy >= 0 {
+                let srow = &plane[sy as usize * w..][..w];
+                for (o, &sx) in row.iter_mut().zip(xmap) {
+                    *o = if sx >= 0 { table[srow[sx as usize] as usize] } else { fill_of(sx) };
+                }
+            } else {
+                // The later pad (larger fill index) is the one that is visible.
+                for (o, &sx) in row.iter_mut().zip(xmap) {
+                    *o = fill_of(if sx >= 0 { sy } else { sy.min(sx) });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ds(n: usize, c: usize, h: usize, w: usize) -> Dataset {
+        let images = (0..n * c * h * w).map(|i| (i % 251) as u8).collect();
+        Dataset::new(images, vec![0; n], vec!["x".into()], [c, h, w]).unwrap()
+    }
+
+    fn crop(size: usize, pad: usize, mode: PadMode) -> Op {
+        Op::RandomCrop { size: (size, size), padding: [pad; 4], fill: vec![0], mode, pad_if_needed: false }
+    }
+
+    #[test]
+    fn to_tensor_normalize_is_affine() {
+        let d = ds(2, 3, 4, 4);
+        let ops = vec![Op::ToTensor, Op::Normalize { mean: vec![0.5, 0.4, 0.3], std: vec![0.2, 0.25, 0.5] }];
+        let p = Pipeline::new(ops, d.shape).unwrap();
+        let mut out = vec![0f32; 2 * 48];
+        p.apply_batch(&d, &[0, 1], 0, 0, &mut out).unwrap();
+        for (i, (&o, &v)) in out.iter().zip(&d.images).enumerate() {
+            let ch = (i % 48) / 16;
+            let (m, s) = ([0.5, 0.4, 0.3][ch], [0.2, 0.25, 0.5][ch]);
+            assert!((o as f64 - (v as f64 / 255.0 - m) / s).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn crop_with_padding_reads_the_right_pixels() {
+        // 1 channel, 3x3 image 0..9. Reflect pad 1 then crop 5x5 can only be the whole padded image.
+        let d = Dataset::new((0..9).collect(), vec![0], vec!["x".into()], [1, 3, 3]).unwrap();
+        let p = Pipeline::new(vec![crop(5, 1, PadMode::Reflect)], d.shape).unwrap();
+        let mut out = vec![0u8; 25];
+        p.apply_batch(&d, &[0], 1, 2, &mut out).unwrap();
+        #[rustfmt::skip]
+        let expect = [4, 3, 4, 5, 4,  1, 0, 1, 2, 1,  4, 3, 4, 5, 4,  7, 6, 7, 8, 7,  4, 3, 4, 5, 4];
+        assert_eq!(out, expect);
+        let p = Pipeline::new(vec![crop(5, 1, PadMode::Edge)], d.shape).unwrap();
+        p.apply_batch(&d, &[0], 1, 2, &mut out).unwrap();
+        assert_eq!(&out[..5], &[0, 0, 1, 2, 2]);
+        let fill = Op::RandomCrop { size: (5, 5), padding: [1; 4], fill: vec![9], mode: PadMode::Constant, pad_if_needed: false };
+        let p = Pipeline::new(vec![fill], d.shape).unwrap();
+        p.apply_batch(&d, &[0], 1, 2, &mut out).unwrap();
+        assert_eq!(&out[..10], &[9, 9, 9, 9, 9, 9, 0, 1, 2, 9]);
+    }
+
+    #[test]
+    fn same_batch_whatever_the_thread_count() {
+        let d = ds(64, 3, 32, 32);
+        let ops = vec![
+            crop(32, 4, PadMode::Constant),
+            Op::RandomHorizontalFlip { p: 0.5 },
+            Op::ToTensor,
+            Op::Normalize { mean: vec![0.5], std: vec![0.25] },
+            Op::RandomErasing { p: 0.5, scale: (0.02, 0.33), ratio: (0.3, 3.3), value: vec![0.0] },
+        ];
+        let p = Pipeline::new(ops, d.shape).unwrap();
+        let idx: Vec<usize> = (0..64).rev().collect();
+        let run = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut out = vec![0f32; 64 * 3072];
+            pool.install(|| p.apply_batch(&d, &idx, 5, 1, &mut out)).unwrap();
+            out
+        };
+        assert_eq!(run(1), run(2));
+        let mut other = vec![0f32; 64 * 3072];
+        p.apply_batch(&d, &idx, 5, 2, &mut other).unwrap();
+        assert_ne!(run(1), other, "a new epoch must draw new augmentations");
+    }
+
+    #[test]
+    fn resize_then_crop_and_flip() {
+        let d = ds(3, 3, 32, 32);
+        let ops = vec![Op::Resize { size: ResizeTo::Exact(64, 48) }, crop(40, 0, PadMode::Constant), Op::RandomHorizontalFlip { p: 1.0 }];
+        let p = Pipeline::new(ops, d.shape).unwrap();
+        assert_eq!(p.out_shape(), [3, 40, 40]);
+        let mut out = vec![0u8; 3 * 3 * 1600];
+        p.apply_batch(&d, &[0, 1, 2], 0, 0, &mut out).unwrap();
+        let p = Pipeline::new(vec![Op::Resize { size: ResizeTo::Shorter(8) }], [3, 16, 32]).unwrap();
+        assert_eq!(p.out_shape(), [3, 8, 16]);
+    }
+
+    #[test]
+    fn invalid_parameters_name_themselves() {
+        let shape = [3, 32, 32];
+        let err = |ops: Vec<Op>| Pipeline::new(ops, shape).unwrap_err().to_string();
+        assert!(err(vec![crop(41, 4, PadMode::Constant)]).starts_with("size:"));
+        assert!(err(vec![Op::RandomHorizontalFlip { p: 1.5 }]).starts_with("p:"));
+        assert!(err(vec![Op::ToTensor, Op::Normalize { mean: vec![0.5; 3], std: vec![0.0; 3] }]).starts_with("std:"));
+        assert!(err(vec![Op::ToTensor, Op::Normalize { mean: vec![0.5; 2], std: vec![0.1; 2] }]).starts_with("mean:"));
+        assert!(err(vec![Op::Normalize { mean: vec![0.5], std: vec![0.1] }]).contains("ToTensor"));
+        assert!(err(vec![Op::ToTensor, crop(32, 4, PadMode::Constant)]).contains("before ToTensor"));
+    }
+}
