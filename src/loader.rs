@@ -257,7 +257,7 @@ mod tests {
     use super::*;
 
     fn ds(n: usize) -> Arc<Dataset> {
-        let images = (0..n * 3 * 8 * 8).map(|i| (i % 256) as u8).collect();
+        let images: Vec<u8> = (0..n * 3 * 8 * 8).map(|i| (i % 256) as u8).collect();
         Arc::new(Dataset::new(images, (0..n as i64).map(|i| i % 10).collect(), (0..10).map(|i| i.to_string()).collect(), [3, 8, 8]).unwrap())
     }
 

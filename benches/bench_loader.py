@@ -1,0 +1,86 @@
+"""One augmented CIFAR-10 epoch (the seed tutorial's train transform, batch 128, shuffled, float32
+normalised output): fastcifar against torchvision's DataLoader (num_workers=2) and against the
+memory-bandwidth floor (converting the uint8 train set to float32), in one run.
+
+    python benches/bench_loader.py --data DATA_DIR [--epochs 3]
+
+Targets (issue 3): >= 100x torchvision's images/s; within 3x of the floor; no per-epoch copy of
+the data set (peak RSS reported).
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import run_timed, table  # noqa: E402
+
+SEED_T = """
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+"""
+FC = SEED_T + """
+import json, resource, statistics, time, fastcifar
+from fastcifar import transforms as T
+t = T.Compose([T.RandomHorizontalFlip(), T.RandomCrop(32, padding=4), T.ToTensor(), T.Normalize(MEAN, STD)])
+ds = fastcifar.CIFAR10({root!r}, train=True, transform=t)
+loader = fastcifar.DataLoader(ds, batch_size=128, shuffle=True, seed=0)
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+rss_loaded = rss()
+times = []
+for e in range({epochs} + 1):  # the first epoch warms up the pool and allocator
+    t0 = time.perf_counter(); n = 0
+    for x, y in loader:
+        n += len(y)
+    times.append(time.perf_counter() - t0)
+print(json.dumps({{"seconds": statistics.median(times[1:]), "images": n, "rss_loaded_mb": rss_loaded, "rss_end_mb": rss(),
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+TV = SEED_T + """
+import json, resource, time, torch, torchvision, torchvision.transforms as T, torchvision.datasets.cifar as c
+c.check_integrity = lambda *a, **k: True
+t = T.Compose([T.RandomHorizontalFlip(), T.RandomCrop(32, padding=4), T.ToTensor(), T.Normalize(MEAN, STD)])
+ds = c.CIFAR10({root!r}, train=True, transform=t)
+loader = torch.utils.data.DataLoader(ds, batch_size=128, shuffle=True, num_workers=2)
+t0 = time.perf_counter(); n = 0
+for i, (x, y) in enumerate(loader):
+    n += len(y)
+    if i + 1 == {batches}:
+        break
+print(json.dumps({{"seconds": time.perf_counter() - t0, "images": n, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+FLOOR = """
+import json, statistics, time, torch, numpy as np, fastcifar
+x = torch.from_numpy(np.ascontiguousarray(fastcifar.CIFAR10({root!r}, train=True).data))
+fresh, reused = [], []
+out = torch.empty(x.shape, dtype=torch.float32)
+for _ in range(4):
+    t0 = time.perf_counter(); y = x.float(); fresh.append(time.perf_counter() - t0); del y
+    t0 = time.perf_counter(); out.copy_(x); reused.append(time.perf_counter() - t0)
+print(json.dumps({{"seconds": statistics.median(fresh[1:]), "reused": statistics.median(reused[1:])}}))
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=os.environ.get("FASTCIFAR_DATA", "data"))
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--tv-batches", type=int, default=0, help="stop torchvision after this many batches (0: whole epoch)")
+    a = ap.parse_args()
+    root = os.path.abspath(a.data)
+    fc = run_timed(FC.format(root=root, epochs=a.epochs), 1)[0]
+    tv = run_timed(TV.format(root=root, batches=a.tv_batches or -1), 1)[0]
+    fl = run_timed(FLOOR.format(root=root), 1)[0]
+    fc_ips, tv_ips = fc["images"] / fc["seconds"], tv["images"] / tv["seconds"]
+    rows = [
+        ["fastcifar.DataLoader (Rust, fused)", f"{fc['seconds']:.3f} s", f"{fc_ips:,.0f}", f"{fc_ips / tv_ips:.0f}x",
+         f"{fc['seconds'] / fl['seconds']:.2f}x", f"{fc['peak_rss_mb']:.0f} MB (loaded {fc['rss_loaded_mb']:.0f}, end {fc['rss_end_mb']:.0f})"],
+        ["torchvision DataLoader, num_workers=2", f"{tv['seconds'] * 50000 / tv['images']:.2f} s", f"{tv_ips:,.0f}", "1x",
+         f"{tv['seconds'] * 50000 / tv['images'] / fl['seconds']:.0f}x", f"{tv['peak_rss_mb']:.0f} MB (main process)"],
+        ["floor: uint8 -> float32 of the train set", f"{fl['seconds']:.3f} s", f"{50000 / fl['seconds']:,.0f}", "", "1x",
+         f"into a reused tensor: {fl['reused']:.3f} s"],
+    ]
+    print(f"One augmented epoch of CIFAR-10 train (flip, crop 32 pad 4, ToTensor, Normalize; batch 128), {os.cpu_count()} cores\n")
+    print(table(["pipeline", "epoch", "images/s", "vs torchvision", "vs floor", "peak RSS"], rows))
+
+
+if __name__ == "__main__":
+    main()
