@@ -20,6 +20,9 @@ pub enum Error {
     /// libtorch refused an operation.
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
+    /// A loss or value that must be finite was not (NaN / inf during training).
+    #[error("{0}")]
+    NonFinite(String),
     /// The user asked to stop (Ctrl-C) or a consumer went away.
     #[error("interrupted")]
     Interrupted,

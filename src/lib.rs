@@ -4,7 +4,9 @@
 pub mod data;
 pub mod error;
 pub mod loader;
+pub mod nn;
 pub mod rng;
+pub mod train;
 pub mod transforms;
 
 #[cfg(feature = "python")]

@@ -7,8 +7,9 @@
         T.RandomHorizontalFlip(), T.RandomCrop(32, padding=4), T.ToTensor(),
         T.Normalize((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))]))
     loader = fastcifar.DataLoader(train, batch_size=128, shuffle=True)
-    for images, labels in loader:  # float32 (128, 3, 32, 32), int64 (128,)
-        ...
+    model = fastcifar.models.ImageClassifier()
+    trainer = fastcifar.Trainer(model, optimizer=fastcifar.optim.Adam(lr=1e-3, weight_decay=1e-4))
+    history = trainer.fit(loader, epochs=10)
 """
 TORCH_VERSION = "2.11.0"
 
@@ -25,11 +26,12 @@ if torch.__version__.split("+")[0] != TORCH_VERSION:
     )
 
 from . import _native  # noqa: E402
-from . import transforms  # noqa: E402
+from . import models, optim, transforms  # noqa: E402
 from .datasets import CIFAR10, CIFAR100, Dataset, ImageFolder  # noqa: E402
 from .loader import DataLoader  # noqa: E402
+from .trainer import EvalReport, History, Trainer  # noqa: E402
 
 __version__ = _native.__version__
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
-__all__ = ["CIFAR10", "CIFAR100", "ImageFolder", "Dataset", "DataLoader", "transforms", "TORCH_VERSION", "__version__"]
+__all__ = ["CIFAR10", "CIFAR100", "ImageFolder", "Dataset", "DataLoader", "Trainer", "History", "EvalReport",
+           "models", "optim", "transforms", "TORCH_VERSION", "__version__"]

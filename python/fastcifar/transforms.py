@@ -256,3 +256,40 @@ def ops_of(transform, dtype: str) -> list:
             f"(they run fused in Rust), or iterate the data set yourself"
         )
     return transform._ops()
+
+
+_DETERMINISTIC = (ToTensor, Normalize, Resize, CenterCrop)
+
+
+def _flatten(t) -> list:
+    if t is None:
+        return []
+    return [x for s in t.transforms for x in _flatten(s)] if isinstance(t, Compose) else [t]
+
+
+def deterministic_part(transform) -> Transform:
+    """The steps of ``transform`` that evaluation should repeat (ToTensor, Normalize, Resize,
+    CenterCrop), dropping random augmentation; ToTensor alone if there is none."""
+    steps = [t for t in _flatten(transform) if isinstance(t, _DETERMINISTIC)]
+    return Compose(steps) if steps else ToTensor()
+
+
+def to_config(transform) -> list:
+    """A JSON-able description of a deterministic transform (for checkpoints)."""
+    out = []
+    for t in _flatten(transform):
+        if isinstance(t, ToTensor):
+            out.append({"type": "ToTensor"})
+        elif isinstance(t, Normalize):
+            out.append({"type": "Normalize", "mean": list(t.mean), "std": list(t.std)})
+        elif isinstance(t, Resize):
+            out.append({"type": "Resize", "size": t.size})
+        elif isinstance(t, CenterCrop):
+            out.append({"type": "CenterCrop", "size": list(t.size)})
+    return out
+
+
+def from_config(cfg: list) -> Transform:
+    kinds = {"ToTensor": lambda c: ToTensor(), "Normalize": lambda c: Normalize(c["mean"], c["std"]),
+             "Resize": lambda c: Resize(c["size"]), "CenterCrop": lambda c: CenterCrop(c["size"])}
+    return Compose([kinds[c["type"]](c) for c in cfg])

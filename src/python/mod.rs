@@ -15,6 +15,8 @@ use crate::error::Error;
 use crate::loader::{BatchIter, Loader, LoaderOptions, OutKind};
 use crate::transforms::{Op, PadMode, ResizeTo};
 
+mod train;
+
 pub(crate) fn to_py(e: Error) -> PyErr {
     let msg = e.to_string();
     match e {
@@ -23,6 +25,7 @@ pub(crate) fn to_py(e: Error) -> PyErr {
         Error::Format { .. } | Error::Invalid { .. } => PyValueError::new_err(msg),
         Error::Torch(_) => PyRuntimeError::new_err(msg),
         Error::Interrupted => PyKeyboardInterrupt::new_err(msg),
+        Error::NonFinite(_) => pyo3::exceptions::PyFloatingPointError::new_err(msg),
     }
 }
 
@@ -347,5 +350,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyLoader>()?;
     m.add_class::<PyBatchIter>()?;
     m.add_function(wrap_pyfunction!(cuda_is_available, m)?)?;
+    train::register(m)?;
     Ok(())
 }

@@ -1,0 +1,412 @@
+"""``Trainer``: fit / evaluate / predict / save, with the per-step loop in Rust.
+
+    trainer = fastcifar.Trainer(model, optimizer=fastcifar.optim.Adam(lr=1e-3, weight_decay=1e-4),
+                                scheduler=fastcifar.optim.lr_scheduler.ReduceLROnPlateau(mode="min", patience=3))
+    history = trainer.fit(trainloader, testloader, epochs=50, checkpoint="best_model.pth")
+    report = trainer.evaluate(testloader)     # loss, accuracy, per-class accuracy, confusion matrix
+    trainer.save("checkpoint.pth")            # torch.load() reads it: the seed's checkpoint shape
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import _native as _rs
+from . import optim as _optim
+from . import transforms as T
+from ._io import atomic_write
+from .loader import DataLoader
+from .models import Model
+
+__all__ = ["Trainer", "History", "EvalReport"]
+
+CHECKPOINT_VERSION = 1
+
+
+class History:
+    """Per-epoch records of a fit: ``history["loss"]``, ``history["val_accuracy"]``, ... are lists
+    (as Keras' ``History.history``); ``history.epochs`` holds one dict per epoch."""
+
+    def __init__(self, epochs: Optional[List[dict]] = None):
+        self.epochs: List[dict] = list(epochs or [])
+
+    def append(self, record: dict) -> None:
+        self.epochs.append(dict(record))
+
+    @property
+    def history(self) -> Dict[str, list]:
+        keys = []
+        for r in self.epochs:
+            keys += [k for k in r if k not in keys]
+        return {k: [r.get(k) for r in self.epochs] for k in keys}
+
+    def __getitem__(self, key: str) -> list:
+        return [r.get(key) for r in self.epochs]
+
+    def __len__(self) -> int:
+        return len(self.epochs)
+
+    def __iter__(self):
+        return iter(self.epochs)
+
+    def to_dict(self) -> dict:
+        return {"epochs": [dict(r) for r in self.epochs]}
+
+    def to_json(self, path) -> None:
+        atomic_write(os.fspath(path), lambda tmp: open(tmp, "w").write(json.dumps(self.to_dict(), indent=2)))
+
+    def to_csv(self, path) -> None:
+        h = self.history
+        keys = list(h)
+
+        def write(tmp):
+            with open(tmp, "w") as f:
+                f.write(",".join(keys) + "\n")
+                for r in self.epochs:
+                    f.write(",".join("" if r.get(k) is None else str(r.get(k)) for k in keys) + "\n")
+
+        atomic_write(os.fspath(path), write)
+
+    def __repr__(self) -> str:
+        last = self.epochs[-1] if self.epochs else {}
+        return f"History({len(self)} epochs, last={ {k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()} })"
+
+
+@dataclass
+class EvalReport:
+    """Evaluation results. ``per_class`` maps class names to accuracy; ``confusion_matrix[i, j]``
+    counts images of class i predicted as j."""
+
+    loss: float
+    accuracy: float
+    count: int
+    classes: List[str]
+    confusion_matrix: np.ndarray
+    per_class: Dict[str, float] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        lines = [f"Overall Accuracy: {100 * self.accuracy:.2f}%  (loss {self.loss:.4f}, {self.count} images)", "", "Per-class accuracy:"]
+        w = max(len(c) for c in self.classes)
+        for c in self.classes:
+            lines.append(f"  {c:<{w}}  {100 * self.per_class[c]:6.2f}%")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"loss": self.loss, "accuracy": self.accuracy, "count": self.count, "classes": list(self.classes),
+                "per_class": dict(self.per_class), "confusion_matrix": self.confusion_matrix.tolist()}
+
+
+def _resolve_device(device) -> str:
+    d = str(device)
+    if d == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if d.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device: '{d}' was asked for, but CUDA is not available here (torch.cuda.is_available() is False)")
+    if d != "cpu" and not d.startswith("cuda"):
+        raise ValueError(f"device: '{d}' is not 'cpu', 'cuda', 'cuda:N' or 'auto'")
+    return d
+
+
+def _bar(total, desc, enabled):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=True, dynamic_ncols=True)
+
+
+class Trainer:
+    """Trains a fastcifar model with an optimizer and schedule from ``fastcifar.optim``.
+
+    ``device="auto"`` picks CUDA when present. ``amp=True`` on CUDA trains in mixed precision
+    (fp16 autocast with dynamic loss scaling); on CPU it warns and trains in float32.
+    ``seed`` seeds torch's generator (weight init of models built afterwards, dropout).
+    """
+
+    def __init__(self, model: Model, optimizer: Optional[_optim.Optimizer] = None, scheduler=None, loss: str = "cross_entropy",
+                 label_smoothing: float = 0.0, device="auto", amp: bool = False, grad_accum_steps: int = 1,
+                 grad_clip: Optional[float] = None, seed: Optional[int] = None, log_every: int = 20):
+        if not isinstance(model, Model):
+            raise TypeError(f"model: expected a fastcifar model (fastcifar.models), got {type(model).__name__}")
+        if loss != "cross_entropy":
+            raise ValueError(f"loss: '{loss}' is not supported (only 'cross_entropy')")
+        optimizer = optimizer if optimizer is not None else _optim.Adam()
+        if not isinstance(optimizer, _optim.Optimizer):
+            raise TypeError(f"optimizer: expected a fastcifar.optim optimizer (SGD, Adam, AdamW), got {type(optimizer).__name__}")
+        if scheduler is not None and not isinstance(scheduler, _optim._Schedule):
+            raise TypeError(f"scheduler: expected a fastcifar.optim.lr_scheduler schedule, got {type(scheduler).__name__}")
+        for name, v in (("grad_accum_steps", grad_accum_steps), ("log_every", log_every)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: must be a positive int, got {v!r}")
+        if seed is not None:
+            torch.manual_seed(seed)
+        self.device = _resolve_device(device)
+        if amp and not self.device.startswith("cuda"):
+            warnings.warn("amp=True needs a CUDA device; training in float32 on CPU", stacklevel=2)
+        self.model = model.to(self.device)
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.config = {"label_smoothing": float(label_smoothing), "amp": bool(amp), "grad_accum_steps": grad_accum_steps,
+                       "grad_clip": None if grad_clip is None else float(grad_clip), "log_every": log_every}
+        params = optimizer.params if optimizer.params is not None else [p for p in model.parameters() if p.requires_grad]
+        self._native = _rs.NativeTrainer(
+            model._native, params, optimizer.name, optimizer.settings(),
+            scheduler.name if scheduler is not None else None, scheduler.settings() if scheduler is not None else {},
+            float(label_smoothing), bool(amp), grad_accum_steps, None if grad_clip is None else float(grad_clip), log_every,
+        )
+        optimizer._trainer = self
+        self.history = History()
+        self.epoch = 0
+        self.best_accuracy: Optional[float] = None
+        self.eval_transform: Optional[T.Transform] = None
+
+    # --- training --------------------------------------------------------------------------
+    def fit(self, train_loader: DataLoader, val_loader: Optional[DataLoader] = None, epochs: int = 1,
+            checkpoint=None, callbacks: Sequence[Callable[[dict], Optional[bool]]] = (), progress: bool = True) -> History:
+        """Trains ``epochs`` more epochs; returns the history.
+
+        Epoch e draws its shuffle and augmentations from ``train_loader``'s seed and e, so a fit
+        resumed from a checkpoint continues exactly. With ``checkpoint``, the full checkpoint is
+        written (atomically) whenever validation accuracy improves (every epoch without
+        ``val_loader``). ``callbacks`` get a dict every ``log_every`` steps and at each epoch end;
+        one returning False stops training. Ctrl-C stops at the next step boundary and returns the
+        history so far, with the model usable.
+        """
+        if not isinstance(train_loader, DataLoader):
+            raise TypeError(f"train_loader: expected a fastcifar.DataLoader, got {type(train_loader).__name__}")
+        if val_loader is not None and not isinstance(val_loader, DataLoader):
+            raise TypeError(f"val_loader: expected a fastcifar.DataLoader, got {type(val_loader).__name__}")
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"epochs: must be a non-negative int, got {epochs!r}")
+        if train_loader.dtype != torch.float32:
+            raise ValueError("train_loader: yields uint8 batches; the trainer needs float32 (dtype=torch.float32)")
+        if self.eval_transform is None:
+            src = val_loader.transform if val_loader is not None else train_loader.transform
+            self.eval_transform = T.deterministic_part(src)
+        final = self.epoch + epochs
+        for _ in range(epochs):
+            e = self.epoch
+            bar = _bar(len(train_loader), f"Epoch {e + 1}/{final}", progress)
+            stop_requested = False
+
+            def on_step(info):
+                nonlocal stop_requested
+                if bar is not None:
+                    bar.n = info["step"]
+                    bar.set_postfix(loss=f"{info['loss']:.4f}", acc=f"{100 * info['accuracy']:.2f}%",
+                                    img_s=f"{info['images'] / max(info['seconds'], 1e-9):,.0f}", refresh=False)
+                    bar.refresh()
+                for cb in callbacks:
+                    if cb(dict(info, phase="step")) is False:
+                        stop_requested = True
+                        return False
+                return True
+
+            try:
+                stats, interrupted = self._native.train_epoch(train_loader._native, e, on_step)
+            finally:
+                if bar is not None:
+                    bar.close()
+            train_loader.epoch = e + 1
+            record = {"epoch": e + 1, "loss": stats["loss"], "accuracy": stats["accuracy"], "lr": stats["lr"],
+                      "seconds": stats["seconds"], "images_per_s": stats["images"] / max(stats["seconds"], 1e-9)}
+            if interrupted or stats["stopped"]:
+                record["interrupted"] = True
+                self.history.append(record)
+                if interrupted:
+                    print(f"Interrupted during epoch {e + 1}: stopped at a step boundary; the model and history are usable.")
+                break
+            if val_loader is not None:
+                rep = self.evaluate(val_loader, progress=False)
+                record["val_loss"], record["val_accuracy"] = rep.loss, rep.accuracy
+            metric = record.get("val_loss", record["loss"])
+            self._native.end_epoch(metric)
+            self.epoch = e + 1
+            self.history.append(record)
+            if progress:
+                msg = f"Epoch [{e + 1}/{final}] loss {record['loss']:.4f} acc {100 * record['accuracy']:.2f}%"
+                if "val_accuracy" in record:
+                    msg += f"  val_loss {record['val_loss']:.4f} val_acc {100 * record['val_accuracy']:.2f}%"
+                print(msg + f"  ({record['seconds']:.1f}s, {record['images_per_s']:,.0f} img/s)")
+            acc = record.get("val_accuracy")
+            improved = acc is not None and (self.best_accuracy is None or acc > self.best_accuracy)
+            if improved:
+                self.best_accuracy = acc
+            if checkpoint is not None and (improved or val_loader is None):
+                self.save(checkpoint)
+            if any(cb(dict(record, phase="epoch")) is False for cb in callbacks) or stop_requested:
+                break
+        return self.history
+
+    # --- evaluation and prediction ---------------------------------------------------------
+    def evaluate(self, loader: DataLoader, progress: bool = True) -> EvalReport:
+        """Loss (mean over images), accuracy, per-class accuracy and the confusion matrix."""
+        if not isinstance(loader, DataLoader):
+            raise TypeError(f"loader: expected a fastcifar.DataLoader, got {type(loader).__name__}")
+        bar = _bar(len(loader), "Evaluate", progress)
+
+        def cb(i, n):
+            if bar is not None:
+                bar.n = i
+                bar.refresh()
+
+        try:
+            loss, acc, count, conf, nc = _rs.evaluate(self.model._native, loader._native, cb)
+        finally:
+            if bar is not None:
+                bar.close()
+        cm = np.asarray(conf, dtype=np.int64).reshape(nc, nc)
+        classes = list(loader.dataset.classes) if len(loader.dataset.classes) == nc else [str(i) for i in range(nc)]
+        totals = cm.sum(1)
+        per_class = {c: float(cm[i, i] / totals[i]) if totals[i] else float("nan") for i, c in enumerate(classes)}
+        return EvalReport(loss, acc, count, classes, cm, per_class)
+
+    def _as_batch(self, images, transform) -> torch.Tensor:
+        if isinstance(images, torch.Tensor) and images.is_floating_point():
+            x = images if images.dim() == 4 else images.unsqueeze(0)
+            return x.to(self.device)
+        if isinstance(images, torch.Tensor):
+            if images.dtype != torch.uint8:
+                raise TypeError(f"images: expected float or uint8, got {images.dtype}")
+            arr = images.cpu().numpy()
+            arr = arr[None] if arr.ndim == 3 else arr
+            if arr.ndim != 4:
+                raise ValueError(f"images: expected (N, C, H, W) or (C, H, W), got shape {tuple(images.shape)}")
+            arr = arr.transpose(0, 2, 3, 1)
+        else:
+            arr = np.asarray(images)
+            if arr.dtype != np.uint8:
+                raise TypeError(f"images: expected uint8 images (N, H, W, C) or a float tensor, got dtype {arr.dtype}")
+            arr = arr[None] if arr.ndim == 3 else arr
+            if arr.ndim != 4:
+                raise ValueError(f"images: expected (N, H, W, C) or (H, W, C), got shape {arr.shape}")
+        from .datasets import Dataset
+
+        t = transform if transform is not None else (self.eval_transform or T.ToTensor())
+        ds = Dataset.from_numpy(np.ascontiguousarray(arr), [0] * len(arr), classes=["_"])
+        loader = DataLoader(ds, batch_size=len(arr), transform=t, seed=0)
+        x, _ = loader._native.batch(list(range(len(arr))), 0)
+        return x.to(self.device)
+
+    def predict_logits(self, images, transform=None, tta: bool = False, batch_size: int = 256) -> torch.Tensor:
+        x = self._as_batch(images, transform)
+        return _rs.predict_logits(self.model._native, x, batch_size, tta)
+
+    def predict_proba(self, images, transform=None, tta: bool = False, batch_size: int = 256) -> torch.Tensor:
+        """Class probabilities (N, num_classes). ``images``: a normalised float tensor, or uint8
+        images (numpy (N, H, W, C) or tensor (N, C, H, W)) that get ``transform`` (default: the
+        deterministic part of the training transform: ToTensor and Normalize). ``tta`` averages
+        with the horizontal mirror."""
+        return torch.softmax(self.predict_logits(images, transform, tta, batch_size), dim=1)
+
+    def predict(self, images, transform=None, tta: bool = False, batch_size: int = 256) -> torch.Tensor:
+        """Predicted class indices (N,)."""
+        return self.predict_logits(images, transform, tta, batch_size).argmax(1)
+
+    # --- checkpoints -----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The checkpoint: the seed's keys (epoch, model_state_dict, optimizer_state_dict,
+        scheduler_state_dict, accuracy) plus history and what fastcifar needs to resume."""
+        sched = self._native.scheduler_state()
+        return {
+            "epoch": self.epoch,
+            "model_state_dict": {k: v.cpu() for k, v in self.model.state_dict().items()},
+            "optimizer_state_dict": _to_cpu(self.optimizer.state_dict()),
+            "scheduler_state_dict": sched,
+            "accuracy": self.best_accuracy,
+            "history": self.history.to_dict(),
+            "fastcifar": {
+                "version": CHECKPOINT_VERSION,
+                "model": self.model.config,
+                "optimizer": {"name": self.optimizer.name, "settings": self.optimizer.settings()},
+                "scheduler": None if self.scheduler is None else {"name": self.scheduler.name, "settings": self.scheduler.settings()},
+                "trainer": dict(self.config),
+                "global_step": self._native.global_step,
+                "rng_state": torch.get_rng_state(),
+                "eval_transform": T.to_config(self.eval_transform),
+            },
+        }
+
+    def save(self, path) -> None:
+        """Writes the checkpoint with ``torch.save``, atomically (temporary file, then rename)."""
+        sd = self.state_dict()
+        atomic_write(os.fspath(path), lambda tmp: torch.save(sd, tmp))
+
+    def load_state_dict(self, ckpt: dict) -> None:
+        """Restores model, optimizer, schedule, history, epoch and RNG state (to resume)."""
+        try:
+            self.model.load_state_dict(ckpt["model_state_dict"], strict=True)
+            self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
+        except KeyError as e:
+            raise ValueError(f"checkpoint: missing {e}") from None
+        if ckpt.get("scheduler_state_dict") is not None:
+            self._native.load_scheduler_state({k: float(v) for k, v in ckpt["scheduler_state_dict"].items()})
+        self.epoch = int(ckpt.get("epoch", 0))
+        self.best_accuracy = ckpt.get("accuracy")
+        self.history = History(ckpt.get("history", {}).get("epochs", []))
+        meta = ckpt.get("fastcifar", {})
+        if "global_step" in meta:
+            self._native.set_global_step(int(meta["global_step"]))
+        if "rng_state" in meta:
+            torch.set_rng_state(meta["rng_state"])
+        if meta.get("eval_transform"):
+            self.eval_transform = T.from_config(meta["eval_transform"])
+        self._native.sync_device()
+
+    def load_checkpoint(self, path) -> "Trainer":
+        self.load_state_dict(_read_checkpoint(path))
+        return self
+
+    @classmethod
+    def load(cls, path, device="auto") -> "Trainer":
+        """Rebuilds model, optimizer, schedule and trainer from a checkpoint written by ``save``,
+        ready to evaluate, predict or resume ``fit``."""
+        ckpt = _read_checkpoint(path)
+        meta = ckpt.get("fastcifar")
+        if not meta:
+            raise ValueError(f"{path}: not a fastcifar checkpoint (no 'fastcifar' entry); load weights with model.load()")
+        model = Model.from_config(meta["model"])
+        opt_cls = {"SGD": _optim.SGD, "Adam": _optim.Adam, "AdamW": _optim.AdamW}[meta["optimizer"]["name"]]
+        s = dict(meta["optimizer"]["settings"])
+        if "beta1" in s:
+            s["betas"] = (s.pop("beta1"), s.pop("beta2"))
+        if "nesterov" in s:
+            s["nesterov"] = bool(s["nesterov"])
+        optimizer = opt_cls(**s)
+        sched = None
+        if meta.get("scheduler"):
+            sched = _optim._Schedule(**meta["scheduler"]["settings"])
+            sched.name = meta["scheduler"]["name"]
+        tr = cls(model, optimizer, sched, device=device, **meta["trainer"])
+        tr.load_state_dict(ckpt)
+        return tr
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _read_checkpoint(path) -> dict:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or "model_state_dict" not in ckpt:
+        raise ValueError(f"{path}: not a checkpoint (no 'model_state_dict')")
+    return ckpt

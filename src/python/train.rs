@@ -1,0 +1,491 @@
+//! Bindings for models, optimizers, schedules and the training engine.
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use pyo3_tch::PyTensor;
+
+use super::{parse_device, release, to_py, PyLoader};
+use crate::error::Error;
+use crate::nn::{Arch, Model, Role};
+use crate::train::optim::{OptKind, Optimizer};
+use crate::train::sched::{self, Scheduler};
+use crate::train::{self as engine, TrainConfig, TrainState};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic caught at the boundary must not make the model unusable afterwards.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Reads numeric settings from a Python dict, refusing unknown keys (typos).
+struct Settings(HashMap<String, f64>);
+
+impl Settings {
+    fn new(d: HashMap<String, f64>, known: &[&str], what: &str) -> PyResult<Settings> {
+        if let Some(k) = d.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(PyValueError::new_err(format!("{k}: unknown option for {what} (known: {})", known.join(", "))));
+        }
+        Ok(Settings(d))
+    }
+    fn f(&self, k: &str, default: f64) -> f64 {
+        self.0.get(k).copied().unwrap_or(default)
+    }
+    fn u(&self, k: &str, default: u64) -> PyResult<u64> {
+        let v = self.f(k, default as f64);
+        if v < 0.0 || v.fract() != 0.0 {
+            return Err(PyValueError::new_err(format!("{k}: {v} must be a non-negative integer")));
+        }
+        Ok(v as u64)
+    }
+    fn b(&self, k: &str, default: bool) -> bool {
+        self.0.get(k).map_or(default, |v| *v != 0.0)
+    }
+}
+
+#[pyclass(frozen, name = "NativeModel", module = "fastcifar._native")]
+pub struct PyModel {
+    pub(crate) inner: Arc<Mutex<Model>>,
+}
+
+#[pymethods]
+impl PyModel {
+    #[new]
+    #[pyo3(signature = (arch, num_classes, cifar_stem = false, width = 32))]
+    fn new(py: Python<'_>, arch: &str, num_classes: i64, cifar_stem: bool, width: i64) -> PyResult<Self> {
+        let arch = match arch {
+            "image_classifier" => Arch::ImageClassifier { num_classes },
+            "resnet18" => Arch::ResNet18 { num_classes, cifar_stem },
+            "resnet9" => Arch::ResNet9 { num_classes },
+            "small_cnn" => Arch::SmallCnn { num_classes, width },
+            a => return Err(PyValueError::new_err(format!("arch: unknown model '{a}'"))),
+        };
+        let m = release(py, || Model::new(arch))?;
+        Ok(PyModel { inner: Arc::new(Mutex::new(m)) })
+    }
+
+    /// Logits; `train` overrides the model's mode for this call.
+    #[pyo3(signature = (x, train = None))]
+    fn forward(&self, py: Python<'_>, x: PyTensor, train: Option<bool>) -> PyResult<PyTensor> {
+        let m = self.inner.clone();
+        let y = release(py, move || {
+            let m = lock(&m);
+            let t = train.unwrap_or(m.training);
+            m.forward_t(&x.0, t)
+        })?;
+        Ok(PyTensor(y))
+    }
+
+    fn state_dict(&self, py: Python<'_>) -> PyResult<Vec<(String, PyTensor)>> {
+        let m = self.inner.clone();
+        let sd = release(py, move || Ok(lock(&m).state_dict()))?;
+        Ok(sd.into_iter().map(|(k, v)| (k, PyTensor(v))).collect())
+    }
+
+    #[pyo3(signature = (items, strict = true))]
+    fn load_state_dict(&self, py: Python<'_>, items: Vec<(String, PyTensor)>, strict: bool) -> PyResult<(Vec<String>, Vec<String>)> {
+        let m = self.inner.clone();
+        let sd: Vec<(String, tch::Tensor)> = items.into_iter().map(|(k, v)| (k, v.0)).collect();
+        release(py, move || lock(&m).load_state_dict(&sd, strict))
+    }
+
+    /// The live parameter tensors (shared with the model) whose names start with `prefix`.
+    #[pyo3(signature = (prefix = ""))]
+    fn parameters(&self, prefix: &str) -> PyResult<Vec<(String, PyTensor)>> {
+        let m = lock(&self.inner);
+        let v: Vec<(String, PyTensor)> = m
+            .params
+            .entries
+            .iter()
+            .filter(|e| e.role == Role::Param && (prefix.is_empty() || e.name == prefix || e.name.starts_with(&format!("{prefix}."))))
+            .map(|e| (e.name.clone(), PyTensor(e.tensor.shallow_clone())))
+            .collect();
+        if v.is_empty() && !prefix.is_empty() {
+            return Err(PyValueError::new_err(format!("prefix: '{prefix}' names no parameter of {}", m.arch.name())));
+        }
+        Ok(v)
+    }
+
+    fn set_trainable(&self, prefix: &str, trainable: bool) -> PyResult<usize> {
+        lock(&self.inner).set_trainable(prefix, trainable).map_err(to_py)
+    }
+
+    fn replace_head(&self, py: Python<'_>, num_classes: i64) -> PyResult<()> {
+        let m = self.inner.clone();
+        release(py, move || lock(&m).replace_head(num_classes))
+    }
+
+    fn to(&self, py: Python<'_>, device: &str) -> PyResult<()> {
+        let d = parse_device(device)?;
+        let m = self.inner.clone();
+        release(py, move || lock(&m).to_device(d))
+    }
+
+    #[getter]
+    fn device(&self) -> String {
+        device_name(lock(&self.inner).device())
+    }
+
+    #[getter]
+    fn training(&self) -> bool {
+        lock(&self.inner).training
+    }
+
+    #[setter]
+    fn set_training(&self, v: bool) {
+        lock(&self.inner).training = v;
+    }
+
+    /// (name, num_classes, cifar_stem, width) of the architecture.
+    #[getter]
+    fn arch(&self) -> (String, i64, bool, i64) {
+        match lock(&self.inner).arch {
+            Arch::ImageClassifier { num_classes } => ("image_classifier".into(), num_classes, false, 0),
+            Arch::ResNet18 { num_classes, cifar_stem } => ("resnet18".into(), num_classes, cifar_stem, 0),
+            Arch::ResNet9 { num_classes } => ("resnet9".into(), num_classes, false, 0),
+            Arch::SmallCnn { num_classes, width } => ("small_cnn".into(), num_classes, false, width),
+        }
+    }
+
+    #[pyo3(signature = (trainable_only = false))]
+    fn num_parameters(&self, trainable_only: bool) -> i64 {
+        lock(&self.inner).params.num_parameters(trainable_only)
+    }
+
+    /// Writes the state dict as safetensors (to `path` directly; the caller handles atomicity).
+    fn save_safetensors(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        let m = self.inner.clone();
+        release(py, move || {
+            let sd: Vec<(String, tch::Tensor)> = lock(&m).state_dict().into_iter().map(|(k, v)| (k, v.to_device(tch::Device::Cpu))).collect();
+            tch::Tensor::write_safetensors(&sd, &path).map_err(Error::from)
+        })
+    }
+
+    #[pyo3(signature = (path, strict = true))]
+    fn load_safetensors(&self, py: Python<'_>, path: PathBuf, strict: bool) -> PyResult<(Vec<String>, Vec<String>)> {
+        if !path.exists() {
+            return Err(to_py(Error::not_found(&path, "no such file")));
+        }
+        let m = self.inner.clone();
+        release(py, move || {
+            let sd = tch::Tensor::read_safetensors(&path).map_err(|e| Error::format(&path, format!("not a readable safetensors file: {e}")))?;
+            lock(&m).load_state_dict(&sd, strict)
+        })
+    }
+}
+
+pub(crate) fn device_name(d: tch::Device) -> String {
+    match d {
+        tch::Device::Cpu => "cpu".into(),
+        tch::Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+fn optimizer_kind(name: &str, s: &Settings) -> PyResult<OptKind> {
+    Ok(match name {
+        "SGD" => OptKind::Sgd {
+            momentum: s.f("momentum", 0.0),
+            dampening: s.f("dampening", 0.0),
+            nesterov: s.b("nesterov", false),
+            weight_decay: s.f("weight_decay", 0.0),
+        },
+        "Adam" => OptKind::Adam { beta1: s.f("beta1", 0.9), beta2: s.f("beta2", 0.999), eps: s.f("eps", 1e-8), weight_decay: s.f("weight_decay", 0.0) },
+        "AdamW" => OptKind::AdamW { beta1: s.f("beta1", 0.9), beta2: s.f("beta2", 0.999), eps: s.f("eps", 1e-8), weight_decay: s.f("weight_decay", 1e-2) },
+        n => return Err(PyValueError::new_err(format!("optimizer: unknown optimizer '{n}' (SGD, Adam, AdamW)"))),
+    })
+}
+
+const OPT_KEYS: &[&str] = &["lr", "momentum", "dampening", "nesterov", "weight_decay", "beta1", "beta2", "eps"];
+const SCHED_KEYS: &[&str] = &[
+    "step_size", "gamma", "T_max", "eta_min", "max_lr", "total_steps", "pct_start", "div_factor", "final_div_factor",
+    "cycle_momentum", "base_momentum", "max_momentum", "mode_min", "factor", "patience", "threshold", "cooldown", "min_lr",
+    "warmup_steps", "warmup_start_factor",
+];
+
+fn scheduler(name: &str, s: &Settings, base_lr: f64) -> PyResult<Scheduler> {
+    let kind = match name {
+        "Constant" => sched::Kind::Constant,
+        "StepLR" => sched::Kind::Step { step_size: s.u("step_size", 0)?, gamma: s.f("gamma", 0.1) },
+        "CosineAnnealingLR" => sched::Kind::Cosine { t_max: s.u("T_max", 0)?, eta_min: s.f("eta_min", 0.0) },
+        "OneCycleLR" => sched::Kind::OneCycle {
+            max_lr: s.f("max_lr", 0.0),
+            total_steps: s.u("total_steps", 0)?,
+            pct_start: s.f("pct_start", 0.3),
+            div_factor: s.f("div_factor", 25.0),
+            final_div_factor: s.f("final_div_factor", 1e4),
+            cycle_momentum: s.b("cycle_momentum", true),
+            base_momentum: s.f("base_momentum", 0.85),
+            max_momentum: s.f("max_momentum", 0.95),
+        },
+        "ReduceLROnPlateau" => sched::Kind::Plateau {
+            min_mode: s.b("mode_min", true),
+            factor: s.f("factor", 0.1),
+            patience: s.u("patience", 10)?,
+            threshold: s.f("threshold", 1e-4),
+            cooldown: s.u("cooldown", 0)?,
+            min_lr: s.f("min_lr", 0.0),
+        },
+        n => return Err(PyValueError::new_err(format!("scheduler: unknown scheduler '{n}'"))),
+    };
+    Scheduler::new(kind, base_lr, s.u("warmup_steps", 0)?, s.f("warmup_start_factor", 0.0)).map_err(to_py)
+}
+
+/// Optimizer + schedule + settings bound to a model.
+#[pyclass(frozen, name = "NativeTrainer", module = "fastcifar._native")]
+pub struct PyTrainer {
+    model: Arc<Mutex<Model>>,
+    state: Arc<Mutex<TrainState>>,
+}
+
+fn epoch_dict<'py>(py: Python<'py>, s: &engine::EpochStats) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("loss", s.loss)?;
+    d.set_item("accuracy", s.accuracy)?;
+    d.set_item("images", s.images)?;
+    d.set_item("seconds", s.seconds)?;
+    d.set_item("lr", s.lr)?;
+    d.set_item("stopped", s.stopped)?;
+    Ok(d)
+}
+
+#[pymethods]
+impl PyTrainer {
+    #[new]
+    #[pyo3(signature = (model, params, optimizer, opt_settings, scheduler, sched_settings, label_smoothing, amp, grad_accum, grad_clip, log_every))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        model: &PyModel,
+        params: Vec<PyTensor>,
+        optimizer: &str,
+        opt_settings: HashMap<String, f64>,
+        scheduler: Option<&str>,
+        sched_settings: HashMap<String, f64>,
+        label_smoothing: f64,
+        amp: bool,
+        grad_accum: usize,
+        grad_clip: Option<f64>,
+        log_every: usize,
+    ) -> PyResult<Self> {
+        let os = Settings::new(opt_settings, OPT_KEYS, optimizer)?;
+        let lr = os.f("lr", 1e-3);
+        let kind = optimizer_kind(optimizer, &os)?;
+        let opt = Optimizer::new(kind, lr, params.into_iter().map(|p| p.0).collect()).map_err(to_py)?;
+        let sched = match scheduler {
+            None => None,
+            Some(name) => Some(self::scheduler(name, &Settings::new(sched_settings, SCHED_KEYS, name)?, lr)?),
+        };
+        let cfg = TrainConfig { label_smoothing, amp, grad_accum, grad_clip, log_every };
+        let device = lock(&model.inner).device();
+        let mut state = TrainState::new(opt, sched, cfg, device).map_err(to_py)?;
+        state.apply_schedule();
+        Ok(PyTrainer { model: model.inner.clone(), state: Arc::new(Mutex::new(state)) })
+    }
+
+    /// Trains one epoch of `loader` (its epoch number `epoch`) with the GIL released. `callback`
+    /// gets a dict every `log_every` steps; returning False, or Ctrl-C, stops at that step.
+    #[pyo3(signature = (loader, epoch, callback = None))]
+    fn train_epoch<'py>(&self, py: Python<'py>, loader: &PyLoader, epoch: u64, callback: Option<PyObject>) -> PyResult<(Bound<'py, PyDict>, bool)> {
+        let (model, state, l) = (self.model.clone(), self.state.clone(), loader.inner.clone());
+        let mut interrupted = false;
+        let mut cb_error: Option<PyErr> = None;
+        let stats = {
+            let (interrupted, cb_error) = (&mut interrupted, &mut cb_error);
+            release(py, move || {
+                let mut m = lock(&model);
+                let mut st = lock(&state);
+                let mut progress = |info: &engine::StepInfo| -> bool {
+                    Python::with_gil(|py| {
+                        if let Err(e) = py.check_signals() {
+                            if e.is_instance_of::<PyKeyboardInterrupt>(py) {
+                                *interrupted = true;
+                            } else {
+                                *cb_error = Some(e);
+                            }
+                            return false;
+                        }
+                        let Some(cb) = &callback else { return true };
+                        let d = PyDict::new(py);
+                        let _ = d.set_item("epoch", info.epoch);
+                        let _ = d.set_item("step", info.step);
+                        let _ = d.set_item("steps", info.steps);
+                        let _ = d.set_item("loss", info.loss);
+                        let _ = d.set_item("accuracy", info.accuracy);
+                        let _ = d.set_item("images", info.images);
+                        let _ = d.set_item("seconds", info.seconds);
+                        let _ = d.set_item("lr", info.lr);
+                        match cb.call1(py, (d,)) {
+                            Ok(r) => !matches!(r.extract::<bool>(py), Ok(false)),
+                            Err(e) => {
+                                if e.is_instance_of::<PyKeyboardInterrupt>(py) {
+                                    *interrupted = true;
+                                } else {
+                                    *cb_error = Some(e);
+                                }
+                                false
+                            }
+                        }
+                    })
+                };
+                st.train_epoch(&mut m, &l, epoch, &mut progress)
+            })?
+        };
+        if let Some(e) = cb_error {
+            return Err(e);
+        }
+        Ok((epoch_dict(py, &stats)?, interrupted))
+    }
+
+    /// End of epoch: moves epoch schedules (`metric` for ReduceLROnPlateau).
+    #[pyo3(signature = (metric = None))]
+    fn end_epoch(&self, metric: Option<f64>) -> PyResult<()> {
+        lock(&self.state).end_epoch(metric).map_err(to_py)
+    }
+
+    #[getter]
+    fn lr(&self) -> f64 {
+        lock(&self.state).opt.lr
+    }
+
+    #[getter]
+    fn global_step(&self) -> u64 {
+        lock(&self.state).global_step
+    }
+
+    /// (name, lr, initial_lr, hyper-parameters, per-parameter state (step, buf1, buf2) or None).
+    #[allow(clippy::type_complexity)]
+    fn optimizer_state(&self) -> (String, f64, f64, HashMap<String, f64>, Vec<Option<(f64, Option<PyTensor>, Option<PyTensor>)>>) {
+        let st = lock(&self.state);
+        let o = &st.opt;
+        let mut h = HashMap::new();
+        match o.kind {
+            OptKind::Sgd { momentum, dampening, nesterov, weight_decay } => {
+                h.insert("momentum".into(), momentum);
+                h.insert("dampening".into(), dampening);
+                h.insert("nesterov".into(), nesterov as i64 as f64);
+                h.insert("weight_decay".into(), weight_decay);
+            }
+            OptKind::Adam { beta1, beta2, eps, weight_decay } | OptKind::AdamW { beta1, beta2, eps, weight_decay } => {
+                h.insert("beta1".into(), beta1);
+                h.insert("beta2".into(), beta2);
+                h.insert("eps".into(), eps);
+                h.insert("weight_decay".into(), weight_decay);
+            }
+        }
+        let states = o
+            .state
+            .iter()
+            .map(|s| s.as_ref().map(|s| (s.step, s.buf1.as_ref().map(|t| PyTensor(t.detach().copy())), s.buf2.as_ref().map(|t| PyTensor(t.detach().copy())))))
+            .collect();
+        (o.kind.name().to_string(), o.lr, o.initial_lr, h, states)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn load_optimizer_state(&self, lr: f64, momentum: f64, states: Vec<Option<(f64, Option<PyTensor>, Option<PyTensor>)>>) -> PyResult<()> {
+        let mut st = lock(&self.state);
+        if states.len() != st.opt.len() {
+            return Err(PyValueError::new_err(format!(
+                "optimizer_state_dict: state for {} parameters, the optimizer has {}",
+                states.len(),
+                st.opt.len()
+            )));
+        }
+        for (i, s) in states.into_iter().enumerate() {
+            match s {
+                Some((step, a, b)) => st.opt.set_state(i, step, a.map(|t| t.0), b.map(|t| t.0)).map_err(to_py)?,
+                None => st.opt.state[i] = None,
+            }
+        }
+        st.opt.lr = lr;
+        st.opt.set_momentum(momentum);
+        Ok(())
+    }
+
+    /// The schedule's counters and ReduceLROnPlateau state.
+    fn scheduler_state(&self) -> Option<HashMap<String, f64>> {
+        let st = lock(&self.state);
+        st.sched.as_ref().map(|s| {
+            HashMap::from([
+                ("epoch".to_string(), s.epoch as f64),
+                ("step".to_string(), s.step as f64),
+                ("plateau_lr".to_string(), s.plateau_lr),
+                ("best".to_string(), s.best),
+                ("num_bad".to_string(), s.num_bad as f64),
+                ("cooldown_counter".to_string(), s.cooldown_counter as f64),
+                ("base_lr".to_string(), s.base_lr),
+            ])
+        })
+    }
+
+    fn load_scheduler_state(&self, d: HashMap<String, f64>) -> PyResult<()> {
+        let mut st = lock(&self.state);
+        let Some(s) = st.sched.as_mut() else {
+            return Err(PyValueError::new_err("scheduler_state_dict: this trainer has no scheduler"));
+        };
+        let g = |k: &str| d.get(k).copied().ok_or_else(|| PyValueError::new_err(format!("scheduler_state_dict: missing '{k}'")));
+        s.epoch = g("epoch")? as u64;
+        s.step = g("step")? as u64;
+        s.plateau_lr = g("plateau_lr")?;
+        s.best = g("best")?;
+        s.num_bad = g("num_bad")? as u64;
+        s.cooldown_counter = g("cooldown_counter")? as u64;
+        s.base_lr = g("base_lr")?;
+        st.apply_schedule();
+        Ok(())
+    }
+
+    fn set_global_step(&self, step: u64) {
+        lock(&self.state).global_step = step;
+    }
+
+    /// Moves optimizer state to the model's device (after `model.to`).
+    fn sync_device(&self) {
+        let d = lock(&self.model).device();
+        let mut st = lock(&self.state);
+        st.opt.to_device(d);
+        if st.cfg.amp && d.is_cuda() && st.scaler.is_none() {
+            st.scaler = Some(engine::GradScaler::default());
+        }
+    }
+}
+
+/// Loss, accuracy and the confusion matrix (row-major, true x predicted).
+#[pyfunction]
+#[pyo3(signature = (model, loader, callback = None))]
+fn evaluate(py: Python<'_>, model: &PyModel, loader: &PyLoader, callback: Option<PyObject>) -> PyResult<(f64, f64, u64, Vec<i64>, usize)> {
+    let (m, l) = (model.inner.clone(), loader.inner.clone());
+    let r = release(py, move || {
+        let m = lock(&m);
+        let mut progress = |i: usize, n: usize| -> bool {
+            Python::with_gil(|py| {
+                if py.check_signals().is_err() {
+                    return false;
+                }
+                match &callback {
+                    Some(cb) => cb.call1(py, (i, n)).is_ok(),
+                    None => true,
+                }
+            })
+        };
+        engine::evaluate(&m, &l, &mut progress)
+    })?;
+    Ok((r.loss, r.accuracy, r.count, r.confusion, r.num_classes))
+}
+
+#[pyfunction]
+#[pyo3(signature = (model, x, batch_size = 256, tta = false))]
+fn predict_logits(py: Python<'_>, model: &PyModel, x: PyTensor, batch_size: i64, tta: bool) -> PyResult<PyTensor> {
+    let m = model.inner.clone();
+    let y = release(py, move || engine::predict(&lock(&m), &x.0, batch_size, tta))?;
+    Ok(PyTensor(y))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyModel>()?;
+    m.add_class::<PyTrainer>()?;
+    m.add_function(wrap_pyfunction!(evaluate, m)?)?;
+    m.add_function(wrap_pyfunction!(predict_logits, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,331 @@
+//! The training engine: one epoch of forward / loss / backward / optimizer / scheduler steps over a
+//! `Loader`, evaluation with a confusion matrix, and batched prediction. The per-step loop never
+//! leaves Rust; the caller's callback runs only every `log_every` steps.
+pub mod optim;
+pub mod sched;
+
+use std::time::Instant;
+
+use tch::{Device, Kind, Reduction, Tensor};
+
+use crate::error::{Error, Result};
+use crate::loader::Loader;
+use crate::nn::Model;
+use optim::Optimizer;
+use sched::Scheduler;
+
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub label_smoothing: f64,
+    /// Mixed precision on CUDA: fp16 autocast with dynamic loss scaling.
+    pub amp: bool,
+    pub grad_accum: usize,
+    pub grad_clip: Option<f64>,
+    /// Steps between progress callbacks (and loss finiteness checks).
+    pub log_every: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig { label_smoothing: 0.0, amp: false, grad_accum: 1, grad_clip: None, log_every: 20 }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(Error::invalid("label_smoothing", format!("{} must be in [0, 1)", self.label_smoothing)));
+        }
+        if self.grad_accum == 0 {
+            return Err(Error::invalid("grad_accum_steps", "must be at least 1"));
+        }
+        if let Some(c) = self.grad_clip {
+            if !(c > 0.0 && c.is_finite()) {
+                return Err(Error::invalid("grad_clip", format!("{c} must be a positive number")));
+            }
+        }
+        if self.log_every == 0 {
+            return Err(Error::invalid("log_every", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// torch.cuda.amp.GradScaler's dynamic loss scale.
+#[derive(Debug, Clone)]
+pub struct GradScaler {
+    pub scale: f64,
+    pub tracker: u64,
+}
+
+impl Default for GradScaler {
+    fn default() -> Self {
+        GradScaler { scale: 65536.0, tracker: 0 }
+    }
+}
+
+impl GradScaler {
+    /// Unscales the gradients in place; true if any is inf or NaN (then the step is skipped).
+    fn unscale(&self, grads: &[Tensor]) -> Result<bool> {
+        let mut found = false;
+        tch::no_grad(|| -> Result<()> {
+            for g in grads {
+                let _ = g.shallow_clone().f_mul_scalar_(1.0 / self.scale)?;
+                found |= !bool::try_from(g.isfinite().all())?;
+            }
+            Ok(())
+        })?;
+        Ok(found)
+    }
+
+    fn update(&mut self, found_inf: bool) {
+        if found_inf {
+            self.scale *= 0.5;
+            self.tracker = 0;
+        } else {
+            self.tracker += 1;
+            if self.tracker == 2000 {
+                self.scale *= 2.0;
+                self.tracker = 0;
+            }
+        }
+    }
+}
+
+/// What a progress callback sees.
+#[derive(Debug, Clone, Default)]
+pub struct StepInfo {
+    pub epoch: u64,
+    pub step: usize,
+    pub steps: usize,
+    /// Mean loss and accuracy over the epoch so far.
+    pub loss: f64,
+    pub accuracy: f64,
+    pub images: u64,
+    pub seconds: f64,
+    pub lr: f64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EpochStats {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub images: u64,
+    pub seconds: f64,
+    pub lr: f64,
+    /// The callback asked to stop (Ctrl-C): the epoch ended early at a step boundary.
+    pub stopped: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct EvalReport {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub count: u64,
+    /// num_classes x num_classes, row = true class, column = predicted.
+    pub confusion: Vec<i64>,
+    pub num_classes: usize,
+}
+
+/// Optimizer, schedule and settings: everything training carries besides the model.
+pub struct TrainState {
+    pub opt: Optimizer,
+    pub sched: Option<Scheduler>,
+    pub scaler: Option<GradScaler>,
+    pub cfg: TrainConfig,
+    pub global_step: u64,
+}
+
+/// Labels must index the model's classes; checked once per epoch, not per step.
+fn check_labels(model: &Model, loader: &Loader) -> Result<()> {
+    let ds = loader.dataset();
+    let nc = model.num_classes();
+    if let Some(&bad) = ds.labels.iter().find(|&&l| l >= nc) {
+        return Err(Error::invalid(
+            "labels",
+            format!("the data set has label {bad}, but the model has {nc} classes (replace its head for {} classes)", ds.classes.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn to_device(t: Tensor, d: Device) -> Tensor {
+    if t.device() == d {
+        t
+    } else {
+        t.to_device(d)
+    }
+}
+
+impl TrainState {
+    pub fn new(opt: Optimizer, sched: Option<Scheduler>, cfg: TrainConfig, device: Device) -> Result<TrainState> {
+        cfg.validate()?;
+        let scaler = (cfg.amp && device.is_cuda()).then(GradScaler::default);
+        Ok(TrainState { opt, sched, scaler, cfg, global_step: 0 })
+    }
+
+    /// Puts the schedule's learning rate (and cycled momentum) into the optimizer.
+    pub fn apply_schedule(&mut self) {
+        if let Some(s) = &self.sched {
+            self.opt.lr = s.lr();
+            if let Some(m) = s.momentum() {
+                self.opt.set_momentum(m);
+            }
+        }
+    }
+
+    /// One epoch over `loader` (its epoch `epoch`: shuffle and augmentation). `progress` runs every
+    /// `log_every` steps and at the end; returning false stops at that step boundary.
+    pub fn train_epoch(&mut self, model: &mut Model, loader: &Loader, epoch: u64, progress: &mut dyn FnMut(&StepInfo) -> bool) -> Result<EpochStats> {
+        check_labels(model, loader)?;
+        model.training = true;
+        let dev = model.device();
+        let steps = loader.len();
+        let accum = self.cfg.grad_accum;
+        let autocast = self.cfg.amp && dev.is_cuda();
+        let t0 = Instant::now();
+        let loss_sum = Tensor::zeros([], (Kind::Float, dev));
+        let correct = Tensor::zeros([], (Kind::Int64, dev));
+        let mut images = 0u64;
+        let mut info = StepInfo { epoch, steps, ..Default::default() };
+        let mut stopped = false;
+        self.opt.zero_grad();
+        let mut it = loader.iter(epoch);
+        for i in 0..steps {
+            let Some(batch) = it.next() else { break };
+            let (x, y) = batch?;
+            let (x, y) = (to_device(x, dev), to_device(y, dev));
+            let n = y.size()[0];
+            self.apply_schedule();
+            let logits = tch::autocast(autocast, || model.forward_t(&x, true))?.to_kind(Kind::Float);
+            let loss = logits.f_cross_entropy_loss(&y, None::<Tensor>, Reduction::Mean, -100, self.cfg.label_smoothing)?;
+            tch::no_grad(|| {
+                let _ = loss_sum.shallow_clone().f_add_(&(loss.detach() * n as f64));
+                let _ = correct.shallow_clone().f_add_(&logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64));
+            });
+            images += n as u64;
+            let mut scaled = if accum > 1 { &loss / accum as f64 } else { loss };
+            if let Some(s) = &self.scaler {
+                scaled = scaled * s.scale;
+            }
+            scaled.f_backward()?;
+            if (i + 1) % accum == 0 || i + 1 == steps {
+                let mut skip = false;
+                if let Some(s) = &mut self.scaler {
+                    skip = s.unscale(&self.opt.grads())?;
+                    s.update(skip);
+                }
+                if !skip {
+                    if let Some(c) = self.cfg.grad_clip {
+                        optim::clip_grad_norm(&self.opt.grads(), c)?;
+                    }
+                    self.opt.step()?;
+                }
+                self.opt.zero_grad();
+                self.global_step += 1;
+                if let Some(s) = &mut self.sched {
+                    s.on_step();
+                }
+            }
+            if (i + 1) % self.cfg.log_every == 0 || i + 1 == steps {
+                info.step = i + 1;
+                info.images = images;
+                info.loss = f64::try_from(&loss_sum)? / images as f64;
+                info.accuracy = i64::try_from(&correct)? as f64 / images as f64;
+                info.seconds = t0.elapsed().as_secs_f64();
+                info.lr = self.opt.lr;
+                if !info.loss.is_finite() {
+                    return Err(Error::NonFinite(format!(
+                        "the training loss became {} at epoch {epoch}, step {}; stopped (try a lower learning rate or grad_clip)",
+                        info.loss,
+                        i + 1
+                    )));
+                }
+                if !progress(&info) {
+                    stopped = true;
+                    break;
+                }
+            }
+        }
+        drop(it);
+        let seconds = t0.elapsed().as_secs_f64();
+        if images == 0 {
+            return Ok(EpochStats { seconds, stopped, lr: self.opt.lr, ..Default::default() });
+        }
+        let loss = f64::try_from(&loss_sum)? / images as f64;
+        if !loss.is_finite() {
+            return Err(Error::NonFinite(format!("the training loss became {loss} in epoch {epoch}; stopped")));
+        }
+        let accuracy = i64::try_from(&correct)? as f64 / images as f64;
+        Ok(EpochStats { loss, accuracy, images, seconds, lr: self.opt.lr, stopped })
+    }
+
+    /// End of epoch: epoch schedules move (ReduceLROnPlateau on `metric`).
+    pub fn end_epoch(&mut self, metric: Option<f64>) -> Result<()> {
+        if let Some(s) = &mut self.sched {
+            s.on_epoch(metric)?;
+        }
+        self.apply_schedule();
+        Ok(())
+    }
+}
+
+/// Loss, accuracy and confusion matrix over one pass of `loader`, in eval mode.
+pub fn evaluate(model: &Model, loader: &Loader, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<EvalReport> {
+    check_labels(model, loader)?;
+    let dev = model.device();
+    let nc = model.num_classes();
+    let steps = loader.len();
+    tch::no_grad(|| -> Result<EvalReport> {
+        let loss_sum = Tensor::zeros([], (Kind::Double, dev));
+        let mut conf = Tensor::zeros([nc * nc], (Kind::Int64, dev));
+        let mut count = 0u64;
+        for (i, batch) in loader.iter(0).enumerate() {
+            let (x, y) = batch?;
+            let (x, y) = (to_device(x, dev), to_device(y, dev));
+            let logits = model.forward_t(&x, false)?.to_kind(Kind::Float);
+            let l = logits.f_cross_entropy_loss(&y, None::<Tensor>, Reduction::Sum, -100, 0.0)?;
+            let _ = loss_sum.shallow_clone().f_add_(&l.to_kind(Kind::Double));
+            let idx = &y * nc + logits.argmax(1, false);
+            conf += idx.bincount(None::<Tensor>, nc * nc);
+            count += y.size()[0] as u64;
+            if !progress(i + 1, steps) {
+                return Err(Error::Interrupted);
+            }
+        }
+        let confusion: Vec<i64> = Vec::try_from(conf.to_device(Device::Cpu))?;
+        let correct: i64 = (0..nc as usize).map(|c| confusion[c * nc as usize + c]).sum();
+        let n = count.max(1) as f64;
+        Ok(EvalReport {
+            loss: f64::try_from(&loss_sum)? / n,
+            accuracy: correct as f64 / n,
+            count,
+            confusion,
+            num_classes: nc as usize,
+        })
+    })
+}
+
+/// Logits for a float batch (N, C, H, W), `batch_size` at a time, in eval mode. With `tta`, the
+/// logits of the image and its horizontal mirror are averaged.
+pub fn predict(model: &Model, x: &Tensor, batch_size: i64, tta: bool) -> Result<Tensor> {
+    if batch_size < 1 {
+        return Err(Error::invalid("batch_size", "must be at least 1"));
+    }
+    model.check_input(x)?;
+    tch::no_grad(|| -> Result<Tensor> {
+        let n = x.size()[0];
+        let mut outs = Vec::new();
+        let mut s = 0;
+        while s < n {
+            let xb = x.narrow(0, s, batch_size.min(n - s));
+            let mut out = model.forward_t(&xb, false)?;
+            if tta {
+                out = (out + model.forward_t(&xb.flip([3]), false)?) / 2.0;
+            }
+            outs.push(out);
+            s += batch_size;
+        }
+        Ok(Tensor::cat(&outs, 0))
+    })
+}

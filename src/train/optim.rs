@@ -1,0 +1,248 @@
+//! Optimizers written over tensor ops, following `torch.optim`'s single-tensor update rules step
+//! for step, with their state in tensors we own (so it saves, loads and moves with the model).
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OptKind {
+    Sgd { momentum: f64, dampening: f64, nesterov: bool, weight_decay: f64 },
+    /// Adam with L2 weight decay added to the gradient (torch.optim.Adam).
+    Adam { beta1: f64, beta2: f64, eps: f64, weight_decay: f64 },
+    /// Adam with decoupled weight decay (torch.optim.AdamW).
+    AdamW { beta1: f64, beta2: f64, eps: f64, weight_decay: f64 },
+}
+
+impl OptKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            OptKind::Sgd { .. } => "SGD",
+            OptKind::Adam { .. } => "Adam",
+            OptKind::AdamW { .. } => "AdamW",
+        }
+    }
+
+    pub fn validate(&self, lr: f64) -> Result<()> {
+        let bad = |n: &str, m: String| Err(Error::invalid(n, format!("{m} ({})", self.name())));
+        if !(lr >= 0.0 && lr.is_finite()) {
+            return bad("lr", format!("{lr} must be a finite number >= 0"));
+        }
+        match *self {
+            OptKind::Sgd { momentum, dampening, nesterov, weight_decay } => {
+                if !(momentum >= 0.0) {
+                    return bad("momentum", format!("{momentum} must be >= 0"));
+                }
+                if !(weight_decay >= 0.0) {
+                    return bad("weight_decay", format!("{weight_decay} must be >= 0"));
+                }
+                if nesterov && (momentum <= 0.0 || dampening != 0.0) {
+                    return bad("nesterov", "needs momentum > 0 and dampening = 0".into());
+                }
+            }
+            OptKind::Adam { beta1, beta2, eps, weight_decay } | OptKind::AdamW { beta1, beta2, eps, weight_decay } => {
+                if !(0.0..1.0).contains(&beta1) || !(0.0..1.0).contains(&beta2) {
+                    return bad("betas", format!("({beta1}, {beta2}) must be in [0, 1)"));
+                }
+                if !(eps >= 0.0) {
+                    return bad("eps", format!("{eps} must be >= 0"));
+                }
+                if !(weight_decay >= 0.0) {
+                    return bad("weight_decay", format!("{weight_decay} must be >= 0"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Per-parameter state: torch's `step`, and `momentum_buffer` or `exp_avg` / `exp_avg_sq`.
+#[derive(Debug)]
+pub struct ParamState {
+    pub step: f64,
+    pub buf1: Option<Tensor>,
+    pub buf2: Option<Tensor>,
+}
+
+pub struct Optimizer {
+    pub kind: OptKind,
+    pub lr: f64,
+    /// The learning rate the optimizer was made with (schedulers scale from it).
+    pub initial_lr: f64,
+    params: Vec<Tensor>,
+    pub state: Vec<Option<ParamState>>,
+}
+
+impl Optimizer {
+    pub fn new(kind: OptKind, lr: f64, params: Vec<Tensor>) -> Result<Optimizer> {
+        kind.validate(lr)?;
+        let n = params.len();
+        Ok(Optimizer { kind, lr, initial_lr: lr, params, state: (0..n).map(|_| None).collect() })
+    }
+
+    pub fn len(&self) -> usize {
+        self.params.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.params.is_empty()
+    }
+
+    /// Sets SGD's momentum or Adam's beta1 (OneCycleLR cycles it).
+    pub fn set_momentum(&mut self, m: f64) {
+        match &mut self.kind {
+            OptKind::Sgd { momentum, .. } => *momentum = m,
+            OptKind::Adam { beta1, .. } | OptKind::AdamW { beta1, .. } => *beta1 = m,
+        }
+    }
+
+    pub fn momentum(&self) -> f64 {
+        match self.kind {
+            OptKind::Sgd { momentum, .. } => momentum,
+            OptKind::Adam { beta1, .. } | OptKind::AdamW { beta1, .. } => beta1,
+        }
+    }
+
+    pub fn zero_grad(&mut self) {
+        for p in &mut self.params {
+            p.zero_grad();
+        }
+    }
+
+    /// The gradients of the parameters that have one.
+    pub fn grads(&self) -> Vec<Tensor> {
+        self.params.iter().map(|p| p.grad()).filter(|g| g.defined()).collect()
+    }
+
+    /// One update of every parameter that has a gradient (frozen ones have none and are skipped).
+    pub fn step(&mut self) -> Result<()> {
+        let lr = self.lr;
+        tch::no_grad(|| -> Result<()> {
+            for (p, st) in self.params.iter_mut().zip(self.state.iter_mut()) {
+                let g = p.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let st = st.get_or_insert_with(|| ParamState { step: 0.0, buf1: None, buf2: None });
+                match self.kind {
+                    OptKind::Sgd { momentum, dampening, nesterov, weight_decay } => {
+                        let mut d = if weight_decay != 0.0 { g.f_add(&(&*p * weight_decay))? } else { g.shallow_clone() };
+                        if momentum != 0.0 {
+                            let buf = match st.buf1.take() {
+                                None => d.detach().copy(),
+                                Some(mut b) => {
+                                    let _ = b.f_mul_scalar_(momentum)?;
+                                    let _ = b.f_add_(&(&d * (1.0 - dampening)))?;
+                                    b
+                                }
+                            };
+                            d = if nesterov { d.f_add(&(&buf * momentum))? } else { buf.shallow_clone() };
+                            st.buf1 = Some(buf);
+                        }
+                        st.step += 1.0;
+                        let _ = p.f_sub_(&(d * lr))?;
+                    }
+                    OptKind::Adam { beta1, beta2, eps, weight_decay } | OptKind::AdamW { beta1, beta2, eps, weight_decay } => {
+                        let decoupled = matches!(self.kind, OptKind::AdamW { .. });
+                        if decoupled && weight_decay != 0.0 {
+                            let _ = p.f_mul_scalar_(1.0 - lr * weight_decay)?;
+                        }
+                        let g = if !decoupled && weight_decay != 0.0 { g.f_add(&(&*p * weight_decay))? } else { g };
+                        st.step += 1.0;
+                        let m = st.buf1.get_or_insert_with(|| p.zeros_like());
+                        let _ = m.f_lerp_(&g, 1.0 - beta1)?;
+                        let v = st.buf2.get_or_insert_with(|| p.zeros_like());
+                        let _ = v.f_mul_scalar_(beta2)?;
+                        let _ = v.f_add_(&(&g * &g * (1.0 - beta2)))?;
+                        let bc1 = 1.0 - beta1.powf(st.step);
+                        let bc2 = 1.0 - beta2.powf(st.step);
+                        let step_size = lr / bc1;
+                        let denom = (v.sqrt() / bc2.sqrt()) + eps;
+                        let _ = p.f_sub_(&(&*m / denom * step_size))?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Moves the state tensors (after the model moved).
+    pub fn to_device(&mut self, device: tch::Device) {
+        for s in self.state.iter_mut().flatten() {
+            for b in [&mut s.buf1, &mut s.buf2].into_iter().flatten() {
+                *b = b.to_device(device);
+            }
+        }
+    }
+
+    /// Names of the state buffers, as torch.optim writes them.
+    pub fn buffer_names(&self) -> (&'static str, Option<&'static str>) {
+        match self.kind {
+            OptKind::Sgd { .. } => ("momentum_buffer", None),
+            _ => ("exp_avg", Some("exp_avg_sq")),
+        }
+    }
+
+    /// Replaces the state of parameter `i` (loading a state dict); shapes must match.
+    pub fn set_state(&mut self, i: usize, step: f64, buf1: Option<Tensor>, buf2: Option<Tensor>) -> Result<()> {
+        let p = self.params.get(i).ok_or_else(|| Error::invalid("optimizer_state_dict", format!("state for parameter {i}, but the optimizer has {}", self.params.len())))?;
+        for b in [&buf1, &buf2].into_iter().flatten() {
+            if b.size() != p.size() {
+                return Err(Error::invalid("optimizer_state_dict", format!("state of parameter {i} has shape {:?}, the parameter {:?}", b.size(), p.size())));
+            }
+        }
+        let dev = p.device();
+        let mv = |b: Option<Tensor>| b.map(|t| t.to_device(dev).to_kind(Kind::Float));
+        self.state[i] = Some(ParamState { step, buf1: mv(buf1), buf2: mv(buf2) });
+        Ok(())
+    }
+}
+
+/// Scales gradients so that their global 2-norm is at most `max_norm` (torch.nn.utils.clip_grad_norm_).
+/// Returns the norm before clipping.
+pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> Result<f64> {
+    if grads.is_empty() {
+        return Ok(0.0);
+    }
+    let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
+    let total = f64::try_from(Tensor::stack(&norms, 0).norm())?;
+    let coef = max_norm / (total + 1e-6);
+    if coef < 1.0 {
+        tch::no_grad(|| {
+            for g in grads {
+                let _ = g.shallow_clone().f_mul_scalar_(coef);
+            }
+        });
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    #[test]
+    fn sgd_momentum_matches_hand_computation() {
+        let p = Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true);
+        let mut o = Optimizer::new(OptKind::Sgd { momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.0 }, 0.1, vec![p.shallow_clone()]).unwrap();
+        for _ in 0..2 {
+            o.zero_grad();
+            (&p * &p).sum(Kind::Float).backward(); // grad = 2p
+            o.step().unwrap();
+        }
+        // step 1: buf = 2p0 = [2,4], p1 = p0 - 0.1 buf = [0.8, 1.6]
+        // step 2: g = [1.6, 3.2], buf = 0.9*[2,4] + g = [3.4, 6.8], p2 = [0.46, 0.92]
+        let v: Vec<f32> = Vec::try_from(p.detach()).unwrap();
+        assert!((v[0] - 0.46).abs() < 1e-6 && (v[1] - 0.92).abs() < 1e-6, "{v:?}");
+        assert_eq!(o.state[0].as_ref().unwrap().step, 2.0);
+    }
+
+    #[test]
+    fn invalid_hyperparameters_are_named() {
+        let k = OptKind::Adam { beta1: 1.0, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        assert!(k.validate(1e-3).unwrap_err().to_string().starts_with("betas"));
+        assert!(OptKind::Sgd { momentum: 0.0, dampening: 0.0, nesterov: true, weight_decay: 0.0 }.validate(0.1).is_err());
+        let e = Optimizer::new(k, -1.0, vec![Tensor::zeros([1], (Kind::Float, Device::Cpu))]).err().unwrap();
+        assert!(e.to_string().starts_with("lr"));
+    }
+}
