@@ -312,6 +312,7 @@ impl PyTrainer {
                         let _ = d.set_item("step", info.step);
                         let _ = d.set_item("steps", info.steps);
                         let _ = d.set_item("loss", info.loss);
+                        let _ = d.set_item("batch_loss", info.batch_loss);
                         let _ = d.set_item("accuracy", info.accuracy);
                         let _ = d.set_item("images", info.images);
                         let _ = d.set_item("seconds", info.seconds);

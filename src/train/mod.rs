@@ -101,6 +101,8 @@ pub struct StepInfo {
     /// Mean loss and accuracy over the epoch so far.
     pub loss: f64,
     pub accuracy: f64,
+    /// The loss of the last batch alone.
+    pub batch_loss: f64,
     pub images: u64,
     pub seconds: f64,
     pub lr: f64,
@@ -204,6 +206,7 @@ impl TrainState {
                 let _ = correct.shallow_clone().f_add_(&logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64));
             });
             images += n as u64;
+            let batch_loss = loss.detach();
             let mut scaled = if accum > 1 { &loss / accum as f64 } else { loss };
             if let Some(s) = &self.scaler {
                 scaled = scaled * s.scale;
@@ -234,6 +237,7 @@ impl TrainState {
                 info.accuracy = i64::try_from(&correct)? as f64 / images as f64;
                 info.seconds = t0.elapsed().as_secs_f64();
                 info.lr = self.opt.lr;
+                info.batch_loss = f64::try_from(&batch_loss)?;
                 if !info.loss.is_finite() {
                     return Err(Error::NonFinite(format!(
                         "the training loss became {} at epoch {epoch}, step {}; stopped (try a lower learning rate or grad_clip)",

@@ -114,6 +114,8 @@ impl Optimizer {
     }
 
     /// One update of every parameter that has a gradient (frozen ones have none and are skipped).
+    /// Each line mirrors `torch.optim`'s single-tensor code, with the same rounding, so that
+    /// trajectories match PyTorch's bit for bit on the same kernels.
     pub fn step(&mut self) -> Result<()> {
         let lr = self.lr;
         tch::no_grad(|| -> Result<()> {
@@ -125,39 +127,49 @@ impl Optimizer {
                 let st = st.get_or_insert_with(|| ParamState { step: 0.0, buf1: None, buf2: None });
                 match self.kind {
                     OptKind::Sgd { momentum, dampening, nesterov, weight_decay } => {
-                        let mut d = if weight_decay != 0.0 { g.f_add(&(&*p * weight_decay))? } else { g.shallow_clone() };
+                        // grad = grad.add(param, alpha=weight_decay)
+                        let mut d = if weight_decay != 0.0 { add_alpha(&g, p, weight_decay)? } else { g.shallow_clone() };
                         if momentum != 0.0 {
                             let buf = match st.buf1.take() {
                                 None => d.detach().copy(),
                                 Some(mut b) => {
+                                    // buf.mul_(momentum).add_(grad, alpha=1 - dampening)
                                     let _ = b.f_mul_scalar_(momentum)?;
-                                    let _ = b.f_add_(&(&d * (1.0 - dampening)))?;
-                                    b
+                                    add_alpha(&b, &d, 1.0 - dampening)?
                                 }
                             };
-                            d = if nesterov { d.f_add(&(&buf * momentum))? } else { buf.shallow_clone() };
+                            // nesterov: grad = grad.add(buf, alpha=momentum)
+                            d = if nesterov { add_alpha(&d, &buf, momentum)? } else { buf.shallow_clone() };
                             st.buf1 = Some(buf);
                         }
                         st.step += 1.0;
-                        let _ = p.f_sub_(&(d * lr))?;
+                        // param.add_(grad, alpha=-lr)
+                        let new = add_alpha(p, &d, -lr)?;
+                        p.f_copy_(&new)?;
                     }
                     OptKind::Adam { beta1, beta2, eps, weight_decay } | OptKind::AdamW { beta1, beta2, eps, weight_decay } => {
                         let decoupled = matches!(self.kind, OptKind::AdamW { .. });
                         if decoupled && weight_decay != 0.0 {
                             let _ = p.f_mul_scalar_(1.0 - lr * weight_decay)?;
                         }
-                        let g = if !decoupled && weight_decay != 0.0 { g.f_add(&(&*p * weight_decay))? } else { g };
+                        let g = if !decoupled && weight_decay != 0.0 { add_alpha(&g, p, weight_decay)? } else { g };
                         st.step += 1.0;
+                        // exp_avg.lerp_(grad, 1 - beta1)
                         let m = st.buf1.get_or_insert_with(|| p.zeros_like());
                         let _ = m.f_lerp_(&g, 1.0 - beta1)?;
+                        // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2):
+                        // ATen computes fma(value * t1, t2, self).
                         let v = st.buf2.get_or_insert_with(|| p.zeros_like());
                         let _ = v.f_mul_scalar_(beta2)?;
-                        let _ = v.f_add_(&(&g * &g * (1.0 - beta2)))?;
+                        let new_v = fma(v, &(&g * (1.0 - beta2)), &g)?;
+                        v.f_copy_(&new_v)?;
                         let bc1 = 1.0 - beta1.powf(st.step);
                         let bc2 = 1.0 - beta2.powf(st.step);
                         let step_size = lr / bc1;
+                        // denom = (exp_avg_sq.sqrt() / sqrt(bc2)).add_(eps)
                         let denom = (v.sqrt() / bc2.sqrt()) + eps;
-                        let _ = p.f_sub_(&(&*m / denom * step_size))?;
+                        // param.addcdiv_(exp_avg, denom, value=-step_size): self + (value * t1) / t2
+                        let _ = p.f_add_(&(&*m * (-step_size) / denom))?;
                     }
                 }
             }
@@ -195,6 +207,24 @@ impl Optimizer {
         self.state[i] = Some(ParamState { step, buf1: mv(buf1), buf2: mv(buf2) });
         Ok(())
     }
+}
+
+/// `a.add(b, alpha=alpha)` as ATen computes it: one fused multiply-add per element, alpha rounded
+/// to float first. The product of two floats is exact in f64, so rounding the f64 sum once more to
+/// f32 gives the fused result (up to double-rounding ties, which are vanishingly rare).
+fn add_alpha(a: &Tensor, b: &Tensor, alpha: f64) -> Result<Tensor> {
+    if alpha == 1.0 {
+        return Ok(a.f_add(b)?);
+    }
+    let alpha = alpha as f32 as f64;
+    let r = a.f_to_kind(Kind::Double)?.f_add(&(b.f_to_kind(Kind::Double)? * alpha))?;
+    Ok(r.f_to_kind(a.kind())?)
+}
+
+/// `a + b * c` with one rounding (a fused multiply-add), the same way.
+fn fma(a: &Tensor, b: &Tensor, c: &Tensor) -> Result<Tensor> {
+    let d = |t: &Tensor| t.f_to_kind(Kind::Double);
+    Ok(d(a)?.f_add(&d(b)?.f_mul(&d(c)?)?)?.f_to_kind(a.kind())?)
 }
 
 /// Scales gradients so that their global 2-norm is at most `max_norm` (torch.nn.utils.clip_grad_norm_).
