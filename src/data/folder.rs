@@ -72,6 +72,19 @@ fn decode(path: &Path, size: Option<(usize, usize)>) -> Result<image::RgbImage> 
     })
 }
 
+/// Decodes image files (PNG / JPEG) as RGB, resized to `size` (h, w) where they differ; returns
+/// (N, H, W, 3) bytes. Used for prediction on loose files.
+pub fn decode_files(paths: &[std::path::PathBuf], size: (usize, usize)) -> Result<Vec<u8>> {
+    let per = size.0 * size.1 * 3;
+    let mut out = vec![0u8; paths.len() * per];
+    out.par_chunks_mut(per.max(1)).zip(paths.par_iter()).try_for_each(|(dst, p)| {
+        let img = decode(p, Some(size))?;
+        dst.copy_from_slice(img.as_raw());
+        Ok::<(), Error>(())
+    })?;
+    Ok(out)
+}
+
 /// Decodes every image as RGB. With `size = Some((h, w))` each is resized (bilinear); without it all
 /// images must share the first image's size.
 pub fn load(root: &Path, size: Option<(usize, usize)>) -> Result<Dataset> {

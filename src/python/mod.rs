@@ -337,6 +337,18 @@ impl PyBatchIter {
     }
 }
 
+/// Decodes PNG / JPEG files to a uint8 (N, H, W, 3) array, resized to `size` = (h, w).
+#[pyfunction]
+fn decode_images<'py>(py: Python<'py>, paths: Vec<PathBuf>, size: (usize, usize)) -> PyResult<Bound<'py, numpy::PyArray4<u8>>> {
+    if size.0 == 0 || size.1 == 0 {
+        return Err(PyValueError::new_err("size: must be positive"));
+    }
+    let n = paths.len();
+    let bytes = release(py, move || folder::decode_files(&paths, size))?;
+    let arr = numpy::ndarray::Array4::from_shape_vec((n, size.0, size.1, 3), bytes).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(numpy::PyArray4::from_owned_array(py, arr))
+}
+
 #[pyfunction]
 fn cuda_is_available() -> bool {
     tch::Cuda::is_available()
@@ -350,6 +362,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyLoader>()?;
     m.add_class::<PyBatchIter>()?;
     m.add_function(wrap_pyfunction!(cuda_is_available, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_images, m)?)?;
     train::register(m)?;
     Ok(())
 }

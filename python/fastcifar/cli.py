@@ -1,0 +1,240 @@
+"""Command line: ``fastcifar train | evaluate | predict | info`` (also ``python -m fastcifar``).
+
+    fastcifar train --data DIR --model image_classifier --epochs 50 --batch-size 128 --lr 1e-3 \\
+                    --device auto --out runs/NAME
+    fastcifar evaluate runs/NAME/best.pth --data DIR
+    fastcifar predict runs/NAME/best.pth cat.png dog.jpg
+    fastcifar info --data DIR
+
+The data folder is found from --data, then $FASTCIFAR_DATA, then ./data; ``--download`` fetches
+CIFAR-10 when none is there.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+MODELS = ("image_classifier", "resnet9", "resnet18", "small_cnn")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # usage errors: a short message and exit code 2, never a traceback
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(s):
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
+    return v
+
+
+def _positive_float(s):
+    v = float(s)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {s}")
+    return v
+
+
+def find_data(explicit: str | None, download: bool = False) -> str:
+    """--data, then $FASTCIFAR_DATA, then ./data; with download, ./data (or --data) is filled."""
+    import fastcifar
+
+    candidates = [explicit] if explicit else [os.environ.get("FASTCIFAR_DATA"), "data"]
+    for c in candidates:
+        if not c:
+            continue
+        try:
+            fastcifar._native.NativeDataset.cifar(c, "cifar10", False)
+            return c
+        except (FileNotFoundError, ValueError):
+            continue
+    if download:
+        root = explicit or "data"
+        fastcifar.CIFAR10(root, train=False, download=True)
+        return root
+    where = explicit or f"$FASTCIFAR_DATA ({os.environ.get('FASTCIFAR_DATA') or 'unset'}) or ./data"
+    raise SystemExit(
+        f"fastcifar: no CIFAR-10 found in {where}. Put cifar-10-batches-py/ (or -bin/, or the .tar.gz archives) there, "
+        f"pass --data DIR, or add --download to fetch it."
+    )
+
+
+def _transforms(train: bool):
+    from fastcifar import transforms as T
+
+    if train:
+        return T.Compose([T.RandomHorizontalFlip(), T.RandomCrop(32, padding=4), T.ToTensor(), T.Normalize(MEAN, STD)])
+    return T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
+
+
+def cmd_train(a) -> int:
+    import torch
+
+    import fastcifar
+    from fastcifar import models, optim, plot
+
+    root = find_data(a.data, a.download)
+    train = fastcifar.CIFAR10(root, train=True, transform=_transforms(True))
+    test = fastcifar.CIFAR10(root, train=False, transform=_transforms(False))
+    source = train.source
+    if a.subset:
+        train = train.subset(range(min(a.subset, len(train))))
+    if a.test_subset:
+        test = test.subset(range(min(a.test_subset, len(test))))
+    torch.manual_seed(a.seed)
+    trainloader = fastcifar.DataLoader(train, batch_size=a.batch_size, shuffle=True, seed=a.seed)
+    testloader = fastcifar.DataLoader(test, batch_size=max(a.batch_size, 256))
+    model = {"image_classifier": lambda: models.ImageClassifier(10), "resnet9": lambda: models.resnet9(10),
+             "resnet18": lambda: models.resnet18(10, cifar_stem=True), "small_cnn": lambda: models.small_cnn(10, width=a.width)}[a.model]()
+    opt = {"adam": lambda: optim.Adam(lr=a.lr, weight_decay=a.weight_decay), "adamw": lambda: optim.AdamW(lr=a.lr, weight_decay=a.weight_decay),
+           "sgd": lambda: optim.SGD(lr=a.lr, momentum=0.9, nesterov=True, weight_decay=a.weight_decay)}[a.optimizer]()
+    sched = {"plateau": lambda: optim.lr_scheduler.ReduceLROnPlateau(mode="min", patience=3),
+             "onecycle": lambda: optim.lr_scheduler.OneCycleLR(max_lr=a.lr, total_steps=a.epochs * len(trainloader)),
+             "cosine": lambda: optim.lr_scheduler.CosineAnnealingLR(T_max=a.epochs), "none": lambda: None}[a.scheduler]()
+    trainer = fastcifar.Trainer(model, optimizer=opt, scheduler=sched, device=a.device, amp=a.amp, seed=a.seed)
+    os.makedirs(a.out, exist_ok=True)
+    print(f"fastcifar {fastcifar.__version__}: {a.model} ({model.num_parameters():,} parameters) on {trainer.device}; "
+          f"{len(train)} training / {len(test)} test images from {source}")
+    t0 = time.perf_counter()
+    history = trainer.fit(trainloader, testloader, epochs=a.epochs, checkpoint=os.path.join(a.out, "best.pth"), progress=not a.quiet)
+    seconds = time.perf_counter() - t0
+    report = trainer.evaluate(testloader, progress=False)
+    trainer.save(os.path.join(a.out, "checkpoint.pth"))
+    model.save(os.path.join(a.out, "model_weights.pth"))
+    model.save(os.path.join(a.out, "model.safetensors"))
+    history.to_json(os.path.join(a.out, "history.json"))
+    history.to_csv(os.path.join(a.out, "history.csv"))
+    with open(os.path.join(a.out, "report.json"), "w") as f:
+        json.dump(report.to_dict(), f, indent=2)
+    saved = ["best.pth", "checkpoint.pth", "model_weights.pth", "model.safetensors", "history.json", "history.csv", "report.json"]
+    try:
+        saved += plot.save_run_plots(trainer, history, report, test, a.out)
+    except ImportError as e:
+        print(f"(plots skipped: {e})")
+    print(f"\n{report}\n\nTrained {len(history)} epochs in {seconds:.1f}s. Wrote {', '.join(saved)} to {a.out}/")
+    if not a.full_hint_off and trainer.device == "cpu":
+        print("Full seed recipe (50 epochs of ImageClassifier; use a GPU): "
+              "fastcifar train --model image_classifier --epochs 50 --batch-size 128 --lr 1e-3 --device cuda --out runs/full")
+    return 0
+
+
+def _load_trainer(path, device):
+    import fastcifar
+
+    try:
+        return fastcifar.Trainer.load(path, device=device)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"fastcifar: {e}")
+
+
+def cmd_evaluate(a) -> int:
+    import fastcifar
+
+    tr = _load_trainer(a.checkpoint, a.device)
+    root = find_data(a.data, False)
+    test = fastcifar.CIFAR10(root, train=False, transform=tr.eval_transform or _transforms(False))
+    rep = tr.evaluate(fastcifar.DataLoader(test, batch_size=a.batch_size), progress=not a.quiet)
+    print(json.dumps(rep.to_dict()) if a.json else rep)
+    return 0
+
+
+def cmd_predict(a) -> int:
+    import numpy as np
+
+    import fastcifar
+
+    tr = _load_trainer(a.checkpoint, a.device)
+    try:
+        images = fastcifar._native.decode_images([os.fspath(p) for p in a.images], (32, 32))
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"fastcifar: {e}")
+    probs = tr.predict_proba(np.asarray(images), tta=a.tta).cpu()
+    classes = fastcifar.CLASSES if tr.model.num_classes == 10 else [str(i) for i in range(tr.model.num_classes)]
+    for path, p in zip(a.images, probs):
+        top = p.argsort(descending=True)[: a.top]
+        print(f"{path}: " + ", ".join(f"{classes[i]} {100 * p[i].item():.1f}%" for i in top))
+    return 0
+
+
+def cmd_info(a) -> int:
+    import fastcifar
+
+    root = find_data(a.data, a.download)
+    for train in (True, False):
+        t0 = time.perf_counter()
+        ds = fastcifar.CIFAR10(root, train=train)
+        dt = time.perf_counter() - t0
+        print(f"{'train' if train else 'test'}: {len(ds)} images {ds.data.shape[1:]} from {ds.source} ({ds.layout}), decoded in {1000 * dt:.0f} ms")
+        print("  " + ", ".join(f"{c} {n}" for c, n in ds.class_counts().items()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="fastcifar", description="Fast CIFAR-10 training for PyTorch, with the hot loops in Rust.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train, evaluate and save a model")
+    t.add_argument("--data", help="folder with CIFAR-10 (default: $FASTCIFAR_DATA, then ./data)")
+    t.add_argument("--download", action="store_true", help="fetch CIFAR-10 if it is not there")
+    t.add_argument("--model", choices=MODELS, default="image_classifier")
+    t.add_argument("--width", type=_positive_int, default=32, help="small_cnn width")
+    t.add_argument("--epochs", type=_positive_int, default=50)
+    t.add_argument("--batch-size", type=_positive_int, default=128)
+    t.add_argument("--lr", type=_positive_float, default=1e-3)
+    t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam")
+    t.add_argument("--scheduler", choices=("plateau", "onecycle", "cosine", "none"), default="plateau")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    t.add_argument("--amp", action="store_true", help="mixed precision on CUDA")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--subset", type=_positive_int, help="train on the first N training images")
+    t.add_argument("--test-subset", type=_positive_int, help="evaluate on the first N test images")
+    t.add_argument("--out", default=os.path.join("runs", "default"), help="output folder")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--full-hint-off", action="store_true", help=argparse.SUPPRESS)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="per-class accuracy of a checkpoint on the test set")
+    e.add_argument("checkpoint")
+    e.add_argument("--data")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--batch-size", type=_positive_int, default=500)
+    e.add_argument("--json", action="store_true")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("predict", help="classify image files with a checkpoint")
+    r.add_argument("checkpoint")
+    r.add_argument("images", nargs="+")
+    r.add_argument("--device", default="auto")
+    r.add_argument("--top", type=_positive_int, default=3)
+    r.add_argument("--tta", action="store_true", help="average with the mirrored image")
+    r.set_defaults(func=cmd_predict)
+
+    i = sub.add_parser("info", help="where the data is, its size and class counts, and decode time")
+    i.add_argument("--data")
+    i.add_argument("--download", action="store_true")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (RuntimeError, ValueError, FileNotFoundError) as e:
+        print(f"fastcifar: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
