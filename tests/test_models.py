@@ -151,6 +151,9 @@ def test_pretrained_offline_says_where_to_put_the_file(monkeypatch, tmp_path):
     (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), ValueError, "float"),
     (torch.zeros(0, 3, 32, 32), ValueError, "empty"),
     (np.zeros((2, 3, 32, 32), np.float32), TypeError, "torch.Tensor"),
+    (torch.zeros(2, 3, 32, 32, dtype=torch.float64), ValueError, "expected float32"),
+    (torch.zeros(2, 3, 32, 32, device="meta"), ValueError, "is on meta but the model is on cpu"),
+    (torch.zeros(2, 3, 32, 32).to_sparse(), ValueError, "dense"),
 ])
 def test_bad_model_inputs_are_named(x, exc, match):
     with pytest.raises(exc, match=match):

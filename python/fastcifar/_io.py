@@ -9,6 +9,15 @@ def atomic_write(path: str, write) -> None:
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
+    # Temporary files of a writer that was killed mid-write (SIGKILL leaves no chance to clean up).
+    # One writer per path is assumed, as for any checkpoint file.
+    prefix = "." + os.path.basename(path) + "."
+    for name in os.listdir(d):
+        if name.startswith(prefix) and name.endswith(".tmp"):
+            try:
+                os.remove(os.path.join(d, name))
+            except OSError:
+                pass
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
     os.close(fd)
     try:

@@ -54,6 +54,10 @@ class Model:
         mode the result carries autograd history, so a plain PyTorch loop can train the model."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+        if x.layout != torch.strided:
+            raise ValueError(f"x: expected a dense tensor, got layout {x.layout}")
+        if x.device != self.device:
+            raise ValueError(f"x: is on {x.device} but the model is on {self.device}; move one with .to()")
         return self._native.forward(x)
 
     def train(self, mode: bool = True) -> "Model":

@@ -368,6 +368,17 @@ fn decode_pickles(files: &[(PathBuf, Bytes)], spec: &Spec, classes: Vec<String>)
     Dataset::new(images, labels, classes, [3, 32, 32])
 }
 
+/// Decodes one CIFAR-10 batch held in memory (`python`: a pickle, else binary records), with the
+/// class names given. The entry point of the fuzz tests.
+pub fn decode_batch_bytes(bytes: Vec<u8>, python: bool, classes: Vec<String>) -> Result<Dataset> {
+    let files = [(PathBuf::from("<memory>"), Bytes::Owned(bytes))];
+    if python {
+        decode_pickles(&files, &CIFAR10, classes)
+    } else {
+        decode_records(&files, &CIFAR10, classes)
+    }
+}
+
 /// Copies same-sized records into one contiguous buffer, split across cores.
 fn gather(records: &[&[u8]]) -> ImageBuf {
     let Some(size) = records.first().map(|r| r.len()) else { return ImageBuf::Heap(Vec::new()) };

@@ -61,8 +61,21 @@ pub fn scan(root: &Path) -> Result<(Vec<String>, Vec<(PathBuf, i64)>)> {
 }
 
 fn decode(path: &Path, size: Option<(usize, usize)>) -> Result<image::RgbImage> {
-    let bytes = read_file(path)?;
-    let img = image::load_from_memory(&bytes).map_err(|e| Error::format(path, format!("cannot decode image: {e}")))?;
+    decode_bytes(path, &read_file(path)?, size)
+}
+
+/// Decodes PNG / JPEG bytes as RGB (resized when `size` differs); `path` names them in errors.
+pub fn decode_bytes(path: &Path, bytes: &[u8], size: Option<(usize, usize)>) -> Result<image::RgbImage> {
+    // A corrupt header can claim a gigantic image: refuse before allocating it.
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::format(path, format!("cannot read image: {e}")))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(1 << 14);
+    limits.max_image_height = Some(1 << 14);
+    limits.max_alloc = Some(1 << 30);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| Error::format(path, format!("cannot decode image: {e}")))?;
     let img = img.into_rgb8();
     Ok(match size {
         Some((h, w)) if (img.height() as usize, img.width() as usize) != (h, w) => {

@@ -205,3 +205,137 @@ mod tests {
         assert!(d.select(&[2]).is_err());
     }
 }
+
+/// Fuzzing of every decoder: random bytes, and random edits and truncations of valid files. Each
+/// must return Ok or an Err, never panic, hang or allocate without bound. `PROPTEST_CASES=N` runs more.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+    use std::io::Write;
+
+    fn classes() -> Vec<String> {
+        (0..10).map(|i| format!("c{i}")).collect()
+    }
+
+    /// Cases per property: the default here, or `PROPTEST_CASES` for a long run.
+    fn cases(default: u32) -> u32 {
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    }
+
+    /// A valid 3-record CIFAR-10 pickle, as Python 2 wrote them.
+    fn valid_pickle() -> Vec<u8> {
+        let mut p = vec![0x80, 2, b'}', b'q', 0, b'('];
+        p.extend(b"U\x06labelsq\x01]q\x02(K\x01K\x02K\x03e");
+        p.extend(b"U\x04dataq\x03cnumpy.core.multiarray\n_reconstruct\nq\x04cnumpy\nndarray\nq\x05K\x00\x85q\x06U\x01b\x87q\x07Rq\x08(K\x01K\x03M\x00\x0c\x86q\x09cnumpy\ndtype\nq\x0aU\x02u1K\x00K\x01\x87Rq\x0b(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89T\x00\x24\x00\x00");
+        p.extend(std::iter::repeat_n(7u8, 3 * 3072));
+        p.extend(b"tbu.");
+        p
+    }
+
+    fn valid_records() -> Vec<u8> {
+        (0..3).flat_map(|i| std::iter::once(i as u8).chain(std::iter::repeat_n(i as u8, 3072))).collect()
+    }
+
+    fn valid_targz() -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        let data = valid_records();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        tar.append_data(&mut h, "cifar-10-batches-bin/test_batch.bin", &data[..]).unwrap();
+        let raw = tar.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&raw).unwrap();
+        gz.finish().unwrap()
+    }
+
+    fn valid_png() -> Vec<u8> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        image::RgbImage::from_fn(8, 8, |x, y| image::Rgb([x as u8, y as u8, 3])).write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    fn valid_jpeg() -> Vec<u8> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        image::RgbImage::from_fn(16, 16, |x, y| image::Rgb([x as u8 * 9, y as u8 * 9, 3])).write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
+        out.into_inner()
+    }
+
+    /// Random byte edits, then an optional truncation, of a valid file.
+    fn mutate(base: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
+        let n = base.len();
+        (prop::collection::vec((0..n, any::<u8>()), 1..8), 0..=n).prop_map(move |(edits, cut)| {
+            let mut b = base.clone();
+            for (i, v) in edits {
+                b[i] = v;
+            }
+            b.truncate(cut.max(1));
+            b
+        })
+    }
+
+    fn check_pickle(bytes: &[u8]) {
+        if let Ok(v) = pickle::parse(bytes) {
+            for key in ["data", "labels"] {
+                if let Some(x) = v.get(key) {
+                    let _ = x.ndarray_u8();
+                }
+            }
+        }
+        let _ = cifar::decode_batch_bytes(bytes.to_vec(), true, classes());
+    }
+
+    fn check_archive(bytes: &[u8]) {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(bytes).unwrap();
+        let _ = cifar::read_archive(f.path(), &["test_batch.bin", "batches.meta.txt"]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(1000), failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn pickle_random(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            check_pickle(&bytes);
+        }
+
+        #[test]
+        fn pickle_mutated(bytes in mutate(valid_pickle())) {
+            check_pickle(&bytes);
+        }
+
+        #[test]
+        fn records_random_and_mutated(bytes in prop_oneof![prop::collection::vec(any::<u8>(), 0..7000), mutate(valid_records())]) {
+            let _ = cifar::decode_batch_bytes(bytes, false, classes());
+        }
+
+        #[test]
+        fn images_mutated(bytes in prop_oneof![mutate(valid_png()), mutate(valid_jpeg()), prop::collection::vec(any::<u8>(), 0..256)]) {
+            let _ = folder::decode_bytes(std::path::Path::new("fuzz"), &bytes, None);
+            let _ = folder::decode_bytes(std::path::Path::new("fuzz"), &bytes, Some((4, 4)));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(300), failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn archives_mutated(bytes in prop_oneof![mutate(valid_targz()), prop::collection::vec(any::<u8>(), 0..512)]) {
+            check_archive(&bytes);
+        }
+    }
+
+    #[test]
+    fn seeds_are_valid() {
+        check_pickle(&valid_pickle());
+        let ds = cifar::decode_batch_bytes(valid_pickle(), true, classes()).unwrap();
+        assert_eq!(ds.labels, vec![1, 2, 3]);
+        assert_eq!(cifar::decode_batch_bytes(valid_records(), false, classes()).unwrap().len(), 3);
+        assert!(folder::decode_bytes(std::path::Path::new("p"), &valid_png(), None).is_ok());
+        assert!(folder::decode_bytes(std::path::Path::new("j"), &valid_jpeg(), None).is_ok());
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&valid_targz()).unwrap();
+        assert_eq!(cifar::read_archive(f.path(), &["test_batch.bin"]).unwrap().len(), 1);
+    }
+}

@@ -206,13 +206,22 @@ impl Model {
             }
         }
         if !matches!(x.kind(), Kind::Float | Kind::Half | Kind::BFloat16) {
-            return Err(Error::invalid("x", format!("expected a float tensor, got {:?}; normalise uint8 images first", x.kind())));
+            let hint = if x.kind() == Kind::Uint8 { "; convert uint8 images with ToTensor / Normalize first" } else { "" };
+            return Err(Error::invalid("x", format!("expected float32 (or float16 / bfloat16), got {:?}{hint}", x.kind())));
         }
         if x.device() != self.device {
             return Err(Error::invalid("x", format!("is on {:?} but the model is on {:?}", x.device(), self.device)));
         }
         if s[0] == 0 {
             return Err(Error::invalid("x", "empty batch"));
+        }
+        Ok(())
+    }
+
+    /// Refuses NaN / inf in a batch (one reduction; the training loop relies on its loss check).
+    pub fn check_finite(&self, x: &Tensor) -> Result<()> {
+        if !bool::try_from(x.f_isfinite()?.f_all()?)? {
+            return Err(Error::invalid("x", "contains NaN or inf values"));
         }
         Ok(())
     }

@@ -287,6 +287,7 @@ pub fn evaluate(model: &Model, loader: &Loader, progress: &mut dyn FnMut(usize, 
         for (i, batch) in loader.iter(0).enumerate() {
             let (x, y) = batch?;
             let (x, y) = (to_device(x, dev), to_device(y, dev));
+            model.check_finite(&x)?;
             let logits = model.forward_t(&x, false)?.to_kind(Kind::Float);
             let l = logits.f_cross_entropy_loss(&y, None::<Tensor>, Reduction::Sum, -100, 0.0)?;
             let _ = loss_sum.shallow_clone().f_add_(&l.to_kind(Kind::Double));
@@ -317,6 +318,7 @@ pub fn predict(model: &Model, x: &Tensor, batch_size: i64, tta: bool) -> Result<
         return Err(Error::invalid("batch_size", "must be at least 1"));
     }
     model.check_input(x)?;
+    model.check_finite(x)?;
     tch::no_grad(|| -> Result<Tensor> {
         let n = x.size()[0];
         let mut outs = Vec::new();

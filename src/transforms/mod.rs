@@ -642,11 +642,13 @@ fn write_mapped_impl<T: Element>(
     }).sum();
     let oh = ymap.len();
     let n = oh * ow;
-    // 1. Gather the sample's bytes: runs are memcpy / memset, so this is cheap and branch-light.
+    // 1. Gather the sample's bytes: runs are short copies / fills, so this is cheap and branch-light.
     bytes.resize(c * n, 0);
     for ch in 0..c {
         let plane = &src[ch * h * w..(ch + 1) * h * w];
         let fill_of = |k: i32| fills[(-k - 1) as usize][ch];
+        // The fill byte of each Fill run, looked up once per channel rather than once per row.
+        let run_fill: SmallFills = runs.iter().map(|r| if let Run::Fill { marker, .. } = r { fill_of(*marker) } else { 0 }).collect();
         for (y, &sy) in ymap.iter().enumerate() {
             let row = &mut bytes[(ch * oh + y) * ow..][..ow];
             if sy < 0 {
@@ -664,14 +666,17 @@ fn write_mapped_impl<T: Element>(
             }
             let srow = &plane[sy as usize * w..][..w];
             let mut x = 0;
-            for run in runs {
+            for (run, &fv) in runs.iter().zip(run_fill.iter()) {
                 match *run {
-                    Run::Fill { len, marker } => fill_small(&mut row[x..x + len], fill_of(marker)),
-                    Run::Copy { len, src: s0, reverse } => copy_small(&mut row[x..x + len], &srow[s0..s0 + len], reverse),
+                    Run::Fill { len, .. } => {
+                        fill_small(&mut row[x..x + len], fv);
+                        x += len;
+                    }
+                    Run::Copy { len, src: s0, reverse } => {
+                        copy_small(&mut row[x..x + len], &srow[s0..s0 + len], reverse);
+                        x += len;
+                    }
                 }
-                x += match *run {
-                    Run::Fill { len, .. } | Run::Copy { len, .. } => len,
-                };
             }
         }
     }
@@ -680,6 +685,43 @@ fn write_mapped_impl<T: Element>(
         let (sc, bi) = (affine.scale[ch], affine.bias[ch]);
         for (o, &v) in dst[ch * n..(ch + 1) * n].iter_mut().zip(&bytes[ch * n..(ch + 1) * n]) {
             *o = T::convert(v, sc, bi);
+        }
+    }
+}
+
+/// Fill bytes per run; a row rarely has more than three runs, so this stays on the stack.
+type SmallFills = smallvec_lite::Fills;
+
+mod smallvec_lite {
+    /// Up to 8 values inline, more on the heap (reflect padding of narrow images).
+    pub enum Fills {
+        Inline([u8; 8], usize),
+        Heap(Vec<u8>),
+    }
+    impl FromIterator<u8> for Fills {
+        fn from_iter<I: IntoIterator<Item = u8>>(it: I) -> Self {
+            let mut a = [0u8; 8];
+            let mut n = 0;
+            let mut it = it.into_iter();
+            for v in it.by_ref() {
+                if n == 8 {
+                    let mut v2 = a.to_vec();
+                    v2.push(v);
+                    v2.extend(it);
+                    return Fills::Heap(v2);
+                }
+                a[n] = v;
+                n += 1;
+            }
+            Fills::Inline(a, n)
+        }
+    }
+    impl Fills {
+        pub fn iter(&self) -> std::slice::Iter<'_, u8> {
+            match self {
+                Fills::Inline(a, n) => a[..*n].iter(),
+                Fills::Heap(v) => v.iter(),
+            }
         }
     }
 }
