@@ -191,7 +191,10 @@ impl TrainState {
         let mut images = 0u64;
         let mut info = StepInfo { epoch, steps, ..Default::default() };
         let mut stopped = false;
-        self.opt.zero_grad();
+        // Gradients come back from autograd as fresh tensors (torch.autograd.grad), so nothing is
+        // zeroed or accumulated into `.grad` between steps: torch's zero_grad(set_to_none=True).
+        let (active, params) = self.opt.trainable();
+        let mut acc: Option<Vec<Tensor>> = None;
         let mut it = loader.iter(epoch);
         for i in 0..steps {
             let Some(batch) = it.next() else { break };
@@ -211,20 +214,28 @@ impl TrainState {
             if let Some(s) = &self.scaler {
                 scaled = scaled * s.scale;
             }
-            scaled.f_backward()?;
+            let grads = if params.is_empty() { Vec::new() } else { Tensor::f_run_backward(&[&scaled], &params, false, false)? };
+            acc = Some(match acc.take() {
+                None => grads,
+                Some(prev) => prev.iter().zip(&grads).map(|(a, g)| a + g).collect(),
+            });
             if (i + 1) % accum == 0 || i + 1 == steps {
+                let grads = acc.take().unwrap_or_default();
                 let mut skip = false;
                 if let Some(s) = &mut self.scaler {
-                    skip = s.unscale(&self.opt.grads())?;
+                    skip = s.unscale(&grads)?;
                     s.update(skip);
                 }
                 if !skip {
                     if let Some(c) = self.cfg.grad_clip {
-                        optim::clip_grad_norm(&self.opt.grads(), c)?;
+                        optim::clip_grad_norm(&grads, c)?;
                     }
-                    self.opt.step()?;
+                    let mut all: Vec<Option<Tensor>> = (0..self.opt.len()).map(|_| None).collect();
+                    for (&k, g) in active.iter().zip(grads) {
+                        all[k] = Some(g);
+                    }
+                    self.opt.step_grads(&all)?;
                 }
-                self.opt.zero_grad();
                 self.global_step += 1;
                 if let Some(s) = &mut self.sched {
                     s.on_step();

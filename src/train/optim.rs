@@ -108,22 +108,27 @@ impl Optimizer {
         }
     }
 
-    /// The gradients of the parameters that have one.
-    pub fn grads(&self) -> Vec<Tensor> {
-        self.params.iter().map(|p| p.grad()).filter(|g| g.defined()).collect()
+    /// The parameters that currently require gradients (frozen ones do not), by index.
+    pub fn trainable(&self) -> (Vec<usize>, Vec<Tensor>) {
+        self.params.iter().enumerate().filter(|(_, p)| p.requires_grad()).map(|(i, p)| (i, p.shallow_clone())).unzip()
     }
 
-    /// One update of every parameter that has a gradient (frozen ones have none and are skipped).
+    /// One update from the parameters' `.grad` fields (as after `loss.backward()`).
+    pub fn step(&mut self) -> Result<()> {
+        let grads: Vec<Option<Tensor>> = self.params.iter().map(|p| Some(p.grad()).filter(|g| g.defined())).collect();
+        self.step_grads(&grads)
+    }
+
+    /// One update of every parameter given a gradient (`grads[i]` for parameter i; None skips it,
+    /// as torch skips parameters whose `.grad` is None).
     /// Each line mirrors `torch.optim`'s single-tensor code, with the same rounding, so that
     /// trajectories match PyTorch's bit for bit on the same kernels.
-    pub fn step(&mut self) -> Result<()> {
+    pub fn step_grads(&mut self, grads: &[Option<Tensor>]) -> Result<()> {
         let lr = self.lr;
         tch::no_grad(|| -> Result<()> {
-            for (p, st) in self.params.iter_mut().zip(self.state.iter_mut()) {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
+            for ((p, st), g) in self.params.iter_mut().zip(self.state.iter_mut()).zip(grads) {
+                let Some(g) = g else { continue };
+                let g = g.shallow_clone();
                 let st = st.get_or_insert_with(|| ParamState { step: 0.0, buf1: None, buf2: None });
                 match self.kind {
                     OptKind::Sgd { momentum, dampening, nesterov, weight_decay } => {
@@ -158,18 +163,21 @@ impl Optimizer {
                         let m = st.buf1.get_or_insert_with(|| p.zeros_like());
                         let _ = m.f_lerp_(&g, 1.0 - beta1)?;
                         // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2):
-                        // ATen computes fma(value * t1, t2, self).
+                        // ATen computes fma(value * t1, t2, self), in place.
                         let v = st.buf2.get_or_insert_with(|| p.zeros_like());
                         let _ = v.f_mul_scalar_(beta2)?;
-                        let new_v = fma(v, &(&g * (1.0 - beta2)), &g)?;
-                        v.f_copy_(&new_v)?;
+                        addcmul_(v, &g, 1.0 - beta2)?;
                         let bc1 = 1.0 - beta1.powf(st.step);
                         let bc2 = 1.0 - beta2.powf(st.step);
                         let step_size = lr / bc1;
                         // denom = (exp_avg_sq.sqrt() / sqrt(bc2)).add_(eps)
-                        let denom = (v.sqrt() / bc2.sqrt()) + eps;
+                        let mut denom = v.f_sqrt()?;
+                        let _ = denom.f_div_scalar_(bc2.sqrt())?;
+                        let _ = denom.f_add_scalar_(eps)?;
                         // param.addcdiv_(exp_avg, denom, value=-step_size): self + (value * t1) / t2
-                        let _ = p.f_add_(&(&*m * (-step_size) / denom))?;
+                        let mut upd = &*m * (-step_size);
+                        let _ = upd.f_div_(&denom)?;
+                        let _ = p.f_add_(&upd)?;
                     }
                 }
             }
@@ -218,81 +226,69 @@ fn add_alpha(a: &Tensor, b: &Tensor, alpha: f64) -> Result<Tensor> {
     fused(a, b, Operand::Scalar(alpha as f32))
 }
 
-/// `a + b * c` with one rounding (a fused multiply-add), as ATen's addcmul computes it.
-fn fma(a: &Tensor, b: &Tensor, c: &Tensor) -> Result<Tensor> {
-    fused(a, b, Operand::Tensor(c))
+/// `v.addcmul_(g, g, value)` in place, as ATen computes it: `fma(value * g, g, v)` per element.
+fn addcmul_(v: &mut Tensor, g: &Tensor, value: f64) -> Result<()> {
+    let value = value as f32;
+    let cpu_f32 = |t: &Tensor| t.device() == tch::Device::Cpu && t.kind() == Kind::Float && t.is_contiguous();
+    #[cfg(target_arch = "x86_64")]
+    if cpu_f32(v) && cpu_f32(g) && v.size() == g.size() && std::is_x86_feature_detected!("fma") {
+        let n = v.numel();
+        // SAFETY: two distinct contiguous f32 CPU buffers of n elements; v is written in place.
+        unsafe {
+            let vs = std::slice::from_raw_parts_mut(v.data_ptr() as *mut f32, n);
+            let gs = std::slice::from_raw_parts(g.data_ptr() as *const f32, n);
+            addcmul_kernel(vs, gs, value);
+        }
+        return Ok(());
+    }
+    let d = |t: &Tensor| t.f_to_kind(Kind::Double);
+    let t1 = d(&g.f_mul_scalar(value as f64)?)?;
+    let r = d(v)?.f_add(&t1.f_mul(&d(g)?)?)?.f_to_kind(v.kind())?;
+    v.f_copy_(&r)?;
+    Ok(())
 }
 
-enum Operand<'a> {
-    Tensor(&'a Tensor),
+enum Operand {
     Scalar(f32),
 }
 
 /// `a + b * c` rounded once. On CPU with FMA instructions: a direct loop over the float buffers
 /// (what ATen's kernels do). Elsewhere: in f64, where the product of two floats is exact, rounded
-/// once more to f32 (double-rounding ties aside, the same result).
+/// once more to f32 (double-rounding ties aside, the same result). Single-threaded on purpose:
+/// these are memory-bound, and a second thread pool would fight OpenMP's spinning workers.
 fn fused(a: &Tensor, b: &Tensor, c: Operand) -> Result<Tensor> {
+    let Operand::Scalar(s) = c;
     let cpu_f32 = |t: &Tensor| t.device() == tch::Device::Cpu && t.kind() == Kind::Float && t.is_contiguous();
-    let c_ok = match &c {
-        Operand::Tensor(t) => cpu_f32(t) && t.size() == a.size(),
-        Operand::Scalar(_) => true,
-    };
     #[cfg(target_arch = "x86_64")]
-    if cpu_f32(a) && cpu_f32(b) && c_ok && a.size() == b.size() && std::is_x86_feature_detected!("fma") {
+    if cpu_f32(a) && cpu_f32(b) && a.size() == b.size() && std::is_x86_feature_detected!("fma") {
         let out = a.f_empty_like()?;
         let n = a.numel();
-        // SAFETY: four distinct contiguous f32 CPU buffers of n elements; `out` is fresh.
+        // SAFETY: three distinct contiguous f32 CPU buffers of n elements; `out` is fresh.
         unsafe {
-            let sl = |t: &Tensor| std::slice::from_raw_parts(t.data_ptr() as *const f32, n);
             let o = std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, n);
-            match c {
-                Operand::Tensor(c) => fma_slices(o, sl(a), sl(b), Some(sl(c)), 0.0),
-                Operand::Scalar(s) => fma_slices(o, sl(a), sl(b), None, s),
-            }
+            let av = std::slice::from_raw_parts(a.data_ptr() as *const f32, n);
+            let bv = std::slice::from_raw_parts(b.data_ptr() as *const f32, n);
+            fma_scalar_kernel(o, av, bv, s);
         }
         return Ok(out);
     }
     let d = |t: &Tensor| t.f_to_kind(Kind::Double);
-    let prod = match c {
-        Operand::Tensor(c) => d(b)?.f_mul(&d(c)?)?,
-        Operand::Scalar(s) => d(b)? * s as f64,
-    };
-    Ok(d(a)?.f_add(&prod)?.f_to_kind(a.kind())?)
+    Ok(d(a)?.f_add(&(d(b)? * s as f64))?.f_to_kind(a.kind())?)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "fma")]
-unsafe fn fma_slices(out: &mut [f32], a: &[f32], b: &[f32], c: Option<&[f32]>, s: f32) {
-    use rayon::prelude::*;
-    const CHUNK: usize = 1 << 16;
-    match c {
-        Some(c) => out.par_chunks_mut(CHUNK).enumerate().for_each(|(k, o)| {
-            let r = k * CHUNK..k * CHUNK + o.len();
-            // SAFETY: the caller checked FMA support; mul_add is the fused instruction here.
-            unsafe { fma_chunk(o, &a[r.clone()], &b[r.clone()], Some(&c[r]), s) }
-        }),
-        None => out.par_chunks_mut(CHUNK).enumerate().for_each(|(k, o)| {
-            let r = k * CHUNK..k * CHUNK + o.len();
-            // SAFETY: as above.
-            unsafe { fma_chunk(o, &a[r.clone()], &b[r], None, s) }
-        }),
+unsafe fn fma_scalar_kernel(out: &mut [f32], a: &[f32], b: &[f32], s: f32) {
+    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+        *o = y.mul_add(s, x);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "fma")]
-unsafe fn fma_chunk(out: &mut [f32], a: &[f32], b: &[f32], c: Option<&[f32]>, s: f32) {
-    match c {
-        Some(c) => {
-            for i in 0..out.len() {
-                out[i] = b[i].mul_add(c[i], a[i]);
-            }
-        }
-        None => {
-            for i in 0..out.len() {
-                out[i] = b[i].mul_add(s, a[i]);
-            }
-        }
+unsafe fn addcmul_kernel(v: &mut [f32], g: &[f32], value: f32) {
+    for (o, &x) in v.iter_mut().zip(g) {
+        *o = (value * x).mul_add(x, *o);
     }
 }
 
