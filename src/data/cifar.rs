@@ -304,8 +304,8 @@ fn check_class_count(path: &Path, spec: &Spec, names: Vec<String>) -> Result<Vec
 /// Binary layout: fixed-size records `<label byte(s)><3072 image bytes>`, already CHW.
 fn decode_records(files: &[(PathBuf, Bytes)], spec: &Spec, classes: Vec<String>) -> Result<Dataset> {
     let mut records: Vec<&[u8]> = Vec::new();
-    let mut labels = Vec::new();
-    for (path, bytes) in files {
+    let mut origin: Vec<(usize, usize)> = Vec::new(); // (file, first record) for error messages
+    for (f, (path, bytes)) in files.iter().enumerate() {
         if bytes.is_empty() || bytes.len() % spec.record != 0 {
             return Err(Error::format(
                 path,
@@ -317,16 +317,28 @@ fn decode_records(files: &[(PathBuf, Bytes)], spec: &Spec, classes: Vec<String>)
                 ),
             ));
         }
-        for (i, rec) in bytes.chunks_exact(spec.record).enumerate() {
-            let label = rec[spec.label_byte] as usize;
-            if label >= spec.num_classes {
-                return Err(Error::format(path, format!("record {i} has label {label}, out of range for {} classes", spec.num_classes)));
-            }
-            labels.push(label as i64);
-            records.push(&rec[spec.record - IMAGE_BYTES..]);
-        }
+        origin.push((f, records.len()));
+        // Slicing only: the bytes are first touched by the parallel pass below.
+        records.extend(bytes.chunks_exact(spec.record));
     }
-    let images = gather(&records);
+    // One parallel pass copies each image and reads its label, so the mapped files are paged in
+    // by all cores at once.
+    let mut images = ImageBuf::zeroed(records.len() * IMAGE_BYTES);
+    let mut raw = vec![0u8; records.len()];
+    images.par_chunks_mut(IMAGE_BYTES * 64).zip(raw.par_chunks_mut(64)).zip(records.par_chunks(64)).for_each(|((img, lab), recs)| {
+        for ((d, l), r) in img.chunks_exact_mut(IMAGE_BYTES).zip(lab.iter_mut()).zip(recs) {
+            *l = r[spec.label_byte];
+            d.copy_from_slice(&r[spec.record - IMAGE_BYTES..]);
+        }
+    });
+    if let Some(k) = raw.iter().position(|&l| l as usize >= spec.num_classes) {
+        let &(f, first) = origin.iter().rev().find(|(_, first)| *first <= k).unwrap();
+        return Err(Error::format(
+            &files[f].0,
+            format!("record {} has label {}, out of range for {} classes", k - first, raw[k], spec.num_classes),
+        ));
+    }
+    let labels = raw.into_iter().map(i64::from).collect();
     Dataset::new(images, labels, classes, [3, 32, 32])
 }
 

@@ -196,14 +196,8 @@ impl Net for ResNet18 {
         }
         self.fc.forward(&x.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
     }
-    fn head_name(&self) -> &'static str {
-        "fc"
-    }
     fn head_mut(&mut self) -> &mut Linear {
         &mut self.fc
-    }
-    fn input_hw(&self) -> Option<(i64, i64)> {
-        None
     }
 }
 
@@ -248,14 +242,8 @@ impl Net for ResNet9 {
         let (x, _) = x.adaptive_max_pool2d([1, 1]);
         self.fc.forward(&x.flatten(1, -1)) * 0.125
     }
-    fn head_name(&self) -> &'static str {
-        "fc"
-    }
     fn head_mut(&mut self) -> &mut Linear {
         &mut self.fc
-    }
-    fn input_hw(&self) -> Option<(i64, i64)> {
-        None
     }
 }
 
@@ -288,13 +276,7 @@ impl Net for SmallCnn {
         }
         self.fc.forward(&x.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
     }
-    fn head_name(&self) -> &'static str {
-        "fc"
-    }
     fn head_mut(&mut self) -> &mut Linear {
         &mut self.fc
-    }
-    fn input_hw(&self) -> Option<(i64, i64)> {
-        None
     }
 }

@@ -142,11 +142,15 @@ impl Linear {
 /// A network: the forward pass over its layers, plus where its classifier head is.
 pub trait Net: Send {
     fn forward(&self, x: &Tensor, train: bool) -> Tensor;
-    /// The state_dict prefix of the final Linear layer (e.g. "fc", "fc2").
-    fn head_name(&self) -> &'static str;
+    /// The state_dict prefix of the final Linear layer.
+    fn head_name(&self) -> &'static str {
+        "fc"
+    }
     fn head_mut(&mut self) -> &mut Linear;
-    /// (C, H, W) the network accepts; None for any size.
-    fn input_hw(&self) -> Option<(i64, i64)>;
+    /// (H, W) the network accepts; None for any size.
+    fn input_hw(&self) -> Option<(i64, i64)> {
+        None
+    }
 }
 
 pub struct Model {

@@ -223,7 +223,7 @@ fn add_alpha(a: &Tensor, b: &Tensor, alpha: f64) -> Result<Tensor> {
     if alpha == 1.0 {
         return Ok(a.f_add(b)?);
     }
-    fused(a, b, Operand::Scalar(alpha as f32))
+    fused(a, b, alpha as f32)
 }
 
 /// `v.addcmul_(g, g, value)` in place, as ATen computes it: `fma(value * g, g, v)` per element.
@@ -248,16 +248,11 @@ fn addcmul_(v: &mut Tensor, g: &Tensor, value: f64) -> Result<()> {
     Ok(())
 }
 
-enum Operand {
-    Scalar(f32),
-}
-
-/// `a + b * c` rounded once. On CPU with FMA instructions: a direct loop over the float buffers
+/// `a + b * s` rounded once. On CPU with FMA instructions: a direct loop over the float buffers
 /// (what ATen's kernels do). Elsewhere: in f64, where the product of two floats is exact, rounded
 /// once more to f32 (double-rounding ties aside, the same result). Single-threaded on purpose:
 /// these are memory-bound, and a second thread pool would fight OpenMP's spinning workers.
-fn fused(a: &Tensor, b: &Tensor, c: Operand) -> Result<Tensor> {
-    let Operand::Scalar(s) = c;
+fn fused(a: &Tensor, b: &Tensor, s: f32) -> Result<Tensor> {
     let cpu_f32 = |t: &Tensor| t.device() == tch::Device::Cpu && t.kind() == Kind::Float && t.is_contiguous();
     #[cfg(target_arch = "x86_64")]
     if cpu_f32(a) && cpu_f32(b) && a.size() == b.size() && std::is_x86_feature_detected!("fma") {

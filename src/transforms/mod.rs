@@ -456,13 +456,14 @@ impl Pipeline {
                     self.maps(geos, *in_hw, rng, s);
                     runs_of(&s.xmap, &mut s.runs);
                     let cur: &[u8] = if in_scratch { &s.a[..] } else { src };
+                    let m = MapArgs { src: cur, c, hw: *in_hw, ymap: &s.ymap, runs: &s.runs, fills: &self.fills };
                     if si == last {
-                        write_mapped(cur, c, *in_hw, &s.ymap, &s.runs, &self.fills, &mut s.bytes, dst, affine);
+                        write_mapped(&m, &mut s.bytes, dst, affine);
                         break;
                     }
                     // Only happens right before a Resize: materialise as bytes.
                     let n = c * s.ymap.len() * s.xmap.len();
-                    write_mapped(cur, c, *in_hw, &s.ymap, &s.runs, &self.fills, &mut s.bytes, &mut s.b[..n], &Affine::IDENTITY);
+                    write_mapped(&m, &mut s.bytes, &mut s.b[..n], &Affine::IDENTITY);
                 }
                 Stage::Resize { wy, wx, in_hw } => {
                     let cur: &[u8] = if in_scratch { &s.a[..] } else { src };
@@ -592,59 +593,37 @@ fn crop_map(map: &[i32], out: &mut Vec<i32>, pad_before: usize, offset: usize, s
     }));
 }
 
+/// What one final (or pre-Resize) write reads: the source image and this sample's maps.
+struct MapArgs<'a> {
+    src: &'a [u8],
+    c: usize,
+    hw: (usize, usize),
+    ymap: &'a [i32],
+    runs: &'a [Run],
+    fills: &'a [Vec<u8>],
+}
+
 /// Writes a C x |ymap| x (sum of run lengths) image from `src` (C x h x w) through the row map,
 /// the column runs and the per-channel affine. Rows are slice copies, which the compiler vectorises;
 /// on CPUs with AVX2 the same code is compiled 8 lanes wide (no FMA: results stay bit-identical).
-#[allow(clippy::too_many_arguments)]
-fn write_mapped<T: Element>(
-    src: &[u8],
-    c: usize,
-    hw: (usize, usize),
-    ymap: &[i32],
-    runs: &[Run],
-    fills: &[Vec<u8>],
-    bytes: &mut Vec<u8>,
-    dst: &mut [T],
-    affine: &Affine,
-) {
+fn write_mapped<T: Element>(m: &MapArgs, bytes: &mut Vec<u8>, dst: &mut [T], affine: &Affine) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2, checked just above.
-        return unsafe { write_mapped_avx2(src, c, hw, ymap, runs, fills, bytes, dst, affine) };
+        return unsafe { write_mapped_avx2(m, bytes, dst, affine) };
     }
-    write_mapped_impl(src, c, hw, ymap, runs, fills, bytes, dst, affine)
+    write_mapped_impl(m, bytes, dst, affine)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn write_mapped_avx2<T: Element>(
-    src: &[u8],
-    c: usize,
-    hw: (usize, usize),
-    ymap: &[i32],
-    runs: &[Run],
-    fills: &[Vec<u8>],
-    bytes: &mut Vec<u8>,
-    dst: &mut [T],
-    affine: &Affine,
-) {
-    write_mapped_impl(src, c, hw, ymap, runs, fills, bytes, dst, affine)
+unsafe fn write_mapped_avx2<T: Element>(m: &MapArgs, bytes: &mut Vec<u8>, dst: &mut [T], affine: &Affine) {
+    write_mapped_impl(m, bytes, dst, affine)
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn write_mapped_impl<T: Element>(
-    src: &[u8],
-    c: usize,
-    (h, w): (usize, usize),
-    ymap: &[i32],
-    runs: &[Run],
-    fills: &[Vec<u8>],
-    bytes: &mut Vec<u8>,
-    dst: &mut [T],
-    affine: &Affine,
-) {
+fn write_mapped_impl<T: Element>(m: &MapArgs, bytes: &mut Vec<u8>, dst: &mut [T], affine: &Affine) {
+    let MapArgs { src, c, hw: (h, w), ymap, runs, fills } = *m;
     let ow: usize = runs.iter().map(|r| match r {
         Run::Fill { len, .. } | Run::Copy { len, .. } => *len,
     }).sum();
