@@ -10,7 +10,7 @@ import torch
 
 import fastcifar
 from conftest import write_cifar10
-from fastcifar import cli, plot
+from fastcifar import plot
 
 
 def run(*args, env=None):
@@ -78,8 +78,14 @@ def test_missing_data_and_checkpoint_are_plain_errors(tmp_path):
     assert r.returncode != 0 and "no CIFAR-10 found" in r.stderr + r.stdout and "Traceback" not in r.stderr
     r = run("evaluate", str(tmp_path / "nope.pth"), "--data", str(tmp_path))
     assert r.returncode != 0 and "no such checkpoint" in r.stderr and "Traceback" not in r.stderr
-    (tmp_path / "bad.png").write_bytes(b"nope")
-    assert cli.build_parser().parse_args(["predict", "c.pth", "a.png"]).images == ["a.png"]
+    bad = tmp_path / "bad"
+    (bad / "cifar-10-batches-bin").mkdir(parents=True)
+    (bad / "cifar-10-batches-bin" / "test_batch.bin").write_bytes(b"short")
+    (bad / "cifar-10-batches-bin" / "batches.meta.txt").write_text("\n".join(map(str, range(10))))
+    r = run("info", "--data", str(bad))
+    assert r.returncode != 0 and "unreadable" in r.stderr and "test_batch.bin" in r.stderr and "Traceback" not in r.stderr
+    r = run("predict", str(tmp_path / "nope.pth"), str(tmp_path / "a.png"))
+    assert r.returncode != 0 and "no such checkpoint" in r.stderr
 
 
 @pytest.fixture(scope="module")

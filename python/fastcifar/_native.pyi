@@ -54,6 +54,9 @@ class TransformOp:
     def random_erasing(p: float, scale: Tuple[float, float], ratio: Tuple[float, float], value: Sequence[float]) -> "TransformOp": ...
     @staticmethod
     def cutout(size: int, p: float, value: Sequence[float]) -> "TransformOp": ...
+    @property
+    def name(self) -> str:
+        """The transform's torchvision name ("RandomCrop", "ToTensor", ...)."""
 
 class BatchIter(Iterator[Tuple[torch.Tensor, torch.Tensor]]):
     """One epoch of batches; a background thread builds them. Dropping it stops that thread."""

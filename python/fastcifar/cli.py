@@ -52,8 +52,10 @@ def find_data(explicit: str | None, download: bool = False) -> str:
         try:
             fastcifar._native.NativeDataset.cifar(c, "cifar10", False)
             return c
-        except (FileNotFoundError, ValueError):
+        except FileNotFoundError:
             continue
+        except ValueError as e:  # the data is there but broken: say so rather than "not found"
+            raise SystemExit(f"fastcifar: CIFAR-10 in {c} is unreadable: {e}")
     if download:
         root = explicit or "data"
         fastcifar.CIFAR10(root, train=False, download=True)

@@ -64,7 +64,7 @@ class Transform:
         if seed is None:
             seed = int(torch.randint(0, 2**62, ()).item())
         ops = self._ops()
-        out_float = any(o.__repr__() == "ToTensor" for o in ops)
+        out_float = any(o.name == "ToTensor" for o in ops)
         loader = _rs.NativeLoader(native_ds, ops, 1, False, False, seed, 1, "float32" if out_float else "uint8", "cpu", False, 1)
         x, _ = loader.batch([index], 0)
         return x[0]

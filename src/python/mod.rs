@@ -213,6 +213,11 @@ impl PyOp {
     fn cutout(size: usize, p: f64, value: Vec<f64>) -> PyResult<Self> {
         op(Op::Cutout { size, p, value })
     }
+    /// The transform's torchvision name ("RandomCrop", "ToTensor", ...).
+    #[getter]
+    fn name(&self) -> &'static str {
+        self.op.name()
+    }
     fn __repr__(&self) -> String {
         format!("{:?}", self.op)
     }
