@@ -623,7 +623,7 @@ unsafe fn write_mapped_avx2<T: Element>(m: &MapArgs, bytes: &mut Vec<u8>, dst: &
 
 #[inline(always)]
 fn write_mapped_impl<T: Element>(m: &MapArgs, bytes: &mut Vec<u8>, dst: &mut [T], affine: &Affine) {
-    let MapArgs { src, c, hw: (h, w), ymap, runs, fills } = *m;
+    let MapArgs { c, hw: (_, w), ymap, runs, .. } = *m;
     let ow: usize = runs.iter().map(|r| match r {
         Run::Fill { len, .. } | Run::Copy { len, .. } => *len,
     }).sum();
@@ -631,6 +631,125 @@ fn write_mapped_impl<T: Element>(m: &MapArgs, bytes: &mut Vec<u8>, dst: &mut [T]
     let n = oh * ow;
     // 1. Gather the sample's bytes: runs are short copies / fills, so this is cheap and branch-light.
     bytes.resize(c * n, 0);
+    if let Some(shift) = shifted_rows::<32>(w, runs) {
+        gather_shifted::<32>(m, shift, bytes);
+    } else {
+        gather_runs(m, ow, bytes);
+    }
+    // 2. Convert whole planes in one uniform loop (no short runs, no tails for 32x32 images).
+    for ch in 0..c {
+        let (sc, bi) = (affine.scale[ch], affine.bias[ch]);
+        for (o, &v) in dst[ch * n..(ch + 1) * n].iter_mut().zip(&bytes[ch * n..(ch + 1) * n]) {
+            *o = T::convert(v, sc, bi);
+        }
+    }
+}
+
+/// A row layout where every valid row is the source row shifted by `offset` columns (mirrored
+/// when `reverse`), padded with one fill value: what RandomCrop(W, padding) and a flip give.
+#[derive(Clone, Copy)]
+struct Shift {
+    offset: isize,
+    reverse: bool,
+    fill: Option<i32>,
+}
+
+/// Length of the padded row buffer of the fast path.
+const EXT: usize = 192;
+
+/// Recognises that layout for rows of exactly `W` columns read from `W`-wide images.
+fn shifted_rows<const W: usize>(w: usize, runs: &[Run]) -> Option<Shift> {
+    if w != W {
+        return None;
+    }
+    let mut fill = None;
+    let (mut x, mut copy) = (0usize, None);
+    for r in runs {
+        match *r {
+            Run::Fill { len, marker } => {
+                if fill.is_some_and(|f| f != marker) {
+                    return None;
+                }
+                fill = Some(marker);
+                x += len;
+            }
+            Run::Copy { len, src, reverse } => {
+                if copy.is_some() {
+                    return None;
+                }
+                copy = Some((x, len, src, reverse));
+                x += len;
+            }
+        }
+    }
+    let (x0, len, src, reverse) = copy?;
+    if x != W {
+        return None;
+    }
+    // Output column x0 + j reads source src + j (or src + len - 1 - j when mirrored).
+    let offset = if reverse { (src + len - 1) as isize + x0 as isize } else { src as isize - x0 as isize };
+    // The copy must cover everything the shift can reach inside the source.
+    let inside = |xo: isize| {
+        let s = if reverse { offset - xo } else { xo + offset };
+        (0..W as isize).contains(&s)
+    };
+    let covered = (0..W as isize).filter(|&xo| inside(xo)).count();
+    // The window read from the padded row buffer (see gather_shifted) must lie inside it.
+    let start = if reverse { offset + 1 } else { W as isize + offset };
+    if covered != len || start < 0 || start as usize + W > EXT {
+        return None;
+    }
+    Some(Shift { offset, reverse, fill })
+}
+
+/// The fast gather for `Shift` layouts: fixed-size row moves through a padded row buffer.
+#[inline(always)]
+fn gather_shifted<const W: usize>(m: &MapArgs, sh: Shift, bytes: &mut [u8]) {
+    let MapArgs { src, c, hw: (h, w), ymap, fills, .. } = *m;
+    let oh = ymap.len();
+    for ch in 0..c {
+        let plane = &src[ch * h * w..(ch + 1) * h * w];
+        let fill_of = |k: i32| fills[(-k - 1) as usize][ch];
+        let fv = sh.fill.map_or(0, fill_of);
+        // [W fill][source row][fill...]: a shifted window is one fixed-size copy.
+        let mut ext = [fv; EXT];
+        for (y, &sy) in ymap.iter().enumerate() {
+            let row: &mut [u8; W] = (&mut bytes[(ch * oh + y) * W..][..W]).try_into().unwrap();
+            if sy < 0 {
+                match sh.fill {
+                    Some(f) if f != sy => {
+                        // Pads from two different ops: where the columns are padded too, the later
+                        // pad (the smaller marker) is the visible one.
+                        for (xo, o) in row.iter_mut().enumerate() {
+                            let s = if sh.reverse { sh.offset - xo as isize } else { xo as isize + sh.offset };
+                            *o = fill_of(if (0..W as isize).contains(&s) { sy } else { sy.min(f) });
+                        }
+                    }
+                    _ => *row = [fill_of(sy); W],
+                }
+                continue;
+            }
+            let srow: &[u8; W] = plane[sy as usize * W..][..W].try_into().unwrap();
+            ext[W..2 * W].copy_from_slice(srow);
+            if sh.reverse {
+                // out[x] = src[offset - x] = ext[W + offset - x]: reverse the window ending there.
+                let start = (W as isize + sh.offset - (W as isize - 1)) as usize;
+                let mut win: [u8; W] = ext[start..start + W].try_into().unwrap();
+                win.reverse();
+                *row = win;
+            } else {
+                let start = (W as isize + sh.offset) as usize;
+                *row = ext[start..start + W].try_into().unwrap();
+            }
+        }
+    }
+}
+
+/// The general gather: any run layout, any width.
+#[inline(always)]
+fn gather_runs(m: &MapArgs, ow: usize, bytes: &mut [u8]) {
+    let MapArgs { src, c, hw: (h, w), ymap, runs, fills } = *m;
+    let oh = ymap.len();
     for ch in 0..c {
         let plane = &src[ch * h * w..(ch + 1) * h * w];
         let fill_of = |k: i32| fills[(-k - 1) as usize][ch];
@@ -665,13 +784,6 @@ fn write_mapped_impl<T: Element>(m: &MapArgs, bytes: &mut Vec<u8>, dst: &mut [T]
                     }
                 }
             }
-        }
-    }
-    // 2. Convert whole planes in one uniform loop (no short runs, no tails for 32x32 images).
-    for ch in 0..c {
-        let (sc, bi) = (affine.scale[ch], affine.bias[ch]);
-        for (o, &v) in dst[ch * n..(ch + 1) * n].iter_mut().zip(&bytes[ch * n..(ch + 1) * n]) {
-            *o = T::convert(v, sc, bi);
         }
     }
 }
@@ -854,6 +966,43 @@ mod tests {
         p.apply_batch(&d, &[0, 1, 2], 0, 0, &mut out).unwrap();
         let p = Pipeline::new(vec![Op::Resize { size: ResizeTo::Shorter(8) }], [3, 16, 32]).unwrap();
         assert_eq!(p.out_shape(), [3, 8, 16]);
+    }
+
+    #[test]
+    fn shifted_row_fast_path_equals_the_general_gather() {
+        let d = ds(4, 3, 32, 32);
+        let crop = |pad: usize, fill: u8| Op::RandomCrop { size: (32, 32), padding: [pad; 4], fill: vec![fill], mode: PadMode::Constant, pad_if_needed: false };
+        let layouts = [
+            vec![crop(4, 0), Op::RandomHorizontalFlip { p: 0.5 }],
+            vec![Op::RandomHorizontalFlip { p: 0.5 }, crop(8, 9)],
+            vec![crop(2, 5), crop(3, 200), Op::RandomHorizontalFlip { p: 0.5 }],
+            vec![crop(31, 1), Op::RandomVerticalFlip { p: 0.5 }],
+            vec![Op::RandomHorizontalFlip { p: 1.0 }],
+        ];
+        let mut fast_used = Vec::new();
+        for ops in layouts {
+            fast_used.push(0);
+            let p = Pipeline::new(ops, d.shape).unwrap();
+            let Stage::Maps { geos, in_hw } = &p.stages[0] else { unreachable!() };
+            for i in 0..200u64 {
+                let mut s = Scratch::default();
+                p.maps(geos, *in_hw, &mut Rng::keyed(&[i]), &mut s);
+                runs_of(&s.xmap, &mut s.runs);
+                let m = MapArgs { src: d.image((i % 4) as usize), c: 3, hw: (32, 32), ymap: &s.ymap, runs: &s.runs, fills: &p.fills };
+                let (mut a, mut b) = (vec![0u8; 3072], vec![0u8; 3072]);
+                gather_runs(&m, 32, &mut a);
+                if let Some(sh) = shifted_rows::<32>(32, &s.runs) {
+                    gather_shifted::<32>(&m, sh, &mut b);
+                    assert_eq!(a, b, "sample {i}");
+                    *fast_used.last_mut().unwrap() += 1;
+                }
+            }
+        }
+        // The seed's layout always takes the fast path; two stacked crops with different fills
+        // sometimes pad one side with both, which only the general gather handles.
+        assert_eq!(fast_used[0], 200, "{fast_used:?}");
+        assert_eq!(fast_used[4], 200, "{fast_used:?}");
+        assert!(fast_used.iter().all(|&n| n > 0), "{fast_used:?}");
     }
 
     #[test]
