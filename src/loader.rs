@@ -178,6 +178,12 @@ impl Loader {
 
     /// Iterates one epoch with a background producer thread.
     pub fn iter(&self, epoch: u64) -> BatchIter {
+        self.iter_on(epoch, self.pool.clone())
+    }
+
+    /// Like `iter`, with batches built on `pool` instead of the loader's own (the CPU trainer
+    /// uses one thread, so that batch building does not fight libtorch's threads for the cores).
+    pub fn iter_on(&self, epoch: u64, pool: Arc<rayon::ThreadPool>) -> BatchIter {
         let order = self.indices(epoch);
         let (b, drop_last) = (self.opts.batch_size, self.opts.drop_last);
         let chunks: Vec<Vec<usize>> =
@@ -185,12 +191,7 @@ impl Loader {
         let remaining = chunks.len();
         let (tx, rx) = sync_channel::<Result<Batch>>(self.opts.prefetch);
         let stop = Arc::new(AtomicBool::new(false));
-        let worker = Loader {
-            dataset: self.dataset.clone(),
-            pipeline: self.pipeline.clone(),
-            opts: self.opts.clone(),
-            pool: self.pool.clone(),
-        };
+        let worker = Loader { dataset: self.dataset.clone(), pipeline: self.pipeline.clone(), opts: self.opts.clone(), pool };
         let flag = stop.clone();
         let handle = std::thread::Builder::new()
             .name("fastcifar-prefetch".into())

@@ -138,6 +138,19 @@ pub struct TrainState {
     pub global_step: u64,
 }
 
+fn single_thread_pool() -> Result<std::sync::Arc<rayon::ThreadPool>> {
+    static POOL: std::sync::OnceLock<std::sync::Arc<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    if let Some(p) = POOL.get() {
+        return Ok(p.clone());
+    }
+    let p = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .thread_name(|_| "fastcifar-train-loader".into())
+        .build()
+        .map_err(|e| Error::invalid("loader", e.to_string()))?;
+    Ok(POOL.get_or_init(|| std::sync::Arc::new(p)).clone())
+}
+
 /// Labels must index the model's classes; checked once per epoch, not per step.
 fn check_labels(model: &Model, loader: &Loader) -> Result<()> {
     let ds = loader.dataset();
@@ -195,7 +208,9 @@ impl TrainState {
         // zeroed or accumulated into `.grad` between steps: torch's zero_grad(set_to_none=True).
         let (active, params) = self.opt.trainable();
         let mut acc: Option<Vec<Tensor>> = None;
-        let mut it = loader.iter(epoch);
+        // On CPU the model keeps every core busy: build batches on one thread (measured ~4% more
+        // images/s than a pool fighting libtorch's OpenMP threads). On CUDA the loader keeps its pool.
+        let mut it = if dev.is_cuda() { loader.iter(epoch) } else { loader.iter_on(epoch, single_thread_pool()?) };
         for i in 0..steps {
             let Some(batch) = it.next() else { break };
             let (x, y) = batch?;
