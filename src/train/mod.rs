@@ -208,8 +208,9 @@ impl TrainState {
         // zeroed or accumulated into `.grad` between steps: torch's zero_grad(set_to_none=True).
         let (active, params) = self.opt.trainable();
         let mut acc: Option<Vec<Tensor>> = None;
-        // On CPU the model keeps every core busy: build batches on one thread (measured ~4% more
-        // images/s than a pool fighting libtorch's OpenMP threads). On CUDA the loader keeps its pool.
+        // On CPU the model keeps every core busy: build batches on one thread (measured about 4% more
+        // images/s than a pool contending with libtorch's OpenMP threads, at the edge of this VM's
+        // noise). On CUDA the loader keeps its pool.
         let mut it = if dev.is_cuda() { loader.iter(epoch) } else { loader.iter_on(epoch, single_thread_pool()?) };
         for i in 0..steps {
             let Some(batch) = it.next() else { break };
