@@ -31,11 +31,14 @@ def step_losses(trainer, loader, epochs=1):
     return out
 
 
-def torch_loop(ref, opt, loader, epochs=1, sched=None, per_step=False):
+def torch_loop(ref, opt, loader, epochs=1, sched=None, per_step=False, metric=False):
+    """The plain PyTorch loop over the same batches; `metric` feeds the epoch's mean loss to the
+    scheduler (ReduceLROnPlateau), as fastcifar's fit does without a validation loader."""
     losses, lrs = [], []
     crit = torch.nn.CrossEntropyLoss()
     for e in range(epochs):
         ref.train()
+        total, count = 0.0, 0
         for x, y in loader._native.epoch(e):
             lrs.append(opt.param_groups[0]["lr"])
             opt.zero_grad()
@@ -43,10 +46,11 @@ def torch_loop(ref, opt, loader, epochs=1, sched=None, per_step=False):
             loss.backward()
             opt.step()
             losses.append(loss.item())
+            total, count = total + loss.item() * len(y), count + len(y)
             if sched is not None and per_step:
                 sched.step()
         if sched is not None and not per_step:
-            sched.step()
+            sched.step(total / count) if metric else sched.step()
     return losses, lrs
 
 
@@ -115,22 +119,7 @@ def test_schedulers_match_torch(ours, theirs, per_step, metric):
     lrs = []
     tr.fit(loader, epochs=6, progress=False, callbacks=[lambda i: lrs.append(i["lr"]) if i["phase"] == "step" else None])
     opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
-    sched = theirs(opt)
-    ref_lrs, ref_m = [], []
-    crit = torch.nn.CrossEntropyLoss()
-    for e in range(6):
-        total = 0.0
-        for x, y in loader._native.epoch(e):
-            ref_lrs.append(opt.param_groups[0]["lr"])
-            opt.zero_grad()
-            loss = crit(ref(x), y)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(y)
-            if per_step:
-                sched.step()
-        if not per_step:
-            sched.step(total / 64) if metric else sched.step()
+    _, ref_lrs = torch_loop(ref, opt, loader, epochs=6, sched=theirs(opt), per_step=per_step, metric=metric)
     np.testing.assert_allclose(lrs, ref_lrs, rtol=1e-6)
     for k, v in ref.state_dict().items():
         torch.testing.assert_close(m.state_dict()[k], v, rtol=1e-3, atol=1e-4, msg=k)
