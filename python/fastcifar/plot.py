@@ -69,6 +69,8 @@ def show_predictions(model, dataset, n: int = 8, transform=None, cols: int = 4, 
 def plot_history(history):
     """Loss and accuracy curves (train and validation) and the learning rate, per epoch."""
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
     h = history.history if hasattr(history, "history") else history
     epochs = h.get("epoch") or list(range(1, len(h["loss"]) + 1))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -78,11 +80,13 @@ def plot_history(history):
             ax.plot(epochs, h[f"val_{key}"], marker="o", label="val")
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
         ax.grid(alpha=0.3)
     axes[2].plot(epochs, h["lr"], marker="o", color="tab:green")
     axes[2].set_title("Learning rate")
     axes[2].set_xlabel("epoch")
+    axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[2].set_yscale("log")
     axes[2].grid(alpha=0.3)
     fig.tight_layout()
