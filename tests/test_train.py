@@ -25,6 +25,17 @@ def synthetic(n=320, seed=0, classes=10):
     return fastcifar.Dataset.from_numpy(x, y, classes=[f"c{i}" for i in range(classes)])
 
 
+def paired(n, seed, width):
+    """A shuffled loader over synthetic data, and a fastcifar small CNN with its plain PyTorch twin
+    holding the same initial weights."""
+    loader = fastcifar.DataLoader(synthetic(n, seed=seed), batch_size=16, shuffle=True, transform=NORM, seed=seed)
+    torch.manual_seed(0)
+    m = models.small_cnn(10, width=width)
+    ref = reference.SmallCNN(10, width=width)
+    ref.load_state_dict(m.state_dict())
+    return loader, m, ref
+
+
 def step_losses(trainer, loader, epochs=1):
     out = []
     trainer.fit(loader, epochs=epochs, callbacks=[lambda i: out.append(i["batch_loss"]) if i["phase"] == "step" else None], progress=False)
@@ -88,12 +99,7 @@ def test_seed_recipe_parity_20_steps():
     (lambda: AdamW(lr=3e-3, weight_decay=0.05), lambda p: torch.optim.AdamW(p, lr=3e-3, weight_decay=0.05)),
 ], ids=["sgd", "sgd-momentum-wd", "nesterov", "dampening", "adam-wd", "adam-betas", "adamw"])
 def test_optimizers_match_torch_optim(ours, theirs):
-    ds = synthetic(96, seed=1)
-    loader = fastcifar.DataLoader(ds, batch_size=16, shuffle=True, transform=NORM, seed=1)
-    torch.manual_seed(0)
-    m = models.small_cnn(10, width=8)
-    ref = reference.SmallCNN(10, width=8)
-    ref.load_state_dict(m.state_dict())
+    loader, m, ref = paired(96, seed=1, width=8)
     tr = fastcifar.Trainer(m, optimizer=ours(), device="cpu", log_every=1)
     a = step_losses(tr, loader, epochs=2)
     b, _ = torch_loop(ref, theirs(ref.parameters()), loader, epochs=2)
@@ -109,12 +115,7 @@ def test_optimizers_match_torch_optim(ours, theirs):
     (lambda: lr_scheduler.ReduceLROnPlateau(mode="min", patience=0, factor=0.5), lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, "min", patience=0, factor=0.5), False, True),
 ], ids=["step", "cosine", "onecycle", "plateau"])
 def test_schedulers_match_torch(ours, theirs, per_step, metric):
-    ds = synthetic(64, seed=2)
-    loader = fastcifar.DataLoader(ds, batch_size=16, shuffle=True, transform=NORM, seed=2)
-    torch.manual_seed(0)
-    m = models.small_cnn(10, width=4)
-    ref = reference.SmallCNN(10, width=4)
-    ref.load_state_dict(m.state_dict())
+    loader, m, ref = paired(64, seed=2, width=4)
     tr = fastcifar.Trainer(m, optimizer=SGD(lr=0.1, momentum=0.9), scheduler=ours(), device="cpu", log_every=1)
     lrs = []
     tr.fit(loader, epochs=6, progress=False, callbacks=[lambda i: lrs.append(i["lr"]) if i["phase"] == "step" else None])

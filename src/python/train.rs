@@ -73,8 +73,7 @@ impl PyModel {
         let y = release(py, move || {
             let m = lock(&m);
             let t = train.unwrap_or(m.training);
-            m.check_input(&x.0)?;
-            m.check_finite(&x.0)?;
+            m.check_finite(&x.0)?; // forward_t checks shape, dtype and device
             m.forward_t(&x.0, t)
         })?;
         Ok(PyTensor(y))
