@@ -13,7 +13,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 TORCH_LIB = $(shell $(PY) -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
 PYTEST_ARGS ?=
 
-.PHONY: venv wheel install data test test-rust test-python demo bench bench-data bench-loader bench-train clean
+.PHONY: venv wheel install data test test-rust test-python demo bench bench-data bench-loader bench-train bench-dist clean
 
 $(VENV)/.ready: requirements-dev.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -61,7 +61,10 @@ bench-loader: install data
 bench-train: install data
 	$(PY) benches/bench_train_cpu.py --data $(FASTCIFAR_DATA)
 
-bench: bench-data bench-loader bench-train
+bench-dist: install data
+	$(PY) benches/bench_distributed.py --data $(FASTCIFAR_DATA)
+
+bench: bench-data bench-loader bench-train bench-dist
 
 clean:
 	rm -rf dist target $(VENV) $(DATA)

@@ -23,6 +23,9 @@ pub enum Error {
     /// A loss or value that must be finite was not (NaN / inf during training).
     #[error("{0}")]
     NonFinite(String),
+    /// A collective (all-reduce, broadcast) failed: another rank died, stopped or timed out.
+    #[error("{0}")]
+    Distributed(String),
     /// The user asked to stop (Ctrl-C) or a consumer went away.
     #[error("interrupted")]
     Interrupted,

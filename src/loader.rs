@@ -35,6 +35,9 @@ pub struct LoaderOptions {
     /// Data-parallel shard: this process is `rank` of `world_size` (DistributedSampler's rules).
     pub rank: usize,
     pub world_size: usize,
+    /// Pad shards to equal length (training: every rank runs the same number of steps). Without,
+    /// shards differ by at most one sample and nothing repeats (evaluation).
+    pub pad_shards: bool,
 }
 
 impl Default for LoaderOptions {
@@ -51,6 +54,7 @@ impl Default for LoaderOptions {
             num_threads: None,
             rank: 0,
             world_size: 1,
+            pad_shards: true,
         }
     }
 }
@@ -106,6 +110,9 @@ impl Loader {
     /// first indices up to a multiple of world_size (or drops the tail with drop_last).
     pub fn num_samples(&self) -> usize {
         let (n, w) = (self.dataset.len(), self.opts.world_size);
+        if w > 1 && !self.opts.pad_shards {
+            return n / w + usize::from(self.opts.rank < n % w);
+        }
         if self.opts.drop_last && w > 1 {
             n / w
         } else {
@@ -133,7 +140,9 @@ impl Loader {
         let mut order: Vec<usize> =
             if self.opts.shuffle { Rng::keyed(&[self.opts.seed, epoch, u64::MAX]).permutation(n) } else { (0..n).collect() };
         let (w, r) = (self.opts.world_size, self.opts.rank);
-        if w > 1 {
+        if w > 1 && !self.opts.pad_shards {
+            order = order.into_iter().skip(r).step_by(w).collect();
+        } else if w > 1 {
             let per = self.num_samples();
             let total = per * w;
             if total > order.len() {
@@ -291,6 +300,18 @@ mod tests {
             all.sort();
             all.dedup();
             assert_eq!(all.len(), 10, "world {world}");
+            // Unpadded (evaluation) shards: a partition, sizes within one of each other.
+            let mut all = Vec::new();
+            for rank in 0..world {
+                let opts = LoaderOptions { shuffle: true, seed: 1, rank, world_size: world, pad_shards: false, ..Default::default() };
+                let l = Loader::new(ds(10), vec![], opts).unwrap();
+                let idx = l.indices(5);
+                assert_eq!(idx.len(), l.num_samples());
+                assert!(idx.len() == 10 / world || idx.len() == 10 / world + 1);
+                all.extend(idx);
+            }
+            all.sort();
+            assert_eq!(all, (0..10).collect::<Vec<_>>(), "world {world}");
         }
     }
 

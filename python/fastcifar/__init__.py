@@ -26,7 +26,7 @@ if torch.__version__.split("+")[0] != TORCH_VERSION:
     )
 
 from . import _native  # noqa: E402
-from . import models, optim, plot, transforms  # noqa: E402
+from . import distributed, models, optim, plot, transforms  # noqa: E402
 from .datasets import CIFAR10, CIFAR100, Dataset, ImageFolder  # noqa: E402
 from .loader import DataLoader  # noqa: E402
 from .trainer import EvalReport, History, Trainer  # noqa: E402
@@ -35,4 +35,4 @@ __version__ = _native.__version__
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 __all__ = ["CIFAR10", "CIFAR100", "ImageFolder", "Dataset", "DataLoader", "Trainer", "History", "EvalReport",
-           "models", "optim", "transforms", "TORCH_VERSION", "__version__"]
+           "models", "optim", "transforms", "distributed", "TORCH_VERSION", "__version__"]

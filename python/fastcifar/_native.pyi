@@ -69,7 +69,7 @@ class NativeLoader:
     def __init__(
         self, dataset: NativeDataset, ops: Sequence[TransformOp], batch_size: int, shuffle: bool, drop_last: bool,
         seed: int, prefetch: int, dtype: str, device: str, pin_memory: bool, num_threads: Optional[int] = None,
-        rank: int = 0, world_size: int = 1,
+        rank: int = 0, world_size: int = 1, pad_shards: bool = True,
     ) -> None: ...
     def __len__(self) -> int: ...
     @property
@@ -94,6 +94,10 @@ class NativeModel:
         """Returns (missing keys, unexpected keys); raises ValueError naming them when strict."""
     def parameters(self, prefix: str = "") -> List[Tuple[str, torch.Tensor]]:
         """The live parameter tensors (shared with the model)."""
+    def buffers(self) -> List[Tuple[str, torch.Tensor]]:
+        """The live buffers (running statistics), shared with the model."""
+    def set_sync_bn(self, func: Optional[Callable[..., torch.Tensor]] = None) -> None:
+        """SyncBatchNorm: func(x, weight, bias, running_mean, running_var, momentum, eps) -> y in training mode."""
     def set_trainable(self, prefix: str, trainable: bool) -> int: ...
     def replace_head(self, num_classes: int) -> None: ...
     def to(self, device: str) -> None: ...
@@ -119,6 +123,8 @@ class NativeTrainer:
         """One epoch with the GIL released. Returns (stats, interrupted): stats has loss, accuracy,
         images, seconds, lr, stopped. The callback gets epoch, step, steps, loss, batch_loss,
         accuracy, images, seconds, lr every log_every steps; returning False stops."""
+    def set_process_group(self, group: Optional[object] = None, bucket_cap_mb: float = 25.0) -> None:
+        """Averages gradients across group's ranks every optimizer step (fastcifar.distributed.ProcessGroup)."""
     def end_epoch(self, metric: Optional[float] = None) -> None: ...
     @property
     def lr(self) -> float: ...

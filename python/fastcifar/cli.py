@@ -79,7 +79,7 @@ def cmd_train(a) -> int:
     import torch
 
     import fastcifar
-    from fastcifar import models, optim, plot
+    from fastcifar import distributed, models, optim, plot
 
     root = find_data(a.data, a.download)
     train = fastcifar.CIFAR10(root, train=True, transform=_transforms(True))
@@ -94,19 +94,29 @@ def cmd_train(a) -> int:
     testloader = fastcifar.DataLoader(test, batch_size=max(a.batch_size, 256))
     model = {"image_classifier": lambda: models.ImageClassifier(10), "resnet9": lambda: models.resnet9(10),
              "resnet18": lambda: models.resnet18(10, cifar_stem=True), "small_cnn": lambda: models.small_cnn(10, width=a.width)}[a.model]()
+    steps_per_epoch = len(trainloader)
+    if distributed.launched():  # the schedule counts this rank's steps over its shard
+        steps_per_epoch = len(trainloader.shard(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])))
     opt = {"adam": lambda: optim.Adam(lr=a.lr, weight_decay=a.weight_decay), "adamw": lambda: optim.AdamW(lr=a.lr, weight_decay=a.weight_decay),
            "sgd": lambda: optim.SGD(lr=a.lr, momentum=0.9, nesterov=True, weight_decay=a.weight_decay)}[a.optimizer]()
     sched = {"plateau": lambda: optim.lr_scheduler.ReduceLROnPlateau(mode="min", patience=3),
-             "onecycle": lambda: optim.lr_scheduler.OneCycleLR(max_lr=a.lr, total_steps=a.epochs * len(trainloader)),
+             "onecycle": lambda: optim.lr_scheduler.OneCycleLR(max_lr=a.lr, total_steps=a.epochs * steps_per_epoch),
              "cosine": lambda: optim.lr_scheduler.CosineAnnealingLR(T_max=a.epochs), "none": lambda: None}[a.scheduler]()
-    trainer = fastcifar.Trainer(model, optimizer=opt, scheduler=sched, device=a.device, amp=a.amp, seed=a.seed)
-    os.makedirs(a.out, exist_ok=True)
-    print(f"fastcifar {fastcifar.__version__}: {a.model} ({model.num_parameters():,} parameters) on {trainer.device}; "
-          f"{len(train)} training / {len(test)} test images from {source}")
+    # Under torchrun every rank runs this; the trainer shards the loaders (--batch-size is per rank)
+    # and only rank 0 prints and writes.
+    trainer = fastcifar.Trainer(model, optimizer=opt, scheduler=sched, device=a.device, amp=a.amp, seed=a.seed, sync_bn=a.sync_bn)
+    main = trainer.is_main
+    if main:
+        os.makedirs(a.out, exist_ok=True)
+        par = f", data-parallel over {trainer.world_size} processes" if trainer.world_size > 1 else ""
+        print(f"fastcifar {fastcifar.__version__}: {a.model} ({model.num_parameters():,} parameters) on {trainer.device}{par}; "
+              f"{len(train)} training / {len(test)} test images from {source}")
     t0 = time.perf_counter()
     history = trainer.fit(trainloader, testloader, epochs=a.epochs, checkpoint=os.path.join(a.out, "best.pth"), progress=not a.quiet)
     seconds = time.perf_counter() - t0
     report = trainer.evaluate(testloader, progress=False)
+    if not main:
+        return 0
     trainer.save(os.path.join(a.out, "checkpoint.pth"))
     model.save(os.path.join(a.out, "model_weights.pth"))
     model.save(os.path.join(a.out, "model.safetensors"))
@@ -194,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--scheduler", choices=("plateau", "onecycle", "cosine", "none"), default="plateau")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     t.add_argument("--amp", action="store_true", help="mixed precision on CUDA")
+    t.add_argument("--sync-bn", action="store_true", help="under torchrun: BatchNorm statistics over the global batch")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--subset", type=_positive_int, help="train on the first N training images")
     t.add_argument("--test-subset", type=_positive_int, help="evaluate on the first N test images")

@@ -28,8 +28,13 @@ class DataLoader:
     ``torch.manual_seed`` makes runs repeatable. Each ``iter()`` uses the current epoch and then
     advances it; ``set_epoch(n)`` sets it (as with ``DistributedSampler``).
 
-    ``rank`` / ``world_size`` shard the data set as ``DistributedSampler`` does (padding by wrapping
-    around to a multiple of ``world_size``, or dropping the tail with ``drop_last``).
+    ``rank`` / ``world_size`` shard the data set as ``DistributedSampler`` does: one permutation for
+    all ranks (so ``seed`` must be the same on every rank), rank r takes every world_size-th index
+    from r. Shards are padded to equal length by wrapping around to the first indices (or the tail
+    is dropped with ``drop_last``), so every rank runs the same number of steps.
+    ``pad_shards=False`` (for evaluation) pads nothing: shards then differ by at most one sample,
+    and every sample is seen exactly once across ranks. ``Trainer`` shards its loaders itself when
+    it trains data-parallel (``loader.shard(rank, world_size)``).
     """
 
     def __init__(
@@ -48,6 +53,7 @@ class DataLoader:
         num_threads: Optional[int] = None,
         rank: int = 0,
         world_size: int = 1,
+        pad_shards: bool = True,
     ) -> None:
         if not isinstance(dataset, Dataset):
             raise TypeError(f"dataset: expected a fastcifar data set (CIFAR10, ImageFolder, Dataset.from_numpy), got {type(dataset).__name__}")
@@ -73,10 +79,20 @@ class DataLoader:
         self.dtype = dtype
         self.device = torch.device(device) if str(device) != "auto" else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.num_workers = num_workers
+        self.rank, self.world_size, self.pad_shards = rank, world_size, bool(pad_shards)
         self.epoch = 0
+        self._options = dict(pin_memory=pin_memory, prefetch=prefetch, num_threads=num_threads)
         self._native = _rs.NativeLoader(
             dataset._native, ops_of(self.transform, _DTYPES[dtype]), batch_size, bool(shuffle), bool(drop_last), seed,
-            prefetch, _DTYPES[dtype], str(self.device), bool(pin_memory), num_threads, rank, world_size,
+            prefetch, _DTYPES[dtype], str(self.device), bool(pin_memory), num_threads, rank, world_size, bool(pad_shards),
+        )
+
+    def shard(self, rank: int, world_size: int, pad_shards: Optional[bool] = None, seed: Optional[int] = None) -> "DataLoader":
+        """The same loader restricted to shard ``rank`` of ``world_size`` (see the class notes)."""
+        return DataLoader(
+            self.dataset, self.batch_size, self.shuffle, self.drop_last, self.transform, self.seed if seed is None else seed,
+            self.device, dtype=self.dtype, num_workers=self.num_workers, rank=rank, world_size=world_size,
+            pad_shards=self.pad_shards if pad_shards is None else pad_shards, **self._options,
         )
 
     def __len__(self) -> int:

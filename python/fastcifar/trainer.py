@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import _native as _rs
+from . import distributed as _dist
 from . import optim as _optim
 from . import transforms as T
 from ._io import atomic_write
@@ -128,11 +129,20 @@ class Trainer:
     ``device="auto"`` picks CUDA when present. ``amp=True`` on CUDA trains in mixed precision
     (fp16 autocast with dynamic loss scaling); on CPU it warns and trains in float32.
     ``seed`` seeds torch's generator (weight init of models built afterwards, dropout).
+
+    Data-parallel: under torchrun (or with ``distributed=True``) the trainer joins
+    torch.distributed's process group (``fastcifar.distributed``), takes rank 0's initial weights,
+    averages gradients across ranks every optimizer step (``bucket_cap_mb`` per all-reduce), and
+    shards its loaders (``batch_size`` is per rank). BatchNorm statistics stay local unless
+    ``sync_bn=True``; without it, rank 0's running statistics are broadcast after every epoch, so
+    all ranks hold the same model. ``evaluate`` reports over all ranks' shards. Only rank 0 shows
+    progress and writes checkpoints (``save`` does nothing elsewhere).
     """
 
     def __init__(self, model: Model, optimizer: Optional[_optim.Optimizer] = None, scheduler=None, loss: str = "cross_entropy",
                  label_smoothing: float = 0.0, device="auto", amp: bool = False, grad_accum_steps: int = 1,
-                 grad_clip: Optional[float] = None, seed: Optional[int] = None, log_every: int = 20):
+                 grad_clip: Optional[float] = None, seed: Optional[int] = None, log_every: int = 20,
+                 distributed: Optional[bool] = None, sync_bn: bool = False, bucket_cap_mb: float = 25.0):
         if not isinstance(model, Model):
             raise TypeError(f"model: expected a fastcifar model (fastcifar.models), got {type(model).__name__}")
         if loss != "cross_entropy":
@@ -145,8 +155,18 @@ class Trainer:
         for name, v in (("grad_accum_steps", grad_accum_steps), ("log_every", log_every)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}: must be a positive int, got {v!r}")
+        if distributed is None:
+            distributed = _dist.launched() or _dist.active()
+        if sync_bn and not distributed:
+            raise ValueError("sync_bn: needs data-parallel training (launch with torchrun, or pass distributed=True)")
+        self.process_group: Optional[_dist.ProcessGroup] = None
+        if distributed:
+            self.process_group, device = _dist.init(device)
+        self.rank = self.process_group.rank if self.process_group else 0
+        self.world_size = self.process_group.world_size if self.process_group else 1
+        self.sync_bn = bool(sync_bn)
         if seed is not None:
-            torch.manual_seed(seed)
+            torch.manual_seed(seed + self.rank)  # different dropout masks per rank; weights come from rank 0
         self.device = _resolve_device(device)
         if amp and not self.device.startswith("cuda"):
             warnings.warn("amp=True needs a CUDA device; training in float32 on CPU", stacklevel=2)
@@ -162,6 +182,10 @@ class Trainer:
             float(label_smoothing), bool(amp), grad_accum_steps, None if grad_clip is None else float(grad_clip), log_every,
         )
         optimizer._trainer = self
+        if self.process_group is not None:
+            self.process_group.broadcast([t for _, t in model._native.parameters()] + [t for _, t in model._native.buffers()])
+            self._native.set_process_group(self.process_group, float(bucket_cap_mb))
+        self._shards: Dict[tuple, tuple] = {}
         self.history = History()
         self.epoch = 0
         self.best_accuracy: Optional[float] = None
@@ -190,6 +214,8 @@ class Trainer:
         if self.eval_transform is None:
             src = val_loader.transform if val_loader is not None else train_loader.transform
             self.eval_transform = T.deterministic_part(src)
+        progress = progress and self.is_main
+        source, train_loader = train_loader, self._shard(train_loader, pad=True)
         final = self.epoch + epochs
         for _ in range(epochs):
             e = self.epoch
@@ -209,18 +235,24 @@ class Trainer:
                         return False
                 return True
 
+            if self.sync_bn:
+                self.model._native.set_sync_bn(_dist.sync_batch_norm(self.process_group))
             try:
                 stats, interrupted = self._native.train_epoch(train_loader._native, e, on_step)
             finally:
+                if self.sync_bn:
+                    self.model._native.set_sync_bn(None)
                 if bar is not None:
                     bar.close()
-            train_loader.epoch = e + 1
+            if self.process_group is not None and not self.sync_bn:
+                self.process_group.broadcast([t for _, t in self.model._native.buffers()])
+            source.epoch = train_loader.epoch = e + 1
             record = {"epoch": e + 1, "loss": stats["loss"], "accuracy": stats["accuracy"], "lr": stats["lr"],
                       "seconds": stats["seconds"], "images_per_s": stats["images"] / max(stats["seconds"], 1e-9)}
             if interrupted or stats["stopped"]:
                 record["interrupted"] = True
                 self.history.append(record)
-                if interrupted:
+                if interrupted and self.is_main:
                     print(f"Interrupted during epoch {e + 1}: stopped at a step boundary; the model and history are usable.")
                 break
             if val_loader is not None:
@@ -250,7 +282,8 @@ class Trainer:
         """Loss (mean over images), accuracy, per-class accuracy and the confusion matrix."""
         if not isinstance(loader, DataLoader):
             raise TypeError(f"loader: expected a fastcifar.DataLoader, got {type(loader).__name__}")
-        bar = _bar(len(loader), "Evaluate", progress)
+        loader = self._shard(loader, pad=False)
+        bar = _bar(len(loader), "Evaluate", progress and self.is_main)
 
         def cb(i, n):
             if bar is not None:
@@ -262,11 +295,42 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+        if self.process_group is not None:
+            # Every rank reports over the whole data set: sum the counts of all shards.
+            tot = self.process_group.sum([loss * count, float(count)] + [float(v) for v in conf])
+            count = int(tot[1])
+            loss = tot[0] / max(count, 1)
+            conf = [int(round(v)) for v in tot[2:]]
+            acc = sum(conf[i * nc + i] for i in range(nc)) / max(count, 1)
         cm = np.asarray(conf, dtype=np.int64).reshape(nc, nc)
         classes = list(loader.dataset.classes) if len(loader.dataset.classes) == nc else [str(i) for i in range(nc)]
         totals = cm.sum(1)
         per_class = {c: float(cm[i, i] / totals[i]) if totals[i] else float("nan") for i, c in enumerate(classes)}
         return EvalReport(loss, acc, count, classes, cm, per_class)
+
+    # --- data-parallel ---------------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0 (and when not distributed): the process that shows progress and writes files."""
+        return self.rank == 0
+
+    def _shard(self, loader: DataLoader, pad: bool) -> DataLoader:
+        """This rank's shard of ``loader`` (padded for training, a partition for evaluation)."""
+        if self.process_group is None:
+            return loader
+        if loader.world_size == self.world_size and loader.rank == self.rank:
+            return loader
+        if loader.world_size != 1:
+            raise ValueError(f"loader: is sharded as rank {loader.rank} of {loader.world_size}, but this process is rank "
+                             f"{self.rank} of {self.world_size}; pass the unsharded loader and the trainer shards it")
+        key = (id(loader), pad)
+        cached = self._shards.get(key)
+        if cached is None or cached[0] is not loader:
+            # One permutation for all ranks: rank 0's seed wins (seed=None draws a different one per rank).
+            seed = self.process_group.broadcast_object(loader.seed)
+            cached = (loader, loader.shard(self.rank, self.world_size, pad_shards=pad, seed=seed))
+            self._shards[key] = cached
+        return cached[1]
 
     def _as_batch(self, images, transform) -> torch.Tensor:
         if isinstance(images, torch.Tensor) and images.is_floating_point():
@@ -335,7 +399,10 @@ class Trainer:
         }
 
     def save(self, path) -> None:
-        """Writes the checkpoint with ``torch.save``, atomically (temporary file, then rename)."""
+        """Writes the checkpoint with ``torch.save``, atomically (temporary file, then rename).
+        When training data-parallel, only rank 0 writes."""
+        if not self.is_main:
+            return
         sd = self.state_dict()
         atomic_write(os.fspath(path), lambda tmp: torch.save(sd, tmp))
 

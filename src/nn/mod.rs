@@ -7,6 +7,7 @@
 mod archs;
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 use tch::{Device, Kind, Tensor};
 
@@ -29,6 +30,42 @@ pub struct Entry {
 #[derive(Default)]
 pub struct Params {
     pub entries: Vec<Entry>,
+    /// Shared by every BatchNorm2d of the model (SyncBatchNorm when set).
+    pub bn_sync: BnSync,
+}
+
+/// Batch statistics shared across data-parallel processes (SyncBatchNorm). The core cannot talk to
+/// other processes itself: the Python bindings implement this on torch.distributed. `forward` must
+/// return the normalised batch with its autograd history (its backward reduces across ranks too)
+/// and update the running statistics in place.
+pub trait BatchNormSync: Send + Sync {
+    #[allow(clippy::too_many_arguments)]
+    fn forward(&self, x: &Tensor, weight: &Tensor, bias: &Tensor, running_mean: &Tensor, running_var: &Tensor, momentum: f64, eps: f64)
+        -> Result<Tensor>;
+}
+
+/// The model-wide SyncBatchNorm hook. `Net::forward` cannot fail, so a failed collective is parked
+/// here, later BatchNorm layers of that forward stay local (no second wait for a dead peer), and
+/// `Model::forward_t` returns the error.
+#[derive(Default, Clone)]
+pub struct BnSync(Arc<BnSyncSlot>);
+
+#[derive(Default)]
+struct BnSyncSlot {
+    hook: RwLock<Option<Arc<dyn BatchNormSync>>>,
+    error: Mutex<Option<Error>>,
+}
+
+impl BnSync {
+    fn hook(&self) -> Option<Arc<dyn BatchNormSync>> {
+        self.0.hook.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    fn set(&self, hook: Option<Arc<dyn BatchNormSync>>) {
+        *self.0.hook.write().unwrap_or_else(|e| e.into_inner()) = hook;
+    }
+    fn error_slot(&self) -> std::sync::MutexGuard<'_, Option<Error>> {
+        self.0.error.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// PyTorch's default init for Conv2d / Linear (kaiming_uniform with a = sqrt(5)): U(-1/sqrt(fan_in), ..).
@@ -99,6 +136,7 @@ pub struct BatchNorm2d {
     mean: Tensor,
     var: Tensor,
     tracked: Tensor,
+    sync: BnSync,
 }
 
 impl BatchNorm2d {
@@ -108,7 +146,7 @@ impl BatchNorm2d {
         let mean = p.add(format!("{name}.running_mean"), Tensor::zeros([c], (Kind::Float, Device::Cpu)), Role::Buffer);
         let var = p.add(format!("{name}.running_var"), Tensor::ones([c], (Kind::Float, Device::Cpu)), Role::Buffer);
         let tracked = p.add(format!("{name}.num_batches_tracked"), Tensor::zeros([], (Kind::Int64, Device::Cpu)), Role::Buffer);
-        BatchNorm2d { w, b, mean, var, tracked }
+        BatchNorm2d { w, b, mean, var, tracked, sync: p.bn_sync.clone() }
     }
 
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
@@ -117,6 +155,15 @@ impl BatchNorm2d {
             tch::no_grad(|| {
                 let _ = self.tracked.shallow_clone().f_add_scalar_(1);
             });
+            if let Some(hook) = self.sync.hook() {
+                let mut parked = self.sync.error_slot();
+                if parked.is_none() {
+                    match hook.forward(x, &self.w, &self.b, &self.mean, &self.var, 0.1, 1e-5) {
+                        Ok(y) => return y,
+                        Err(e) => *parked = Some(e),
+                    }
+                }
+            }
         }
         x.batch_norm(Some(&self.w), Some(&self.b), Some(&self.mean), Some(&self.var), train, 0.1, 1e-5, true)
     }
@@ -234,7 +281,17 @@ impl Model {
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.check_input(x)?;
         let x = if x.kind() == Kind::Float { x.shallow_clone() } else { x.to_kind(Kind::Float) };
-        Ok(self.net.forward(&x, train))
+        let y = self.net.forward(&x, train);
+        if let Some(e) = self.params.bn_sync.error_slot().take() {
+            return Err(e);
+        }
+        Ok(y)
+    }
+
+    /// Sets (or clears) the SyncBatchNorm hook that every BatchNorm layer uses in training mode.
+    pub fn set_batch_norm_sync(&self, hook: Option<Arc<dyn BatchNormSync>>) {
+        self.params.bn_sync.set(hook);
+        self.params.bn_sync.error_slot().take();
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

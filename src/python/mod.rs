@@ -23,7 +23,7 @@ pub(crate) fn to_py(e: Error) -> PyErr {
         Error::NotFound { .. } => PyFileNotFoundError::new_err(msg),
         Error::Io { .. } => PyOSError::new_err(msg),
         Error::Format { .. } | Error::Invalid { .. } => PyValueError::new_err(msg),
-        Error::Torch(_) => PyRuntimeError::new_err(msg),
+        Error::Torch(_) | Error::Distributed(_) => PyRuntimeError::new_err(msg),
         Error::Interrupted => PyKeyboardInterrupt::new_err(msg),
         Error::NonFinite(_) => pyo3::exceptions::PyFloatingPointError::new_err(msg),
     }
@@ -231,7 +231,7 @@ pub struct PyLoader {
 #[pymethods]
 impl PyLoader {
     #[new]
-    #[pyo3(signature = (dataset, ops, batch_size, shuffle, drop_last, seed, prefetch, dtype, device, pin_memory, num_threads=None, rank=0, world_size=1))]
+    #[pyo3(signature = (dataset, ops, batch_size, shuffle, drop_last, seed, prefetch, dtype, device, pin_memory, num_threads=None, rank=0, world_size=1, pad_shards=true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -248,6 +248,7 @@ impl PyLoader {
         num_threads: Option<usize>,
         rank: usize,
         world_size: usize,
+        pad_shards: bool,
     ) -> PyResult<Self> {
         let kind = match dtype {
             "float32" => OutKind::Float32,
@@ -267,6 +268,7 @@ impl PyLoader {
             num_threads,
             rank,
             world_size,
+            pad_shards,
         };
         let ds = dataset.inner.clone();
         let ops = ops.into_iter().map(|o| o.op).collect();

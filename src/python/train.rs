@@ -10,7 +10,8 @@ use pyo3_tch::PyTensor;
 
 use super::{parse_device, release, to_py, PyLoader};
 use crate::error::Error;
-use crate::nn::{Arch, Model, Role};
+use crate::nn::{Arch, BatchNormSync, Model, Role};
+use crate::train::dist::{Collective, DistState};
 use crate::train::optim::{OptKind, Optimizer};
 use crate::train::sched::{self, Scheduler};
 use crate::train::{self as engine, TrainConfig, TrainState};
@@ -109,6 +110,20 @@ impl PyModel {
         Ok(v)
     }
 
+    /// The live buffers (running statistics), shared with the model.
+    fn buffers(&self) -> Vec<(String, PyTensor)> {
+        let m = lock(&self.inner);
+        m.params.entries.iter().filter(|e| e.role == Role::Buffer).map(|e| (e.name.clone(), PyTensor(e.tensor.shallow_clone()))).collect()
+    }
+
+    /// Sets the SyncBatchNorm function every BatchNorm layer calls in training mode:
+    /// `fn(x, weight, bias, running_mean, running_var, momentum, eps) -> y`; None restores local BN.
+    #[pyo3(signature = (func = None))]
+    fn set_sync_bn(&self, func: Option<PyObject>) {
+        let hook = func.map(|f| Arc::new(PyBatchNormSync(f)) as Arc<dyn BatchNormSync>);
+        lock(&self.inner).set_batch_norm_sync(hook);
+    }
+
     fn set_trainable(&self, prefix: &str, trainable: bool) -> PyResult<usize> {
         lock(&self.inner).set_trainable(prefix, trainable).map_err(to_py)
     }
@@ -173,6 +188,65 @@ impl PyModel {
         release(py, move || {
             let sd = tch::Tensor::read_safetensors(&path).map_err(|e| Error::format(&path, format!("not a readable safetensors file: {e}")))?;
             lock(&m).load_state_dict(&sd, strict)
+        })
+    }
+}
+
+/// SyncBatchNorm through a Python function (an autograd.Function on torch.distributed). Its
+/// backward runs inside libtorch's autograd, which takes the GIL for it; the training thread has
+/// released the GIL, so this cannot deadlock.
+struct PyBatchNormSync(PyObject);
+
+impl BatchNormSync for PyBatchNormSync {
+    fn forward(&self, x: &tch::Tensor, w: &tch::Tensor, b: &tch::Tensor, rm: &tch::Tensor, rv: &tch::Tensor, momentum: f64, eps: f64) -> Result<tch::Tensor, Error> {
+        Python::with_gil(|py| {
+            let args = (
+                PyTensor(x.shallow_clone()),
+                PyTensor(w.shallow_clone()),
+                PyTensor(b.shallow_clone()),
+                PyTensor(rm.shallow_clone()),
+                PyTensor(rv.shallow_clone()),
+                momentum,
+                eps,
+            );
+            self.0.call1(py, args).and_then(|y| y.extract::<PyTensor>(py)).map(|y| y.0).map_err(|e| Error::Distributed(format!("sync_bn: {e}")))
+        })
+    }
+}
+
+/// A torch.distributed process group seen through a Python object with `rank`, `world_size`,
+/// `all_reduce(tensors)` and `any(flags)` (fastcifar.distributed.ProcessGroup).
+struct PyCollective {
+    obj: PyObject,
+    rank: usize,
+    world: usize,
+}
+
+impl PyCollective {
+    fn fail(&self, op: &str, e: PyErr) -> Error {
+        Error::Distributed(format!(
+            "distributed {op} failed on rank {} of {}: {e} (another rank probably failed, stopped or timed out)",
+            self.rank, self.world
+        ))
+    }
+}
+
+impl Collective for PyCollective {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn world_size(&self) -> usize {
+        self.world
+    }
+    fn all_reduce_sum(&mut self, tensors: &[tch::Tensor]) -> Result<(), Error> {
+        Python::with_gil(|py| {
+            let list: Vec<PyTensor> = tensors.iter().map(|t| PyTensor(t.shallow_clone())).collect();
+            self.obj.call_method1(py, "all_reduce", (list,)).map(|_| ()).map_err(|e| self.fail("all_reduce", e))
+        })
+    }
+    fn any(&mut self, flags: &[bool]) -> Result<Vec<bool>, Error> {
+        Python::with_gil(|py| {
+            self.obj.call_method1(py, "any", (flags.to_vec(),)).and_then(|r| r.extract::<Vec<bool>>(py)).map_err(|e| self.fail("any", e))
         })
     }
 }
@@ -338,6 +412,26 @@ impl PyTrainer {
             return Err(e);
         }
         Ok((epoch_dict(py, &stats)?, interrupted))
+    }
+
+    /// Joins a process group (fastcifar.distributed.ProcessGroup): gradients are then averaged
+    /// across its ranks every optimizer step, in buckets of `bucket_cap_mb`. None leaves it.
+    #[pyo3(signature = (group = None, bucket_cap_mb = 25.0))]
+    fn set_process_group(&self, py: Python<'_>, group: Option<PyObject>, bucket_cap_mb: f64) -> PyResult<()> {
+        let dist = match group {
+            None => None,
+            Some(obj) => {
+                if !(bucket_cap_mb > 0.0 && bucket_cap_mb.is_finite()) {
+                    return Err(PyValueError::new_err(format!("bucket_cap_mb: {bucket_cap_mb} must be a positive number")));
+                }
+                let rank: usize = obj.getattr(py, "rank")?.extract(py)?;
+                let world: usize = obj.getattr(py, "world_size")?.extract(py)?;
+                let comm = PyCollective { obj, rank, world };
+                Some(DistState::new(Box::new(comm), (bucket_cap_mb * 1024.0 * 1024.0) as usize).map_err(to_py)?)
+            }
+        };
+        lock(&self.state).dist = dist;
+        Ok(())
     }
 
     /// End of epoch: moves epoch schedules (`metric` for ReduceLROnPlateau).

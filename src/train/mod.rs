@@ -1,6 +1,7 @@
 //! The training engine: one epoch of forward / loss / backward / optimizer / scheduler steps over a
 //! `Loader`, evaluation with a confusion matrix, and batched prediction. The per-step loop never
 //! leaves Rust; the caller's callback runs only every `log_every` steps.
+pub mod dist;
 pub mod optim;
 pub mod sched;
 
@@ -11,6 +12,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 use crate::error::{Error, Result};
 use crate::loader::Loader;
 use crate::nn::Model;
+use dist::DistState;
 use optim::Optimizer;
 use sched::Scheduler;
 
@@ -136,6 +138,8 @@ pub struct TrainState {
     pub scaler: Option<GradScaler>,
     pub cfg: TrainConfig,
     pub global_step: u64,
+    /// Data-parallel training: gradients averaged across ranks every optimizer step.
+    pub dist: Option<DistState>,
 }
 
 fn single_thread_pool() -> Result<std::sync::Arc<rayon::ThreadPool>> {
@@ -176,7 +180,7 @@ impl TrainState {
     pub fn new(opt: Optimizer, sched: Option<Scheduler>, cfg: TrainConfig, device: Device) -> Result<TrainState> {
         cfg.validate()?;
         let scaler = (cfg.amp && device.is_cuda()).then(GradScaler::default);
-        Ok(TrainState { opt, sched, scaler, cfg, global_step: 0 })
+        Ok(TrainState { opt, sched, scaler, cfg, global_step: 0, dist: None })
     }
 
     /// Puts the schedule's learning rate (and cycled momentum) into the optimizer.
@@ -236,7 +240,11 @@ impl TrainState {
                 Some(prev) => prev.iter().zip(&grads).map(|(a, g)| a + g).collect(),
             });
             if (i + 1) % accum == 0 || i + 1 == steps {
-                let grads = acc.take().unwrap_or_default();
+                // Micro-steps only accumulate locally; the collective runs once per optimizer step.
+                let mut grads = acc.take().unwrap_or_default();
+                if let Some(d) = &mut self.dist {
+                    grads = d.average(&params, &grads)?;
+                }
                 let mut skip = false;
                 if let Some(s) = &mut self.scaler {
                     skip = s.unscale(&grads)?;
@@ -265,29 +273,45 @@ impl TrainState {
                 info.seconds = t0.elapsed().as_secs_f64();
                 info.lr = self.opt.lr;
                 info.batch_loss = f64::try_from(&batch_loss)?;
-                if !info.loss.is_finite() {
+                let mut bad = !info.loss.is_finite();
+                let mut stop = !bad && !progress(&info);
+                if let Some(d) = &mut self.dist {
+                    // Every rank must stop (or fail) at the same step, or the others would wait in
+                    // the next all-reduce until the timeout.
+                    let f = d.comm.any(&[bad, stop])?;
+                    (bad, stop) = (f[0], f[1]);
+                }
+                if bad {
                     return Err(Error::NonFinite(format!(
                         "the training loss became {} at epoch {epoch}, step {}; stopped (try a lower learning rate or grad_clip)",
-                        info.loss,
+                        if info.loss.is_finite() { "NaN or inf on another rank".to_string() } else { info.loss.to_string() },
                         i + 1
                     )));
                 }
-                if !progress(&info) {
+                if stop {
                     stopped = true;
                     break;
                 }
             }
         }
         drop(it);
+        let (mut loss_sum, mut correct_n) = (f64::try_from(&loss_sum)?, i64::try_from(&correct)? as f64);
+        if let Some(d) = &mut self.dist {
+            // The epoch's loss and accuracy over all ranks' samples.
+            let t = Tensor::from_slice(&[loss_sum, correct_n, images as f64]).to_device(dev);
+            d.comm.all_reduce_sum(std::slice::from_ref(&t))?;
+            let v: Vec<f64> = Vec::try_from(t.to_device(Device::Cpu))?;
+            (loss_sum, correct_n, images) = (v[0], v[1], v[2] as u64);
+        }
         let seconds = t0.elapsed().as_secs_f64();
         if images == 0 {
             return Ok(EpochStats { seconds, stopped, lr: self.opt.lr, ..Default::default() });
         }
-        let loss = f64::try_from(&loss_sum)? / images as f64;
+        let loss = loss_sum / images as f64;
         if !loss.is_finite() {
             return Err(Error::NonFinite(format!("the training loss became {loss} in epoch {epoch}; stopped")));
         }
-        let accuracy = i64::try_from(&correct)? as f64 / images as f64;
+        let accuracy = correct_n / images as f64;
         Ok(EpochStats { loss, accuracy, images, seconds, lr: self.opt.lr, stopped })
     }
 
