@@ -3,7 +3,8 @@
     python benches/bench_data.py --data DATA_DIR [--jpeg-tree DIR] [--repeat 3]
 
 DATA_DIR is what ../shared/datasets/build_cifar10.py writes. Every measurement runs in a fresh
-process (page cache warm, allocator cold, imports excluded) and the median of --repeat is shown.
+process (page cache warm, allocator cold, imports excluded; the folder rows alternate with
+torchvision's) and the median of --repeat is shown.
 Targets (issue 2): >= 5x torchvision from extracted files, archives within 1.5x of `gzip -dc`,
 ImageFolder >= 4x torchvision's images/s.
 """
@@ -74,6 +75,7 @@ def main():
     ap.add_argument("--jpeg-tree", default=None, help="unpacked cifar10-jpeg.tar.gz (default: DATA/cifar10-jpeg, made if missing)")
     ap.add_argument("--shared", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets"))
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--folders-only", action="store_true", help="only the extracted pickle and binary folders")
     a = ap.parse_args()
     data = os.path.abspath(a.data)
     py, bn = f"{data}/cifar-10-batches-py", f"{data}/cifar-10-batches-bin"
@@ -83,11 +85,23 @@ def main():
         with tarfile.open(os.path.join(a.shared, "cifar10-jpeg.tar.gz")) as t:
             t.extractall(tree)
     r = a.repeat
-    tv = median(run_timed(TV.format(root=data), r))
+    folders = (("pickle folder", py), ("binary folder", bn))
+    tvs, fcs = [], {name: [] for name, _ in folders}
+    for _ in range(r):  # alternating, so that machine noise hits both sides alike
+        tvs += run_timed(TV.format(root=data), 1)
+        for name, root in folders:
+            fcs[name] += run_timed(FC.format(root=root), 1)
+    tv = median(tvs)
     rows = []
-    for name, root in (("pickle folder", py), ("binary folder", bn)):
-        fc = median(run_timed(FC.format(root=root), r))
-        rows.append([name, f"{fc * 1000:.0f} ms", f"{tv * 1000:.0f} ms (pickles)", f"{tv / fc:.1f}x faster"])
+    for name, _ in folders:
+        fc = median(fcs[name])
+        per_run = sorted(t["seconds"] / f["seconds"] for t, f in zip(tvs, fcs[name]))
+        rows.append([name, f"{fc * 1000:.0f} ms", f"{tv * 1000:.0f} ms (pickles)",
+                     f"{tv / fc:.1f}x faster (runs {per_run[0]:.1f}x to {per_run[-1]:.1f}x)"])
+    if a.folders_only:
+        print(f"CIFAR-10 train set decode, median of {r} alternating fresh processes, {os.cpu_count()} cores\n")
+        print(table(["form", "fastcifar", "torchvision (same run)", "ratio"], rows))
+        return
     for name, arch in (("python archive", pya), ("binary archive", bna)):
         fc = median(run_timed(FC.format(root=arch), r))
         gz = median(run_timed(GZIP.format(archive=arch), r))
