@@ -33,7 +33,7 @@ def transform(train):
     return T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
 
 
-def run(batch, sync_bn, accum, distributed, epochs=2, callback=None):
+def run(batch, sync_bn, accum, distributed, epochs=2, callback=None, save_to=None):
     """One training run; the single-process reference calls it with batch = world_size * BATCH."""
     torch.manual_seed(0)
     model = fastcifar.models.small_cnn(10, width=8)
@@ -44,6 +44,8 @@ def run(batch, sync_bn, accum, distributed, epochs=2, callback=None):
                            grad_accum_steps=accum, distributed=distributed, sync_bn=sync_bn)
     hist = tr.fit(train, val, epochs=epochs, progress=False, callbacks=[callback] if callback else ())
     rep = tr.evaluate(val, progress=False)
+    if save_to:
+        tr.save(f"{save_to}-rank{tr.rank}.pth")  # only rank 0 writes
     return {"state": model.state_dict(), "history": hist.to_dict(), "eval": rep.to_dict(), "rank": tr.rank,
             "world_size": tr.world_size}
 
@@ -56,7 +58,7 @@ def main():
     rank = int(os.environ["RANK"])
     if a.mode == "parity":
         for name, sync_bn, accum in (("sync", True, 2), ("local", False, 1)):
-            r = run(BATCH, sync_bn, accum, distributed=True)
+            r = run(BATCH, sync_bn, accum, distributed=True, save_to=os.path.join(a.out, f"{name}-ckpt"))
             torch.save(r, os.path.join(a.out, f"{name}-rank{rank}.pt"))
         return 0
 

@@ -38,7 +38,13 @@ def parity_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
     r = _torchrun(["dist_worker.py", "parity", "--out", str(out)])
     assert r.returncode == 0, r.stdout + r.stderr
-    return {name: [torch.load(out / f"{name}-rank{k}.pt", weights_only=False) for k in (0, 1)] for name in ("sync", "local")}
+    runs = {name: [torch.load(out / f"{name}-rank{k}.pt", weights_only=False) for k in (0, 1)] for name in ("sync", "local")}
+    runs["checkpoints"] = sorted(p.name for p in out.glob("*.pth"))
+    return runs
+
+
+def test_only_rank_0_writes_checkpoints(parity_runs):
+    assert parity_runs["checkpoints"] == ["local-ckpt-rank0.pth", "sync-ckpt-rank0.pth"]
 
 
 @pytest.mark.parametrize("name", ["sync", "local"])
