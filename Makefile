@@ -13,7 +13,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 TORCH_LIB = $(shell $(PY) -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
 PYTEST_ARGS ?=
 
-.PHONY: venv wheel install data test test-rust test-python demo bench bench-data bench-loader bench-train bench-dist clean
+.PHONY: venv wheel install data test test-rust test-python demo bench bench-data bench-loader bench-train bench-dist device-bundle clean
 
 $(VENV)/.ready: requirements-dev.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -65,6 +65,11 @@ bench-dist: install data
 	$(PY) benches/bench_distributed.py --data $(FASTCIFAR_DATA)
 
 bench: bench-data bench-loader bench-train bench-dist
+
+# For a GPU machine without cargo: the wheel and the data source, to carry (benches/device_run.sh).
+device-bundle: wheel
+	rm -rf .device && mkdir -p .device
+	cp dist/fastcifar-*.whl $(SHARED)/cifar10-jpeg.tar.gz $(SHARED)/build_cifar10.py .device/
 
 clean:
 	rm -rf dist target $(VENV) $(DATA)

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The GPU checks and benchmarks, prepared for a machine that has CUDA, python3 and torch 2.11 but no
+# cargo and no internet (the project's device machine). Here, first:
+#
+#     make device-bundle            # .device/: the abi3 wheel, cifar10-jpeg.tar.gz, build_cifar10.py
+#
+# then, on the GPU machine, from the repository root (carry .device; results go to $OUT):
+#
+#     bash benches/device_run.sh checks   # CUDA smoke checks, amp, world-size-1 NCCL overhead (~4 min)
+#     bash benches/device_run.sh recipe   # the seed's recipe: fastcifar vs seed script vs expert loop
+#
+# EPOCHS (default 50) and SEED_EPOCHS (default 3: the seed script is slow, its time per epoch is
+# what is compared) size the recipe run to the device time available.
+set -uo pipefail
+OUT=${OUT:-$PWD/device-out}
+mkdir -p "$OUT"
+PHASE=${1:-checks}
+python3 -m pip install -q --no-deps --force-reinstall .device/fastcifar-*.whl || exit 1
+DATA=/tmp/fastcifar-data
+if [ ! -f "$DATA/.ready" ]; then
+    python3 .device/build_cifar10.py "$DATA" >/dev/null && touch "$DATA/.ready" || exit 1
+fi
+export FASTCIFAR_DATA=$DATA
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+
+if [ "$PHASE" = checks ]; then
+    python3 - <<'EOF' 2>&1 | tee "$OUT/checks.txt"
+import os, time, torch, fastcifar
+from fastcifar import transforms as T
+assert torch.cuda.is_available()
+root = os.environ["FASTCIFAR_DATA"]
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+tf = T.Compose([T.RandomHorizontalFlip(), T.RandomCrop(32, padding=4), T.ToTensor(), T.Normalize(MEAN, STD)])
+train = fastcifar.CIFAR10(root, train=True, transform=tf).subset(range(10000))
+test = fastcifar.CIFAR10(root, train=False, transform=T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)]))
+# Logits parity on CUDA: fastcifar model against its plain PyTorch twin with the same weights.
+m = fastcifar.models.ImageClassifier().cuda().eval()
+ref = m.to_torch().cuda().eval()
+x = torch.randn(64, 3, 32, 32, device="cuda")
+print("cuda logits max abs diff vs plain PyTorch:", (m(x) - ref(x)).abs().max().item())
+for amp in (False, True):
+    torch.manual_seed(0)
+    model = fastcifar.models.resnet9()
+    tr = fastcifar.Trainer(model, fastcifar.optim.SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4), device="cuda", amp=amp)
+    dl = fastcifar.DataLoader(train, batch_size=256, shuffle=True, seed=0, device="cuda", pin_memory=True)
+    t0 = time.perf_counter()
+    h = tr.fit(dl, epochs=3, progress=False)
+    rep = tr.evaluate(fastcifar.DataLoader(test, batch_size=1000, device="cuda"), progress=False)
+    print(f"resnet9 amp={amp}: 3 epochs on 10k images in {time.perf_counter() - t0:.1f}s, "
+          f"loss {[round(e['loss'], 3) for e in h.epochs]}, test acc {100 * rep.accuracy:.2f}%")
+u8 = fastcifar.DataLoader(train, batch_size=512, dtype=torch.uint8, device="cuda", pin_memory=True, transform=tf)
+xb, yb = next(iter(u8))
+print("uint8 batch on", xb.device, xb.dtype, tuple(xb.shape))
+EOF
+    python3 benches/bench_distributed.py --data "$DATA" --device cuda --world-sizes 1 --repeat 3 --images 20000 2>&1 | tee "$OUT/distributed.txt"
+else
+    python3 benches/gpu_seed_recipe.py --data "$DATA" --epochs "${EPOCHS:-50}" --timing-epochs "${SEED_EPOCHS:-3}" \
+        --json "$OUT/recipe.json" 2>&1 | tee "$OUT/recipe.txt"
+fi
