@@ -158,9 +158,10 @@ fn single_thread_pool() -> Result<std::sync::Arc<rayon::ThreadPool>> {
 /// CPU training allocates the same activation sizes every step. glibc's malloc hands blocks above
 /// its (adaptive) mmap threshold back to the kernel when they are freed, and trims the heap top
 /// above twice that, so every step page-faults and zeroes its activations afresh: measured here,
-/// a quarter of the step in the kernel and 20% fewer images/s. Keeping freed memory for reuse, as
-/// PyTorch's CUDA caching allocator does on the GPU, removes that. Once per process; skipped when
-/// the user tunes malloc (MALLOC_*_THRESHOLD_ set) or sets FASTCIFAR_MALLOC_TUNING=0.
+/// a fifth of the CPU time in the kernel and 0.88-0.93x the seed loop's images/s (1.15x after).
+/// Keeping freed memory for reuse (up to 1 GB of free heap), as PyTorch's CUDA caching allocator
+/// does on the GPU, removes that. Once per process; skipped when the user tunes malloc
+/// (MALLOC_*_THRESHOLD_ or GLIBC_TUNABLES set) or sets FASTCIFAR_MALLOC_TUNING=0.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
