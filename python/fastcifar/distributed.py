@@ -121,6 +121,9 @@ def init(device: str = "auto", timeout: Optional[float] = None, backend: Optiona
                                "launch with torchrun (torchrun --nproc_per_node=N script.py) or call torch.distributed.init_process_group")
         dist.init_process_group(backend or ("nccl" if use_cuda else "gloo"), timeout=_timeout(timeout))
         atexit.register(_shutdown)
+    if d == "cpu" and dist.get_backend() == "nccl":
+        raise RuntimeError("distributed: the process group uses NCCL, which reduces CUDA tensors only; train on device='cuda' "
+                           "(or set up a gloo group for CPU training)")
     return ProcessGroup(device=d), d
 
 
