@@ -94,9 +94,9 @@ def cmd_train(a) -> int:
     testloader = fastcifar.DataLoader(test, batch_size=max(a.batch_size, 256))
     model = {"image_classifier": lambda: models.ImageClassifier(10), "resnet9": lambda: models.resnet9(10),
              "resnet18": lambda: models.resnet18(10, cifar_stem=True), "small_cnn": lambda: models.small_cnn(10, width=a.width)}[a.model]()
-    steps_per_epoch = len(trainloader)
-    if distributed.launched():  # the schedule counts this rank's steps over its shard
-        steps_per_epoch = len(trainloader.shard(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])))
+    if distributed.launched():  # this rank's shard (--seed is the same on every rank); fit uses it as it is
+        trainloader = trainloader.shard(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
+    steps_per_epoch = len(trainloader)  # the schedule counts this rank's steps
     opt = {"adam": lambda: optim.Adam(lr=a.lr, weight_decay=a.weight_decay), "adamw": lambda: optim.AdamW(lr=a.lr, weight_decay=a.weight_decay),
            "sgd": lambda: optim.SGD(lr=a.lr, momentum=0.9, nesterov=True, weight_decay=a.weight_decay)}[a.optimizer]()
     sched = {"plateau": lambda: optim.lr_scheduler.ReduceLROnPlateau(mode="min", patience=3),

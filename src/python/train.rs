@@ -232,9 +232,6 @@ impl PyCollective {
 }
 
 impl Collective for PyCollective {
-    fn rank(&self) -> usize {
-        self.rank
-    }
     fn world_size(&self) -> usize {
         self.world
     }
