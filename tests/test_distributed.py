@@ -129,6 +129,10 @@ def test_distributed_options_are_checked():
             fastcifar.Trainer(model, device="cpu", distributed=True)
     finally:
         os.environ.update(env)
+    tr = fastcifar.Trainer(model, device="cpu", distributed=False)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="bucket_cap_mb"):
+            tr._native.set_process_group(_CountingGroup(), bad)
     ds = fastcifar.Dataset.from_numpy(np.zeros((4, 4, 4, 3), np.uint8), [0] * 4, classes=["a"])
     with pytest.raises(ValueError, match="rank"):
         fastcifar.DataLoader(ds, rank=2, world_size=2)
