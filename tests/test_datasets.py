@@ -12,6 +12,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 import fastcifar
 from conftest import CLASSES10, py2_pickle, Py2Str, write_cifar10, write_cifar100
@@ -84,6 +85,57 @@ def test_data_is_a_read_only_view_and_assignment_rebuilds(tiny):
         len(ds)
     sub = fastcifar.CIFAR10(root).subset([2, 0])
     np.testing.assert_array_equal(sub.data, truth["train"][0][[2, 0]])
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_mmap_reads_the_same_and_maps_only_pickle_folders(tiny, form):
+    root, truth = tiny
+    for train, split in ((True, "train"), (False, "test")):
+        ds = fastcifar.CIFAR10(root / form, train=train, mmap=True)
+        np.testing.assert_array_equal(ds.data, truth[split][0])
+        assert ds.targets == truth[split][1]
+        assert not ds.data.flags.writeable
+        if form != "cifar-10-batches-py":
+            assert not ds.mapped  # binary records and archives are always copied
+        assert not fastcifar.CIFAR10(root / form, train=train).mapped
+
+
+def test_mmap_maps_whole_pages_and_survives_the_files_being_replaced(tmp_path):
+    # 40 images per batch: every batch puts its pixels at the same offset, so all five map, and
+    # the junctions between them (mid-page) are copied.
+    truth = write_cifar10(str(tmp_path), n_train=(40,) * 5, n_test=41, layouts=("py",))
+    folder = tmp_path / "cifar-10-batches-py"
+    ds = fastcifar.CIFAR10(tmp_path, mmap=True)
+    test = fastcifar.CIFAR10(tmp_path, train=False, mmap=True)
+    assert ds.mapped and test.mapped
+    np.testing.assert_array_equal(ds.data, truth["train"][0])
+    # Replacing or deleting the files (not rewriting them in place) leaves the data set intact.
+    for name in os.listdir(folder):
+        garbage = folder / (name + ".new")
+        garbage.write_bytes(b"\xff" * 300_000)
+        os.replace(garbage, folder / name)
+    os.remove(folder / "test_batch")
+    np.testing.assert_array_equal(ds.data, truth["train"][0])
+    np.testing.assert_array_equal(test.data, truth["test"][0])
+    # The loader reads the mapped pages like any other buffer.
+    x, y = next(iter(fastcifar.DataLoader(ds, batch_size=200, shuffle=False, dtype=torch.uint8)))
+    np.testing.assert_array_equal(x.permute(0, 2, 3, 1).numpy(), truth["train"][0])
+    assert y.tolist() == truth["train"][1]
+
+
+def test_mmap_cifar100_and_bad_files_and_options(tmp_path):
+    truth = write_cifar100(str(tmp_path), n_train=30)
+    ds = fastcifar.CIFAR100(tmp_path / "cifar-100-python", label="coarse", mmap=True)
+    assert ds.mapped
+    np.testing.assert_array_equal(ds.data, truth["train"][0])
+    assert ds.targets == truth["train"][2]
+    with pytest.raises(TypeError, match="mmap must be True or False"):
+        fastcifar.CIFAR10(tmp_path, mmap="yes")
+    write_cifar10(str(tmp_path / "c10"), layouts=("py",))
+    f = tmp_path / "c10" / "cifar-10-batches-py" / "data_batch_2"
+    f.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="data_batch_2.*malformed pickle"):
+        fastcifar.CIFAR10(tmp_path / "c10", mmap=True)
 
 
 def test_indexing_edges(tiny):
@@ -350,10 +402,11 @@ def torchvision_cifar(real_data):
         tvc.check_integrity = orig
 
 
-@pytest.mark.parametrize("form", FORMS)
-def test_real_data_matches_torchvision(real_data, torchvision_cifar, form):
+@pytest.mark.parametrize("form,mmap", [(f, False) for f in FORMS] + [("cifar-10-batches-py", True)])
+def test_real_data_matches_torchvision(real_data, torchvision_cifar, form, mmap):
     for train in (True, False):
-        ds = fastcifar.CIFAR10(os.path.join(real_data, form), train=train)
+        ds = fastcifar.CIFAR10(os.path.join(real_data, form), train=train, mmap=mmap)
+        assert ds.mapped == mmap
         tv = torchvision_cifar[train]
         assert ds.layout == LAYOUT[form]
         assert len(ds) == (50000 if train else 10000)

@@ -11,8 +11,9 @@ class NativeDataset:
     """A data set held in Rust: one uint8 (N, C, H, W) buffer, labels and class names."""
 
     @staticmethod
-    def cifar(root: str | PathLike, variant: str, train: bool, label: str = "fine") -> Tuple["NativeDataset", str, str]:
+    def cifar(root: str | PathLike, variant: str, train: bool, label: str = "fine", mmap: bool = False) -> Tuple["NativeDataset", str, str]:
         """Loads CIFAR-10 (``"cifar10"``) or CIFAR-100 (``"cifar100"``, label ``"fine"``/``"coarse"``).
+        ``mmap``: keep an extracted pickle folder's images in the page cache instead of copying them.
         Returns (data set, layout: "python" | "binary" | "python-archive" | "binary-archive", path read)."""
     @staticmethod
     def image_folder(root: str | PathLike, size: Optional[Tuple[int, int]] = None) -> "NativeDataset": ...
@@ -23,6 +24,9 @@ class NativeDataset:
     @property
     def shape(self) -> Tuple[int, int, int]:
         """(C, H, W) of every image."""
+    @property
+    def mapped(self) -> bool:
+        """Whether the images are the files' own pages (``mmap=True``) rather than a copy."""
     @property
     def classes(self) -> List[str]: ...
     @property

@@ -197,6 +197,15 @@ class CIFAR10(Dataset):
     Checksums of local files are not checked (re-packed copies load), only their structure.
 
     ``download=True`` fetches ``url`` into ``root`` when no form is present, checking ``tgz_md5``.
+
+    ``mmap=True`` keeps the images of an extracted pickle folder in the page cache instead of
+    copying them (as ``torch.load(mmap=True)`` and ``numpy.load(mmap_mode="r")`` do): loading is a
+    few page-table entries rather than 150 MB of fresh memory, and processes that load the same
+    files (torchrun ranks, notebook restarts) share one copy. ``.data`` is the same read-only array
+    either way. Other forms are copied regardless; ``mapped`` says which happened. The caveat is
+    numpy.memmap's: do not truncate or rewrite those files in place while the data set is alive
+    (replacing them, as ``tar`` or ``os.replace`` do, is safe); a truncated page kills the process
+    with SIGBUS when it is read.
     """
 
     base_folder = "cifar-10-batches-py"
@@ -212,17 +221,25 @@ class CIFAR10(Dataset):
         transform: Optional[Callable] = None,
         target_transform: Optional[Callable] = None,
         download: bool = False,
+        mmap: bool = False,
         **kwargs: Any,
     ) -> None:
         self.root = os.path.expanduser(os.fspath(root))
         self.train = train
+        if not isinstance(mmap, bool):
+            raise TypeError(f"mmap must be True or False, got {mmap!r}")
         label = kwargs.pop("label", "fine")
         if kwargs:
             raise TypeError(f"{type(self).__name__}() got unexpected keyword arguments: {', '.join(kwargs)}")
         if download:
             self.download()
-        native, self.layout, self.source = _rs.NativeDataset.cifar(self.root, self._variant, train, label)
+        native, self.layout, self.source = _rs.NativeDataset.cifar(self.root, self._variant, train, label, mmap)
         super().__init__(native, transform, target_transform)
+
+    @property
+    def mapped(self) -> bool:
+        """Whether ``.data`` is the files' own pages (``mmap=True`` on a pickle folder), not a copy."""
+        return self._native.mapped
 
     @property
     def split(self) -> str:
@@ -254,11 +271,12 @@ class CIFAR100(CIFAR10):
     tgz_md5 = "eb9058c3a382ffc7106e4002c42a8d85"
     _variant = "cifar100"
 
-    def __init__(self, root, train: bool = True, transform=None, target_transform=None, download: bool = False, label: str = "fine"):
+    def __init__(self, root, train: bool = True, transform=None, target_transform=None, download: bool = False, label: str = "fine",
+                 mmap: bool = False):
         if label not in ("fine", "coarse"):
             raise ValueError(f"label: '{label}' is not 'fine' or 'coarse'")
         self.label = label
-        super().__init__(root, train, transform, target_transform, download, label=label)
+        super().__init__(root, train, transform, target_transform, download, mmap=mmap, label=label)
 
 
 class ImageFolder(Dataset):

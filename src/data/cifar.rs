@@ -4,12 +4,14 @@
 //! When `root` holds several forms, the first found in this order is used: the extracted pickle
 //! folder, the extracted binary folder, the pickle archive, the binary archive. Extracted files are
 //! faster to read and are what torchvision itself would pick.
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
+use super::mapped::{FileImages, Segment};
 use super::pickle;
 use super::{Dataset, ImageBuf};
 use crate::error::{Error, Result};
@@ -146,9 +148,10 @@ impl Source {
     }
 }
 
-/// A file's bytes: mapped, or owned when they came out of an archive.
+/// A file's bytes: mapped (with the file, for `mmap=True`), or owned when they came out of an
+/// archive.
 enum Bytes {
-    Mapped(memmap2::Mmap),
+    Mapped(memmap2::Mmap, std::fs::File),
     Owned(Vec<u8>),
 }
 
@@ -156,7 +159,7 @@ impl std::ops::Deref for Bytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match self {
-            Bytes::Mapped(m) => m,
+            Bytes::Mapped(m, _) => m,
             Bytes::Owned(v) => v,
         }
     }
@@ -173,7 +176,7 @@ fn map_file(path: &Path) -> Result<(PathBuf, Bytes)> {
     }
     // SAFETY: read-only private mapping; the bytes are copied out before the map is dropped.
     let map = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(|e| Error::io(path, e))?;
-    Ok((path.to_path_buf(), Bytes::Mapped(map)))
+    Ok((path.to_path_buf(), Bytes::Mapped(map, file)))
 }
 
 /// Reads the members named `wanted` out of a `.tar.gz`, in one streaming pass, into memory.
@@ -243,7 +246,9 @@ fn locate(root: &Path, spec: &Spec) -> Result<(Layout, PathBuf)> {
 }
 
 /// Loads one split. Returns the data set and the folder or archive it came from.
-pub fn load(root: &Path, variant: Variant, train: bool) -> Result<(Dataset, Layout, PathBuf)> {
+/// `mmap`: keep the images of an extracted pickle folder in the page cache instead of copying them
+/// (see `mapped`); other forms are copied regardless.
+pub fn load(root: &Path, variant: Variant, train: bool, mmap: bool) -> Result<(Dataset, Layout, PathBuf)> {
     let spec = variant.spec();
     let (layout, path) = locate(root, spec)?;
     let python = matches!(layout, Layout::PythonDir | Layout::PythonArchive);
@@ -264,9 +269,9 @@ pub fn load(root: &Path, variant: Variant, train: bool) -> Result<(Dataset, Layo
     };
     let classes = if python { pickle_classes(&mut source, spec)? } else { text_classes(&mut source, spec)? };
     let files = source.read_all(batches)?;
-    let ds = if python { decode_pickles(&files, spec, classes)? } else { decode_records(&files, spec, classes)? };
+    let ds = if python { decode_pickles(&files, spec, classes, mmap)? } else { decode_records(&files, spec, classes)? };
     // Unmapping 150 MB of page-cache mappings costs milliseconds that the caller need not wait for.
-    if files.iter().any(|(_, b)| matches!(b, Bytes::Mapped(_))) {
+    if files.iter().any(|(_, b)| matches!(b, Bytes::Mapped(..))) {
         let _ = std::thread::Builder::new().name("fastcifar-unmap".into()).spawn(move || drop(files));
     }
     Ok((ds, layout, source.path().to_path_buf()))
@@ -343,7 +348,7 @@ fn decode_records(files: &[(PathBuf, Bytes)], spec: &Spec, classes: Vec<String>)
 }
 
 /// Pickle layout: a dict with a uint8 (N, 3072) array under `data` and a label list.
-fn decode_pickles(files: &[(PathBuf, Bytes)], spec: &Spec, classes: Vec<String>) -> Result<Dataset> {
+fn decode_pickles(files: &[(PathBuf, Bytes)], spec: &Spec, classes: Vec<String>, mmap: bool) -> Result<Dataset> {
     let parsed = files
         .par_iter()
         .map(|(path, bytes)| {
@@ -374,10 +379,36 @@ fn decode_pickles(files: &[(PathBuf, Bytes)], spec: &Spec, classes: Vec<String>)
             Ok((pixels, labels))
         })
         .collect::<Result<Vec<_>>>()?;
-    let records: Vec<&[u8]> = parsed.iter().flat_map(|(px, _)| px.chunks_exact(IMAGE_BYTES)).collect();
     let labels = parsed.iter().flat_map(|(_, l)| l.iter().copied()).collect();
-    let images = gather(&records);
+    let images = match map_pixels(files, &parsed, mmap) {
+        Some(m) => ImageBuf::Files(m),
+        None => {
+            let records: Vec<&[u8]> = parsed.iter().flat_map(|(px, _)| px.chunks_exact(IMAGE_BYTES)).collect();
+            gather(&records)
+        }
+    };
     Dataset::new(images, labels, classes, [3, 32, 32])
+}
+
+/// The pixel arrays as the files' own pages, when asked for and when they are slices of mapped
+/// files. None means copy: archives, pickles whose pixels are not one run of file bytes, or a
+/// mapping the system refused.
+fn map_pixels(files: &[(PathBuf, Bytes)], parsed: &[(Cow<[u8]>, Vec<i64>)], mmap: bool) -> Option<FileImages> {
+    if !mmap {
+        return None;
+    }
+    let segments = files
+        .iter()
+        .zip(parsed)
+        .map(|((_, bytes), (px, _))| match (bytes, px) {
+            (Bytes::Mapped(map, file), Cow::Borrowed(px)) => {
+                let offset = (px.as_ptr() as usize).checked_sub(map.as_ptr() as usize)?;
+                (offset + px.len() <= map.len()).then_some(Segment { file, offset: offset as u64, bytes: px })
+            }
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    FileImages::map(&segments).ok()
 }
 
 /// Decodes one CIFAR-10 batch held in memory (`python`: a pickle, else binary records), with the
@@ -385,7 +416,7 @@ fn decode_pickles(files: &[(PathBuf, Bytes)], spec: &Spec, classes: Vec<String>)
 pub fn decode_batch_bytes(bytes: Vec<u8>, python: bool, classes: Vec<String>) -> Result<Dataset> {
     let files = [(PathBuf::from("<memory>"), Bytes::Owned(bytes))];
     if python {
-        decode_pickles(&files, &CIFAR10, classes)
+        decode_pickles(&files, &CIFAR10, classes, false)
     } else {
         decode_records(&files, &CIFAR10, classes)
     }
@@ -432,13 +463,13 @@ mod tests {
     fn binary_layout_loads() {
         let t = tempfile::tempdir().unwrap();
         cifar10_bin(t.path());
-        let (ds, layout, _) = load(t.path(), Variant::Cifar10, true).unwrap();
+        let (ds, layout, _) = load(t.path(), Variant::Cifar10, true, false).unwrap();
         assert_eq!(layout, Layout::BinaryDir);
         assert_eq!(ds.len(), 10);
         assert_eq!(ds.labels, vec![0, 9, 1, 9, 2, 9, 3, 9, 4, 9]);
         assert_eq!(ds.image(1)[0], 1);
         assert_eq!(ds.classes[9], "c9");
-        let (test, _, _) = load(t.path(), Variant::Cifar10, false).unwrap();
+        let (test, _, _) = load(t.path(), Variant::Cifar10, false, false).unwrap();
         assert_eq!(test.labels, vec![3]);
     }
 
@@ -449,20 +480,20 @@ mod tests {
         let f = d.join("data_batch_3.bin");
         let b = std::fs::read(&f).unwrap();
         std::fs::write(&f, &b[..b.len() - 1]).unwrap();
-        let e = load(t.path(), Variant::Cifar10, true).unwrap_err().to_string();
+        let e = load(t.path(), Variant::Cifar10, true, false).unwrap_err().to_string();
         assert!(e.contains("data_batch_3.bin") && e.contains("3073-byte records"), "{e}");
         write_bin(&d, "data_batch_3.bin", &[1, 10]);
-        let e = load(t.path(), Variant::Cifar10, true).unwrap_err().to_string();
+        let e = load(t.path(), Variant::Cifar10, true, false).unwrap_err().to_string();
         assert!(e.contains("record 1 has label 10"), "{e}");
     }
 
     #[test]
     fn missing_data_says_what_to_look_for() {
         let t = tempfile::tempdir().unwrap();
-        let e = load(t.path(), Variant::Cifar10, true).unwrap_err();
+        let e = load(t.path(), Variant::Cifar10, true, false).unwrap_err();
         assert!(matches!(e, Error::NotFound { .. }));
         assert!(e.to_string().contains("cifar-10-batches-py"), "{e}");
-        let e = load(&t.path().join("nope"), Variant::Cifar10, true).unwrap_err();
+        let e = load(&t.path().join("nope"), Variant::Cifar10, true, false).unwrap_err();
         assert!(e.to_string().contains("does not exist"), "{e}");
     }
 }

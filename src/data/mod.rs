@@ -6,6 +6,7 @@
 //! this same buffer, as torchvision's is a transposed view of its own.
 pub mod cifar;
 pub mod folder;
+pub mod mapped;
 pub mod pickle;
 
 use crate::error::{Error, Result};
@@ -114,7 +115,9 @@ impl Dataset {
 /// pages before the first write turns ~40,000 page faults per 150 MB into ~75 (3x faster decode).
 pub enum ImageBuf {
     Heap(Vec<u8>),
-    Mapped(memmap2::MmapMut),
+    Anon(memmap2::MmapMut),
+    /// The files' own pages (`mmap=True`): see `mapped`.
+    Files(mapped::FileImages),
 }
 
 impl ImageBuf {
@@ -124,10 +127,15 @@ impl ImageBuf {
                 // Advice only: without THP the mapping still works, just with small pages.
                 #[cfg(target_os = "linux")]
                 let _ = m.advise(memmap2::Advice::HugePage);
-                return ImageBuf::Mapped(m);
+                return ImageBuf::Anon(m);
             }
         }
         ImageBuf::Heap(vec![0u8; len])
+    }
+
+    /// Whether the bytes are (mostly) the files' pages rather than a copy.
+    pub fn is_file_backed(&self) -> bool {
+        matches!(self, ImageBuf::Files(f) if f.mapped_bytes > 0)
     }
 }
 
@@ -142,16 +150,24 @@ impl std::ops::Deref for ImageBuf {
     fn deref(&self) -> &[u8] {
         match self {
             ImageBuf::Heap(v) => v,
-            ImageBuf::Mapped(m) => m,
+            ImageBuf::Anon(m) => m,
+            ImageBuf::Files(f) => f,
         }
     }
 }
 
 impl std::ops::DerefMut for ImageBuf {
+    /// File pages are read-only: the first mutable borrow swaps them for a private copy.
     fn deref_mut(&mut self) -> &mut [u8] {
+        if let ImageBuf::Files(f) = self {
+            let mut copy = ImageBuf::zeroed(f.len());
+            copy.copy_from_slice(f);
+            *self = copy;
+        }
         match self {
             ImageBuf::Heap(v) => v,
-            ImageBuf::Mapped(m) => m,
+            ImageBuf::Anon(m) => m,
+            ImageBuf::Files(_) => unreachable!("replaced by a copy above"),
         }
     }
 }
@@ -203,6 +219,23 @@ mod tests {
         assert!(e.to_string().starts_with("labels"), "{e}");
         assert_eq!(d.select(&[1]).unwrap().image(0), &[7, 10, 8, 11, 9, 12]);
         assert!(d.select(&[2]).is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn writing_file_pages_makes_a_private_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let body: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
+        std::fs::write(&path, &body).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let seg = mapped::Segment { file: &file, offset: 0, bytes: &body };
+        let mut buf = ImageBuf::Files(mapped::FileImages::map(&[seg]).unwrap());
+        assert!(buf.is_file_backed() && buf[..] == body[..]);
+        buf[7] = 99; // would fault on the read-only pages; becomes a copy instead
+        assert!(!buf.is_file_backed());
+        assert_eq!((buf[7], buf[8]), (99, 8));
+        assert_eq!(std::fs::read(&path).unwrap(), body, "the file is never written");
     }
 }
 

@@ -79,8 +79,8 @@ impl PyDataset {
     /// Loads CIFAR-10 (`variant="cifar10"`) or CIFAR-100 (`"cifar100"`, `label` "fine" or "coarse").
     /// Returns (data set, layout name, path read).
     #[staticmethod]
-    #[pyo3(signature = (root, variant, train, label = "fine"))]
-    fn cifar(py: Python<'_>, root: PathBuf, variant: &str, train: bool, label: &str) -> PyResult<(Self, String, String)> {
+    #[pyo3(signature = (root, variant, train, label = "fine", mmap = false))]
+    fn cifar(py: Python<'_>, root: PathBuf, variant: &str, train: bool, label: &str, mmap: bool) -> PyResult<(Self, String, String)> {
         let v = match (variant, label) {
             ("cifar10", _) => cifar::Variant::Cifar10,
             ("cifar100", "fine") => cifar::Variant::Cifar100 { coarse: false },
@@ -88,7 +88,7 @@ impl PyDataset {
             ("cifar100", l) => return Err(PyValueError::new_err(format!("label: '{l}' is not 'fine' or 'coarse'"))),
             (v, _) => return Err(PyValueError::new_err(format!("variant: '{v}' is not 'cifar10' or 'cifar100'"))),
         };
-        let (ds, layout, path) = release(py, || cifar::load(&root, v, train))?;
+        let (ds, layout, path) = release(py, || cifar::load(&root, v, train, mmap))?;
         let layout = match layout {
             cifar::Layout::PythonDir => "python",
             cifar::Layout::BinaryDir => "binary",
@@ -126,6 +126,12 @@ impl PyDataset {
     fn shape(&self) -> (usize, usize, usize) {
         let [c, h, w] = self.inner.shape;
         (c, h, w)
+    }
+
+    /// Whether the images are the files' own pages (`mmap=True`) rather than a copy.
+    #[getter]
+    fn mapped(&self) -> bool {
+        self.inner.images.is_file_backed()
     }
 
     #[getter]
