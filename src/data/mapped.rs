@@ -99,8 +99,8 @@ impl FileImages {
             let lo = if k == first { at / page * page } else { at.div_ceil(page) * page };
             let hi = if k == last { end.div_ceil(page) * page } else { end / page * page };
             let agrees = (s.offset as usize) % page == at % page;
-            let (mut copy_lo, mut copy_hi) = (end, end); // the part of the segment copied at its end
-            let mut copy_head = at..end; // ... and at its start
+            // The part of the segment that becomes file pages; the rest, before and after, is copied.
+            let (mut m_lo, mut m_hi) = (end, end);
             if agrees && hi > lo {
                 let file_off = s.offset as i64 - (at as i64 - lo as i64);
                 // SAFETY: [base + lo, base + hi) lies inside the reserved range (hi <= reserved),
@@ -119,11 +119,10 @@ impl FileImages {
                     return Err(io::Error::last_os_error());
                 }
                 file_ranges.push((lo, hi));
-                out.mapped_bytes += hi.min(end) - lo.max(at);
-                copy_head = at..lo.max(at);
-                (copy_lo, copy_hi) = (hi.min(end), end);
+                (m_lo, m_hi) = (lo.max(at), hi.min(end));
             }
-            for r in [copy_head, copy_lo..copy_hi] {
+            out.mapped_bytes += m_hi - m_lo;
+            for r in [at..m_lo, m_hi..end] {
                 if !r.is_empty() {
                     // SAFETY: the destination is anonymous, writable and inside the range; the
                     // source is the caller's slice of the same bytes.

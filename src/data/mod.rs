@@ -159,10 +159,8 @@ impl std::ops::Deref for ImageBuf {
 impl std::ops::DerefMut for ImageBuf {
     /// File pages are read-only: the first mutable borrow swaps them for a private copy.
     fn deref_mut(&mut self) -> &mut [u8] {
-        if let ImageBuf::Files(f) = self {
-            let mut copy = ImageBuf::zeroed(f.len());
-            copy.copy_from_slice(f);
-            *self = copy;
+        if matches!(self, ImageBuf::Files(_)) {
+            *self = self.clone(); // `Clone` always copies into fresh memory
         }
         match self {
             ImageBuf::Heap(v) => v,
