@@ -13,7 +13,9 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 TORCH_LIB = $(shell $(PY) -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
 PYTEST_ARGS ?=
 
-.PHONY: venv wheel install data test test-rust test-python demo bench bench-data bench-loader bench-train bench-dist device-bundle clean
+# `make dev`: the quick loop. Builds the extension straight into python/fastcifar/ (git-ignored), so
+# `cd tests && PYTHONPATH=../python ../.venv/bin/python -m pytest ...` runs the tree without a wheel.
+.PHONY: dev venv wheel install data test test-rust test-python demo bench bench-data bench-loader bench-train bench-dist device-bundle clean
 
 $(VENV)/.ready: requirements-dev.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,6 +24,10 @@ $(VENV)/.ready: requirements-dev.txt
 	touch $@
 
 venv: $(VENV)/.ready
+
+dev: venv
+	PYO3_PYTHON=$(PY) cargo build --release --features python --quiet
+	cp $${CARGO_TARGET_DIR:-target}/release/libfastcifar.so python/fastcifar/_native.abi3.so
 
 wheel: venv
 	rm -rf dist
