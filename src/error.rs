@@ -26,6 +26,10 @@ pub enum Error {
     /// A collective (all-reduce, broadcast) failed: another rank died, stopped or timed out.
     #[error("{0}")]
     Distributed(String),
+    /// An error raised by code outside the core (a Python forward or callback), carried through
+    /// unchanged so that the bindings can raise the original exception.
+    #[error("{0}")]
+    External(Box<dyn std::error::Error + Send + Sync>),
     /// The user asked to stop (Ctrl-C) or a consumer went away.
     #[error("interrupted")]
     Interrupted,

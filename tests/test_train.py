@@ -241,7 +241,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("make,exc,match", [
-    (lambda: fastcifar.Trainer(reference.SmallCNN()), TypeError, "fastcifar model"),
+    (lambda: fastcifar.Trainer("small_cnn"), TypeError, "torch.nn.Module"),
     (lambda: fastcifar.Trainer(models.small_cnn(), loss="mse"), ValueError, "loss"),
     (lambda: fastcifar.Trainer(models.small_cnn(), optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1)), TypeError, "optimizer"),
     (lambda: fastcifar.Trainer(models.small_cnn(), grad_accum_steps=0), ValueError, "grad_accum_steps"),
@@ -271,7 +271,7 @@ def test_cuda_device_without_cuda_and_amp_warning():
 def test_labels_beyond_the_model_classes_are_named():
     loader = fastcifar.DataLoader(synthetic(32, classes=20), batch_size=16, transform=NORM)
     tr = fastcifar.Trainer(models.small_cnn(num_classes=10), device="cpu")
-    with pytest.raises(ValueError, match="label 1[0-9], but the model has 10 classes"):
+    with pytest.raises(ValueError, match="label 1[0-9], but the model outputs 10 classes"):
         tr.fit(loader, progress=False)
     with pytest.raises(ValueError, match="uint8"):
         tr.fit(fastcifar.DataLoader(synthetic(32), dtype=torch.uint8), progress=False)

@@ -1,6 +1,6 @@
 """Type stubs for fastcifar's Rust extension (``fastcifar._native``)."""
 from os import PathLike
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -87,43 +87,42 @@ def cuda_is_available() -> bool: ...
 def decode_images(paths: Sequence[str | PathLike], size: Tuple[int, int]) -> np.ndarray:
     """Decodes PNG / JPEG files to uint8 (N, H, W, 3), resized (bilinear) to size = (h, w)."""
 
-class NativeModel:
-    """A network held in Rust, its tensors registered under PyTorch's state_dict names."""
+# A node argument: ("x", 0) the input, ("v", i) node i, ("p", i) tensor i, a list, or a constant.
+PlanArg = Any
+Plan = Tuple[List[Tuple[str, List[PlanArg], str]], PlanArg]
 
-    def __init__(self, arch: str, num_classes: int, cifar_stem: bool = False, width: int = 32) -> None:
-        """arch: "image_classifier", "resnet18", "resnet9" or "small_cnn"."""
-    def forward(self, x: torch.Tensor, train: Optional[bool] = None) -> torch.Tensor: ...
-    def state_dict(self) -> List[Tuple[str, torch.Tensor]]: ...
-    def load_state_dict(self, items: Sequence[Tuple[str, torch.Tensor]], strict: bool = True) -> Tuple[List[str], List[str]]:
-        """Returns (missing keys, unexpected keys); raises ValueError naming them when strict."""
-    def parameters(self, prefix: str = "") -> List[Tuple[str, torch.Tensor]]:
-        """The live parameter tensors (shared with the model)."""
-    def buffers(self) -> List[Tuple[str, torch.Tensor]]:
-        """The live buffers (running statistics), shared with the model."""
+class NativeModel:
+    """An nn.Module on the Rust engine: graphs over the module's own tensors, or its own forward."""
+
+    @staticmethod
+    def graph(name: str, names: Sequence[str], tensors: Sequence[torch.Tensor], *, train: Plan, eval: Plan) -> NativeModel:
+        """Runs the train / eval programs (fastcifar._graph) over ``tensors`` (shared)."""
+    @staticmethod
+    def eager(name: str, names: Sequence[str], tensors: Sequence[torch.Tensor], *, forward: Callable[[torch.Tensor, bool], torch.Tensor]) -> NativeModel:
+        """Calls ``forward(x, train)`` (eager PyTorch) for the logits."""
+    def rebind(self, names: Sequence[str], tensors: Sequence[torch.Tensor]) -> None:
+        """Takes the module's current tensors (same names, same order)."""
+    def forward(self, x: torch.Tensor, *, train: Optional[bool] = None) -> torch.Tensor: ...
     def set_sync_bn(self, func: Optional[Callable[..., torch.Tensor]] = None) -> None:
         """SyncBatchNorm: func(x, weight, bias, running_mean, running_var, momentum, eps) -> y in training mode."""
-    def set_trainable(self, prefix: str, trainable: bool) -> int: ...
-    def replace_head(self, num_classes: int) -> None: ...
-    def to(self, device: str) -> None: ...
     @property
     def device(self) -> str: ...
-    training: bool
     @property
-    def arch(self) -> Tuple[str, int, bool, int]:
-        """(name, num_classes, cifar_stem, width)."""
-    def num_parameters(self, trainable_only: bool = False) -> int: ...
-    def save_safetensors(self, path: str | PathLike) -> None: ...
-    def load_safetensors(self, path: str | PathLike, strict: bool = True) -> Tuple[List[str], List[str]]: ...
+    def is_graph(self) -> bool: ...
+    training: bool
+
+def save_safetensors(items: Sequence[Tuple[str, torch.Tensor]], path: str | PathLike) -> None: ...
+def load_safetensors(path: str | PathLike) -> List[Tuple[str, torch.Tensor]]: ...
 
 class NativeTrainer:
-    """Optimizer, schedule and settings bound to a NativeModel."""
+    """Optimizer, schedule and settings; the model is given to each call."""
 
     def __init__(
         self, model: NativeModel, params: Sequence[torch.Tensor], optimizer: str, opt_settings: Dict[str, float],
         scheduler: Optional[str], sched_settings: Dict[str, float], label_smoothing: float, amp: bool,
         grad_accum: int, grad_clip: Optional[float], log_every: int,
     ) -> None: ...
-    def train_epoch(self, loader: NativeLoader, epoch: int, callback: Optional[Callable[[dict], Optional[bool]]] = None) -> Tuple[dict, bool]:
+    def train_epoch(self, model: NativeModel, loader: NativeLoader, epoch: int, callback: Optional[Callable[[dict], Optional[bool]]] = None) -> Tuple[dict, bool]:
         """One epoch with the GIL released. Returns (stats, interrupted): stats has loss, accuracy,
         images, seconds, lr, stopped. The callback gets epoch, step, steps, loss, batch_loss,
         accuracy, images, seconds, lr every log_every steps; returning False stops."""
@@ -139,7 +138,7 @@ class NativeTrainer:
     def load_optimizer_state(self, lr: float, momentum: float, states: Sequence[Optional[Tuple[float, Optional[torch.Tensor], Optional[torch.Tensor]]]]) -> None: ...
     def scheduler_state(self) -> Optional[Dict[str, float]]: ...
     def load_scheduler_state(self, state: Dict[str, float]) -> None: ...
-    def sync_device(self) -> None: ...
+    def sync_device(self, model: NativeModel) -> None: ...
 
 def evaluate(model: NativeModel, loader: NativeLoader, callback: Optional[Callable[[int, int], object]] = None) -> Tuple[float, float, int, List[int], int]:
     """(loss, accuracy, count, confusion matrix row-major, num_classes)."""

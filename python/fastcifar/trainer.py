@@ -18,13 +18,14 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from . import _graph
 from . import _native as _rs
 from . import distributed as _dist
 from . import optim as _optim
 from . import transforms as T
 from ._io import atomic_write
 from .loader import DataLoader
-from .models import Model
+from .models import Module
 
 __all__ = ["Trainer", "History", "EvalReport"]
 
@@ -124,7 +125,13 @@ def _bar(total, desc, enabled):
 
 
 class Trainer:
-    """Trains a fastcifar model with an optimizer and schedule from ``fastcifar.optim``.
+    """Trains any ``torch.nn.Module`` (your own class, or a ``fastcifar.models`` built-in) with an
+    optimizer and schedule from ``fastcifar.optim``.
+
+    The module is captured with ``torch.fx`` and its forward runs in Rust over its own parameters
+    and buffers (shared, not copied): after ``fit`` the module holds the trained weights and its
+    ``state_dict()`` is its own. A module that fx cannot capture runs its own forward in eager
+    PyTorch instead (a one-time warning names the cause); everything else stays the same.
 
     ``device="auto"`` picks CUDA when present. ``amp=True`` on CUDA trains in mixed precision
     (fp16 autocast with dynamic loss scaling); on CPU it warns and trains in float32.
@@ -139,12 +146,12 @@ class Trainer:
     progress and writes checkpoints (``save`` does nothing elsewhere).
     """
 
-    def __init__(self, model: Model, optimizer: Optional[_optim.Optimizer] = None, scheduler=None, loss: str = "cross_entropy",
+    def __init__(self, model: torch.nn.Module, optimizer: Optional[_optim.Optimizer] = None, scheduler=None, loss: str = "cross_entropy",
                  label_smoothing: float = 0.0, device="auto", amp: bool = False, grad_accum_steps: int = 1,
                  grad_clip: Optional[float] = None, seed: Optional[int] = None, log_every: int = 20,
                  distributed: Optional[bool] = None, sync_bn: bool = False, bucket_cap_mb: float = 25.0):
-        if not isinstance(model, Model):
-            raise TypeError(f"model: expected a fastcifar model (fastcifar.models), got {type(model).__name__}")
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module (your own or fastcifar.models), got {type(model).__name__}")
         if loss != "cross_entropy":
             raise ValueError(f"loss: '{loss}' is not supported (only 'cross_entropy')")
         optimizer = optimizer if optimizer is not None else _optim.Adam()
@@ -171,19 +178,24 @@ class Trainer:
         if amp and not self.device.startswith("cuda"):
             warnings.warn("amp=True needs a CUDA device; training in float32 on CPU", stacklevel=2)
         self.model = model.to(self.device)
+        self._compiled = _graph.compile(self.model)
+        self._fingerprint = _graph.fingerprint(self.model)
+        if sync_bn and not self._compiled.is_graph:
+            raise ValueError(f"sync_bn: needs the model on the Rust graph, but {type(model).__name__} runs in eager PyTorch (see the "
+                             f"warning above); convert its BatchNorm layers with torch.nn.SyncBatchNorm.convert_sync_batchnorm instead")
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.config = {"label_smoothing": float(label_smoothing), "amp": bool(amp), "grad_accum_steps": grad_accum_steps,
                        "grad_clip": None if grad_clip is None else float(grad_clip), "log_every": log_every}
         params = optimizer.params if optimizer.params is not None else [p for p in model.parameters() if p.requires_grad]
         self._native = _rs.NativeTrainer(
-            model._native, params, optimizer.name, optimizer.settings(),
+            self._compiled, params, optimizer.name, optimizer.settings(),
             scheduler.name if scheduler is not None else None, scheduler.settings() if scheduler is not None else {},
             float(label_smoothing), bool(amp), grad_accum_steps, None if grad_clip is None else float(grad_clip), log_every,
         )
         optimizer._trainer = self
         if self.process_group is not None:
-            self.process_group.broadcast([t for _, t in model._native.parameters()] + [t for _, t in model._native.buffers()])
+            self.process_group.broadcast(list(model.parameters()) + list(model.buffers()))
             self._native.set_process_group(self.process_group, float(bucket_cap_mb))
         self._shards: Dict[tuple, tuple] = {}
         self.history = History()
@@ -215,6 +227,8 @@ class Trainer:
             src = val_loader.transform if val_loader is not None else train_loader.transform
             self.eval_transform = T.deterministic_part(src)
         progress = progress and self.is_main
+        native = self._native_model()
+        self.model.train()
         source, train_loader = train_loader, self._shard(train_loader, pad=True)
         final = self.epoch + epochs
         for _ in range(epochs):
@@ -236,16 +250,16 @@ class Trainer:
                 return True
 
             if self.sync_bn:
-                self.model._native.set_sync_bn(_dist.sync_batch_norm(self.process_group))
+                self._compiled.set_sync_bn(_dist.sync_batch_norm(self.process_group))
             try:
-                stats, interrupted = self._native.train_epoch(train_loader._native, e, on_step)
+                stats, interrupted = self._native.train_epoch(native, train_loader._native, e, on_step)
             finally:
                 if self.sync_bn:
-                    self.model._native.set_sync_bn(None)
+                    self._compiled.set_sync_bn(None)
                 if bar is not None:
                     bar.close()
             if self.process_group is not None and not self.sync_bn:
-                self.process_group.broadcast([t for _, t in self.model._native.buffers()])
+                self.process_group.broadcast(list(self.model.buffers()))
             source.epoch = train_loader.epoch = e + 1
             record = {"epoch": e + 1, "loss": stats["loss"], "accuracy": stats["accuracy"], "lr": stats["lr"],
                       "seconds": stats["seconds"], "images_per_s": stats["images"] / max(stats["seconds"], 1e-9)}
@@ -291,8 +305,12 @@ class Trainer:
                 bar.refresh()
 
         try:
-            loss, acc, count, conf, nc = _rs.evaluate(self.model._native, loader._native, cb)
+            was = self.model.training
+            native = self._native_model()
+            self.model.eval()
+            loss, acc, count, conf, nc = _rs.evaluate(native, loader._native, cb)
         finally:
+            self.model.train(was)
             if bar is not None:
                 bar.close()
         if self.process_group is not None:
@@ -307,6 +325,23 @@ class Trainer:
         totals = cm.sum(1)
         per_class = {c: float(cm[i, i] / totals[i]) if totals[i] else float("nan") for i, c in enumerate(classes)}
         return EvalReport(loss, acc, count, classes, cm, per_class)
+
+    # --- the module on the engine -------------------------------------------------------------
+    def _native_model(self):
+        """The compiled module, brought up to date: the same graph over the module's current
+        tensors (after ``.to()``, which replaces buffers), or a fresh capture when the module's
+        structure or settings changed since the last one."""
+        p = next(iter(self.model.parameters()), None)
+        if p is not None and str(p.device) != self.device and not (self.device == "cuda" and p.device.type == "cuda" and p.device.index == 0):
+            raise ValueError(f"model: its parameters are on {p.device}, but this trainer trains on {self.device}; move the model back "
+                             f"with model.to('{self.device}') (or build a Trainer with device='{p.device}')")
+        fp = _graph.fingerprint(self.model)
+        if fp != self._fingerprint:
+            self._compiled = _graph.compile(self.model)
+            self._fingerprint = fp
+        else:
+            self._compiled.rebind(*_graph.module_tensors(self.model))
+        return self._compiled
 
     # --- data-parallel ---------------------------------------------------------------------
     @property
@@ -361,7 +396,13 @@ class Trainer:
 
     def predict_logits(self, images, transform=None, tta: bool = False, batch_size: int = 256) -> torch.Tensor:
         x = self._as_batch(images, transform)
-        return _rs.predict_logits(self.model._native, x, batch_size, tta)
+        was = self.model.training
+        try:
+            native = self._native_model()
+            self.model.eval()
+            return _rs.predict_logits(native, x, batch_size, tta)
+        finally:
+            self.model.train(was)
 
     def predict_proba(self, images, transform=None, tta: bool = False, batch_size: int = 256) -> torch.Tensor:
         """Class probabilities (N, num_classes). ``images``: a normalised float tensor, or uint8
@@ -388,7 +429,7 @@ class Trainer:
             "history": self.history.to_dict(),
             "fastcifar": {
                 "version": CHECKPOINT_VERSION,
-                "model": self.model.config,
+                "model": self.model.config if isinstance(self.model, Module) else None,
                 "optimizer": {"name": self.optimizer.name, "settings": self.optimizer.settings()},
                 "scheduler": None if self.scheduler is None else {"name": self.scheduler.name, "settings": self.scheduler.settings()},
                 "trainer": dict(self.config),
@@ -425,21 +466,26 @@ class Trainer:
             torch.set_rng_state(meta["rng_state"])
         if meta.get("eval_transform"):
             self.eval_transform = T.from_config(meta["eval_transform"])
-        self._native.sync_device()
+        self._native.sync_device(self._native_model())
 
     def load_checkpoint(self, path) -> "Trainer":
         self.load_state_dict(_read_checkpoint(path))
         return self
 
     @classmethod
-    def load(cls, path, device="auto") -> "Trainer":
+    def load(cls, path, device="auto", model: Optional[torch.nn.Module] = None) -> "Trainer":
         """Rebuilds model, optimizer, schedule and trainer from a checkpoint written by ``save``,
-        ready to evaluate, predict or resume ``fit``."""
+        ready to evaluate, predict or resume ``fit``. A checkpoint of your own module needs that
+        module: ``Trainer.load(path, model=MyNet())`` (its weights are then loaded into it)."""
         ckpt = _read_checkpoint(path)
         meta = ckpt.get("fastcifar")
         if not meta:
-            raise ValueError(f"{path}: not a fastcifar checkpoint (no 'fastcifar' entry); load weights with model.load()")
-        model = Model.from_config(meta["model"])
+            raise ValueError(f"{path}: not a fastcifar checkpoint (no 'fastcifar' entry); load weights with model.load_state_dict()")
+        if model is None:
+            if not meta.get("model"):
+                raise ValueError(f"{path}: holds the weights of your own module, which a checkpoint cannot rebuild; "
+                                 f"pass it: Trainer.load(path, model=YourModule(...))")
+            model = Module.from_config(meta["model"])
         opt_cls = {"SGD": _optim.SGD, "Adam": _optim.Adam, "AdamW": _optim.AdamW}[meta["optimizer"]["name"]]
         s = dict(meta["optimizer"]["settings"])
         if "beta1" in s:

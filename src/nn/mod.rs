@@ -1,38 +1,16 @@
-//! Models through libtorch. Every parameter and buffer is registered under the name PyTorch gives
-//! it, in PyTorch's registration order, so `state_dict()` keys, shapes and order, and the order of
-//! `parameters()` (which optimizer state dicts index), match the equivalent `nn.Module` exactly.
-//!
-//! Layers hold shallow clones of the registered tensors (the same TensorImpl); moving a model to
-//! another device swaps each tensor's data in place, as `param.data = ...` does in PyTorch.
-mod archs;
+//! Models through libtorch: a network is the user's `nn.Module` (or a built-in, which is one too),
+//! captured by `torch.fx` and run here as a `Graph` over the module's own parameter and buffer
+//! tensors (the same TensorImpls, not copies), so training in Rust updates the Python module in
+//! place and its `state_dict()` is its own. What the graph cannot express runs the module's own
+//! forward in eager PyTorch through `Forward`, behind the same engine.
+mod graph;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use tch::{Device, Kind, Tensor};
 
-pub use archs::Arch;
+pub use graph::{Arg, Graph, Node, Op};
 use crate::error::{Error, Result};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Param,
-    Buffer,
-}
-
-pub struct Entry {
-    pub name: String,
-    pub tensor: Tensor,
-    pub role: Role,
-}
-
-/// The registered tensors of a model, in state_dict order.
-#[derive(Default)]
-pub struct Params {
-    pub entries: Vec<Entry>,
-    /// Shared by every BatchNorm2d of the model (SyncBatchNorm when set).
-    pub bn_sync: BnSync,
-}
 
 /// Batch statistics shared across data-parallel processes (SyncBatchNorm). The core cannot talk to
 /// other processes itself: the Python bindings implement this on torch.distributed. `forward` must
@@ -68,193 +46,97 @@ impl BnSync {
     }
 }
 
-/// PyTorch's default init for Conv2d / Linear (kaiming_uniform with a = sqrt(5)): U(-1/sqrt(fan_in), ..).
-fn default_uniform(dims: &[i64], fan_in: i64) -> Tensor {
-    let b = 1.0 / (fan_in as f64).sqrt();
-    Tensor::empty(dims, (Kind::Float, Device::Cpu)).uniform_(-b, b)
+/// A network's forward pass that runs outside the graph (eager PyTorch, through the bindings).
+pub trait Forward: Send + Sync {
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor>;
 }
 
-impl Params {
-    fn add(&mut self, name: String, t: Tensor, role: Role) -> Tensor {
-        let t = if role == Role::Param { t.set_requires_grad(true) } else { t };
-        let handle = t.shallow_clone();
-        self.entries.push(Entry { name, tensor: t, role });
-        handle
-    }
-
-    pub fn get(&self, name: &str) -> Option<&Entry> {
-        self.entries.iter().find(|e| e.name == name)
-    }
-
-    /// The trainable tensors, in `parameters()` order.
-    pub fn parameters(&self) -> Vec<Tensor> {
-        self.entries.iter().filter(|e| e.role == Role::Param).map(|e| e.tensor.shallow_clone()).collect()
-    }
-
-    pub fn num_parameters(&self, trainable_only: bool) -> i64 {
-        self.entries
-            .iter()
-            .filter(|e| e.role == Role::Param && (!trainable_only || e.tensor.requires_grad()))
-            .map(|e| e.tensor.numel() as i64)
-            .sum()
-    }
-}
-
-pub struct Conv2d {
-    pub w: Tensor,
-    pub b: Option<Tensor>,
-    stride: i64,
-    padding: i64,
-}
-
-impl Conv2d {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(p: &mut Params, name: &str, cin: i64, cout: i64, k: i64, stride: i64, padding: i64, bias: bool) -> Self {
-        let fan_in = cin * k * k;
-        let w = p.add(format!("{name}.weight"), default_uniform(&[cout, cin, k, k], fan_in), Role::Param);
-        let b = bias.then(|| p.add(format!("{name}.bias"), default_uniform(&[cout], fan_in), Role::Param));
-        Conv2d { w, b, stride, padding }
-    }
-
-    /// torchvision's ResNet init: kaiming_normal(mode="fan_out", nonlinearity="relu").
-    pub fn kaiming_fan_out(&self) {
-        let s = self.w.size();
-        let fan_out = s[0] * s[2] * s[3];
-        tch::no_grad(|| {
-            let _ = self.w.shallow_clone().normal_(0.0, (2.0 / fan_out as f64).sqrt());
-        });
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.conv2d(&self.w, self.b.as_ref(), [self.stride], [self.padding], [1], 1)
-    }
-}
-
-pub struct BatchNorm2d {
-    w: Tensor,
-    b: Tensor,
-    mean: Tensor,
-    var: Tensor,
-    tracked: Tensor,
-    sync: BnSync,
-}
-
-impl BatchNorm2d {
-    pub fn new(p: &mut Params, name: &str, c: i64) -> Self {
-        let w = p.add(format!("{name}.weight"), Tensor::ones([c], (Kind::Float, Device::Cpu)), Role::Param);
-        let b = p.add(format!("{name}.bias"), Tensor::zeros([c], (Kind::Float, Device::Cpu)), Role::Param);
-        let mean = p.add(format!("{name}.running_mean"), Tensor::zeros([c], (Kind::Float, Device::Cpu)), Role::Buffer);
-        let var = p.add(format!("{name}.running_var"), Tensor::ones([c], (Kind::Float, Device::Cpu)), Role::Buffer);
-        let tracked = p.add(format!("{name}.num_batches_tracked"), Tensor::zeros([], (Kind::Int64, Device::Cpu)), Role::Buffer);
-        BatchNorm2d { w, b, mean, var, tracked, sync: p.bn_sync.clone() }
-    }
-
-    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        if train {
-            // PyTorch counts batches in training mode (momentum 0.1 does not use the count).
-            tch::no_grad(|| {
-                let _ = self.tracked.shallow_clone().f_add_scalar_(1);
-            });
-            if let Some(hook) = self.sync.hook() {
-                let mut parked = self.sync.error_slot();
-                if parked.is_none() {
-                    match hook.forward(x, &self.w, &self.b, &self.mean, &self.var, 0.1, 1e-5) {
-                        Ok(y) => return y,
-                        Err(e) => *parked = Some(e),
-                    }
-                }
-            }
-        }
-        x.batch_norm(Some(&self.w), Some(&self.b), Some(&self.mean), Some(&self.var), train, 0.1, 1e-5, true)
-    }
-}
-
-pub struct Linear {
-    pub w: Tensor,
-    pub b: Option<Tensor>,
-}
-
-impl Linear {
-    pub fn new(p: &mut Params, name: &str, fin: i64, fout: i64, bias: bool) -> Self {
-        let w = p.add(format!("{name}.weight"), default_uniform(&[fout, fin], fin), Role::Param);
-        let b = bias.then(|| p.add(format!("{name}.bias"), default_uniform(&[fout], fin), Role::Param));
-        Linear { w, b }
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.w, self.b.as_ref())
-    }
-}
-
-/// A network: the forward pass over its layers, plus where its classifier head is.
-pub trait Net: Send {
-    fn forward(&self, x: &Tensor, train: bool) -> Tensor;
-    /// The state_dict prefix of the final Linear layer.
-    fn head_name(&self) -> &'static str {
-        "fc"
-    }
-    fn head_mut(&mut self) -> &mut Linear;
-    /// (H, W) the network accepts; None for any size.
-    fn input_hw(&self) -> Option<(i64, i64)> {
-        None
-    }
+/// How the model computes its logits.
+enum Exec {
+    /// Programs captured in train and in eval mode: `torch.fx` records `self.training` and every
+    /// module's mode as constants, so each mode has its own.
+    Graph { train: Graph, eval: Graph },
+    /// The module's own forward (ops the graph cannot express, or code fx cannot trace).
+    Eager(Box<dyn Forward>),
 }
 
 pub struct Model {
-    pub arch: Arch,
-    pub params: Params,
-    net: Box<dyn Net>,
+    /// The module's class name, for messages.
+    pub name: String,
+    /// Parameters and buffers, in the order the graphs index them, with their names.
+    pub names: Vec<String>,
+    tensors: Vec<Tensor>,
+    exec: Exec,
+    bn_sync: BnSync,
     device: Device,
     pub training: bool,
 }
 
+/// The one device all of a model's tensors are on, or an error naming the first that is not.
+fn common_device(names: &[String], tensors: &[Tensor]) -> Result<Device> {
+    let Some(first) = tensors.first() else { return Ok(Device::Cpu) };
+    let d = first.device();
+    if let Some((n, t)) = names.iter().zip(tensors).find(|(_, t)| t.device() != d) {
+        return Err(Error::invalid(
+            "model",
+            format!("its tensors are on more than one device: {} is on {:?}, {n} on {:?}; move the module with .to(device)", names[0], d, t.device()),
+        ));
+    }
+    Ok(d)
+}
+
 impl Model {
-    /// Builds `arch` with PyTorch's default initialisation, drawn from libtorch's global generator
-    /// (so `torch.manual_seed` makes it repeatable).
-    pub fn new(arch: Arch) -> Result<Model> {
-        arch.validate()?;
-        let mut params = Params::default();
-        let net = tch::no_grad(|| arch.build(&mut params));
-        Ok(Model { arch, params, net, device: Device::Cpu, training: true })
+    /// A model that runs `train` / `eval` programs (nodes and output) over `tensors`, which are
+    /// shared with the caller (shallow handles to the same tensors).
+    pub fn graph(name: impl Into<String>, names: Vec<String>, tensors: Vec<Tensor>, train: (Vec<Node>, Arg), eval: (Vec<Node>, Arg)) -> Result<Model> {
+        let n = tensors.len();
+        let exec = Exec::Graph { train: Graph::new(train.0, train.1, n)?, eval: Graph::new(eval.0, eval.1, n)? };
+        Model::new(name.into(), names, tensors, exec)
+    }
+
+    /// A model whose forward runs elsewhere (`f`); `tensors` are still what the optimizer trains.
+    pub fn eager(name: impl Into<String>, names: Vec<String>, tensors: Vec<Tensor>, f: Box<dyn Forward>) -> Result<Model> {
+        Model::new(name.into(), names, tensors, Exec::Eager(f))
+    }
+
+    fn new(name: String, names: Vec<String>, tensors: Vec<Tensor>, exec: Exec) -> Result<Model> {
+        if names.len() != tensors.len() {
+            return Err(Error::invalid("model", format!("{} names for {} tensors", names.len(), tensors.len())));
+        }
+        let device = common_device(&names, &tensors)?;
+        Ok(Model { name, names, tensors, exec, bn_sync: BnSync::default(), device, training: true })
+    }
+
+    /// Takes the module's current tensors again (after it moved device or swapped a buffer, as
+    /// `nn.Module.to` does). The names must be the same, in the same order.
+    pub fn rebind(&mut self, names: &[String], tensors: Vec<Tensor>) -> Result<()> {
+        if names != self.names.as_slice() {
+            let gone: Vec<&String> = self.names.iter().filter(|n| !names.contains(n)).collect();
+            let new: Vec<&String> = names.iter().filter(|n| !self.names.contains(n)).collect();
+            return Err(Error::invalid(
+                "model",
+                format!("its parameters and buffers changed since the trainer compiled it (gone: {gone:?}, new: {new:?}); build a new Trainer"),
+            ));
+        }
+        self.device = common_device(names, &tensors)?;
+        self.tensors = tensors;
+        Ok(())
     }
 
     pub fn device(&self) -> Device {
         self.device
     }
 
-    pub fn num_classes(&self) -> i64 {
-        self.arch.num_classes()
-    }
-
-    /// Moves every parameter and buffer, keeping their identity (and requires_grad).
-    pub fn to_device(&mut self, device: Device) -> Result<()> {
-        if device == self.device {
-            return Ok(());
-        }
-        tch::no_grad(|| -> Result<()> {
-            for e in &mut self.params.entries {
-                let moved = e.tensor.f_to_device(device)?;
-                e.tensor.f_set_data(&moved)?;
-            }
-            Ok(())
-        })?;
-        self.device = device;
-        Ok(())
+    pub fn is_graph(&self) -> bool {
+        matches!(self.exec, Exec::Graph { .. })
     }
 
     /// Checks a batch before it reaches libtorch, so mistakes get a message, not a C++ trace.
+    /// Channel and size mismatches are named by the layer that meets them (see `graph.rs`).
     pub fn check_input(&self, x: &Tensor) -> Result<()> {
         let s = x.size();
-        if s.len() != 4 {
-            return Err(Error::invalid("x", format!("expected a (N, C, H, W) batch, got shape {s:?}")));
-        }
-        if s[1] != 3 {
-            return Err(Error::invalid("x", format!("expected 3 channels, got {} (shape {s:?})", s[1])));
-        }
-        if let Some((h, w)) = self.net.input_hw() {
-            if (s[2], s[3]) != (h, w) {
-                return Err(Error::invalid("x", format!("{} takes {h}x{w} images, got {}x{}", self.arch.name(), s[2], s[3])));
-            }
+        if s.is_empty() {
+            return Err(Error::invalid("x", "expected a batch, got a 0-dimensional tensor"));
         }
         if !matches!(x.kind(), Kind::Float | Kind::Half | Kind::BFloat16) {
             let hint = if x.kind() == Kind::Uint8 { "; convert uint8 images with ToTensor / Normalize first" } else { "" };
@@ -277,153 +159,145 @@ impl Model {
         Ok(())
     }
 
-    /// Logits. `train` selects BatchNorm batch statistics and active dropout.
+    /// Logits. `train` selects batch statistics, active dropout and the train-mode graph.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.check_input(x)?;
-        let x = if x.kind() == Kind::Float { x.shallow_clone() } else { x.to_kind(Kind::Float) };
-        let y = self.net.forward(&x, train);
-        if let Some(e) = self.params.bn_sync.error_slot().take() {
+        let y = match &self.exec {
+            Exec::Graph { train: g, eval } => {
+                let x = if x.kind() == Kind::Float { x.shallow_clone() } else { x.to_kind(Kind::Float) };
+                (if train { g } else { eval }).run(&x, &self.tensors, &self.bn_sync)
+            }
+            Exec::Eager(f) => f.forward(x, train),
+        };
+        if let Some(e) = self.bn_sync.error_slot().take() {
             return Err(e);
+        }
+        let y = y?;
+        if y.dim() != 2 {
+            return Err(Error::invalid("model", format!("{} returned shape {:?}; a classifier returns logits (N, num_classes)", self.name, y.size())));
         }
         Ok(y)
     }
 
     /// Sets (or clears) the SyncBatchNorm hook that every BatchNorm layer uses in training mode.
     pub fn set_batch_norm_sync(&self, hook: Option<Arc<dyn BatchNormSync>>) {
-        self.params.bn_sync.set(hook);
-        self.params.bn_sync.error_slot().take();
+        self.bn_sync.set(hook);
+        self.bn_sync.error_slot().take();
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_t(x, self.training)
     }
-
-    /// Named copies of every parameter and buffer, detached, in state_dict order.
-    pub fn state_dict(&self) -> Vec<(String, Tensor)> {
-        tch::no_grad(|| self.params.entries.iter().map(|e| (e.name.clone(), e.tensor.detach().copy())).collect())
-    }
-
-    /// Copies tensors in by name. With `strict`, every key must match: missing, unexpected and
-    /// mis-shaped keys are all named in the error. Returns (missing, unexpected) when not strict.
-    pub fn load_state_dict(&mut self, sd: &[(String, Tensor)], strict: bool) -> Result<(Vec<String>, Vec<String>)> {
-        let given: HashMap<&str, &Tensor> = sd.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        let missing: Vec<String> = self.params.entries.iter().filter(|e| !given.contains_key(e.name.as_str())).map(|e| e.name.clone()).collect();
-        let unexpected: Vec<String> = sd.iter().filter(|(k, _)| self.params.get(k).is_none()).map(|(k, _)| k.clone()).collect();
-        let mut mis = Vec::new();
-        for e in &self.params.entries {
-            if let Some(t) = given.get(e.name.as_str()) {
-                if t.size() != e.tensor.size() {
-                    mis.push(format!("{}: checkpoint {:?}, model {:?}", e.name, t.size(), e.tensor.size()));
-                }
-            }
-        }
-        if !mis.is_empty() || (strict && (!missing.is_empty() || !unexpected.is_empty())) {
-            let mut parts = Vec::new();
-            if !missing.is_empty() {
-                parts.push(format!("missing keys: {}", missing.join(", ")));
-            }
-            if !unexpected.is_empty() {
-                parts.push(format!("unexpected keys: {}", unexpected.join(", ")));
-            }
-            if !mis.is_empty() {
-                parts.push(format!("shape mismatch: {}", mis.join("; ")));
-            }
-            return Err(Error::invalid("state_dict", format!("does not fit {}: {}", self.arch.name(), parts.join(". "))));
-        }
-        tch::no_grad(|| -> Result<()> {
-            for e in &mut self.params.entries {
-                if let Some(t) = given.get(e.name.as_str()) {
-                    let src = t.f_to_device(self.device)?.f_to_kind(e.tensor.kind())?;
-                    e.tensor.f_copy_(&src)?;
-                }
-            }
-            Ok(())
-        })?;
-        Ok((missing, unexpected))
-    }
-
-    /// Freezes (requires_grad = false) the parameters whose name starts with `prefix` ("" = all).
-    /// Returns how many tensors changed.
-    pub fn set_trainable(&mut self, prefix: &str, trainable: bool) -> Result<usize> {
-        let mut n = 0;
-        for e in self.params.entries.iter_mut().filter(|e| e.role == Role::Param) {
-            if prefix_matches(&e.name, prefix) {
-                e.tensor = e.tensor.set_requires_grad(trainable);
-                n += 1;
-            }
-        }
-        if n == 0 && !prefix.is_empty() {
-            return Err(Error::invalid("prefix", format!("'{prefix}' names no parameter of {}", self.arch.name())));
-        }
-        Ok(n)
-    }
-
-    /// A fresh classifier head for `num_classes` classes (transfer learning), on the model's device.
-    pub fn replace_head(&mut self, num_classes: i64) -> Result<()> {
-        if num_classes < 1 {
-            return Err(Error::invalid("num_classes", format!("{num_classes} must be at least 1")));
-        }
-        let name = self.net.head_name();
-        let head = self.net.head_mut();
-        let fin = head.w.size()[1];
-        let bias = head.b.is_some();
-        let mut fresh = Params::default();
-        let lin = tch::no_grad(|| Linear::new(&mut fresh, name, fin, num_classes, bias));
-        *head = lin;
-        for f in fresh.entries {
-            let slot = self.params.entries.iter_mut().find(|e| e.name == f.name).expect("head registered");
-            *slot = f;
-        }
-        self.arch = self.arch.with_classes(num_classes);
-        let device = std::mem::replace(&mut self.device, Device::Cpu);
-        self.to_device(device)
-    }
-}
-
-fn prefix_matches(name: &str, prefix: &str) -> bool {
-    prefix.is_empty() || name == prefix || name.starts_with(&format!("{prefix}."))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn seed_model_has_the_seed_parameter_count_and_keys() {
-        let m = Model::new(Arch::ImageClassifier { num_classes: 10 }).unwrap();
-        assert_eq!(m.params.num_parameters(false), 3_249_994);
-        let keys: Vec<&str> = m.params.entries.iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(&keys[..8], &["conv1.weight", "conv1.bias", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var", "bn1.num_batches_tracked", "conv2.weight"]);
-        assert_eq!(keys.last(), Some(&"fc2.bias"));
-        let y = m.forward_t(&Tensor::zeros([2, 3, 32, 32], (Kind::Float, Device::Cpu)), false).unwrap();
-        assert_eq!(y.size(), vec![2, 10]);
+    fn cpu(dims: &[i64]) -> Tensor {
+        Tensor::randn(dims, (Kind::Float, Device::Cpu))
+    }
+
+    fn node(op: &str, args: Vec<Arg>, name: &str) -> Node {
+        Node { op: Op::from_name(op).unwrap(), args, name: name.into() }
+    }
+
+    /// conv -> batch_norm -> relu -> max_pool -> flatten (size-based view) -> linear
+    fn small(train: bool) -> (Vec<Node>, Arg) {
+        use Arg::*;
+        let ints = |v: &[i64]| List(v.iter().map(|&i| Int(i)).collect());
+        let nodes = vec![
+            node("conv2d", vec![Input, Tensor(0), Tensor(1), ints(&[1, 1]), ints(&[1, 1]), ints(&[1, 1]), Int(1)], "conv"),
+            node("batch_norm", vec![Node(0), Tensor(2), Tensor(3), Tensor(4), Tensor(5), Tensor(6), Bool(train), Float(0.1), Float(1e-5)], "bn"),
+            node("relu", vec![Node(1), Bool(false)], "relu"),
+            node("max_pool2d", vec![Node(2), ints(&[2, 2]), ints(&[2, 2]), ints(&[0, 0]), ints(&[1, 1]), Bool(false)], "pool"),
+            node("size", vec![Node(3), Int(0)], "size"),
+            node("view", vec![Node(3), List(vec![Node(4), Int(-1)])], "view"),
+            node("linear", vec![Node(5), Tensor(7), Tensor(8)], "fc"),
+        ];
+        (nodes, Node(6))
+    }
+
+    fn small_tensors() -> (Vec<String>, Vec<Tensor>) {
+        let names = ["conv.weight", "conv.bias", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var", "bn.num_batches_tracked", "fc.weight", "fc.bias"];
+        let ts = vec![
+            cpu(&[4, 3, 3, 3]),
+            cpu(&[4]),
+            Tensor::ones([4], (Kind::Float, Device::Cpu)),
+            Tensor::zeros([4], (Kind::Float, Device::Cpu)),
+            Tensor::zeros([4], (Kind::Float, Device::Cpu)),
+            Tensor::ones([4], (Kind::Float, Device::Cpu)),
+            Tensor::zeros([], (Kind::Int64, Device::Cpu)),
+            cpu(&[5, 4 * 4 * 4]),
+            cpu(&[5]),
+        ];
+        (names.iter().map(|s| s.to_string()).collect(), ts)
     }
 
     #[test]
-    fn resnet18_keys_and_head_replacement() {
-        let mut m = Model::new(Arch::ResNet18 { num_classes: 1000, cifar_stem: false }).unwrap();
-        assert_eq!(m.params.num_parameters(false), 11_689_512); // torchvision's resnet18
-        assert!(m.params.get("layer2.0.downsample.1.running_var").is_some());
-        m.set_trainable("", false).unwrap();
-        m.replace_head(10).unwrap();
-        assert_eq!(m.params.num_parameters(true), 512 * 10 + 10);
-        assert!(m.set_trainable("nope", true).is_err());
-        let y = m.forward_t(&Tensor::zeros([1, 3, 64, 64], (Kind::Float, Device::Cpu)), false).unwrap();
-        assert_eq!(y.size(), vec![1, 10]);
+    fn graph_matches_direct_calls_and_updates_buffers_in_place() {
+        let (names, ts) = small_tensors();
+        let handles: Vec<Tensor> = ts.iter().map(|t| t.shallow_clone()).collect();
+        let m = Model::graph("Small", names, ts, small(true), small(false)).unwrap();
+        let x = cpu(&[2, 3, 8, 8]);
+        let y = m.forward_t(&x, true).unwrap();
+        let h = &handles;
+        let want = x
+            .conv2d(&h[0], Some(&h[1]), [1, 1], [1, 1], [1, 1], 1)
+            .batch_norm(Some(&h[2]), Some(&h[3]), None::<Tensor>, None::<Tensor>, true, 0.1, 1e-5, true)
+            .relu()
+            .max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)
+            .view([2, -1])
+            .linear(&h[7], Some(&h[8]));
+        assert!(y.equal(&want));
+        // The running statistics and the batch counter are the caller's own tensors.
+        assert_eq!(i64::try_from(&h[6]).unwrap(), 1);
+        assert!(h[4].abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        let _ = m.forward_t(&x, false).unwrap();
+        assert_eq!(i64::try_from(&h[6]).unwrap(), 1, "eval mode does not count batches");
     }
 
     #[test]
-    fn bad_inputs_and_state_dicts_are_named() {
-        let mut m = Model::new(Arch::SmallCnn { num_classes: 10, width: 8 }).unwrap();
-        let e = m.forward_t(&Tensor::zeros([2, 1, 32, 32], (Kind::Float, Device::Cpu)), false).unwrap_err();
-        assert!(e.to_string().contains("3 channels"), "{e}");
-        let e = m.forward_t(&Tensor::zeros([2, 3, 32, 32], (Kind::Uint8, Device::Cpu)), false).unwrap_err();
-        assert!(e.to_string().contains("float"), "{e}");
-        let mut sd = m.state_dict();
-        sd.pop();
-        sd.push(("extra".into(), Tensor::zeros([1], (Kind::Float, Device::Cpu))));
-        sd[0].1 = Tensor::zeros([1], (Kind::Float, Device::Cpu));
-        let e = m.load_state_dict(&sd, true).unwrap_err().to_string();
-        assert!(e.contains("missing keys: fc.bias") && e.contains("unexpected keys: extra") && e.contains("conv1.weight: checkpoint [1]"), "{e}");
+    fn mismatched_inputs_are_named_by_the_layer() {
+        let (names, ts) = small_tensors();
+        let m = Model::graph("Small", names, ts, small(true), small(false)).unwrap();
+        let e = m.forward_t(&cpu(&[2, 1, 8, 8]), false).unwrap_err().to_string();
+        assert!(e.contains("conv (Conv2d) expects 3 input channels, got 1"), "{e}");
+        let e = m.forward_t(&cpu(&[2, 3, 6, 6]), false).unwrap_err().to_string();
+        assert!(e.contains("fc (Linear) expects 64 input features, got 36"), "{e}");
+        let e = m.forward_t(&Tensor::zeros([2, 3, 8, 8], (Kind::Uint8, Device::Cpu)), false).unwrap_err().to_string();
+        assert!(e.contains("uint8") || e.contains("Uint8"), "{e}");
+    }
+
+    #[test]
+    fn graphs_that_read_forward_or_out_of_range_are_refused() {
+        let (names, ts) = small_tensors();
+        let (mut nodes, out) = small(true);
+        nodes[0].args[0] = Arg::Node(3);
+        let e = Model::graph("Bad", names.clone(), ts, (nodes, out.clone()), small(false)).unwrap_err().to_string();
+        assert!(e.contains("does not come before it"), "{e}");
+        let (_, ts) = small_tensors();
+        let (mut nodes, _) = small(true);
+        nodes[6].args[1] = Arg::Tensor(42);
+        let e = Model::graph("Bad", names, ts, (nodes, out), small(false)).unwrap_err().to_string();
+        assert!(e.contains("reads tensor 42"), "{e}");
+    }
+
+    #[test]
+    fn scalar_arithmetic_follows_eager_pytorch() {
+        use Arg::*;
+        let nodes = vec![
+            node("sub", vec![Int(1), Input], "rsub"),
+            node("div", vec![Float(2.0), Node(0)], "rdiv"),
+            node("mul", vec![Node(1), Int(3)], "mul"),
+            node("size", vec![Input, Int(1)], "size"),
+            node("floordiv", vec![Node(3), Int(2)], "half"),
+            node("view", vec![Node(2), List(vec![Int(-1), Node(4)])], "view"),
+        ];
+        let m = Model::graph("Arith", vec![], vec![], (nodes.clone(), Node(5)), (nodes, Node(5))).unwrap();
+        let x = Tensor::from_slice(&[0.25f32, 0.5, 2.0, 4.0]).view([1, 4]);
+        let y = m.forward_t(&x, false).unwrap();
+        let want = ((x.rsub_scalar(1).reciprocal() * 2.0) * 3).view([-1, 2]);
+        assert!(y.equal(&want), "{y:?}");
     }
 }

@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::loader::{BatchIter, Loader, LoaderOptions, OutKind};
 use crate::transforms::{Op, PadMode, ResizeTo};
 
+mod model;
 mod train;
 
 pub(crate) fn to_py(e: Error) -> PyErr {
@@ -26,6 +27,10 @@ pub(crate) fn to_py(e: Error) -> PyErr {
         Error::Torch(_) | Error::Distributed(_) => PyRuntimeError::new_err(msg),
         Error::Interrupted => PyKeyboardInterrupt::new_err(msg),
         Error::NonFinite(_) => pyo3::exceptions::PyFloatingPointError::new_err(msg),
+        Error::External(inner) => match inner.downcast::<PyErr>() {
+            Ok(original) => *original,
+            Err(other) => PyRuntimeError::new_err(other.to_string()),
+        },
     }
 }
 
@@ -376,6 +381,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyBatchIter>()?;
     m.add_function(wrap_pyfunction!(cuda_is_available, m)?)?;
     m.add_function(wrap_pyfunction!(decode_images, m)?)?;
+    model::register(m)?;
     train::register(m)?;
     Ok(())
 }

@@ -1,25 +1,19 @@
 //! Bindings for models, optimizers, schedules and the training engine.
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3_tch::PyTensor;
 
-use super::{parse_device, release, to_py, PyLoader};
+use super::model::{lock, PyModel};
+use super::{release, to_py, PyLoader};
 use crate::error::Error;
-use crate::nn::{Arch, BatchNormSync, Model, Role};
 use crate::train::dist::{Collective, DistState};
 use crate::train::optim::{OptKind, Optimizer};
 use crate::train::sched::{self, Scheduler};
 use crate::train::{self as engine, TrainConfig, TrainState};
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic caught at the boundary must not make the model unusable afterwards.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Reads numeric settings from a Python dict, refusing unknown keys (typos).
 struct Settings(HashMap<String, f64>);
@@ -43,174 +37,6 @@ impl Settings {
     }
     fn b(&self, k: &str, default: bool) -> bool {
         self.0.get(k).map_or(default, |v| *v != 0.0)
-    }
-}
-
-#[pyclass(frozen, name = "NativeModel", module = "fastcifar._native")]
-pub struct PyModel {
-    pub(crate) inner: Arc<Mutex<Model>>,
-}
-
-#[pymethods]
-impl PyModel {
-    #[new]
-    #[pyo3(signature = (arch, num_classes, cifar_stem = false, width = 32))]
-    fn new(py: Python<'_>, arch: &str, num_classes: i64, cifar_stem: bool, width: i64) -> PyResult<Self> {
-        let arch = match arch {
-            "image_classifier" => Arch::ImageClassifier { num_classes },
-            "resnet18" => Arch::ResNet18 { num_classes, cifar_stem },
-            "resnet9" => Arch::ResNet9 { num_classes },
-            "small_cnn" => Arch::SmallCnn { num_classes, width },
-            a => return Err(PyValueError::new_err(format!("arch: unknown model '{a}'"))),
-        };
-        let m = release(py, || Model::new(arch))?;
-        Ok(PyModel { inner: Arc::new(Mutex::new(m)) })
-    }
-
-    /// Logits; `train` overrides the model's mode for this call.
-    #[pyo3(signature = (x, train = None))]
-    fn forward(&self, py: Python<'_>, x: PyTensor, train: Option<bool>) -> PyResult<PyTensor> {
-        let m = self.inner.clone();
-        let y = release(py, move || {
-            let m = lock(&m);
-            let t = train.unwrap_or(m.training);
-            m.check_finite(&x.0)?; // forward_t checks shape, dtype and device
-            m.forward_t(&x.0, t)
-        })?;
-        Ok(PyTensor(y))
-    }
-
-    fn state_dict(&self, py: Python<'_>) -> PyResult<Vec<(String, PyTensor)>> {
-        let m = self.inner.clone();
-        let sd = release(py, move || Ok(lock(&m).state_dict()))?;
-        Ok(sd.into_iter().map(|(k, v)| (k, PyTensor(v))).collect())
-    }
-
-    #[pyo3(signature = (items, strict = true))]
-    fn load_state_dict(&self, py: Python<'_>, items: Vec<(String, PyTensor)>, strict: bool) -> PyResult<(Vec<String>, Vec<String>)> {
-        let m = self.inner.clone();
-        let sd: Vec<(String, tch::Tensor)> = items.into_iter().map(|(k, v)| (k, v.0)).collect();
-        release(py, move || lock(&m).load_state_dict(&sd, strict))
-    }
-
-    /// The live parameter tensors (shared with the model) whose names start with `prefix`.
-    #[pyo3(signature = (prefix = ""))]
-    fn parameters(&self, prefix: &str) -> PyResult<Vec<(String, PyTensor)>> {
-        let m = lock(&self.inner);
-        let v: Vec<(String, PyTensor)> = m
-            .params
-            .entries
-            .iter()
-            .filter(|e| e.role == Role::Param && (prefix.is_empty() || e.name == prefix || e.name.starts_with(&format!("{prefix}."))))
-            .map(|e| (e.name.clone(), PyTensor(e.tensor.shallow_clone())))
-            .collect();
-        if v.is_empty() && !prefix.is_empty() {
-            return Err(PyValueError::new_err(format!("prefix: '{prefix}' names no parameter of {}", m.arch.name())));
-        }
-        Ok(v)
-    }
-
-    /// The live buffers (running statistics), shared with the model.
-    fn buffers(&self) -> Vec<(String, PyTensor)> {
-        let m = lock(&self.inner);
-        m.params.entries.iter().filter(|e| e.role == Role::Buffer).map(|e| (e.name.clone(), PyTensor(e.tensor.shallow_clone()))).collect()
-    }
-
-    /// Sets the SyncBatchNorm function every BatchNorm layer calls in training mode:
-    /// `fn(x, weight, bias, running_mean, running_var, momentum, eps) -> y`; None restores local BN.
-    #[pyo3(signature = (func = None))]
-    fn set_sync_bn(&self, func: Option<PyObject>) {
-        let hook = func.map(|f| Arc::new(PyBatchNormSync(f)) as Arc<dyn BatchNormSync>);
-        lock(&self.inner).set_batch_norm_sync(hook);
-    }
-
-    fn set_trainable(&self, prefix: &str, trainable: bool) -> PyResult<usize> {
-        lock(&self.inner).set_trainable(prefix, trainable).map_err(to_py)
-    }
-
-    fn replace_head(&self, py: Python<'_>, num_classes: i64) -> PyResult<()> {
-        let m = self.inner.clone();
-        release(py, move || lock(&m).replace_head(num_classes))
-    }
-
-    fn to(&self, py: Python<'_>, device: &str) -> PyResult<()> {
-        let d = parse_device(device)?;
-        let m = self.inner.clone();
-        release(py, move || lock(&m).to_device(d))
-    }
-
-    #[getter]
-    fn device(&self) -> String {
-        device_name(lock(&self.inner).device())
-    }
-
-    #[getter]
-    fn training(&self) -> bool {
-        lock(&self.inner).training
-    }
-
-    #[setter]
-    fn set_training(&self, v: bool) {
-        lock(&self.inner).training = v;
-    }
-
-    /// (name, num_classes, cifar_stem, width) of the architecture.
-    #[getter]
-    fn arch(&self) -> (String, i64, bool, i64) {
-        match lock(&self.inner).arch {
-            Arch::ImageClassifier { num_classes } => ("image_classifier".into(), num_classes, false, 0),
-            Arch::ResNet18 { num_classes, cifar_stem } => ("resnet18".into(), num_classes, cifar_stem, 0),
-            Arch::ResNet9 { num_classes } => ("resnet9".into(), num_classes, false, 0),
-            Arch::SmallCnn { num_classes, width } => ("small_cnn".into(), num_classes, false, width),
-        }
-    }
-
-    #[pyo3(signature = (trainable_only = false))]
-    fn num_parameters(&self, trainable_only: bool) -> i64 {
-        lock(&self.inner).params.num_parameters(trainable_only)
-    }
-
-    /// Writes the state dict as safetensors (to `path` directly; the caller handles atomicity).
-    fn save_safetensors(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        let m = self.inner.clone();
-        release(py, move || {
-            let sd: Vec<(String, tch::Tensor)> = lock(&m).state_dict().into_iter().map(|(k, v)| (k, v.to_device(tch::Device::Cpu))).collect();
-            tch::Tensor::write_safetensors(&sd, &path).map_err(Error::from)
-        })
-    }
-
-    #[pyo3(signature = (path, strict = true))]
-    fn load_safetensors(&self, py: Python<'_>, path: PathBuf, strict: bool) -> PyResult<(Vec<String>, Vec<String>)> {
-        if !path.exists() {
-            return Err(to_py(Error::not_found(&path, "no such file")));
-        }
-        let m = self.inner.clone();
-        release(py, move || {
-            let sd = tch::Tensor::read_safetensors(&path).map_err(|e| Error::format(&path, format!("not a readable safetensors file: {e}")))?;
-            lock(&m).load_state_dict(&sd, strict)
-        })
-    }
-}
-
-/// SyncBatchNorm through a Python function (an autograd.Function on torch.distributed). Its
-/// backward runs inside libtorch's autograd, which takes the GIL for it; the training thread has
-/// released the GIL, so this cannot deadlock.
-struct PyBatchNormSync(PyObject);
-
-impl BatchNormSync for PyBatchNormSync {
-    fn forward(&self, x: &tch::Tensor, w: &tch::Tensor, b: &tch::Tensor, rm: &tch::Tensor, rv: &tch::Tensor, momentum: f64, eps: f64) -> Result<tch::Tensor, Error> {
-        Python::with_gil(|py| {
-            let args = (
-                PyTensor(x.shallow_clone()),
-                PyTensor(w.shallow_clone()),
-                PyTensor(b.shallow_clone()),
-                PyTensor(rm.shallow_clone()),
-                PyTensor(rv.shallow_clone()),
-                momentum,
-                eps,
-            );
-            self.0.call1(py, args).and_then(|y| y.extract::<PyTensor>(py)).map(|y| y.0).map_err(|e| Error::Distributed(format!("sync_bn: {e}")))
-        })
     }
 }
 
@@ -245,14 +71,6 @@ impl Collective for PyCollective {
         Python::with_gil(|py| {
             self.obj.call_method1(py, "any", (flags.to_vec(),)).and_then(|r| r.extract::<Vec<bool>>(py)).map_err(|e| self.fail("any", e))
         })
-    }
-}
-
-pub(crate) fn device_name(d: tch::Device) -> String {
-    match d {
-        tch::Device::Cpu => "cpu".into(),
-        tch::Device::Cuda(i) => format!("cuda:{i}"),
-        other => format!("{other:?}").to_lowercase(),
     }
 }
 
@@ -308,7 +126,6 @@ fn scheduler(name: &str, s: &Settings, base_lr: f64) -> PyResult<Scheduler> {
 /// Optimizer + schedule + settings bound to a model.
 #[pyclass(frozen, name = "NativeTrainer", module = "fastcifar._native")]
 pub struct PyTrainer {
-    model: Arc<Mutex<Model>>,
     state: Arc<Mutex<TrainState>>,
 }
 
@@ -329,6 +146,7 @@ impl PyTrainer {
     #[pyo3(signature = (model, params, optimizer, opt_settings, scheduler, sched_settings, label_smoothing, amp, grad_accum, grad_clip, log_every))]
     #[allow(clippy::too_many_arguments)]
     fn new(
+        py: Python<'_>,
         model: &PyModel,
         params: Vec<PyTensor>,
         optimizer: &str,
@@ -350,17 +168,18 @@ impl PyTrainer {
             Some(name) => Some(self::scheduler(name, &Settings::new(sched_settings, SCHED_KEYS, name)?, lr)?),
         };
         let cfg = TrainConfig { label_smoothing, amp, grad_accum, grad_clip, log_every };
-        let device = lock(&model.inner).device();
+        let m = model.inner.clone();
+        let device = py.allow_threads(move || lock(&m).device());
         let mut state = TrainState::new(opt, sched, cfg, device).map_err(to_py)?;
         state.apply_schedule();
-        Ok(PyTrainer { model: model.inner.clone(), state: Arc::new(Mutex::new(state)) })
+        Ok(PyTrainer { state: Arc::new(Mutex::new(state)) })
     }
 
-    /// Trains one epoch of `loader` (its epoch number `epoch`) with the GIL released. `callback`
-    /// gets a dict every `log_every` steps; returning False, or Ctrl-C, stops at that step.
-    #[pyo3(signature = (loader, epoch, callback = None))]
-    fn train_epoch<'py>(&self, py: Python<'py>, loader: &PyLoader, epoch: u64, callback: Option<PyObject>) -> PyResult<(Bound<'py, PyDict>, bool)> {
-        let (model, state, l) = (self.model.clone(), self.state.clone(), loader.inner.clone());
+    /// Trains `model` for one epoch of `loader` (its epoch number `epoch`) with the GIL released.
+    /// `callback` gets a dict every `log_every` steps; returning False, or Ctrl-C, stops at that step.
+    #[pyo3(signature = (model, loader, epoch, callback = None))]
+    fn train_epoch<'py>(&self, py: Python<'py>, model: &PyModel, loader: &PyLoader, epoch: u64, callback: Option<PyObject>) -> PyResult<(Bound<'py, PyDict>, bool)> {
+        let (model, state, l) = (model.inner.clone(), self.state.clone(), loader.inner.clone());
         let mut interrupted = false;
         let mut cb_error: Option<PyErr> = None;
         let stats = {
@@ -534,13 +353,18 @@ impl PyTrainer {
     }
 
     /// Moves optimizer state to the model's device (after `model.to`).
-    fn sync_device(&self) {
-        let d = lock(&self.model).device();
-        let mut st = lock(&self.state);
-        st.opt.to_device(d);
-        if st.cfg.amp && d.is_cuda() && st.scaler.is_none() {
-            st.scaler = Some(engine::GradScaler::default());
-        }
+    fn sync_device(&self, py: Python<'_>, model: &PyModel) -> PyResult<()> {
+        let m = model.inner.clone();
+        let d = py.allow_threads(move || lock(&m).device());
+        let state = self.state.clone();
+        py.allow_threads(move || {
+            let mut st = lock(&state);
+            st.opt.to_device(d);
+            if st.cfg.amp && d.is_cuda() && st.scaler.is_none() {
+                st.scaler = Some(engine::GradScaler::default());
+            }
+        });
+        Ok(())
     }
 }
 
@@ -576,7 +400,6 @@ fn predict_logits(py: Python<'_>, model: &PyModel, x: PyTensor, batch_size: i64,
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<PyModel>()?;
     m.add_class::<PyTrainer>()?;
     m.add_function(wrap_pyfunction!(evaluate, m)?)?;
     m.add_function(wrap_pyfunction!(predict_logits, m)?)?;

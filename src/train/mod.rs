@@ -182,14 +182,17 @@ fn keep_freed_memory() {
     }
 }
 
-/// Labels must index the model's classes; checked once per epoch, not per step.
-fn check_labels(model: &Model, loader: &Loader) -> Result<()> {
+/// Labels must index the model's outputs. A module does not declare its class count, so the
+/// width of the first batch's logits is checked against every label, once per pass.
+fn check_labels(num_outputs: i64, loader: &Loader) -> Result<()> {
     let ds = loader.dataset();
-    let nc = model.num_classes();
-    if let Some(&bad) = ds.labels.iter().find(|&&l| l >= nc) {
+    if let Some(&bad) = ds.labels.iter().find(|&&l| l >= num_outputs) {
         return Err(Error::invalid(
             "labels",
-            format!("the data set has label {bad}, but the model has {nc} classes (replace its head for {} classes)", ds.classes.len()),
+            format!(
+                "the data set has label {bad}, but the model outputs {num_outputs} classes (give it a head for {} classes)",
+                ds.classes.len().max(bad as usize + 1)
+            ),
         ));
     }
     Ok(())
@@ -223,7 +226,6 @@ impl TrainState {
     /// One epoch over `loader` (its epoch `epoch`: shuffle and augmentation). `progress` runs every
     /// `log_every` steps and at the end; returning false stops at that step boundary.
     pub fn train_epoch(&mut self, model: &mut Model, loader: &Loader, epoch: u64, progress: &mut dyn FnMut(&StepInfo) -> bool) -> Result<EpochStats> {
-        check_labels(model, loader)?;
         model.training = true;
         let dev = model.device();
         let steps = loader.len();
@@ -255,6 +257,9 @@ impl TrainState {
             let n = y.size()[0];
             self.apply_schedule();
             let logits = tch::autocast(autocast, || model.forward_t(&x, true))?.to_kind(Kind::Float);
+            if i == 0 {
+                check_labels(logits.size()[1], loader)?;
+            }
             let loss = logits.f_cross_entropy_loss(&y, None::<Tensor>, Reduction::Mean, -100, self.cfg.label_smoothing)?;
             tch::no_grad(|| {
                 let _ = loss_sum.shallow_clone().f_add_(&(loss.detach() * n as f64));
@@ -359,38 +364,46 @@ impl TrainState {
 
 /// Loss, accuracy and confusion matrix over one pass of `loader`, in eval mode.
 pub fn evaluate(model: &Model, loader: &Loader, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<EvalReport> {
-    check_labels(model, loader)?;
     let dev = model.device();
-    let nc = model.num_classes();
     let steps = loader.len();
     tch::no_grad(|| -> Result<EvalReport> {
         let loss_sum = Tensor::zeros([], (Kind::Double, dev));
-        let mut conf = Tensor::zeros([nc * nc], (Kind::Int64, dev));
+        // The class count is the logits' width, known after the first batch.
+        let mut conf: Option<(i64, Tensor)> = None;
         let mut count = 0u64;
         for (i, batch) in loader.iter(0).enumerate() {
             let (x, y) = batch?;
             // No NaN check here: loader batches come from uint8 pixels through a finite affine.
             let (x, y) = (to_device(x, dev), to_device(y, dev));
             let logits = model.forward_t(&x, false)?.to_kind(Kind::Float);
+            let (nc, cm) = match &mut conf {
+                Some((nc, cm)) => (*nc, cm),
+                None => {
+                    let nc = logits.size()[1];
+                    check_labels(nc, loader)?;
+                    let (nc, cm) = conf.insert((nc, Tensor::zeros([nc * nc], (Kind::Int64, dev))));
+                    (*nc, cm)
+                }
+            };
             let l = logits.f_cross_entropy_loss(&y, None::<Tensor>, Reduction::Sum, -100, 0.0)?;
             let _ = loss_sum.shallow_clone().f_add_(&l.to_kind(Kind::Double));
             let idx = &y * nc + logits.argmax(1, false);
-            conf += idx.bincount(None::<Tensor>, nc * nc);
+            *cm += idx.bincount(None::<Tensor>, nc * nc);
             count += y.size()[0] as u64;
             if !progress(i + 1, steps) {
                 return Err(Error::Interrupted);
             }
         }
-        let confusion: Vec<i64> = Vec::try_from(conf.to_device(Device::Cpu))?;
-        let correct: i64 = (0..nc as usize).map(|c| confusion[c * nc as usize + c]).sum();
+        let (nc, confusion) = match conf {
+            Some((nc, cm)) => (nc as usize, Vec::<i64>::try_from(cm.to_device(Device::Cpu))?),
+            None => {
+                let nc = loader.dataset().classes.len();
+                (nc, vec![0; nc * nc])
+            }
+        };
+        let correct: i64 = (0..nc).map(|c| confusion[c * nc + c]).sum();
         let n = count.max(1) as f64;
-        Ok(EvalReport {
-            loss: f64::try_from(&loss_sum)? / n,
-            accuracy: correct as f64 / n,
-            count,
-            confusion,
-            num_classes: nc as usize,
-        })
+        Ok(EvalReport { loss: f64::try_from(&loss_sum)? / n, accuracy: correct as f64 / n, count, confusion, num_classes: nc })
     })
 }
 

@@ -1,0 +1,528 @@
+"""Any ``torch.nn.Module`` on the Rust engine: capture with ``torch.fx``, run in Rust.
+
+``compile(module)`` traces the module twice, in train and in eval mode (fx records
+``self.training`` and each layer's mode as constants), and writes each graph as a straight-line
+program of canonical ops: one node per libtorch call, with positional arguments. The Rust engine
+(``src/nn/graph.rs``) runs those programs over the module's own parameter and buffer tensors,
+shared, not copied, calling the same ATen functions eager PyTorch calls.
+
+A module that fx cannot trace, or that uses an op outside the list below, still trains on the
+same engine: its own ``forward`` runs in eager PyTorch (the loop, loss, backward, optimizer and
+data stay in Rust). A one-time warning names the cause.
+
+Argument lists of the canonical ops (``("x", 0)`` the input, ``("v", i)`` node i, ``("p", i)``
+tensor i, lists, constants):
+
+    conv2d(x, weight, bias?, stride[2], padding[2] | 'same' | 'valid', dilation[2], groups)
+    batch_norm(x, weight?, bias?, running_mean?, running_var?, num_batches_tracked?, use_batch_stats, momentum, eps)
+    group_norm(x, groups, weight?, bias?, eps)      layer_norm(x, shape, weight?, bias?, eps)
+    linear(x, weight, bias?)                        relu | relu6 | silu | hardswish | elu(x, inplace)
+    leaky_relu(x, slope, inplace)   gelu(x, approximate)   tanh | sigmoid(x)   softmax | log_softmax(x, dim)
+    max_pool2d(x, kernel[2], stride[2], padding[2], dilation[2], ceil_mode)
+    avg_pool2d(x, kernel[2], stride[2], padding[2], ceil_mode, count_include_pad, divisor_override?)
+    adaptive_avg_pool2d | adaptive_max_pool2d(x, size[2])      dropout | dropout2d(x, p, train, inplace)
+    flatten(x, start, end)   view | reshape | permute(x, ints)   transpose(x, a, b)   unsqueeze(x, d)
+    contiguous(x)   mean | sum(x, dims?, keepdim)   cat(tensors, dim)   matmul(a, b)
+    add | sub | mul | div | floordiv(a, b)   neg(a)   size(x, dim?)   getitem(list, i)   identity(x)
+"""
+from __future__ import annotations
+
+import operator
+import warnings
+from typing import Any, Callable, Dict, List, Tuple
+
+import torch
+import torch.fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import _native as _rs
+
+__all__ = ["compile", "Unsupported"]
+
+
+class Unsupported(Exception):
+    """What sends a module to the eager fallback (the message names the op or the trace error)."""
+
+
+_warned: set = set()
+
+
+def module_tensors(module: nn.Module) -> Tuple[List[str], List[torch.Tensor]]:
+    """The module's parameters, then its buffers (each shared tensor once), with their names."""
+    names, tensors, seen = [], [], set()
+    for n, t in list(module.named_parameters()) + list(module.named_buffers()):
+        if t is not None and id(t) not in seen:
+            seen.add(id(t))
+            names.append(n)
+            tensors.append(t)
+    return names, tensors
+
+
+def compile(module: nn.Module) -> "_rs.NativeModel":
+    """The native model for ``module``: its graphs, or its own forward when they cannot be had."""
+    names, tensors = module_tensors(module)
+    name = type(module).__name__
+    try:
+        plans = {mode: _Capture(module, mode, tensors).plan() for mode in (True, False)}
+        return _rs.NativeModel.graph(name, names, tensors, train=plans[True], eval=plans[False])
+    except Unsupported as e:
+        key = (name, str(e))
+        if key not in _warned:
+            _warned.add(key)
+            warnings.warn(f"fastcifar: {name} runs its forward in eager PyTorch because {e}; the data, loss, backward "
+                          f"and optimizer still run in Rust (see the README, 'Your own network')", stacklevel=3)
+        return _rs.NativeModel.eager(name, names, tensors, forward=_eager_forward(module))
+
+
+def _eager_forward(module: nn.Module) -> Callable:
+    def forward(x: torch.Tensor, train: bool) -> torch.Tensor:
+        if module.training != train:
+            module.train(train)
+        y = module(x)
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(f"{type(module).__name__}.forward returned {type(y).__name__}; the trainer needs one logits tensor (N, num_classes)")
+        return y
+    return forward
+
+
+def _is_ref(v) -> bool:
+    """Node references are tuples; literal sequences were made lists by ``_Capture.arg``."""
+    return isinstance(v, tuple)
+
+
+def _pair(v) -> list:
+    _need(not _is_ref(v), "a window or stride computed at run time")
+    return [int(v), int(v)] if isinstance(v, int) else [int(i) for i in v]
+
+
+def _ints(v):
+    """A dims or shape argument: None, an int, a list, or a reference (resolved in Rust)."""
+    return [v] if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+class _Capture:
+    """One fx trace of ``module`` in one mode, written as a plan."""
+
+    def __init__(self, module: nn.Module, training: bool, tensors: List[torch.Tensor]):
+        self.root = module
+        self.training = training
+        self.index = {id(t): i for i, t in enumerate(tensors)}
+        self.nodes: List[tuple] = []
+        self.env: Dict[torch.fx.Node, Any] = {}
+
+    def plan(self) -> tuple:
+        # Every layer reads its mode while its node is written, so the mode holds until the end.
+        modes = {m: m.training for m in self.root.modules()}
+        self.root.train(self.training)
+        try:
+            return self._plan()
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
+
+    def _plan(self) -> tuple:
+        try:
+            graph = torch.fx.Tracer().trace(self.root)
+        except Exception as e:
+            raise Unsupported(f"torch.fx cannot trace its forward ({type(e).__name__}: {e})") from None
+        output = None
+        placeholders = 0
+        for n in graph.nodes:
+            if n.op == "placeholder":
+                placeholders += 1
+                if placeholders == 1:
+                    self.env[n] = ("x", 0)
+                elif n.args:  # an extra argument with a default: a constant
+                    self.env[n] = self.arg(n.args[0])
+                else:
+                    raise Unsupported(f"its forward takes more than one input ({n.target})")
+            elif n.op == "get_attr":
+                self.env[n] = self.tensor(_attr(self.root, n.target), n.target)
+            elif n.op == "call_module":
+                self.call_module(n)
+            elif n.op == "call_function":
+                self.call(n, _FUNCTIONS.get(n.target), _fname(n.target))
+            elif n.op == "call_method":
+                self.call(n, _METHODS.get(n.target), f"Tensor.{n.target}")
+            elif n.op == "output":
+                out = n.args[0]
+                if not isinstance(out, torch.fx.Node):
+                    raise Unsupported(f"its forward returns {type(out).__name__}, not one tensor")
+                output = self.env[out]
+        return self.nodes, output
+
+    # --- arguments ---------------------------------------------------------------------------
+    def tensor(self, t, where: str):
+        if t is None:
+            return None
+        i = self.index.get(id(t))
+        if i is None:
+            raise Unsupported(f"{where} is a tensor that is neither a parameter nor a buffer")
+        return ("p", i)
+
+    def arg(self, a):
+        if isinstance(a, torch.fx.Node):
+            return self.env[a]
+        if a is None or isinstance(a, (bool, int, float, str)):
+            return a
+        if isinstance(a, (list, tuple, torch.Size)):
+            return [self.arg(v) for v in a]
+        raise Unsupported(f"an argument of type {type(a).__name__} ({a!r})")
+
+    def emit(self, op: str, args: list, name: str, n: torch.fx.Node):
+        self.nodes.append((op, args, name))
+        self.env[n] = ("v", len(self.nodes) - 1)
+
+    # --- modules -----------------------------------------------------------------------------
+    def call_module(self, n: torch.fx.Node):
+        m = self.root.get_submodule(n.target)
+        rule = _MODULES.get(type(m))
+        if rule is None or n.kwargs or len(n.args) != 1:
+            raise Unsupported(f"of {type(m).__name__} ({n.target})")
+        x = self.arg(n.args[0])
+        op, args = rule(m, x, lambda t, attr: self.tensor(t, f"{n.target}.{attr}"))
+        self.emit(op, args, n.target, n)
+
+    # --- functions and methods -----------------------------------------------------------------
+    def call(self, n: torch.fx.Node, rule, fname: str):
+        if rule is None:
+            raise Unsupported(f"of {fname} ({n.name})")
+        spec, build = rule
+        a = _bind(spec, n.args, n.kwargs, fname, n.name)
+        op, args = build({k: self.arg(v) for k, v in a.items()})
+        self.emit(op, args, n.name, n)
+
+
+def _attr(root: nn.Module, target: str):
+    obj: Any = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    if not isinstance(obj, torch.Tensor):
+        raise Unsupported(f"{target} is a {type(obj).__name__} attribute")
+    return obj
+
+
+def _fname(f) -> str:
+    mod = getattr(f, "__module__", None) or ""
+    return f"{mod}.{getattr(f, '__name__', repr(f))}".lstrip(".")
+
+
+_NO = object()
+
+
+def _bind(spec: list, args: tuple, kwargs: dict, fname: str, where: str) -> dict:
+    """Binds positional and keyword arguments to ``spec`` ([name, (name, default), '*name'])."""
+    out, names = {}, []
+    for s in spec:
+        name, default = (s, _NO) if isinstance(s, str) else s
+        names.append(name)
+        if default is not _NO:
+            out[name] = default
+    args = list(args)
+    for name in names:
+        if not args:
+            break
+        if name.startswith("*"):
+            out[name] = args
+            args = []
+        else:
+            out[name] = args.pop(0)
+    if args:
+        raise Unsupported(f"{fname} with {len(args)} more positional arguments than fastcifar knows ({where})")
+    for k, v in kwargs.items():
+        if k not in names:
+            raise Unsupported(f"{fname} with argument {k}= ({where})")
+        out[k] = v
+    missing = [k for k in names if k not in out and not k.startswith("*")]
+    if missing:
+        raise Unsupported(f"{fname} without {missing[0]} ({where})")
+    return out
+
+
+def _need(cond: bool, what: str):
+    if not cond:
+        raise Unsupported(what)
+
+
+# --- module rules: (module, x, tensor) -> (op, args) ----------------------------------------------
+def _conv(m: nn.Conv2d, x, t):
+    _need(m.padding_mode == "zeros", f"Conv2d with padding_mode='{m.padding_mode}'")
+    pad = m.padding if isinstance(m.padding, str) else list(m.padding)
+    return "conv2d", [x, t(m.weight, "weight"), t(m.bias, "bias"), list(m.stride), pad, list(m.dilation), m.groups]
+
+
+def _batch_norm(m: nn.modules.batchnorm._BatchNorm, x, t):
+    # nn.BatchNorm's forward, with its decisions taken here (its mode is fixed per graph).
+    _need(m.momentum is not None, "BatchNorm with momentum=None (a cumulative average)")
+    track = m.training and m.track_running_stats
+    use_batch = m.training or (m.running_mean is None and m.running_var is None)
+    keep = not m.training or m.track_running_stats
+    return "batch_norm", [x, t(m.weight, "weight"), t(m.bias, "bias"),
+                          t(m.running_mean, "running_mean") if keep else None,
+                          t(m.running_var, "running_var") if keep else None,
+                          t(m.num_batches_tracked, "num_batches_tracked") if track else None,
+                          use_batch, float(m.momentum), float(m.eps)]
+
+
+def _softmax(op):
+    def rule(m, x, t):
+        _need(m.dim is not None, f"{type(m).__name__} without dim")
+        return op, [x, m.dim]
+    return rule
+
+
+def _max_pool(m: nn.MaxPool2d, x, t):
+    _need(not m.return_indices, "MaxPool2d with return_indices=True")
+    return "max_pool2d", [x, _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size),
+                          _pair(m.padding), _pair(m.dilation), bool(m.ceil_mode)]
+
+
+def _avg_pool(m: nn.AvgPool2d, x, t):
+    return "avg_pool2d", [x, _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size),
+                          _pair(m.padding), bool(m.ceil_mode), bool(m.count_include_pad), m.divisor_override]
+
+
+def _size2(v) -> list:
+    return [v, v] if v is None or isinstance(v, int) else list(v)
+
+
+def _adaptive_max(m, x, t):
+    _need(not m.return_indices, "AdaptiveMaxPool2d with return_indices=True")
+    return "adaptive_max_pool2d", [x, _size2(m.output_size)]
+
+
+def _leaky(m, x, t):
+    _need(not (m.inplace and m.negative_slope != 0.01), "LeakyReLU(inplace=True) with a slope other than 0.01")
+    return "leaky_relu", [x, float(m.negative_slope), bool(m.inplace)]
+
+
+def _elu(m, x, t):
+    _need(m.alpha == 1.0, f"ELU with alpha={m.alpha}")
+    return "elu", [x, bool(m.inplace)]
+
+
+def _inplace(op):
+    return lambda m, x, t: (op, [x, bool(m.inplace)])
+
+
+def _plain(op):
+    return lambda m, x, t: (op, [x])
+
+
+_MODULES: Dict[type, Callable] = {
+    nn.Conv2d: _conv,
+    nn.BatchNorm1d: _batch_norm,
+    nn.BatchNorm2d: _batch_norm,
+    nn.GroupNorm: lambda m, x, t: ("group_norm", [x, m.num_groups, t(m.weight, "weight"), t(m.bias, "bias"), float(m.eps)]),
+    nn.LayerNorm: lambda m, x, t: ("layer_norm", [x, list(m.normalized_shape), t(m.weight, "weight"), t(m.bias, "bias"), float(m.eps)]),
+    nn.Linear: lambda m, x, t: ("linear", [x, t(m.weight, "weight"), t(m.bias, "bias")]),
+    nn.ReLU: _inplace("relu"),
+    nn.ReLU6: _inplace("relu6"),
+    nn.SiLU: _inplace("silu"),
+    nn.Hardswish: _inplace("hardswish"),
+    nn.LeakyReLU: _leaky,
+    nn.ELU: _elu,
+    nn.GELU: lambda m, x, t: ("gelu", [x, m.approximate]),
+    nn.Tanh: _plain("tanh"),
+    nn.Sigmoid: _plain("sigmoid"),
+    nn.Softmax: _softmax("softmax"),
+    nn.LogSoftmax: _softmax("log_softmax"),
+    nn.MaxPool2d: _max_pool,
+    nn.AvgPool2d: _avg_pool,
+    nn.AdaptiveAvgPool2d: lambda m, x, t: ("adaptive_avg_pool2d", [x, _size2(m.output_size)]),
+    nn.AdaptiveMaxPool2d: _adaptive_max,
+    nn.Dropout: lambda m, x, t: ("dropout", [x, float(m.p), bool(m.training), bool(m.inplace)]),
+    nn.Dropout2d: lambda m, x, t: ("dropout2d", [x, float(m.p), bool(m.training), bool(m.inplace)]),
+    nn.Flatten: lambda m, x, t: ("flatten", [x, m.start_dim, m.end_dim]),
+    nn.Identity: _plain("identity"),
+}
+
+
+# --- function rules: (spec, build(bound args) -> (op, args)) ---------------------------------------
+def _no(cond: bool, what: str):
+    _need(not cond, what)
+
+
+def _act(op):
+    return (["input", ("inplace", False)], lambda a: (op, [a["input"], bool(a["inplace"])]))
+
+
+def _unary(op):
+    return (["input"], lambda a: (op, [a["input"]]))
+
+
+def _softmax_fn(op):
+    def build(a):
+        _no(a["dim"] is None, f"{op} without dim")
+        _no(a.get("dtype") is not None, f"{op} with dtype")
+        return op, [a["input"], a["dim"]]
+    return (["input", ("dim", None), ("_stacklevel", 3), ("dtype", None)], build)
+
+
+def _conv_fn(a):
+    pad = a["padding"] if isinstance(a["padding"], str) else _pair(a["padding"])
+    return "conv2d", [a["input"], a["weight"], a["bias"], _pair(a["stride"]), pad, _pair(a["dilation"]), a["groups"]]
+
+
+def _max_pool_fn(a):
+    _no(bool(a["return_indices"]), "max_pool2d with return_indices=True")
+    stride = a["stride"] if a["stride"] not in (None, [], ()) else a["kernel_size"]
+    return "max_pool2d", [a["input"], _pair(a["kernel_size"]), _pair(stride), _pair(a["padding"]), _pair(a["dilation"]), bool(a["ceil_mode"])]
+
+
+def _avg_pool_fn(a):
+    stride = a["stride"] if a["stride"] not in (None, [], ()) else a["kernel_size"]
+    return "avg_pool2d", [a["input"], _pair(a["kernel_size"]), _pair(stride), _pair(a["padding"]), bool(a["ceil_mode"]),
+                          bool(a["count_include_pad"]), a["divisor_override"]]
+
+
+def _adaptive_max_fn(a):
+    _no(bool(a["return_indices"]), "adaptive_max_pool2d with return_indices=True")
+    return "adaptive_max_pool2d", [a["input"], _size2(a["output_size"])]
+
+
+def _leaky_fn(a):
+    s = float(a["negative_slope"])
+    _no(bool(a["inplace"]) and s != 0.01, "leaky_relu(inplace=True) with a slope other than 0.01")
+    return "leaky_relu", [a["input"], s, bool(a["inplace"])]
+
+
+def _elu_fn(a):
+    _no(a["alpha"] != 1.0, f"elu with alpha={a['alpha']}")
+    return "elu", [a["input"], bool(a["inplace"])]
+
+
+def _reduce(op):
+    def build(a):
+        _no(a.get("dtype") is not None, f"{op} with dtype")
+        return op, [a["input"], _ints(a["dim"]), bool(a["keepdim"])]
+    return (["input", ("dim", None), ("keepdim", False), ("dtype", None)], build)
+
+
+def _binary(op):
+    def build(a):
+        _no(a.get("alpha", 1) != 1, f"{op} with alpha")
+        _no(a.get("rounding_mode") is not None, f"{op} with rounding_mode")
+        return op, [a["input"], a["other"]]
+    return (["input", "other", ("alpha", 1), ("rounding_mode", None)], build)
+
+
+def _shape_args(a):
+    """view(2, -1), view((2, -1)) and view([2, -1]) alike."""
+    s = a["*shape"]
+    return s[0] if len(s) == 1 and (isinstance(s[0], list) or _is_ref(s[0])) else list(s)
+
+
+_FUNCTIONS: Dict[Any, tuple] = {}
+for _f in (F.relu, torch.relu):
+    _FUNCTIONS[_f] = _act("relu")
+_FUNCTIONS.update({
+    torch.relu_: (["input"], lambda a: ("relu", [a["input"], True])),
+    F.relu_: (["input"], lambda a: ("relu", [a["input"], True])),
+    F.relu6: _act("relu6"),
+    F.silu: _act("silu"),
+    F.hardswish: _act("hardswish"),
+    F.leaky_relu: (["input", ("negative_slope", 0.01), ("inplace", False)], _leaky_fn),
+    F.elu: (["input", ("alpha", 1.0), ("inplace", False)], _elu_fn),
+    F.gelu: (["input", ("approximate", "none")], lambda a: ("gelu", [a["input"], a["approximate"]])),
+    torch.tanh: _unary("tanh"), F.tanh: _unary("tanh"),
+    torch.sigmoid: _unary("sigmoid"), F.sigmoid: _unary("sigmoid"),
+    F.softmax: _softmax_fn("softmax"), torch.softmax: _softmax_fn("softmax"),
+    F.log_softmax: _softmax_fn("log_softmax"), torch.log_softmax: _softmax_fn("log_softmax"),
+    F.conv2d: (["input", "weight", ("bias", None), ("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)], _conv_fn),
+    torch.conv2d: (["input", "weight", ("bias", None), ("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)], _conv_fn),
+    F.batch_norm: (["input", "running_mean", "running_var", ("weight", None), ("bias", None), ("training", False),
+                    ("momentum", 0.1), ("eps", 1e-5)],
+                   lambda a: ("batch_norm", [a["input"], a["weight"], a["bias"], a["running_mean"], a["running_var"], None,
+                                             bool(a["training"]) or a["running_mean"] is None, float(a["momentum"]), float(a["eps"])])),
+    F.group_norm: (["input", "num_groups", ("weight", None), ("bias", None), ("eps", 1e-5)],
+                   lambda a: ("group_norm", [a["input"], a["num_groups"], a["weight"], a["bias"], float(a["eps"])])),
+    F.layer_norm: (["input", "normalized_shape", ("weight", None), ("bias", None), ("eps", 1e-5)],
+                   lambda a: ("layer_norm", [a["input"], _ints(a["normalized_shape"]), a["weight"], a["bias"], float(a["eps"])])),
+    F.linear: (["input", "weight", ("bias", None)], lambda a: ("linear", [a["input"], a["weight"], a["bias"]])),
+    F.max_pool2d: (["input", "kernel_size", ("stride", None), ("padding", 0), ("dilation", 1), ("ceil_mode", False),
+                    ("return_indices", False)], _max_pool_fn),
+    torch.max_pool2d: (["input", "kernel_size", ("stride", None), ("padding", 0), ("dilation", 1), ("ceil_mode", False),
+                        ("return_indices", False)], _max_pool_fn),
+    F.avg_pool2d: (["input", "kernel_size", ("stride", None), ("padding", 0), ("ceil_mode", False),
+                    ("count_include_pad", True), ("divisor_override", None)], _avg_pool_fn),
+    F.adaptive_avg_pool2d: (["input", "output_size"], lambda a: ("adaptive_avg_pool2d", [a["input"], _size2(a["output_size"])])),
+    F.adaptive_max_pool2d: (["input", "output_size", ("return_indices", False)], _adaptive_max_fn),
+    F.dropout: (["input", ("p", 0.5), ("training", True), ("inplace", False)],
+                lambda a: ("dropout", [a["input"], float(a["p"]), bool(a["training"]), bool(a["inplace"])])),
+    F.dropout2d: (["input", ("p", 0.5), ("training", True), ("inplace", False)],
+                  lambda a: ("dropout2d", [a["input"], float(a["p"]), bool(a["training"]), bool(a["inplace"])])),
+    torch.dropout: (["input", "p", "train"], lambda a: ("dropout", [a["input"], float(a["p"]), bool(a["train"]), False])),
+    torch.flatten: (["input", ("start_dim", 0), ("end_dim", -1)], lambda a: ("flatten", [a["input"], a["start_dim"], a["end_dim"]])),
+    torch.reshape: (["input", "shape"], lambda a: ("reshape", [a["input"], _ints(a["shape"])])),
+    torch.permute: (["input", "dims"], lambda a: ("permute", [a["input"], _ints(a["dims"])])),
+    torch.transpose: (["input", "dim0", "dim1"], lambda a: ("transpose", [a["input"], a["dim0"], a["dim1"]])),
+    torch.unsqueeze: (["input", "dim"], lambda a: ("unsqueeze", [a["input"], a["dim"]])),
+    torch.mean: _reduce("mean"),
+    torch.sum: _reduce("sum"),
+    torch.cat: (["tensors", ("dim", 0)], lambda a: ("cat", [a["tensors"], a["dim"]])),
+    torch.matmul: (["input", "other"], lambda a: ("matmul", [a["input"], a["other"]])),
+    operator.matmul: (["input", "other"], lambda a: ("matmul", [a["input"], a["other"]])),
+    torch.add: _binary("add"), torch.sub: _binary("sub"), torch.mul: _binary("mul"), torch.div: _binary("div"),
+    operator.add: _binary("add"), operator.sub: _binary("sub"), operator.mul: _binary("mul"),
+    operator.truediv: _binary("div"), operator.floordiv: _binary("floordiv"),
+    operator.neg: (["input"], lambda a: ("neg", [a["input"]])), torch.neg: (["input"], lambda a: ("neg", [a["input"]])),
+    operator.getitem: (["input", "index"], lambda a: ("getitem", [a["input"], _int_index(a["index"])])),
+    getattr: (["input", "name"], lambda a: _getattr(a)),
+})
+for _f in ("concat", "concatenate"):
+    if hasattr(torch, _f):
+        _FUNCTIONS[getattr(torch, _f)] = _FUNCTIONS[torch.cat]
+
+
+def _int_index(i):
+    _need(isinstance(i, int) and not isinstance(i, bool), f"indexing with {type(i).__name__} (only sizes can be indexed)")
+    return i
+
+
+def _getattr(a):
+    _need(a["name"] == "shape", f"the attribute .{a['name']}")
+    return "size", [a["input"], None]
+
+
+def _method(spec, build):
+    return (["input"] + spec, build)
+
+
+_METHODS: Dict[str, tuple] = {
+    "size": _method([("dim", None)], lambda a: ("size", [a["input"], a["dim"]])),
+    "view": _method(["*shape"], lambda a: ("view", [a["input"], _shape_args(a)])),
+    "reshape": _method(["*shape"], lambda a: ("reshape", [a["input"], _shape_args(a)])),
+    "permute": _method(["*shape"], lambda a: ("permute", [a["input"], _shape_args(a)])),
+    "flatten": _method([("start_dim", 0), ("end_dim", -1)], lambda a: ("flatten", [a["input"], a["start_dim"], a["end_dim"]])),
+    "transpose": _method(["dim0", "dim1"], lambda a: ("transpose", [a["input"], a["dim0"], a["dim1"]])),
+    "unsqueeze": _method(["dim"], lambda a: ("unsqueeze", [a["input"], a["dim"]])),
+    "contiguous": _method([], lambda a: ("contiguous", [a["input"]])),
+    "mean": _reduce("mean"),
+    "sum": _reduce("sum"),
+    "relu": _method([], lambda a: ("relu", [a["input"], False])),
+    "relu_": _method([], lambda a: ("relu", [a["input"], True])),
+    "sigmoid": _method([], lambda a: ("sigmoid", [a["input"]])),
+    "tanh": _method([], lambda a: ("tanh", [a["input"]])),
+    "softmax": _method([("dim", None), ("dtype", None)], _softmax_fn("softmax")[1]),
+    "log_softmax": _method([("dim", None), ("dtype", None)], _softmax_fn("log_softmax")[1]),
+    "add": _binary("add"), "sub": _binary("sub"), "mul": _binary("mul"), "div": _binary("div"),
+    "neg": _method([], lambda a: ("neg", [a["input"]])),
+    "matmul": _method(["other"], lambda a: ("matmul", [a["input"], a["other"]])),
+}
+
+
+_SETTINGS = (bool, int, float, str, type(None), tuple, list)
+
+
+def fingerprint(module: nn.Module) -> tuple:
+    """What a capture depends on besides the tensors: each submodule (by identity and class), its
+    settings (kernel sizes, dropout p, momentum, ...) and a forward replaced on the instance.
+    ``training`` is left out: both modes are captured."""
+    parts = []
+    for name, m in module.named_modules():
+        settings = tuple(sorted((k, repr(v)) for k, v in vars(m).items()
+                                if not k.startswith("_") and k != "training" and isinstance(v, _SETTINGS)))
+        parts.append((name, id(m), type(m), id(vars(m).get("forward")), settings))
+    return tuple(parts)
