@@ -1,13 +1,19 @@
-"""CPU training throughput of the seed's ImageClassifier: fastcifar's Rust loop against the seed
-tutorial's plain PyTorch loop (torchvision CIFAR10 + DataLoader(num_workers=2) + Adam), with the
-same torch thread count, on the same real data, in one run.
+"""CPU training throughput: fastcifar's Rust loop against plain PyTorch loops, with the same torch
+thread count, on the same real data, in one run. Three pairs:
 
-    python benches/bench_train_cpu.py --data DATA_DIR [--steps 12] [--batch-size 128]
+- builtin: fastcifar.models.ImageClassifier on the engine, against the seed tutorial's loop
+  (torchvision CIFAR10 + DataLoader(num_workers=2) + Adam), batch 128;
+- own: the seed's ImageClassifier class as written in the tutorial (a user's module, captured with
+  torch.fx) on the engine, against the same seed loop, batch 128;
+- tiny: a tiny user module at batch 32, where the per-step overhead dominates (as it does on a GPU),
+  against a plain PyTorch loop over batches already in memory (so the loop alone is compared).
+
+    python benches/bench_train_cpu.py --data DATA_DIR [--steps 12] [--rows builtin,own,tiny]
 
 Each side runs in a fresh process and is timed the same way: one loop over the epoch, a time mark
 after every step, and the --steps steps after --warmup steps are timed (fastcifar: one fit whose
 callback takes the marks and stops it; the seed loop: its own loop, including its per-step
-loss.item()). Target (issue 4): ratio >= 1.0 (our loop and data feeding cost nothing next to the model).
+loss.item()). Targets: builtin and own >= 1.0x; tiny >= 1.2x.
 """
 import argparse
 import os
@@ -18,10 +24,63 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import run_timed, table  # noqa: E402
 
 COMMON = """
-import json, time, torch
+import json, time, torch, torch.nn as nn, torch.nn.functional as F
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 torch.manual_seed(0)
 STEPS, WARM, BS = {steps}, {warm}, {bs}
+
+class ImageClassifier(nn.Module):                  # the seed tutorial's class, as a user writes it
+    def __init__(self, num_classes=10):
+        super(ImageClassifier, self).__init__()
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=3, padding=1)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.conv2 = nn.Conv2d(64, 64, kernel_size=3, padding=1)
+        self.bn2 = nn.BatchNorm2d(64)
+        self.pool1 = nn.MaxPool2d(2, 2)
+        self.conv3 = nn.Conv2d(64, 128, kernel_size=3, padding=1)
+        self.bn3 = nn.BatchNorm2d(128)
+        self.conv4 = nn.Conv2d(128, 128, kernel_size=3, padding=1)
+        self.bn4 = nn.BatchNorm2d(128)
+        self.pool2 = nn.MaxPool2d(2, 2)
+        self.conv5 = nn.Conv2d(128, 256, kernel_size=3, padding=1)
+        self.bn5 = nn.BatchNorm2d(256)
+        self.conv6 = nn.Conv2d(256, 256, kernel_size=3, padding=1)
+        self.bn6 = nn.BatchNorm2d(256)
+        self.pool3 = nn.MaxPool2d(2, 2)
+        self.fc1 = nn.Linear(256 * 4 * 4, 512)
+        self.dropout = nn.Dropout(0.5)
+        self.fc2 = nn.Linear(512, num_classes)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn2(self.conv2(x)))
+        x = self.pool1(x)
+        x = self.relu(self.bn3(self.conv3(x)))
+        x = self.relu(self.bn4(self.conv4(x)))
+        x = self.pool2(x)
+        x = self.relu(self.bn5(self.conv5(x)))
+        x = self.relu(self.bn6(self.conv6(x)))
+        x = self.pool3(x)
+        x = x.view(x.size(0), -1)
+        x = self.relu(self.fc1(x))
+        x = self.dropout(x)
+        return self.fc2(x)
+
+class Tiny(nn.Module):                             # small enough that the loop's own cost shows
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.conv(x)))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+def report(marks):
+    dt = marks[-1] - marks[WARM - 1]               # the STEPS steps after the warm-up ones
+    print(json.dumps({{"seconds": dt, "images": BS * (len(marks) - WARM), "threads": torch.get_num_threads()}}))
 """
 FC = COMMON + """
 import fastcifar
@@ -29,19 +88,16 @@ from fastcifar import transforms as T
 t = T.Compose([T.RandomHorizontalFlip(), T.RandomCrop(32, padding=4), T.ToTensor(), T.Normalize(MEAN, STD)])
 ds = fastcifar.CIFAR10({root!r}, train=True, transform=t)
 loader = fastcifar.DataLoader(ds, batch_size=BS, shuffle=True, seed=0)
-tr = fastcifar.Trainer(fastcifar.models.ImageClassifier(), optimizer=fastcifar.optim.Adam(lr=1e-3, weight_decay=1e-4), device="cpu",
-                       log_every=1)
+tr = fastcifar.Trainer({model}, optimizer=fastcifar.optim.Adam(lr=1e-3, weight_decay=1e-4), device="cpu", log_every=1)
 marks = []
-def mark(info):                                    # a time mark after every step, as the seed loop takes
+def mark(info):                                    # a time mark after every step, as the plain loops take
     marks.append(time.perf_counter())
     return len(marks) < STEPS + WARM
 tr.fit(loader, epochs=1, progress=False, callbacks=[mark])
-dt = marks[-1] - marks[WARM - 1]                   # the STEPS steps after the warm-up ones
-print(json.dumps({{"seconds": dt, "images": BS * (len(marks) - WARM), "threads": torch.get_num_threads()}}))
+report(marks)
 """
 SEED = COMMON + """
-import torch.nn as nn, torchvision, torchvision.transforms as transforms, torchvision.datasets.cifar as c
-from fastcifar.reference import ImageClassifier   # the seed's class, verbatim
+import torchvision, torchvision.transforms as transforms, torchvision.datasets.cifar as c
 c.check_integrity = lambda *a, **k: True
 t = transforms.Compose([transforms.RandomHorizontalFlip(), transforms.RandomCrop(32, padding=4), transforms.ToTensor(),
                         transforms.Normalize(MEAN, STD)])
@@ -61,35 +117,69 @@ for i, (images, labels) in enumerate(trainloader):
     marks.append(time.perf_counter())
     if i + 1 == STEPS + WARM:
         break
-dt = marks[-1] - marks[WARM - 1]                   # the STEPS steps after the warm-up ones
-print(json.dumps({{"seconds": dt, "images": BS * (len(marks) - WARM), "threads": torch.get_num_threads()}}))
+report(marks)
 """
+PLAIN = COMMON + """
+import fastcifar
+from fastcifar import transforms as T
+t = T.Compose([T.RandomHorizontalFlip(), T.RandomCrop(32, padding=4), T.ToTensor(), T.Normalize(MEAN, STD)])
+loader = fastcifar.DataLoader(fastcifar.CIFAR10({root!r}, train=True, transform=t), batch_size=BS, shuffle=True, seed=0)
+batches = []                                       # in memory before the clock starts: only the loop is timed
+for x, y in loader:
+    batches.append((x, y))
+    if len(batches) == STEPS + WARM:
+        break
+model = {model}
+criterion = nn.CrossEntropyLoss()
+optimizer = torch.optim.Adam(model.parameters(), lr=0.001, weight_decay=1e-4)
+model.train()
+marks = []
+for images, labels in batches:
+    optimizer.zero_grad()
+    loss = criterion(model(images), labels)
+    loss.backward()
+    optimizer.step()
+    running = loss.item()
+    marks.append(time.perf_counter())
+report(marks)
+"""
+
+# row: (label ours, label baseline, fastcifar model, baseline script, baseline model, batch size, steps factor)
+ROWS = {
+    "builtin": ("fastcifar.models.ImageClassifier on the engine", "seed tutorial loop (torchvision, num_workers=2)",
+                "fastcifar.models.ImageClassifier()", SEED, "", 128, 1),
+    "own": ("the seed's own class (user module) on the engine", "seed tutorial loop (torchvision, num_workers=2)",
+            "ImageClassifier()", SEED, "", 128, 1),
+    "tiny": ("tiny user module, batch 32, on the engine", "plain PyTorch loop over batches in memory",
+             "Tiny()", PLAIN, "Tiny()", 32, 20),
+}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=os.environ.get("FASTCIFAR_DATA", "data"))
-    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=12, help="timed steps (the tiny row times 20x as many)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (allocator and oneDNN warm-up)")
-    ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=3, help="alternate the two sides this many times; medians are compared")
+    ap.add_argument("--rows", default="builtin,own,tiny")
     a = ap.parse_args()
     root = os.path.abspath(a.data)
-    fcs, sds = [], []
-    for _ in range(a.repeat):  # alternating, so that machine noise hits both sides alike
-        fcs += run_timed(FC.format(root=root, steps=a.steps, warm=a.warmup, bs=a.batch_size), 1)
-        sds += run_timed(SEED.format(root=root, steps=a.steps, warm=a.warmup, bs=a.batch_size), 1)
-    med = lambda rs: statistics.median(r["images"] / r["seconds"] for r in rs)
-    f, s = med(fcs), med(sds)
-    fc = fcs[0]
-    print(f"ImageClassifier training on CPU, batch {a.batch_size}, {a.steps} timed steps after {a.warmup}, torch threads: {fc['threads']}, "
-          f"median of {a.repeat} alternating runs\n")
     ips = lambda r: r["images"] / r["seconds"]
-    pairs = sorted(ips(x) / ips(y) for x, y in zip(fcs, sds))
-    print(table(["loop", "images/s", "ratio"], [
-        ["fastcifar.Trainer.fit (Rust loop, Rust loader)", f"{f:,.1f}", f"{f / s:.2f}x (runs {pairs[0]:.2f}x to {pairs[-1]:.2f}x)"],
-        ["seed tutorial loop (plain PyTorch + torchvision, num_workers=2)", f"{s:,.1f}", "1.00x"],
-    ]))
+    out, threads = [], None
+    for name in a.rows.split(","):
+        ours_label, base_label, model, base, base_model, bs, k = ROWS[name]
+        kw = dict(root=root, steps=a.steps * k, warm=a.warmup * k, bs=bs)
+        fcs, bss = [], []
+        for _ in range(a.repeat):  # alternating, so that machine noise hits both sides alike
+            fcs += run_timed(FC.format(model=model, **kw), 1)
+            bss += run_timed(base.format(model=base_model, **kw), 1)
+        f, s = statistics.median(map(ips, fcs)), statistics.median(map(ips, bss))
+        pairs = sorted(ips(x) / ips(y) for x, y in zip(fcs, bss))
+        out += [[ours_label, f"{f:,.1f}", f"{f / s:.2f}x (runs {pairs[0]:.2f}x to {pairs[-1]:.2f}x)"], [base_label, f"{s:,.1f}", "1.00x"]]
+        threads = fcs[0]["threads"]
+    print(f"CPU training, {a.steps} timed steps after {a.warmup} (tiny: 20x both), torch threads: {threads}, "
+          f"median of {a.repeat} alternating runs\n")
+    print(table(["loop", "images/s", "ratio"], out))
 
 
 if __name__ == "__main__":

@@ -171,7 +171,6 @@ def test_pretrained_offline_creates_the_hub_folder_and_says_where_to_put_the_fil
     (torch.zeros(2, 3, 28, 28), ValueError, r"fc1 \(Linear\) expects 4096 input features, got 2304 .*another input size"),
     (torch.zeros(2, 3, 32, 32, dtype=torch.float64), ValueError, "expected float32"),
     (torch.zeros(0, 3, 32, 32), ValueError, "empty"),
-    (torch.zeros(2, 3, 32, 32, device="meta"), ValueError, "is on meta but the model is on cpu"),
 ])
 def test_input_the_network_does_not_fit_is_named(x, exc, match):
     native = _graph.compile(models.ImageClassifier())

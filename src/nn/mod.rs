@@ -72,6 +72,15 @@ pub struct Model {
     pub training: bool,
 }
 
+/// A device as PyTorch writes it ("cpu", "cuda:0").
+pub fn device_name(d: Device) -> String {
+    match d {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
 /// The one device all of a model's tensors are on, or an error naming the first that is not.
 fn common_device(names: &[String], tensors: &[Tensor]) -> Result<Device> {
     let Some(first) = tensors.first() else { return Ok(Device::Cpu) };
@@ -79,7 +88,12 @@ fn common_device(names: &[String], tensors: &[Tensor]) -> Result<Device> {
     if let Some((n, t)) = names.iter().zip(tensors).find(|(_, t)| t.device() != d) {
         return Err(Error::invalid(
             "model",
-            format!("its tensors are on more than one device: {} is on {:?}, {n} on {:?}; move the module with .to(device)", names[0], d, t.device()),
+            format!(
+                "its tensors are on more than one device: {} is on {}, {n} on {}; move the module with .to(device)",
+                names[0],
+                device_name(d),
+                device_name(t.device())
+            ),
         ));
     }
     Ok(d)
@@ -143,7 +157,7 @@ impl Model {
             return Err(Error::invalid("x", format!("expected float32 (or float16 / bfloat16), got {:?}{hint}", x.kind())));
         }
         if x.device() != self.device {
-            return Err(Error::invalid("x", format!("is on {:?} but the model is on {:?}", x.device(), self.device)));
+            return Err(Error::invalid("x", format!("is on {} but the model is on {}", device_name(x.device()), device_name(self.device))));
         }
         if s[0] == 0 {
             return Err(Error::invalid("x", "empty batch"));

@@ -10,7 +10,7 @@ use pyo3_tch::PyTensor;
 
 use super::{release, to_py};
 use crate::error::Error;
-use crate::nn::{Arg, BatchNormSync, Forward, Model, Node, Op};
+use crate::nn::{device_name, Arg, BatchNormSync, Forward, Model, Node, Op};
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic caught at the boundary must not make the model unusable afterwards.
@@ -130,6 +130,7 @@ impl PyModel {
         let y = release(py, move || {
             let m = lock(&m);
             let t = train.unwrap_or(m.training);
+            m.check_input(&x.0)?;
             m.check_finite(&x.0)?;
             m.forward_t(&x.0, t)
         })?;
@@ -196,14 +197,6 @@ impl BatchNormSync for PyBatchNormSync {
             );
             self.0.call1(py, args).and_then(|y| y.extract::<PyTensor>(py)).map(|y| y.0).map_err(|e| Error::Distributed(format!("sync_bn: {e}")))
         })
-    }
-}
-
-pub(crate) fn device_name(d: tch::Device) -> String {
-    match d {
-        tch::Device::Cpu => "cpu".into(),
-        tch::Device::Cuda(i) => format!("cuda:{i}"),
-        other => format!("{other:?}").to_lowercase(),
     }
 }
 
