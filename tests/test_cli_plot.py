@@ -119,3 +119,19 @@ def test_plots_return_figures_with_the_expected_axes(trained):
     assert sum(1 for ax in fig.axes if ax.get_title()) == 8
     fig = plot.show_predictions(tr.model, ds, n=4, transform=loader.transform)
     assert sum(1 for ax in fig.axes if ax.get_title()) == 4
+
+
+def test_grayscale_plots_draw_in_gray():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ds = fastcifar.Dataset.from_numpy(np.random.default_rng(0).integers(0, 256, (32, 28, 28), dtype=np.uint8),
+                                      np.arange(32) % 10, classes=[f"class{i}" for i in range(10)])
+    t = fastcifar.transforms.Compose([fastcifar.transforms.ToTensor(), fastcifar.transforms.Normalize((0.5,), (0.25,))])
+    loader = fastcifar.DataLoader(ds, batch_size=16, transform=t)
+    tr = fastcifar.Trainer(fastcifar.models.small_cnn(width=4, in_channels=1), device="cpu")
+    tr.fit(loader, epochs=1, progress=False)
+    for fig in (plot.show_batch(loader, n=4), plot.show_predictions(tr, ds, n=4), plot.show_predictions(tr.model, ds, n=4, transform=t)):
+        images = [im for ax in fig.axes for im in ax.get_images()]
+        assert len(images) == 4 and all(im.get_cmap().name == "gray" for im in images)
+        assert all(im.get_array().ndim == 2 for im in images)

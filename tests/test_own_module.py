@@ -375,3 +375,18 @@ def test_the_trainer_follows_changes_to_the_module():
     m.blocks[0][2] = nn.GELU()  # a new activation, no new tensors
     with torch.no_grad():
         assert torch.equal(tr.predict_logits(x), m(x))
+
+
+def test_module_hooks_run_because_a_hooked_module_runs_eagerly():
+    torch.manual_seed(0)
+    m = Residual()
+    tr = fastcifar.Trainer(m, device="cpu")
+    assert tr._compiled.is_graph
+    seen = []
+    h = m.fc.register_forward_hook(lambda mod, i, o: seen.append(o.shape))
+    with pytest.warns(UserWarning, match="fc has forward or backward hooks"):
+        tr.predict_logits(torch.randn(2, 3, 32, 32))
+    assert seen == [(2, 10)] and not tr._compiled.is_graph
+    h.remove()
+    tr.predict_logits(torch.randn(2, 3, 32, 32))
+    assert tr._compiled.is_graph and len(seen) == 1

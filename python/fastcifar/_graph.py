@@ -64,6 +64,7 @@ def compile(module: nn.Module) -> "_rs.NativeModel":
     names, tensors = module_tensors(module)
     name = type(module).__name__
     try:
+        _no_hooks(module)
         plans = {mode: _Capture(module, mode, tensors).plan() for mode in (True, False)}
         return _rs.NativeModel.graph(name, names, tensors, train=plans[True], eval=plans[False])
     except Unsupported as e:
@@ -73,6 +74,25 @@ def compile(module: nn.Module) -> "_rs.NativeModel":
             warnings.warn(f"fastcifar: {name} runs its forward in eager PyTorch because {e}; the data, loss, backward "
                           f"and optimizer still run in Rust (see the README, 'Your own network')", stacklevel=3)
         return _rs.NativeModel.eager(name, names, tensors, forward=_eager_forward(module))
+
+
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _hooks(m: nn.Module) -> int:
+    return sum(len(getattr(m, h, None) or ()) for h in _HOOKS)
+
+
+def _no_hooks(module: nn.Module) -> None:
+    """Module hooks run in ``nn.Module.__call__``, which the graph never calls: a module with any
+    runs eagerly, so that its hooks see every call (tensor hooks work on the graph too)."""
+    from torch.nn.modules import module as _m
+    for h in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"):
+        if getattr(_m, h, None):
+            raise Unsupported("a global module hook is registered (torch.nn.modules.module.register_module_*_hook)")
+    for n, m in module.named_modules():
+        if _hooks(m):
+            raise Unsupported(f"{n or 'the module'} has forward or backward hooks")
 
 
 def _eager_forward(module: nn.Module) -> Callable:
@@ -518,11 +538,11 @@ _SETTINGS = (bool, int, float, str, type(None), tuple, list)
 
 def fingerprint(module: nn.Module) -> tuple:
     """What a capture depends on besides the tensors: each submodule (by identity and class), its
-    settings (kernel sizes, dropout p, momentum, ...) and a forward replaced on the instance.
+    settings (kernel sizes, dropout p, momentum, ...), its hooks and a forward replaced on the instance.
     ``training`` is left out: both modes are captured."""
     parts = []
     for name, m in module.named_modules():
         settings = tuple(sorted((k, repr(v)) for k, v in vars(m).items()
                                 if not k.startswith("_") and k != "training" and isinstance(v, _SETTINGS)))
-        parts.append((name, id(m), type(m), id(vars(m).get("forward")), settings))
+        parts.append((name, id(m), type(m), id(vars(m).get("forward")), _hooks(m), settings))
     return tuple(parts)

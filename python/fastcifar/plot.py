@@ -32,9 +32,14 @@ def _unnormalize(x: torch.Tensor, transform) -> np.ndarray:
     return x.clamp(0, 1).permute(1, 2, 0).numpy().squeeze()
 
 
+def _cmap(img) -> Optional[str]:
+    """Grayscale images (H, W) or (H, W, 1) in gray, not in matplotlib's default colour map."""
+    return "gray" if img.ndim == 2 or img.shape[-1] == 1 else None
+
+
 def show_predictions(model, dataset, n: int = 8, transform=None, cols: int = 4, seed: Optional[int] = 0):
     """A grid of ``n`` images of ``dataset`` titled "Pred: x / True: y", wrong ones in red.
-    ``model`` is a fastcifar Trainer (preferred: it knows the eval transform) or Model."""
+    ``model`` is a fastcifar Trainer (preferred: it knows the eval transform) or an ``nn.Module``."""
     from .trainer import Trainer
 
     plt = _plt()
@@ -50,13 +55,14 @@ def show_predictions(model, dataset, n: int = 8, transform=None, cols: int = 4, 
 
         ds = Dataset.from_numpy(np.ascontiguousarray(images), [0] * len(images), classes=["_"])
         x, _ = DataLoader(ds, batch_size=len(images), transform=transform or T.ToTensor())._native.batch(list(range(len(images))), 0)
+        device = next(iter(model.parameters()), torch.zeros(())).device
         with torch.no_grad():
-            pred = model.eval()(x.to(model.device)).argmax(1).cpu().numpy()
+            pred = model.eval()(x.to(device)).argmax(1).cpu().numpy()
     rows = int(np.ceil(len(idx) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
     for ax, i, img, p in zip(axes.flat, idx, images, pred):
         true = dataset.targets[i]
-        ax.imshow(img.squeeze(), cmap="gray" if img.shape[-1] == 1 else None)
+        ax.imshow(img.squeeze(), cmap=_cmap(img))
         ok = int(p) == int(true)
         ax.set_title(f"Pred: {dataset.classes[int(p)]}\nTrue: {dataset.classes[true]}", color="black" if ok else "red")
         ax.axis("off")
@@ -129,7 +135,8 @@ def show_batch(loader, n: int = 16, cols: int = 8):
         ax.axis("off")
         if k < n:
             img = x[k]
-            ax.imshow(img.permute(1, 2, 0).numpy().squeeze() if img.dtype == torch.uint8 else _unnormalize(img, loader.transform))
+            hwc = img.permute(1, 2, 0).numpy().squeeze() if img.dtype == torch.uint8 else _unnormalize(img, loader.transform)
+            ax.imshow(hwc, cmap=_cmap(hwc))
             ax.set_title(classes[int(y[k])], fontsize=9)
     fig.tight_layout()
     return fig
