@@ -208,7 +208,8 @@ def test_ctrl_c_stops_at_a_step_boundary_and_keeps_things_usable():
     tr = fastcifar.Trainer(models.small_cnn(width=8), device="cpu", log_every=1)
     threading.Timer(0.5, _thread.interrupt_main).start()
     h = tr.fit(loader, epochs=5, progress=False)
-    assert len(h) == 1 and h.epochs[0].get("interrupted") is True
+    # The stopped epoch is not a finished one: trainer.epoch and the history agree on 0.
+    assert len(h) == 0 and tr.epoch == 0 and h.interrupted["epoch"] == 1
     assert tr.evaluate(fastcifar.DataLoader(synthetic(32), batch_size=32, transform=NORM), progress=False).count == 32
 
 
@@ -243,7 +244,8 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path):
 @pytest.mark.parametrize("make,exc,match", [
     (lambda: fastcifar.Trainer("small_cnn"), TypeError, "torch.nn.Module"),
     (lambda: fastcifar.Trainer(models.small_cnn(), loss="mse"), ValueError, "loss"),
-    (lambda: fastcifar.Trainer(models.small_cnn(), optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1)), TypeError, "optimizer"),
+    (lambda: fastcifar.Trainer(models.small_cnn(), optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1)), ValueError, "not parameters of the model"),
+    (lambda: fastcifar.Trainer(models.small_cnn(), optimizer="adam"), TypeError, "optimizer"),
     (lambda: fastcifar.Trainer(models.small_cnn(), grad_accum_steps=0), ValueError, "grad_accum_steps"),
     (lambda: fastcifar.Trainer(models.small_cnn(), label_smoothing=1.5), ValueError, "label_smoothing"),
     (lambda: fastcifar.Trainer(models.small_cnn(), device="tpu"), ValueError, "device"),

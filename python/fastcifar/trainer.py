@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from . import _graph
+from . import _bridge, _graph
 from . import _native as _rs
 from . import distributed as _dist
 from . import optim as _optim
@@ -36,11 +36,14 @@ class History:
     """Per-epoch records of a fit: ``history["loss"]``, ``history["val_accuracy"]``, ... are lists
     (as Keras' ``History.history``); ``history.epochs`` holds one dict per epoch."""
 
-    def __init__(self, epochs: Optional[List[dict]] = None):
+    def __init__(self, epochs: Optional[List[dict]] = None, interrupted: Optional[dict] = None):
         self.epochs: List[dict] = list(epochs or [])
+        #: The record of an epoch stopped part way (Ctrl-C, a callback), until that epoch runs again.
+        self.interrupted: Optional[dict] = interrupted
 
     def append(self, record: dict) -> None:
         self.epochs.append(dict(record))
+        self.interrupted = None
 
     @property
     def history(self) -> Dict[str, list]:
@@ -59,7 +62,7 @@ class History:
         return iter(self.epochs)
 
     def to_dict(self) -> dict:
-        return {"epochs": [dict(r) for r in self.epochs]}
+        return {"epochs": [dict(r) for r in self.epochs], "interrupted": self.interrupted}
 
     def to_json(self, path) -> None:
         atomic_write(os.fspath(path), lambda tmp: open(tmp, "w").write(json.dumps(self.to_dict(), indent=2)))
@@ -146,19 +149,16 @@ class Trainer:
     progress and writes checkpoints (``save`` does nothing elsewhere).
     """
 
-    def __init__(self, model: torch.nn.Module, optimizer: Optional[_optim.Optimizer] = None, scheduler=None, loss: str = "cross_entropy",
+    def __init__(self, model: torch.nn.Module, optimizer=None, scheduler=None, loss: str = "cross_entropy",
                  label_smoothing: float = 0.0, device="auto", amp: bool = False, grad_accum_steps: int = 1,
                  grad_clip: Optional[float] = None, seed: Optional[int] = None, log_every: int = 20,
-                 distributed: Optional[bool] = None, sync_bn: bool = False, bucket_cap_mb: float = 25.0):
+                 distributed: Optional[bool] = None, sync_bn: bool = False, bucket_cap_mb: float = 25.0,
+                 scheduler_interval: Optional[str] = None):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module (your own or fastcifar.models), got {type(model).__name__}")
         if loss != "cross_entropy":
             raise ValueError(f"loss: '{loss}' is not supported (only 'cross_entropy')")
         optimizer = optimizer if optimizer is not None else _optim.Adam()
-        if not isinstance(optimizer, _optim.Optimizer):
-            raise TypeError(f"optimizer: expected a fastcifar.optim optimizer (SGD, Adam, AdamW), got {type(optimizer).__name__}")
-        if scheduler is not None and not isinstance(scheduler, _optim._Schedule):
-            raise TypeError(f"scheduler: expected a fastcifar.optim.lr_scheduler schedule, got {type(scheduler).__name__}")
         for name, v in (("grad_accum_steps", grad_accum_steps), ("log_every", log_every)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}: must be a positive int, got {v!r}")
@@ -183,17 +183,22 @@ class Trainer:
         if sync_bn and not self._compiled.is_graph:
             raise ValueError(f"sync_bn: needs the model on the Rust graph, but {type(model).__name__} runs in eager PyTorch (see the "
                              f"warning above); convert its BatchNorm layers with torch.nn.SyncBatchNorm.convert_sync_batchnorm instead")
+        self._bridge = _bridge.Bridge(optimizer, scheduler, self.model, scheduler_interval)
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.config = {"label_smoothing": float(label_smoothing), "amp": bool(amp), "grad_accum_steps": grad_accum_steps,
-                       "grad_clip": None if grad_clip is None else float(grad_clip), "log_every": log_every}
-        params = optimizer.params if optimizer.params is not None else [p for p in model.parameters() if p.requires_grad]
+                       "grad_clip": None if grad_clip is None else float(grad_clip), "log_every": log_every,
+                       "scheduler_interval": scheduler_interval}
+        name, settings = self._bridge.native_args()
+        rs = self._bridge.rust_schedule
         self._native = _rs.NativeTrainer(
-            self._compiled, params, optimizer.name, optimizer.settings(),
-            scheduler.name if scheduler is not None else None, scheduler.settings() if scheduler is not None else {},
-            float(label_smoothing), bool(amp), grad_accum_steps, None if grad_clip is None else float(grad_clip), log_every,
+            self._compiled, self._bridge.params, name, settings, rs.name if rs is not None else None,
+            rs.settings() if rs is not None else {}, float(label_smoothing), bool(amp), grad_accum_steps,
+            None if grad_clip is None else float(grad_clip), log_every,
         )
-        optimizer._trainer = self
+        if isinstance(optimizer, _optim.Optimizer):
+            optimizer._trainer = self
+        self._bridge.mark_synced()
         if self.process_group is not None:
             self.process_group.broadcast(list(model.parameters()) + list(model.buffers()))
             self._native.set_process_group(self.process_group, float(bucket_cap_mb))
@@ -229,6 +234,8 @@ class Trainer:
         progress = progress and self.is_main
         native = self._native_model()
         self.model.train()
+        bridge = self._bridge
+        bridge.import_state(self._native)
         source, train_loader = train_loader, self._shard(train_loader, pad=True)
         final = self.epoch + epochs
         for _ in range(epochs):
@@ -238,6 +245,7 @@ class Trainer:
 
             def on_step(info):
                 nonlocal stop_requested
+                bridge.show(info["lr"], info["momentum"])
                 if bar is not None:
                     bar.n = info["step"]
                     bar.set_postfix(loss=f"{info['loss']:.4f}", acc=f"{100 * info['accuracy']:.2f}%",
@@ -252,28 +260,37 @@ class Trainer:
             if self.sync_bn:
                 self._compiled.set_sync_bn(_dist.sync_batch_norm(self.process_group))
             try:
-                stats, interrupted = self._native.train_epoch(native, train_loader._native, e, on_step)
+                stats, interrupted = self._native.train_epoch(
+                    native, train_loader._native, e, on_step, poll=bridge.poll if bridge.on_engine else None,
+                    outer=bridge.outer if (not bridge.on_engine or bridge.per_step_schedule) else None,
+                    owns_optimizer=not bridge.on_engine)
             finally:
                 if self.sync_bn:
                     self._compiled.set_sync_bn(None)
                 if bar is not None:
                     bar.close()
+                bridge.export_state(self._native)
+                bridge.show(self._native.lr, self._native.momentum)
             if self.process_group is not None and not self.sync_bn:
                 self.process_group.broadcast(list(self.model.buffers()))
-            source.epoch = train_loader.epoch = e + 1
             record = {"epoch": e + 1, "loss": stats["loss"], "accuracy": stats["accuracy"], "lr": stats["lr"],
                       "seconds": stats["seconds"], "images_per_s": stats["images"] / max(stats["seconds"], 1e-9)}
             if interrupted or stats["stopped"]:
-                record["interrupted"] = True
-                self.history.append(record)
+                # Not a finished epoch: trainer.epoch and the history's epochs stay as they were, and a
+                # continued fit runs this epoch again from its start (its record then replaces this).
+                self.history.interrupted = record
                 if interrupted and self.is_main:
-                    print(f"Interrupted during epoch {e + 1}: stopped at a step boundary; the model and history are usable.")
+                    print(f"Interrupted during epoch {e + 1}: stopped at a step boundary; the model and history are usable "
+                          f"(trainer.epoch = {self.epoch}; fit again to run epoch {e + 1} from its start).")
                 break
+            source.epoch = train_loader.epoch = e + 1
             if val_loader is not None:
                 rep = self.evaluate(val_loader, progress=False)
                 record["val_loss"], record["val_accuracy"] = rep.loss, rep.accuracy
             metric = record.get("val_loss", record["loss"])
             self._native.end_epoch(metric)
+            bridge.show(self._native.lr, self._native.momentum)
+            bridge.epoch_end(metric)
             self.epoch = e + 1
             self.history.append(record)
             if progress:
@@ -419,19 +436,21 @@ class Trainer:
     def state_dict(self) -> dict:
         """The checkpoint: the seed's keys (epoch, model_state_dict, optimizer_state_dict,
         scheduler_state_dict, accuracy) plus history and what fastcifar needs to resume."""
-        sched = self._native.scheduler_state()
+        self._bridge.export_state(self._native)
+        rs = self._bridge.rust_schedule
         return {
             "epoch": self.epoch,
             "model_state_dict": {k: v.cpu() for k, v in self.model.state_dict().items()},
             "optimizer_state_dict": _to_cpu(self.optimizer.state_dict()),
-            "scheduler_state_dict": sched,
+            "scheduler_state_dict": self._native.scheduler_state() if rs is not None else
+            (self.scheduler.state_dict() if self.scheduler is not None else None),
             "accuracy": self.best_accuracy,
             "history": self.history.to_dict(),
             "fastcifar": {
                 "version": CHECKPOINT_VERSION,
                 "model": self.model.config if isinstance(self.model, Module) else None,
-                "optimizer": {"name": self.optimizer.name, "settings": self.optimizer.settings()},
-                "scheduler": None if self.scheduler is None else {"name": self.scheduler.name, "settings": self.scheduler.settings()},
+                "optimizer": _describe(self.optimizer),
+                "scheduler": _describe(self.scheduler),
                 "trainer": dict(self.config),
                 "global_step": self._native.global_step,
                 "rng_state": torch.get_rng_state(),
@@ -454,11 +473,16 @@ class Trainer:
             self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
         except KeyError as e:
             raise ValueError(f"checkpoint: missing {e}") from None
-        if ckpt.get("scheduler_state_dict") is not None:
-            self._native.load_scheduler_state({k: float(v) for k, v in ckpt["scheduler_state_dict"].items()})
+        sd = ckpt.get("scheduler_state_dict")
+        if sd is not None and self._bridge.rust_schedule is not None:
+            self._native.load_scheduler_state({k: float(v) for k, v in sd.items()})
+        elif sd is not None and self.scheduler is not None:
+            self.scheduler.load_state_dict(sd)
+        self._bridge.import_state(self._native)
+        self._bridge.mark_synced()
         self.epoch = int(ckpt.get("epoch", 0))
         self.best_accuracy = ckpt.get("accuracy")
-        self.history = History(ckpt.get("history", {}).get("epochs", []))
+        self.history = History(ckpt.get("history", {}).get("epochs", []), ckpt.get("history", {}).get("interrupted"))
         meta = ckpt.get("fastcifar", {})
         if "global_step" in meta:
             self._native.set_global_step(int(meta["global_step"]))
@@ -473,10 +497,12 @@ class Trainer:
         return self
 
     @classmethod
-    def load(cls, path, device="auto", model: Optional[torch.nn.Module] = None) -> "Trainer":
+    def load(cls, path, device="auto", model: Optional[torch.nn.Module] = None, optimizer=None, scheduler=None) -> "Trainer":
         """Rebuilds model, optimizer, schedule and trainer from a checkpoint written by ``save``,
         ready to evaluate, predict or resume ``fit``. A checkpoint of your own module needs that
-        module: ``Trainer.load(path, model=MyNet())`` (its weights are then loaded into it)."""
+        module: ``Trainer.load(path, model=MyNet())`` (its weights are then loaded into it). A
+        torch.optim optimizer is rebuilt from its class and defaults (one parameter group); pass
+        ``optimizer=`` (and ``scheduler=``, for a torch schedule) to give your own."""
         ckpt = _read_checkpoint(path)
         meta = ckpt.get("fastcifar")
         if not meta:
@@ -486,20 +512,67 @@ class Trainer:
                 raise ValueError(f"{path}: holds the weights of your own module, which a checkpoint cannot rebuild; "
                                  f"pass it: Trainer.load(path, model=YourModule(...))")
             model = Module.from_config(meta["model"])
-        opt_cls = {"SGD": _optim.SGD, "Adam": _optim.Adam, "AdamW": _optim.AdamW}[meta["optimizer"]["name"]]
-        s = dict(meta["optimizer"]["settings"])
-        if "beta1" in s:
-            s["betas"] = (s.pop("beta1"), s.pop("beta2"))
-        if "nesterov" in s:
-            s["nesterov"] = bool(s["nesterov"])
-        optimizer = opt_cls(**s)
-        sched = None
-        if meta.get("scheduler"):
-            sched = _optim._Schedule(**meta["scheduler"]["settings"])
-            sched.name = meta["scheduler"]["name"]
-        tr = cls(model, optimizer, sched, device=device, **meta["trainer"])
+        if optimizer is None:
+            optimizer = _rebuild_optimizer(meta.get("optimizer"), model, path)
+        if scheduler is None and meta.get("scheduler"):
+            scheduler = _rebuild_schedule(meta["scheduler"], path)
+        tr = cls(model, optimizer, scheduler, device=device, **meta["trainer"])
         tr.load_state_dict(ckpt)
         return tr
+
+    def __repr__(self) -> str:
+        n = sum(p.numel() for p in self.model.parameters())
+        engine = "graph" if self._compiled.is_graph else "eager forward"
+        opt = f"{type(self.optimizer).__name__}(lr={self._bridge.optimizer.param_groups[0]['lr']:g})"
+        sched = f", scheduler={type(self.scheduler).__name__}" if self.scheduler is not None else ""
+        return (f"Trainer(model={type(self.model).__name__} ({n:,} parameters, {engine}), device={self.device}, "
+                f"optimizer={opt}{sched}, epoch={self.epoch})")
+
+
+def _describe(obj) -> Optional[dict]:
+    """How a checkpoint names the optimizer or schedule (to rebuild it in Trainer.load)."""
+    if obj is None:
+        return None
+    if isinstance(obj, (_optim.Optimizer, _optim.lr_scheduler._Schedule)):
+        return {"name": obj.name, "settings": obj.settings()}
+    cls = type(obj)
+    out = {"torch": f"{cls.__module__}.{cls.__qualname__}"}
+    if isinstance(obj, torch.optim.Optimizer):
+        out["defaults"] = {k: v for k, v in obj.defaults.items() if isinstance(v, (bool, int, float, str, tuple, type(None)))}
+    return out
+
+
+def _torch_class(path: str, src):
+    import importlib
+
+    module, _, name = path.rpartition(".")
+    if not module.startswith("torch.optim"):
+        return None
+    return getattr(importlib.import_module(module), name, None)
+
+
+def _rebuild_optimizer(meta: Optional[dict], model: torch.nn.Module, src):
+    if not meta:
+        return None
+    if "torch" in meta:
+        cls = _torch_class(meta["torch"], src)
+        if cls is None:
+            raise ValueError(f"{src}: was trained with {meta['torch']}, which a checkpoint cannot rebuild; pass it: "
+                             f"Trainer.load(path, optimizer=...)")
+        return cls(model.parameters(), **meta.get("defaults", {}))
+    s = dict(meta["settings"])
+    if "beta1" in s:
+        s["betas"] = (s.pop("beta1"), s.pop("beta2"))
+    if "nesterov" in s:
+        s["nesterov"] = bool(s["nesterov"])
+    return {"SGD": _optim.SGD, "Adam": _optim.Adam, "AdamW": _optim.AdamW}[meta["name"]](**s)
+
+
+def _rebuild_schedule(meta: dict, src):
+    if "torch" in meta:
+        raise ValueError(f"{src}: was trained with {meta['torch']}, whose arguments a checkpoint does not hold; pass it "
+                         f"(built on the optimizer you pass): Trainer.load(path, optimizer=..., scheduler=...)")
+    return _optim.lr_scheduler._restore(meta["name"], meta["settings"])
 
 
 def _to_cpu(obj):

@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::train::dist::{Collective, DistState};
 use crate::train::optim::{OptKind, Optimizer};
 use crate::train::sched::{self, Scheduler};
-use crate::train::{self as engine, TrainConfig, TrainState};
+use crate::train::{self as engine, GroupSettings, Hooks, TrainConfig, TrainState};
 
 /// Reads numeric settings from a Python dict, refusing unknown keys (typos).
 struct Settings(HashMap<String, f64>);
@@ -91,7 +91,7 @@ fn optimizer_kind(name: &str, s: &Settings) -> PyResult<OptKind> {
 const OPT_KEYS: &[&str] = &["lr", "momentum", "dampening", "nesterov", "weight_decay", "beta1", "beta2", "eps"];
 const SCHED_KEYS: &[&str] = &[
     "step_size", "gamma", "T_max", "eta_min", "max_lr", "total_steps", "pct_start", "div_factor", "final_div_factor",
-    "cycle_momentum", "base_momentum", "max_momentum", "mode_min", "factor", "patience", "threshold", "cooldown", "min_lr",
+    "cycle_momentum", "base_momentum", "max_momentum", "mode_min", "factor", "patience", "threshold", "threshold_abs", "cooldown", "min_lr", "eps",
     "warmup_steps", "warmup_start_factor",
 ];
 
@@ -115,8 +115,10 @@ fn scheduler(name: &str, s: &Settings, base_lr: f64) -> PyResult<Scheduler> {
             factor: s.f("factor", 0.1),
             patience: s.u("patience", 10)?,
             threshold: s.f("threshold", 1e-4),
+            abs_threshold: s.b("threshold_abs", false),
             cooldown: s.u("cooldown", 0)?,
             min_lr: s.f("min_lr", 0.0),
+            eps: s.f("eps", 1e-8),
         },
         n => return Err(PyValueError::new_err(format!("scheduler: unknown scheduler '{n}'"))),
     };
@@ -176,58 +178,35 @@ impl PyTrainer {
     }
 
     /// Trains `model` for one epoch of `loader` (its epoch number `epoch`) with the GIL released.
-    /// `callback` gets a dict every `log_every` steps; returning False, or Ctrl-C, stops at that step.
-    #[pyo3(signature = (model, loader, epoch, callback = None))]
-    fn train_epoch<'py>(&self, py: Python<'py>, model: &PyModel, loader: &PyLoader, epoch: u64, callback: Option<PyObject>) -> PyResult<(Bound<'py, PyDict>, bool)> {
+    /// `callback(info)` runs every `log_every` steps (False stops); Ctrl-C is seen before every
+    /// step. `poll()` (every step) returns None or new `(optimizer, settings)` the user wrote.
+    /// `outer(active, grads)` runs after every optimizer step: with `owns_optimizer`, it applies
+    /// the update (grads of the parameters at `active`) and returns its lr; otherwise it steps a
+    /// per-batch schedule and returns None or the new `(optimizer, settings)`.
+    #[pyo3(signature = (model, loader, epoch, callback = None, *, poll = None, outer = None, owns_optimizer = false))]
+    #[allow(clippy::too_many_arguments)]
+    fn train_epoch<'py>(
+        &self,
+        py: Python<'py>,
+        model: &PyModel,
+        loader: &PyLoader,
+        epoch: u64,
+        callback: Option<PyObject>,
+        poll: Option<PyObject>,
+        outer: Option<PyObject>,
+        owns_optimizer: bool,
+    ) -> PyResult<(Bound<'py, PyDict>, bool)> {
         let (model, state, l) = (model.inner.clone(), self.state.clone(), loader.inner.clone());
-        let mut interrupted = false;
-        let mut cb_error: Option<PyErr> = None;
+        let mut hooks = PyHooks { callback, poll, outer, owns_optimizer, interrupted: false, outer_lr: None };
         let stats = {
-            let (interrupted, cb_error) = (&mut interrupted, &mut cb_error);
+            let hooks = &mut hooks;
             release(py, move || {
                 let mut m = lock(&model);
                 let mut st = lock(&state);
-                let mut progress = |info: &engine::StepInfo| -> bool {
-                    Python::with_gil(|py| {
-                        if let Err(e) = py.check_signals() {
-                            if e.is_instance_of::<PyKeyboardInterrupt>(py) {
-                                *interrupted = true;
-                            } else {
-                                *cb_error = Some(e);
-                            }
-                            return false;
-                        }
-                        let Some(cb) = &callback else { return true };
-                        let d = PyDict::new(py);
-                        let _ = d.set_item("epoch", info.epoch);
-                        let _ = d.set_item("step", info.step);
-                        let _ = d.set_item("steps", info.steps);
-                        let _ = d.set_item("loss", info.loss);
-                        let _ = d.set_item("batch_loss", info.batch_loss);
-                        let _ = d.set_item("accuracy", info.accuracy);
-                        let _ = d.set_item("images", info.images);
-                        let _ = d.set_item("seconds", info.seconds);
-                        let _ = d.set_item("lr", info.lr);
-                        match cb.call1(py, (d,)) {
-                            Ok(r) => !matches!(r.extract::<bool>(py), Ok(false)),
-                            Err(e) => {
-                                if e.is_instance_of::<PyKeyboardInterrupt>(py) {
-                                    *interrupted = true;
-                                } else {
-                                    *cb_error = Some(e);
-                                }
-                                false
-                            }
-                        }
-                    })
-                };
-                st.train_epoch(&mut m, &l, epoch, &mut progress)
+                st.train_epoch(&mut m, &l, epoch, hooks)
             })?
         };
-        if let Some(e) = cb_error {
-            return Err(e);
-        }
-        Ok((epoch_dict(py, &stats)?, interrupted))
+        Ok((epoch_dict(py, &stats)?, hooks.interrupted))
     }
 
     /// Joins a process group (fastcifar.distributed.ProcessGroup): gradients are then averaged
@@ -261,6 +240,12 @@ impl PyTrainer {
         lock(&self.state).opt.lr
     }
 
+    /// SGD's momentum or Adam's beta1 now.
+    #[getter]
+    fn momentum(&self) -> f64 {
+        lock(&self.state).opt.momentum()
+    }
+
     #[getter]
     fn global_step(&self) -> u64 {
         lock(&self.state).global_step
@@ -289,7 +274,7 @@ impl PyTrainer {
         let states = o
             .state
             .iter()
-            .map(|s| s.as_ref().map(|s| (s.step, s.buf1.as_ref().map(|t| PyTensor(t.detach().copy())), s.buf2.as_ref().map(|t| PyTensor(t.detach().copy())))))
+            .map(|s| s.as_ref().map(|s| (s.step, s.buf1.as_ref().map(|t| PyTensor(t.shallow_clone())), s.buf2.as_ref().map(|t| PyTensor(t.shallow_clone())))))
             .collect();
         (o.kind.name().to_string(), o.lr, o.initial_lr, h, states)
     }
@@ -368,6 +353,110 @@ impl PyTrainer {
     }
 }
 
+/// A Python exception raised by user code, carried through the core unchanged.
+fn external(e: PyErr) -> Error {
+    Error::External(Box::new(e))
+}
+
+/// Ctrl-C as a stop (Ok(true)); any other exception a signal handler raises, as itself.
+fn interrupted(py: Python<'_>) -> Result<bool, Error> {
+    match py.check_signals() {
+        Ok(()) => Ok(false),
+        Err(e) if e.is_instance_of::<PyKeyboardInterrupt>(py) => Ok(true),
+        Err(e) => Err(external(e)),
+    }
+}
+
+/// `(optimizer name, settings dict)` from Python into the engine's settings.
+fn group_settings(py: Python<'_>, obj: &PyObject) -> Result<Option<GroupSettings>, Error> {
+    if obj.is_none(py) {
+        return Ok(None);
+    }
+    let (name, d): (String, HashMap<String, f64>) = obj.extract(py).map_err(external)?;
+    let s = Settings::new(d, OPT_KEYS, &name).map_err(external)?;
+    let kind = optimizer_kind(&name, &s).map_err(external)?;
+    Ok(Some(GroupSettings { lr: s.f("lr", 1e-3), kind }))
+}
+
+/// The training loop's hooks over Python: the GIL is taken for each call only.
+struct PyHooks {
+    callback: Option<PyObject>,
+    poll: Option<PyObject>,
+    outer: Option<PyObject>,
+    owns_optimizer: bool,
+    interrupted: bool,
+    outer_lr: Option<f64>,
+}
+
+impl Hooks for PyHooks {
+    fn progress(&mut self, info: &engine::StepInfo) -> Result<bool, Error> {
+        Python::with_gil(|py| {
+            if interrupted(py)? {
+                self.interrupted = true;
+                return Ok(false);
+            }
+            let Some(cb) = &self.callback else { return Ok(true) };
+            let d = PyDict::new(py);
+            for (k, v) in [
+                ("loss", info.loss),
+                ("batch_loss", info.batch_loss),
+                ("accuracy", info.accuracy),
+                ("seconds", info.seconds),
+                ("lr", info.lr),
+                ("momentum", info.momentum),
+            ] {
+                d.set_item(k, v).map_err(external)?;
+            }
+            for (k, v) in [("epoch", info.epoch), ("step", info.step as u64), ("steps", info.steps as u64), ("images", info.images)] {
+                d.set_item(k, v).map_err(external)?;
+            }
+            match cb.call1(py, (d,)) {
+                Ok(r) => Ok(!matches!(r.extract::<bool>(py), Ok(false))),
+                Err(e) if e.is_instance_of::<PyKeyboardInterrupt>(py) => {
+                    self.interrupted = true;
+                    Ok(false)
+                }
+                Err(e) => Err(external(e)),
+            }
+        })
+    }
+
+    fn poll(&mut self, settings: &mut Option<GroupSettings>) -> Result<bool, Error> {
+        Python::with_gil(|py| {
+            if interrupted(py)? {
+                self.interrupted = true;
+                return Ok(true);
+            }
+            if let Some(p) = &self.poll {
+                *settings = group_settings(py, &p.call0(py).map_err(external)?)?;
+            }
+            Ok(false)
+        })
+    }
+
+    fn owns_optimizer(&self) -> bool {
+        self.owns_optimizer
+    }
+
+    fn outer_step(&mut self, active: &[usize], grads: Option<Vec<tch::Tensor>>, lr: f64, momentum: f64) -> Result<Option<GroupSettings>, Error> {
+        let Some(outer) = &self.outer else { return Ok(None) };
+        Python::with_gil(|py| {
+            let grads: Option<Vec<PyTensor>> = grads.map(|g| g.into_iter().map(PyTensor).collect());
+            let r = outer.call1(py, (active.to_vec(), grads, lr, momentum)).map_err(external)?;
+            if self.owns_optimizer {
+                self.outer_lr = Some(r.extract::<f64>(py).map_err(external)?);
+                Ok(None)
+            } else {
+                group_settings(py, &r)
+            }
+        })
+    }
+
+    fn outer_lr(&self) -> Option<f64> {
+        self.outer_lr
+    }
+}
+
 /// Loss, accuracy and the confusion matrix (row-major, true x predicted).
 #[pyfunction]
 #[pyo3(signature = (model, loader, callback = None))]
@@ -375,14 +464,14 @@ fn evaluate(py: Python<'_>, model: &PyModel, loader: &PyLoader, callback: Option
     let (m, l) = (model.inner.clone(), loader.inner.clone());
     let r = release(py, move || {
         let m = lock(&m);
-        let mut progress = |i: usize, n: usize| -> bool {
+        let mut progress = |i: usize, n: usize| -> Result<bool, Error> {
             Python::with_gil(|py| {
-                if py.check_signals().is_err() {
-                    return false;
+                if interrupted(py)? {
+                    return Ok(false);
                 }
                 match &callback {
-                    Some(cb) => cb.call1(py, (i, n)).is_ok(),
-                    None => true,
+                    Some(cb) => cb.call1(py, (i, n)).map(|_| true).map_err(external),
+                    None => Ok(true),
                 }
             })
         };

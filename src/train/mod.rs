@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::loader::Loader;
 use crate::nn::Model;
 use dist::DistState;
-use optim::Optimizer;
+use optim::{OptKind, Optimizer};
 use sched::Scheduler;
 
 #[derive(Debug, Clone)]
@@ -108,6 +108,8 @@ pub struct StepInfo {
     pub images: u64,
     pub seconds: f64,
     pub lr: f64,
+    /// SGD's momentum or Adam's beta1 now (OneCycleLR cycles it).
+    pub momentum: f64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -129,6 +131,38 @@ pub struct EvalReport {
     /// num_classes x num_classes, row = true class, column = predicted.
     pub confusion: Vec<i64>,
     pub num_classes: usize,
+}
+
+/// New hyper-parameters for the engine's optimizer, written by the user between steps (a
+/// torch.optim optimizer's `param_groups`) or by a schedule stepped outside the core.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GroupSettings {
+    pub lr: f64,
+    pub kind: OptKind,
+}
+
+/// What happens at every step boundary besides the step itself. The bindings implement it over
+/// Python: progress callbacks, Ctrl-C, and optimizers or per-batch schedules that live in torch.
+pub trait Hooks {
+    /// Every `log_every` steps and at the end; Ok(false) stops at this boundary.
+    fn progress(&mut self, info: &StepInfo) -> Result<bool>;
+    /// Every step, before it: Ok(true) stops (Ctrl-C); settings the user changed are returned
+    /// through `settings`.
+    fn poll(&mut self, settings: &mut Option<GroupSettings>) -> Result<bool>;
+    /// Whether `outer_step` applies the update itself (an optimizer the core does not implement).
+    fn owns_optimizer(&self) -> bool {
+        false
+    }
+    /// After each optimizer step: with `grads` (of the parameters at `active`), the update itself
+    /// at the engine's `lr` and `momentum` (set by a fastcifar schedule); then a per-batch
+    /// schedule, if any. Returns the settings now in effect, if they changed.
+    fn outer_step(&mut self, _active: &[usize], _grads: Option<Vec<Tensor>>, _lr: f64, _momentum: f64) -> Result<Option<GroupSettings>> {
+        Ok(None)
+    }
+    /// The learning rate the outer optimizer used at its last step (for progress reports).
+    fn outer_lr(&self) -> Option<f64> {
+        None
+    }
 }
 
 /// Optimizer, schedule and settings: everything training carries besides the model.
@@ -223,9 +257,21 @@ impl TrainState {
         }
     }
 
-    /// One epoch over `loader` (its epoch `epoch`: shuffle and augmentation). `progress` runs every
-    /// `log_every` steps and at the end; returning false stops at that step boundary.
-    pub fn train_epoch(&mut self, model: &mut Model, loader: &Loader, epoch: u64, progress: &mut dyn FnMut(&StepInfo) -> bool) -> Result<EpochStats> {
+    /// Applies settings written outside the core (the engine's optimizer keeps its state).
+    pub fn apply_settings(&mut self, s: GroupSettings) -> Result<()> {
+        s.kind.validate(s.lr)?;
+        if std::mem::discriminant(&s.kind) != std::mem::discriminant(&self.opt.kind) {
+            return Err(Error::invalid("optimizer", format!("cannot turn {} into {} during training", self.opt.kind.name(), s.kind.name())));
+        }
+        self.opt.kind = s.kind;
+        self.opt.lr = s.lr;
+        Ok(())
+    }
+
+    /// One epoch over `loader` (its epoch `epoch`: shuffle and augmentation). `hooks.poll` runs
+    /// before every step (a stop is seen within one step), `hooks.progress` every `log_every`
+    /// steps and at the end.
+    pub fn train_epoch(&mut self, model: &mut Model, loader: &Loader, epoch: u64, hooks: &mut dyn Hooks) -> Result<EpochStats> {
         model.training = true;
         let dev = model.device();
         let steps = loader.len();
@@ -237,10 +283,17 @@ impl TrainState {
         let mut images = 0u64;
         let mut info = StepInfo { epoch, steps, ..Default::default() };
         let mut stopped = false;
+        // A stop asked for on one rank waits for the next log step, where all ranks agree on it.
+        let mut stop_asked = false;
+        // The rate of the last optimizer step (what progress reports), before a schedule moves it.
+        let mut lr_used = self.opt.lr;
         // Gradients come back from autograd as fresh tensors (torch.autograd.grad), so nothing is
         // zeroed or accumulated into `.grad` between steps: torch's zero_grad(set_to_none=True).
         let (active, params) = self.opt.trainable();
         let mut acc: Option<Vec<Tensor>> = None;
+        // The schedule sets the rate when it moves (here, after each step it moves at, and at epoch
+        // ends); a rate written by the user in between holds until then, as with torch's.
+        self.apply_schedule();
         // On CPU the model keeps every core busy: build batches on one thread (measured about 4% more
         // images/s than a pool contending with libtorch's OpenMP threads, at the edge of this VM's
         // noise). On CUDA the loader keeps its pool.
@@ -251,11 +304,21 @@ impl TrainState {
             loader.iter_on(epoch, single_thread_pool()?)
         };
         for i in 0..steps {
+            let mut settings = None;
+            if !stop_asked && hooks.poll(&mut settings)? {
+                stop_asked = true;
+            }
+            if let Some(s) = settings {
+                self.apply_settings(s)?;
+            }
+            if stop_asked && self.dist.is_none() {
+                stopped = true;
+                break;
+            }
             let Some(batch) = it.next() else { break };
             let (x, y) = batch?;
             let (x, y) = (to_device(x, dev), to_device(y, dev));
             let n = y.size()[0];
-            self.apply_schedule();
             let logits = tch::autocast(autocast, || model.forward_t(&x, true))?.to_kind(Kind::Float);
             if i == 0 {
                 check_labels(logits.size()[1], loader)?;
@@ -277,6 +340,7 @@ impl TrainState {
                 Some(prev) => prev.iter().zip(&grads).map(|(a, g)| a + g).collect(),
             });
             if (i + 1) % accum == 0 || i + 1 == steps {
+                lr_used = self.opt.lr;
                 // Micro-steps only accumulate locally; the collective runs once per optimizer step.
                 let mut grads = acc.take().unwrap_or_default();
                 if let Some(d) = &mut self.dist {
@@ -291,15 +355,27 @@ impl TrainState {
                     if let Some(c) = self.cfg.grad_clip {
                         optim::clip_grad_norm(&grads, c)?;
                     }
-                    let mut all: Vec<Option<Tensor>> = (0..self.opt.len()).map(|_| None).collect();
-                    for (&k, g) in active.iter().zip(grads) {
-                        all[k] = Some(g);
+                    if hooks.owns_optimizer() {
+                        hooks.outer_step(&active, Some(grads), self.opt.lr, self.opt.momentum())?;
+                    } else {
+                        let mut all: Vec<Option<Tensor>> = (0..self.opt.len()).map(|_| None).collect();
+                        for (&k, g) in active.iter().zip(grads) {
+                            all[k] = Some(g);
+                        }
+                        self.opt.step_grads(&all)?;
                     }
-                    self.opt.step_grads(&all)?;
                 }
                 self.global_step += 1;
                 if let Some(s) = &mut self.sched {
-                    s.on_step();
+                    s.on_step()?;
+                    if s.per_step() || s.step == s.warmup_steps {
+                        self.apply_schedule();
+                    }
+                }
+                if !hooks.owns_optimizer() {
+                    if let Some(s) = hooks.outer_step(&active, None, self.opt.lr, self.opt.momentum())? {
+                        self.apply_settings(s)?;
+                    }
                 }
             }
             if (i + 1) % self.cfg.log_every == 0 || i + 1 == steps {
@@ -308,10 +384,11 @@ impl TrainState {
                 info.loss = f64::try_from(&loss_sum)? / images as f64;
                 info.accuracy = i64::try_from(&correct)? as f64 / images as f64;
                 info.seconds = t0.elapsed().as_secs_f64();
-                info.lr = self.opt.lr;
+                info.lr = hooks.outer_lr().unwrap_or(lr_used);
+                info.momentum = self.opt.momentum();
                 info.batch_loss = f64::try_from(&batch_loss)?;
                 let mut bad = !info.loss.is_finite();
-                let mut stop = !bad && !progress(&info);
+                let mut stop = !bad && (!hooks.progress(&info)? || stop_asked);
                 if let Some(d) = &mut self.dist {
                     // Every rank must stop (or fail) at the same step, or the others would wait in
                     // the next all-reduce until the timeout.
@@ -342,14 +419,14 @@ impl TrainState {
         }
         let seconds = t0.elapsed().as_secs_f64();
         if images == 0 {
-            return Ok(EpochStats { seconds, stopped, lr: self.opt.lr, ..Default::default() });
+            return Ok(EpochStats { seconds, stopped, lr: hooks.outer_lr().unwrap_or(lr_used), ..Default::default() });
         }
         let loss = loss_sum / images as f64;
         if !loss.is_finite() {
             return Err(Error::NonFinite(format!("the training loss became {loss} in epoch {epoch}; stopped")));
         }
         let accuracy = correct_n / images as f64;
-        Ok(EpochStats { loss, accuracy, images, seconds, lr: self.opt.lr, stopped })
+        Ok(EpochStats { loss, accuracy, images, seconds, lr: hooks.outer_lr().unwrap_or(lr_used), stopped })
     }
 
     /// End of epoch: epoch schedules move (ReduceLROnPlateau on `metric`).
@@ -363,7 +440,9 @@ impl TrainState {
 }
 
 /// Loss, accuracy and confusion matrix over one pass of `loader`, in eval mode.
-pub fn evaluate(model: &Model, loader: &Loader, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<EvalReport> {
+/// `progress(done, total)` runs after every batch; Ok(false) stops with `Error::Interrupted`, and an
+/// error it returns comes back as itself.
+pub fn evaluate(model: &Model, loader: &Loader, progress: &mut dyn FnMut(usize, usize) -> Result<bool>) -> Result<EvalReport> {
     let dev = model.device();
     let steps = loader.len();
     tch::no_grad(|| -> Result<EvalReport> {
@@ -390,7 +469,7 @@ pub fn evaluate(model: &Model, loader: &Loader, progress: &mut dyn FnMut(usize, 
             let idx = &y * nc + logits.argmax(1, false);
             *cm += idx.bincount(None::<Tensor>, nc * nc);
             count += y.size()[0] as u64;
-            if !progress(i + 1, steps) {
+            if !progress(i + 1, steps)? {
                 return Err(Error::Interrupted);
             }
         }

@@ -11,8 +11,9 @@ pub enum Kind {
     Step { step_size: u64, gamma: f64 },
     Cosine { t_max: u64, eta_min: f64 },
     OneCycle { max_lr: f64, total_steps: u64, pct_start: f64, div_factor: f64, final_div_factor: f64, cycle_momentum: bool, base_momentum: f64, max_momentum: f64 },
-    /// ReduceLROnPlateau; `min_mode` = mode "min".
-    Plateau { min_mode: bool, factor: f64, patience: u64, threshold: f64, cooldown: u64, min_lr: f64 },
+    /// ReduceLROnPlateau; `min_mode` = mode "min", `abs_threshold` = threshold_mode "abs"; a reduction
+    /// smaller than `eps` is not made.
+    Plateau { min_mode: bool, factor: f64, patience: u64, threshold: f64, abs_threshold: bool, cooldown: u64, min_lr: f64, eps: f64 },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -128,16 +129,36 @@ impl Scheduler {
         })
     }
 
-    pub fn on_step(&mut self) {
+    /// After an optimizer step. OneCycleLR refuses to go past `total_steps`, as torch's does.
+    pub fn on_step(&mut self) -> Result<()> {
         self.step += 1;
+        if let Kind::OneCycle { total_steps, .. } = self.kind {
+            if self.step > total_steps {
+                return Err(Error::invalid(
+                    "OneCycleLR",
+                    format!("tried to step {} times; the specified number of total steps is {total_steps} (raise total_steps or train fewer epochs)", self.step),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the rate moves at every optimizer step (not only at epoch ends).
+    pub fn per_step(&self) -> bool {
+        matches!(self.kind, Kind::OneCycle { .. }) || self.step < self.warmup_steps
     }
 
     /// End of an epoch. ReduceLROnPlateau needs `metric` (validation loss in the seed).
     pub fn on_epoch(&mut self, metric: Option<f64>) -> Result<()> {
         self.epoch += 1;
-        if let Kind::Plateau { min_mode, factor, patience, threshold, cooldown, min_lr } = self.kind {
+        if let Kind::Plateau { min_mode, factor, patience, threshold, abs_threshold, cooldown, min_lr, eps } = self.kind {
             let m = metric.ok_or_else(|| Error::invalid("metric", "ReduceLROnPlateau needs a metric each epoch"))?;
-            let better = if min_mode { m < self.best * (1.0 - threshold) } else { m > self.best * (1.0 + threshold) };
+            let better = match (min_mode, abs_threshold) {
+                (true, false) => m < self.best * (1.0 - threshold),
+                (true, true) => m < self.best - threshold,
+                (false, false) => m > self.best * (1.0 + threshold),
+                (false, true) => m > self.best + threshold,
+            };
             if better {
                 self.best = m;
                 self.num_bad = 0;
@@ -150,7 +171,7 @@ impl Scheduler {
             }
             if self.num_bad > patience {
                 let new = (self.plateau_lr * factor).max(min_lr);
-                if self.plateau_lr - new > 1e-8 {
+                if self.plateau_lr - new > eps {
                     self.plateau_lr = new;
                 }
                 self.cooldown_counter = cooldown;
@@ -177,7 +198,7 @@ mod tests {
         let mut c = Scheduler::new(Kind::Cosine { t_max: 4, eta_min: 0.0 }, 1.0, 0, 1.0).unwrap();
         c.epoch = 2;
         assert!((c.lr() - 0.5).abs() < 1e-12);
-        let mut p = Scheduler::new(Kind::Plateau { min_mode: true, factor: 0.1, patience: 1, threshold: 1e-4, cooldown: 0, min_lr: 0.0 }, 1.0, 0, 1.0).unwrap();
+        let mut p = Scheduler::new(Kind::Plateau { min_mode: true, factor: 0.1, patience: 1, threshold: 1e-4, abs_threshold: false, cooldown: 0, min_lr: 0.0, eps: 1e-8 }, 1.0, 0, 1.0).unwrap();
         for m in [1.0, 1.0, 1.0] {
             p.on_epoch(Some(m)).unwrap();
         }

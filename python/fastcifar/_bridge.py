@@ -1,0 +1,195 @@
+"""The optimizer and schedule a Trainer was given, as the Rust loop sees them.
+
+Two kinds of optimizer:
+- on the engine: fastcifar.optim's, and torch.optim.SGD / Adam / AdamW with one parameter group
+  and the single-tensor update (no maximize, amsgrad, fused, capturable, differentiable). The
+  update runs in Rust; for torch's, the state is written back into ``optimizer.state`` after every
+  epoch (the same tensors, not copies), so ``optimizer.state_dict()`` is what torch would hold.
+- outside: any other optimizer (another class, several groups, other flags). The Rust loop hands
+  it the gradients (as ``.grad``) and calls its own ``step()`` each optimizer step.
+
+Schedules: fastcifar.optim.lr_scheduler's run in Rust. torch.optim.lr_scheduler's run their own
+``step()``: once per epoch (``step(val_loss)`` for ReduceLROnPlateau), or after every optimizer
+step for the per-batch ones (OneCycleLR, CyclicLR, or ``scheduler_interval="step"``).
+
+``param_groups`` writes (the user's, or a torch schedule's) reach the engine before the next step.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+
+from . import optim as _optim
+
+_ENGINE = {torch.optim.SGD: "SGD", torch.optim.Adam: "Adam", torch.optim.AdamW: "AdamW"}
+_UNSUPPORTED_FLAGS = ("maximize", "amsgrad", "differentiable", "capturable", "fused")
+_PER_STEP = tuple(c for c in (getattr(torch.optim.lr_scheduler, n, None) for n in ("OneCycleLR", "CyclicLR")) if c is not None)
+
+
+def _f(v) -> float:
+    return float(v.item() if isinstance(v, torch.Tensor) else v)
+
+
+def engine_settings(name: str, group: dict) -> dict:
+    """A torch-style param group's hyper-parameters, as the Rust update takes them."""
+    if name == "SGD":
+        return {"lr": _f(group["lr"]), "momentum": _f(group.get("momentum", 0.0)), "dampening": _f(group.get("dampening", 0.0)),
+                "weight_decay": _f(group.get("weight_decay", 0.0)), "nesterov": float(bool(group.get("nesterov", False)))}
+    b1, b2 = group.get("betas", (0.9, 0.999))
+    return {"lr": _f(group["lr"]), "beta1": _f(b1), "beta2": _f(b2), "eps": _f(group.get("eps", 1e-8)),
+            "weight_decay": _f(group.get("weight_decay", 0.0))}
+
+
+def engine_name(optimizer) -> Optional[str]:
+    """The Rust update that reproduces ``optimizer``, or None when it must run its own step()."""
+    if isinstance(optimizer, _optim.Optimizer):
+        return optimizer.name
+    name = _ENGINE.get(type(optimizer))
+    if name is None or len(optimizer.param_groups) != 1:
+        return None
+    g = optimizer.param_groups[0]
+    if any(g.get(k) for k in _UNSUPPORTED_FLAGS):
+        return None
+    if name == "Adam" and g.get("decoupled_weight_decay"):
+        return "AdamW"
+    return name
+
+
+def _is_torch_schedule(s) -> bool:
+    return isinstance(s, (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau))
+
+
+class Bridge:
+    def __init__(self, optimizer, scheduler, model: torch.nn.Module, scheduler_interval: Optional[str]):
+        if not isinstance(optimizer, (_optim.Optimizer, torch.optim.Optimizer)):
+            raise TypeError(f"optimizer: expected a torch.optim or fastcifar.optim optimizer, got {type(optimizer).__name__}")
+        if scheduler is not None and not (isinstance(scheduler, _optim.lr_scheduler._Schedule) or _is_torch_schedule(scheduler)):
+            raise TypeError(f"scheduler: expected a torch.optim.lr_scheduler or fastcifar.optim.lr_scheduler schedule, "
+                            f"got {type(scheduler).__name__}")
+        if _is_torch_schedule(scheduler) and scheduler.optimizer is not optimizer:
+            raise ValueError("scheduler: was built on another optimizer than the one given to the Trainer")
+        if scheduler_interval not in (None, "epoch", "step"):
+            raise ValueError(f"scheduler_interval: {scheduler_interval!r} is not None, 'epoch' or 'step'")
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.name = engine_name(optimizer)
+        self.rust_schedule = scheduler if isinstance(scheduler, _optim.lr_scheduler._Schedule) else None
+        self.torch_schedule = scheduler if _is_torch_schedule(scheduler) else None
+        if self.torch_schedule is not None and scheduler_interval is None:
+            scheduler_interval = "step" if isinstance(scheduler, _PER_STEP) else "epoch"
+        if isinstance(self.torch_schedule, torch.optim.lr_scheduler.ReduceLROnPlateau) and scheduler_interval == "step":
+            raise ValueError("scheduler_interval: ReduceLROnPlateau steps on a metric, once per epoch")
+        self.per_step_schedule = self.torch_schedule is not None and scheduler_interval == "step"
+        if self.rust_schedule is not None and len(optimizer.param_groups) != 1:
+            raise ValueError("scheduler: fastcifar's schedules drive one parameter group; with several, use torch.optim.lr_scheduler")
+        if isinstance(optimizer, _optim.Optimizer):
+            if optimizer.params is None:
+                optimizer.params = [p for p in model.parameters() if p.requires_grad]
+                optimizer.param_groups[0]["params"] = optimizer.params
+            self.params: List[torch.Tensor] = list(optimizer.params)
+        else:
+            self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        own = {id(p) for p in model.parameters()}
+        strangers = sum(id(p) not in own for p in self.params)
+        if strangers:
+            raise ValueError(f"optimizer: holds {strangers} tensor(s) that are not parameters of the model; build it on "
+                             f"model.parameters() (or a part of them)")
+        self._synced: Optional[dict] = None
+
+    @property
+    def on_engine(self) -> bool:
+        return self.name is not None
+
+    def native_args(self) -> tuple:
+        """(optimizer name, settings) for NativeTrainer; outside the engine, a plain container."""
+        if self.on_engine:
+            return self.name, self.settings()
+        return "SGD", {"lr": _f(self.optimizer.param_groups[0]["lr"])}
+
+    def settings(self) -> dict:
+        return engine_settings(self.name, self.optimizer.param_groups[0])
+
+    # --- keeping param_groups and the engine in step --------------------------------------------
+    def mark_synced(self) -> None:
+        self._synced = self.settings() if self.on_engine else None
+
+    def show(self, lr: float, momentum: float) -> None:
+        """Writes the engine's current rate (and cycled momentum) into ``param_groups``."""
+        if not self.on_engine:
+            return
+        g = self.optimizer.param_groups[0]
+        g["lr"] = lr
+        if self.rust_schedule is not None and self.rust_schedule.settings().get("cycle_momentum"):
+            if "betas" in g:
+                g["betas"] = (momentum, g["betas"][1])
+            elif "momentum" in g:
+                g["momentum"] = momentum
+        self.mark_synced()
+
+    def poll(self):
+        """Every step: settings written into ``param_groups`` since the last look, for the engine."""
+        if not self.on_engine:
+            return None
+        s = self.settings()
+        if s == self._synced:
+            return None
+        self._synced = s
+        return self.name, s
+
+    def outer(self, active, grads, lr, momentum):
+        """After each optimizer step: the outside optimizer's step (returns the rate it used), then a
+        per-batch schedule (returns the settings it wrote, for the engine)."""
+        used = None
+        if grads is not None:
+            if self.rust_schedule is not None:  # a fastcifar schedule drives the rate of a torch optimizer
+                self.optimizer.param_groups[0]["lr"] = lr
+            for i, g in zip(active, grads):
+                self.params[i].grad = g
+            self.optimizer.step()
+            used = _f(self.optimizer.param_groups[0]["lr"])
+        if self.per_step_schedule:
+            self.torch_schedule.step()
+        return used if grads is not None else self.poll()
+
+    def epoch_end(self, metric: Optional[float]) -> None:
+        if self.torch_schedule is None or self.per_step_schedule:
+            return
+        if isinstance(self.torch_schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.torch_schedule.step(metric)
+        else:
+            self.torch_schedule.step()
+
+    # --- torch optimizers on the engine: their state lives in optimizer.state ---------------------
+    def import_state(self, native) -> None:
+        """Hands the torch optimizer's state (if it has any) to the engine, shared."""
+        if isinstance(self.optimizer, _optim.Optimizer) or not self.on_engine or not self.optimizer.state:
+            return
+        names = ("momentum_buffer", None) if self.name == "SGD" else ("exp_avg", "exp_avg_sq")
+        states = []
+        for p in self.params:
+            s = self.optimizer.state.get(p)
+            if not s:
+                states.append(None)
+                continue
+            states.append((_f(s.get("step", 0)), s.get(names[0]), s.get(names[1]) if names[1] else None))
+        g = self.optimizer.param_groups[0]
+        momentum = g["betas"][0] if "betas" in g else g.get("momentum", 0.0)
+        native.load_optimizer_state(_f(g["lr"]), _f(momentum), states)
+
+    def export_state(self, native) -> None:
+        """Writes the engine's state into the torch optimizer's ``state`` (the same tensors)."""
+        if isinstance(self.optimizer, _optim.Optimizer) or not self.on_engine:
+            return
+        _, _, _, _, states = native.optimizer_state()
+        names = ("momentum_buffer", None) if self.name == "SGD" else ("exp_avg", "exp_avg_sq")
+        for p, s in zip(self.params, states):
+            if s is None:
+                continue
+            step, a, b = s
+            entry = self.optimizer.state[p]
+            if self.name != "SGD":  # torch's SGD keeps no step count
+                entry["step"] = torch.tensor(float(step))
+            if a is not None:
+                entry[names[0]] = a
+            if b is not None and names[1]:
+                entry[names[1]] = b

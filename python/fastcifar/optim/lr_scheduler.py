@@ -1,0 +1,196 @@
+"""Learning-rate schedules that run inside fastcifar's Rust training loop, with
+``torch.optim.lr_scheduler``'s signatures (positional order included) and formulas.
+
+    from fastcifar.optim.lr_scheduler import StepLR
+    StepLR(optimizer, 2, 0.5)          # as torch: step_size=2, gamma=0.5
+    StepLR(step_size=2, gamma=0.5)     # the optimizer may be left out: the Trainer binds it
+
+Every argument torch accepts is either honoured or refused by name. They are stepped by
+``Trainer.fit`` (per epoch, or per optimizer step for OneCycleLR), so ``step()`` refuses; in a loop
+of your own use ``torch.optim.lr_scheduler``, whose objects ``fastcifar.Trainer`` also accepts.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+__all__ = ["StepLR", "CosineAnnealingLR", "OneCycleLR", "ReduceLROnPlateau", "LinearWarmup"]
+
+
+def _num(name, v, lo=0.0, hi=math.inf, hi_open=False):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v and (v < hi if hi_open else v <= hi)):
+        raise ValueError(f"{name}: {v!r} must be a number in [{lo}, {hi}{')' if hi_open else ']'}")
+    return float(v)
+
+
+def _count(name, v, lo=1):
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ValueError(f"{name}: {v!r} must be an int >= {lo}")
+    return v
+
+
+def _is_optimizer(o) -> bool:
+    from . import Optimizer
+
+    return isinstance(o, (Optimizer, torch.optim.Optimizer))
+
+
+def _bind(cls_name: str, names: list, args: tuple, kwargs: dict) -> dict:
+    """torch's signature ``(optimizer, *names)``: positional in that order, or by keyword. The
+    optimizer may be left out (a first positional that is not an optimizer is the next argument)."""
+    if args and not _is_optimizer(args[0]) and args[0] is not None:
+        args = (None,) + tuple(args)
+    full = ["optimizer"] + [n for n, _ in names]
+    if len(args) > len(full):
+        raise TypeError(f"{cls_name}() takes at most {len(full)} positional arguments ({len(args)} given)")
+    out = {n: d for n, d in names}
+    out["optimizer"] = None
+    for n, v in zip(full, args):
+        out[n] = v
+    for k, v in kwargs.items():
+        if k not in out:
+            raise TypeError(f"{cls_name}() got an unexpected keyword argument '{k}'")
+        if k in full[:len(args)]:
+            raise TypeError(f"{cls_name}() got multiple values for argument '{k}'")
+        out[k] = v
+    if out["optimizer"] is not None and not _is_optimizer(out["optimizer"]):
+        raise TypeError(f"optimizer: expected an optimizer, got {type(out['optimizer']).__name__}")
+    return out
+
+
+_REQUIRED = object()
+
+
+class _Schedule:
+    """A schedule's settings for the Rust loop; ``Trainer`` binds it to the optimizer."""
+
+    name = ""
+    _names: list = []
+
+    def __init__(self, *args, **kwargs):
+        a = _bind(type(self).__name__, self._names, args, kwargs)
+        missing = [n for n, d in self._names if a[n] is _REQUIRED]
+        if missing:
+            raise TypeError(f"{type(self).__name__}() missing required argument: '{missing[0]}'")
+        self.optimizer = a.pop("optimizer")
+        if a.pop("last_epoch", -1) != -1:
+            raise ValueError("last_epoch: only -1 (a fresh schedule) is supported; to resume, load the Trainer's checkpoint, "
+                             "which holds the schedule's state")
+        self._settings = self._configure(**a)
+
+    def _configure(self, **a) -> dict:
+        raise NotImplementedError
+
+    def settings(self) -> dict:
+        return dict(self._settings)
+
+    def step(self, *a, **k):
+        raise RuntimeError(f"fastcifar.optim.lr_scheduler.{type(self).__name__} is stepped by fastcifar.Trainer.fit; in a loop of "
+                           f"your own, use torch.optim.lr_scheduler.{type(self).__name__} (Trainer accepts it too)")
+
+    def get_last_lr(self) -> list:
+        """The learning rate of the last step (the trainer's, once bound to one)."""
+        tr = getattr(self.optimizer, "_trainer", None) if self.optimizer is not None else None
+        if tr is not None:
+            return [tr._native.lr]
+        lr = getattr(self.optimizer, "lr", None)
+        return [lr] if lr is not None else []
+
+    def __repr__(self):
+        return f"{self.name}({', '.join(f'{k}={v:g}' for k, v in self._settings.items())})"
+
+
+class StepLR(_Schedule):
+    """lr * gamma ** (epoch // step_size)."""
+
+    name = "StepLR"
+    _names = [("step_size", _REQUIRED), ("gamma", 0.1), ("last_epoch", -1)]
+
+    def _configure(self, step_size, gamma):
+        return {"step_size": _count("step_size", step_size), "gamma": _num("gamma", gamma)}
+
+
+class CosineAnnealingLR(_Schedule):
+    name = "CosineAnnealingLR"
+    _names = [("T_max", _REQUIRED), ("eta_min", 0.0), ("last_epoch", -1)]
+
+    def _configure(self, T_max, eta_min):
+        return {"T_max": _count("T_max", T_max), "eta_min": _num("eta_min", eta_min)}
+
+
+class OneCycleLR(_Schedule):
+    """Per-step one-cycle policy (two phases, cosine), cycling momentum / beta1 as torch does.
+    Stepping past ``total_steps`` raises, as torch's does."""
+
+    name = "OneCycleLR"
+    _names = [("max_lr", _REQUIRED), ("total_steps", None), ("epochs", None), ("steps_per_epoch", None), ("pct_start", 0.3),
+              ("anneal_strategy", "cos"), ("cycle_momentum", True), ("base_momentum", 0.85), ("max_momentum", 0.95),
+              ("div_factor", 25.0), ("final_div_factor", 1e4), ("three_phase", False), ("last_epoch", -1)]
+
+    def _configure(self, max_lr, total_steps, epochs, steps_per_epoch, pct_start, anneal_strategy, cycle_momentum,
+                   base_momentum, max_momentum, div_factor, final_div_factor, three_phase):
+        if isinstance(max_lr, (list, tuple)):
+            raise ValueError("max_lr: one value per parameter group is for torch.optim.lr_scheduler.OneCycleLR (fastcifar's "
+                             "optimizers have one group); Trainer accepts torch's schedule with a torch optimizer")
+        if anneal_strategy != "cos":
+            raise ValueError(f"anneal_strategy: only 'cos' is supported here, got {anneal_strategy!r} "
+                             "(torch.optim.lr_scheduler.OneCycleLR does 'linear', and Trainer accepts it)")
+        if three_phase:
+            raise ValueError("three_phase: only the two-phase cycle is supported here "
+                             "(torch.optim.lr_scheduler.OneCycleLR does three_phase=True, and Trainer accepts it)")
+        if total_steps is None:
+            if epochs is None or steps_per_epoch is None:
+                raise ValueError("total_steps: give total_steps, or epochs and steps_per_epoch")
+            total_steps = _count("epochs", epochs) * _count("steps_per_epoch", steps_per_epoch)
+        return {"max_lr": _num("max_lr", max_lr), "total_steps": _count("total_steps", total_steps, 2),
+                "pct_start": _num("pct_start", pct_start, 0.0, 1.0), "div_factor": _num("div_factor", div_factor),
+                "final_div_factor": _num("final_div_factor", final_div_factor), "cycle_momentum": float(bool(cycle_momentum)),
+                "base_momentum": _num("base_momentum", base_momentum), "max_momentum": _num("max_momentum", max_momentum)}
+
+
+class ReduceLROnPlateau(_Schedule):
+    """Multiplies the lr by ``factor`` when the monitored metric (validation loss in the seed)
+    stops improving for ``patience`` epochs."""
+
+    name = "ReduceLROnPlateau"
+    _names = [("mode", "min"), ("factor", 0.1), ("patience", 10), ("threshold", 1e-4), ("threshold_mode", "rel"),
+              ("cooldown", 0), ("min_lr", 0.0), ("eps", 1e-8)]
+
+    def _configure(self, mode, factor, patience, threshold, threshold_mode, cooldown, min_lr, eps):
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode: {mode!r} is not 'min' or 'max'")
+        if threshold_mode not in ("rel", "abs"):
+            raise ValueError(f"threshold_mode: {threshold_mode!r} is not 'rel' or 'abs'")
+        if isinstance(min_lr, (list, tuple)):
+            raise ValueError("min_lr: one value per parameter group is for torch.optim.lr_scheduler.ReduceLROnPlateau "
+                             "(fastcifar's optimizers have one group)")
+        self.mode = mode
+        return {"mode_min": float(mode == "min"), "factor": _num("factor", factor, 0.0, 1.0, True),
+                "patience": _count("patience", patience, 0), "threshold": _num("threshold", threshold),
+                "threshold_abs": float(threshold_mode == "abs"), "cooldown": _count("cooldown", cooldown, 0),
+                "min_lr": _num("min_lr", min_lr), "eps": _num("eps", eps)}
+
+
+class LinearWarmup(_Schedule):
+    """fastcifar's own: linear warm-up over ``steps`` optimizer steps from ``start_factor * lr``,
+    then ``then`` (another schedule of this module, or a constant lr)."""
+
+    name = "LinearWarmup"
+    _names = [("steps", _REQUIRED), ("start_factor", 0.0), ("then", None)]
+
+    def _configure(self, steps, start_factor, then):
+        if then is not None and not isinstance(then, _Schedule):
+            raise TypeError("then: expected a fastcifar.optim.lr_scheduler schedule")
+        self.then = then
+        self.name = then.name if then is not None else "Constant"
+        base = then.settings() if then is not None else {}
+        return {**base, "warmup_steps": _count("steps", steps), "warmup_start_factor": _num("start_factor", start_factor, 0.0, 1.0)}
+
+
+def _restore(name: str, settings: dict) -> _Schedule:
+    """A schedule from the name and settings a checkpoint holds."""
+    s = object.__new__(_Schedule)
+    s.name, s._settings, s.optimizer = name, dict(settings), None
+    return s
