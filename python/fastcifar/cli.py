@@ -22,6 +22,16 @@ MODELS = ("image_classifier", "resnet9", "resnet18", "small_cnn")
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *a, **k):
+        # --help shows every default (argparse adds "(default: ...)" where an argument has a help text).
+        k.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*a, **k)
+
+    def add_argument(self, *a, **k):
+        if "help" not in k and k.get("action") not in ("store_true", "version") and a and a[0].startswith("--"):
+            k["help"] = " "  # without a help text argparse shows no default
+        return super().add_argument(*a, **k)
+
     def error(self, message):  # usage errors: a short message and exit code 2, never a traceback
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -157,17 +167,14 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_predict(a) -> int:
-    import numpy as np
-
     import fastcifar
 
     tr = _load_trainer(a.checkpoint, a.device)
     try:
-        images = fastcifar._native.decode_images([os.fspath(p) for p in a.images], (32, 32))
-    except (FileNotFoundError, ValueError) as e:
+        probs = tr.predict_proba([os.fspath(p) for p in a.images], tta=a.tta).cpu()
+    except (FileNotFoundError, ValueError, ImportError) as e:
         raise SystemExit(f"fastcifar: {e}")
-    probs = tr.predict_proba(np.asarray(images), tta=a.tta).cpu()
-    classes = fastcifar.CLASSES if tr.model.num_classes == 10 else [str(i) for i in range(tr.model.num_classes)]
+    classes = tr.classes or (fastcifar.CLASSES if probs.shape[1] == 10 else [str(i) for i in range(probs.shape[1])])
     for path, p in zip(a.images, probs):
         top = p.argsort(descending=True)[: a.top]
         print(f"{path}: " + ", ".join(f"{classes[i]} {100 * p[i].item():.1f}%" for i in top))
@@ -187,8 +194,20 @@ def cmd_info(a) -> int:
     return 0
 
 
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("fastcifar")
+    except Exception:  # pragma: no cover - a source tree without the installed metadata
+        import fastcifar
+
+        return fastcifar.__version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fastcifar", description="Fast CIFAR-10 training for PyTorch, with the hot loops in Rust.")
+    p.add_argument("--version", action="version", version=f"fastcifar {_version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train, evaluate and save a model")

@@ -32,6 +32,13 @@ def _unnormalize(x: torch.Tensor, transform) -> np.ndarray:
     return x.clamp(0, 1).permute(1, 2, 0).numpy().squeeze()
 
 
+def _shown_once(fig):
+    """pyplot lets the figure go, so a notebook shows it once, through the returned object (the
+    inline backend would otherwise draw every open figure at the end of the cell as well)."""
+    _plt().close(fig)
+    return fig
+
+
 def _cmap(img) -> Optional[str]:
     """Grayscale images (H, W) or (H, W, 1) in gray, not in matplotlib's default colour map."""
     return "gray" if img.ndim == 2 or img.shape[-1] == 1 else None
@@ -69,7 +76,7 @@ def show_predictions(model, dataset, n: int = 8, transform=None, cols: int = 4, 
     for ax in list(axes.flat)[len(idx):]:
         ax.axis("off")
     fig.tight_layout()
-    return fig
+    return _shown_once(fig)
 
 
 def plot_history(history):
@@ -96,7 +103,7 @@ def plot_history(history):
     axes[2].set_yscale("log")
     axes[2].grid(alpha=0.3)
     fig.tight_layout()
-    return fig
+    return _shown_once(fig)
 
 
 def plot_confusion_matrix(report, normalize: bool = True):
@@ -120,7 +127,7 @@ def plot_confusion_matrix(report, normalize: bool = True):
                         color="white" if cm[i, j] > 0.5 * cm.max() else "black", fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    return fig
+    return _shown_once(fig)
 
 
 def show_batch(loader, n: int = 16, cols: int = 8):
@@ -139,7 +146,7 @@ def show_batch(loader, n: int = 16, cols: int = 8):
             ax.imshow(hwc, cmap=_cmap(hwc))
             ax.set_title(classes[int(y[k])], fontsize=9)
     fig.tight_layout()
-    return fig
+    return _shown_once(fig)
 
 
 def save_run_plots(trainer, history, report, dataset, out: str) -> list:

@@ -207,6 +207,10 @@ class Trainer:
         self.epoch = 0
         self.best_accuracy: Optional[float] = None
         self.eval_transform: Optional[T.Transform] = None
+        #: Class names of the training data (set by fit, kept in checkpoints); ``predict(names=True)`` uses them.
+        self.classes: Optional[List[str]] = None
+        #: (C, H, W) of the training batches; predict converts and resizes images to it.
+        self.input_shape: Optional[tuple] = None
 
     # --- training --------------------------------------------------------------------------
     def fit(self, train_loader: DataLoader, val_loader: Optional[DataLoader] = None, epochs: int = 1,
@@ -231,6 +235,7 @@ class Trainer:
         if self.eval_transform is None:
             src = val_loader.transform if val_loader is not None else train_loader.transform
             self.eval_transform = T.deterministic_part(src)
+        self._learn_data(train_loader)
         progress = progress and self.is_main
         native = self._native_model()
         self.model.train()
@@ -384,30 +389,26 @@ class Trainer:
             self._shards[key] = cached
         return cached[1]
 
+    def _learn_data(self, loader: DataLoader) -> None:
+        """The class names and the (C, H, W) input the model is trained on, for predict."""
+        if self.classes is None:
+            self.classes = list(loader.dataset.classes)
+        if self.input_shape is None:
+            self.input_shape = tuple(int(v) for v in loader.out_shape)
+
     def _as_batch(self, images, transform) -> torch.Tensor:
-        if isinstance(images, torch.Tensor) and images.is_floating_point():
-            x = images if images.dim() == 4 else images.unsqueeze(0)
-            return x.to(self.device)
-        if isinstance(images, torch.Tensor):
-            if images.dtype != torch.uint8:
-                raise TypeError(f"images: expected float or uint8, got {images.dtype}")
-            arr = images.cpu().numpy()
-            arr = arr[None] if arr.ndim == 3 else arr
-            if arr.ndim != 4:
-                raise ValueError(f"images: expected (N, C, H, W) or (C, H, W), got shape {tuple(images.shape)}")
-            arr = arr.transpose(0, 2, 3, 1)
-        else:
-            arr = np.asarray(images)
-            if arr.dtype != np.uint8:
-                raise TypeError(f"images: expected uint8 images (N, H, W, C) or a float tensor, got dtype {arr.dtype}")
-            arr = arr[None] if arr.ndim == 3 else arr
-            if arr.ndim != 4:
-                raise ValueError(f"images: expected (N, H, W, C) or (H, W, C), got shape {arr.shape}")
+        from . import _inputs
         from .datasets import Dataset
 
+        shape = self.input_shape or _builtin_shape(self.model)
+        channels, size = (shape[0], tuple(shape[1:])) if shape else (None, None)
+        arr = _inputs.to_images(images, channels, size)
+        if isinstance(arr, torch.Tensor):
+            return arr.to(self.device)
         t = transform if transform is not None else (self.eval_transform or T.ToTensor())
-        ds = Dataset.from_numpy(np.ascontiguousarray(arr), [0] * len(arr), classes=["_"])
+        ds = Dataset.from_numpy(arr, [0] * len(arr), classes=["_"])
         loader = DataLoader(ds, batch_size=len(arr), transform=t, seed=0)
+        _inputs.check_size(loader.out_shape, size, t)
         x, _ = loader._native.batch(list(range(len(arr))), 0)
         return x.to(self.device)
 
@@ -428,9 +429,15 @@ class Trainer:
         with the horizontal mirror."""
         return torch.softmax(self.predict_logits(images, transform, tta, batch_size), dim=1)
 
-    def predict(self, images, transform=None, tta: bool = False, batch_size: int = 256) -> torch.Tensor:
-        """Predicted class indices (N,)."""
-        return self.predict_logits(images, transform, tta, batch_size).argmax(1)
+    def predict(self, images, transform=None, tta: bool = False, batch_size: int = 256, names: bool = False):
+        """Predicted class indices (N,), or their names with ``names=True`` (``trainer.classes``).
+        ``images``: file paths, PIL images (any mode and size: converted and resized to the
+        training input), uint8 arrays or tensors, or a normalised float batch."""
+        idx = self.predict_logits(images, transform, tta, batch_size).argmax(1)
+        if not names:
+            return idx
+        classes = self.classes or [str(i) for i in range(int(idx.max()) + 1 if len(idx) else 0)]
+        return [classes[i] for i in idx.tolist()]
 
     # --- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -455,6 +462,8 @@ class Trainer:
                 "global_step": self._native.global_step,
                 "rng_state": torch.get_rng_state(),
                 "eval_transform": T.to_config(self.eval_transform),
+                "classes": self.classes,
+                "input_shape": list(self.input_shape) if self.input_shape else None,
             },
         }
 
@@ -490,6 +499,10 @@ class Trainer:
             torch.set_rng_state(meta["rng_state"])
         if meta.get("eval_transform"):
             self.eval_transform = T.from_config(meta["eval_transform"])
+        if meta.get("classes"):
+            self.classes = list(meta["classes"])
+        if meta.get("input_shape"):
+            self.input_shape = tuple(meta["input_shape"])
         self._native.sync_device(self._native_model())
 
     def load_checkpoint(self, path) -> "Trainer":
@@ -527,6 +540,16 @@ class Trainer:
         sched = f", scheduler={type(self.scheduler).__name__}" if self.scheduler is not None else ""
         return (f"Trainer(model={type(self.model).__name__} ({n:,} parameters, {engine}), device={self.device}, "
                 f"optimizer={opt}{sched}, epoch={self.epoch})")
+
+
+def _builtin_shape(model) -> Optional[tuple]:
+    """A built-in's (C, H, W) from its settings, when no data has been seen."""
+    cfg = getattr(model, "_config", None) or {}
+    if "input_size" not in cfg:
+        return None
+    s = cfg["input_size"]
+    h, w = (s, s) if isinstance(s, int) else s
+    return (cfg.get("in_channels", 3), h, w)
 
 
 def _describe(obj) -> Optional[dict]:

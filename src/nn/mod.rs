@@ -258,7 +258,7 @@ mod tests {
         let h = &handles;
         let want = x
             .conv2d(&h[0], Some(&h[1]), [1, 1], [1, 1], [1, 1], 1)
-            .batch_norm(Some(&h[2]), Some(&h[3]), None::<Tensor>, None::<Tensor>, true, 0.1, 1e-5, true)
+            .batch_norm(Some(&h[2]), Some(&h[3]), None::<&Tensor>, None::<&Tensor>, true, 0.1, 1e-5, true)
             .relu()
             .max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)
             .view([2, -1])
@@ -288,12 +288,12 @@ mod tests {
         let (names, ts) = small_tensors();
         let (mut nodes, out) = small(true);
         nodes[0].args[0] = Arg::Node(3);
-        let e = Model::graph("Bad", names.clone(), ts, (nodes, out.clone()), small(false)).unwrap_err().to_string();
+        let e = Model::graph("Bad", names.clone(), ts, (nodes, out.clone()), small(false)).err().unwrap().to_string();
         assert!(e.contains("does not come before it"), "{e}");
         let (_, ts) = small_tensors();
         let (mut nodes, _) = small(true);
         nodes[6].args[1] = Arg::Tensor(42);
-        let e = Model::graph("Bad", names, ts, (nodes, out), small(false)).unwrap_err().to_string();
+        let e = Model::graph("Bad", names, ts, (nodes, out), small(false)).err().unwrap().to_string();
         assert!(e.contains("reads tensor 42"), "{e}");
     }
 
@@ -309,7 +309,7 @@ mod tests {
             node("view", vec![Node(2), List(vec![Int(-1), Node(4)])], "view"),
         ];
         let m = Model::graph("Arith", vec![], vec![], (nodes.clone(), Node(5)), (nodes, Node(5))).unwrap();
-        let x = Tensor::from_slice(&[0.25f32, 0.5, 2.0, 4.0]).view([1, 4]);
+        let x = tch::Tensor::from_slice(&[0.25f32, 0.5, 2.0, 4.0]).view([1, 4]);
         let y = m.forward_t(&x, false).unwrap();
         let want = ((x.rsub_scalar(1).reciprocal() * 2.0) * 3).view([-1, 2]);
         assert!(y.equal(&want), "{y:?}");

@@ -259,7 +259,12 @@ impl TrainState {
 
     /// Applies settings written outside the core (the engine's optimizer keeps its state).
     pub fn apply_settings(&mut self, s: GroupSettings) -> Result<()> {
-        s.kind.validate(s.lr)?;
+        // torch checks the rate's sign when the optimizer is built, not at each step: a schedule
+        // may take it below zero (a linear three-phase OneCycleLR's last step does).
+        s.kind.validate(0.0)?;
+        if !s.lr.is_finite() {
+            return Err(Error::invalid("lr", format!("{} must be finite", s.lr)));
+        }
         if std::mem::discriminant(&s.kind) != std::mem::discriminant(&self.opt.kind) {
             return Err(Error::invalid("optimizer", format!("cannot turn {} into {} during training", self.opt.kind.name(), s.kind.name())));
         }

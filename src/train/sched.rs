@@ -217,7 +217,7 @@ mod tests {
         s.step = 99;
         assert!((s.lr() - 0.04 / 1e4).abs() < 1e-12);
         let mut w = Scheduler::new(Kind::Constant, 1.0, 4, 0.0).unwrap();
-        let v: Vec<f64> = (0..5).map(|_| { let l = w.lr(); w.on_step(); l }).collect();
+        let v: Vec<f64> = (0..5).map(|_| { let l = w.lr(); w.on_step().unwrap(); l }).collect();
         assert_eq!(v, vec![0.0, 0.25, 0.5, 0.75, 1.0]);
     }
 }
