@@ -284,3 +284,61 @@ def test_trainer_repr_says_what_it_trains():
     tr = fastcifar.Trainer(models.small_cnn(width=4), Adam(lr=1e-3), device="cpu")
     r = repr(tr)
     assert "SmallCNN" in r and "parameters" in r and "device=cpu" in r and "Adam(lr=0.001)" in r and "epoch=0" in r
+
+
+def test_predict_takes_what_the_cli_takes(tmp_path):
+    from PIL import Image
+
+    ds = synthetic(64)
+    tr = fastcifar.Trainer(models.small_cnn(width=4), device="cpu")
+    tr.fit(fastcifar.DataLoader(ds, batch_size=16, transform=NORM), epochs=1, progress=False)
+    assert tr.classes == [f"c{i}" for i in range(10)] and tr.input_shape == (3, 32, 32)
+    rgb = ds.data[0]
+    want = tr.predict_logits(rgb)
+    png = tmp_path / "a.png"
+    Image.fromarray(rgb).save(png)
+    torch.testing.assert_close(tr.predict_logits(str(png)), want)                 # a path
+    torch.testing.assert_close(tr.predict_logits([png, png])[1], want[0])         # a list of paths
+    torch.testing.assert_close(tr.predict_logits(Image.fromarray(rgb)), want)     # a PIL image
+    rgba = Image.fromarray(rgb).convert("RGBA")
+    torch.testing.assert_close(tr.predict_logits(rgba), want)                     # any mode
+    big = Image.fromarray(rgb).resize((64, 48))
+    assert tr.predict_logits(big).shape == (1, 10)                                # any size: resized
+    assert tr.predict(Image.fromarray(rgb).convert("L")).shape == (1,)           # grayscale into an RGB model
+    assert tr.predict([png], names=True) == [tr.classes[int(want.argmax())]]
+    with pytest.raises(ValueError, match=r"64x64, but the model was trained on 32x32; resize them.*T.Resize"):
+        tr.predict(np.zeros((64, 64, 3), np.uint8))
+    with pytest.raises(ValueError, match="have 4 channels, the model takes 3"):
+        tr.predict(np.zeros((32, 32, 4), np.uint8))
+    with pytest.raises(FileNotFoundError, match="no such image file"):
+        tr.predict(str(tmp_path / "nope.png"))
+    (tmp_path / "junk.png").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="cannot read this image"):
+        tr.predict(str(tmp_path / "junk.png"))
+    tr.save(tmp_path / "c.pth")
+    back = fastcifar.Trainer.load(tmp_path / "c.pth", device="cpu")
+    assert back.classes == tr.classes and back.input_shape == (3, 32, 32)
+    torch.testing.assert_close(back.predict_logits(str(png)), want)
+
+
+def test_cli_version_and_help_defaults():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "fastcifar", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("fastcifar ")
+    r = subprocess.run([sys.executable, "-m", "fastcifar", "train", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "(default: 50)" in r.stdout and "(default: image_classifier)" in r.stdout
+
+
+def test_plots_are_closed_so_a_notebook_shows_each_once():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tr = fastcifar.Trainer(models.small_cnn(width=4), device="cpu")
+    h = tr.fit(loader(32), epochs=1, progress=False)
+    before = len(plt.get_fignums())
+    fig = fastcifar.plot.plot_history(h)
+    assert fig is not None and len(plt.get_fignums()) == before

@@ -27,11 +27,6 @@ class _Parser(argparse.ArgumentParser):
         k.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
         super().__init__(*a, **k)
 
-    def add_argument(self, *a, **k):
-        if "help" not in k and k.get("action") not in ("store_true", "version") and a and a[0].startswith("--"):
-            k["help"] = " "  # without a help text argparse shows no default
-        return super().add_argument(*a, **k)
-
     def error(self, message):  # usage errors: a short message and exit code 2, never a traceback
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -213,18 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train, evaluate and save a model")
     t.add_argument("--data", help="folder with CIFAR-10 (default: $FASTCIFAR_DATA, then ./data)")
     t.add_argument("--download", action="store_true", help="fetch CIFAR-10 if it is not there")
-    t.add_argument("--model", choices=MODELS, default="image_classifier")
+    t.add_argument("--model", choices=MODELS, default="image_classifier", help="built-in network")
     t.add_argument("--width", type=_positive_int, default=32, help="small_cnn width")
-    t.add_argument("--epochs", type=_positive_int, default=50)
-    t.add_argument("--batch-size", type=_positive_int, default=128)
-    t.add_argument("--lr", type=_positive_float, default=1e-3)
-    t.add_argument("--weight-decay", type=float, default=1e-4)
-    t.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam")
-    t.add_argument("--scheduler", choices=("plateau", "onecycle", "cosine", "none"), default="plateau")
+    t.add_argument("--epochs", type=_positive_int, default=50, help="epochs to train")
+    t.add_argument("--batch-size", type=_positive_int, default=128, help="images per batch (per rank under torchrun)")
+    t.add_argument("--lr", type=_positive_float, default=1e-3, help="learning rate (the peak with onecycle)")
+    t.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay")
+    t.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam", help="optimizer (sgd: momentum 0.9, nesterov)")
+    t.add_argument("--scheduler", choices=("plateau", "onecycle", "cosine", "none"), default="plateau", help="learning-rate schedule")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     t.add_argument("--amp", action="store_true", help="mixed precision on CUDA")
     t.add_argument("--sync-bn", action="store_true", help="under torchrun: BatchNorm statistics over the global batch")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="seed of the weights, shuffle and augmentation")
     t.add_argument("--subset", type=_positive_int, help="train on the first N training images")
     t.add_argument("--test-subset", type=_positive_int, help="evaluate on the first N test images")
     t.add_argument("--out", default=os.path.join("runs", "default"), help="output folder")
@@ -234,24 +229,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="per-class accuracy of a checkpoint on the test set")
     e.add_argument("checkpoint")
-    e.add_argument("--data")
-    e.add_argument("--device", default="auto")
-    e.add_argument("--batch-size", type=_positive_int, default=500)
-    e.add_argument("--json", action="store_true")
-    e.add_argument("--quiet", action="store_true")
+    e.add_argument("--data", help="folder with CIFAR-10 (default: $FASTCIFAR_DATA, then ./data)")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    e.add_argument("--batch-size", type=_positive_int, default=500, help="images per batch")
+    e.add_argument("--json", action="store_true", help="print the report as JSON")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("predict", help="classify image files with a checkpoint")
     r.add_argument("checkpoint")
     r.add_argument("images", nargs="+")
-    r.add_argument("--device", default="auto")
-    r.add_argument("--top", type=_positive_int, default=3)
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    r.add_argument("--top", type=_positive_int, default=3, help="classes to show per image")
     r.add_argument("--tta", action="store_true", help="average with the mirrored image")
     r.set_defaults(func=cmd_predict)
 
     i = sub.add_parser("info", help="where the data is, its size and class counts, and decode time")
-    i.add_argument("--data")
-    i.add_argument("--download", action="store_true")
+    i.add_argument("--data", help="folder with CIFAR-10 (default: $FASTCIFAR_DATA, then ./data)")
+    i.add_argument("--download", action="store_true", help="fetch CIFAR-10 if it is not there")
     i.set_defaults(func=cmd_info)
     return p
 

@@ -394,7 +394,7 @@ class Trainer:
         if self.classes is None:
             self.classes = list(loader.dataset.classes)
         if self.input_shape is None:
-            self.input_shape = tuple(int(v) for v in loader.out_shape)
+            self.input_shape = tuple(int(v) for v in loader.image_shape)
 
     def _as_batch(self, images, transform) -> torch.Tensor:
         from . import _inputs
@@ -408,7 +408,7 @@ class Trainer:
         t = transform if transform is not None else (self.eval_transform or T.ToTensor())
         ds = Dataset.from_numpy(arr, [0] * len(arr), classes=["_"])
         loader = DataLoader(ds, batch_size=len(arr), transform=t, seed=0)
-        _inputs.check_size(loader.out_shape, size, t)
+        _inputs.check_size(loader.image_shape, size, t)
         x, _ = loader._native.batch(list(range(len(arr))), 0)
         return x.to(self.device)
 
