@@ -1,19 +1,23 @@
 """CPU training throughput: fastcifar's Rust loop against plain PyTorch loops, with the same torch
-thread count, on the same real data, in one run. Three pairs:
+thread count, on the same real data, in one run. Four pairs:
 
 - builtin: fastcifar.models.ImageClassifier on the engine, against the seed tutorial's loop
   (torchvision CIFAR10 + DataLoader(num_workers=2) + Adam), batch 128;
 - own: the seed's ImageClassifier class as written in the tutorial (a user's module, captured with
   torch.fx) on the engine, against the same seed loop, batch 128;
 - tiny: a tiny user module at batch 32, where the per-step overhead dominates (as it does on a GPU),
-  against a plain PyTorch loop over batches already in memory (so the loop alone is compared).
+  against a plain PyTorch loop over batches already in memory (so the loop alone is compared);
+- tiny-step: the same with torch.optim.RMSprop, which the engine runs through its own step().
 
-    python benches/bench_train_cpu.py --data DATA_DIR [--steps 12] [--rows builtin,own,tiny]
+    python benches/bench_train_cpu.py --data DATA_DIR [--steps 12] [--rows builtin,own,tiny,tiny-step]
 
-Each side runs in a fresh process and is timed the same way: one loop over the epoch, a time mark
-after every step, and the --steps steps after --warmup steps are timed (fastcifar: one fit whose
-callback takes the marks and stops it; the seed loop: its own loop, including its per-step
-loss.item()). Targets: builtin and own >= 1.0x; tiny >= 1.2x.
+Each side runs in a fresh process. builtin and own are timed the same way on both sides: one loop
+over the epoch, a time mark after every step, and the --steps steps after --warmup steps are timed
+(fastcifar: one fit whose callback takes the marks and stops it; the seed loop: its own loop,
+including its per-step loss.item()). The tiny rows time the whole run over the --steps batches
+after --warmup batches (fastcifar: one fit of those batches after a warm-up fit, progress every
+log_every=20 steps as by default; the plain loop: its loop with loss.item() every step), since a
+Python callback every step would be most of what is measured. Targets: builtin and own >= 1.0x; tiny >= 1.2x; tiny-step is reported (the cost of the own-step() path).
 """
 import argparse
 import os
@@ -88,13 +92,23 @@ from fastcifar import transforms as T
 t = T.Compose([T.RandomHorizontalFlip(), T.RandomCrop(32, padding=4), T.ToTensor(), T.Normalize(MEAN, STD)])
 ds = fastcifar.CIFAR10({root!r}, train=True, transform=t)
 loader = fastcifar.DataLoader(ds, batch_size=BS, shuffle=True, seed=0)
-tr = fastcifar.Trainer({model}, optimizer=fastcifar.optim.Adam(lr=1e-3, weight_decay=1e-4), device="cpu", log_every=1)
-marks = []
-def mark(info):                                    # a time mark after every step, as the plain loops take
-    marks.append(time.perf_counter())
-    return len(marks) < STEPS + WARM
-tr.fit(loader, epochs=1, progress=False, callbacks=[mark])
-report(marks)
+model = {model}
+if {whole}:                                        # the whole fit over STEPS batches, after a warm-up fit
+    tr = fastcifar.Trainer(model, optimizer={opt}, device="cpu")
+    part = lambda n: fastcifar.DataLoader(ds.subset(range(BS * n)), batch_size=BS, shuffle=True, seed=0)
+    tr.fit(part(WARM), epochs=1, progress=False)
+    timed = part(STEPS)
+    t0 = time.perf_counter()
+    tr.fit(timed, epochs=1, progress=False)
+    report([t0] * WARM + [time.perf_counter()] * STEPS)
+else:
+    tr = fastcifar.Trainer(model, optimizer={opt}, device="cpu", log_every=1)
+    marks = []
+    def mark(info):                                # a time mark after every step, as the plain loops take
+        marks.append(time.perf_counter())
+        return len(marks) < STEPS + WARM
+    tr.fit(loader, epochs=1, progress=False, callbacks=[mark])
+    report(marks)
 """
 SEED = COMMON + """
 import torchvision, torchvision.transforms as transforms, torchvision.datasets.cifar as c
@@ -131,7 +145,7 @@ for x, y in loader:
         break
 model = {model}
 criterion = nn.CrossEntropyLoss()
-optimizer = torch.optim.Adam(model.parameters(), lr=0.001, weight_decay=1e-4)
+optimizer = {opt}
 model.train()
 marks = []
 for images, labels in batches:
@@ -144,14 +158,19 @@ for images, labels in batches:
 report(marks)
 """
 
-# row: (label ours, label baseline, fastcifar model, baseline script, baseline model, batch size, steps factor)
+ADAM = "torch.optim.Adam(model.parameters(), lr=0.001, weight_decay=1e-4)"
+RMSPROP = "torch.optim.RMSprop(model.parameters(), lr=0.001)"
+# row: (label ours, label baseline, fastcifar model, fastcifar optimizer, baseline script, baseline model and
+# optimizer, batch size, steps factor)
 ROWS = {
     "builtin": ("fastcifar.models.ImageClassifier on the engine", "seed tutorial loop (torchvision, num_workers=2)",
-                "fastcifar.models.ImageClassifier()", SEED, "", 128, 1),
+                "fastcifar.models.ImageClassifier()", ADAM, SEED, ("", ""), 128, 1),
     "own": ("the seed's own class (user module) on the engine", "seed tutorial loop (torchvision, num_workers=2)",
-            "ImageClassifier()", SEED, "", 128, 1),
+            "ImageClassifier()", ADAM, SEED, ("", ""), 128, 1),
     "tiny": ("tiny user module, batch 32, on the engine", "plain PyTorch loop over batches in memory",
-             "Tiny()", PLAIN, "Tiny()", 32, 20),
+             "Tiny()", ADAM, PLAIN, ("Tiny()", ADAM), 32, 20),
+    "tiny-step": ("tiny user module, batch 32, torch.optim.RMSprop (its own step())", "plain PyTorch loop over batches in memory",
+                  "Tiny()", RMSPROP, PLAIN, ("Tiny()", RMSPROP), 32, 20),
 }
 
 
@@ -161,18 +180,18 @@ def main():
     ap.add_argument("--steps", type=int, default=12, help="timed steps (the tiny row times 20x as many)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (allocator and oneDNN warm-up)")
     ap.add_argument("--repeat", type=int, default=3, help="alternate the two sides this many times; medians are compared")
-    ap.add_argument("--rows", default="builtin,own,tiny")
+    ap.add_argument("--rows", default="builtin,own,tiny,tiny-step")
     a = ap.parse_args()
     root = os.path.abspath(a.data)
     ips = lambda r: r["images"] / r["seconds"]
     out, threads = [], None
     for name in a.rows.split(","):
-        ours_label, base_label, model, base, base_model, bs, k = ROWS[name]
+        ours_label, base_label, model, opt, base, (base_model, base_opt), bs, k = ROWS[name]
         kw = dict(root=root, steps=a.steps * k, warm=a.warmup * k, bs=bs)
         fcs, bss = [], []
         for _ in range(a.repeat):  # alternating, so that machine noise hits both sides alike
-            fcs += run_timed(FC.format(model=model, **kw), 1)
-            bss += run_timed(base.format(model=base_model, **kw), 1)
+            fcs += run_timed(FC.format(model=model, opt=opt, whole=base is PLAIN, **kw), 1)
+            bss += run_timed(base.format(model=base_model, opt=base_opt, **kw), 1)
         f, s = statistics.median(map(ips, fcs)), statistics.median(map(ips, bss))
         pairs = sorted(ips(x) / ips(y) for x, y in zip(fcs, bss))
         out += [[ours_label, f"{f:,.1f}", f"{f / s:.2f}x (runs {pairs[0]:.2f}x to {pairs[-1]:.2f}x)"], [base_label, f"{s:,.1f}", "1.00x"]]

@@ -342,3 +342,37 @@ def test_plots_are_closed_so_a_notebook_shows_each_once():
     before = len(plt.get_fignums())
     fig = fastcifar.plot.plot_history(h)
     assert fig is not None and len(plt.get_fignums()) == before
+
+
+def test_bad_schedule_arguments_are_named():
+    m = models.small_cnn(width=4)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    other = torch.optim.SGD(m.parameters(), lr=0.1)
+    for make, exc, match in [
+        (lambda: fastcifar.Trainer(m, opt, torch.optim.lr_scheduler.StepLR(other, 1), device="cpu"), ValueError, "another optimizer"),
+        (lambda: fastcifar.Trainer(m, opt, device="cpu", scheduler_interval="batch"), ValueError, "scheduler_interval"),
+        (lambda: fastcifar.Trainer(m, opt, torch.optim.lr_scheduler.ReduceLROnPlateau(opt), device="cpu", scheduler_interval="step"),
+         ValueError, "once per epoch"),
+        (lambda: fastcifar.Trainer(m, opt, "cosine", device="cpu"), TypeError, "scheduler"),
+    ]:
+        with pytest.raises(exc, match=match):
+            make()
+
+
+def test_a_checkpoint_with_a_torch_schedule_resumes_when_given_it(tmp_path):
+    def build():
+        torch.manual_seed(0)
+        m = models.small_cnn(width=4)
+        o = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+        return m, o, torch.optim.lr_scheduler.StepLR(o, 1, 0.5)
+
+    m, o, s = build()
+    tr = fastcifar.Trainer(m, o, s, device="cpu")
+    tr.fit(loader(32), epochs=2, progress=False)
+    tr.save(tmp_path / "c.pth")
+    with pytest.raises(ValueError, match=r"torch.optim.lr_scheduler.StepLR.*Trainer.load\(path, optimizer=\.\.\., scheduler=\.\.\.\)"):
+        fastcifar.Trainer.load(tmp_path / "c.pth", device="cpu")
+    m2, o2, s2 = build()
+    back = fastcifar.Trainer.load(tmp_path / "c.pth", device="cpu", model=m2, optimizer=o2, scheduler=s2)
+    assert back.epoch == 2 and s2.last_epoch == 2 and o2.param_groups[0]["lr"] == 0.025
+    assert_same_state(o2, o)

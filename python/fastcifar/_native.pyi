@@ -122,7 +122,9 @@ class NativeTrainer:
         scheduler: Optional[str], sched_settings: Dict[str, float], label_smoothing: float, amp: bool,
         grad_accum: int, grad_clip: Optional[float], log_every: int,
     ) -> None: ...
-    def train_epoch(self, model: NativeModel, loader: NativeLoader, epoch: int, callback: Optional[Callable[[dict], Optional[bool]]] = None) -> Tuple[dict, bool]:
+    def train_epoch(self, model: NativeModel, loader: NativeLoader, epoch: int, callback: Optional[Callable[[dict], Optional[bool]]] = None,
+                    *, poll: Optional[Callable[[], object]] = None, outer: Optional[Callable[..., object]] = None,
+                    owns_optimizer: bool = False) -> Tuple[dict, bool]:
         """One epoch with the GIL released. Returns (stats, interrupted): stats has loss, accuracy,
         images, seconds, lr, stopped. The callback gets epoch, step, steps, loss, batch_loss,
         accuracy, images, seconds, lr every log_every steps; returning False stops."""
@@ -131,6 +133,9 @@ class NativeTrainer:
     def end_epoch(self, metric: Optional[float] = None) -> None: ...
     @property
     def lr(self) -> float: ...
+    @property
+    def momentum(self) -> float:
+        """SGD's momentum or Adam's beta1 now."""
     @property
     def global_step(self) -> int: ...
     def set_global_step(self, step: int) -> None: ...
