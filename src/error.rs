@@ -26,6 +26,10 @@ pub enum Error {
     /// A collective (all-reduce, broadcast) failed: another rank died, stopped or timed out.
     #[error("{0}")]
     Distributed(String),
+    /// A model or trainer was reached from a callback of the call that holds it (fit's progress
+    /// callback calling the model): waiting for it would never end.
+    #[error("{0}")]
+    Busy(String),
     /// The user asked to stop (Ctrl-C) or a consumer went away.
     #[error("interrupted")]
     Interrupted,

@@ -90,11 +90,13 @@ pub fn decode_bytes(path: &Path, bytes: &[u8], size: Option<(usize, usize)>) -> 
 pub fn decode_files(paths: &[std::path::PathBuf], size: (usize, usize)) -> Result<Vec<u8>> {
     let per = size.0 * size.1 * 3;
     let mut out = vec![0u8; paths.len() * per];
-    out.par_chunks_mut(per.max(1)).zip(paths.par_iter()).try_for_each(|(dst, p)| {
-        let img = decode(p, Some(size))?;
-        dst.copy_from_slice(img.as_raw());
-        Ok::<(), Error>(())
-    })?;
+    crate::pool::shared().install(|| {
+        out.par_chunks_mut(per.max(1)).zip(paths.par_iter()).try_for_each(|(dst, p)| {
+            let img = decode(p, Some(size))?;
+            dst.copy_from_slice(img.as_raw());
+            Ok::<(), Error>(())
+        })
+    })??;
     Ok(out)
 }
 
@@ -116,7 +118,7 @@ pub fn load(root: &Path, size: Option<(usize, usize)>) -> Result<Dataset> {
     };
     let per = 3 * h * w;
     let mut images = super::ImageBuf::zeroed(files.len() * per);
-    images.par_chunks_mut(per).zip(files.par_iter()).with_min_len(16).try_for_each(|(dst, (path, _))| {
+    let decode_all = || images.par_chunks_mut(per).zip(files.par_iter()).with_min_len(16).try_for_each(|(dst, (path, _))| {
         let img = decode(path, size)?;
         if (img.height() as usize, img.width() as usize) != (h, w) {
             return Err(Error::format(
@@ -126,7 +128,8 @@ pub fn load(root: &Path, size: Option<(usize, usize)>) -> Result<Dataset> {
         }
         hwc_to_chw(img.as_raw(), dst, 3);
         Ok(())
-    })?;
+    });
+    crate::pool::shared().install(decode_all)??;
     let labels = files.iter().map(|(_, l)| *l).collect();
     Dataset::new(images, labels, classes, [3, h, w])
 }

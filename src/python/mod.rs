@@ -2,12 +2,13 @@
 //! long call. Python-side conveniences live in `python/fastcifar/`.
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use numpy::ndarray::ArrayView1;
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyFileNotFoundError, PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyTuple;
 use pyo3_tch::PyTensor;
 
 use crate::data::{cifar, folder, Dataset};
@@ -23,7 +24,7 @@ pub(crate) fn to_py(e: Error) -> PyErr {
         Error::NotFound { .. } => PyFileNotFoundError::new_err(msg),
         Error::Io { .. } => PyOSError::new_err(msg),
         Error::Format { .. } | Error::Invalid { .. } => PyValueError::new_err(msg),
-        Error::Torch(_) | Error::Distributed(_) => PyRuntimeError::new_err(msg),
+        Error::Torch(_) | Error::Distributed(_) | Error::Busy(_) => PyRuntimeError::new_err(msg),
         Error::Interrupted => PyKeyboardInterrupt::new_err(msg),
         Error::NonFinite(_) => pyo3::exceptions::PyFloatingPointError::new_err(msg),
     }
@@ -33,9 +34,72 @@ type R<T> = Result<T, Error>;
 
 /// Runs a core call with the GIL released, catching panics so that none reaches Python as a crash.
 fn release<T: Send>(py: Python<'_>, f: impl FnOnce() -> R<T> + Send) -> PyResult<T> {
+    crate::pool::torch_after_fork();
     py.allow_threads(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)))
         .map_err(|p| PyRuntimeError::new_err(format!("internal error: {}", crate::loader::panic_message(&p))))?
         .map_err(to_py)
+}
+
+thread_local! {
+    /// The locks this thread holds while a core call runs Python callbacks (fit, evaluate).
+    static HELD: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Marks `m` as held by this thread for as long as the value lives: a callback run meanwhile that
+/// reaches the same model or trainer gets a "busy" error instead of waiting on its own thread.
+pub(crate) struct Held(usize);
+
+impl Held {
+    pub(crate) fn mark<T>(m: &Mutex<T>) -> Held {
+        let key = m as *const Mutex<T> as usize;
+        HELD.with(|h| h.borrow_mut().push(key));
+        Held(key)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        HELD.with(|h| {
+            let mut h = h.borrow_mut();
+            if let Some(i) = h.iter().rposition(|&k| k == self.0) {
+                h.remove(i);
+            }
+        });
+    }
+}
+
+fn not_held_here<T>(m: &Mutex<T>) -> R<()> {
+    let key = m as *const Mutex<T> as usize;
+    if HELD.with(|h| h.borrow().contains(&key)) {
+        return Err(Error::Busy(
+            "busy: this model or trainer is in use by the fit or evaluate that runs this callback; \
+             use it after that call returns (or from an epoch-end callback)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Takes a model's or trainer's lock inside a core call (the GIL already released).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> R<MutexGuard<'_, T>> {
+    not_held_here(m)?;
+    // A panic caught at the boundary must not make the model unusable afterwards.
+    Ok(m.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Takes a lock while holding the GIL, without ever waiting for it with the GIL held: the holder
+/// (fit's thread) may need the GIL for its callback before it lets go. The wait happens with the
+/// GIL released; the lock is then taken with `try_lock`, and the wait repeats if someone got there
+/// first.
+pub(crate) fn hold<'a, T: Send>(py: Python<'_>, m: &'a Mutex<T>) -> PyResult<MutexGuard<'a, T>> {
+    not_held_here(m).map_err(to_py)?;
+    loop {
+        match m.try_lock() {
+            Ok(g) => return Ok(g),
+            Err(TryLockError::Poisoned(e)) => return Ok(e.into_inner()),
+            Err(TryLockError::WouldBlock) => py.allow_threads(|| drop(m.lock())),
+        }
+    }
 }
 
 pub(crate) fn parse_device(device: &str) -> PyResult<tch::Device> {
@@ -227,6 +291,32 @@ impl PyOp {
     fn __repr__(&self) -> String {
         format!("{:?}", self.op)
     }
+
+    /// Pickles as the constructor call that made it, so that transforms reach DataLoader workers
+    /// started with spawn or forkserver.
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+        let py = slf.py();
+        let (ctor, args) = match slf.get().op.clone() {
+            Op::RandomCrop { size, padding, fill, mode, pad_if_needed } => {
+                let mode = match mode {
+                    PadMode::Constant => "constant",
+                    PadMode::Reflect => "reflect",
+                    PadMode::Edge => "edge",
+                };
+                ("random_crop", (size, padding, fill, mode, pad_if_needed).into_pyobject(py)?)
+            }
+            Op::CenterCrop { size } => ("center_crop", (size,).into_pyobject(py)?),
+            Op::RandomHorizontalFlip { p } => ("horizontal_flip", (p,).into_pyobject(py)?),
+            Op::RandomVerticalFlip { p } => ("vertical_flip", (p,).into_pyobject(py)?),
+            Op::Resize { size: ResizeTo::Shorter(s) } => ("resize", (Some(s), None::<(usize, usize)>).into_pyobject(py)?),
+            Op::Resize { size: ResizeTo::Exact(h, w) } => ("resize", (None::<usize>, Some((h, w))).into_pyobject(py)?),
+            Op::ToTensor => ("to_tensor", PyTuple::empty(py)),
+            Op::Normalize { mean, std } => ("normalize", (mean, std).into_pyobject(py)?),
+            Op::RandomErasing { p, scale, ratio, value } => ("random_erasing", (p, scale, ratio, value).into_pyobject(py)?),
+            Op::Cutout { size, p, value } => ("cutout", (size, p, value).into_pyobject(py)?),
+        };
+        Ok((py.get_type::<PyOp>().getattr(ctor)?, args))
+    }
 }
 
 #[pyclass(frozen, name = "NativeLoader", module = "fastcifar._native")]
@@ -339,14 +429,15 @@ impl PyBatchIter {
         }
     }
 
-    fn __len__(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |i| i.remaining())
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(hold(py, &self.inner)?.as_ref().map_or(0, |i| i.remaining()))
     }
 
     /// Stops the producer thread now (also done when the iterator is garbage-collected).
-    fn close(&self, py: Python<'_>) {
-        let it = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let it = hold(py, &self.inner)?.take();
         py.allow_threads(move || drop(it));
+        Ok(())
     }
 }
 
@@ -370,6 +461,8 @@ fn cuda_is_available() -> bool {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    crate::pool::torch_after_fork(); // notes this process, so that a forked child can tell
+
     m.add_class::<PyDataset>()?;
     m.add_class::<PyOp>()?;
     m.add_class::<PyLoader>()?;

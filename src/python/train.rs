@@ -1,25 +1,20 @@
 //! Bindings for models, optimizers, schedules and the training engine.
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3_tch::PyTensor;
 
-use super::{parse_device, release, to_py, PyLoader};
+use super::{hold, lock, parse_device, release, to_py, Held, PyLoader};
 use crate::error::Error;
 use crate::nn::{Arch, BatchNormSync, Model, Role};
 use crate::train::dist::{Collective, DistState};
 use crate::train::optim::{OptKind, Optimizer};
 use crate::train::sched::{self, Scheduler};
 use crate::train::{self as engine, TrainConfig, TrainState};
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic caught at the boundary must not make the model unusable afterwards.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Reads numeric settings from a Python dict, refusing unknown keys (typos).
 struct Settings(HashMap<String, f64>);
@@ -72,7 +67,7 @@ impl PyModel {
     fn forward(&self, py: Python<'_>, x: PyTensor, train: Option<bool>) -> PyResult<PyTensor> {
         let m = self.inner.clone();
         let y = release(py, move || {
-            let m = lock(&m);
+            let m = lock(&m)?;
             let t = train.unwrap_or(m.training);
             m.check_finite(&x.0)?; // forward_t checks shape, dtype and device
             m.forward_t(&x.0, t)
@@ -82,7 +77,7 @@ impl PyModel {
 
     fn state_dict(&self, py: Python<'_>) -> PyResult<Vec<(String, PyTensor)>> {
         let m = self.inner.clone();
-        let sd = release(py, move || Ok(lock(&m).state_dict()))?;
+        let sd = release(py, move || Ok(lock(&m)?.state_dict()))?;
         Ok(sd.into_iter().map(|(k, v)| (k, PyTensor(v))).collect())
     }
 
@@ -90,13 +85,13 @@ impl PyModel {
     fn load_state_dict(&self, py: Python<'_>, items: Vec<(String, PyTensor)>, strict: bool) -> PyResult<(Vec<String>, Vec<String>)> {
         let m = self.inner.clone();
         let sd: Vec<(String, tch::Tensor)> = items.into_iter().map(|(k, v)| (k, v.0)).collect();
-        release(py, move || lock(&m).load_state_dict(&sd, strict))
+        release(py, move || lock(&m)?.load_state_dict(&sd, strict))
     }
 
     /// The live parameter tensors (shared with the model) whose names start with `prefix`.
     #[pyo3(signature = (prefix = ""))]
-    fn parameters(&self, prefix: &str) -> PyResult<Vec<(String, PyTensor)>> {
-        let m = lock(&self.inner);
+    fn parameters(&self, py: Python<'_>, prefix: &str) -> PyResult<Vec<(String, PyTensor)>> {
+        let m = hold(py, &self.inner)?;
         let v: Vec<(String, PyTensor)> = m
             .params
             .entries
@@ -111,70 +106,72 @@ impl PyModel {
     }
 
     /// The live buffers (running statistics), shared with the model.
-    fn buffers(&self) -> Vec<(String, PyTensor)> {
-        let m = lock(&self.inner);
-        m.params.entries.iter().filter(|e| e.role == Role::Buffer).map(|e| (e.name.clone(), PyTensor(e.tensor.shallow_clone()))).collect()
+    fn buffers(&self, py: Python<'_>) -> PyResult<Vec<(String, PyTensor)>> {
+        let m = hold(py, &self.inner)?;
+        Ok(m.params.entries.iter().filter(|e| e.role == Role::Buffer).map(|e| (e.name.clone(), PyTensor(e.tensor.shallow_clone()))).collect())
     }
 
     /// Sets the SyncBatchNorm function every BatchNorm layer calls in training mode:
     /// `fn(x, weight, bias, running_mean, running_var, momentum, eps) -> y`; None restores local BN.
     #[pyo3(signature = (func = None))]
-    fn set_sync_bn(&self, func: Option<PyObject>) {
+    fn set_sync_bn(&self, py: Python<'_>, func: Option<PyObject>) -> PyResult<()> {
         let hook = func.map(|f| Arc::new(PyBatchNormSync(f)) as Arc<dyn BatchNormSync>);
-        lock(&self.inner).set_batch_norm_sync(hook);
+        hold(py, &self.inner)?.set_batch_norm_sync(hook);
+        Ok(())
     }
 
-    fn set_trainable(&self, prefix: &str, trainable: bool) -> PyResult<usize> {
-        lock(&self.inner).set_trainable(prefix, trainable).map_err(to_py)
+    fn set_trainable(&self, py: Python<'_>, prefix: &str, trainable: bool) -> PyResult<usize> {
+        hold(py, &self.inner)?.set_trainable(prefix, trainable).map_err(to_py)
     }
 
     fn replace_head(&self, py: Python<'_>, num_classes: i64) -> PyResult<()> {
         let m = self.inner.clone();
-        release(py, move || lock(&m).replace_head(num_classes))
+        release(py, move || lock(&m)?.replace_head(num_classes))
     }
 
     fn to(&self, py: Python<'_>, device: &str) -> PyResult<()> {
         let d = parse_device(device)?;
         let m = self.inner.clone();
-        release(py, move || lock(&m).to_device(d))
+        release(py, move || lock(&m)?.to_device(d))
     }
 
     #[getter]
-    fn device(&self) -> String {
-        device_name(lock(&self.inner).device())
+    fn device(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(device_name(hold(py, &self.inner)?.device()))
     }
 
     #[getter]
-    fn training(&self) -> bool {
-        lock(&self.inner).training
+    fn training(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(hold(py, &self.inner)?.training)
     }
 
     #[setter]
-    fn set_training(&self, v: bool) {
-        lock(&self.inner).training = v;
+    fn set_training(&self, py: Python<'_>, v: bool) -> PyResult<()> {
+        hold(py, &self.inner)?.training = v;
+        Ok(())
     }
 
     /// (name, num_classes, cifar_stem, width) of the architecture.
     #[getter]
-    fn arch(&self) -> (String, i64, bool, i64) {
-        match lock(&self.inner).arch {
+    fn arch(&self, py: Python<'_>) -> PyResult<(String, i64, bool, i64)> {
+        Ok(match hold(py, &self.inner)?.arch {
             Arch::ImageClassifier { num_classes } => ("image_classifier".into(), num_classes, false, 0),
             Arch::ResNet18 { num_classes, cifar_stem } => ("resnet18".into(), num_classes, cifar_stem, 0),
             Arch::ResNet9 { num_classes } => ("resnet9".into(), num_classes, false, 0),
             Arch::SmallCnn { num_classes, width } => ("small_cnn".into(), num_classes, false, width),
-        }
+        })
     }
 
     #[pyo3(signature = (trainable_only = false))]
-    fn num_parameters(&self, trainable_only: bool) -> i64 {
-        lock(&self.inner).params.num_parameters(trainable_only)
+    fn num_parameters(&self, py: Python<'_>, trainable_only: bool) -> PyResult<i64> {
+        Ok(hold(py, &self.inner)?.params.num_parameters(trainable_only))
     }
 
     /// Writes the state dict as safetensors (to `path` directly; the caller handles atomicity).
     fn save_safetensors(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
         let m = self.inner.clone();
         release(py, move || {
-            let sd: Vec<(String, tch::Tensor)> = lock(&m).state_dict().into_iter().map(|(k, v)| (k, v.to_device(tch::Device::Cpu))).collect();
+            let sd: Vec<(String, tch::Tensor)> = lock(&m)?.state_dict().into_iter().map(|(k, v)| (k, v.to_device(tch::Device::Cpu))).collect();
             tch::Tensor::write_safetensors(&sd, &path).map_err(Error::from)
         })
     }
@@ -187,7 +184,7 @@ impl PyModel {
         let m = self.inner.clone();
         release(py, move || {
             let sd = tch::Tensor::read_safetensors(&path).map_err(|e| Error::format(&path, format!("not a readable safetensors file: {e}")))?;
-            lock(&m).load_state_dict(&sd, strict)
+            lock(&m)?.load_state_dict(&sd, strict)
         })
     }
 }
@@ -329,6 +326,7 @@ impl PyTrainer {
     #[pyo3(signature = (model, params, optimizer, opt_settings, scheduler, sched_settings, label_smoothing, amp, grad_accum, grad_clip, log_every))]
     #[allow(clippy::too_many_arguments)]
     fn new(
+        py: Python<'_>,
         model: &PyModel,
         params: Vec<PyTensor>,
         optimizer: &str,
@@ -350,7 +348,7 @@ impl PyTrainer {
             Some(name) => Some(self::scheduler(name, &Settings::new(sched_settings, SCHED_KEYS, name)?, lr)?),
         };
         let cfg = TrainConfig { label_smoothing, amp, grad_accum, grad_clip, log_every };
-        let device = lock(&model.inner).device();
+        let device = hold(py, &model.inner)?.device();
         let mut state = TrainState::new(opt, sched, cfg, device).map_err(to_py)?;
         state.apply_schedule();
         Ok(PyTrainer { model: model.inner.clone(), state: Arc::new(Mutex::new(state)) })
@@ -366,8 +364,10 @@ impl PyTrainer {
         let stats = {
             let (interrupted, cb_error) = (&mut interrupted, &mut cb_error);
             release(py, move || {
-                let mut m = lock(&model);
-                let mut st = lock(&state);
+                let mut m = lock(&model)?;
+                let mut st = lock(&state)?;
+                // Callbacks below run Python on this thread: the model and trainer are busy to them.
+                let _held = (Held::mark::<Model>(&model), Held::mark::<TrainState>(&state));
                 let mut progress = |info: &engine::StepInfo| -> bool {
                     Python::with_gil(|py| {
                         if let Err(e) = py.check_signals() {
@@ -427,30 +427,30 @@ impl PyTrainer {
                 Some(DistState::new(Box::new(comm), (bucket_cap_mb * 1024.0 * 1024.0) as usize).map_err(to_py)?)
             }
         };
-        lock(&self.state).dist = dist;
+        hold(py, &self.state)?.dist = dist;
         Ok(())
     }
 
     /// End of epoch: moves epoch schedules (`metric` for ReduceLROnPlateau).
     #[pyo3(signature = (metric = None))]
-    fn end_epoch(&self, metric: Option<f64>) -> PyResult<()> {
-        lock(&self.state).end_epoch(metric).map_err(to_py)
+    fn end_epoch(&self, py: Python<'_>, metric: Option<f64>) -> PyResult<()> {
+        hold(py, &self.state)?.end_epoch(metric).map_err(to_py)
     }
 
     #[getter]
-    fn lr(&self) -> f64 {
-        lock(&self.state).opt.lr
+    fn lr(&self, py: Python<'_>) -> PyResult<f64> {
+        Ok(hold(py, &self.state)?.opt.lr)
     }
 
     #[getter]
-    fn global_step(&self) -> u64 {
-        lock(&self.state).global_step
+    fn global_step(&self, py: Python<'_>) -> PyResult<u64> {
+        Ok(hold(py, &self.state)?.global_step)
     }
 
     /// (name, lr, initial_lr, hyper-parameters, per-parameter state (step, buf1, buf2) or None).
     #[allow(clippy::type_complexity)]
-    fn optimizer_state(&self) -> (String, f64, f64, HashMap<String, f64>, Vec<Option<(f64, Option<PyTensor>, Option<PyTensor>)>>) {
-        let st = lock(&self.state);
+    fn optimizer_state(&self, py: Python<'_>) -> PyResult<(String, f64, f64, HashMap<String, f64>, Vec<Option<(f64, Option<PyTensor>, Option<PyTensor>)>>)> {
+        let st = hold(py, &self.state)?;
         let o = &st.opt;
         let mut h = HashMap::new();
         match o.kind {
@@ -472,12 +472,12 @@ impl PyTrainer {
             .iter()
             .map(|s| s.as_ref().map(|s| (s.step, s.buf1.as_ref().map(|t| PyTensor(t.detach().copy())), s.buf2.as_ref().map(|t| PyTensor(t.detach().copy())))))
             .collect();
-        (o.kind.name().to_string(), o.lr, o.initial_lr, h, states)
+        Ok((o.kind.name().to_string(), o.lr, o.initial_lr, h, states))
     }
 
     #[allow(clippy::type_complexity)]
-    fn load_optimizer_state(&self, lr: f64, momentum: f64, states: Vec<Option<(f64, Option<PyTensor>, Option<PyTensor>)>>) -> PyResult<()> {
-        let mut st = lock(&self.state);
+    fn load_optimizer_state(&self, py: Python<'_>, lr: f64, momentum: f64, states: Vec<Option<(f64, Option<PyTensor>, Option<PyTensor>)>>) -> PyResult<()> {
+        let mut st = hold(py, &self.state)?;
         if states.len() != st.opt.len() {
             return Err(PyValueError::new_err(format!(
                 "optimizer_state_dict: state for {} parameters, the optimizer has {}",
@@ -497,9 +497,9 @@ impl PyTrainer {
     }
 
     /// The schedule's counters and ReduceLROnPlateau state.
-    fn scheduler_state(&self) -> Option<HashMap<String, f64>> {
-        let st = lock(&self.state);
-        st.sched.as_ref().map(|s| {
+    fn scheduler_state(&self, py: Python<'_>) -> PyResult<Option<HashMap<String, f64>>> {
+        let st = hold(py, &self.state)?;
+        Ok(st.sched.as_ref().map(|s| {
             HashMap::from([
                 ("epoch".to_string(), s.epoch as f64),
                 ("step".to_string(), s.step as f64),
@@ -509,11 +509,11 @@ impl PyTrainer {
                 ("cooldown_counter".to_string(), s.cooldown_counter as f64),
                 ("base_lr".to_string(), s.base_lr),
             ])
-        })
+        }))
     }
 
-    fn load_scheduler_state(&self, d: HashMap<String, f64>) -> PyResult<()> {
-        let mut st = lock(&self.state);
+    fn load_scheduler_state(&self, py: Python<'_>, d: HashMap<String, f64>) -> PyResult<()> {
+        let mut st = hold(py, &self.state)?;
         let Some(s) = st.sched.as_mut() else {
             return Err(PyValueError::new_err("scheduler_state_dict: this trainer has no scheduler"));
         };
@@ -529,18 +529,20 @@ impl PyTrainer {
         Ok(())
     }
 
-    fn set_global_step(&self, step: u64) {
-        lock(&self.state).global_step = step;
+    fn set_global_step(&self, py: Python<'_>, step: u64) -> PyResult<()> {
+        hold(py, &self.state)?.global_step = step;
+        Ok(())
     }
 
     /// Moves optimizer state to the model's device (after `model.to`).
-    fn sync_device(&self) {
-        let d = lock(&self.model).device();
-        let mut st = lock(&self.state);
+    fn sync_device(&self, py: Python<'_>) -> PyResult<()> {
+        let d = hold(py, &self.model)?.device();
+        let mut st = hold(py, &self.state)?;
         st.opt.to_device(d);
         if st.cfg.amp && d.is_cuda() && st.scaler.is_none() {
             st.scaler = Some(engine::GradScaler::default());
         }
+        Ok(())
     }
 }
 
@@ -550,7 +552,8 @@ impl PyTrainer {
 fn evaluate(py: Python<'_>, model: &PyModel, loader: &PyLoader, callback: Option<PyObject>) -> PyResult<(f64, f64, u64, Vec<i64>, usize)> {
     let (m, l) = (model.inner.clone(), loader.inner.clone());
     let r = release(py, move || {
-        let m = lock(&m);
+        let model = lock(&m)?;
+        let _held = Held::mark::<Model>(&m);
         let mut progress = |i: usize, n: usize| -> bool {
             Python::with_gil(|py| {
                 if py.check_signals().is_err() {
@@ -562,7 +565,7 @@ fn evaluate(py: Python<'_>, model: &PyModel, loader: &PyLoader, callback: Option
                 }
             })
         };
-        engine::evaluate(&m, &l, &mut progress)
+        engine::evaluate(&model, &l, &mut progress)
     })?;
     Ok((r.loss, r.accuracy, r.count, r.confusion, r.num_classes))
 }
@@ -571,7 +574,7 @@ fn evaluate(py: Python<'_>, model: &PyModel, loader: &PyLoader, callback: Option
 #[pyo3(signature = (model, x, batch_size = 256, tta = false))]
 fn predict_logits(py: Python<'_>, model: &PyModel, x: PyTensor, batch_size: i64, tta: bool) -> PyResult<PyTensor> {
     let m = model.inner.clone();
-    let y = release(py, move || engine::predict(&lock(&m), &x.0, batch_size, tta))?;
+    let y = release(py, move || engine::predict(&*lock(&m)?, &x.0, batch_size, tta))?;
     Ok(PyTensor(y))
 }
 
