@@ -22,7 +22,7 @@ from . import _native as _rs
 from . import distributed as _dist
 from . import optim as _optim
 from . import transforms as T
-from ._io import atomic_write
+from ._io import atomic_write, check_writable
 from .loader import DataLoader
 from .models import Model
 
@@ -216,6 +216,13 @@ class Trainer:
             self.eval_transform = T.deterministic_part(src)
         progress = progress and self.is_main
         source, train_loader = train_loader, self._shard(train_loader, pad=True)
+        for name, ld in (("train_loader", train_loader), ("val_loader", val_loader)):
+            if epochs and ld is not None and len(ld) == 0:
+                raise ValueError(f"{name}: yields no batch per epoch ({len(ld.dataset)} images, batch_size={ld.batch_size}, "
+                                 f"drop_last={ld.drop_last}): lower batch_size or set drop_last=False")
+        if epochs and checkpoint is not None and self.is_main:
+            # A full disk or a read-only folder is found now, not after the first epoch.
+            check_writable(checkpoint, need_bytes=sum(t.numel() * t.element_size() for t in self.model.state_dict().values()))
         final = self.epoch + epochs
         for _ in range(epochs):
             e = self.epoch
@@ -407,7 +414,12 @@ class Trainer:
         atomic_write(os.fspath(path), lambda tmp: torch.save(sd, tmp))
 
     def load_state_dict(self, ckpt: dict) -> None:
-        """Restores model, optimizer, schedule, history, epoch and RNG state (to resume)."""
+        """Restores model, optimizer, schedule, history, epoch and RNG state (to resume).
+
+        The checkpoint's optimizer and schedule must be this trainer's (same kind and settings):
+        a different one is refused by name rather than half-loaded. ``Trainer.load(path)`` builds
+        the trainer the checkpoint describes."""
+        _check_same_optimizer(ckpt, self.optimizer, self.scheduler)
         try:
             self.model.load_state_dict(ckpt["model_state_dict"], strict=True)
             self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
@@ -454,6 +466,45 @@ class Trainer:
         tr = cls(model, optimizer, sched, device=device, **meta["trainer"])
         tr.load_state_dict(ckpt)
         return tr
+
+
+def _check_same_optimizer(ckpt: dict, optimizer, scheduler) -> None:
+    """Refuses a checkpoint whose optimizer or schedule differs from the trainer's: loading one
+    into the other would keep the wrong update rule, lose moment buffers and make ``settings()``
+    disagree with the lr in use."""
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"checkpoint: expected a dict, got {type(ckpt).__name__}")
+    meta = ckpt.get("fastcifar") or {}
+    fix = "build the trainer from the checkpoint with fastcifar.Trainer.load(path), or load only the weights with model.load_state_dict"
+    saved = meta.get("optimizer")
+    if saved is not None:
+        if saved.get("name") != optimizer.name:
+            raise ValueError(f"checkpoint: optimizer is {saved.get('name')}, this trainer's is {optimizer.name}; {fix}")
+        _same_settings("optimizer", optimizer.name, saved.get("settings", {}), optimizer.settings(), fix)
+    else:
+        # A checkpoint without fastcifar's entry (torch's format): its param group tells the kind.
+        groups = (ckpt.get("optimizer_state_dict") or {}).get("param_groups") or [{}]
+        group = groups[0] if isinstance(groups[0], dict) else {}
+        kind = "Adam" if "betas" in group else "SGD" if "momentum" in group else None
+        if kind is not None and (kind == "Adam") != (optimizer.name in ("Adam", "AdamW")):
+            raise ValueError(f"checkpoint: optimizer state is {'Adam-like (betas)' if kind == 'Adam' else 'SGD (momentum)'}, "
+                             f"this trainer's optimizer is {optimizer.name}; {fix}")
+    if "scheduler" in meta:
+        saved, name = meta["scheduler"], None if scheduler is None else scheduler.name
+        if (saved or {}).get("name") != name:
+            raise ValueError(f"checkpoint: schedule is {(saved or {}).get('name')}, this trainer's is {name}; {fix}")
+        if saved is not None:
+            _same_settings("scheduler", name, saved.get("settings", {}), scheduler.settings(), fix)
+    elif ckpt.get("scheduler_state_dict") is not None and scheduler is None:
+        raise ValueError(f"checkpoint: has a schedule's state, this trainer has no scheduler; {fix}")
+
+
+def _same_settings(what: str, name: str, saved: dict, mine: dict, fix: str) -> None:
+    diff = [f"{k}={saved.get(k)!r} (this trainer: {mine.get(k)!r})" for k in sorted(set(saved) | set(mine))
+            if not (isinstance(saved.get(k), (int, float)) and isinstance(mine.get(k), (int, float))
+                    and abs(float(saved[k]) - float(mine[k])) <= 1e-12 * max(1.0, abs(float(mine[k]))))]
+    if diff:
+        raise ValueError(f"checkpoint: {what} {name} was saved with {', '.join(diff)}; {fix}")
 
 
 def _to_cpu(obj):
