@@ -61,6 +61,8 @@ impl Default for LoaderOptions {
     }
 }
 
+const MAX_THREADS: usize = 1024;
+
 #[derive(Clone)]
 pub struct Loader {
     dataset: Arc<Dataset>,
@@ -79,8 +81,11 @@ impl Loader {
         if opts.prefetch == 0 {
             return Err(Error::invalid("prefetch", "must be at least 1"));
         }
-        if opts.num_threads == Some(0) {
-            return Err(Error::invalid("num_threads", "must be at least 1"));
+        if let Some(n) = opts.num_threads {
+            // Each is an OS thread started now: a typo's 10**9 must not try to start them all.
+            if n == 0 || n > MAX_THREADS {
+                return Err(Error::invalid("num_threads", format!("{n} is not in [1, {MAX_THREADS}]")));
+            }
         }
         if opts.world_size == 0 || opts.rank >= opts.world_size {
             return Err(Error::invalid("rank", format!("rank {} is not below world_size {}", opts.rank, opts.world_size)));
@@ -229,7 +234,8 @@ impl BatchIter {
     /// rest: each batch depends only on (seed, epoch, indices), so the child's are the parent's).
     fn start(&mut self) {
         let first = self.chunks.len() - self.remaining;
-        let (tx, rx) = sync_channel::<Result<Batch>>(self.worker.opts.prefetch);
+        // The channel allocates its capacity up front: never more slots than batches left.
+        let (tx, rx) = sync_channel::<Result<Batch>>(self.worker.opts.prefetch.min(self.chunks.len() - first).max(1));
         self.stop = Arc::new(AtomicBool::new(false));
         let (flag, chunks, epoch) = (self.stop.clone(), self.chunks.clone(), self.epoch);
         let worker = self.worker.clone();

@@ -22,7 +22,11 @@ pub(crate) fn to_py(e: Error) -> PyErr {
     let msg = e.to_string();
     match e {
         Error::NotFound { .. } => PyFileNotFoundError::new_err(msg),
-        Error::Io { .. } => PyOSError::new_err(msg),
+        // With the errno, Python picks the subclass (PermissionError, ...) and sets .errno / .filename.
+        Error::Io { path, source } => match source.raw_os_error() {
+            Some(code) => PyOSError::new_err((code, msg, path.display().to_string())),
+            None => PyOSError::new_err(msg),
+        },
         Error::Format { .. } | Error::Invalid { .. } => PyValueError::new_err(msg),
         Error::Torch(_) | Error::Distributed(_) | Error::Busy(_) => PyRuntimeError::new_err(msg),
         Error::Interrupted => PyKeyboardInterrupt::new_err(msg),
