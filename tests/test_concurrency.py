@@ -179,6 +179,51 @@ def test_every_call_works_in_a_forked_child_after_the_parent_used_the_library():
     assert "child 80 96 96 6 True" in out
 
 
+def test_a_model_that_a_parent_thread_was_training_at_fork_is_refused_in_the_child():
+    run_bounded("""
+    ds = fastcifar.Dataset.from_numpy(IMAGES, LABELS)
+    loader = fastcifar.DataLoader(ds, batch_size=8, transform=NORM)
+    model = models.small_cnn(width=4)
+    tr = fastcifar.Trainer(model, device="cpu", log_every=1)
+    in_epoch = threading.Event()
+
+    def fit():
+        tr.fit(loader, epochs=2, progress=False, callbacks=[lambda i: in_epoch.set() or time.sleep(0.05)])
+
+    t = threading.Thread(target=fit)
+    t.start()
+    in_epoch.wait(30)
+    pid = os.fork()             # the fit thread holds the model and trainer now
+    if pid == 0:
+        code = 3
+        try:
+            for call in (lambda: model.device, lambda: model(torch.zeros(1, 3, 32, 32)), lambda: tr.state_dict()):
+                try:
+                    call()
+                    code = 4
+                except RuntimeError as e:
+                    assert "was in use by a fit or evaluate in another thread of the parent" in str(e), e
+            # Everything else works in the child, a new model included.
+            tr2 = fastcifar.Trainer(models.small_cnn(width=4), device="cpu")
+            tr2.fit(fastcifar.DataLoader(ds, batch_size=32, transform=NORM), epochs=1, progress=False)
+            code = 0 if code == 3 else code
+        finally:
+            os._exit(code)
+    for _ in range(600):
+        r, status = os.waitpid(pid, os.WNOHANG)
+        if r:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        raise SystemExit("the forked child hung")
+    t.join(60)
+    assert os.waitstatus_to_exitcode(status) == 0, status
+    assert len(tr.history) == 2
+    print("DONE")
+    """)
+
+
 WORKERS = """
     import pickle, tempfile
     import torchvision.transforms as TV

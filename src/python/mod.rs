@@ -2,7 +2,7 @@
 //! long call. Python-side conveniences live in `python/fastcifar/`.
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::Arc;
 
 use numpy::ndarray::ArrayView1;
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
@@ -16,7 +16,10 @@ use crate::error::Error;
 use crate::loader::{BatchIter, Loader, LoaderOptions, OutKind};
 use crate::transforms::{Op, PadMode, ResizeTo};
 
+mod locks;
 mod train;
+
+pub(crate) use locks::{hold, lock, Held};
 
 pub(crate) fn to_py(e: Error) -> PyErr {
     let msg = e.to_string();
@@ -42,68 +45,6 @@ fn release<T: Send>(py: Python<'_>, f: impl FnOnce() -> R<T> + Send) -> PyResult
     py.allow_threads(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)))
         .map_err(|p| PyRuntimeError::new_err(format!("internal error: {}", crate::loader::panic_message(&p))))?
         .map_err(to_py)
-}
-
-thread_local! {
-    /// The locks this thread holds while a core call runs Python callbacks (fit, evaluate).
-    static HELD: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Marks `m` as held by this thread for as long as the value lives: a callback run meanwhile that
-/// reaches the same model or trainer gets a "busy" error instead of waiting on its own thread.
-pub(crate) struct Held(usize);
-
-impl Held {
-    pub(crate) fn mark<T>(m: &Mutex<T>) -> Held {
-        let key = m as *const Mutex<T> as usize;
-        HELD.with(|h| h.borrow_mut().push(key));
-        Held(key)
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        HELD.with(|h| {
-            let mut h = h.borrow_mut();
-            if let Some(i) = h.iter().rposition(|&k| k == self.0) {
-                h.remove(i);
-            }
-        });
-    }
-}
-
-fn not_held_here<T>(m: &Mutex<T>) -> R<()> {
-    let key = m as *const Mutex<T> as usize;
-    if HELD.with(|h| h.borrow().contains(&key)) {
-        return Err(Error::Busy(
-            "busy: this model or trainer is in use by the fit or evaluate that runs this callback; \
-             use it after that call returns (or from an epoch-end callback)"
-                .into(),
-        ));
-    }
-    Ok(())
-}
-
-/// Takes a model's or trainer's lock inside a core call (the GIL already released).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> R<MutexGuard<'_, T>> {
-    not_held_here(m)?;
-    // A panic caught at the boundary must not make the model unusable afterwards.
-    Ok(m.lock().unwrap_or_else(|e| e.into_inner()))
-}
-
-/// Takes a lock while holding the GIL, without ever waiting for it with the GIL held: the holder
-/// (fit's thread) may need the GIL for its callback before it lets go. The wait happens with the
-/// GIL released; the lock is then taken with `try_lock`, and the wait repeats if someone got there
-/// first.
-pub(crate) fn hold<'a, T: Send>(py: Python<'_>, m: &'a Mutex<T>) -> PyResult<MutexGuard<'a, T>> {
-    not_held_here(m).map_err(to_py)?;
-    loop {
-        match m.try_lock() {
-            Ok(g) => return Ok(g),
-            Err(TryLockError::Poisoned(e)) => return Ok(e.into_inner()),
-            Err(TryLockError::WouldBlock) => py.allow_threads(|| drop(m.lock())),
-        }
-    }
 }
 
 pub(crate) fn parse_device(device: &str) -> PyResult<tch::Device> {
