@@ -18,6 +18,16 @@ HEADER = textwrap.dedent("""
     rng = np.random.default_rng(0)
     IMAGES = rng.integers(0, 256, (96, 32, 32, 3), dtype=np.uint8)
     LABELS = rng.integers(0, 10, 96)
+
+    def wait_child(pid, limit_s=60):
+        # The forked child's exit code; one that hangs is killed and fails the script.
+        for _ in range(int(limit_s * 10)):
+            r, status = os.waitpid(pid, os.WNOHANG)
+            if r:
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.1)
+        os.kill(pid, 9)
+        raise SystemExit("the forked child hung")
 """)
 
 
@@ -160,15 +170,7 @@ FORK_CHILD = """
             print("child", rest, again, n2, nf2, same, flush=True)
         finally:
             os._exit(ok)
-    for _ in range(600):
-        r, status = os.waitpid(pid, os.WNOHANG)
-        if r:
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(pid, 9)
-        raise SystemExit("the forked child hung")
-    assert os.waitstatus_to_exitcode(status) == 0, status
+    assert wait_child(pid) == 0
     assert sum(len(y) for _, y in it) == 80   # the parent's epoch is unaffected
     print("DONE")
 """
@@ -209,16 +211,8 @@ def test_a_model_that_a_parent_thread_was_training_at_fork_is_refused_in_the_chi
             code = 0 if code == 3 else code
         finally:
             os._exit(code)
-    for _ in range(600):
-        r, status = os.waitpid(pid, os.WNOHANG)
-        if r:
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(pid, 9)
-        raise SystemExit("the forked child hung")
+    assert wait_child(pid) == 0
     t.join(60)
-    assert os.waitstatus_to_exitcode(status) == 0, status
     assert len(tr.history) == 2
     print("DONE")
     """)
