@@ -56,6 +56,7 @@ HAMMER = """
         lambda: model.parameters(), lambda: list(model.named_parameters()), lambda: model.state_dict(),
         lambda: model.num_parameters(), lambda: model.config, lambda: model.name, lambda: model.num_classes,
         lambda: repr(model), lambda: model.train(model.training), lambda: model.load_state_dict(model.state_dict()),
+        lambda: model.to("cpu"),
         lambda: tr.state_dict(), lambda: tr.save(path), lambda: tr.optimizer.state_dict(),
         lambda: tr.optimizer.param_groups, lambda: tr.predict(IMAGES[:4]), lambda: tr.evaluate(loader, progress=False),
         lambda: tr._native.lr, lambda: tr._native.global_step, lambda: tr._native.scheduler_state(),
@@ -278,3 +279,23 @@ def test_cifar_pickles_by_path_and_assigned_arrays_by_value(real_data):
     assert set(c3.targets) == {1} and set(c3._native.targets.tolist()) == {1}
     print("DONE")
     """, args=[real_data])
+
+
+def test_copies_share_the_immutable_native_data_set_and_pickles_round_trip():
+    import copy
+    import pickle
+
+    import numpy as np
+
+    import fastcifar
+    from fastcifar import transforms as T
+
+    ds = fastcifar.Dataset.from_numpy(np.arange(5 * 4 * 4 * 3, dtype=np.uint8).reshape(5, 4, 4, 3) % 251, [0, 1, 2, 0, 1],
+                                      transform=T.Compose([T.RandomCrop(4, padding=1), T.ToTensor()]))
+    shallow, deep = copy.copy(ds), copy.deepcopy(ds)
+    assert shallow._native_ds is ds._native_ds and deep._native_ds is ds._native_ds
+    assert deep.transform is not ds.transform and repr(deep.transform) == repr(ds.transform)
+    deep.targets = [0] * 5
+    assert ds.targets == [0, 1, 2, 0, 1] and deep.classes == ["0", "1", "2"] and set(deep._native.targets.tolist()) == {0}
+    back = pickle.loads(pickle.dumps(ds))
+    assert np.array_equal(back.data, ds.data) and back.targets == ds.targets and repr(back.transform) == repr(ds.transform)

@@ -156,6 +156,21 @@ class Dataset:
         self.__dict__.update(state)
         self._native_ds = native
 
+    # Copies within one process share the Rust data set (it is immutable) instead of rebuilding it.
+    def __copy__(self):
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for k, v in self.__dict__.items():
+            new.__dict__[k] = v if k == "_native_ds" else copy.deepcopy(v, memo)
+        return new
+
     def __repr__(self) -> str:
         lines = [f"Dataset {type(self).__name__}", f"    Number of datapoints: {len(self)}"]
         for k in ("root", "split", "source"):
