@@ -483,8 +483,10 @@ def _check_same_optimizer(ckpt: dict, optimizer, scheduler) -> None:
         _same_settings("optimizer", optimizer.name, saved.get("settings", {}), optimizer.settings(), fix)
     else:
         # A checkpoint without fastcifar's entry (torch's format): its param group tells the kind.
-        groups = (ckpt.get("optimizer_state_dict") or {}).get("param_groups") or [{}]
-        group = groups[0] if isinstance(groups[0], dict) else {}
+        try:
+            group = dict(ckpt["optimizer_state_dict"]["param_groups"][0])
+        except (KeyError, IndexError, TypeError, ValueError):
+            group = {}  # malformed: optimizer.load_state_dict names the problem below
         kind = "Adam" if "betas" in group else "SGD" if "momentum" in group else None
         if kind is not None and (kind == "Adam") != (optimizer.name in ("Adam", "AdamW")):
             raise ValueError(f"checkpoint: optimizer state is {'Adam-like (betas)' if kind == 'Adam' else 'SGD (momentum)'}, "
