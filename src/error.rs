@@ -30,6 +30,10 @@ pub enum Error {
     /// unchanged so that the bindings can raise the original exception.
     #[error("{0}")]
     External(Box<dyn std::error::Error + Send + Sync>),
+    /// A model or trainer was reached from a callback of the call that holds it (fit's progress
+    /// callback calling the model): waiting for it would never end.
+    #[error("{0}")]
+    Busy(String),
     /// The user asked to stop (Ctrl-C) or a consumer went away.
     #[error("interrupted")]
     Interrupted,

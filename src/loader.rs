@@ -1,6 +1,7 @@
 //! The data loader: a sampler (permutation keyed by seed and epoch), the fused transform pass run
 //! on a private rayon pool straight into the batch tensor's memory, and a background thread that
-//! keeps `prefetch` batches ready in a bounded channel.
+//! keeps `prefetch` batches ready in a bounded channel. Both survive `fork` (see `pool`): the pool is
+//! rebuilt in the child, and an epoch begun in the parent restarts its producer there.
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::Dataset;
 use crate::error::{Error, Result};
+use crate::pool::{forked_since, Pool};
 use crate::rng::Rng;
 use crate::transforms::{Element, Op, Pipeline};
 
@@ -59,11 +61,14 @@ impl Default for LoaderOptions {
     }
 }
 
+const MAX_THREADS: usize = 1024;
+
+#[derive(Clone)]
 pub struct Loader {
     dataset: Arc<Dataset>,
     pipeline: Arc<Pipeline>,
     opts: LoaderOptions,
-    pool: Arc<rayon::ThreadPool>,
+    pool: Arc<Pool>,
 }
 
 pub type Batch = (Tensor, Tensor);
@@ -76,8 +81,11 @@ impl Loader {
         if opts.prefetch == 0 {
             return Err(Error::invalid("prefetch", "must be at least 1"));
         }
-        if opts.num_threads == Some(0) {
-            return Err(Error::invalid("num_threads", "must be at least 1"));
+        if let Some(n) = opts.num_threads {
+            // Each is an OS thread started now: a typo's 10**9 must not try to start them all.
+            if n == 0 || n > MAX_THREADS {
+                return Err(Error::invalid("num_threads", format!("{n} is not in [1, {MAX_THREADS}]")));
+            }
         }
         if opts.world_size == 0 || opts.rank >= opts.world_size {
             return Err(Error::invalid("rank", format!("rank {} is not below world_size {}", opts.rank, opts.world_size)));
@@ -86,11 +94,7 @@ impl Loader {
             return Err(Error::invalid("dataset", "is empty"));
         }
         let pipeline = Arc::new(Pipeline::new(ops, dataset.shape)?);
-        let mut pool = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("fastcifar-loader-{i}"));
-        if let Some(n) = opts.num_threads {
-            pool = pool.num_threads(n);
-        }
-        let pool = Arc::new(pool.build().map_err(|e| Error::invalid("num_threads", e.to_string()))?);
+        let pool = Arc::new(Pool::new(opts.num_threads, "fastcifar-loader")?);
         Ok(Loader { dataset, pipeline, opts, pool })
     }
 
@@ -181,7 +185,7 @@ impl Loader {
         let t = Tensor::f_empty(dims.as_slice(), (kind, Device::Cpu))?;
         // SAFETY: a fresh, contiguous CPU tensor of `numel` elements of T that nothing else sees yet.
         let out = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut T, numel) };
-        self.pool.install(|| self.pipeline.apply_batch(&self.dataset, indices, self.opts.seed, epoch, out))?;
+        self.pool.install(|| self.pipeline.apply_batch(&self.dataset, indices, self.opts.seed, epoch, out))??;
         Ok(t)
     }
 
@@ -192,33 +196,15 @@ impl Loader {
 
     /// Like `iter`, with batches built on `pool` instead of the loader's own (the CPU trainer
     /// uses one thread, so that batch building does not fight libtorch's threads for the cores).
-    pub fn iter_on(&self, epoch: u64, pool: Arc<rayon::ThreadPool>) -> BatchIter {
+    pub fn iter_on(&self, epoch: u64, pool: Arc<Pool>) -> BatchIter {
         let order = self.indices(epoch);
         let (b, drop_last) = (self.opts.batch_size, self.opts.drop_last);
-        let chunks: Vec<Vec<usize>> =
-            order.chunks(b).filter(|c| !drop_last || c.len() == b).map(|c| c.to_vec()).collect();
-        let remaining = chunks.len();
-        let (tx, rx) = sync_channel::<Result<Batch>>(self.opts.prefetch);
-        let stop = Arc::new(AtomicBool::new(false));
-        let worker = Loader { dataset: self.dataset.clone(), pipeline: self.pipeline.clone(), opts: self.opts.clone(), pool };
-        let flag = stop.clone();
-        let handle = std::thread::Builder::new()
-            .name("fastcifar-prefetch".into())
-            .spawn(move || {
-                for chunk in chunks {
-                    if flag.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.batch(epoch, &chunk)))
-                        .unwrap_or_else(|p| Err(Error::invalid("loader", format!("batch builder panicked: {}", panic_message(&p)))));
-                    let failed = r.is_err();
-                    if tx.send(r).is_err() || failed {
-                        break;
-                    }
-                }
-            })
-            .expect("spawning the prefetch thread");
-        BatchIter { rx: Some(rx), handle: Some(handle), stop, remaining }
+        let chunks: Arc<Vec<Vec<usize>>> =
+            Arc::new(order.chunks(b).filter(|c| !drop_last || c.len() == b).map(|c| c.to_vec()).collect());
+        let worker = Loader { pool, ..self.clone() };
+        let mut it = BatchIter { rx: None, handle: None, stop: Arc::new(AtomicBool::new(false)), remaining: chunks.len(), pid: 0, worker, epoch, chunks };
+        it.start();
+        it
     }
 }
 
@@ -232,17 +218,63 @@ pub struct BatchIter {
     handle: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     remaining: usize,
+    /// The process whose thread produces the batches; a forked child restarts the producer.
+    pid: u32,
+    worker: Loader,
+    epoch: u64,
+    chunks: Arc<Vec<Vec<usize>>>,
 }
 
 impl BatchIter {
     pub fn remaining(&self) -> usize {
         self.remaining
     }
+
+    /// Starts a producer for the batches not yet handed out (all of them, or after a fork the
+    /// rest: each batch depends only on (seed, epoch, indices), so the child's are the parent's).
+    fn start(&mut self) {
+        let first = self.chunks.len() - self.remaining;
+        // The channel allocates its capacity up front: never more slots than batches left.
+        let (tx, rx) = sync_channel::<Result<Batch>>(self.worker.opts.prefetch.min(self.chunks.len() - first).max(1));
+        self.stop = Arc::new(AtomicBool::new(false));
+        let (flag, chunks, epoch) = (self.stop.clone(), self.chunks.clone(), self.epoch);
+        let worker = self.worker.clone();
+        let handle = std::thread::Builder::new()
+            .name("fastcifar-prefetch".into())
+            .spawn(move || {
+                for chunk in &chunks[first..] {
+                    if flag.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.batch(epoch, chunk)))
+                        .unwrap_or_else(|p| Err(Error::invalid("loader", format!("batch builder panicked: {}", panic_message(&p)))));
+                    let failed = r.is_err();
+                    if tx.send(r).is_err() || failed {
+                        break;
+                    }
+                }
+            })
+            .expect("spawning the prefetch thread");
+        (self.rx, self.handle, self.pid) = (Some(rx), Some(handle), std::process::id());
+    }
+
+    /// In a forked child the producer thread and its channel are the parent's: leave them alone.
+    fn forget_parent_producer(&mut self) -> bool {
+        if !forked_since(self.pid) {
+            return false;
+        }
+        std::mem::forget(self.rx.take());
+        std::mem::forget(self.handle.take());
+        true
+    }
 }
 
 impl Iterator for BatchIter {
     type Item = Result<Batch>;
     fn next(&mut self) -> Option<Result<Batch>> {
+        if self.rx.is_some() && self.forget_parent_producer() {
+            self.start();
+        }
         let r = self.rx.as_ref()?.recv().ok();
         if r.is_some() {
             self.remaining = self.remaining.saturating_sub(1);
@@ -253,6 +285,9 @@ impl Iterator for BatchIter {
 
 impl Drop for BatchIter {
     fn drop(&mut self) {
+        if self.forget_parent_producer() {
+            return;
+        }
         self.stop.store(true, Ordering::Relaxed);
         // Dropping the receiver makes a blocked `send` fail, so the producer exits promptly.
         self.rx.take();

@@ -22,6 +22,7 @@ class Dataset:
     Indexing gives ``(image, target)``: the HWC uint8 array, or the output of ``transform``.
     """
 
+    _rebuilt = False
     # Arrays assigned to .data / .targets wait here until both agree in length.
     _pending_data: Optional[np.ndarray] = None
     _pending_targets: Optional[list] = None
@@ -36,7 +37,9 @@ class Dataset:
     @classmethod
     def from_numpy(cls, images, labels, classes: Optional[Sequence[str]] = None, transform=None, target_transform=None) -> "Dataset":
         """A data set from arrays you already have: ``images`` uint8 (N, H, W, C) with C 1 or 3, or
-        (N, H, W) for grayscale; ``labels`` integers in ``range(len(classes))``."""
+        (N, H, W) for grayscale; ``labels`` integers in ``range(len(classes))``. Without ``classes``
+        they are "0" to the largest label, which must be below ``max(len(labels), 1024)``
+        (a larger one is a ValueError: name the classes instead)."""
         return cls._wrap(_from_numpy(images, labels, classes), transform, target_transform)
 
     @classmethod
@@ -53,6 +56,7 @@ class Dataset:
             if len(data) != len(targets):
                 raise ValueError(f"data has {len(data)} images but targets has {len(targets)} labels; assign both with the same length")
             self._native_ds = _from_numpy(data, targets, self._native_ds.classes)
+            self._rebuilt = True  # no longer what the source files hold: pickled by value
             self._pending_data = self._pending_targets = self._targets = None
         return self._native_ds
 
@@ -127,6 +131,46 @@ class Dataset:
             target = self.target_transform(target)
         return img, target
 
+    # pickling (DataLoader workers started with spawn or forkserver) --------------------------
+    def _recipe(self) -> tuple:
+        """How a worker rebuilds the Rust data set: by value here, by source in the subclasses."""
+        c, h, w = self._native_ds.shape
+        images = self._native_ds.buffer().reshape(len(self._native_ds), c, h, w).transpose(0, 2, 3, 1)
+        return ("numpy", np.ascontiguousarray(images), self._native_ds.targets, self._native_ds.classes)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        del state["_native_ds"]
+        state["_native_recipe"] = self._recipe()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        kind, *args = state.pop("_native_recipe")
+        if kind == "numpy":
+            native = _from_numpy(*args)
+        elif kind == "cifar":
+            native = _rs.NativeDataset.cifar(*args)[0]
+        else:
+            native = _rs.NativeDataset.image_folder(*args)
+        self.__dict__.update(state)
+        self._native_ds = native
+
+    # Copies within one process share the Rust data set (it is immutable) instead of rebuilding it.
+    def __copy__(self):
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for k, v in self.__dict__.items():
+            new.__dict__[k] = v if k == "_native_ds" else copy.deepcopy(v, memo)
+        return new
+
     def __repr__(self) -> str:
         lines = [f"Dataset {type(self).__name__}", f"    Number of datapoints: {len(self)}"]
         for k in ("root", "split", "source"):
@@ -135,6 +179,10 @@ class Dataset:
         if self.transform is not None:
             lines.append("    Transform: " + repr(self.transform).replace("\n", "\n    "))
         return "\n".join(lines)
+
+
+# Without `classes`, labels up to max(len(labels), this) - 1 name their own classes.
+_DERIVED_CLASSES_MIN = 1024
 
 
 def _from_numpy(images, labels, classes):
@@ -148,8 +196,18 @@ def _from_numpy(images, labels, classes):
     labels = np.asarray(labels)
     if labels.ndim != 1 or not (np.issubdtype(labels.dtype, np.integer) or labels.size == 0):
         raise TypeError(f"labels: expected a 1-D sequence of integers, got dtype {labels.dtype} and shape {labels.shape}")
+    if labels.size and labels.dtype.kind == "u" and int(labels.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"labels: {int(labels.max())} does not fit in int64")
     if classes is None:
-        classes = [str(i) for i in range(int(labels.max()) + 1 if labels.size else 1)]
+        # Classes "0".."max": bounded by the input's own size, so that one stray label (2**62)
+        # cannot ask for billions of class names.
+        top = int(labels.max()) if labels.size else 0
+        limit = max(len(labels), _DERIVED_CLASSES_MIN)
+        if top >= limit:
+            i = int(np.argmax(labels))
+            raise ValueError(f"labels: label {top} at index {i} would make {top + 1} classes for {len(labels)} images "
+                             f"(at most {limit} are derived); pass classes=[...] with one name per class")
+        classes = [str(i) for i in range(top + 1)]
     return _rs.NativeDataset.from_numpy(np.ascontiguousarray(images), labels.astype(np.int64).tolist(), [str(c) for c in classes])
 
 
@@ -236,6 +294,12 @@ class CIFAR10(Dataset):
         native, self.layout, self.source = _rs.NativeDataset.cifar(self.root, self._variant, train, label, mmap)
         super().__init__(native, transform, target_transform)
 
+    def _recipe(self) -> tuple:
+        # Re-read from the same files (mmap=True maps the same pages) instead of copying 150 MB.
+        if self._rebuilt:
+            return super()._recipe()
+        return ("cifar", os.path.abspath(self.root), self._variant, self.train, getattr(self, "label", "fine"), self._native_ds.mapped)
+
     @property
     def mapped(self) -> bool:
         """Whether ``.data`` is the files' own pages (``mmap=True`` on a pickle folder), not a copy."""
@@ -290,5 +354,9 @@ class ImageFolder(Dataset):
         self.root = os.path.expanduser(os.fspath(root))
         if isinstance(size, int):
             size = (size, size)
-        native = _rs.NativeDataset.image_folder(self.root, tuple(size) if size is not None else None)
+        self._size = tuple(size) if size is not None else None
+        native = _rs.NativeDataset.image_folder(self.root, self._size)
         super().__init__(native, transform, target_transform)
+
+    def _recipe(self) -> tuple:
+        return super()._recipe() if self._rebuilt else ("folder", os.path.abspath(self.root), self._size)

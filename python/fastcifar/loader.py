@@ -58,9 +58,9 @@ class DataLoader:
         if not isinstance(dataset, Dataset):
             raise TypeError(f"dataset: expected a fastcifar data set (CIFAR10, ImageFolder, Dataset.from_numpy), got {type(dataset).__name__}")
         for name, v in (("batch_size", batch_size), ("prefetch", prefetch), ("world_size", world_size)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: must be a positive int, got {v!r}")
-        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v < 2**63:
+                raise ValueError(f"{name}: must be a positive int (below 2**63), got {v!r}")
+        if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int) or not 1 <= num_threads < 2**63):
             raise ValueError(f"num_threads: must be a positive int or None, got {num_threads!r}")
         if not isinstance(rank, int) or not 0 <= rank < world_size:
             raise ValueError(f"rank: {rank!r} is not in [0, world_size={world_size})")
@@ -68,8 +68,8 @@ class DataLoader:
             raise ValueError(f"dtype: {dtype} is not torch.float32 or torch.uint8")
         if seed is None:
             seed = int(torch.randint(0, 2**62, ()).item())
-        elif not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed: must be a non-negative int or None, got {seed!r}")
+        elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise ValueError(f"seed: must be an int in [0, 2**64) or None, got {seed!r}")
         self.dataset = dataset
         self.batch_size = batch_size
         self.shuffle = shuffle

@@ -23,7 +23,7 @@ from . import _native as _rs
 from . import distributed as _dist
 from . import optim as _optim
 from . import transforms as T
-from ._io import atomic_write
+from ._io import atomic_write, check_writable
 from .loader import DataLoader
 from .models import Module
 
@@ -242,6 +242,13 @@ class Trainer:
         bridge = self._bridge
         bridge.import_state(self._native)
         source, train_loader = train_loader, self._shard(train_loader, pad=True)
+        for name, ld in (("train_loader", train_loader), ("val_loader", val_loader)):
+            if epochs and ld is not None and len(ld) == 0:
+                raise ValueError(f"{name}: yields no batch per epoch ({len(ld.dataset)} images, batch_size={ld.batch_size}, "
+                                 f"drop_last={ld.drop_last}): lower batch_size or set drop_last=False")
+        if epochs and checkpoint is not None and self.is_main:
+            # A full disk or a read-only folder is found now, not after the first epoch.
+            check_writable(checkpoint, need_bytes=sum(t.numel() * t.element_size() for t in self.model.state_dict().values()))
         final = self.epoch + epochs
         for _ in range(epochs):
             e = self.epoch
@@ -476,7 +483,12 @@ class Trainer:
         atomic_write(os.fspath(path), lambda tmp: torch.save(sd, tmp))
 
     def load_state_dict(self, ckpt: dict) -> None:
-        """Restores model, optimizer, schedule, history, epoch and RNG state (to resume)."""
+        """Restores model, optimizer, schedule, history, epoch and RNG state (to resume).
+
+        The checkpoint's optimizer and schedule must be this trainer's (same kind and settings):
+        a different one is refused by name rather than half-loaded. ``Trainer.load(path)`` builds
+        the trainer the checkpoint describes."""
+        _check_same_optimizer(ckpt, self.optimizer, self.scheduler)
         try:
             self.model.load_state_dict(ckpt["model_state_dict"], strict=True)
             self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
@@ -596,6 +608,66 @@ def _rebuild_schedule(meta: dict, src):
         raise ValueError(f"{src}: was trained with {meta['torch']}, whose arguments a checkpoint does not hold; pass it "
                          f"(built on the optimizer you pass): Trainer.load(path, optimizer=..., scheduler=...)")
     return _optim.lr_scheduler._restore(meta["name"], meta["settings"])
+
+
+def _check_same_optimizer(ckpt: dict, optimizer, scheduler) -> None:
+    """Refuses a checkpoint whose optimizer or schedule differs from the trainer's in kind or
+    hyper-parameters: loading one into the other would keep the wrong update rule, lose moment
+    buffers and make the settings disagree with what runs. The learning rate is state (schedules
+    move it), not a setting: the checkpoint's is loaded."""
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"checkpoint: expected a dict, got {type(ckpt).__name__}")
+    meta = ckpt.get("fastcifar") or {}
+    fix = "build the trainer from the checkpoint with fastcifar.Trainer.load(path), or load only the weights with model.load_state_dict"
+    mine = _describe(optimizer)
+    saved = meta.get("optimizer")
+    if saved is not None:
+        if _kind(saved) != _kind(mine):
+            raise ValueError(f"checkpoint: optimizer is {_kind(saved)}, this trainer's is {_kind(mine)}; {fix}")
+        _same_settings("optimizer", _kind(mine), _hyper(saved), _hyper(mine), fix)
+    else:
+        # A checkpoint without fastcifar's entry (torch's format): its param group tells the kind.
+        try:
+            group = dict(ckpt["optimizer_state_dict"]["param_groups"][0])
+        except (KeyError, IndexError, TypeError, ValueError):
+            group = {}  # malformed: optimizer.load_state_dict names the problem below
+        kind = "Adam" if "betas" in group else "SGD" if "momentum" in group else None
+        own = optimizer.param_groups[0]
+        if kind is not None and (kind == "Adam") != ("betas" in own):
+            raise ValueError(f"checkpoint: optimizer state is {'Adam-like (betas)' if kind == 'Adam' else 'SGD (momentum)'}, "
+                             f"this trainer's optimizer is {_kind(mine)}; {fix}")
+    if "scheduler" in meta:
+        saved, theirs = meta["scheduler"], _describe(scheduler)
+        if _kind(saved) != _kind(theirs):
+            raise ValueError(f"checkpoint: schedule is {_kind(saved)}, this trainer's is {_kind(theirs)}; {fix}")
+        if saved is not None:
+            _same_settings("scheduler", _kind(theirs), _hyper(saved), _hyper(theirs), fix)
+    elif ckpt.get("scheduler_state_dict") is not None and scheduler is None:
+        raise ValueError(f"checkpoint: has a schedule's state, this trainer has no scheduler; {fix}")
+
+
+def _same_settings(what: str, name: str, saved: dict, mine: dict, fix: str) -> None:
+    def same(a, b) -> bool:
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+            return abs(float(a) - float(b)) <= 1e-12 * max(1.0, abs(float(b)))
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return a == b
+
+    diff = [f"{k}={saved.get(k)!r} (this trainer: {mine.get(k)!r})" for k in sorted(set(saved) | set(mine))
+            if not same(saved.get(k), mine.get(k))]
+    if diff:
+        raise ValueError(f"checkpoint: {what} {name} was saved with {', '.join(diff)}; {fix}")
+
+
+def _kind(desc: Optional[dict]) -> Optional[str]:
+    return None if desc is None else desc.get("name", desc.get("torch"))
+
+
+def _hyper(desc: dict) -> dict:
+    """A description's hyper-parameters, the learning rate left out (it is state)."""
+    d = desc.get("settings", desc.get("defaults", {})) or {}
+    return {k: v for k, v in d.items() if k not in ("lr", "initial_lr")}
 
 
 def _to_cpu(obj):

@@ -133,7 +133,7 @@ impl Source {
     /// Opens several members: files are memory-mapped, archive members are already in memory.
     fn read_all(&mut self, names: &[&str]) -> Result<Vec<(PathBuf, Bytes)>> {
         match self {
-            Source::Dir(dir) => names.par_iter().map(|n| map_file(&dir.join(n))).collect(),
+            Source::Dir(dir) => crate::pool::shared().install(|| names.par_iter().map(|n| map_file(&dir.join(n))).collect())?,
             Source::Archive { path, members } => names
                 .iter()
                 .map(|n| {
@@ -349,36 +349,38 @@ fn decode_records(files: &[(PathBuf, Bytes)], spec: &Spec, classes: Vec<String>)
 
 /// Pickle layout: a dict with a uint8 (N, 3072) array under `data` and a label list.
 fn decode_pickles(files: &[(PathBuf, Bytes)], spec: &Spec, classes: Vec<String>, mmap: bool) -> Result<Dataset> {
-    let parsed = files
-        .par_iter()
-        .map(|(path, bytes)| {
-            let bad = |m: String| Error::format(path, m);
-            let v = pickle::parse(bytes).map_err(|m| bad(format!("malformed pickle: {m}")))?;
-            let data = v.get("data").ok_or_else(|| bad("no 'data' entry in the batch".into()))?;
-            let (shape, pixels) = data.ndarray_u8().map_err(|m| bad(format!("'data': {m}")))?;
-            if shape.len() != 2 || shape[1] != IMAGE_BYTES {
-                return Err(bad(format!("'data' has shape {shape:?}, expected (N, {IMAGE_BYTES})")));
-            }
-            let raw = v
-                .get(spec.py_labels_key)
-                .and_then(|l| l.items())
-                .ok_or_else(|| bad(format!("no '{}' list in the batch", spec.py_labels_key)))?;
-            if raw.len() != shape[0] {
-                return Err(bad(format!("{} labels for {} images", raw.len(), shape[0])));
-            }
-            let mut labels = Vec::with_capacity(raw.len());
-            for (i, l) in raw.iter().enumerate() {
-                match l.as_int() {
-                    Some(l) if (0..spec.num_classes as i64).contains(&l) => labels.push(l),
-                    Some(l) => {
-                        return Err(bad(format!("label {l} at index {i} is out of range for {} classes", spec.num_classes)))
-                    }
-                    None => return Err(bad(format!("label at index {i} is not an integer"))),
+    let parsed = crate::pool::shared().install(|| {
+        files
+            .par_iter()
+            .map(|(path, bytes)| {
+                let bad = |m: String| Error::format(path, m);
+                let v = pickle::parse(bytes).map_err(|m| bad(format!("malformed pickle: {m}")))?;
+                let data = v.get("data").ok_or_else(|| bad("no 'data' entry in the batch".into()))?;
+                let (shape, pixels) = data.ndarray_u8().map_err(|m| bad(format!("'data': {m}")))?;
+                if shape.len() != 2 || shape[1] != IMAGE_BYTES {
+                    return Err(bad(format!("'data' has shape {shape:?}, expected (N, {IMAGE_BYTES})")));
                 }
-            }
-            Ok((pixels, labels))
-        })
-        .collect::<Result<Vec<_>>>()?;
+                let raw = v
+                    .get(spec.py_labels_key)
+                    .and_then(|l| l.items())
+                    .ok_or_else(|| bad(format!("no '{}' list in the batch", spec.py_labels_key)))?;
+                if raw.len() != shape[0] {
+                    return Err(bad(format!("{} labels for {} images", raw.len(), shape[0])));
+                }
+                let mut labels = Vec::with_capacity(raw.len());
+                for (i, l) in raw.iter().enumerate() {
+                    match l.as_int() {
+                        Some(l) if (0..spec.num_classes as i64).contains(&l) => labels.push(l),
+                        Some(l) => {
+                            return Err(bad(format!("label {l} at index {i} is out of range for {} classes", spec.num_classes)))
+                        }
+                        None => return Err(bad(format!("label at index {i} is not an integer"))),
+                    }
+                }
+                Ok((pixels, labels))
+            })
+            .collect::<Result<Vec<_>>>()
+    })??;
     let labels = parsed.iter().flat_map(|(_, l)| l.iter().copied()).collect();
     let images = match map_pixels(files, &parsed, mmap) {
         Some(m) => ImageBuf::Files(m),

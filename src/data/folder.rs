@@ -1,5 +1,11 @@
 //! A class-per-subfolder tree of PNG / JPEG files (torchvision's `ImageFolder`), decoded in parallel
 //! straight into the data set's CHW buffer.
+//!
+//! Symlinks are followed (as torchvision's `os.walk(followlinks=True)`), except a link to a folder
+//! that is already on the way down from the root (`a/loop -> .`, `a/up -> ..`): that is a cycle,
+//! which would list files again and again, under the wrong class. Only regular files are read (a
+//! FIFO named `x.png` would block forever), and class names must be UTF-8 (a lossy conversion could
+//! merge two folders into one class).
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -26,14 +32,25 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// Collects the images under `dir`; `above` holds the real paths of `dir`'s ancestors up to the root.
+fn walk(dir: &Path, above: &mut Vec<PathBuf>, out: &mut Vec<PathBuf>) -> Result<()> {
+    let real = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
+    if above.contains(&real) {
+        return Ok(()); // a symlink back up the tree: a cycle (module doc)
+    }
+    above.push(real);
     for p in sorted_entries(dir)? {
         if p.is_dir() {
-            walk(&p, out)?;
+            walk(&p, above, out)?;
         } else if is_image(&p) {
+            let meta = std::fs::metadata(&p).map_err(|e| Error::io(&p, e))?;
+            if !meta.is_file() {
+                return Err(Error::format(&p, "not a regular file (a FIFO, socket or device?): ImageFolder reads only regular files"));
+            }
             out.push(p);
         }
     }
+    above.pop();
     Ok(())
 }
 
@@ -44,10 +61,13 @@ pub fn scan(root: &Path) -> Result<(Vec<String>, Vec<(PathBuf, i64)>)> {
     }
     let mut classes = Vec::new();
     let mut files = Vec::new();
+    let real_root = std::fs::canonicalize(root).map_err(|e| Error::io(root, e))?;
     for dir in sorted_entries(root)?.into_iter().filter(|p| p.is_dir()) {
+        let Some(name) = dir.file_name().unwrap().to_str().map(str::to_owned) else {
+            return Err(Error::format(&dir, "class folder name is not valid UTF-8: rename it (class names are text)"));
+        };
         let mut found = Vec::new();
-        walk(&dir, &mut found)?;
-        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        walk(&dir, &mut vec![real_root.clone()], &mut found)?;
         if found.is_empty() {
             return Err(Error::not_found(&dir, format!("class folder '{name}' holds no .jpg, .jpeg or .png file")));
         }
@@ -90,11 +110,13 @@ pub fn decode_bytes(path: &Path, bytes: &[u8], size: Option<(usize, usize)>) -> 
 pub fn decode_files(paths: &[std::path::PathBuf], size: (usize, usize)) -> Result<Vec<u8>> {
     let per = size.0 * size.1 * 3;
     let mut out = vec![0u8; paths.len() * per];
-    out.par_chunks_mut(per.max(1)).zip(paths.par_iter()).try_for_each(|(dst, p)| {
-        let img = decode(p, Some(size))?;
-        dst.copy_from_slice(img.as_raw());
-        Ok::<(), Error>(())
-    })?;
+    crate::pool::shared().install(|| {
+        out.par_chunks_mut(per.max(1)).zip(paths.par_iter()).try_for_each(|(dst, p)| {
+            let img = decode(p, Some(size))?;
+            dst.copy_from_slice(img.as_raw());
+            Ok::<(), Error>(())
+        })
+    })??;
     Ok(out)
 }
 
@@ -116,7 +138,7 @@ pub fn load(root: &Path, size: Option<(usize, usize)>) -> Result<Dataset> {
     };
     let per = 3 * h * w;
     let mut images = super::ImageBuf::zeroed(files.len() * per);
-    images.par_chunks_mut(per).zip(files.par_iter()).with_min_len(16).try_for_each(|(dst, (path, _))| {
+    let decode_all = || images.par_chunks_mut(per).zip(files.par_iter()).with_min_len(16).try_for_each(|(dst, (path, _))| {
         let img = decode(path, size)?;
         if (img.height() as usize, img.width() as usize) != (h, w) {
             return Err(Error::format(
@@ -126,7 +148,8 @@ pub fn load(root: &Path, size: Option<(usize, usize)>) -> Result<Dataset> {
         }
         hwc_to_chw(img.as_raw(), dst, 3);
         Ok(())
-    })?;
+    });
+    crate::pool::shared().install(decode_all)??;
     let labels = files.iter().map(|(_, l)| *l).collect();
     Dataset::new(images, labels, classes, [3, h, w])
 }
@@ -161,5 +184,39 @@ mod tests {
         std::fs::write(t.path().join("cat/9.png"), b"not a png").unwrap();
         let e = load(t.path(), None).unwrap_err().to_string();
         assert!(e.contains("cannot decode"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlink_cycles_are_not_followed_and_only_regular_files_are_read() {
+        use std::os::unix::ffi::OsStrExt;
+        let t = tempfile::tempdir().unwrap();
+        for class in ["a", "b"] {
+            std::fs::create_dir_all(t.path().join(class)).unwrap();
+            for i in 0..3u8 {
+                image::RgbImage::from_pixel(2, 2, image::Rgb([i, 0, 0])).save(t.path().join(format!("{class}/{i}.png"))).unwrap();
+            }
+        }
+        std::os::unix::fs::symlink(".", t.path().join("a/loop")).unwrap();
+        std::os::unix::fs::symlink("..", t.path().join("a/up")).unwrap();
+        std::os::unix::fs::symlink("../a", t.path().join("b/deep")).unwrap();
+        let (classes, files) = scan(t.path()).unwrap();
+        assert_eq!(classes, vec!["a", "b"]);
+        // b/deep -> a is not a cycle (a is not above b): followed, as torchvision does.
+        let labels: Vec<i64> = files.iter().map(|f| f.1).collect();
+        assert_eq!(labels, vec![0, 0, 0, 1, 1, 1, 1, 1, 1], "{files:?}");
+        // A FIFO named like an image is refused by name instead of blocking the load.
+        let fifo = t.path().join("b/x.png");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let e = scan(t.path()).unwrap_err().to_string();
+        assert!(e.contains("x.png") && e.contains("regular file"), "{e}");
+        std::fs::remove_file(&fifo).unwrap();
+        // A class folder whose name is not UTF-8 is refused, not merged with another.
+        let bad = t.path().join(std::ffi::OsStr::from_bytes(b"c\xff"));
+        std::fs::create_dir(&bad).unwrap();
+        std::fs::copy(t.path().join("a/0.png"), bad.join("0.png")).unwrap();
+        let e = scan(t.path()).unwrap_err().to_string();
+        assert!(e.contains("UTF-8"), "{e}");
     }
 }

@@ -143,7 +143,7 @@ impl FileImages {
 fn populate(base: *mut u8, page: usize, ranges: &[(usize, usize)]) -> io::Result<()> {
     use rayon::prelude::*;
     let base = base as usize;
-    ranges.par_iter().try_for_each(|&(lo, hi)| {
+    let run = || ranges.par_iter().try_for_each(|&(lo, hi)| {
         #[cfg(any(target_os = "linux", target_os = "android"))]
         {
             // SAFETY: advice on a range this process mapped; POPULATE_READ does not change contents.
@@ -161,7 +161,8 @@ fn populate(base: *mut u8, page: usize, ranges: &[(usize, usize)]) -> io::Result
             unsafe { std::ptr::read_volatile((base + p) as *const u8) };
         }
         Ok(())
-    })
+    });
+    crate::pool::shared().install(run).map_err(|e| io::Error::other(e.to_string()))?
 }
 
 #[cfg(all(test, unix))]

@@ -62,7 +62,7 @@ impl Dataset {
         let per = h * w * c;
         if per > 0 {
             use rayon::prelude::*;
-            images.par_chunks_mut(per).zip(hwc.par_chunks(per)).for_each(|(dst, src)| hwc_to_chw(src, dst, c));
+            crate::pool::shared().install(|| images.par_chunks_mut(per).zip(hwc.par_chunks(per)).for_each(|(dst, src)| hwc_to_chw(src, dst, c)))?;
         }
         Dataset::new(images, labels, classes, [c, h, w])
     }

@@ -8,6 +8,7 @@ use numpy::ndarray::ArrayView1;
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyFileNotFoundError, PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyTuple;
 use pyo3_tch::PyTensor;
 
 use crate::data::{cifar, folder, Dataset};
@@ -15,16 +16,23 @@ use crate::error::Error;
 use crate::loader::{BatchIter, Loader, LoaderOptions, OutKind};
 use crate::transforms::{Op, PadMode, ResizeTo};
 
+mod locks;
 mod model;
 mod train;
+
+pub(crate) use locks::{hold, lock, Held};
 
 pub(crate) fn to_py(e: Error) -> PyErr {
     let msg = e.to_string();
     match e {
         Error::NotFound { .. } => PyFileNotFoundError::new_err(msg),
-        Error::Io { .. } => PyOSError::new_err(msg),
+        // With the errno, Python picks the subclass (PermissionError, ...) and sets .errno / .filename.
+        Error::Io { path, source } => match source.raw_os_error() {
+            Some(code) => PyOSError::new_err((code, msg, path.display().to_string())),
+            None => PyOSError::new_err(msg),
+        },
         Error::Format { .. } | Error::Invalid { .. } => PyValueError::new_err(msg),
-        Error::Torch(_) | Error::Distributed(_) => PyRuntimeError::new_err(msg),
+        Error::Torch(_) | Error::Distributed(_) | Error::Busy(_) => PyRuntimeError::new_err(msg),
         Error::Interrupted => PyKeyboardInterrupt::new_err(msg),
         Error::NonFinite(_) => pyo3::exceptions::PyFloatingPointError::new_err(msg),
         Error::External(inner) => match inner.downcast::<PyErr>() {
@@ -38,6 +46,7 @@ type R<T> = Result<T, Error>;
 
 /// Runs a core call with the GIL released, catching panics so that none reaches Python as a crash.
 fn release<T: Send>(py: Python<'_>, f: impl FnOnce() -> R<T> + Send) -> PyResult<T> {
+    crate::pool::torch_after_fork();
     py.allow_threads(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)))
         .map_err(|p| PyRuntimeError::new_err(format!("internal error: {}", crate::loader::panic_message(&p))))?
         .map_err(to_py)
@@ -232,6 +241,32 @@ impl PyOp {
     fn __repr__(&self) -> String {
         format!("{:?}", self.op)
     }
+
+    /// Pickles as the constructor call that made it, so that transforms reach DataLoader workers
+    /// started with spawn or forkserver.
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+        let py = slf.py();
+        let (ctor, args) = match slf.get().op.clone() {
+            Op::RandomCrop { size, padding, fill, mode, pad_if_needed } => {
+                let mode = match mode {
+                    PadMode::Constant => "constant",
+                    PadMode::Reflect => "reflect",
+                    PadMode::Edge => "edge",
+                };
+                ("random_crop", (size, padding, fill, mode, pad_if_needed).into_pyobject(py)?)
+            }
+            Op::CenterCrop { size } => ("center_crop", (size,).into_pyobject(py)?),
+            Op::RandomHorizontalFlip { p } => ("horizontal_flip", (p,).into_pyobject(py)?),
+            Op::RandomVerticalFlip { p } => ("vertical_flip", (p,).into_pyobject(py)?),
+            Op::Resize { size: ResizeTo::Shorter(s) } => ("resize", (Some(s), None::<(usize, usize)>).into_pyobject(py)?),
+            Op::Resize { size: ResizeTo::Exact(h, w) } => ("resize", (None::<usize>, Some((h, w))).into_pyobject(py)?),
+            Op::ToTensor => ("to_tensor", PyTuple::empty(py)),
+            Op::Normalize { mean, std } => ("normalize", (mean, std).into_pyobject(py)?),
+            Op::RandomErasing { p, scale, ratio, value } => ("random_erasing", (p, scale, ratio, value).into_pyobject(py)?),
+            Op::Cutout { size, p, value } => ("cutout", (size, p, value).into_pyobject(py)?),
+        };
+        Ok((py.get_type::<PyOp>().getattr(ctor)?, args))
+    }
 }
 
 #[pyclass(frozen, name = "NativeLoader", module = "fastcifar._native")]
@@ -344,14 +379,15 @@ impl PyBatchIter {
         }
     }
 
-    fn __len__(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |i| i.remaining())
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(hold(py, &self.inner)?.as_ref().map_or(0, |i| i.remaining()))
     }
 
     /// Stops the producer thread now (also done when the iterator is garbage-collected).
-    fn close(&self, py: Python<'_>) {
-        let it = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let it = hold(py, &self.inner)?.take();
         py.allow_threads(move || drop(it));
+        Ok(())
     }
 }
 
@@ -375,6 +411,8 @@ fn cuda_is_available() -> bool {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    crate::pool::torch_after_fork(); // notes this process, so that a forked child can tell
+
     m.add_class::<PyDataset>()?;
     m.add_class::<PyOp>()?;
     m.add_class::<PyLoader>()?;

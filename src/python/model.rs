@@ -1,21 +1,16 @@
 //! Bindings for models: a Python `nn.Module` captured as graphs (`fastcifar/_graph.py`) or run
 //! through its own forward, over the module's own tensors.
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 use pyo3_tch::PyTensor;
 
-use super::{release, to_py};
+use super::{lock, release, to_py};
 use crate::error::Error;
 use crate::nn::{device_name, Arg, BatchNormSync, Forward, Model, Node, Op};
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic caught at the boundary must not make the model unusable afterwards.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// A node argument as `_graph.py` writes it: `("x", 0)` the input, `("v", i)` node i, `("p", i)`
 /// tensor i, a list, or a constant (bool, int, float, str, None).
@@ -120,7 +115,7 @@ impl PyModel {
     /// Takes the module's current tensors (same names, same order) after it moved or changed.
     fn rebind(&self, py: Python<'_>, names: Vec<String>, tensors: Vec<PyTensor>) -> PyResult<()> {
         let (m, ts) = (self.inner.clone(), self::tensors(tensors));
-        release(py, move || lock(&m).rebind(&names, ts))
+        release(py, move || lock(&m)?.rebind(&names, ts))
     }
 
     /// Logits; `train` overrides the model's mode for this call.
@@ -128,7 +123,7 @@ impl PyModel {
     fn forward(&self, py: Python<'_>, x: PyTensor, train: Option<bool>) -> PyResult<PyTensor> {
         let m = self.inner.clone();
         let y = release(py, move || {
-            let m = lock(&m);
+            let m = lock(&m)?;
             let t = train.unwrap_or(m.training);
             m.check_input(&x.0)?;
             m.check_finite(&x.0)?;
@@ -144,7 +139,7 @@ impl PyModel {
         let hook = func.map(|f| Arc::new(PyBatchNormSync(f)) as Arc<dyn BatchNormSync>);
         let m = self.inner.clone();
         release(py, move || {
-            lock(&m).set_batch_norm_sync(hook);
+            lock(&m)?.set_batch_norm_sync(hook);
             Ok(())
         })
     }
@@ -152,27 +147,27 @@ impl PyModel {
     #[getter]
     fn device(&self, py: Python<'_>) -> PyResult<String> {
         let m = self.inner.clone();
-        release(py, move || Ok(device_name(lock(&m).device())))
+        release(py, move || Ok(device_name(lock(&m)?.device())))
     }
 
     /// True when the graph runs in Rust; False for the eager fallback.
     #[getter]
     fn is_graph(&self, py: Python<'_>) -> PyResult<bool> {
         let m = self.inner.clone();
-        release(py, move || Ok(lock(&m).is_graph()))
+        release(py, move || Ok(lock(&m)?.is_graph()))
     }
 
     #[getter]
     fn training(&self, py: Python<'_>) -> PyResult<bool> {
         let m = self.inner.clone();
-        release(py, move || Ok(lock(&m).training))
+        release(py, move || Ok(lock(&m)?.training))
     }
 
     #[setter]
     fn set_training(&self, py: Python<'_>, v: bool) -> PyResult<()> {
         let m = self.inner.clone();
         release(py, move || {
-            lock(&m).training = v;
+            lock(&m)?.training = v;
             Ok(())
         })
     }

@@ -7,9 +7,10 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3_tch::PyTensor;
 
-use super::model::{lock, PyModel};
-use super::{release, to_py, PyLoader};
+use super::model::PyModel;
+use super::{hold, lock, release, to_py, Held, PyLoader};
 use crate::error::Error;
+use crate::nn::Model;
 use crate::train::dist::{Collective, DistState};
 use crate::train::optim::{OptKind, Optimizer};
 use crate::train::sched::{self, Scheduler};
@@ -170,8 +171,7 @@ impl PyTrainer {
             Some(name) => Some(self::scheduler(name, &Settings::new(sched_settings, SCHED_KEYS, name)?, lr)?),
         };
         let cfg = TrainConfig { label_smoothing, amp, grad_accum, grad_clip, log_every };
-        let m = model.inner.clone();
-        let device = py.allow_threads(move || lock(&m).device());
+        let device = hold(py, &model.inner)?.device();
         let mut state = TrainState::new(opt, sched, cfg, device).map_err(to_py)?;
         state.apply_schedule();
         Ok(PyTrainer { state: Arc::new(Mutex::new(state)) })
@@ -201,8 +201,10 @@ impl PyTrainer {
         let stats = {
             let hooks = &mut hooks;
             release(py, move || {
-                let mut m = lock(&model);
-                let mut st = lock(&state);
+                let mut m = lock(&model)?;
+                let mut st = lock(&state)?;
+                // Callbacks below run Python on this thread: the model and trainer are busy to them.
+                let _held = (Held::mark::<Model>(&model), Held::mark::<TrainState>(&state));
                 st.train_epoch(&mut m, &l, epoch, hooks)
             })?
         };
@@ -225,36 +227,36 @@ impl PyTrainer {
                 Some(DistState::new(Box::new(comm), (bucket_cap_mb * 1024.0 * 1024.0) as usize).map_err(to_py)?)
             }
         };
-        lock(&self.state).dist = dist;
+        hold(py, &self.state)?.dist = dist;
         Ok(())
     }
 
     /// End of epoch: moves epoch schedules (`metric` for ReduceLROnPlateau).
     #[pyo3(signature = (metric = None))]
-    fn end_epoch(&self, metric: Option<f64>) -> PyResult<()> {
-        lock(&self.state).end_epoch(metric).map_err(to_py)
+    fn end_epoch(&self, py: Python<'_>, metric: Option<f64>) -> PyResult<()> {
+        hold(py, &self.state)?.end_epoch(metric).map_err(to_py)
     }
 
     #[getter]
-    fn lr(&self) -> f64 {
-        lock(&self.state).opt.lr
+    fn lr(&self, py: Python<'_>) -> PyResult<f64> {
+        Ok(hold(py, &self.state)?.opt.lr)
     }
 
     /// SGD's momentum or Adam's beta1 now.
     #[getter]
-    fn momentum(&self) -> f64 {
-        lock(&self.state).opt.momentum()
+    fn momentum(&self, py: Python<'_>) -> PyResult<f64> {
+        Ok(hold(py, &self.state)?.opt.momentum())
     }
 
     #[getter]
-    fn global_step(&self) -> u64 {
-        lock(&self.state).global_step
+    fn global_step(&self, py: Python<'_>) -> PyResult<u64> {
+        Ok(hold(py, &self.state)?.global_step)
     }
 
     /// (name, lr, initial_lr, hyper-parameters, per-parameter state (step, buf1, buf2) or None).
     #[allow(clippy::type_complexity)]
-    fn optimizer_state(&self) -> (String, f64, f64, HashMap<String, f64>, Vec<Option<(f64, Option<PyTensor>, Option<PyTensor>)>>) {
-        let st = lock(&self.state);
+    fn optimizer_state(&self, py: Python<'_>) -> PyResult<(String, f64, f64, HashMap<String, f64>, Vec<Option<(f64, Option<PyTensor>, Option<PyTensor>)>>)> {
+        let st = hold(py, &self.state)?;
         let o = &st.opt;
         let mut h = HashMap::new();
         match o.kind {
@@ -276,12 +278,12 @@ impl PyTrainer {
             .iter()
             .map(|s| s.as_ref().map(|s| (s.step, s.buf1.as_ref().map(|t| PyTensor(t.shallow_clone())), s.buf2.as_ref().map(|t| PyTensor(t.shallow_clone())))))
             .collect();
-        (o.kind.name().to_string(), o.lr, o.initial_lr, h, states)
+        Ok((o.kind.name().to_string(), o.lr, o.initial_lr, h, states))
     }
 
     #[allow(clippy::type_complexity)]
-    fn load_optimizer_state(&self, lr: f64, momentum: f64, states: Vec<Option<(f64, Option<PyTensor>, Option<PyTensor>)>>) -> PyResult<()> {
-        let mut st = lock(&self.state);
+    fn load_optimizer_state(&self, py: Python<'_>, lr: f64, momentum: f64, states: Vec<Option<(f64, Option<PyTensor>, Option<PyTensor>)>>) -> PyResult<()> {
+        let mut st = hold(py, &self.state)?;
         if states.len() != st.opt.len() {
             return Err(PyValueError::new_err(format!(
                 "optimizer_state_dict: state for {} parameters, the optimizer has {}",
@@ -301,9 +303,9 @@ impl PyTrainer {
     }
 
     /// The schedule's counters and ReduceLROnPlateau state.
-    fn scheduler_state(&self) -> Option<HashMap<String, f64>> {
-        let st = lock(&self.state);
-        st.sched.as_ref().map(|s| {
+    fn scheduler_state(&self, py: Python<'_>) -> PyResult<Option<HashMap<String, f64>>> {
+        let st = hold(py, &self.state)?;
+        Ok(st.sched.as_ref().map(|s| {
             HashMap::from([
                 ("epoch".to_string(), s.epoch as f64),
                 ("step".to_string(), s.step as f64),
@@ -313,11 +315,11 @@ impl PyTrainer {
                 ("cooldown_counter".to_string(), s.cooldown_counter as f64),
                 ("base_lr".to_string(), s.base_lr),
             ])
-        })
+        }))
     }
 
-    fn load_scheduler_state(&self, d: HashMap<String, f64>) -> PyResult<()> {
-        let mut st = lock(&self.state);
+    fn load_scheduler_state(&self, py: Python<'_>, d: HashMap<String, f64>) -> PyResult<()> {
+        let mut st = hold(py, &self.state)?;
         let Some(s) = st.sched.as_mut() else {
             return Err(PyValueError::new_err("scheduler_state_dict: this trainer has no scheduler"));
         };
@@ -333,22 +335,19 @@ impl PyTrainer {
         Ok(())
     }
 
-    fn set_global_step(&self, step: u64) {
-        lock(&self.state).global_step = step;
+    fn set_global_step(&self, py: Python<'_>, step: u64) -> PyResult<()> {
+        hold(py, &self.state)?.global_step = step;
+        Ok(())
     }
 
     /// Moves optimizer state to the model's device (after `model.to`).
     fn sync_device(&self, py: Python<'_>, model: &PyModel) -> PyResult<()> {
-        let m = model.inner.clone();
-        let d = py.allow_threads(move || lock(&m).device());
-        let state = self.state.clone();
-        py.allow_threads(move || {
-            let mut st = lock(&state);
-            st.opt.to_device(d);
-            if st.cfg.amp && d.is_cuda() && st.scaler.is_none() {
-                st.scaler = Some(engine::GradScaler::default());
-            }
-        });
+        let d = hold(py, &model.inner)?.device();
+        let mut st = hold(py, &self.state)?;
+        st.opt.to_device(d);
+        if st.cfg.amp && d.is_cuda() && st.scaler.is_none() {
+            st.scaler = Some(engine::GradScaler::default());
+        }
         Ok(())
     }
 }
@@ -463,7 +462,8 @@ impl Hooks for PyHooks {
 fn evaluate(py: Python<'_>, model: &PyModel, loader: &PyLoader, callback: Option<PyObject>) -> PyResult<(f64, f64, u64, Vec<i64>, usize)> {
     let (m, l) = (model.inner.clone(), loader.inner.clone());
     let r = release(py, move || {
-        let m = lock(&m);
+        let model = lock(&m)?;
+        let _held = Held::mark::<Model>(&m);
         let mut progress = |i: usize, n: usize| -> Result<bool, Error> {
             Python::with_gil(|py| {
                 if interrupted(py)? {
@@ -475,7 +475,7 @@ fn evaluate(py: Python<'_>, model: &PyModel, loader: &PyLoader, callback: Option
                 }
             })
         };
-        engine::evaluate(&m, &l, &mut progress)
+        engine::evaluate(&model, &l, &mut progress)
     })?;
     Ok((r.loss, r.accuracy, r.count, r.confusion, r.num_classes))
 }
@@ -484,7 +484,7 @@ fn evaluate(py: Python<'_>, model: &PyModel, loader: &PyLoader, callback: Option
 #[pyo3(signature = (model, x, batch_size = 256, tta = false))]
 fn predict_logits(py: Python<'_>, model: &PyModel, x: PyTensor, batch_size: i64, tta: bool) -> PyResult<PyTensor> {
     let m = model.inner.clone();
-    let y = release(py, move || engine::predict(&lock(&m), &x.0, batch_size, tta))?;
+    let y = release(py, move || engine::predict(&*lock(&m)?, &x.0, batch_size, tta))?;
     Ok(PyTensor(y))
 }
 

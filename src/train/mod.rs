@@ -176,17 +176,9 @@ pub struct TrainState {
     pub dist: Option<DistState>,
 }
 
-fn single_thread_pool() -> Result<std::sync::Arc<rayon::ThreadPool>> {
-    static POOL: std::sync::OnceLock<std::sync::Arc<rayon::ThreadPool>> = std::sync::OnceLock::new();
-    if let Some(p) = POOL.get() {
-        return Ok(p.clone());
-    }
-    let p = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .thread_name(|_| "fastcifar-train-loader".into())
-        .build()
-        .map_err(|e| Error::invalid("loader", e.to_string()))?;
-    Ok(POOL.get_or_init(|| std::sync::Arc::new(p)).clone())
+fn single_thread_pool() -> std::sync::Arc<crate::pool::Pool> {
+    static POOL: std::sync::OnceLock<std::sync::Arc<crate::pool::Pool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| std::sync::Arc::new(crate::pool::Pool::lazy(Some(1), "fastcifar-train-loader"))).clone()
 }
 
 /// CPU training allocates the same activation sizes every step. glibc's malloc hands blocks above
@@ -306,7 +298,7 @@ impl TrainState {
             loader.iter(epoch)
         } else {
             keep_freed_memory();
-            loader.iter_on(epoch, single_thread_pool()?)
+            loader.iter_on(epoch, single_thread_pool())
         };
         for i in 0..steps {
             let mut settings = None;
