@@ -376,3 +376,15 @@ def test_a_checkpoint_with_a_torch_schedule_resumes_when_given_it(tmp_path):
     back = fastcifar.Trainer.load(tmp_path / "c.pth", device="cpu", model=m2, optimizer=o2, scheduler=s2)
     assert back.epoch == 2 and s2.last_epoch == 2 and o2.param_groups[0]["lr"] == 0.025
     assert_same_state(o2, o)
+
+
+def test_torch_schedules_on_the_engine_raise_no_order_warning():
+    import warnings
+
+    m = models.small_cnn(width=4)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    for sched in (torch.optim.lr_scheduler.StepLR(opt, 1), torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=100)):
+        tr = fastcifar.Trainer(m, opt, sched, device="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            tr.fit(loader(32), epochs=1, progress=False)

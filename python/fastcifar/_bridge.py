@@ -148,12 +148,19 @@ class Bridge:
             self.optimizer.step()
             used = _f(self.optimizer.param_groups[0]["lr"])
         if self.per_step_schedule:
-            self.torch_schedule.step()
+            self._step_schedule()
         return used if grads is not None else self.poll()
 
     def epoch_end(self, metric: Optional[float]) -> None:
         if self.torch_schedule is None or self.per_step_schedule:
             return
+        self._step_schedule(metric)
+
+    def _step_schedule(self, metric: Optional[float] = None) -> None:
+        if self.on_engine:
+            # torch's schedules count optimizer.step() calls to warn about a wrong order; on the
+            # engine the update ran in Rust just before, so the order is right.
+            self.optimizer._opt_called = True
         if isinstance(self.torch_schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.torch_schedule.step(metric)
         else:
