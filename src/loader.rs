@@ -38,6 +38,9 @@ pub struct LoaderOptions {
     /// Pad shards to equal length (training: every rank runs the same number of steps). Without,
     /// shards differ by at most one sample and nothing repeats (evaluation).
     pub pad_shards: bool,
+    /// Labels to emit instead of the data set's, one per sample (the data set's `target_transform`
+    /// applied once): the images stay shared, only the labels differ.
+    pub labels: Option<Arc<Vec<i64>>>,
 }
 
 impl Default for LoaderOptions {
@@ -55,6 +58,7 @@ impl Default for LoaderOptions {
             rank: 0,
             world_size: 1,
             pad_shards: true,
+            labels: None,
         }
     }
 }
@@ -84,6 +88,11 @@ impl Loader {
         }
         if dataset.is_empty() {
             return Err(Error::invalid("dataset", "is empty"));
+        }
+        if let Some(l) = &opts.labels {
+            if l.len() != dataset.len() {
+                return Err(Error::invalid("labels", format!("{} labels for {} images", l.len(), dataset.len())));
+            }
         }
         let pipeline = Arc::new(Pipeline::new(ops, dataset.shape)?);
         let mut pool = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("fastcifar-loader-{i}"));
@@ -164,12 +173,17 @@ impl Loader {
             OutKind::Float32 => self.fill::<f32>(Kind::Float, [b, c, h, w], epoch, indices)?,
             OutKind::Uint8 => self.fill::<u8>(Kind::Uint8, [b, c, h, w], epoch, indices)?,
         };
-        let labels: Vec<i64> = indices.iter().map(|&i| self.dataset.labels[i]).collect();
+        let source = self.opts.labels.as_deref().unwrap_or(&self.dataset.labels);
+        let labels: Vec<i64> = indices.iter().map(|&i| source[i]).collect();
         let y = Tensor::from_slice(&labels);
         Ok(if self.opts.device.is_cuda() {
             let (x, y) = if self.opts.pin_memory { (x.pin_memory(self.opts.device), y.pin_memory(self.opts.device)) } else { (x, y) };
             let nb = self.opts.pin_memory;
             (x.to_device_(self.opts.device, x.kind(), nb, false), y.to_device_(self.opts.device, Kind::Int64, nb, false))
+        } else if self.opts.pin_memory {
+            // torch's DataLoader(pin_memory=True) on the CPU: page-locked CPU batches, ready for
+            // `.to("cuda", non_blocking=True)`. The caller only asks where CUDA exists.
+            (x.pin_memory(Device::Cuda(0)), y.pin_memory(Device::Cuda(0)))
         } else {
             (x, y)
         })
@@ -190,6 +204,11 @@ impl Loader {
         self.iter_on(epoch, self.pool.clone())
     }
 
+    /// The loader's own thread pool.
+    pub fn pool(&self) -> &Arc<rayon::ThreadPool> {
+        &self.pool
+    }
+
     /// Like `iter`, with batches built on `pool` instead of the loader's own (the CPU trainer
     /// uses one thread, so that batch building does not fight libtorch's threads for the cores).
     pub fn iter_on(&self, epoch: u64, pool: Arc<rayon::ThreadPool>) -> BatchIter {
@@ -197,6 +216,12 @@ impl Loader {
         let (b, drop_last) = (self.opts.batch_size, self.opts.drop_last);
         let chunks: Vec<Vec<usize>> =
             order.chunks(b).filter(|c| !drop_last || c.len() == b).map(|c| c.to_vec()).collect();
+        self.iter_batches(epoch, chunks, pool)
+    }
+
+    /// Iterates given batches of data set indices (a user's sampler or batch sampler), with the
+    /// randomness of `epoch`.
+    pub fn iter_batches(&self, epoch: u64, chunks: Vec<Vec<usize>>, pool: Arc<rayon::ThreadPool>) -> BatchIter {
         let remaining = chunks.len();
         let (tx, rx) = sync_channel::<Result<Batch>>(self.opts.prefetch);
         let stop = Arc::new(AtomicBool::new(false));
@@ -218,7 +243,7 @@ impl Loader {
                 }
             })
             .expect("spawning the prefetch thread");
-        BatchIter { rx: Some(rx), handle: Some(handle), stop, remaining }
+        BatchIter { rx: Some(rx), handle: Some(handle), stop, remaining, timeout: None }
     }
 }
 
@@ -232,18 +257,34 @@ pub struct BatchIter {
     handle: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     remaining: usize,
+    /// torch's DataLoader `timeout`: waiting longer than this for a batch is an error.
+    timeout: Option<std::time::Duration>,
 }
 
 impl BatchIter {
     pub fn remaining(&self) -> usize {
         self.remaining
     }
+
+    pub fn set_timeout(&mut self, timeout: Option<std::time::Duration>) {
+        self.timeout = timeout;
+    }
 }
 
 impl Iterator for BatchIter {
     type Item = Result<Batch>;
     fn next(&mut self) -> Option<Result<Batch>> {
-        let r = self.rx.as_ref()?.recv().ok();
+        let rx = self.rx.as_ref()?;
+        let r = match self.timeout {
+            None => rx.recv().ok(),
+            Some(t) => match rx.recv_timeout(t) {
+                Ok(b) => Some(b),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    return Some(Err(Error::invalid("timeout", format!("no batch within {} s (DataLoader timeout)", t.as_secs_f64()))))
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
+            },
+        };
         if r.is_some() {
             self.remaining = self.remaining.saturating_sub(1);
         }
