@@ -8,7 +8,6 @@ import urllib.request
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
-import torch
 
 from . import _native as _rs
 
@@ -120,13 +119,13 @@ class Dataset:
         from . import transforms
 
         if self.transform is None:
-            img = transforms.to_pil(torch.from_numpy(self.data[index]).permute(2, 0, 1))
+            img = transforms.pil_from_hwc(self.data[index])
         else:
             plan = transforms.Plan(self.transform)
             if plan.ops:
                 img = plan.finish(transforms._run_ops(self._native, index, plan.ops))
             else:
-                img = plan.run_rest(torch.from_numpy(self.data[index]).permute(2, 0, 1))
+                img = plan.run_rest(transforms.pil_from_hwc(self.data[index]))
         if self.target_transform is not None:
             target = self.target_transform(target)
         return img, target

@@ -126,9 +126,12 @@ def _pil_module():
 
 def to_pil(chw: torch.Tensor):
     """A (C, H, W) uint8 tensor as a PIL image (mode L or RGB), as torchvision's data sets give."""
-    a = chw.detach().cpu().numpy()
-    a = a[0] if a.shape[0] == 1 else np.ascontiguousarray(a.transpose(1, 2, 0))
-    return _pil_module().fromarray(a)
+    return pil_from_hwc(chw.detach().cpu().numpy().transpose(1, 2, 0))
+
+
+def pil_from_hwc(hwc: np.ndarray):
+    """An (H, W, C) uint8 array as a PIL image (mode L or RGB)."""
+    return _pil_module().fromarray(np.ascontiguousarray(hwc[..., 0] if hwc.shape[-1] == 1 else hwc))
 
 
 def _hwc_array(img):
@@ -876,8 +879,9 @@ class Plan:
         """One image of the fused pass as torchvision would hold it at that point."""
         return to_pil(chw) if self.state == "pil" else chw
 
-    def run_rest(self, chw: torch.Tensor):
-        x = self.python_input(chw)
+    def run_rest(self, chw):
+        """The Python steps on one fused result (a CHW tensor; or already a PIL image)."""
+        x = chw if _is_pil(chw) else self.python_input(chw)
         for s in self.rest:
             x = s(x)
         return x
