@@ -167,6 +167,7 @@ class DataLoader:
             raise ValueError("rank / world_size: give either a sampler (e.g. DistributedSampler) or rank and world_size, not both")
         if dtype not in _DTYPES:
             raise ValueError(f"dtype: {dtype} is not torch.float32 or torch.uint8")
+        seed_given = seed
         if seed is None:
             seed = int(torch.randint(0, 2**62, (), generator=generator).item())
         elif not isinstance(seed, int) or seed < 0:
@@ -190,7 +191,7 @@ class DataLoader:
         ds = _resolve(dataset)
         self._torch = None
         if ds is None:
-            self._fall_back_to_torch(dataset, transform, locals())
+            self._fall_back_to_torch(dataset, transform, dict(locals(), seed=seed_given))
             return
         self.dataset = ds
         self.transform = transform if transform is not None else ds.transform
