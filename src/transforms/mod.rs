@@ -1167,6 +1167,49 @@ mod tests {
     }
 
     #[test]
+    fn float_output_is_torchs_float32_arithmetic_and_the_fast_form_is_taken() {
+        let ops = vec![Op::ToTensor, Op::Normalize { mean: vec![0.4914, 0.4822, 0.4465], std: vec![0.2023, 0.1994, 0.2010] }];
+        let p = Pipeline::new(ops, [3, 4, 4]).unwrap();
+        for (ch, (m, s)) in [(0.4914f32, 0.2023f32), (0.4822, 0.1994), (0.4465, 0.2010)].into_iter().enumerate() {
+            let Conv::Fast { table, .. } = &p.convs[ch] else { panic!("the seed's statistics should take the fast form") };
+            for v in 0..256 {
+                assert_eq!(table[v].to_bits(), ((v as f32 / 255.0 - m) / s).to_bits());
+                let mut o = [0f32];
+                f32::convert::<true>(&mut o, &[v as u8], &p.convs[ch]);
+                assert_eq!(o[0].to_bits(), table[v].to_bits());
+            }
+        }
+        // Two Normalize steps have no closed form here: the table holds them.
+        let ops = vec![Op::ToTensor, Op::Normalize { mean: vec![0.5], std: vec![0.5] }, Op::Normalize { mean: vec![0.1], std: vec![3.0] }];
+        assert!(matches!(Pipeline::new(ops, [1, 2, 2]).unwrap().convs[0], Conv::Table(_)));
+    }
+
+    #[test]
+    fn pad_modes_center_crop_ties_and_resized_crop_shapes() {
+        // 1 channel, one row 0..4 wide: symmetric repeats the edge, reflect does not, both keep going.
+        let d = Dataset::new((0..4).collect::<Vec<u8>>(), vec![0], vec!["x".into()], [1, 1, 4]).unwrap();
+        let run = |op: Op, n: usize| {
+            let p = Pipeline::new(vec![op], d.shape).unwrap();
+            let mut out = vec![0u8; n];
+            p.apply_batch(&d, &[0], 0, 0, &mut out).unwrap();
+            out
+        };
+        let pad = |mode| Op::Pad { padding: [5, 0, 5, 0], fill: vec![9], mode };
+        assert_eq!(run(pad(PadMode::Symmetric), 14), [3, 3, 2, 1, 0, 0, 1, 2, 3, 3, 2, 1, 0, 0]);
+        assert_eq!(run(pad(PadMode::Reflect), 14), [1, 2, 3, 2, 1, 0, 1, 2, 3, 2, 1, 0, 1, 2]);
+        assert_eq!(run(pad(PadMode::Constant), 14), [9, 9, 9, 9, 9, 0, 1, 2, 3, 9, 9, 9, 9, 9]);
+        // (4 - 1) / 2 = 1.5 rounds to 2, as Python's round does; (4 - 3) / 2 = 0.5 to 0.
+        assert_eq!(run(Op::CenterCrop { size: (1, 1) }, 1), [2]);
+        assert_eq!(run(Op::CenterCrop { size: (1, 3) }, 3), [0, 1, 2]);
+        let p = Pipeline::new(vec![Op::RandomResizedCrop { size: (5, 7), scale: (0.08, 1.0), ratio: (0.75, 1.33) }], [3, 32, 32]).unwrap();
+        assert_eq!(p.out_shape(), [3, 5, 7]);
+        for i in 0..500u64 {
+            let (y, x, h, w) = resized_crop_box(&mut Rng::keyed(&[i]), (32, 20), (0.08, 1.0), (0.75, 1.33));
+            assert!(h > 0 && w > 0 && y + h <= 32 && x + w <= 20);
+        }
+    }
+
+    #[test]
     fn invalid_parameters_name_themselves() {
         let shape = [3, 32, 32];
         let err = |ops: Vec<Op>| Pipeline::new(ops, shape).unwrap_err().to_string();
