@@ -159,6 +159,28 @@ def test_pad_every_mode_matches_torchvision_including_wide_pads(mode):
         assert np.array_equal(np.asarray(got), ref), padding
 
 
+@pytest.mark.parametrize("make", [lambda P: P.Pad((1, 2, 3, 4), fill=(5, 6, 7)), lambda P: P.Pad([2, 3], padding_mode="edge"),
+                                  lambda P: P.RandomCrop((36, 34), padding=(1, 2, 3, 4), padding_mode="reflect"),
+                                  lambda P: P.RandomCrop(36, padding=(2, 4), fill=9)])
+@pytest.mark.parametrize("P", [TV, V2], ids=["v1", "v2"])
+def test_torchvision_padding_arguments_keep_their_meaning(make, P):
+    a = random_ds(1, seed=3).data[0]
+    t = make(P)
+    assert not T.Plan(t).rest
+    for s in range(4):
+        torch.manual_seed(s)
+        ref = np.asarray(t(pil(a)))
+        got = np.asarray(T.Plan(t).run_one(pil(a)))
+        if isinstance(t, (TV.Pad, V2.Pad)):
+            assert np.array_equal(got, ref)
+        else:  # the crop offset is drawn differently: compare against every offset
+            p = P.Pad(t.padding if P is TV else [t.padding[0], t.padding[2], t.padding[1], t.padding[3]], fill=9,
+                      padding_mode=t.padding_mode)
+            big = np.asarray(p(pil(a)))
+            h, w = got.shape[:2]
+            assert any(np.array_equal(got, big[i:i + h, j:j + w]) for i in range(big.shape[0] - h + 1) for j in range(big.shape[1] - w + 1))
+
+
 def test_random_crop_symmetric_and_pad_if_needed_are_torchvision_crops():
     a = random_ds(1, h=20, w=24).data[0]
     ref = np.asarray(TF.pad(pil(a), [3, 3, 3, 3], padding_mode="symmetric"))

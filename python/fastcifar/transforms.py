@@ -799,8 +799,8 @@ def _tv_fill(t):
 
 def _tv_padding(t):
     pad = t.padding
-    if ".v2." in type(t).__module__ and isinstance(pad, list) and len(pad) == 4:
-        return [pad[0], pad[2], pad[1], pad[3]]  # v2 stores torch's (left, right, top, bottom)
+    if ".v2." in type(t).__module__ and type(t).__name__ == "RandomCrop" and isinstance(pad, list) and len(pad) == 4:
+        return [pad[0], pad[2], pad[1], pad[3]]  # v2's RandomCrop stores torch's (left, right, top, bottom)
     return pad
 
 
