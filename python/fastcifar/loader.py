@@ -205,7 +205,7 @@ class DataLoader:
             prefetch = prefetch_factor * (num_threads or os.cpu_count() or 1)
         self._plan = T.Plan(self.transform) if self.transform is not None else None
         if self._plan is not None and self._plan.rest:
-            T._warn_python(self._plan.rest[0])
+            T._warn_python(self._plan.rest[0], self._plan.why)
             ops, kind = self._plan.ops, "float32" if self._plan.float_out else "uint8"
         else:
             ops, kind = T.ops_of(self.transform, _DTYPES[dtype]), _DTYPES[dtype]

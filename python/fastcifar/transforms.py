@@ -158,13 +158,11 @@ def _hwc_array(img):
 _warned: set = set()
 
 
-def _warn_python(step) -> None:
+def _warn_python(step, why: str = "is not one of the transforms fused in Rust") -> None:
     name = getattr(step, "__name__", None) or type(step).__name__
     if name in _warned:
         return
     _warned.add(name)
-    why = "comes out of the fused pass's order" if isinstance(step, Transform) and type(step)._ops is not Transform._ops else \
-        "is not one of the transforms fused in Rust"
     warnings.warn(
         f"fastcifar: {name} {why}, so from it on the pipeline runs per "
         f"image in Python (as torchvision would run it, on a PIL image before ToTensor, a tensor after); "
@@ -859,12 +857,18 @@ class Plan:
     def __init__(self, transform):
         steps = _flatten(transform)
         ops, state, i = [], "pil", 0
+        self.why = ""
         for i, s in enumerate(steps):
+            if not isinstance(s, Transform) or type(s)._ops is Transform._ops:
+                self.why = "is not one of the transforms fused in Rust"
+                break
+            if state not in s._takes:
+                self.why = "comes where the fused pass does not take it (geometric steps go before ToTensor, Normalize and erasing after)"
+                break
             try:
-                if not isinstance(s, Transform) or state not in s._takes:
-                    raise _NotNative(s)
                 ops += s._ops()
             except _NotNative:
+                self.why = "has arguments the fused pass does not take"
                 break
             state = s._gives or state
         else:
