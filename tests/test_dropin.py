@@ -232,6 +232,13 @@ def test_python_path_transforms_match_torchvision_with_the_same_torch_seed():
             torch.manual_seed(s)
             assert np.array_equal(a, np.asarray(theirs(img))), (ours, s)
     f = TV.ToTensor()(img)
+    u8 = TF.pil_to_tensor(img)
+    for x in (f, u8, torch.stack([f, f.flip(-1)])):  # ColorJitter's tensor arithmetic, bit for bit
+        for s in range(3):
+            torch.manual_seed(s)
+            a = T.ColorJitter(0.4, 0.4, 0.4, 0.2)(x)
+            torch.manual_seed(s)
+            assert torch.equal(a, TV.ColorJitter(0.4, 0.4, 0.4, 0.2)(x)), (x.dtype, s)
     for s in range(5):
         torch.manual_seed(s)
         a = T.RandomErasing(p=0.9, value=0.25)(f)

@@ -709,9 +709,10 @@ def _as_pil(img):
 
 
 class ColorJitter(Transform):
-    """torchvision's ColorJitter on PIL images (Pillow's ImageEnhance and HSV hue shift, factors
-    drawn from torch's generator in torchvision's order); uint8 tensors go through Pillow too.
-    Runs per image in Python."""
+    """torchvision's ColorJitter: factors drawn from torch's generator in torchvision's order; PIL
+    images through Pillow's ImageEnhance and HSV hue shift, as torchvision does them; tensors (uint8
+    or float, (..., 3, H, W)) through blends with black, the mean grey and the greyscale image, and
+    a rotation of the hue in HSV. Runs per image in Python."""
 
     def __init__(self, brightness=0, contrast=0, saturation=0, hue=0):
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
@@ -726,6 +727,8 @@ class ColorJitter(Transform):
     def __call__(self, img):
         from PIL import ImageEnhance
 
+        if isinstance(img, torch.Tensor):
+            return self._tensor(img)
         pil, back = _as_pil(img)
         order, b, c, s, h = self.get_params()
         for k in order.tolist():
@@ -738,6 +741,58 @@ class ColorJitter(Transform):
             elif k == 3 and h is not None:
                 pil = _hue_pil(pil, h)
         return back(pil)
+
+
+    def _tensor(self, x: torch.Tensor) -> torch.Tensor:
+        order, b, c, s, h = self.get_params()
+        for k in order.tolist():
+            if k == 0 and b is not None:
+                x = _blend(x, torch.zeros_like(x), b)
+            elif k == 1 and c is not None:
+                x = _blend(x, _grey(x).to(torch.float32).mean(dim=(-3, -2, -1), keepdim=True), c)
+            elif k == 2 and s is not None:
+                x = _blend(x, _grey(x), s)
+            elif k == 3 and h is not None:
+                x = _hue_tensor(x, h)
+        return x
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601-2 luma of (..., 3, H, W), one channel, in x's dtype."""
+    r, g, b = x.unbind(dim=-3)
+    return (0.2989 * r + 0.587 * g + 0.114 * b).to(x.dtype).unsqueeze(dim=-3)
+
+
+def _blend(a: torch.Tensor, b: torch.Tensor, ratio: float) -> torch.Tensor:
+    top = 1.0 if a.is_floating_point() else 255.0
+    return (ratio * a + (1.0 - ratio) * b).clamp(0, top).to(a.dtype)
+
+
+def _hue_tensor(x: torch.Tensor, shift: float) -> torch.Tensor:
+    """Rotates the hue of (..., 3, H, W) by ``shift`` turns, through HSV."""
+    dtype = x.dtype
+    f = x.to(torch.float32) / 255.0 if not dtype.is_floating_point else x
+    r, g, b = f.unbind(dim=-3)
+    hi, lo = f.max(dim=-3).values, f.min(dim=-3).values
+    grey = hi == lo
+    span = hi - lo
+    sat = span / torch.where(grey, torch.ones_like(hi), hi)
+    d = torch.where(grey, torch.ones_like(span), span)
+    rc, gc, bc = (hi - r) / d, (hi - g) / d, (hi - b) / d
+    hue = (hi == r) * (bc - gc) + ((hi == g) & (hi != r)) * (2.0 + rc - bc) + ((hi != g) & (hi != r)) * (4.0 + gc - rc)
+    hue = torch.fmod(hue / 6.0 + 1.0, 1.0)
+    hue = (hue + shift) % 1.0
+    i = torch.floor(hue * 6.0)
+    frac = hue * 6.0 - i
+    i = i.to(torch.int32) % 6
+    p = (hi * (1.0 - sat)).clamp(0.0, 1.0)
+    q = (hi * (1.0 - sat * frac)).clamp(0.0, 1.0)
+    t = (hi * (1.0 - sat * (1.0 - frac))).clamp(0.0, 1.0)
+    sector = i.unsqueeze(dim=-3) == torch.arange(6, device=i.device).view(-1, 1, 1)
+    choose = lambda *vals: torch.einsum("...ijk,...ijk->...jk", sector.to(f.dtype), torch.stack(vals, dim=-3))
+    out = torch.stack([choose(hi, q, p, p, t, hi), choose(t, hi, hi, q, p, p), choose(p, p, t, hi, hi, q)], dim=-3)
+    # Back to bytes as torchvision's convert_image_dtype does: scaled by 256 - 1e-3, truncated.
+    return out.to(dtype) if dtype.is_floating_point else (out * (255.0 + 1.0 - 1e-3)).to(dtype)
 
 
 def _hue_pil(pil, factor: float):
