@@ -349,3 +349,31 @@ def test_pickles_of_every_protocol_with_str_or_bytes_keys(tmp_path, proto, keys)
         with open(d / "data_batch_1", "rb") as f:
             entry = pickle.load(f, encoding="latin1")
         assert np.array_equal(ds.data[:2], entry["data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+
+
+def test_python_steps_run_ahead_on_one_thread_that_stops_and_reports_errors():
+    calls = []
+
+    def step(img):
+        calls.append(1)
+        return img
+
+    ds = random_ds(64, transform=TV.Compose([TV.RandomCrop(32), step, TV.ToTensor()]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        serial = epoch(fastcifar.DataLoader(ds, batch_size=8, num_workers=0, seed=5))
+        ahead = epoch(fastcifar.DataLoader(ds, batch_size=8, num_workers=2, seed=5))
+    assert torch.equal(serial[0], ahead[0]) and len(calls) == 128
+    before = len(os.listdir("/proc/self/task"))
+    it = iter(fastcifar.DataLoader(ds, batch_size=8, num_workers=2))
+    next(it)
+    it.close()
+    assert len(os.listdir("/proc/self/task")) <= before
+
+    def bad(img):
+        raise RuntimeError("boom in a user step")
+
+    ds.transform = TV.Compose([TV.RandomCrop(32), bad, TV.ToTensor()])
+    with warnings.catch_warnings(), pytest.raises(RuntimeError, match="boom in a user step"):
+        warnings.simplefilter("ignore")
+        list(fastcifar.DataLoader(ds, batch_size=8, num_workers=2))

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import warnings
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 
@@ -63,6 +65,51 @@ def _is_int_label(v) -> bool:
         isinstance(v, torch.Tensor) and v.dim() == 0 and not v.is_floating_point() and v.dtype != torch.bool)
 
 
+def _in_background(gen: Iterator, depth: int) -> Iterator:
+    """Runs ``gen`` on a background thread, ``depth`` items ahead; errors re-raise here, and
+    dropping the iterator stops the thread."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work():
+        try:
+            for item in gen:
+                if not put(("item", item)):
+                    return
+            put(("end", None))
+        except BaseException as e:  # noqa: B902 - handed to the consumer
+            put(("error", e))
+        finally:
+            gen.close()
+
+    t = threading.Thread(target=work, name="fastcifar-python-steps", daemon=True)
+    t.start()
+
+    def consume():
+        try:
+            while True:
+                kind, v = q.get()
+                if kind == "end":
+                    return
+                if kind == "error":
+                    raise v
+                yield v
+        finally:
+            stop.set()
+            t.join()
+
+    return consume()
+
+
 class DataLoader:
     """Iterates ``(images, labels)`` batches: float32 (B, C, H, W) (or uint8 with ``dtype=torch.uint8``)
     and int64 (B,).
@@ -85,7 +132,9 @@ class DataLoader:
       changes nothing but when ``worker_init_fn`` runs: it is called in this process with each
       worker id 0..N-1 at the start of every epoch (once, with ``persistent_workers=True``); no
       Python runs on the Rust threads. ``multiprocessing_context`` is accepted and has nothing to
-      configure (no processes are started); batches always come in order (``in_order``).
+      configure (no processes are started); batches always come in order (``in_order``). Steps
+      of the transform that run in Python (see fastcifar.transforms) run on one background
+      thread, ``prefetch`` batches ahead (``num_workers=0``: in the iterating thread, as torch).
     - ``pin_memory=True`` gives page-locked batches when CUDA exists (with ``device="cuda"`` they
       are also copied to the GPU without blocking); without CUDA it warns that nothing was pinned,
       as torch does. ``timeout`` > 0 raises when a batch takes longer.
@@ -325,7 +374,12 @@ class DataLoader:
             it.set_timeout(seconds=float(self.timeout))
         plain = not self._slow and self.target_transform is None and self.batch_size is not None and (
             self.collate_fn is None or self.collate_fn is default_collate)
-        return it if plain else self._finish(it)
+        if plain:
+            return it
+        if self._slow and self.num_workers != 0:
+            # As torch's workers do: the Python steps of the next batches run while this one is used.
+            return _in_background(self._finish(it), self._args[6])
+        return self._finish(it)
 
     def _finish(self, it) -> Iterator:
         """Batches through what torch does in Python: the Python steps of the transform, the
