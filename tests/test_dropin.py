@@ -195,9 +195,12 @@ def test_to_tensor_and_normalize_are_bit_identical_for_every_byte_and_stats():
     x = np.arange(256, dtype=np.uint8).reshape(16, 16)[..., None].repeat(3, -1)
     for mean, std in [(MEAN, STD), ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((0.1,), (0.3,))]:
         for t, ref in [(T.Compose([T.ToTensor(), T.Normalize(mean, std)]), TV.Compose([TV.ToTensor(), TV.Normalize(mean, std)])),
+                       (TV.Compose([TV.PILToTensor(), TV.ConvertImageDtype(torch.float32), TV.Normalize(mean, std)]),
+                        TV.Compose([TV.PILToTensor(), TV.ConvertImageDtype(torch.float32), TV.Normalize(mean, std)])),
                        (SEED_V2.transforms[2:4] + [V2.Normalize(mean, std)], None)]:
             if ref is None:
                 t, ref = V2.Compose(t), V2.Compose(t)
+            assert not T.Plan(t).rest
             got, _ = next(iter(fastcifar.DataLoader(fastcifar.Dataset.from_numpy(x[None], [0]), transform=t)))
             assert torch.equal(got[0], ref(pil(x))), (mean, std)
 
