@@ -2,6 +2,7 @@
 parity of every transform, torch DataLoader arguments, labels through target_transform, pickles."""
 import os
 import pickle
+import threading
 import warnings
 
 import numpy as np
@@ -104,6 +105,11 @@ def test_other_callables_run_per_image_in_python_with_one_warning():
     assert calls.count("Image") == 20 and calls.count("Tensor") == 20  # PIL before ToTensor, a tensor after
     img, label = ds[0]
     assert img.shape == (3, 32, 32) and label == ds.targets[0]
+    # Trainer's loop runs in Rust only: it says why it cannot take this loader.
+    with pytest.raises(TypeError, match="ColorJitter.*runs in Python"):
+        loader._native
+    with pytest.raises(TypeError, match="Trainer draws its own batches: iterate a loader with sampler="):
+        fastcifar.DataLoader(random_ds(8), sampler=[0, 1])._native
 
 
 def test_fastcifar_compose_takes_plain_callables_and_same_plan():
@@ -367,11 +373,16 @@ def test_python_steps_run_ahead_on_one_thread_that_stops_and_reports_errors():
         serial = epoch(fastcifar.DataLoader(ds, batch_size=8, num_workers=0, seed=5))
         ahead = epoch(fastcifar.DataLoader(ds, batch_size=8, num_workers=2, seed=5))
     assert torch.equal(serial[0], ahead[0]) and len(calls) == 128
-    before = len(os.listdir("/proc/self/task"))
+    def ours():  # our threads only: torch may start its own pool threads meanwhile
+        names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+        return sum(n.startswith("fastcifar-prefe") for n in names), [t.name for t in threading.enumerate() if t.name == "fastcifar-python-steps"]
+
+    before = ours()
     it = iter(fastcifar.DataLoader(ds, batch_size=8, num_workers=2))
     next(it)
+    assert ours()[1] == ["fastcifar-python-steps"]
     it.close()
-    assert len(os.listdir("/proc/self/task")) <= before
+    assert ours() == before and before[1] == []
 
     def bad(img):
         raise RuntimeError("boom in a user step")
