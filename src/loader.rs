@@ -115,6 +115,12 @@ impl Loader {
         &self.opts
     }
 
+    /// The labels this loader emits: the data set's, or the ones given in the options (its
+    /// `target_transform` applied).
+    pub fn labels(&self) -> &[i64] {
+        self.opts.labels.as_deref().map_or(&self.dataset.labels[..], |l| &l[..])
+    }
+
     /// Samples this rank sees per epoch: DistributedSampler pads the data set by repeating its
     /// first indices up to a multiple of world_size (or drops the tail with drop_last).
     pub fn num_samples(&self) -> usize {
@@ -173,7 +179,7 @@ impl Loader {
             OutKind::Float32 => self.fill::<f32>(Kind::Float, [b, c, h, w], epoch, indices)?,
             OutKind::Uint8 => self.fill::<u8>(Kind::Uint8, [b, c, h, w], epoch, indices)?,
         };
-        let source = self.opts.labels.as_deref().unwrap_or(&self.dataset.labels);
+        let source = self.labels();
         let labels: Vec<i64> = indices.iter().map(|&i| source[i]).collect();
         let y = Tensor::from_slice(&labels);
         Ok(if self.opts.device.is_cuda() {
