@@ -40,6 +40,9 @@ pub struct LoaderOptions {
     /// Pad shards to equal length (training: every rank runs the same number of steps). Without,
     /// shards differ by at most one sample and nothing repeats (evaluation).
     pub pad_shards: bool,
+    /// Labels to emit instead of the data set's, one per sample (the data set's `target_transform`
+    /// applied once): the images stay shared, only the labels differ.
+    pub labels: Option<Arc<Vec<i64>>>,
 }
 
 impl Default for LoaderOptions {
@@ -57,6 +60,7 @@ impl Default for LoaderOptions {
             rank: 0,
             world_size: 1,
             pad_shards: true,
+            labels: None,
         }
     }
 }
@@ -93,9 +97,20 @@ impl Loader {
         if dataset.is_empty() {
             return Err(Error::invalid("dataset", "is empty"));
         }
+        if let Some(l) = &opts.labels {
+            if l.len() != dataset.len() {
+                return Err(Error::invalid("labels", format!("{} labels for {} images", l.len(), dataset.len())));
+            }
+        }
         let pipeline = Arc::new(Pipeline::new(ops, dataset.shape)?);
         let pool = Arc::new(Pool::new(opts.num_threads, "fastcifar-loader")?);
         Ok(Loader { dataset, pipeline, opts, pool })
+    }
+
+    /// The labels this loader emits: the data set's, or the ones given in the options (its
+    /// `target_transform` applied).
+    pub fn labels(&self) -> &[i64] {
+        self.opts.labels.as_deref().map_or(&self.dataset.labels[..], |l| &l[..])
     }
 
     pub fn dataset(&self) -> &Arc<Dataset> {
@@ -168,12 +183,17 @@ impl Loader {
             OutKind::Float32 => self.fill::<f32>(Kind::Float, [b, c, h, w], epoch, indices)?,
             OutKind::Uint8 => self.fill::<u8>(Kind::Uint8, [b, c, h, w], epoch, indices)?,
         };
-        let labels: Vec<i64> = indices.iter().map(|&i| self.dataset.labels[i]).collect();
+        let source = self.labels();
+        let labels: Vec<i64> = indices.iter().map(|&i| source[i]).collect();
         let y = Tensor::from_slice(&labels);
         Ok(if self.opts.device.is_cuda() {
             let (x, y) = if self.opts.pin_memory { (x.pin_memory(self.opts.device), y.pin_memory(self.opts.device)) } else { (x, y) };
             let nb = self.opts.pin_memory;
             (x.to_device_(self.opts.device, x.kind(), nb, false), y.to_device_(self.opts.device, Kind::Int64, nb, false))
+        } else if self.opts.pin_memory {
+            // torch's DataLoader(pin_memory=True) on the CPU: page-locked CPU batches, ready for
+            // `.to("cuda", non_blocking=True)`. The caller only asks where CUDA exists.
+            (x.pin_memory(Device::Cuda(0)), y.pin_memory(Device::Cuda(0)))
         } else {
             (x, y)
         })
@@ -194,15 +214,36 @@ impl Loader {
         self.iter_on(epoch, self.pool.clone())
     }
 
+    /// The loader's own thread pool.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
     /// Like `iter`, with batches built on `pool` instead of the loader's own (the CPU trainer
     /// uses one thread, so that batch building does not fight libtorch's threads for the cores).
     pub fn iter_on(&self, epoch: u64, pool: Arc<Pool>) -> BatchIter {
         let order = self.indices(epoch);
         let (b, drop_last) = (self.opts.batch_size, self.opts.drop_last);
-        let chunks: Arc<Vec<Vec<usize>>> =
-            Arc::new(order.chunks(b).filter(|c| !drop_last || c.len() == b).map(|c| c.to_vec()).collect());
+        let chunks: Vec<Vec<usize>> = order.chunks(b).filter(|c| !drop_last || c.len() == b).map(|c| c.to_vec()).collect();
+        self.iter_batches(epoch, chunks, pool)
+    }
+
+    /// Iterates given batches of data set indices (a user's sampler or batch sampler), with the
+    /// randomness of `epoch`.
+    pub fn iter_batches(&self, epoch: u64, chunks: Vec<Vec<usize>>, pool: Arc<Pool>) -> BatchIter {
+        let chunks = Arc::new(chunks);
         let worker = Loader { pool, ..self.clone() };
-        let mut it = BatchIter { rx: None, handle: None, stop: Arc::new(AtomicBool::new(false)), remaining: chunks.len(), pid: 0, worker, epoch, chunks };
+        let mut it = BatchIter {
+            rx: None,
+            handle: None,
+            stop: Arc::new(AtomicBool::new(false)),
+            remaining: chunks.len(),
+            pid: 0,
+            worker,
+            epoch,
+            chunks,
+            timeout: None,
+        };
         it.start();
         it
     }
@@ -223,11 +264,17 @@ pub struct BatchIter {
     worker: Loader,
     epoch: u64,
     chunks: Arc<Vec<Vec<usize>>>,
+    /// torch's DataLoader `timeout`: waiting longer than this for a batch is an error.
+    timeout: Option<std::time::Duration>,
 }
 
 impl BatchIter {
     pub fn remaining(&self) -> usize {
         self.remaining
+    }
+
+    pub fn set_timeout(&mut self, timeout: Option<std::time::Duration>) {
+        self.timeout = timeout;
     }
 
     /// Starts a producer for the batches not yet handed out (all of them, or after a fork the
@@ -275,7 +322,17 @@ impl Iterator for BatchIter {
         if self.rx.is_some() && self.forget_parent_producer() {
             self.start();
         }
-        let r = self.rx.as_ref()?.recv().ok();
+        let rx = self.rx.as_ref()?;
+        let r = match self.timeout {
+            None => rx.recv().ok(),
+            Some(t) => match rx.recv_timeout(t) {
+                Ok(b) => Some(b),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    return Some(Err(Error::invalid("timeout", format!("no batch within {} s (DataLoader timeout)", t.as_secs_f64()))))
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
+            },
+        };
         if r.is_some() {
             self.remaining = self.remaining.saturating_sub(1);
         }

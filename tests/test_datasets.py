@@ -148,8 +148,10 @@ def test_indexing_edges(tiny):
         ds["0"]
     ds.target_transform = lambda t: t + 100
     assert ds[0][1] == truth["test"][1][0] + 100
-    ds.transform = lambda img: img.shape
-    assert ds[0][0] == (32, 32, 3)
+    # torchvision's item semantics: a PIL image, to the transform as well.
+    assert type(ds[0][0]).__name__ == "Image" and ds[0][0].size == (32, 32)
+    ds.transform = lambda img: (type(img).__name__, img.size, img.mode)
+    assert ds[0][0] == ("Image", (32, 32), "RGB")
     assert "Number of datapoints: 4" in repr(ds)
 
 

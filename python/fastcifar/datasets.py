@@ -19,7 +19,9 @@ class Dataset:
 
     ``data`` is a read-only numpy view of the Rust buffer (no copy); assigning ``data`` or
     ``targets`` (e.g. ``ds.data = ds.data[:1000]``) rebuilds the data set from the new arrays.
-    Indexing gives ``(image, target)``: the HWC uint8 array, or the output of ``transform``.
+    Indexing gives ``(image, target)`` as torchvision's data sets do: a PIL image, or the output of
+    ``transform`` (which gets that PIL image; fastcifar and torchvision transforms run fused), and
+    the label through ``target_transform``. ``targets`` stays the raw labels, as in torchvision.
     """
 
     _rebuilt = False
@@ -118,15 +120,16 @@ class Dataset:
             raise IndexError(f"index {index} is out of range for {n} images")
         index = int(index) % n
         target = self.targets[index]
-        if self.transform is None:
-            img = self.data[index]
-        else:
-            from . import transforms
+        from . import transforms
 
-            if isinstance(self.transform, transforms.Transform):
-                img = self.transform._apply_native(self._native, index)
+        if self.transform is None:
+            img = transforms.pil_from_hwc(self.data[index])
+        else:
+            plan = transforms.Plan(self.transform)
+            if plan.ops:
+                img = plan.finish(transforms._run_ops(self._native, index, plan.ops))
             else:
-                img = self.transform(self.data[index])
+                img = plan.run_rest(transforms.pil_from_hwc(self.data[index]))
         if self.target_transform is not None:
             target = self.target_transform(target)
         return img, target

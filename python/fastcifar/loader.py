@@ -1,32 +1,150 @@
 """The DataLoader: batches built in Rust on a background thread, yielded as torch tensors."""
 from __future__ import annotations
 
-from typing import Iterator, Optional, Tuple
+import os
+import queue
+import threading
+import warnings
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 
+import numpy as np
 import torch
+from torch.utils.data import ConcatDataset, Subset
+from torch.utils.data._utils.collate import default_collate
 
 from . import _native as _rs
+from . import transforms as T
 from .datasets import Dataset
-from .transforms import ops_of
 
 __all__ = ["DataLoader"]
 
 _DTYPES = {torch.float32: "float32", torch.uint8: "uint8"}
+_warned: set = set()
+
+
+def _warn_once(key: str, msg: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(msg, stacklevel=3)
+
+
+def _resolve(dataset) -> Optional[Dataset]:
+    """A fastcifar data set for ``dataset``: itself, or the images of a ``Subset`` /
+    ``ConcatDataset`` over fastcifar data sets (copied once, keeping their transforms); None for
+    anything else."""
+    if isinstance(dataset, Dataset):
+        return dataset
+    if isinstance(dataset, Subset):
+        base = _resolve(dataset.dataset)
+        if base is None:
+            return None
+        n = len(base)
+        idx = [int(i) for i in dataset.indices]
+        bad = [i for i in idx if not -n <= i < n]
+        if bad:
+            raise IndexError(f"Subset: index {bad[0]} is out of range for {n} images")
+        return base.subset([i % n for i in idx])
+    if isinstance(dataset, ConcatDataset):
+        parts = [_resolve(d) for d in dataset.datasets]
+        if not parts or any(p is None for p in parts):
+            return None
+        first = parts[0]
+        if any(p.transform is not first.transform or p.target_transform is not first.target_transform or p.shape != first.shape
+               for p in parts):
+            return None  # per-part transforms: torch's own loop keeps them apart
+        targets = [t for p in parts for t in p.targets]
+        same = all(p.classes == first.classes for p in parts)
+        classes = first.classes if same else [str(i) for i in range(max(targets) + 1)]
+        data = np.concatenate([p.data for p in parts])
+        return Dataset.from_numpy(data, targets, classes, first.transform, first.target_transform)
+    return None
+
+
+def _is_int_label(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) or (
+        isinstance(v, torch.Tensor) and v.dim() == 0 and not v.is_floating_point() and v.dtype != torch.bool)
+
+
+def _in_background(gen: Iterator, depth: int) -> Iterator:
+    """Runs ``gen`` on a background thread, ``depth`` items ahead; errors re-raise here, and
+    dropping the iterator stops the thread."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work():
+        try:
+            for item in gen:
+                if not put(("item", item)):
+                    return
+            put(("end", None))
+        except BaseException as e:  # noqa: B902 - handed to the consumer
+            put(("error", e))
+        finally:
+            gen.close()
+
+    t = threading.Thread(target=work, name="fastcifar-python-steps", daemon=True)
+    t.start()
+
+    def consume():
+        try:
+            while True:
+                kind, v = q.get()
+                if kind == "end":
+                    return
+                if kind == "error":
+                    raise v
+                yield v
+        finally:
+            stop.set()
+            t.join()
+
+    return consume()
 
 
 class DataLoader:
     """Iterates ``(images, labels)`` batches: float32 (B, C, H, W) (or uint8 with ``dtype=torch.uint8``)
     and int64 (B,).
 
-    A drop-in for ``torch.utils.data.DataLoader`` over fastcifar data sets. The transform (given
-    here, or else the data set's own ``transform``) runs fused in Rust on ``num_threads`` cores
-    (default: all), while a background thread keeps ``prefetch`` batches ready; waiting for a batch
-    releases the GIL. ``num_workers`` is accepted for compatibility and ignored.
+    A drop-in for ``torch.utils.data.DataLoader``: it takes the same arguments in the same order.
+    Over a fastcifar data set (or a ``Subset`` / ``ConcatDataset`` of them) the transform (given
+    here, or else the data set's own ``transform``: fastcifar's or torchvision's) runs fused in Rust
+    on a pool of threads while a background thread keeps batches ready; waiting for a batch releases
+    the GIL. Any other data set is iterated by ``torch.utils.data.DataLoader`` itself, with a
+    one-time warning. What torch's arguments do here:
+
+    - ``sampler`` (any iterable of indices, e.g. a list, ``SubsetRandomSampler``,
+      ``WeightedRandomSampler``, ``DistributedSampler``) and ``batch_sampler`` choose the indices
+      (read again every epoch); the images are still built in Rust. ``drop_last`` as torch.
+    - ``collate_fn`` gets the list of ``(image, label)`` samples of each fused batch, as torch's
+      would (torch's ``default_collate`` is the identity here and is skipped).
+    - ``num_workers=N`` builds batches on N threads (0: one thread; not given: one per core).
+      ``num_threads`` overrides it. ``prefetch_factor`` keeps ``prefetch_factor * N`` batches
+      ready (else ``prefetch``). The threads live as long as the loader, so ``persistent_workers``
+      changes nothing but when ``worker_init_fn`` runs: it is called in this process with each
+      worker id 0..N-1 at the start of every epoch (once, with ``persistent_workers=True``); no
+      Python runs on the Rust threads. ``multiprocessing_context`` is accepted and has nothing to
+      configure (no processes are started); batches always come in order (``in_order``). Steps
+      of the transform that run in Python (see fastcifar.transforms) run on one background
+      thread, ``prefetch`` batches ahead (``num_workers=0``: in the iterating thread, as torch).
+    - ``pin_memory=True`` gives page-locked batches when CUDA exists (with ``device="cuda"`` they
+      are also copied to the GPU without blocking); without CUDA it warns that nothing was pinned,
+      as torch does. ``timeout`` > 0 raises when a batch takes longer.
+    - ``generator`` draws the seed (below) when ``seed`` is None.
+    - The data set's ``target_transform`` is applied to every label (``.targets`` stays raw).
 
     Randomness is a pure function of ``(seed, epoch, sample index)``: the same seed gives the same
-    batches whatever the thread count. ``seed=None`` draws one from torch's generator, so
-    ``torch.manual_seed`` makes runs repeatable. Each ``iter()`` uses the current epoch and then
-    advances it; ``set_epoch(n)`` sets it (as with ``DistributedSampler``).
+    batches whatever the thread count. ``seed=None`` draws one from torch's generator (or
+    ``generator``), so ``torch.manual_seed`` makes runs repeatable. Each ``iter()`` uses the current
+    epoch and then advances it; ``set_epoch(n)`` sets it (and the sampler's, if it has one).
 
     ``rank`` / ``world_size`` shard the data set as ``DistributedSampler`` does: one permutation for
     all ranks (so ``seed`` must be the same on every rank), rank r takes every world_size-th index
@@ -39,81 +157,259 @@ class DataLoader:
 
     def __init__(
         self,
-        dataset: Dataset,
-        batch_size: int = 1,
-        shuffle: bool = False,
+        dataset,
+        batch_size: Optional[int] = 1,
+        shuffle: Optional[bool] = None,
+        sampler: Optional[Iterable] = None,
+        batch_sampler: Optional[Iterable] = None,
+        num_workers: Optional[int] = None,
+        collate_fn: Optional[Callable] = None,
+        pin_memory: bool = False,
         drop_last: bool = False,
+        timeout: float = 0,
+        worker_init_fn: Optional[Callable[[int], Any]] = None,
+        multiprocessing_context=None,
+        generator: Optional[torch.Generator] = None,
+        *,
+        prefetch_factor: Optional[int] = None,
+        persistent_workers: bool = False,
+        pin_memory_device: str = "",
+        in_order: bool = True,
         transform=None,
         seed: Optional[int] = None,
         device="cpu",
-        pin_memory: bool = False,
         prefetch: int = 2,
         dtype: torch.dtype = torch.float32,
-        num_workers: Optional[int] = None,
         num_threads: Optional[int] = None,
         rank: int = 0,
         world_size: int = 1,
         pad_shards: bool = True,
     ) -> None:
-        if not isinstance(dataset, Dataset):
-            raise TypeError(f"dataset: expected a fastcifar data set (CIFAR10, ImageFolder, Dataset.from_numpy), got {type(dataset).__name__}")
-        for name, v in (("batch_size", batch_size), ("prefetch", prefetch), ("world_size", world_size)):
+        # torch's own checks, with torch's messages.
+        if sampler is not None and shuffle:
+            raise ValueError("sampler option is mutually exclusive with shuffle")
+        if batch_sampler is not None and (batch_size != 1 or shuffle or sampler is not None or drop_last):
+            raise ValueError("batch_sampler option is mutually exclusive with batch_size, shuffle, sampler, and drop_last")
+        if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0):
+            raise ValueError(f"num_workers option should be non-negative, got {num_workers!r}")
+        if not isinstance(timeout, (int, float)) or timeout < 0:
+            raise ValueError(f"timeout option should be non-negative, got {timeout!r}")
+        if num_workers == 0 and prefetch_factor is not None:
+            raise ValueError("prefetch_factor option could only be specified in multiprocessing. "
+                             "let num_workers > 0 to enable multiprocessing, otherwise set prefetch_factor to None.")
+        if num_workers == 0 and persistent_workers:
+            raise ValueError("persistent_workers option needs num_workers > 0")
+        if worker_init_fn is not None and not callable(worker_init_fn):
+            raise TypeError(f"worker_init_fn: {worker_init_fn!r} is not callable")
+        if collate_fn is not None and not callable(collate_fn):
+            raise TypeError(f"collate_fn: {collate_fn!r} is not callable")
+        for name, v in (("prefetch", prefetch), ("world_size", world_size)) + ((("batch_size", batch_size),) if batch_size is not None else ()):
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v < 2**63:
                 raise ValueError(f"{name}: must be a positive int (below 2**63), got {v!r}")
+        if prefetch_factor is not None and (isinstance(prefetch_factor, bool) or not isinstance(prefetch_factor, int) or not 1 <= prefetch_factor < 2**63):
+            raise ValueError(f"prefetch_factor: must be a positive int or None, got {prefetch_factor!r}")
         if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int) or not 1 <= num_threads < 2**63):
             raise ValueError(f"num_threads: must be a positive int or None, got {num_threads!r}")
         if not isinstance(rank, int) or not 0 <= rank < world_size:
             raise ValueError(f"rank: {rank!r} is not in [0, world_size={world_size})")
+        if world_size > 1 and (sampler is not None or batch_sampler is not None):
+            raise ValueError("rank / world_size: give either a sampler (e.g. DistributedSampler) or rank and world_size, not both")
         if dtype not in _DTYPES:
             raise ValueError(f"dtype: {dtype} is not torch.float32 or torch.uint8")
+        seed_given = seed
         if seed is None:
-            seed = int(torch.randint(0, 2**62, ()).item())
+            seed = int(torch.randint(0, 2**62, (), generator=generator).item())
         elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise ValueError(f"seed: must be an int in [0, 2**64) or None, got {seed!r}")
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.transform = transform if transform is not None else dataset.transform
-        self.seed = seed
-        self.dtype = dtype
+
+        self.batch_size, self.shuffle, self.drop_last = batch_size, bool(shuffle), drop_last
+        self.sampler, self.batch_sampler, self.collate_fn = sampler, batch_sampler, collate_fn
+        self.num_workers, self.pin_memory, self.timeout = num_workers, pin_memory, timeout
+        self.worker_init_fn, self.multiprocessing_context, self.generator = worker_init_fn, multiprocessing_context, generator
+        self.prefetch_factor, self.persistent_workers = prefetch_factor, persistent_workers
+        self.pin_memory_device, self.in_order = pin_memory_device, in_order
+        self.seed, self.dtype = seed, dtype
         self.device = torch.device(device) if str(device) != "auto" else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.num_workers = num_workers
         self.rank, self.world_size, self.pad_shards = rank, world_size, bool(pad_shards)
         self.epoch = 0
-        self._options = dict(pin_memory=pin_memory, prefetch=prefetch, num_threads=num_threads)
-        self._native = _rs.NativeLoader(
-            dataset._native, ops_of(self.transform, _DTYPES[dtype]), batch_size, bool(shuffle), bool(drop_last), seed,
-            prefetch, _DTYPES[dtype], str(self.device), bool(pin_memory), num_threads, rank, world_size, bool(pad_shards),
-        )
+        self._inits_done = False
+        self._options = dict(pin_memory=pin_memory, prefetch=prefetch, num_threads=num_threads, num_workers=num_workers,
+                             prefetch_factor=prefetch_factor, persistent_workers=persistent_workers, timeout=timeout,
+                             worker_init_fn=worker_init_fn, collate_fn=collate_fn, generator=generator)
+
+        ds = _resolve(dataset)
+        self._torch = None
+        if ds is None:
+            self._fall_back_to_torch(dataset, transform, dict(locals(), seed=seed_given))
+            return
+        self.dataset = ds
+        self.transform = transform if transform is not None else ds.transform
+        self.target_transform = ds.target_transform
+        if pin_memory and not torch.cuda.is_available():
+            _warn_once("pin", "fastcifar.DataLoader: pin_memory=True, but CUDA is not available here, so nothing was pinned: "
+                              "batches are in ordinary memory (as torch's DataLoader does without an accelerator)")
+        if num_threads is None and num_workers is not None:
+            num_threads = max(1, num_workers)
+        if prefetch_factor is not None:
+            prefetch = prefetch_factor * (num_threads or os.cpu_count() or 1)
+        self._plan = T.Plan(self.transform) if self.transform is not None else None
+        if self._plan is not None and self._plan.rest:
+            T._warn_python(self._plan.rest[0], self._plan.why)
+            ops, kind = self._plan.ops, "float32" if self._plan.float_out else "uint8"
+        else:
+            ops, kind = T.ops_of(self.transform, _DTYPES[dtype]), _DTYPES[dtype]
+        self._slow = bool(self._plan and self._plan.rest)
+        # Python steps run on CPU tensors; their batches move to the device afterwards.
+        native_device = "cpu" if self._slow else str(self.device)
+        self._args = (ds._native, ops, batch_size or 1, bool(shuffle), bool(drop_last), seed, prefetch, kind, native_device,
+                      bool(pin_memory) and not self._slow, num_threads, rank, world_size, bool(pad_shards))
+        self._core = _rs.NativeLoader(*self._args)
+        self._trainer_loader = None
+
+    def _fall_back_to_torch(self, dataset, transform, given: dict) -> None:
+        ours = {"transform": None, "seed": None, "device": "cpu", "prefetch": 2, "dtype": torch.float32, "num_threads": None,
+                "rank": 0, "world_size": 1, "pad_shards": True}
+        changed = [k for k, v in ours.items() if not (given[k] is v or given[k] == v)]
+        if changed:
+            raise TypeError(f"fastcifar.DataLoader: {', '.join(changed)} need a fastcifar data set (CIFAR10, ImageFolder, Dataset.from_numpy, "
+                            f"or a Subset / ConcatDataset of them), got {type(dataset).__name__}")
+        _warn_once("torch:" + type(dataset).__name__,
+                   f"fastcifar.DataLoader: {type(dataset).__name__} is not a fastcifar data set, so torch.utils.data.DataLoader "
+                   f"iterates it (no fused Rust pass)")
+        g = given
+        kw = dict(prefetch_factor=g["prefetch_factor"], persistent_workers=g["persistent_workers"],
+                  pin_memory_device=g["pin_memory_device"], in_order=g["in_order"])
+        self.dataset, self.transform, self.target_transform = dataset, None, None
+        self._torch = torch.utils.data.DataLoader(
+            dataset, g["batch_size"], g["shuffle"], g["sampler"], g["batch_sampler"], g["num_workers"] or 0, g["collate_fn"],
+            g["pin_memory"], g["drop_last"], g["timeout"], g["worker_init_fn"], g["multiprocessing_context"], g["generator"], **kw)
 
     def shard(self, rank: int, world_size: int, pad_shards: Optional[bool] = None, seed: Optional[int] = None) -> "DataLoader":
         """The same loader restricted to shard ``rank`` of ``world_size`` (see the class notes)."""
+        if self._torch is not None:
+            raise TypeError(f"shard: {type(self.dataset).__name__} is not a fastcifar data set")
+        o = dict(self._options)
         return DataLoader(
-            self.dataset, self.batch_size, self.shuffle, self.drop_last, self.transform, self.seed if seed is None else seed,
-            self.device, dtype=self.dtype, num_workers=self.num_workers, rank=rank, world_size=world_size,
-            pad_shards=self.pad_shards if pad_shards is None else pad_shards, **self._options,
+            self.dataset, self.batch_size, self.shuffle or None, drop_last=self.drop_last, transform=self.transform,
+            seed=self.seed if seed is None else seed, device=self.device, dtype=self.dtype, rank=rank, world_size=world_size,
+            pad_shards=self.pad_shards if pad_shards is None else pad_shards, **o,
         )
 
+    @property
+    def _native(self):
+        """The Rust loader for ``Trainer`` (whose loop never enters Python): only when everything
+        this loader does happens in Rust; labels through ``target_transform`` applied once."""
+        if self._torch is not None:
+            raise TypeError(f"Trainer needs a fastcifar data set; this loader iterates a {type(self.dataset).__name__} with torch's DataLoader")
+        if self._slow:
+            raise TypeError(f"Trainer runs the fused Rust pass only, and {self._plan.rest[0]!r} runs in Python: use transforms that fuse "
+                            f"(fastcifar.transforms lists them), or iterate this loader in your own PyTorch loop")
+        for name in ("sampler", "batch_sampler", "collate_fn"):
+            if getattr(self, name) is not None:
+                raise TypeError(f"Trainer draws its own batches: iterate a loader with {name}= in your own PyTorch loop")
+        if self.target_transform is None:
+            return self._core
+        if self._trainer_loader is None:
+            labels = [self.target_transform(int(y)) for y in self.dataset.targets]
+            if not all(_is_int_label(v) for v in labels):
+                raise TypeError("Trainer needs integer class labels, but target_transform returns "
+                                f"{type(next(v for v in labels if not _is_int_label(v))).__name__}")
+            self._trainer_loader = _rs.NativeLoader(*self._args, labels=[int(v) for v in labels])
+        return self._trainer_loader
+
+    def _batches(self) -> List[List[int]]:
+        n = len(self.dataset)
+        if self.batch_sampler is not None:
+            batches = [[int(i) for i in b] for b in self.batch_sampler]
+        else:
+            idx = [int(i) for i in self.sampler]
+            b = self.batch_size or 1
+            batches = [idx[k:k + b] for k in range(0, len(idx), b)]
+            if self.drop_last and batches and len(batches[-1]) < b:
+                batches.pop()
+        for batch in batches:
+            for i in batch:
+                if not -n <= i < n:
+                    raise IndexError(f"sampler: index {i} is out of range for {n} images")
+        return [[i % n for i in b] for b in batches]
+
     def __len__(self) -> int:
-        return len(self._native)
+        if self._torch is not None:
+            return len(self._torch)
+        if self.batch_sampler is not None:
+            return len(self.batch_sampler)
+        if self.sampler is not None:
+            n, b = len(self.sampler), self.batch_size or 1
+            return n // b if self.drop_last else -(-n // b)
+        return len(self._core)
 
     @property
     def image_shape(self) -> Tuple[int, int, int]:
         """(C, H, W) of the images the loader yields."""
-        return self._native.out_shape
+        return self._core.out_shape
 
     def set_epoch(self, epoch: int) -> None:
         """Sets the epoch the next iteration uses (its shuffle and augmentations)."""
         if epoch < 0:
             raise ValueError(f"epoch: must be >= 0, got {epoch}")
         self.epoch = int(epoch)
+        for s in (self.sampler, self.batch_sampler):
+            if hasattr(s, "set_epoch"):
+                s.set_epoch(self.epoch)
 
-    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        it = self._native.epoch(self.epoch)
+    def __iter__(self) -> Iterator:
+        if self._torch is not None:
+            return iter(self._torch)
+        epoch = self.epoch
         self.epoch += 1
-        return it
+        if self.worker_init_fn is not None and (self.num_workers or 0) > 0 and not (self.persistent_workers and self._inits_done):
+            for i in range(self.num_workers):
+                self.worker_init_fn(i)
+            self._inits_done = True
+        if self.sampler is None and self.batch_sampler is None:
+            it = self._core.epoch(epoch)
+        else:
+            it = self._core.epoch_batches(epoch=epoch, batches=self._batches())
+        if self.timeout:
+            it.set_timeout(seconds=float(self.timeout))
+        plain = not self._slow and self.target_transform is None and self.batch_size is not None and (
+            self.collate_fn is None or self.collate_fn is default_collate)
+        if plain:
+            return it
+        if self._slow and self.num_workers != 0:
+            # As torch's workers do: the Python steps of the next batches run while this one is used.
+            return _in_background(self._finish(it), self._args[6])
+        return self._finish(it)
+
+    def _finish(self, it) -> Iterator:
+        """Batches through what torch does in Python: the Python steps of the transform, the
+        target_transform, the collate_fn, and unbatched items for batch_size=None."""
+        plan, tt = self._plan, self.target_transform
+        for x, y in it:
+            labels = [tt(v) for v in y.tolist()] if tt is not None else None
+            images = [plan.run_rest(img) for img in x] if self._slow else None
+            if self.batch_size is None:  # torch: no batching, samples as the data set gives them
+                img = images[0] if images is not None else x[0]
+                yield self._to_device(img), (labels[0] if labels is not None else int(y[0]))
+                continue
+            if self.collate_fn is not None and self.collate_fn is not default_collate:
+                imgs = images if images is not None else list(x.unbind(0))
+                yield self.collate_fn(list(zip(imgs, labels if labels is not None else y.tolist())))
+                continue
+            # torch's default_collate takes no PIL images; a transform without ToTensor gives tensors here.
+            xb = x if images is None else default_collate([T.PILToTensor()(im) if T._is_pil(im) else im for im in images])
+            if isinstance(xb, torch.Tensor) and images is not None and self.dtype == torch.float32 and xb.dtype == torch.uint8:
+                xb = xb.float()
+            yb = y if labels is None else default_collate(labels)
+            yield self._to_device(xb), self._to_device(yb)
+
+    def _to_device(self, v):
+        if self._slow and isinstance(v, torch.Tensor) and v.device != self.device:
+            return v.to(self.device, non_blocking=bool(self.pin_memory))
+        return v
 
     def __repr__(self) -> str:
+        if self._torch is not None:
+            return f"DataLoader(torch.utils.data.DataLoader over {type(self.dataset).__name__}, batches={len(self)})"
         return (f"DataLoader(batches={len(self)}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
                 f"drop_last={self.drop_last}, device={self.device}, dtype={self.dtype})")

@@ -271,6 +271,10 @@ impl<'a> Machine<'a> {
         }
     }
     fn object(&mut self, callable: Value<'a>, args: Value<'a>) -> Result<(), String> {
+        if let Some(b) = py3_bytes(&callable, &args) {
+            self.stack.push(Value::Bytes(Cow::Owned(b?)));
+            return Ok(());
+        }
         let depth = container_depth([&callable, &args])?;
         self.stack.push(Value::Object { callable: Box::new(callable), args: Box::new(args), state: None, depth });
         Ok(())
@@ -378,9 +382,8 @@ impl<'a> Machine<'a> {
                     self.push_unicode(n)?;
                 }
                 b'V' => {
-                    // raw-unicode-escape; CIFAR never writes non-ASCII here.
-                    let s = self.line_str()?;
-                    self.stack.push(Value::Str(Cow::Borrowed(s)));
+                    let s = raw_unicode_escape(self.line()?).ok_or("bad raw-unicode-escape text in UNICODE")?;
+                    self.stack.push(Value::Str(Cow::Owned(s)));
                 }
                 b')' => self.stack.push(Value::Tuple(Vec::new(), 1)),
                 b']' => self.stack.push(Value::List(Vec::new(), 1)),
@@ -494,6 +497,45 @@ impl<'a> Machine<'a> {
             }
         }
     }
+}
+
+/// Python 3 writes `bytes` at protocols 0-2 as `_codecs.encode(text, 'latin1')` (and `b''` as
+/// `bytes()`), since those protocols have no bytes opcode: the byte string is rebuilt here, as
+/// unpickling would. None: some other call.
+fn py3_bytes(callable: &Value, args: &Value) -> Option<Result<Vec<u8>, String>> {
+    let Value::Global(module, name) = callable else { return None };
+    let args = args.items()?;
+    match (module.as_str(), name.as_str(), args) {
+        ("_codecs", "encode", [Value::Str(text), Value::Str(enc)]) if matches!(enc.as_ref(), "latin1" | "latin-1" | "iso-8859-1") => Some(
+            text.chars().map(|c| u8::try_from(c as u32).map_err(|_| "a latin1 byte string holds a character above 255".to_string())).collect(),
+        ),
+        ("__builtin__" | "builtins", "bytes" | "bytearray", []) => Some(Ok(Vec::new())),
+        _ => None,
+    }
+}
+
+/// Decodes a protocol-0 `UNICODE` argument (raw-unicode-escape): bytes are Latin-1 characters,
+/// except `\uXXXX` and `\UXXXXXXXX` escapes.
+fn raw_unicode_escape(line: &[u8]) -> Option<String> {
+    let mut out = String::with_capacity(line.len());
+    let mut i = 0;
+    while i < line.len() {
+        let b = line[i];
+        let width = match (b, line.get(i + 1)) {
+            (b'\\', Some(b'u')) => 4,
+            (b'\\', Some(b'U')) => 8,
+            _ => 0,
+        };
+        if width == 0 {
+            out.push(b as char);
+            i += 1;
+            continue;
+        }
+        let hex = std::str::from_utf8(line.get(i + 2..i + 2 + width)?).ok()?;
+        out.push(char::from_u32(u32::from_str_radix(hex, 16).ok()?)?);
+        i += 2 + width;
+    }
+    Some(out)
 }
 
 /// Decodes a protocol-0 `STRING` argument: a quoted Python 2 literal.

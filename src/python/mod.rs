@@ -200,6 +200,19 @@ impl PyOp {
     fn center_crop(size: (usize, usize)) -> PyResult<Self> {
         op(Op::CenterCrop { size })
     }
+    /// Pads by (left, top, right, bottom) with `fill` (one value or one per channel) or a mode.
+    #[staticmethod]
+    #[pyo3(signature = (*, padding, fill, padding_mode))]
+    fn pad(padding: [usize; 4], fill: Vec<u8>, padding_mode: &str) -> PyResult<Self> {
+        let mode = PadMode::from_str(padding_mode).map_err(to_py)?;
+        op(Op::Pad { padding, fill, mode })
+    }
+    /// torchvision's RandomResizedCrop (bilinear): `size` = (h, w), `scale` and `ratio` ranges.
+    #[staticmethod]
+    #[pyo3(signature = (*, size, scale, ratio))]
+    fn random_resized_crop(size: (usize, usize), scale: (f64, f64), ratio: (f64, f64)) -> PyResult<Self> {
+        op(Op::RandomResizedCrop { size, scale, ratio })
+    }
     #[staticmethod]
     fn horizontal_flip(p: f64) -> PyResult<Self> {
         op(Op::RandomHorizontalFlip { p })
@@ -220,6 +233,11 @@ impl PyOp {
     #[staticmethod]
     fn to_tensor() -> PyResult<Self> {
         op(Op::ToTensor)
+    }
+    /// transforms.v2's ToImage + ToDtype(torch.float32, scale=True): `x * float32(1 / 255)`.
+    #[staticmethod]
+    fn to_dtype_scaled() -> PyResult<Self> {
+        op(Op::ToDtypeScaled)
     }
     #[staticmethod]
     fn normalize(mean: Vec<f64>, std: Vec<f64>) -> PyResult<Self> {
@@ -246,15 +264,36 @@ impl PyOp {
     /// started with spawn or forkserver.
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
         let py = slf.py();
+        let mode_name = |mode: PadMode| match mode {
+            PadMode::Constant => "constant",
+            PadMode::Reflect => "reflect",
+            PadMode::Edge => "edge",
+            PadMode::Symmetric => "symmetric",
+        };
+        // Keyword-only constructors go through a helper that calls them with keywords.
+        let keywords = |ctor: &str, kw: Bound<'py, pyo3::types::PyDict>| -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+            let helper = py.import("fastcifar.transforms")?.getattr("_native_op")?;
+            Ok((helper, (ctor, kw).into_pyobject(py)?))
+        };
         let (ctor, args) = match slf.get().op.clone() {
             Op::RandomCrop { size, padding, fill, mode, pad_if_needed } => {
-                let mode = match mode {
-                    PadMode::Constant => "constant",
-                    PadMode::Reflect => "reflect",
-                    PadMode::Edge => "edge",
-                };
-                ("random_crop", (size, padding, fill, mode, pad_if_needed).into_pyobject(py)?)
+                ("random_crop", (size, padding, fill, mode_name(mode), pad_if_needed).into_pyobject(py)?)
             }
+            Op::Pad { padding, fill, mode } => {
+                let kw = pyo3::types::PyDict::new(py);
+                kw.set_item("padding", padding)?;
+                kw.set_item("fill", fill)?;
+                kw.set_item("padding_mode", mode_name(mode))?;
+                return keywords("pad", kw);
+            }
+            Op::RandomResizedCrop { size, scale, ratio } => {
+                let kw = pyo3::types::PyDict::new(py);
+                kw.set_item("size", size)?;
+                kw.set_item("scale", scale)?;
+                kw.set_item("ratio", ratio)?;
+                return keywords("random_resized_crop", kw);
+            }
+            Op::ToDtypeScaled => ("to_dtype_scaled", PyTuple::empty(py)),
             Op::CenterCrop { size } => ("center_crop", (size,).into_pyobject(py)?),
             Op::RandomHorizontalFlip { p } => ("horizontal_flip", (p,).into_pyobject(py)?),
             Op::RandomVerticalFlip { p } => ("vertical_flip", (p,).into_pyobject(py)?),
@@ -277,7 +316,7 @@ pub struct PyLoader {
 #[pymethods]
 impl PyLoader {
     #[new]
-    #[pyo3(signature = (dataset, ops, batch_size, shuffle, drop_last, seed, prefetch, dtype, device, pin_memory, num_threads=None, rank=0, world_size=1, pad_shards=true))]
+    #[pyo3(signature = (dataset, ops, batch_size, shuffle, drop_last, seed, prefetch, dtype, device, pin_memory, num_threads=None, rank=0, world_size=1, pad_shards=true, *, labels=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -295,6 +334,7 @@ impl PyLoader {
         rank: usize,
         world_size: usize,
         pad_shards: bool,
+        labels: Option<Vec<i64>>,
     ) -> PyResult<Self> {
         let kind = match dtype {
             "float32" => OutKind::Float32,
@@ -310,11 +350,13 @@ impl PyLoader {
             prefetch,
             kind,
             device,
-            pin_memory: pin_memory && device.is_cuda(),
+            // On a CPU device, pinning needs CUDA to exist; the Python side says when it does not.
+            pin_memory: pin_memory && (device.is_cuda() || tch::Cuda::is_available()),
             num_threads,
             rank,
             world_size,
             pad_shards,
+            labels: labels.map(Arc::new),
         };
         let ds = dataset.inner.clone();
         let ops = ops.into_iter().map(|o| o.op).collect();
@@ -347,6 +389,13 @@ impl PyLoader {
 
     fn epoch(&self, epoch: u64) -> PyBatchIter {
         PyBatchIter { inner: std::sync::Mutex::new(Some(self.inner.iter(epoch))) }
+    }
+
+    /// Iterates the given batches of data set indices (from a sampler), with `epoch`'s randomness.
+    #[pyo3(signature = (*, epoch, batches))]
+    fn epoch_batches(&self, epoch: u64, batches: Vec<Vec<usize>>) -> PyBatchIter {
+        let it = self.inner.iter_batches(epoch, batches, self.inner.pool().clone());
+        PyBatchIter { inner: std::sync::Mutex::new(Some(it)) }
     }
 }
 
@@ -381,6 +430,19 @@ impl PyBatchIter {
 
     fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
         Ok(hold(py, &self.inner)?.as_ref().map_or(0, |i| i.remaining()))
+    }
+
+    /// Waiting longer than `seconds` for a batch raises (torch's DataLoader `timeout`); 0: no limit.
+    #[pyo3(signature = (*, seconds))]
+    fn set_timeout(&self, seconds: f64) -> PyResult<()> {
+        if !(seconds >= 0.0 && seconds.is_finite()) {
+            return Err(PyValueError::new_err(format!("timeout: {seconds} must be a non-negative number of seconds")));
+        }
+        let t = (seconds > 0.0).then(|| std::time::Duration::from_secs_f64(seconds));
+        if let Some(it) = self.inner.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            it.set_timeout(t);
+        }
+        Ok(())
     }
 
     /// Stops the producer thread now (also done when the iterator is garbage-collected).

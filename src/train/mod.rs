@@ -212,7 +212,8 @@ fn keep_freed_memory() {
 /// width of the first batch's logits is checked against every label, once per pass.
 fn check_labels(num_outputs: i64, loader: &Loader) -> Result<()> {
     let ds = loader.dataset();
-    if let Some(&bad) = ds.labels.iter().find(|&&l| l >= num_outputs) {
+    // The labels the loader emits: a data set's target_transform has been applied to them.
+    if let Some(&bad) = loader.labels().iter().find(|&&l| l >= num_outputs) {
         return Err(Error::invalid(
             "labels",
             format!(

@@ -4,8 +4,8 @@
 //! shape and compiles it into:
 //! - geometry stages: runs of crops / pads / flips become two index maps (rows, columns), because all
 //!   of them are separable; `Resize` is a separable bilinear filter with precomputed weights;
-//! - one per-channel affine for `ToTensor` and `Normalize` (out = pixel * scale + bias), applied while
-//!   the final stage writes the output (through a 256-entry table per channel);
+//! - per channel, a 256-entry table of torchvision's own float32 results for `ToTensor` and
+//!   `Normalize`, looked up while the final stage writes the output (bit-identical to torchvision);
 //! - rectangles (`RandomErasing`, `Cutout`) overwritten in the output afterwards.
 //!
 //! So a batch is read once from the uint8 data set and written once into the output tensor's memory,
@@ -23,6 +23,8 @@ pub enum PadMode {
     Constant,
     Reflect,
     Edge,
+    /// numpy's "symmetric": like reflect, but the edge pixel is repeated.
+    Symmetric,
 }
 
 impl std::str::FromStr for PadMode {
@@ -32,7 +34,8 @@ impl std::str::FromStr for PadMode {
             "constant" => Ok(PadMode::Constant),
             "reflect" => Ok(PadMode::Reflect),
             "edge" => Ok(PadMode::Edge),
-            _ => Err(Error::invalid("padding_mode", format!("'{s}' is not one of 'constant', 'reflect', 'edge'"))),
+            "symmetric" => Ok(PadMode::Symmetric),
+            _ => Err(Error::invalid("padding_mode", format!("'{s}' is not one of 'constant', 'edge', 'reflect', 'symmetric'"))),
         }
     }
 }
@@ -49,10 +52,18 @@ pub enum Op {
     /// Pad by (left, top, right, bottom), then take a uniformly placed `size` window.
     RandomCrop { size: (usize, usize), padding: [usize; 4], fill: Vec<u8>, mode: PadMode, pad_if_needed: bool },
     CenterCrop { size: (usize, usize) },
+    /// Pad by (left, top, right, bottom).
+    Pad { padding: [usize; 4], fill: Vec<u8>, mode: PadMode },
+    /// torchvision's RandomResizedCrop (bilinear, as PIL): a box of area fraction in `scale` and
+    /// aspect ratio in `ratio` (log-uniform), resized to `size`.
+    RandomResizedCrop { size: (usize, usize), scale: (f64, f64), ratio: (f64, f64) },
     RandomHorizontalFlip { p: f64 },
     RandomVerticalFlip { p: f64 },
     Resize { size: ResizeTo },
     ToTensor,
+    /// transforms.v2's `ToImage` + `ToDtype(torch.float32, scale=True)`: `x * float32(1 / 255)`,
+    /// which differs from ToTensor's `x / 255` in the last bit for some pixels.
+    ToDtypeScaled,
     Normalize { mean: Vec<f64>, std: Vec<f64> },
     /// torchvision's RandomErasing: area fraction in `scale`, aspect ratio in `ratio` (log-uniform).
     RandomErasing { p: f64, scale: (f64, f64), ratio: (f64, f64), value: Vec<f64> },
@@ -79,10 +90,13 @@ impl Op {
         match self {
             Op::RandomCrop { .. } => "RandomCrop",
             Op::CenterCrop { .. } => "CenterCrop",
+            Op::Pad { .. } => "Pad",
+            Op::RandomResizedCrop { .. } => "RandomResizedCrop",
             Op::RandomHorizontalFlip { .. } => "RandomHorizontalFlip",
             Op::RandomVerticalFlip { .. } => "RandomVerticalFlip",
             Op::Resize { .. } => "Resize",
             Op::ToTensor => "ToTensor",
+            Op::ToDtypeScaled => "ToDtype",
             Op::Normalize { .. } => "Normalize",
             Op::RandomErasing { .. } => "RandomErasing",
             Op::Cutout { .. } => "Cutout",
@@ -94,10 +108,21 @@ impl Op {
         let name = self.name();
         match self {
             Op::RandomCrop { size, .. } | Op::CenterCrop { size } => check_size(name, *size),
+            Op::Pad { .. } => Ok(()),
+            Op::RandomResizedCrop { size, scale, ratio } => {
+                check_size(name, *size)?;
+                if !(0.0 < scale.0 && scale.0 <= scale.1 && scale.1.is_finite()) {
+                    return Err(Error::invalid("scale", format!("{scale:?} must satisfy 0 < min <= max (RandomResizedCrop)")));
+                }
+                if !(0.0 < ratio.0 && ratio.0 <= ratio.1 && ratio.1.is_finite()) {
+                    return Err(Error::invalid("ratio", format!("{ratio:?} must satisfy 0 < min <= max (RandomResizedCrop)")));
+                }
+                Ok(())
+            }
             Op::RandomHorizontalFlip { p } | Op::RandomVerticalFlip { p } => check_p(name, *p),
             Op::Resize { size: ResizeTo::Shorter(s) } => check_size(name, (*s, *s)),
             Op::Resize { size: ResizeTo::Exact(h, w) } => check_size(name, (*h, *w)),
-            Op::ToTensor => Ok(()),
+            Op::ToTensor | Op::ToDtypeScaled => Ok(()),
             Op::Normalize { mean, std } => {
                 if mean.is_empty() || mean.len() != std.len() {
                     return Err(Error::invalid("mean", format!("{} values for mean but {} for std (Normalize)", mean.len(), std.len())));
@@ -158,14 +183,91 @@ enum Stage {
     /// Crops, pads and flips: their composition is a row map and a column map.
     Maps { geos: Vec<Geo>, in_hw: (usize, usize) },
     Resize { wy: Weights, wx: Weights, in_hw: (usize, usize) },
+    /// RandomResizedCrop: a random box of the input, resized to `size` (weights made per sample).
+    ResizedCrop { size: (usize, usize), scale: (f64, f64), ratio: (f64, f64), in_hw: (usize, usize) },
+}
+
+/// One float step after ToTensor, in torchvision's own float32 arithmetic.
+#[derive(Debug, Clone)]
+enum FloatStep {
+    /// `x / 255` (ToTensor).
+    Div255,
+    /// `x * float32(1 / 255)` (v2's ToDtype with scale=True).
+    Mul255,
+    /// `(x - mean) / std` per channel (Normalize).
+    Normalize { mean: Vec<f32>, std: Vec<f32> },
+}
+
+/// 1 / 255 rounded to float32.
+const R255: f32 = 1.0 / 255.0;
+
+/// `a / d` from the reciprocal `r` = RN(1 / d): a multiply, then one fused multiply-add step on
+/// the remainder (Markstein), which gives the correctly rounded quotient for these operands.
+/// `Conv::new` checks that claim on all 256 inputs before the fused pass relies on it.
+#[inline(always)]
+fn div_exact(a: f32, d: f32, r: f32) -> f32 {
+    let q = a * r;
+    (-q).mul_add(d, a).mul_add(r, q)
+}
+
+/// How one channel's bytes become output floats. Always torchvision's own float32 results, in its
+/// order (`x / 255`, then `(x - mean) / std`), so the output is bit-identical to it; the table
+/// holds those 256 results. `Fast` computes the same values with vectorised multiply-adds where
+/// the CPU has FMA: a table lookup per byte made the fused pass about 20% slower, two true
+/// divisions about 40%.
+#[derive(Debug, Clone)]
+pub enum Conv {
+    /// `ToTensor` (`norm: None`) or `ToTensor` + `Normalize` (mean, std, RN(1 / std)).
+    /// `mul`: the first step is v2's `x * (1 / 255)` rather than `x / 255`.
+    Fast { mul: bool, norm: Option<(f32, f32, f32)>, table: Box<[f32; 256]> },
+    Table(Box<[f32; 256]>),
+}
+
+impl Conv {
+    fn new(steps: &[FloatStep], ch: usize) -> Conv {
+        let mut table = Box::new([0f32; 256]);
+        for (v, o) in table.iter_mut().enumerate() {
+            *o = run_steps(steps, ch, v as f32);
+        }
+        let (first, norm) = match steps {
+            [first @ (FloatStep::Div255 | FloatStep::Mul255)] => (first, None),
+            [first @ (FloatStep::Div255 | FloatStep::Mul255), FloatStep::Normalize { mean, std }] => (first, Some((mean[ch], std[ch], 1.0 / std[ch]))),
+            _ => return Conv::Table(table),
+        };
+        let mul = matches!(first, FloatStep::Mul255);
+        let fast = |v: f32| {
+            let x = if mul { v * R255 } else { div_exact(v, 255.0, R255) };
+            norm.map_or(x, |(m, s, rs)| div_exact(x - m, s, rs))
+        };
+        // Bit for bit (NaN-free: the inputs are finite and std is checked non-zero).
+        if (0..256).all(|v| fast(v as f32).to_bits() == table[v].to_bits()) {
+            Conv::Fast { mul, norm, table }
+        } else {
+            Conv::Table(table)
+        }
+    }
+}
+
+/// The float value of `x` after `steps`, on channel `ch`, rounded as torch's float32 kernels round.
+fn run_steps(steps: &[FloatStep], ch: usize, mut x: f32) -> f32 {
+    for st in steps {
+        x = match st {
+            FloatStep::Div255 => x / 255.0,
+            FloatStep::Mul255 => x * R255,
+            FloatStep::Normalize { mean, std } => (x - mean[ch]) / std[ch],
+        };
+    }
+    x
 }
 
 #[derive(Debug, Clone)]
 struct Erase {
     p: f64,
     kind: EraseKind,
-    /// The fill, already mapped into the output's units, per channel.
-    value: Vec<f32>,
+    /// The fill per channel in float output units (after the float steps that follow the op)...
+    float: Vec<f32>,
+    /// ... and in pixel units, for byte output.
+    pixel: Vec<f32>,
 }
 
 #[derive(Debug, Clone)]
@@ -178,18 +280,30 @@ enum EraseKind {
 pub trait Element: Copy + Send + Sync + Default + 'static {
     /// Whether ToTensor / Normalize apply (float output) or are left for the device (bytes).
     const AFFINE: bool;
-    /// Output value of pixel byte `v`: `v * scale + bias`.
-    fn convert(v: u8, scale: f32, bias: f32) -> Self;
+    /// Converts one plane of pixel bytes as the channel's float steps say; `FMA`: the CPU has
+    /// fused multiply-add instructions (the fast exact form needs them).
+    fn convert<const FMA: bool>(dst: &mut [Self], src: &[u8], conv: &Conv);
     fn from_f32(v: f32) -> Self;
 }
 
 impl Element for f32 {
     const AFFINE: bool = true;
     #[inline(always)]
-    fn convert(v: u8, scale: f32, bias: f32) -> f32 {
-        // ToTensor and Normalize folded into one multiply-add: within a few ulps (< 1e-6) of
-        // torchvision's divide-subtract-divide, at a fraction of the cost (divisions don't pipeline).
-        v as f32 * scale + bias
+    fn convert<const FMA: bool>(dst: &mut [f32], src: &[u8], conv: &Conv) {
+        let it = dst.iter_mut().zip(src);
+        match conv {
+            Conv::Fast { mul: false, norm: None, .. } if FMA => it.for_each(|(o, &v)| *o = div_exact(v as f32, 255.0, R255)),
+            Conv::Fast { mul: false, norm: Some((m, s, rs)), .. } if FMA => {
+                let (m, s, rs) = (*m, *s, *rs);
+                it.for_each(|(o, &v)| *o = div_exact(div_exact(v as f32, 255.0, R255) - m, s, rs))
+            }
+            Conv::Fast { mul: true, norm: None, .. } => it.for_each(|(o, &v)| *o = v as f32 * R255),
+            Conv::Fast { mul: true, norm: Some((m, s, rs)), .. } if FMA => {
+                let (m, s, rs) = (*m, *s, *rs);
+                it.for_each(|(o, &v)| *o = div_exact(v as f32 * R255 - m, s, rs))
+            }
+            Conv::Fast { table, .. } | Conv::Table(table) => it.for_each(|(o, &v)| *o = table[v as usize]),
+        }
     }
     fn from_f32(v: f32) -> f32 {
         v
@@ -200,8 +314,8 @@ impl Element for f32 {
 impl Element for u8 {
     const AFFINE: bool = false;
     #[inline(always)]
-    fn convert(v: u8, _: f32, _: f32) -> u8 {
-        v
+    fn convert<const FMA: bool>(dst: &mut [u8], src: &[u8], _: &Conv) {
+        dst.copy_from_slice(src);
     }
     fn from_f32(v: f32) -> u8 {
         v.round().clamp(0.0, 255.0) as u8
@@ -213,7 +327,7 @@ impl Element for u8 {
 struct Scratch {
     a: Vec<u8>,
     b: Vec<u8>,
-    tmp: Vec<f32>,
+    tmp: Vec<u8>,
     ymap: Vec<i32>,
     xmap: Vec<i32>,
     spare: Vec<i32>,
@@ -260,9 +374,8 @@ pub struct Pipeline {
     stages: Vec<Stage>,
     erases: Vec<Erase>,
     fills: Vec<Vec<u8>>,
-    /// Output = pixel * scale + bias per channel (ToTensor and Normalize folded).
-    scale: Vec<f64>,
-    bias: Vec<f64>,
+    /// Per channel, the float output of each byte value (ToTensor and Normalize as torch computes them).
+    convs: Vec<Conv>,
     in_shape: [usize; 3],
     out_shape: [usize; 3],
     /// Largest intermediate image (Resize output), for the per-thread scratch buffers.
@@ -276,16 +389,18 @@ impl Pipeline {
         let mut geos = Vec::new();
         let mut stage_in = (h, w);
         let mut fills: Vec<Vec<u8>> = Vec::new();
+        // The f64 affine so far (to map erasing values back to pixels) and torch's float32 steps.
         let (mut scale, mut bias) = (vec![1.0f64; c], vec![0.0f64; c]);
+        let mut steps: Vec<FloatStep> = Vec::new();
         let mut tensor = false;
-        // Erasing values are given in the units at their position; remember those to map them later.
-        let mut pending: Vec<(f64, EraseKind, Vec<f64>, Vec<f64>, Vec<f64>)> = Vec::new();
+        // Erasing values are given in the units at their position: (p, kind, value, affine there, steps there).
+        let mut pending: Vec<(f64, EraseKind, Vec<f64>, Vec<f64>, Vec<f64>, usize)> = Vec::new();
         let mut scratch = 0;
         for op in &ops {
             op.validate()?;
             let name = op.name();
-            let geometric = matches!(op, Op::RandomCrop { .. } | Op::CenterCrop { .. } | Op::Resize { .. })
-                || matches!(op, Op::RandomHorizontalFlip { .. } | Op::RandomVerticalFlip { .. });
+            let geometric = matches!(op, Op::RandomCrop { .. } | Op::CenterCrop { .. } | Op::Resize { .. } | Op::Pad { .. })
+                || matches!(op, Op::RandomHorizontalFlip { .. } | Op::RandomVerticalFlip { .. } | Op::RandomResizedCrop { .. });
             if geometric && tensor {
                 return Err(Error::invalid(
                     "transforms",
@@ -296,6 +411,7 @@ impl Pipeline {
                 Op::RandomCrop { size, padding, fill, mode, pad_if_needed } => {
                     let mut pad = *padding;
                     if *pad_if_needed {
+                        // torchvision pads each side by the whole shortfall (after `padding`).
                         let (ph, pw) = (h + pad[1] + pad[3], w + pad[0] + pad[2]);
                         if ph < size.0 {
                             pad[1] += size.0 - ph;
@@ -313,13 +429,15 @@ impl Pipeline {
                             format!("crop {}x{} is larger than the padded image {ph}x{pw} (RandomCrop)", size.0, size.1),
                         ));
                     }
-                    if *mode == PadMode::Reflect && (pad[0].max(pad[2]) >= w || pad[1].max(pad[3]) >= h) {
-                        return Err(Error::invalid("padding", format!("reflect padding {pad:?} must be smaller than the image {h}x{w} (RandomCrop)")));
-                    }
-                    let fill = per_channel("fill", name, fill, c)?;
-                    fills.push(fill);
+                    fills.push(per_channel("fill", name, fill, c)?);
                     geos.push(Geo::Crop { pad, size: *size, random: true, mode: *mode, fill: fills.len() - 1 });
                     (h, w) = *size;
+                }
+                Op::Pad { padding, fill, mode } => {
+                    let size = (h + padding[1] + padding[3], w + padding[0] + padding[2]);
+                    fills.push(per_channel("fill", name, fill, c)?);
+                    geos.push(Geo::Crop { pad: *padding, size, random: false, mode: *mode, fill: fills.len() - 1 });
+                    (h, w) = size;
                 }
                 Op::CenterCrop { size } => {
                     // torchvision pads with zeros when the crop is larger than the image.
@@ -340,18 +458,28 @@ impl Pipeline {
                     };
                     stages.push(Stage::Maps { geos: std::mem::take(&mut geos), in_hw: stage_in });
                     stages.push(Stage::Resize { wy: Weights::new(h, nh), wx: Weights::new(w, nw), in_hw: (h, w) });
-                    scratch = scratch.max(c * h * w);
+                    scratch = scratch.max(c * h * w).max(c * h * nw);
                     (h, w) = (nh, nw);
                     stage_in = (h, w);
                     scratch = scratch.max(c * h * w);
                 }
-                Op::ToTensor => {
+                Op::RandomResizedCrop { size, scale: area, ratio } => {
+                    stages.push(Stage::Maps { geos: std::mem::take(&mut geos), in_hw: stage_in });
+                    stages.push(Stage::ResizedCrop { size: *size, scale: *area, ratio: *ratio, in_hw: (h, w) });
+                    // The box is at most the image: its horizontal pass needs at most h x size.1.
+                    scratch = scratch.max(c * h * w).max(c * h * size.1);
+                    (h, w) = *size;
+                    stage_in = (h, w);
+                    scratch = scratch.max(c * h * w);
+                }
+                Op::ToTensor | Op::ToDtypeScaled => {
                     if tensor {
-                        return Err(Error::invalid("transforms", "ToTensor appears twice"));
+                        return Err(Error::invalid("transforms", format!("{name} after ToTensor: the images are floats already")));
                     }
                     tensor = true;
                     scale.iter_mut().for_each(|s| *s /= 255.0);
                     bias.iter_mut().for_each(|b| *b /= 255.0);
+                    steps.push(if matches!(op, Op::ToTensor) { FloatStep::Div255 } else { FloatStep::Mul255 });
                 }
                 Op::Normalize { mean, std } => {
                     if !tensor {
@@ -363,6 +491,11 @@ impl Pipeline {
                         scale[ch] /= std[ch];
                         bias[ch] = (bias[ch] - mean[ch]) / std[ch];
                     }
+                    // torchvision turns mean and std into float32 tensors before it subtracts and divides.
+                    steps.push(FloatStep::Normalize {
+                        mean: mean.iter().map(|&m| m as f32).collect(),
+                        std: std.iter().map(|&s| s as f32).collect(),
+                    });
                 }
                 Op::RandomErasing { p, scale: area, ratio, value } => {
                     if !tensor {
@@ -370,28 +503,31 @@ impl Pipeline {
                     }
                     let value = per_channel("value", name, value, c)?;
                     let kind = EraseKind::Random { scale: *area, log_ratio: (ratio.0.ln(), ratio.1.ln()) };
-                    pending.push((*p, kind, value, scale.clone(), bias.clone()));
+                    pending.push((*p, kind, value, scale.clone(), bias.clone(), steps.len()));
                 }
                 Op::Cutout { size, p, value } => {
                     if !tensor {
                         return Err(Error::invalid("transforms", "Cutout works on tensors: put it after ToTensor"));
                     }
                     let value = per_channel("value", name, value, c)?;
-                    pending.push((*p, EraseKind::Cutout { size: *size }, value, scale.clone(), bias.clone()));
+                    pending.push((*p, EraseKind::Cutout { size: *size }, value, scale.clone(), bias.clone(), steps.len()));
                 }
             }
         }
         // The final stage always writes through maps, even if it is the identity.
         stages.push(Stage::Maps { geos, in_hw: stage_in });
-        // value (in units at the op) -> pixel units -> output units.
         let erases = pending
             .into_iter()
-            .map(|(p, kind, value, s0, b0)| {
-                let value = (0..c).map(|ch| (((value[ch] - b0[ch]) / s0[ch]) * scale[ch] + bias[ch]) as f32).collect();
-                Erase { p, kind, value }
+            .map(|(p, kind, value, s0, b0, at)| {
+                // Float output: the value as written there, then the float steps after it. Bytes:
+                // the value mapped back to pixel units.
+                let float = (0..c).map(|ch| run_steps(&steps[at..], ch, value[ch] as f32)).collect();
+                let pixel = (0..c).map(|ch| ((value[ch] - b0[ch]) / s0[ch]) as f32).collect();
+                Erase { p, kind, float, pixel }
             })
             .collect();
-        Ok(Pipeline { ops, stages, erases, fills, scale, bias, in_shape, out_shape: [c, h, w], scratch })
+        let convs = (0..c).map(|ch| Conv::new(&steps, ch)).collect();
+        Ok(Pipeline { ops, stages, erases, fills, convs, in_shape, out_shape: [c, h, w], scratch })
     }
 
     pub fn ops(&self) -> &[Op] {
@@ -420,13 +556,6 @@ impl Pipeline {
         if let Some(&bad) = indices.iter().find(|&&i| i >= ds.len()) {
             return Err(Error::invalid("index", format!("{bad} is out of range for {} images", ds.len())));
         }
-        let c = self.out_shape[0];
-        let (scale, bias): (Vec<f32>, Vec<f32>) = if T::AFFINE {
-            (self.scale.iter().map(|&v| v as f32).collect(), self.bias.iter().map(|&v| v as f32).collect())
-        } else {
-            (vec![1.0; c], vec![0.0; c])
-        };
-        let affine = Affine { scale: &scale, bias: &bias };
         // Shuffled sampling makes every source image a cache miss: each task walks a run of
         // samples and prefetches the next image while it transforms the current one.
         const RUN: usize = 8;
@@ -438,14 +567,14 @@ impl Pipeline {
                         prefetch(ds.image(next));
                     }
                     let mut rng = Rng::keyed(&[seed, epoch, i as u64]);
-                    self.apply_one(ds.image(i), &mut rng, &affine, s, d);
+                    self.apply_one(ds.image(i), &mut rng, s, d);
                 }
             },
         );
         Ok(())
     }
 
-    fn apply_one<T: Element>(&self, src: &[u8], rng: &mut Rng, affine: &Affine, s: &mut Scratch, dst: &mut [T]) {
+    fn apply_one<T: Element>(&self, src: &[u8], rng: &mut Rng, s: &mut Scratch, dst: &mut [T]) {
         let c = self.in_shape[0];
         // After the first Resize the current image lives in `s.a`; each stage writes `s.b`, then swaps.
         let mut in_scratch = false;
@@ -458,17 +587,24 @@ impl Pipeline {
                     let cur: &[u8] = if in_scratch { &s.a[..] } else { src };
                     let m = MapArgs { src: cur, c, hw: *in_hw, ymap: &s.ymap, runs: &s.runs, fills: &self.fills };
                     if si == last {
-                        write_mapped(&m, &mut s.bytes, dst, affine);
+                        write_mapped(&m, &mut s.bytes, dst, &self.convs);
                         break;
                     }
                     // Only happens right before a Resize: materialise as bytes.
                     let n = c * s.ymap.len() * s.xmap.len();
-                    write_mapped(&m, &mut s.bytes, &mut s.b[..n], &Affine::IDENTITY);
+                    write_mapped(&m, &mut s.bytes, &mut s.b[..n], &self.convs);
                 }
                 Stage::Resize { wy, wx, in_hw } => {
                     let cur: &[u8] = if in_scratch { &s.a[..] } else { src };
                     let n = c * wy.len() * wx.len();
-                    resize::resize(cur, c, *in_hw, wy, wx, &mut s.tmp, &mut s.b[..n]);
+                    resize::resize(cur, c, *in_hw, (0, 0), wy, wx, &mut s.tmp, &mut s.b[..n]);
+                }
+                Stage::ResizedCrop { size, scale, ratio, in_hw } => {
+                    let cur: &[u8] = if in_scratch { &s.a[..] } else { src };
+                    let (y0, x0, bh, bw) = resized_crop_box(rng, *in_hw, *scale, *ratio);
+                    let (wy, wx) = (Weights::new(bh, size.0), Weights::new(bw, size.1));
+                    let n = c * size.0 * size.1;
+                    resize::resize(cur, c, *in_hw, (y0, x0), &wy, &wx, &mut s.tmp, &mut s.b[..n]);
                 }
             }
             std::mem::swap(&mut s.a, &mut s.b);
@@ -478,7 +614,7 @@ impl Pipeline {
         for e in &self.erases {
             if let Some((y0, x0, eh, ew)) = e.draw(rng, h, w) {
                 for ch in 0..c {
-                    let v = T::from_f32(e.value[ch]);
+                    let v = T::from_f32(if T::AFFINE { e.float[ch] } else { e.pixel[ch] });
                     for y in y0..y0 + eh {
                         dst[(ch * h + y) * w + x0..][..ew].fill(v);
                     }
@@ -502,8 +638,9 @@ impl Pipeline {
                         // torchvision: i = randint(0, h - th + 1), then j likewise.
                         (rng.below(ph - size.0 + 1), rng.below(pw - size.1 + 1))
                     } else {
-                        // torchvision's centre: int(round((h - th) / 2)).
-                        (((ph - size.0) as f64 / 2.0).round() as usize, ((pw - size.1) as f64 / 2.0).round() as usize)
+                        // torchvision's centre: int(round((h - th) / 2)), Python's round (halves to even).
+                        let half = |d: usize| (d as f64 / 2.0).round_ties_even() as usize;
+                        (half(ph - size.0), half(pw - size.1))
                     };
                     crop_map(&s.ymap, &mut s.spare, pad[1], oy, size.0, mode, fill);
                     std::mem::swap(&mut s.ymap, &mut s.spare);
@@ -525,14 +662,32 @@ impl Pipeline {
     }
 }
 
-/// Per-channel `pixel * scale + bias` (ToTensor and Normalize folded together).
-struct Affine<'a> {
-    scale: &'a [f32],
-    bias: &'a [f32],
-}
-
-impl Affine<'static> {
-    const IDENTITY: Affine<'static> = Affine { scale: &[1.0; 4], bias: &[0.0; 4] };
+/// torchvision's RandomResizedCrop.get_params: (top, left, height, width) of the box in an h x w
+/// image. Up to 10 draws of area and log-uniform aspect ratio; then the centred fallback.
+fn resized_crop_box(rng: &mut Rng, (h, w): (usize, usize), scale: (f64, f64), ratio: (f64, f64)) -> (usize, usize, usize, usize) {
+    let area = (h * w) as f64;
+    let log_ratio = (ratio.0.ln(), ratio.1.ln());
+    for _ in 0..10 {
+        let target = area * rng.range_f(scale.0, scale.1);
+        let aspect = rng.range_f(log_ratio.0, log_ratio.1).exp();
+        // Python's round(): halves go to even.
+        let bw = (target * aspect).sqrt().round_ties_even();
+        let bh = (target / aspect).sqrt().round_ties_even();
+        if bw > 0.0 && bw <= w as f64 && bh > 0.0 && bh <= h as f64 {
+            let (bh, bw) = (bh as usize, bw as usize);
+            return (rng.below(h - bh + 1), rng.below(w - bw + 1), bh, bw);
+        }
+    }
+    let in_ratio = w as f64 / h as f64;
+    let (bh, bw) = if in_ratio < ratio.0 {
+        (((w as f64) / ratio.0).round_ties_even() as usize, w)
+    } else if in_ratio > ratio.1 {
+        (h, ((h as f64) * ratio.1).round_ties_even() as usize)
+    } else {
+        (h, w)
+    };
+    let (bh, bw) = (bh.clamp(1, h), bw.clamp(1, w));
+    ((h - bh) / 2, (w - bw) / 2, bh, bw)
 }
 
 impl Erase {
@@ -580,7 +735,7 @@ fn crop_map(map: &[i32], out: &mut Vec<i32>, pad_before: usize, offset: usize, s
         match mode {
             PadMode::Constant => -(fill as i32) - 1,
             PadMode::Edge => map[q.clamp(0, n - 1) as usize],
-            // torchvision / numpy "reflect": the edge pixel is not repeated.
+            // numpy "reflect": the edge pixel is not repeated; wider pads keep reflecting (period 2n - 2).
             PadMode::Reflect => {
                 let period = 2 * (n - 1).max(1);
                 let mut r = q.rem_euclid(period);
@@ -588,6 +743,14 @@ fn crop_map(map: &[i32], out: &mut Vec<i32>, pad_before: usize, offset: usize, s
                     r = period - r;
                 }
                 map[r.clamp(0, n - 1) as usize]
+            }
+            // numpy "symmetric": the edge pixel is repeated (period 2n).
+            PadMode::Symmetric => {
+                let mut r = q.rem_euclid(2 * n);
+                if r >= n {
+                    r = 2 * n - 1 - r;
+                }
+                map[r as usize]
             }
         }
     }));
@@ -604,25 +767,26 @@ struct MapArgs<'a> {
 }
 
 /// Writes a C x |ymap| x (sum of run lengths) image from `src` (C x h x w) through the row map,
-/// the column runs and the per-channel affine. Rows are slice copies, which the compiler vectorises;
-/// on CPUs with AVX2 the same code is compiled 8 lanes wide (no FMA: results stay bit-identical).
-fn write_mapped<T: Element>(m: &MapArgs, bytes: &mut Vec<u8>, dst: &mut [T], affine: &Affine) {
+/// the column runs and the channel's float conversion. Rows are slice copies, which the compiler
+/// vectorises; on CPUs with AVX2 and FMA the same code is compiled 8 lanes wide (the fused
+/// multiply-adds are the exact-division steps of `div_exact`, checked bit for bit in `Conv::new`).
+fn write_mapped<T: Element>(m: &MapArgs, bytes: &mut Vec<u8>, dst: &mut [T], convs: &[Conv]) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above.
-        return unsafe { write_mapped_avx2(m, bytes, dst, affine) };
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+        return unsafe { write_mapped_avx2(m, bytes, dst, convs) };
     }
-    write_mapped_impl(m, bytes, dst, affine)
+    write_mapped_impl::<T, false>(m, bytes, dst, convs)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn write_mapped_avx2<T: Element>(m: &MapArgs, bytes: &mut Vec<u8>, dst: &mut [T], affine: &Affine) {
-    write_mapped_impl(m, bytes, dst, affine)
+#[target_feature(enable = "avx2,fma")]
+unsafe fn write_mapped_avx2<T: Element>(m: &MapArgs, bytes: &mut Vec<u8>, dst: &mut [T], convs: &[Conv]) {
+    write_mapped_impl::<T, true>(m, bytes, dst, convs)
 }
 
 #[inline(always)]
-fn write_mapped_impl<T: Element>(m: &MapArgs, bytes: &mut Vec<u8>, dst: &mut [T], affine: &Affine) {
+fn write_mapped_impl<T: Element, const FMA: bool>(m: &MapArgs, bytes: &mut Vec<u8>, dst: &mut [T], convs: &[Conv]) {
     let MapArgs { c, hw: (_, w), ymap, runs, .. } = *m;
     let ow: usize = runs.iter().map(|r| match r {
         Run::Fill { len, .. } | Run::Copy { len, .. } => *len,
@@ -638,10 +802,7 @@ fn write_mapped_impl<T: Element>(m: &MapArgs, bytes: &mut Vec<u8>, dst: &mut [T]
     }
     // 2. Convert whole planes in one uniform loop (no short runs, no tails for 32x32 images).
     for ch in 0..c {
-        let (sc, bi) = (affine.scale[ch], affine.bias[ch]);
-        for (o, &v) in dst[ch * n..(ch + 1) * n].iter_mut().zip(&bytes[ch * n..(ch + 1) * n]) {
-            *o = T::convert(v, sc, bi);
-        }
+        T::convert::<FMA>(&mut dst[ch * n..(ch + 1) * n], &bytes[ch * n..(ch + 1) * n], &convs[ch]);
     }
 }
 
@@ -1003,6 +1164,49 @@ mod tests {
         assert_eq!(fast_used[0], 200, "{fast_used:?}");
         assert_eq!(fast_used[4], 200, "{fast_used:?}");
         assert!(fast_used.iter().all(|&n| n > 0), "{fast_used:?}");
+    }
+
+    #[test]
+    fn float_output_is_torchs_float32_arithmetic_and_the_fast_form_is_taken() {
+        let ops = vec![Op::ToTensor, Op::Normalize { mean: vec![0.4914, 0.4822, 0.4465], std: vec![0.2023, 0.1994, 0.2010] }];
+        let p = Pipeline::new(ops, [3, 4, 4]).unwrap();
+        for (ch, (m, s)) in [(0.4914f32, 0.2023f32), (0.4822, 0.1994), (0.4465, 0.2010)].into_iter().enumerate() {
+            let Conv::Fast { table, .. } = &p.convs[ch] else { panic!("the seed's statistics should take the fast form") };
+            for v in 0..256 {
+                assert_eq!(table[v].to_bits(), ((v as f32 / 255.0 - m) / s).to_bits());
+                let mut o = [0f32];
+                f32::convert::<true>(&mut o, &[v as u8], &p.convs[ch]);
+                assert_eq!(o[0].to_bits(), table[v].to_bits());
+            }
+        }
+        // Two Normalize steps have no closed form here: the table holds them.
+        let ops = vec![Op::ToTensor, Op::Normalize { mean: vec![0.5], std: vec![0.5] }, Op::Normalize { mean: vec![0.1], std: vec![3.0] }];
+        assert!(matches!(Pipeline::new(ops, [1, 2, 2]).unwrap().convs[0], Conv::Table(_)));
+    }
+
+    #[test]
+    fn pad_modes_center_crop_ties_and_resized_crop_shapes() {
+        // 1 channel, one row 0..4 wide: symmetric repeats the edge, reflect does not, both keep going.
+        let d = Dataset::new((0..4).collect::<Vec<u8>>(), vec![0], vec!["x".into()], [1, 1, 4]).unwrap();
+        let run = |op: Op, n: usize| {
+            let p = Pipeline::new(vec![op], d.shape).unwrap();
+            let mut out = vec![0u8; n];
+            p.apply_batch(&d, &[0], 0, 0, &mut out).unwrap();
+            out
+        };
+        let pad = |mode| Op::Pad { padding: [5, 0, 5, 0], fill: vec![9], mode };
+        assert_eq!(run(pad(PadMode::Symmetric), 14), [3, 3, 2, 1, 0, 0, 1, 2, 3, 3, 2, 1, 0, 0]);
+        assert_eq!(run(pad(PadMode::Reflect), 14), [1, 2, 3, 2, 1, 0, 1, 2, 3, 2, 1, 0, 1, 2]);
+        assert_eq!(run(pad(PadMode::Constant), 14), [9, 9, 9, 9, 9, 0, 1, 2, 3, 9, 9, 9, 9, 9]);
+        // (4 - 1) / 2 = 1.5 rounds to 2, as Python's round does; (4 - 3) / 2 = 0.5 to 0.
+        assert_eq!(run(Op::CenterCrop { size: (1, 1) }, 1), [2]);
+        assert_eq!(run(Op::CenterCrop { size: (1, 3) }, 3), [0, 1, 2]);
+        let p = Pipeline::new(vec![Op::RandomResizedCrop { size: (5, 7), scale: (0.08, 1.0), ratio: (0.75, 1.33) }], [3, 32, 32]).unwrap();
+        assert_eq!(p.out_shape(), [3, 5, 7]);
+        for i in 0..500u64 {
+            let (y, x, h, w) = resized_crop_box(&mut Rng::keyed(&[i]), (32, 20), (0.08, 1.0), (0.75, 1.33));
+            assert!(h > 0 && w > 0 && y + h <= 32 && x + w <= 20);
+        }
     }
 
     #[test]

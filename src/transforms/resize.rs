@@ -1,12 +1,19 @@
-//! Separable bilinear resampling of uint8 planes, with PIL's antialiasing when shrinking (the
-//! triangle filter widened by the scale factor), so results track torchvision's PIL `Resize`.
+//! Separable bilinear resampling of uint8 planes that gives Pillow's pixels exactly, because
+//! torchvision resizes PIL images with Pillow: the triangle filter widened by the scale factor when
+//! shrinking (antialiasing), coefficients rounded to 22-bit fixed point, and two passes
+//! (horizontal, then vertical) each rounded back to uint8.
 
-/// Per output coordinate: the first input coordinate and normalised weights of a fixed-width window.
+/// Fixed-point bits of a coefficient (Pillow's 8-bit precision).
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// Per output coordinate: the first input coordinate, how many taps, and fixed-point weights.
 #[derive(Debug, Clone)]
 pub struct Weights {
+    inp: usize,
     starts: Vec<usize>,
+    counts: Vec<usize>,
     taps: usize,
-    w: Vec<f32>,
+    k: Vec<i32>,
 }
 
 impl Weights {
@@ -15,59 +22,98 @@ impl Weights {
         let filter_scale = scale.max(1.0);
         let support = filter_scale; // the triangle's support is 1, widened when shrinking
         let taps = (support.ceil() as usize) * 2 + 1;
-        let mut starts = Vec::with_capacity(out);
-        let mut w = vec![0f32; out * taps];
+        let (mut starts, mut counts) = (Vec::with_capacity(out), Vec::with_capacity(out));
+        let mut k = vec![0i32; out * taps];
+        let mut row = vec![0f64; taps];
         for i in 0..out {
             let center = (i as f64 + 0.5) * scale;
-            let lo = ((center - support + 0.5).floor().max(0.0)) as usize;
-            let hi = ((center + support + 0.5).floor() as usize).min(inp);
-            let row = &mut w[i * taps..(i + 1) * taps];
+            // C's (int) truncates toward zero; the bounds are then clamped to the image.
+            let lo = ((center - support + 0.5) as i64).max(0) as usize;
+            let hi = ((center + support + 0.5) as i64).clamp(0, inp as i64) as usize;
+            let n = hi.saturating_sub(lo).min(taps);
             let mut total = 0.0;
-            for (k, x) in (lo..hi).enumerate().take(taps) {
-                let t = 1.0 - ((x as f64 - center + 0.5) / filter_scale).abs();
-                let v = t.max(0.0);
-                row[k] = v as f32;
-                total += v;
+            for (x, r) in row.iter_mut().enumerate().take(n) {
+                let t = (((x + lo) as f64 - center + 0.5) / filter_scale).abs();
+                *r = if t < 1.0 { 1.0 - t } else { 0.0 };
+                total += *r;
             }
-            if total > 0.0 {
-                row.iter_mut().for_each(|v| *v = (*v as f64 / total) as f32);
+            for (x, r) in row.iter().enumerate().take(n) {
+                let v = if total != 0.0 { r / total } else { *r };
+                let f = v * (1u32 << PRECISION_BITS) as f64;
+                k[i * taps + x] = if v < 0.0 { (f - 0.5) as i32 } else { (f + 0.5) as i32 };
             }
             starts.push(lo);
+            counts.push(n);
         }
-        Weights { starts, taps, w }
+        Weights { inp, starts, counts, taps, k }
     }
 
     pub fn len(&self) -> usize {
         self.starts.len()
     }
 
-    fn sample(&self, i: usize, line: impl Fn(usize) -> f32, limit: usize) -> f32 {
+    /// Pillow skips a pass whose size does not change.
+    fn identity(&self) -> bool {
+        self.inp == self.len()
+    }
+
+    /// Output `i` from the input line `line(x)`, rounded and clamped as Pillow's clip8.
+    #[inline(always)]
+    fn sample(&self, i: usize, line: impl Fn(usize) -> u8) -> u8 {
         let s = self.starts[i];
-        let row = &self.w[i * self.taps..(i + 1) * self.taps];
-        row.iter().enumerate().take_while(|(k, _)| s + k < limit).map(|(k, &wt)| wt * line(s + k)).sum()
+        let k = &self.k[i * self.taps..i * self.taps + self.counts[i]];
+        let mut acc: i32 = 1 << (PRECISION_BITS - 1);
+        for (x, &kv) in k.iter().enumerate() {
+            acc += line(s + x) as i32 * kv;
+        }
+        (acc >> PRECISION_BITS).clamp(0, 255) as u8
     }
 }
 
-/// Resizes `src` (c x h x w) to (c x wy.len() x wx.len()); `tmp` is a reusable float buffer.
-pub fn resize(src: &[u8], c: usize, (h, w): (usize, usize), wy: &Weights, wx: &Weights, tmp: &mut Vec<f32>, out: &mut [u8]) {
+/// Resizes the box at `(y0, x0)` of size (wy's input x wx's input) of `src` (c x h x w) to
+/// (c x wy.len() x wx.len()); `tmp` is a reusable buffer for the horizontal pass.
+#[allow(clippy::too_many_arguments)]
+pub fn resize(src: &[u8], c: usize, (h, w): (usize, usize), (y0, x0): (usize, usize), wy: &Weights, wx: &Weights, tmp: &mut Vec<u8>, out: &mut [u8]) {
     let (oh, ow) = (wy.len(), wx.len());
-    if tmp.len() < c * h * ow {
-        tmp.resize(c * h * ow, 0.0);
-    }
+    let (bh, bw) = (wy.inp, wx.inp);
+    debug_assert!(y0 + bh <= h && x0 + bw <= w);
     for ch in 0..c {
         let plane = &src[ch * h * w..(ch + 1) * h * w];
-        let t = &mut tmp[ch * h * ow..(ch + 1) * h * ow];
-        for y in 0..h {
-            let row = &plane[y * w..(y + 1) * w];
-            for x in 0..ow {
-                t[y * ow + x] = wx.sample(x, |i| row[i] as f32, w);
-            }
-        }
         let o = &mut out[ch * oh * ow..(ch + 1) * oh * ow];
-        for y in 0..oh {
-            for x in 0..ow {
-                let v = wy.sample(y, |i| t[i * ow + x], h);
-                o[y * ow + x] = v.round().clamp(0.0, 255.0) as u8;
+        let at = |y: usize, x: usize| plane[(y0 + y) * w + x0 + x];
+        match (wx.identity(), wy.identity()) {
+            (true, true) => {
+                for y in 0..oh {
+                    for x in 0..ow {
+                        o[y * ow + x] = at(y, x);
+                    }
+                }
+            }
+            (true, false) => {
+                for y in 0..oh {
+                    for x in 0..ow {
+                        o[y * ow + x] = wy.sample(y, |yy| at(yy, x));
+                    }
+                }
+            }
+            (false, vertical_identity) => {
+                // Only the rows the vertical pass reads, as Pillow does (same values either way).
+                let first = if vertical_identity { 0 } else { wy.starts[0] };
+                let last = if vertical_identity { bh } else { wy.starts[oh - 1] + wy.counts[oh - 1] };
+                let rows = last - first;
+                if tmp.len() < rows * ow {
+                    tmp.resize(rows * ow, 0);
+                }
+                for r in 0..rows {
+                    for x in 0..ow {
+                        tmp[r * ow + x] = wx.sample(x, |xx| at(first + r, xx));
+                    }
+                }
+                for y in 0..oh {
+                    for x in 0..ow {
+                        o[y * ow + x] = if vertical_identity { tmp[y * ow + x] } else { wy.sample(y, |yy| tmp[(yy - first) * ow + x]) };
+                    }
+                }
             }
         }
     }
@@ -82,11 +128,15 @@ mod tests {
         let src = vec![77u8; 3 * 4 * 4];
         let mut tmp = Vec::new();
         let mut out = vec![0u8; 3 * 9 * 7];
-        resize(&src, 3, (4, 4), &Weights::new(4, 9), &Weights::new(4, 7), &mut tmp, &mut out);
+        resize(&src, 3, (4, 4), (0, 0), &Weights::new(4, 9), &Weights::new(4, 7), &mut tmp, &mut out);
         assert!(out.iter().all(|&v| v == 77));
         // 1x2 -> 1x4: [0, 100] becomes [0, 25, 75, 100] (half-pixel centres, edge clamp).
         let mut out = vec![0u8; 4];
-        resize(&[0, 100], 1, (1, 2), &Weights::new(1, 1), &Weights::new(2, 4), &mut tmp, &mut out);
+        resize(&[0, 100], 1, (1, 2), (0, 0), &Weights::new(1, 1), &Weights::new(2, 4), &mut tmp, &mut out);
         assert_eq!(out, [0, 25, 75, 100]);
+        // A box: the right half of [0, 100, 200, 250] doubled.
+        let mut out = vec![0u8; 4];
+        resize(&[0, 100, 200, 250], 1, (1, 4), (0, 2), &Weights::new(1, 1), &Weights::new(2, 4), &mut tmp, &mut out);
+        assert_eq!(out, [200, 213, 238, 250]);
     }
 }
