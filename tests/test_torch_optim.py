@@ -388,3 +388,34 @@ def test_torch_schedules_on_the_engine_raise_no_order_warning():
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             tr.fit(loader(32), epochs=1, progress=False)
+
+
+def test_fit_takes_torchs_own_dataloader_through_python():
+    import fastcifar.trainer as trainer_module
+
+    ds = torch.utils.data.TensorDataset(torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,)))
+    ld = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True)
+    ours, theirs = twins()
+    trainer_module._slow_warned.clear()
+    tr = fastcifar.Trainer(ours, torch.optim.SGD(ours.parameters(), lr=0.05), device="cpu", log_every=1)
+    with pytest.warns(UserWarning, match="through Python.*torch's loader"):
+        h = tr.fit(ld, ld, epochs=2, progress=False)
+    assert len(h) == 2 and "val_accuracy" in h.epochs[-1]
+    rep = tr.evaluate(torch.utils.data.DataLoader(ds, batch_size=32))
+    assert rep.count == 64
+    # The same batches in the plain loop give the same losses.
+    fixed = [(x, y) for x, y in torch.utils.data.DataLoader(ds, batch_size=16)]
+    ours2, theirs2 = twins()
+    tr2 = fastcifar.Trainer(ours2, torch.optim.SGD(ours2.parameters(), lr=0.05), device="cpu", log_every=1)
+    a = []
+    tr2.fit(torch.utils.data.DataLoader(ds, batch_size=16), epochs=1, progress=False,
+            callbacks=[lambda i: a.append(i["batch_loss"]) if i["phase"] == "step" else None])
+    opt = torch.optim.SGD(theirs2.parameters(), lr=0.05)
+    b = []
+    for x, y in fixed:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(theirs2(x), y)
+        loss.backward()
+        opt.step()
+        b.append(loss.item())
+    np.testing.assert_allclose(a, b, rtol=1e-5)

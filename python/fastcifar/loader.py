@@ -297,23 +297,23 @@ class DataLoader:
 
     @property
     def _native(self):
-        """The Rust loader for ``Trainer`` (whose loop never enters Python): only when everything
-        this loader does happens in Rust; labels through ``target_transform`` applied once."""
+        """The Rust loader for ``Trainer`` (whose loop then never enters Python): only when
+        everything this loader does happens in Rust; labels through ``target_transform`` applied
+        once. Otherwise a TypeError says why, and the Trainer pulls the batches through Python."""
         if self._torch is not None:
-            raise TypeError(f"Trainer needs a fastcifar data set; this loader iterates a {type(self.dataset).__name__} with torch's DataLoader")
+            raise TypeError(f"it iterates a {type(self.dataset).__name__}, not a fastcifar data set, with torch's DataLoader")
         if self._slow:
-            raise TypeError(f"Trainer runs the fused Rust pass only, and {self._plan.rest[0]!r} runs in Python: use transforms that fuse "
-                            f"(fastcifar.transforms lists them), or iterate this loader in your own PyTorch loop")
+            raise TypeError(f"{self._plan.rest[0]!r} runs in Python (the transforms fastcifar.transforms lists stay in Rust)")
         for name in ("sampler", "batch_sampler", "collate_fn"):
             if getattr(self, name) is not None:
-                raise TypeError(f"Trainer draws its own batches: iterate a loader with {name}= in your own PyTorch loop")
+                raise TypeError(f"it has a {name}= (batches drawn in Python)")
         if self.target_transform is None:
             return self._core
         if self._trainer_loader is None:
             labels = [self.target_transform(int(y)) for y in self.dataset.targets]
             if not all(_is_int_label(v) for v in labels):
-                raise TypeError("Trainer needs integer class labels, but target_transform returns "
-                                f"{type(next(v for v in labels if not _is_int_label(v))).__name__}")
+                raise TypeError("its target_transform returns "
+                                f"{type(next(v for v in labels if not _is_int_label(v))).__name__}, not integer class labels")
             self._trainer_loader = _rs.NativeLoader(*self._args, labels=[int(v) for v in labels])
         return self._trainer_loader
 

@@ -224,17 +224,17 @@ class Trainer:
         one returning False stops training. Ctrl-C stops at the next step boundary and returns the
         history so far, with the model usable.
         """
-        if not isinstance(train_loader, DataLoader):
-            raise TypeError(f"train_loader: expected a fastcifar.DataLoader, got {type(train_loader).__name__}")
-        if val_loader is not None and not isinstance(val_loader, DataLoader):
-            raise TypeError(f"val_loader: expected a fastcifar.DataLoader, got {type(val_loader).__name__}")
+        _check_loader("train_loader", train_loader)
+        if val_loader is not None:
+            _check_loader("val_loader", val_loader)
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"epochs: must be a non-negative int, got {epochs!r}")
-        if train_loader.dtype != torch.float32:
+        if isinstance(train_loader, DataLoader) and train_loader.dtype != torch.float32:
             raise ValueError("train_loader: yields uint8 batches; the trainer needs float32 (dtype=torch.float32)")
         if self.eval_transform is None:
-            src = val_loader.transform if val_loader is not None else train_loader.transform
-            self.eval_transform = T.deterministic_part(src)
+            src = val_loader if val_loader is not None else train_loader
+            if isinstance(src, DataLoader):
+                self.eval_transform = T.deterministic_part(src.transform)
         self._learn_data(train_loader)
         progress = progress and self.is_main
         native = self._native_model()
@@ -271,11 +271,17 @@ class Trainer:
 
             if self.sync_bn:
                 self._compiled.set_sync_bn(_dist.sync_batch_norm(self.process_group))
+            hooks = dict(poll=bridge.poll if bridge.on_engine else None,
+                         outer=bridge.outer if (not bridge.on_engine or bridge.per_step_schedule) else None,
+                         owns_optimizer=not bridge.on_engine)
             try:
-                stats, interrupted = self._native.train_epoch(
-                    native, train_loader._native, e, on_step, poll=bridge.poll if bridge.on_engine else None,
-                    outer=bridge.outer if (not bridge.on_engine or bridge.per_step_schedule) else None,
-                    owns_optimizer=not bridge.on_engine)
+                fast = _native_loader(train_loader)
+                if fast is not None:
+                    stats, interrupted = self._native.train_epoch(native, fast, e, on_step, **hooks)
+                else:
+                    if isinstance(train_loader, DataLoader):
+                        train_loader.set_epoch(e)
+                    stats, interrupted = self._native.train_batches(native, iter(train_loader), len(train_loader), e, on_step, **hooks)
             finally:
                 if self.sync_bn:
                     self._compiled.set_sync_bn(None)
@@ -323,8 +329,7 @@ class Trainer:
     # --- evaluation and prediction ---------------------------------------------------------
     def evaluate(self, loader: DataLoader, progress: bool = True) -> EvalReport:
         """Loss (mean over images), accuracy, per-class accuracy and the confusion matrix."""
-        if not isinstance(loader, DataLoader):
-            raise TypeError(f"loader: expected a fastcifar.DataLoader, got {type(loader).__name__}")
+        _check_loader("loader", loader)
         loader = self._shard(loader, pad=False)
         bar = _bar(len(loader), "Evaluate", progress and self.is_main)
 
@@ -337,7 +342,12 @@ class Trainer:
             was = self.model.training
             native = self._native_model()
             self.model.eval()
-            loss, acc, count, conf, nc = _rs.evaluate(native, loader._native, cb)
+            fast = _native_loader(loader)
+            if fast is not None:
+                loss, acc, count, conf, nc = _rs.evaluate(native, fast, cb)
+            else:
+                classes = getattr(loader.dataset, "classes", None) or self.classes or []
+                loss, acc, count, conf, nc = _rs.evaluate_batches(native, iter(loader), len(loader), len(classes), cb)
         finally:
             self.model.train(was)
             if bar is not None:
@@ -350,7 +360,8 @@ class Trainer:
             conf = [int(round(v)) for v in tot[2:]]
             acc = sum(conf[i * nc + i] for i in range(nc)) / max(count, 1)
         cm = np.asarray(conf, dtype=np.int64).reshape(nc, nc)
-        classes = list(loader.dataset.classes) if len(loader.dataset.classes) == nc else [str(i) for i in range(nc)]
+        names = list(getattr(loader.dataset, "classes", None) or self.classes or [])
+        classes = names if len(names) == nc else [str(i) for i in range(nc)]
         totals = cm.sum(1)
         per_class = {c: float(cm[i, i] / totals[i]) if totals[i] else float("nan") for i, c in enumerate(classes)}
         return EvalReport(loss, acc, count, classes, cm, per_class)
@@ -380,8 +391,8 @@ class Trainer:
 
     def _shard(self, loader: DataLoader, pad: bool) -> DataLoader:
         """This rank's shard of ``loader`` (padded for training, a partition for evaluation)."""
-        if self.process_group is None:
-            return loader
+        if self.process_group is None or not isinstance(loader, DataLoader):
+            return loader  # torch's loaders are sharded by their sampler (DistributedSampler), as given
         if loader.world_size == self.world_size and loader.rank == self.rank:
             return loader
         if loader.world_size != 1:
@@ -396,11 +407,11 @@ class Trainer:
             self._shards[key] = cached
         return cached[1]
 
-    def _learn_data(self, loader: DataLoader) -> None:
+    def _learn_data(self, loader) -> None:
         """The class names and the (C, H, W) input the model is trained on, for predict."""
-        if self.classes is None:
+        if self.classes is None and getattr(loader.dataset, "classes", None):
             self.classes = list(loader.dataset.classes)
-        if self.input_shape is None:
+        if self.input_shape is None and _native_loader(loader) is not None:
             self.input_shape = tuple(int(v) for v in loader.image_shape)
 
     def _as_batch(self, images, transform) -> torch.Tensor:
@@ -552,6 +563,27 @@ class Trainer:
         sched = f", scheduler={type(self.scheduler).__name__}" if self.scheduler is not None else ""
         return (f"Trainer(model={type(self.model).__name__} ({n:,} parameters, {engine}), device={self.device}, "
                 f"optimizer={opt}{sched}, epoch={self.epoch})")
+
+
+_slow_warned: set = set()
+
+
+def _check_loader(name: str, loader) -> None:
+    if not isinstance(loader, (DataLoader, torch.utils.data.DataLoader)):
+        raise TypeError(f"{name}: expected a fastcifar.DataLoader or a torch.utils.data.DataLoader, got {type(loader).__name__}")
+
+
+def _native_loader(loader):
+    """The loader's Rust side when all its work is in Rust; else None (the trainer then pulls its
+    batches through Python, once per step, with a one-time warning saying why)."""
+    try:
+        return loader._native
+    except (TypeError, AttributeError) as e:
+        why = str(e) if isinstance(e, TypeError) else f"{type(loader).__module__}.{type(loader).__name__} is torch's loader"
+        if why not in _slow_warned:
+            _slow_warned.add(why)
+            warnings.warn(f"fastcifar: the trainer pulls this loader's batches through Python (slower): {why}", stacklevel=4)
+        return None
 
 
 def _builtin_shape(model) -> Optional[tuple]:

@@ -177,6 +177,37 @@ impl PyTrainer {
         Ok(PyTrainer { state: Arc::new(Mutex::new(state)) })
     }
 
+    /// Trains `model` for one epoch of `batches` (a Python iterable of `(images, labels)`, `steps`
+    /// long), pulled with the GIL taken for each batch only: loaders whose work is not all in Rust.
+    #[pyo3(signature = (model, batches, steps, epoch, callback = None, *, poll = None, outer = None, owns_optimizer = false))]
+    #[allow(clippy::too_many_arguments)]
+    fn train_batches<'py>(
+        &self,
+        py: Python<'py>,
+        model: &PyModel,
+        batches: PyObject,
+        steps: usize,
+        epoch: u64,
+        callback: Option<PyObject>,
+        poll: Option<PyObject>,
+        outer: Option<PyObject>,
+        owns_optimizer: bool,
+    ) -> PyResult<(Bound<'py, PyDict>, bool)> {
+        let (model, state) = (model.inner.clone(), self.state.clone());
+        let mut it = PyBatches(batches.bind(py).try_iter()?.unbind());
+        let mut hooks = PyHooks { callback, poll, outer, owns_optimizer, interrupted: false, outer_lr: None };
+        let stats = {
+            let (hooks, it) = (&mut hooks, &mut it);
+            release(py, move || {
+                let mut m = lock(&model)?;
+                let mut st = lock(&state)?;
+                let _held = (Held::mark::<Model>(&model), Held::mark::<TrainState>(&state));
+                st.train_batches(&mut m, it, engine::Source { labels: None, steps }, epoch, hooks)
+            })?
+        };
+        Ok((epoch_dict(py, &stats)?, hooks.interrupted))
+    }
+
     /// Trains `model` for one epoch of `loader` (its epoch number `epoch`) with the GIL released.
     /// `callback(info)` runs every `log_every` steps (False stops); Ctrl-C is seen before every
     /// step. `poll()` (every step) returns None or new `(optimizer, settings)` the user wrote.
@@ -456,6 +487,64 @@ impl Hooks for PyHooks {
     }
 }
 
+/// A Python iterator of `(images, labels)` batches, for the engine.
+struct PyBatches(Py<pyo3::types::PyIterator>);
+
+impl Iterator for PyBatches {
+    type Item = Result<(tch::Tensor, tch::Tensor), Error>;
+    fn next(&mut self) -> Option<Self::Item> {
+        Python::with_gil(|py| {
+            let mut it = self.0.bind(py).clone();
+            let item = it.next()?;
+            // torch's default collate gives [images, labels] (a list); fastcifar's loader a tuple.
+            let pair = item.and_then(|b| match b.extract::<(PyTensor, PyTensor)>() {
+                Ok(p) => Ok(p),
+                Err(_) => match b.extract::<Vec<PyTensor>>() {
+                    Ok(v) if v.len() == 2 => {
+                        let mut v = v.into_iter();
+                        Ok((v.next().unwrap(), v.next().unwrap()))
+                    }
+                    _ => Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                        "loader: a batch must be (images, labels) tensors, got {}",
+                        b.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                    ))),
+                },
+            });
+            Some(pair.map(|(x, y)| (x.0, y.0)).map_err(external))
+        })
+    }
+}
+
+/// `evaluate` over a Python iterable of `(images, labels)` batches.
+#[pyfunction]
+#[pyo3(signature = (model, batches, steps, num_classes, callback = None))]
+fn evaluate_batches(py: Python<'_>, model: &PyModel, batches: PyObject, steps: usize, num_classes: usize, callback: Option<PyObject>) -> PyResult<(f64, f64, u64, Vec<i64>, usize)> {
+    let m = model.inner.clone();
+    let mut it = PyBatches(batches.bind(py).try_iter()?.unbind());
+    let r = {
+        let it = &mut it;
+        release(py, move || {
+            let model = lock(&m)?;
+            let _held = Held::mark::<Model>(&m);
+            let mut progress = |i: usize, n: usize| -> Result<bool, Error> { eval_progress(&callback, i, n) };
+            engine::evaluate_batches(&model, it, engine::Source { labels: None, steps }, num_classes, &mut progress)
+        })?
+    };
+    Ok((r.loss, r.accuracy, r.count, r.confusion, r.num_classes))
+}
+
+fn eval_progress(callback: &Option<PyObject>, i: usize, n: usize) -> Result<bool, Error> {
+    Python::with_gil(|py| {
+        if interrupted(py)? {
+            return Ok(false);
+        }
+        match callback {
+            Some(cb) => cb.call1(py, (i, n)).map(|_| true).map_err(external),
+            None => Ok(true),
+        }
+    })
+}
+
 /// Loss, accuracy and the confusion matrix (row-major, true x predicted).
 #[pyfunction]
 #[pyo3(signature = (model, loader, callback = None))]
@@ -464,17 +553,7 @@ fn evaluate(py: Python<'_>, model: &PyModel, loader: &PyLoader, callback: Option
     let r = release(py, move || {
         let model = lock(&m)?;
         let _held = Held::mark::<Model>(&m);
-        let mut progress = |i: usize, n: usize| -> Result<bool, Error> {
-            Python::with_gil(|py| {
-                if interrupted(py)? {
-                    return Ok(false);
-                }
-                match &callback {
-                    Some(cb) => cb.call1(py, (i, n)).map(|_| true).map_err(external),
-                    None => Ok(true),
-                }
-            })
-        };
+        let mut progress = |i: usize, n: usize| -> Result<bool, Error> { eval_progress(&callback, i, n) };
         engine::evaluate(&model, &l, &mut progress)
     })?;
     Ok((r.loss, r.accuracy, r.count, r.confusion, r.num_classes))
@@ -491,6 +570,7 @@ fn predict_logits(py: Python<'_>, model: &PyModel, x: PyTensor, batch_size: i64,
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTrainer>()?;
     m.add_function(wrap_pyfunction!(evaluate, m)?)?;
+    m.add_function(wrap_pyfunction!(evaluate_batches, m)?)?;
     m.add_function(wrap_pyfunction!(predict_logits, m)?)?;
     Ok(())
 }

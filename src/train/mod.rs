@@ -10,7 +10,7 @@ use std::time::Instant;
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::error::{Error, Result};
-use crate::loader::Loader;
+use crate::loader::{Batch, Loader};
 use crate::nn::Model;
 use dist::DistState;
 use optim::{OptKind, Optimizer};
@@ -208,21 +208,26 @@ fn keep_freed_memory() {
     }
 }
 
-/// Labels must index the model's outputs. A module does not declare its class count, so the
-/// width of the first batch's logits is checked against every label, once per pass.
-fn check_labels(num_outputs: i64, loader: &Loader) -> Result<()> {
-    let ds = loader.dataset();
-    // The labels the loader emits: a data set's target_transform has been applied to them.
-    if let Some(&bad) = loader.labels().iter().find(|&&l| l >= num_outputs) {
-        return Err(Error::invalid(
-            "labels",
-            format!(
-                "the data set has label {bad}, but the model outputs {num_outputs} classes (give it a head for {} classes)",
-                ds.classes.len().max(bad as usize + 1)
-            ),
-        ));
+/// Where an epoch's batches come from: how many steps it has, and (for a loader) every label it
+/// will emit, checked once against the logits' width. Labels from elsewhere are checked by the
+/// loss itself (libtorch names the target out of range).
+pub struct Source<'a> {
+    pub labels: Option<&'a [i64]>,
+    pub steps: usize,
+}
+
+impl Source<'_> {
+    fn check_labels(&self, num_outputs: i64) -> Result<()> {
+        let Some(labels) = self.labels else { return Ok(()) };
+        if let Some(&bad) = labels.iter().find(|&&l| l >= num_outputs) {
+            let max = labels.iter().copied().max().unwrap_or(bad);
+            return Err(Error::invalid(
+                "labels",
+                format!("the data set has label {bad}, but the model outputs {num_outputs} classes (give it a head for {} classes)", max + 1),
+            ));
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 fn to_device(t: Tensor, d: Device) -> Tensor {
@@ -270,9 +275,24 @@ impl TrainState {
     /// before every step (a stop is seen within one step), `hooks.progress` every `log_every`
     /// steps and at the end.
     pub fn train_epoch(&mut self, model: &mut Model, loader: &Loader, epoch: u64, hooks: &mut dyn Hooks) -> Result<EpochStats> {
+        // On CPU the model keeps every core busy: build batches on one thread (measured about 4% more
+        // images/s than a pool contending with libtorch's OpenMP threads, at the edge of this VM's
+        // noise). On CUDA the loader keeps its pool.
+        let mut it = if model.device().is_cuda() {
+            loader.iter(epoch)
+        } else {
+            keep_freed_memory();
+            loader.iter_on(epoch, single_thread_pool())
+        };
+        let source = Source { labels: Some(loader.labels()), steps: loader.len() };
+        self.train_batches(model, &mut it, source, epoch, hooks)
+    }
+
+    /// One epoch over `batches` (a loader's, or batches from elsewhere: a Python iterable).
+    pub fn train_batches(&mut self, model: &mut Model, batches: &mut dyn Iterator<Item = Result<Batch>>, source: Source<'_>, epoch: u64, hooks: &mut dyn Hooks) -> Result<EpochStats> {
         model.training = true;
         let dev = model.device();
-        let steps = loader.len();
+        let steps = source.steps;
         let accum = self.cfg.grad_accum;
         let autocast = self.cfg.amp && dev.is_cuda();
         let t0 = Instant::now();
@@ -292,15 +312,6 @@ impl TrainState {
         // The schedule sets the rate when it moves (here, after each step it moves at, and at epoch
         // ends); a rate written by the user in between holds until then, as with torch's.
         self.apply_schedule();
-        // On CPU the model keeps every core busy: build batches on one thread (measured about 4% more
-        // images/s than a pool contending with libtorch's OpenMP threads, at the edge of this VM's
-        // noise). On CUDA the loader keeps its pool.
-        let mut it = if dev.is_cuda() {
-            loader.iter(epoch)
-        } else {
-            keep_freed_memory();
-            loader.iter_on(epoch, single_thread_pool())
-        };
         for i in 0..steps {
             let mut settings = None;
             if !stop_asked && hooks.poll(&mut settings)? {
@@ -313,13 +324,13 @@ impl TrainState {
                 stopped = true;
                 break;
             }
-            let Some(batch) = it.next() else { break };
+            let Some(batch) = batches.next() else { break };
             let (x, y) = batch?;
             let (x, y) = (to_device(x, dev), to_device(y, dev));
             let n = y.size()[0];
             let logits = tch::autocast(autocast, || model.forward_t(&x, true))?.to_kind(Kind::Float);
             if i == 0 {
-                check_labels(logits.size()[1], loader)?;
+                source.check_labels(logits.size()[1])?;
             }
             let loss = logits.f_cross_entropy_loss(&y, None::<Tensor>, Reduction::Mean, -100, self.cfg.label_smoothing)?;
             tch::no_grad(|| {
@@ -406,7 +417,6 @@ impl TrainState {
                 }
             }
         }
-        drop(it);
         let (mut loss_sum, mut correct_n) = (f64::try_from(&loss_sum)?, i64::try_from(&correct)? as f64);
         if let Some(d) = &mut self.dist {
             // The epoch's loss and accuracy over all ranks' samples.
@@ -441,14 +451,26 @@ impl TrainState {
 /// `progress(done, total)` runs after every batch; Ok(false) stops with `Error::Interrupted`, and an
 /// error it returns comes back as itself.
 pub fn evaluate(model: &Model, loader: &Loader, progress: &mut dyn FnMut(usize, usize) -> Result<bool>) -> Result<EvalReport> {
+    let source = Source { labels: Some(loader.labels()), steps: loader.len() };
+    evaluate_batches(model, &mut loader.iter(0), source, loader.dataset().classes.len(), progress)
+}
+
+/// `evaluate` over batches from elsewhere; `num_classes` sizes the report when there is no batch.
+pub fn evaluate_batches(
+    model: &Model,
+    batches: &mut dyn Iterator<Item = Result<Batch>>,
+    source: Source<'_>,
+    num_classes: usize,
+    progress: &mut dyn FnMut(usize, usize) -> Result<bool>,
+) -> Result<EvalReport> {
     let dev = model.device();
-    let steps = loader.len();
+    let steps = source.steps;
     tch::no_grad(|| -> Result<EvalReport> {
         let loss_sum = Tensor::zeros([], (Kind::Double, dev));
         // The class count is the logits' width, known after the first batch.
         let mut conf: Option<(i64, Tensor)> = None;
         let mut count = 0u64;
-        for (i, batch) in loader.iter(0).enumerate() {
+        for (i, batch) in batches.enumerate() {
             let (x, y) = batch?;
             // No NaN check here: loader batches come from uint8 pixels through a finite affine.
             let (x, y) = (to_device(x, dev), to_device(y, dev));
@@ -457,7 +479,7 @@ pub fn evaluate(model: &Model, loader: &Loader, progress: &mut dyn FnMut(usize, 
                 Some((nc, cm)) => (*nc, cm),
                 None => {
                     let nc = logits.size()[1];
-                    check_labels(nc, loader)?;
+                    source.check_labels(nc)?;
                     let (nc, cm) = conf.insert((nc, Tensor::zeros([nc * nc], (Kind::Int64, dev))));
                     (*nc, cm)
                 }
@@ -473,10 +495,7 @@ pub fn evaluate(model: &Model, loader: &Loader, progress: &mut dyn FnMut(usize, 
         }
         let (nc, confusion) = match conf {
             Some((nc, cm)) => (nc as usize, Vec::<i64>::try_from(cm.to_device(Device::Cpu))?),
-            None => {
-                let nc = loader.dataset().classes.len();
-                (nc, vec![0; nc * nc])
-            }
+            None => (num_classes, vec![0; num_classes * num_classes]),
         };
         let correct: i64 = (0..nc).map(|c| confusion[c * nc + c]).sum();
         let n = count.max(1) as f64;
