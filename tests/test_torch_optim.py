@@ -419,3 +419,20 @@ def test_fit_takes_torchs_own_dataloader_through_python():
         opt.step()
         b.append(loss.item())
     np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+def test_a_python_fed_batch_that_is_not_images_and_labels_is_named():
+    class Dicts(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return {"x": torch.zeros(3, 32, 32), "y": 0}
+
+    import fastcifar.trainer as trainer_module
+
+    trainer_module._slow_warned.clear()
+    tr = fastcifar.Trainer(models.small_cnn(width=4), device="cpu")
+    with pytest.warns(UserWarning, match="through Python"):
+        with pytest.raises(TypeError, match=r"a batch must be \(images, labels\) tensors, got dict"):
+            tr.fit(torch.utils.data.DataLoader(Dicts(), batch_size=4), epochs=1, progress=False)

@@ -1,6 +1,6 @@
 """Type stubs for fastcifar's Rust extension (``fastcifar._native``)."""
 from os import PathLike
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -137,6 +137,10 @@ class NativeTrainer:
         scheduler: Optional[str], sched_settings: Dict[str, float], label_smoothing: float, amp: bool,
         grad_accum: int, grad_clip: Optional[float], log_every: int,
     ) -> None: ...
+    def train_batches(self, model: NativeModel, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]], steps: int, epoch: int,
+                      callback: Optional[Callable[[dict], Optional[bool]]] = None, *, poll: Optional[Callable[[], object]] = None,
+                      outer: Optional[Callable[..., object]] = None, owns_optimizer: bool = False) -> Tuple[dict, bool]:
+        """``train_epoch`` over a Python iterable of (images, labels) batches, pulled one per step."""
     def train_epoch(self, model: NativeModel, loader: NativeLoader, epoch: int, callback: Optional[Callable[[dict], Optional[bool]]] = None,
                     *, poll: Optional[Callable[[], object]] = None, outer: Optional[Callable[..., object]] = None,
                     owns_optimizer: bool = False) -> Tuple[dict, bool]:
@@ -162,5 +166,9 @@ class NativeTrainer:
 
 def evaluate(model: NativeModel, loader: NativeLoader, callback: Optional[Callable[[int, int], object]] = None) -> Tuple[float, float, int, List[int], int]:
     """(loss, accuracy, count, confusion matrix row-major, num_classes)."""
+
+def evaluate_batches(model: NativeModel, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]], steps: int, num_classes: int,
+                     callback: Optional[Callable[[int, int], object]] = None) -> Tuple[float, float, int, List[int], int]:
+    """``evaluate`` over a Python iterable of (images, labels) batches."""
 
 def predict_logits(model: NativeModel, x: torch.Tensor, batch_size: int = 256, tta: bool = False) -> torch.Tensor: ...

@@ -202,8 +202,19 @@ fn save_safetensors(py: Python<'_>, items: Vec<(String, PyTensor)>, path: PathBu
     let sd: Vec<(String, tch::Tensor)> = items.into_iter().map(|(k, v)| (k, v.0)).collect();
     release(py, move || {
         let sd: Vec<(String, tch::Tensor)> = sd.into_iter().map(|(k, v)| (k, v.to_device(tch::Device::Cpu))).collect();
-        tch::Tensor::write_safetensors(&sd, &path).map_err(Error::from)
+        tch::Tensor::write_safetensors(&sd, &path).map_err(|e| os_error_in(&path, e))
     })
+}
+
+/// The safetensors writer reports an I/O failure as text ("... Os { code: 28, ... }"): give it
+/// back as the OS error it is (errno and path), so that a full disk is an OSError(ENOSPC).
+fn os_error_in(path: &std::path::Path, e: tch::TchError) -> Error {
+    let msg = e.to_string();
+    let code = msg.split("Os { code: ").nth(1).and_then(|r| r.split(',').next()).and_then(|c| c.trim().parse::<i32>().ok());
+    match code {
+        Some(code) => Error::io(path, std::io::Error::from_raw_os_error(code)),
+        None => Error::from(e),
+    }
 }
 
 /// Reads a safetensors file's named tensors (CPU).
