@@ -193,19 +193,9 @@ impl PyTrainer {
         outer: Option<PyObject>,
         owns_optimizer: bool,
     ) -> PyResult<(Bound<'py, PyDict>, bool)> {
-        let (model, state) = (model.inner.clone(), self.state.clone());
         let mut it = PyBatches(batches.bind(py).try_iter()?.unbind());
-        let mut hooks = PyHooks { callback, poll, outer, owns_optimizer, interrupted: false, outer_lr: None };
-        let stats = {
-            let (hooks, it) = (&mut hooks, &mut it);
-            release(py, move || {
-                let mut m = lock(&model)?;
-                let mut st = lock(&state)?;
-                let _held = (Held::mark::<Model>(&model), Held::mark::<TrainState>(&state));
-                st.train_batches(&mut m, it, engine::Source { labels: None, steps }, epoch, hooks)
-            })?
-        };
-        Ok((epoch_dict(py, &stats)?, hooks.interrupted))
+        let hooks = PyHooks { callback, poll, outer, owns_optimizer, interrupted: false, outer_lr: None };
+        self.run_epoch(py, model, hooks, move |m, st, h| st.train_batches(m, &mut it, engine::Source { labels: None, steps }, epoch, h))
     }
 
     /// Trains `model` for one epoch of `loader` (its epoch number `epoch`) with the GIL released.
@@ -227,19 +217,9 @@ impl PyTrainer {
         outer: Option<PyObject>,
         owns_optimizer: bool,
     ) -> PyResult<(Bound<'py, PyDict>, bool)> {
-        let (model, state, l) = (model.inner.clone(), self.state.clone(), loader.inner.clone());
-        let mut hooks = PyHooks { callback, poll, outer, owns_optimizer, interrupted: false, outer_lr: None };
-        let stats = {
-            let hooks = &mut hooks;
-            release(py, move || {
-                let mut m = lock(&model)?;
-                let mut st = lock(&state)?;
-                // Callbacks below run Python on this thread: the model and trainer are busy to them.
-                let _held = (Held::mark::<Model>(&model), Held::mark::<TrainState>(&state));
-                st.train_epoch(&mut m, &l, epoch, hooks)
-            })?
-        };
-        Ok((epoch_dict(py, &stats)?, hooks.interrupted))
+        let l = loader.inner.clone();
+        let hooks = PyHooks { callback, poll, outer, owns_optimizer, interrupted: false, outer_lr: None };
+        self.run_epoch(py, model, hooks, move |m, st, h| st.train_epoch(m, &l, epoch, h))
     }
 
     /// Joins a process group (fastcifar.distributed.ProcessGroup): gradients are then averaged
@@ -484,6 +464,31 @@ impl Hooks for PyHooks {
 
     fn outer_lr(&self) -> Option<f64> {
         self.outer_lr
+    }
+}
+
+impl PyTrainer {
+    /// One epoch under the model's and the trainer's locks, with the GIL released (the hooks take
+    /// it for each callback). Returns the epoch's stats and whether Ctrl-C stopped it.
+    fn run_epoch<'py>(
+        &self,
+        py: Python<'py>,
+        model: &PyModel,
+        mut hooks: PyHooks,
+        run: impl FnOnce(&mut Model, &mut TrainState, &mut PyHooks) -> Result<engine::EpochStats, Error> + Send,
+    ) -> PyResult<(Bound<'py, PyDict>, bool)> {
+        let (model, state) = (model.inner.clone(), self.state.clone());
+        let stats = {
+            let h = &mut hooks;
+            release(py, move || {
+                let mut m = lock(&model)?;
+                let mut st = lock(&state)?;
+                // Callbacks below run Python on this thread: the model and trainer are busy to them.
+                let _held = (Held::mark::<Model>(&model), Held::mark::<TrainState>(&state));
+                run(&mut m, &mut st, h)
+            })?
+        };
+        Ok((epoch_dict(py, &stats)?, hooks.interrupted))
     }
 }
 
