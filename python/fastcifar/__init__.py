@@ -26,7 +26,7 @@ if torch.__version__.split("+")[0] != TORCH_VERSION:
     )
 
 from . import _native  # noqa: E402
-from . import distributed, models, optim, plot, transforms  # noqa: E402
+from . import distributed, models, optim, plot, recipes, transforms  # noqa: E402
 from .datasets import CIFAR10, CIFAR100, Dataset, ImageFolder  # noqa: E402
 from .loader import DataLoader  # noqa: E402
 from .trainer import EvalReport, History, Trainer  # noqa: E402

@@ -128,6 +128,15 @@ class NativeTrainer:
         accuracy, images, seconds, lr every log_every steps; returning False stops."""
     def set_process_group(self, group: Optional[object] = None, bucket_cap_mb: float = 25.0) -> None:
         """Averages gradients across group's ranks every optimizer step (fastcifar.distributed.ProcessGroup)."""
+    def set_param_groups(self, lr_scale: Sequence[float], weight_decay: Sequence[Optional[float]]) -> None:
+        """Per parameter: its lr as a multiple of the optimizer's, and its weight decay (None: the optimizer's)."""
+    def set_fast_math(self, fast: Optional[bool] = None) -> None:
+        """Optimizer arithmetic: None by device (exact on CPU, float32 on CUDA), True float32, False exact."""
+    def set_lookahead(self, tensors: Optional[Sequence[torch.Tensor]] = None, *, every: int = 5, start_epoch: int = 0,
+                      decay: float = 0.95, power: float = 3.0, total_steps: int = 1) -> None:
+        """airbench's lookahead (EMA of the weights, copied back) over tensors; None removes it."""
+    def set_max_steps(self, steps: Optional[int] = None) -> None:
+        """Training stops once the optimizer has taken this many steps in all."""
     def end_epoch(self, metric: Optional[float] = None) -> None: ...
     @property
     def lr(self) -> float: ...
@@ -140,7 +149,7 @@ class NativeTrainer:
     def load_scheduler_state(self, state: Dict[str, float]) -> None: ...
     def sync_device(self, model: NativeModel) -> None: ...
 
-def evaluate(model: NativeModel, loader: NativeLoader, callback: Optional[Callable[[int, int], object]] = None) -> Tuple[float, float, int, List[int], int]:
-    """(loss, accuracy, count, confusion matrix row-major, num_classes)."""
+def evaluate(model: NativeModel, loader: NativeLoader, callback: Optional[Callable[[int, int], object]] = None, tta: int = 0) -> Tuple[float, float, int, List[int], int]:
+    """(loss, accuracy, count, confusion matrix row-major, num_classes). tta: 0 none, 1 mirror, 2 mirror and translate."""
 
-def predict_logits(model: NativeModel, x: torch.Tensor, batch_size: int = 256, tta: bool = False) -> torch.Tensor: ...
+def predict_logits(model: NativeModel, x: torch.Tensor, batch_size: int = 256, tta: int = 0) -> torch.Tensor: ...

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "lr_scheduler"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Lookahead", "lr_scheduler"]
 
 
 def _num(name, v, lo=0.0, hi=math.inf, hi_open=False):
@@ -26,21 +26,68 @@ class Optimizer:
     name = ""
 
     def __init__(self, params=None, lr: float = 1e-3):
+        self.lr = _num("lr", lr)
+        # torch.optim's parameter groups: [{"params": [...], "lr": ..., "weight_decay": ...}, ...];
+        # each group's own lr and weight decay (the others come from the optimizer's arguments).
+        self.groups = None
         if params is not None:
             params = list(params)
+            if params and all(isinstance(g, dict) for g in params):
+                params = self._parse_groups(params)
             if not params or not all(isinstance(p, torch.Tensor) for p in params):
-                raise TypeError("params: expected a non-empty iterable of tensors from model.parameters()")
+                raise TypeError("params: expected a non-empty iterable of tensors from model.parameters(), or a list of "
+                                "parameter-group dicts with a 'params' entry each")
         self.params = params
-        self.lr = _num("lr", lr)
         self._trainer = None
+
+    def _parse_groups(self, groups):
+        flat, self.groups = [], []
+        for i, g in enumerate(groups):
+            unknown = set(g) - {"params", "lr", "weight_decay"}
+            if unknown:
+                raise ValueError(f"params: group {i} sets {sorted(unknown)}; a group may set only lr and weight_decay "
+                                 f"(the other hyper-parameters are the optimizer's)")
+            if "params" not in g:
+                raise TypeError(f"params: group {i} has no 'params' entry")
+            ps = [g["params"]] if isinstance(g["params"], torch.Tensor) else list(g["params"])
+            if not all(isinstance(p, torch.Tensor) for p in ps):
+                raise TypeError(f"params: group {i}'s 'params' must be tensors from model.parameters()")
+            lr = _num("lr", g["lr"]) if "lr" in g else None
+            wd = _num("weight_decay", g["weight_decay"]) if "weight_decay" in g else None
+            self.groups.append((len(ps), lr, wd))
+            flat += ps
+        if len({id(p) for p in flat}) != len(flat):
+            raise ValueError("params: some parameters appear in more than one group")
+        return flat
+
+    def _group_settings(self):
+        """Per parameter (in ``params`` order): its lr as a multiple of ``lr``, and its weight
+        decay (None: the optimizer's). None without groups."""
+        if not self.groups:
+            return None
+        scales, wds = [], []
+        for n, lr, wd in self.groups:
+            scales += [1.0 if lr is None else (lr / self.lr if self.lr else 0.0)] * n
+            wds += [wd] * n
+        return scales, wds
 
     def settings(self) -> dict:
         return {"lr": self.lr}
 
     @property
     def param_groups(self):
-        """torch-style view of the (single) parameter group, with the current learning rate."""
-        return [{"lr": self._trainer._native.lr if self._trainer else self.lr, **self._group()}]
+        """torch-style view of the parameter groups (one unless groups were given), with the
+        current learning rates."""
+        lr = self._trainer._native.lr if self._trainer else self.lr
+        if not self.groups:
+            return [{"lr": lr, **self._group()}]
+        out = []
+        for _, glr, wd in self.groups:
+            g = {"lr": lr if glr is None else lr * glr / self.lr if self.lr else glr, **self._group()}
+            if wd is not None and "weight_decay" in g:
+                g["weight_decay"] = wd
+            out.append(g)
+        return out
 
     def _group(self) -> dict:
         return {}
@@ -62,18 +109,30 @@ class Optimizer:
             if b is not None and names[1]:
                 entry[names[1]] = b
             state[i] = entry
-        group = {"lr": lr, "initial_lr": initial_lr, **self._group(), "params": list(range(len(states)))}
-        return {"state": state, "param_groups": [group]}
+        if not self.groups:
+            group = {"lr": lr, "initial_lr": initial_lr, **self._group(), "params": list(range(len(states)))}
+            return {"state": state, "param_groups": [group]}
+        groups, start = [], 0
+        for (n, glr, wd), g in zip(self.groups, self.param_groups):
+            scale = 1.0 if glr is None else (glr / self.lr if self.lr else 0.0)
+            g.update({"lr": lr * scale, "initial_lr": initial_lr * scale, "params": list(range(start, start + n))})
+            groups.append(g)
+            start += n
+        return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, sd: dict) -> None:
         if self._trainer is None:
             raise RuntimeError(f"{self.name} has no state before a Trainer binds it to a model")
         try:
             group = sd["param_groups"][0]
-            n = len(group["params"])
+            n = sum(len(g["params"]) for g in sd["param_groups"])
             state = sd["state"]
+            lr = float(group["lr"])
         except (KeyError, IndexError, TypeError) as e:
             raise ValueError(f"optimizer_state_dict: not an optimizer state dict ({e!r})") from None
+        scales = self._group_settings()
+        if scales is not None and scales[0] and scales[0][0]:
+            lr /= scales[0][0]  # group 0's rate is its multiple of the optimizer's
         names = ("momentum_buffer", None) if self.name == "SGD" else ("exp_avg", "exp_avg_sq")
         states = []
         for i in range(n):
@@ -84,7 +143,7 @@ class Optimizer:
             step = float(s.get("step", 0))
             states.append((step, s.get(names[0]), s.get(names[1]) if names[1] else None))
         momentum = group.get("momentum", group.get("betas", (0.0,))[0] if "betas" in group else 0.0)
-        self._trainer._native.load_optimizer_state(float(group["lr"]), float(momentum), states)
+        self._trainer._native.load_optimizer_state(lr, float(momentum), states)
 
     def __repr__(self):
         return f"{self.name}({', '.join(f'{k}={v}' for k, v in self.settings().items())})"
@@ -233,6 +292,35 @@ class _LrScheduler:
             super().__init__(mode_min=mode == "min", factor=_num("factor", factor, 0.0, 1.0, True), patience=patience,
                              threshold=_num("threshold", threshold), cooldown=cooldown, min_lr=_num("min_lr", min_lr))
 
+    class PiecewiseLinear(_Schedule):
+        """Per optimizer step, ``lr * factor``, with the factor linear between ``(milestones[i],
+        factors[i])`` points (the first milestone is step 0) and the last factor after the last
+        point: torch's ``LambdaLR`` over a piecewise-linear lambda, e.g. airbench's triangle
+        ``PiecewiseLinear([0, 109, 476], [0.2, 1.0, 0.07])``."""
+
+        name = "PiecewiseLinear"
+
+        def __init__(self, optimizer=None, *args, milestones=None, factors=None):
+            args = _skip_optimizer(optimizer, args)
+            if args:
+                milestones, factors = (list(args) + [factors])[:2]
+            if milestones is None or factors is None or len(milestones) != len(factors) or not len(milestones):
+                raise ValueError("milestones, factors: give two lists of the same non-zero length (steps and lr factors)")
+            pts = {"points": len(milestones)}
+            for i, (x, y) in enumerate(zip(milestones, factors)):
+                if isinstance(x, bool) or not isinstance(x, int) or x < 0:
+                    raise ValueError(f"milestones: {x!r} must be a non-negative int (an optimizer step)")
+                pts[f"x{i}"], pts[f"y{i}"] = x, _num("factors", y)
+            super().__init__(**pts)
+
+        @property
+        def milestones(self):
+            return [int(self._settings[f"x{i}"]) for i in range(int(self._settings["points"]))]
+
+        @property
+        def factors(self):
+            return [self._settings[f"y{i}"] for i in range(int(self._settings["points"]))]
+
     class LinearWarmup(_Schedule):
         """Linear warm-up over ``steps`` optimizer steps from ``start_factor * lr``, then ``then``
         (another schedule, or a constant lr)."""
@@ -251,3 +339,31 @@ class _LrScheduler:
 
 
 lr_scheduler = _LrScheduler
+
+
+class Lookahead:
+    """airbench's lookahead: a moving average of the weights that the weights are reset to.
+
+    From epoch ``start_epoch`` on, every ``every`` optimizer steps: the first time a copy of the
+    model's floating-point state (parameters and BatchNorm statistics) is taken; then
+    ``ema.lerp_(w, 1 - rho)`` and ``w.copy_(ema)``, with
+    ``rho = decay ** every * (step / total_steps) ** power`` (it grows over training: move fast
+    early, average strongly at the end). At the end of each epoch the weights are set to the
+    average. Pass it to ``Trainer(..., lookahead=Lookahead(total_steps=...))``; it runs inside the
+    Rust loop.
+    """
+
+    def __init__(self, total_steps: int, every: int = 5, start_epoch: int = 0, decay: float = 0.95, power: float = 3.0):
+        for name, v, lo in (("total_steps", total_steps, 1), ("every", every, 1), ("start_epoch", start_epoch, 0)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"{name}: {v!r} must be an int >= {lo}")
+        self.total_steps, self.every, self.start_epoch = total_steps, every, start_epoch
+        self.decay = _num("decay", decay, 0.0, 1.0)
+        self.power = _num("power", power)
+
+    def settings(self) -> dict:
+        return {"total_steps": self.total_steps, "every": self.every, "start_epoch": self.start_epoch,
+                "decay": self.decay, "power": self.power}
+
+    def __repr__(self):
+        return f"Lookahead({', '.join(f'{k}={v}' for k, v in self.settings().items())})"

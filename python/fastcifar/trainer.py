@@ -149,7 +149,8 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, optimizer: Optional[_optim.Optimizer] = None, scheduler=None, loss: str = "cross_entropy",
                  label_smoothing: float = 0.0, device="auto", amp: bool = False, grad_accum_steps: int = 1,
                  grad_clip: Optional[float] = None, seed: Optional[int] = None, log_every: int = 20,
-                 distributed: Optional[bool] = None, sync_bn: bool = False, bucket_cap_mb: float = 25.0):
+                 distributed: Optional[bool] = None, sync_bn: bool = False, bucket_cap_mb: float = 25.0,
+                 lookahead: Optional[_optim.Lookahead] = None):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module (your own or fastcifar.models), got {type(model).__name__}")
         if loss != "cross_entropy":
@@ -194,6 +195,10 @@ class Trainer:
             float(label_smoothing), bool(amp), grad_accum_steps, None if grad_clip is None else float(grad_clip), log_every,
         )
         optimizer._trainer = self
+        groups = optimizer._group_settings()
+        if groups is not None:
+            self._native.set_param_groups(*groups)
+        self._set_lookahead(lookahead)
         if self.process_group is not None:
             self.process_group.broadcast(list(model.parameters()) + list(model.buffers()))
             self._native.set_process_group(self.process_group, float(bucket_cap_mb))
@@ -203,9 +208,25 @@ class Trainer:
         self.best_accuracy: Optional[float] = None
         self.eval_transform: Optional[T.Transform] = None
 
+    def _set_lookahead(self, lookahead) -> None:
+        """Binds a ``fastcifar.optim.Lookahead`` (or its settings dict, from a checkpoint) to the
+        module's floating-point state: its parameters and floating-point buffers."""
+        if isinstance(lookahead, dict):
+            lookahead = _optim.Lookahead(**lookahead)
+        if lookahead is not None and not isinstance(lookahead, _optim.Lookahead):
+            raise TypeError(f"lookahead: expected a fastcifar.optim.Lookahead, got {type(lookahead).__name__}")
+        self.lookahead = lookahead
+        self.config["lookahead"] = None if lookahead is None else lookahead.settings()
+        self._lookahead_ids = None
+        if lookahead is not None:
+            tensors = list(self.model.parameters()) + [b for b in self.model.buffers() if b.is_floating_point()]
+            self._native.set_lookahead(tensors, **lookahead.settings())
+            self._lookahead_ids = [id(t) for t in tensors]
+
     # --- training --------------------------------------------------------------------------
     def fit(self, train_loader: DataLoader, val_loader: Optional[DataLoader] = None, epochs: int = 1,
-            checkpoint=None, callbacks: Sequence[Callable[[dict], Optional[bool]]] = (), progress: bool = True) -> History:
+            checkpoint=None, callbacks: Sequence[Callable[[dict], Optional[bool]]] = (), progress: bool = True,
+            max_steps: Optional[int] = None) -> History:
         """Trains ``epochs`` more epochs; returns the history.
 
         Epoch e draws its shuffle and augmentations from ``train_loader``'s seed and e, so a fit
@@ -213,8 +234,12 @@ class Trainer:
         written (atomically) whenever validation accuracy improves (every epoch without
         ``val_loader``). ``callbacks`` get a dict every ``log_every`` steps and at each epoch end;
         one returning False stops training. Ctrl-C stops at the next step boundary and returns the
-        history so far, with the model usable.
+        history so far, with the model usable. ``max_steps`` ends training once the trainer has
+        taken that many optimizer steps in all (mid-epoch: that epoch ends there and is recorded
+        as usual), e.g. airbench's 9.9 epochs.
         """
+        if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0):
+            raise ValueError(f"max_steps: must be a non-negative int or None, got {max_steps!r}")
         if not isinstance(train_loader, DataLoader):
             raise TypeError(f"train_loader: expected a fastcifar.DataLoader, got {type(train_loader).__name__}")
         if val_loader is not None and not isinstance(val_loader, DataLoader):
@@ -228,6 +253,11 @@ class Trainer:
             self.eval_transform = T.deterministic_part(src)
         progress = progress and self.is_main
         native = self._native_model()
+        if self.lookahead is not None:
+            tensors = list(self.model.parameters()) + [b for b in self.model.buffers() if b.is_floating_point()]
+            if [id(t) for t in tensors] != self._lookahead_ids:  # the module's tensors were replaced (.to(), a new layer)
+                self._set_lookahead(self.lookahead)
+        self._native.set_max_steps(max_steps)
         self.model.train()
         source, train_loader = train_loader, self._shard(train_loader, pad=True)
         final = self.epoch + epochs
@@ -289,11 +319,16 @@ class Trainer:
                 self.save(checkpoint)
             if any(cb(dict(record, phase="epoch")) is False for cb in callbacks) or stop_requested:
                 break
+            if max_steps is not None and self._native.global_step >= max_steps:
+                break
         return self.history
 
     # --- evaluation and prediction ---------------------------------------------------------
-    def evaluate(self, loader: DataLoader, progress: bool = True) -> EvalReport:
-        """Loss (mean over images), accuracy, per-class accuracy and the confusion matrix."""
+    def evaluate(self, loader: DataLoader, progress: bool = True, tta: int = 0) -> EvalReport:
+        """Loss (mean over images), accuracy, per-class accuracy and the confusion matrix.
+        ``tta`` (test-time augmentation, as airbench): 0 none, 1 (or True) the mean of the
+        logits of each image and its mirror, 2 also two one-pixel translations (reflect-padded)."""
+        tta = _tta_level(tta)
         if not isinstance(loader, DataLoader):
             raise TypeError(f"loader: expected a fastcifar.DataLoader, got {type(loader).__name__}")
         loader = self._shard(loader, pad=False)
@@ -308,7 +343,7 @@ class Trainer:
             was = self.model.training
             native = self._native_model()
             self.model.eval()
-            loss, acc, count, conf, nc = _rs.evaluate(native, loader._native, cb)
+            loss, acc, count, conf, nc = _rs.evaluate(native, loader._native, cb, tta)
         finally:
             self.model.train(was)
             if bar is not None:
@@ -400,7 +435,7 @@ class Trainer:
         try:
             native = self._native_model()
             self.model.eval()
-            return _rs.predict_logits(native, x, batch_size, tta)
+            return _rs.predict_logits(native, x, batch_size, _tta_level(tta))
         finally:
             self.model.train(was)
 
@@ -408,7 +443,7 @@ class Trainer:
         """Class probabilities (N, num_classes). ``images``: a normalised float tensor, or uint8
         images (numpy (N, H, W, C) or tensor (N, C, H, W)) that get ``transform`` (default: the
         deterministic part of the training transform: ToTensor and Normalize). ``tta`` averages
-        with the horizontal mirror."""
+        with the horizontal mirror (True or 1), and with one-pixel translations too (2)."""
         return torch.softmax(self.predict_logits(images, transform, tta, batch_size), dim=1)
 
     def predict(self, images, transform=None, tta: bool = False, batch_size: int = 256) -> torch.Tensor:
@@ -430,7 +465,7 @@ class Trainer:
             "fastcifar": {
                 "version": CHECKPOINT_VERSION,
                 "model": self.model.config if isinstance(self.model, Module) else None,
-                "optimizer": {"name": self.optimizer.name, "settings": self.optimizer.settings()},
+                "optimizer": {"name": self.optimizer.name, "settings": self.optimizer.settings(), "groups": self._group_names()},
                 "scheduler": None if self.scheduler is None else {"name": self.scheduler.name, "settings": self.scheduler.settings()},
                 "trainer": dict(self.config),
                 "global_step": self._native.global_step,
@@ -438,6 +473,18 @@ class Trainer:
                 "eval_transform": T.to_config(self.eval_transform),
             },
         }
+
+    def _group_names(self):
+        """The optimizer's parameter groups by parameter name ([names], lr, weight_decay), so that
+        ``Trainer.load`` rebuilds them; None without groups."""
+        if not self.optimizer.groups:
+            return None
+        name_of = {id(p): n for n, p in self.model.named_parameters()}
+        out, i = [], 0
+        for n, lr, wd in self.optimizer.groups:
+            out.append([[name_of.get(id(p), "?") for p in self.optimizer.params[i:i + n]], lr, wd])
+            i += n
+        return out
 
     def save(self, path) -> None:
         """Writes the checkpoint with ``torch.save``, atomically (temporary file, then rename).
@@ -492,6 +539,11 @@ class Trainer:
             s["betas"] = (s.pop("beta1"), s.pop("beta2"))
         if "nesterov" in s:
             s["nesterov"] = bool(s["nesterov"])
+        names = dict(model.named_parameters())
+        groups = meta["optimizer"].get("groups")
+        if groups:
+            s["params"] = [dict({"params": [names[n] for n in ns]}, **({"lr": lr} if lr is not None else {}),
+                                **({"weight_decay": wd} if wd is not None else {})) for ns, lr, wd in groups]
         optimizer = opt_cls(**s)
         sched = None
         if meta.get("scheduler"):
@@ -500,6 +552,14 @@ class Trainer:
         tr = cls(model, optimizer, sched, device=device, **meta["trainer"])
         tr.load_state_dict(ckpt)
         return tr
+
+
+def _tta_level(tta) -> int:
+    if isinstance(tta, bool):
+        return int(tta)
+    if not isinstance(tta, int) or tta not in (0, 1, 2):
+        raise ValueError(f"tta: {tta!r} is not 0 (none), 1 or True (mirror), or 2 (mirror and translate)")
+    return tta
 
 
 def _to_cpu(obj):

@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::train::dist::{Collective, DistState};
 use crate::train::optim::{OptKind, Optimizer};
 use crate::train::sched::{self, Scheduler};
-use crate::train::{self as engine, TrainConfig, TrainState};
+use crate::train::{self as engine, Lookahead, TrainConfig, TrainState};
 
 /// Reads numeric settings from a Python dict, refusing unknown keys (typos).
 struct Settings(HashMap<String, f64>);
@@ -118,6 +118,14 @@ fn scheduler(name: &str, s: &Settings, base_lr: f64) -> PyResult<Scheduler> {
             cooldown: s.u("cooldown", 0)?,
             min_lr: s.f("min_lr", 0.0),
         },
+        "PiecewiseLinear" => {
+            let n = s.u("points", 0)? as usize;
+            let mut points = Vec::with_capacity(n);
+            for i in 0..n {
+                points.push((s.u(&format!("x{i}"), 0)?, s.f(&format!("y{i}"), f64::NAN)));
+            }
+            sched::Kind::Piecewise { points }
+        }
         n => return Err(PyValueError::new_err(format!("scheduler: unknown scheduler '{n}'"))),
     };
     Scheduler::new(kind, base_lr, s.u("warmup_steps", 0)?, s.f("warmup_start_factor", 0.0)).map_err(to_py)
@@ -165,7 +173,13 @@ impl PyTrainer {
         let opt = Optimizer::new(kind, lr, params.into_iter().map(|p| p.0).collect()).map_err(to_py)?;
         let sched = match scheduler {
             None => None,
-            Some(name) => Some(self::scheduler(name, &Settings::new(sched_settings, SCHED_KEYS, name)?, lr)?),
+            Some(name) => {
+                // PiecewiseLinear's points come as x0, y0, x1, y1, ... (settings are flat numbers).
+                let n = if name == "PiecewiseLinear" { sched_settings.get("points").copied().unwrap_or(0.0).max(0.0) as usize } else { 0 };
+                let point_keys: Vec<String> = (0..n).flat_map(|i| [format!("x{i}"), format!("y{i}")]).chain(["points".to_string()]).collect();
+                let known: Vec<&str> = SCHED_KEYS.iter().copied().chain(point_keys.iter().filter(|_| n > 0).map(|k| k.as_str())).collect();
+                Some(self::scheduler(name, &Settings::new(sched_settings, &known, name)?, lr)?)
+            }
         };
         let cfg = TrainConfig { label_smoothing, amp, grad_accum, grad_clip, log_every };
         let m = model.inner.clone();
@@ -248,6 +262,36 @@ impl PyTrainer {
         };
         lock(&self.state).dist = dist;
         Ok(())
+    }
+
+    /// Parameter groups: per parameter of the optimizer, its learning rate as a multiple of the
+    /// optimizer's (the schedule scales both) and its weight decay (None: the optimizer's).
+    fn set_param_groups(&self, lr_scale: Vec<f64>, weight_decay: Vec<Option<f64>>) -> PyResult<()> {
+        lock(&self.state).opt.set_groups(lr_scale, weight_decay).map_err(to_py)
+    }
+
+    /// The optimizer's arithmetic: None by device (exact float64 rounding on CPU, float32 on
+    /// CUDA), True float32 everywhere (tests the CUDA path on CPU), False exact everywhere.
+    #[pyo3(signature = (fast = None))]
+    fn set_fast_math(&self, fast: Option<bool>) {
+        lock(&self.state).opt.fast_math = fast;
+    }
+
+    /// airbench's lookahead over `tensors` (see `train::Lookahead`); None removes it.
+    #[pyo3(signature = (tensors = None, *, every = 5, start_epoch = 0, decay = 0.95, power = 3.0, total_steps = 1))]
+    fn set_lookahead(&self, tensors: Option<Vec<PyTensor>>, every: u64, start_epoch: u64, decay: f64, power: f64, total_steps: u64) -> PyResult<()> {
+        let la = match tensors {
+            None => None,
+            Some(ts) => Some(Lookahead::new(ts.into_iter().map(|t| t.0).collect(), every, start_epoch, decay, power, total_steps).map_err(to_py)?),
+        };
+        lock(&self.state).lookahead = la;
+        Ok(())
+    }
+
+    /// Training stops once the optimizer has taken this many steps in all (None: no limit).
+    #[pyo3(signature = (steps = None))]
+    fn set_max_steps(&self, steps: Option<u64>) {
+        lock(&self.state).max_steps = steps;
     }
 
     /// End of epoch: moves epoch schedules (`metric` for ReduceLROnPlateau).
@@ -370,8 +414,8 @@ impl PyTrainer {
 
 /// Loss, accuracy and the confusion matrix (row-major, true x predicted).
 #[pyfunction]
-#[pyo3(signature = (model, loader, callback = None))]
-fn evaluate(py: Python<'_>, model: &PyModel, loader: &PyLoader, callback: Option<PyObject>) -> PyResult<(f64, f64, u64, Vec<i64>, usize)> {
+#[pyo3(signature = (model, loader, callback = None, tta = 0))]
+fn evaluate(py: Python<'_>, model: &PyModel, loader: &PyLoader, callback: Option<PyObject>, tta: u8) -> PyResult<(f64, f64, u64, Vec<i64>, usize)> {
     let (m, l) = (model.inner.clone(), loader.inner.clone());
     let r = release(py, move || {
         let m = lock(&m);
@@ -386,14 +430,14 @@ fn evaluate(py: Python<'_>, model: &PyModel, loader: &PyLoader, callback: Option
                 }
             })
         };
-        engine::evaluate(&m, &l, &mut progress)
+        engine::evaluate_tta(&m, &l, tta, &mut progress)
     })?;
     Ok((r.loss, r.accuracy, r.count, r.confusion, r.num_classes))
 }
 
 #[pyfunction]
-#[pyo3(signature = (model, x, batch_size = 256, tta = false))]
-fn predict_logits(py: Python<'_>, model: &PyModel, x: PyTensor, batch_size: i64, tta: bool) -> PyResult<PyTensor> {
+#[pyo3(signature = (model, x, batch_size = 256, tta = 0))]
+fn predict_logits(py: Python<'_>, model: &PyModel, x: PyTensor, batch_size: i64, tta: u8) -> PyResult<PyTensor> {
     let m = model.inner.clone();
     let y = release(py, move || engine::predict(&lock(&m), &x.0, batch_size, tta))?;
     Ok(PyTensor(y))

@@ -68,16 +68,20 @@ impl Default for GradScaler {
 
 impl GradScaler {
     /// Unscales the gradients in place; true if any is inf or NaN (then the step is skipped).
+    /// The check is one reduction on the device over all gradients and one read of its flag: a
+    /// single host synchronisation per step, not one per gradient tensor.
     fn unscale(&self, grads: &[Tensor]) -> Result<bool> {
-        let mut found = false;
-        tch::no_grad(|| -> Result<()> {
+        if grads.is_empty() {
+            return Ok(false);
+        }
+        tch::no_grad(|| -> Result<bool> {
+            let mut bad: Vec<Tensor> = Vec::with_capacity(grads.len());
             for g in grads {
                 let _ = g.shallow_clone().f_mul_scalar_(1.0 / self.scale)?;
-                found |= !bool::try_from(g.isfinite().all())?;
+                bad.push(g.isfinite().logical_not().any());
             }
-            Ok(())
-        })?;
-        Ok(found)
+            Ok(bool::try_from(Tensor::stack(&bad, 0).any())?)
+        })
     }
 
     fn update(&mut self, found_inf: bool) {
@@ -90,6 +94,65 @@ impl GradScaler {
                 self.scale *= 2.0;
                 self.tracker = 0;
             }
+        }
+    }
+}
+
+/// airbench's lookahead: an exponential moving average of the weights that the weights are reset
+/// to. From epoch `start_epoch` on, every `every` optimizer steps, the first time a copy of the
+/// tensors is taken; each later time `ema.lerp_(t, 1 - rho)` then `t.copy_(ema)`, with
+/// `rho = decay^every * (step / total_steps)^power`. At the end of each epoch (once the average
+/// exists) the tensors are set to it. `tensors`: the parameters and the floating-point buffers
+/// (BatchNorm statistics), all of the module's floating-point state.
+pub struct Lookahead {
+    pub tensors: Vec<Tensor>,
+    pub ema: Option<Vec<Tensor>>,
+    pub every: u64,
+    pub start_epoch: u64,
+    pub decay: f64,
+    pub power: f64,
+    pub total_steps: u64,
+}
+
+impl Lookahead {
+    pub fn new(tensors: Vec<Tensor>, every: u64, start_epoch: u64, decay: f64, power: f64, total_steps: u64) -> Result<Lookahead> {
+        if every == 0 {
+            return Err(Error::invalid("every", "must be at least 1 (Lookahead)"));
+        }
+        if total_steps == 0 {
+            return Err(Error::invalid("total_steps", "must be at least 1 (Lookahead)"));
+        }
+        if !(0.0..=1.0).contains(&decay) || !(power >= 0.0 && power.is_finite()) {
+            return Err(Error::invalid("decay", format!("decay {decay} must be in [0, 1] and power {power} >= 0 (Lookahead)")));
+        }
+        Ok(Lookahead { tensors, ema: None, every, start_epoch, decay, power, total_steps })
+    }
+
+    /// After optimizer step `step` (counted from 1) of epoch `epoch`.
+    fn on_step(&mut self, epoch: u64, step: u64) {
+        if epoch < self.start_epoch || step % self.every != 0 {
+            return;
+        }
+        let rho = self.decay.powf(self.every as f64) * (step as f64 / self.total_steps as f64).powf(self.power);
+        tch::no_grad(|| match &self.ema {
+            None => self.ema = Some(self.tensors.iter().map(|t| t.detach().copy()).collect()),
+            Some(ema) => {
+                for (e, t) in ema.iter().zip(&self.tensors) {
+                    let _ = e.shallow_clone().f_lerp_(t, 1.0 - rho);
+                    let _ = t.shallow_clone().f_copy_(e);
+                }
+            }
+        });
+    }
+
+    /// End of an epoch: the weights become the average (rho = 1).
+    fn on_epoch_end(&mut self) {
+        if let Some(ema) = &self.ema {
+            tch::no_grad(|| {
+                for (e, t) in ema.iter().zip(&self.tensors) {
+                    let _ = t.shallow_clone().f_copy_(e);
+                }
+            });
         }
     }
 }
@@ -140,6 +203,9 @@ pub struct TrainState {
     pub global_step: u64,
     /// Data-parallel training: gradients averaged across ranks every optimizer step.
     pub dist: Option<DistState>,
+    pub lookahead: Option<Lookahead>,
+    /// Training stops (at a step boundary, the epoch ending there) once `global_step` reaches it.
+    pub max_steps: Option<u64>,
 }
 
 fn single_thread_pool() -> Result<std::sync::Arc<rayon::ThreadPool>> {
@@ -210,7 +276,11 @@ impl TrainState {
     pub fn new(opt: Optimizer, sched: Option<Scheduler>, cfg: TrainConfig, device: Device) -> Result<TrainState> {
         cfg.validate()?;
         let scaler = (cfg.amp && device.is_cuda()).then(GradScaler::default);
-        Ok(TrainState { opt, sched, scaler, cfg, global_step: 0, dist: None })
+        if device.is_cuda() {
+            // Fixed input shapes every step: let cuDNN pick its fastest convolution algorithms.
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
+        Ok(TrainState { opt, sched, scaler, cfg, global_step: 0, dist: None, lookahead: None, max_steps: None })
     }
 
     /// Puts the schedule's learning rate (and cycled momentum) into the optimizer.
@@ -301,8 +371,12 @@ impl TrainState {
                 if let Some(s) = &mut self.sched {
                     s.on_step();
                 }
+                if let Some(l) = &mut self.lookahead {
+                    l.on_step(epoch, self.global_step);
+                }
             }
-            if (i + 1) % self.cfg.log_every == 0 || i + 1 == steps {
+            let done = self.max_steps.is_some_and(|m| self.global_step >= m);
+            if (i + 1) % self.cfg.log_every == 0 || i + 1 == steps || done {
                 info.step = i + 1;
                 info.images = images;
                 info.loss = f64::try_from(&loss_sum)? / images as f64;
@@ -330,8 +404,14 @@ impl TrainState {
                     break;
                 }
             }
+            if done {
+                break;
+            }
         }
         drop(it);
+        if let Some(l) = &mut self.lookahead {
+            l.on_epoch_end();
+        }
         let (mut loss_sum, mut correct_n) = (f64::try_from(&loss_sum)?, i64::try_from(&correct)? as f64);
         if let Some(d) = &mut self.dist {
             // The epoch's loss and accuracy over all ranks' samples.
@@ -362,8 +442,35 @@ impl TrainState {
     }
 }
 
+/// Logits with test-time augmentation, as airbench averages them. Level 0: the image alone; 1: the
+/// mean of the image's and its mirror's; 2: half of level 1 plus half the mean of level 1 over two
+/// one-pixel translations (up-left and down-right, reflect-padded).
+pub fn tta_logits(model: &Model, x: &Tensor, level: u8) -> Result<Tensor> {
+    let mirror = |x: &Tensor| -> Result<Tensor> { Ok((model.forward_t(x, false)? + model.forward_t(&x.flip([3]), false)?) * 0.5) };
+    match level {
+        0 => model.forward_t(x, false),
+        1 => mirror(x),
+        2 => {
+            let (h, w) = (x.size()[2], x.size()[3]);
+            let padded = x.f_reflection_pad2d([1, 1, 1, 1])?;
+            let a = mirror(&padded.narrow(2, 0, h).narrow(3, 0, w))?;
+            let b = mirror(&padded.narrow(2, 2, h).narrow(3, 2, w))?;
+            Ok(mirror(x)? * 0.5 + (a + b) * 0.25)
+        }
+        l => Err(Error::invalid("tta", format!("level {l} is not 0 (none), 1 (mirror) or 2 (mirror and translate)"))),
+    }
+}
+
 /// Loss, accuracy and confusion matrix over one pass of `loader`, in eval mode.
 pub fn evaluate(model: &Model, loader: &Loader, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<EvalReport> {
+    evaluate_tta(model, loader, 0, progress)
+}
+
+/// `evaluate` with test-time augmentation at `tta` level (see `tta_logits`).
+pub fn evaluate_tta(model: &Model, loader: &Loader, tta: u8, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<EvalReport> {
+    if tta > 2 {
+        return Err(Error::invalid("tta", format!("level {tta} is not 0 (none), 1 (mirror) or 2 (mirror and translate)")));
+    }
     let dev = model.device();
     let steps = loader.len();
     tch::no_grad(|| -> Result<EvalReport> {
@@ -375,7 +482,7 @@ pub fn evaluate(model: &Model, loader: &Loader, progress: &mut dyn FnMut(usize, 
             let (x, y) = batch?;
             // No NaN check here: loader batches come from uint8 pixels through a finite affine.
             let (x, y) = (to_device(x, dev), to_device(y, dev));
-            let logits = model.forward_t(&x, false)?.to_kind(Kind::Float);
+            let logits = tta_logits(model, &x, tta)?.to_kind(Kind::Float);
             let (nc, cm) = match &mut conf {
                 Some((nc, cm)) => (*nc, cm),
                 None => {
@@ -407,11 +514,14 @@ pub fn evaluate(model: &Model, loader: &Loader, progress: &mut dyn FnMut(usize, 
     })
 }
 
-/// Logits for a float batch (N, C, H, W), `batch_size` at a time, in eval mode. With `tta`, the
-/// logits of the image and its horizontal mirror are averaged.
-pub fn predict(model: &Model, x: &Tensor, batch_size: i64, tta: bool) -> Result<Tensor> {
+/// Logits for a float batch (N, C, H, W), `batch_size` at a time, in eval mode, with test-time
+/// augmentation at level `tta` (see `tta_logits`; 1 averages the image and its mirror).
+pub fn predict(model: &Model, x: &Tensor, batch_size: i64, tta: u8) -> Result<Tensor> {
     if batch_size < 1 {
         return Err(Error::invalid("batch_size", "must be at least 1"));
+    }
+    if tta > 2 {
+        return Err(Error::invalid("tta", format!("level {tta} is not 0 (none), 1 (mirror) or 2 (mirror and translate)")));
     }
     model.check_input(x)?;
     model.check_finite(x)?;
@@ -421,11 +531,7 @@ pub fn predict(model: &Model, x: &Tensor, batch_size: i64, tta: bool) -> Result<
         let mut s = 0;
         while s < n {
             let xb = x.narrow(0, s, batch_size.min(n - s));
-            let mut out = model.forward_t(&xb, false)?;
-            if tta {
-                out = (out + model.forward_t(&xb.flip([3]), false)?) / 2.0;
-            }
-            outs.push(out);
+            outs.push(tta_logits(model, &xb, tta)?);
             s += batch_size;
         }
         Ok(Tensor::cat(&outs, 0))

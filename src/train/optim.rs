@@ -70,13 +70,48 @@ pub struct Optimizer {
     pub initial_lr: f64,
     params: Vec<Tensor>,
     pub state: Vec<Option<ParamState>>,
+    /// Parameter groups, per parameter: the learning rate as a multiple of `lr` (the schedule
+    /// moves `lr`, so every group follows it, as torch's schedulers scale each group's rate) and
+    /// the group's weight decay (None: the optimizer's).
+    pub lr_scale: Vec<f64>,
+    pub weight_decay: Vec<Option<f64>>,
+    /// The update's arithmetic: None chooses by device (float64-exact rounding on CPU, plain
+    /// float32 tensor ops elsewhere); Some(true) forces float32 (tests), Some(false) exact.
+    pub fast_math: Option<bool>,
 }
 
 impl Optimizer {
     pub fn new(kind: OptKind, lr: f64, params: Vec<Tensor>) -> Result<Optimizer> {
         kind.validate(lr)?;
         let n = params.len();
-        Ok(Optimizer { kind, lr, initial_lr: lr, params, state: (0..n).map(|_| None).collect() })
+        Ok(Optimizer {
+            kind,
+            lr,
+            initial_lr: lr,
+            params,
+            state: (0..n).map(|_| None).collect(),
+            lr_scale: vec![1.0; n],
+            weight_decay: vec![None; n],
+            fast_math: None,
+        })
+    }
+
+    /// Sets the parameter groups: for each parameter its learning-rate multiple of `lr` and its
+    /// weight decay (None: the optimizer's).
+    pub fn set_groups(&mut self, lr_scale: Vec<f64>, weight_decay: Vec<Option<f64>>) -> Result<()> {
+        let n = self.params.len();
+        if lr_scale.len() != n || weight_decay.len() != n {
+            return Err(Error::invalid("param_groups", format!("{} learning rates and {} weight decays for {n} parameters", lr_scale.len(), weight_decay.len())));
+        }
+        if let Some(s) = lr_scale.iter().find(|s| !(**s >= 0.0 && s.is_finite())) {
+            return Err(Error::invalid("param_groups", format!("a group's lr is {s} times the optimizer's; it must be a finite number >= 0")));
+        }
+        if let Some(w) = weight_decay.iter().flatten().find(|w| !(**w >= 0.0 && w.is_finite())) {
+            return Err(Error::invalid("param_groups", format!("weight_decay {w} must be a finite number >= 0")));
+        }
+        self.lr_scale = lr_scale;
+        self.weight_decay = weight_decay;
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -124,13 +159,22 @@ impl Optimizer {
     /// Each line mirrors `torch.optim`'s single-tensor code, with the same rounding, so that
     /// trajectories match PyTorch's bit for bit on the same kernels.
     pub fn step_grads(&mut self, grads: &[Option<Tensor>]) -> Result<()> {
-        let lr = self.lr;
+        let base_lr = self.lr;
+        let kind = self.kind;
         tch::no_grad(|| -> Result<()> {
-            for ((p, st), g) in self.params.iter_mut().zip(self.state.iter_mut()).zip(grads) {
+            for (i, ((p, st), g)) in self.params.iter_mut().zip(self.state.iter_mut()).zip(grads).enumerate() {
                 let Some(g) = g else { continue };
                 let g = g.shallow_clone();
                 let st = st.get_or_insert_with(|| ParamState { step: 0.0, buf1: None, buf2: None });
-                match self.kind {
+                let scale = self.lr_scale[i];
+                // lr * 1.0 is lr exactly: ungrouped parameters keep torch's bit-parity.
+                let lr = if scale == 1.0 { base_lr } else { base_lr * scale };
+                let kind = with_weight_decay(kind, self.weight_decay[i]);
+                if self.fast_math.unwrap_or(p.device() != tch::Device::Cpu) {
+                    step_f32(kind, p, &g, st, lr)?;
+                    continue;
+                }
+                match kind {
                     OptKind::Sgd { momentum, dampening, nesterov, weight_decay } => {
                         // grad = grad.add(param, alpha=weight_decay)
                         let mut d = if weight_decay != 0.0 { add_alpha(&g, p, weight_decay)? } else { g.shallow_clone() };
@@ -153,7 +197,7 @@ impl Optimizer {
                         p.f_copy_(&new)?;
                     }
                     OptKind::Adam { beta1, beta2, eps, weight_decay } | OptKind::AdamW { beta1, beta2, eps, weight_decay } => {
-                        let decoupled = matches!(self.kind, OptKind::AdamW { .. });
+                        let decoupled = matches!(kind, OptKind::AdamW { .. });
                         if decoupled && weight_decay != 0.0 {
                             let _ = p.f_mul_scalar_(1.0 - lr * weight_decay)?;
                         }
@@ -215,6 +259,63 @@ impl Optimizer {
         self.state[i] = Some(ParamState { step, buf1: mv(buf1), buf2: mv(buf2) });
         Ok(())
     }
+}
+
+/// The optimizer's kind with a parameter group's weight decay in place of its own.
+fn with_weight_decay(kind: OptKind, wd: Option<f64>) -> OptKind {
+    let Some(w) = wd else { return kind };
+    match kind {
+        OptKind::Sgd { momentum, dampening, nesterov, .. } => OptKind::Sgd { momentum, dampening, nesterov, weight_decay: w },
+        OptKind::Adam { beta1, beta2, eps, .. } => OptKind::Adam { beta1, beta2, eps, weight_decay: w },
+        OptKind::AdamW { beta1, beta2, eps, .. } => OptKind::AdamW { beta1, beta2, eps, weight_decay: w },
+    }
+}
+
+/// The same update rules in the parameter's own precision, in place, with no float64 detour and
+/// no temporary beyond one per rule: what a GPU wants (the exact path's float64 round trips are
+/// pure cost there). Results agree with torch.optim to float32 rounding, not bit for bit.
+fn step_f32(kind: OptKind, p: &mut Tensor, g: &Tensor, st: &mut ParamState, lr: f64) -> Result<()> {
+    st.step += 1.0;
+    match kind {
+        OptKind::Sgd { momentum, dampening, nesterov, weight_decay } => {
+            let d = if weight_decay != 0.0 { g.f_add(&(&*p * weight_decay))? } else { g.shallow_clone() };
+            let d = if momentum != 0.0 {
+                let buf = match st.buf1.take() {
+                    None => d.detach().copy(),
+                    Some(mut b) => {
+                        let _ = b.f_mul_scalar_(momentum)?;
+                        let _ = b.f_add_(&(&d * (1.0 - dampening)))?;
+                        b
+                    }
+                };
+                let out = if nesterov { d.f_add(&(&buf * momentum))? } else { buf.shallow_clone() };
+                st.buf1 = Some(buf);
+                out
+            } else {
+                d
+            };
+            let _ = p.f_add_(&(d * -lr))?;
+        }
+        OptKind::Adam { beta1, beta2, eps, weight_decay } | OptKind::AdamW { beta1, beta2, eps, weight_decay } => {
+            let decoupled = matches!(kind, OptKind::AdamW { .. });
+            if decoupled && weight_decay != 0.0 {
+                let _ = p.f_mul_scalar_(1.0 - lr * weight_decay)?;
+            }
+            let g = if !decoupled && weight_decay != 0.0 { g.f_add(&(&*p * weight_decay))? } else { g.shallow_clone() };
+            let m = st.buf1.get_or_insert_with(|| p.zeros_like());
+            let _ = m.f_lerp_(&g, 1.0 - beta1)?;
+            let v = st.buf2.get_or_insert_with(|| p.zeros_like());
+            let _ = v.f_mul_scalar_(beta2)?;
+            let _ = v.f_addcmul_(&g, &(&g * (1.0 - beta2)))?;
+            let bc1 = 1.0 - beta1.powf(st.step);
+            let bc2 = 1.0 - beta2.powf(st.step);
+            let mut denom = v.f_sqrt()?;
+            let _ = denom.f_div_scalar_(bc2.sqrt())?;
+            let _ = denom.f_add_scalar_(eps)?;
+            let _ = p.f_addcdiv_(&*m, &(denom * (bc1 / -lr)))?;
+        }
+    }
+    Ok(())
 }
 
 /// `a.add(b, alpha=alpha)` as ATen computes it: one fused multiply-add per element, with alpha

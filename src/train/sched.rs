@@ -13,6 +13,10 @@ pub enum Kind {
     OneCycle { max_lr: f64, total_steps: u64, pct_start: f64, div_factor: f64, final_div_factor: f64, cycle_momentum: bool, base_momentum: f64, max_momentum: f64 },
     /// ReduceLROnPlateau; `min_mode` = mode "min".
     Plateau { min_mode: bool, factor: f64, patience: u64, threshold: f64, cooldown: u64, min_lr: f64 },
+    /// Per optimizer step: `lr * factor(step)`, the factor interpolated linearly between
+    /// (step, factor) points (torch's LambdaLR over a piecewise-linear lambda, as airbench's
+    /// triangle schedule); the last factor holds after the last point.
+    Piecewise { points: Vec<(u64, f64)> },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -58,6 +62,17 @@ impl Scheduler {
             Kind::Plateau { factor, .. } if !(*factor < 1.0 && *factor >= 0.0) => {
                 return bad("factor", "must be in [0, 1) (ReduceLROnPlateau)");
             }
+            Kind::Piecewise { points } => {
+                if points.is_empty() || points[0].0 != 0 {
+                    return bad("milestones", "must start at step 0 (PiecewiseLinear)");
+                }
+                if points.windows(2).any(|w| w[1].0 <= w[0].0) {
+                    return bad("milestones", "must increase strictly (PiecewiseLinear)");
+                }
+                if points.iter().any(|p| !(p.1 >= 0.0 && p.1.is_finite())) {
+                    return bad("factors", "must be finite numbers >= 0 (PiecewiseLinear)");
+                }
+            }
             _ => {}
         }
         if !(0.0..=1.0).contains(&warmup_start) {
@@ -101,6 +116,7 @@ impl Scheduler {
                 }
             }
             Kind::Plateau { .. } => self.plateau_lr,
+            Kind::Piecewise { ref points } => self.base_lr * piecewise(points, self.step),
         };
         if self.step < self.warmup_steps {
             let f = self.warmup_start + (1.0 - self.warmup_start) * self.step as f64 / self.warmup_steps as f64;
@@ -161,6 +177,18 @@ impl Scheduler {
     }
 }
 
+/// The factor at `step`: linear between the two points around it (computed as airbench's
+/// `triangle` does: slope times step plus intercept), the last factor after the last point.
+fn piecewise(points: &[(u64, f64)], step: u64) -> f64 {
+    let i = points.iter().rposition(|p| p.0 <= step).unwrap_or(0);
+    if i + 1 >= points.len() {
+        return points[points.len() - 1].1;
+    }
+    let ((x0, y0), (x1, y1)) = (points[i], points[i + 1]);
+    let m = (y1 - y0) / (x1 - x0) as f64;
+    m * step as f64 + (y0 - m * x0 as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,5 +226,20 @@ mod tests {
         let mut w = Scheduler::new(Kind::Constant, 1.0, 4, 0.0).unwrap();
         let v: Vec<f64> = (0..5).map(|_| { let l = w.lr(); w.on_step(); l }).collect();
         assert_eq!(v, vec![0.0, 0.25, 0.5, 0.75, 1.0]);
+    }
+
+    #[test]
+    fn piecewise_linear_interpolates_and_holds() {
+        let k = Kind::Piecewise { points: vec![(0, 0.2), (10, 1.0), (50, 0.07)] };
+        let mut s = Scheduler::new(k, 2.0, 0, 1.0).unwrap();
+        let mut v = vec![];
+        for _ in 0..60 {
+            v.push(s.lr());
+            s.on_step();
+        }
+        assert!((v[0] - 0.4).abs() < 1e-12 && (v[5] - 1.2).abs() < 1e-12 && (v[10] - 2.0).abs() < 1e-12);
+        assert!((v[30] - 2.0 * (1.0 + (0.07 - 1.0) * 0.5)).abs() < 1e-12 && (v[55] - 0.14).abs() < 1e-12);
+        assert!(Scheduler::new(Kind::Piecewise { points: vec![(1, 1.0)] }, 1.0, 0, 1.0).is_err());
+        assert!(Scheduler::new(Kind::Piecewise { points: vec![(0, 1.0), (0, 2.0)] }, 1.0, 0, 1.0).is_err());
     }
 }

@@ -1,0 +1,345 @@
+"""The airbench94 recipe against plain PyTorch written here: its network, whitening init and TTA,
+and the training pieces it needs (parameter groups, the triangular schedule, lookahead, a step
+limit, the float32 optimizer path); then the whole recipe on a small CPU subset, side by side
+with a plain PyTorch loop over the same batches."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastcifar
+from fastcifar import recipes
+from fastcifar.optim import SGD, Adam, AdamW, Lookahead, lr_scheduler
+from test_train import NORM, paired, step_losses, synthetic, torch_loop
+
+
+# --- a plain PyTorch airbench94 network, written for the test -----------------------------------
+class RefBlock(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.pool = nn.MaxPool2d(2)
+        self.norm1 = nn.BatchNorm2d(cout, eps=1e-12, momentum=0.4)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.norm2 = nn.BatchNorm2d(cout, eps=1e-12, momentum=0.4)
+        self.activ = nn.GELU()
+
+    def forward(self, x):
+        x = F.gelu(self.norm1(self.pool(self.conv1(x))))
+        return F.gelu(self.norm2(self.conv2(x)))
+
+
+class RefScale(nn.Module):
+    def forward(self, x):
+        return x / 9
+
+
+def ref_net(widths=(64, 256, 256)):
+    a, b, c = widths
+    return nn.Sequential(nn.Conv2d(3, 24, 2), nn.GELU(), RefBlock(24, a), RefBlock(a, b), RefBlock(b, c),
+                         nn.MaxPool2d(3), nn.Flatten(), nn.Linear(c, 10, bias=False), RefScale())
+
+
+def randomise(model, seed=0):
+    """Random values in every parameter and BatchNorm buffer (so the check covers them all)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.is_floating_point():
+                t.copy_(torch.rand(t.shape, generator=g) * (0.5 if "running_var" in name else 0.2) + (0.75 if "running_var" in name else -0.1))
+
+
+def test_network_matches_the_plain_pytorch_one():
+    ours, ref = recipes.Airbench94(), ref_net()
+    assert ours.num_parameters() == sum(p.numel() for p in ref.parameters())
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    # airbench trains only the BatchNorm biases, the whitening bias, the convs and the head.
+    frozen = sorted(n for n, p in ours.named_parameters() if not p.requires_grad)
+    assert frozen == ["0.weight"] + sorted(f"{g}.norm{i}.weight" for g in (2, 3, 4) for i in (1, 2))
+    assert ours[3].norm1.eps == 1e-12 and abs(ours[3].norm1.momentum - 0.4) < 1e-12
+    # Identity-initialised 3x3 convs: the first c_in filters pass their channel through.
+    w = ours[2].conv1.weight
+    assert torch.equal(w[:24, :, 1, 1], torch.eye(24)) and w[:24].abs().sum() == 24
+    randomise(ours)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(8, 3, 32, 32)
+    for train in (False, True):
+        ours.train(train), ref.train(train)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+    # ...and through the Rust engine (fx graph), in eval mode.
+    tr = fastcifar.Trainer(ours, optimizer=SGD(lr=0.1), device="cpu")
+    assert tr._compiled.is_graph
+    ref.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(tr.predict_logits(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def ref_whitening(images, k=2, eps=5e-4):
+    """The whitening filters from the patch covariance, computed the direct way."""
+    n, c, h, w = images.shape
+    patches = images.unfold(2, k, 1).unfold(3, k, 1)                  # n, c, h', w', k, k
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * k * k).double()
+    cov = patches.T @ patches / len(patches)
+    vals, vecs = torch.linalg.eigh(cov)
+    order = torch.argsort(vals, descending=True)
+    filt = (vecs[:, order] / torch.sqrt(vals[order] + eps)).T.reshape(-1, c, k, k)
+    return torch.cat([filt, -filt]).float()
+
+
+def test_whitening_init_matches_the_direct_computation(real_data):
+    train = fastcifar.CIFAR10(real_data, train=True)
+    x = recipes.normalised(train, 300)
+    conv = nn.Conv2d(3, 24, 2)
+    recipes.whiten_init(conv, x, chunk=64)          # chunked accumulation gives the same moment matrix
+    ref = ref_whitening(x)
+    ours = conv.weight.detach()
+    # An eigenvector's sign is arbitrary: compare each filter up to sign.
+    sign = torch.sign((ours * ref).flatten(1).sum(1)).view(-1, 1, 1, 1)
+    torch.testing.assert_close(ours * sign, ref, rtol=1e-4, atol=1e-4)
+    # The filters whiten: the responses to patches are decorrelated, variance lambda / (lambda + eps).
+    out = F.conv2d(x, ours[:12]).permute(0, 2, 3, 1).reshape(-1, 12).double()
+    cov = out.T @ out / len(out)
+    off = cov - torch.diag(torch.diag(cov))
+    assert off.abs().max() < 1e-3 and (torch.diag(cov) < 1.0001).all() and torch.diag(cov)[0] > 0.99
+
+
+def ref_tta(net, x):
+    """airbench's level-2 TTA, written out: mirror, and one-pixel translations up-left and down-right."""
+    def mirror(v):
+        return (net(v) + net(torch.flip(v, dims=[3]))) / 2
+    p = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    return mirror(x) / 2 + (mirror(p[:, :, :32, :32]) + mirror(p[:, :, 2:, 2:])) / 4
+
+
+def test_tta_levels_match_plain_pytorch():
+    torch.manual_seed(0)
+    model = recipes.Airbench94(widths=(16, 32, 32))
+    with torch.no_grad():
+        model[0].weight.normal_()
+    ref = ref_net((16, 32, 32))
+    ref.load_state_dict(model.state_dict())
+    ref.eval()
+    ds = synthetic(40)
+    loader = fastcifar.DataLoader(ds, batch_size=16, transform=NORM)
+    tr = fastcifar.Trainer(model, optimizer=SGD(lr=0.1), device="cpu")
+    x = torch.cat([b[0] for b in loader._native.epoch(0)])
+    y = torch.tensor(ds.targets)
+    with torch.no_grad():
+        want = {0: ref(x), 1: (ref(x) + ref(x.flip(3))) / 2, 2: ref_tta(ref, x)}
+    for level, logits in want.items():
+        torch.testing.assert_close(tr.predict_logits(x, tta=level), logits, rtol=1e-5, atol=1e-5)
+        rep = tr.evaluate(loader, progress=False, tta=level)
+        assert rep.accuracy == pytest.approx((logits.argmax(1) == y).float().mean().item())
+        assert rep.loss == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+    assert (want[2] - want[1]).abs().max() > 1e-3 * want[1].abs().max()   # the translations count
+    torch.testing.assert_close(tr.predict_logits(x, tta=True), want[1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="tta: 3 is not 0"):
+        tr.evaluate(loader, progress=False, tta=3)
+
+
+# --- training pieces --------------------------------------------------------------------------
+def test_parameter_groups_match_torch_optim():
+    loader, m, ref = paired(96, seed=4, width=8)
+    names = [n for n, _ in m.named_parameters()]
+    split = lambda model: ([p for n, p in model.named_parameters() if n.endswith("bias")],
+                           [p for n, p in model.named_parameters() if not n.endswith("bias")])
+    a1, a2 = split(m)
+    b1, b2 = split(ref)
+    opt = SGD([{"params": a1, "lr": 0.2, "weight_decay": 0.0}, {"params": a2, "weight_decay": 5e-3}], lr=0.05, momentum=0.8, nesterov=True)
+    tr = fastcifar.Trainer(m, optimizer=opt, scheduler=lr_scheduler.StepLR(step_size=1, gamma=0.5), device="cpu", log_every=1)
+    ours = step_losses(tr, loader, epochs=2)
+    topt = torch.optim.SGD([{"params": b1, "lr": 0.2, "weight_decay": 0.0}, {"params": b2, "weight_decay": 5e-3}], lr=0.05,
+                           momentum=0.8, nesterov=True)
+    theirs, _ = torch_loop(ref, topt, loader, epochs=2, sched=torch.optim.lr_scheduler.StepLR(topt, 1, 0.5))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4)
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(m.state_dict()[k], v, rtol=1e-4, atol=1e-5, msg=k)
+    groups = opt.param_groups
+    assert [g["lr"] for g in groups] == pytest.approx([0.2 * 0.25, 0.05 * 0.25])
+    assert [g["weight_decay"] for g in groups] == [0.0, 5e-3]
+    sd = opt.state_dict()
+    assert [len(g["params"]) for g in sd["param_groups"]] == [len(a1), len(a2)] and len(names) == len(a1) + len(a2)
+
+
+def test_parameter_groups_refuse_what_they_cannot_honour():
+    p = [torch.zeros(2, requires_grad=True)]
+    with pytest.raises(ValueError, match="may set only lr and weight_decay"):
+        SGD([{"params": p, "momentum": 0.5}], lr=0.1)
+    with pytest.raises(TypeError, match="has no 'params'"):
+        SGD([{"lr": 0.1}], lr=0.1)
+    with pytest.raises(ValueError, match="more than one group"):
+        SGD([{"params": p}, {"params": p}], lr=0.1)
+
+
+def test_group_checkpoint_round_trip(tmp_path):
+    loader, m, _ = paired(64, seed=5, width=4)
+    a1 = [p for n, p in m.named_parameters() if n.endswith("bias")]
+    a2 = [p for n, p in m.named_parameters() if not n.endswith("bias")]
+    opt = SGD([{"params": a1, "lr": 0.3}, {"params": a2, "weight_decay": 1e-3}], lr=0.05, momentum=0.9)
+    tr = fastcifar.Trainer(m, optimizer=opt, device="cpu")
+    tr.fit(loader, epochs=1, progress=False)
+    tr.save(tmp_path / "c.pth")
+    back = fastcifar.Trainer.load(tmp_path / "c.pth", device="cpu")
+    assert [(g["lr"], g["weight_decay"]) for g in back.optimizer.param_groups] == [(g["lr"], g["weight_decay"]) for g in opt.param_groups]
+
+
+@pytest.mark.parametrize("ours,theirs", [
+    (lambda: SGD(lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True), lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)),
+    (lambda: SGD(lr=0.05, momentum=0.9, dampening=0.1), lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, dampening=0.1)),
+    (lambda: Adam(lr=3e-3, weight_decay=1e-4), lambda p: torch.optim.Adam(p, lr=3e-3, weight_decay=1e-4)),
+    (lambda: AdamW(lr=3e-3, weight_decay=0.05), lambda p: torch.optim.AdamW(p, lr=3e-3, weight_decay=0.05)),
+], ids=["nesterov-wd", "dampening", "adam", "adamw"])
+def test_float32_update_path_matches_torch_optim(ours, theirs):
+    """The CUDA path's arithmetic (plain float32 tensor ops), forced on CPU: torch.optim's
+    trajectory within float32 rounding."""
+    loader, m, ref = paired(96, seed=1, width=8)
+    tr = fastcifar.Trainer(m, optimizer=ours(), device="cpu", log_every=1)
+    tr._native.set_fast_math(True)
+    a = step_losses(tr, loader, epochs=2)
+    b, _ = torch_loop(ref, theirs(ref.parameters()), loader, epochs=2)
+    np.testing.assert_allclose(a, b, rtol=1e-4)
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(m.state_dict()[k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_piecewise_linear_matches_lambda_lr():
+    loader, m, ref = paired(64, seed=2, width=4)
+    total, peak = 12, 3
+    tr = fastcifar.Trainer(m, optimizer=SGD(lr=0.1, momentum=0.9),
+                           scheduler=lr_scheduler.PiecewiseLinear(milestones=[0, peak, total], factors=[0.2, 1.0, 0.07]), device="cpu", log_every=1)
+    lrs = []
+    tr.fit(loader, epochs=3, progress=False, callbacks=[lambda i: lrs.append(i["lr"]) if i["phase"] == "step" else None])
+    f = lambda s: 0.2 + 0.8 * s / peak if s < peak else 1.0 + (0.07 - 1.0) * (s - peak) / (total - peak)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    _, ref_lrs = torch_loop(ref, opt, loader, epochs=3, sched=torch.optim.lr_scheduler.LambdaLR(opt, f), per_step=True)
+    np.testing.assert_allclose(lrs, ref_lrs, rtol=1e-9)
+    with pytest.raises(ValueError, match="same non-zero length"):
+        lr_scheduler.PiecewiseLinear(milestones=[0, 3], factors=[1.0])
+    with pytest.raises(ValueError, match="must start at step 0"):
+        fastcifar.Trainer(models_small(), optimizer=SGD(lr=0.1), scheduler=lr_scheduler.PiecewiseLinear(milestones=[2, 5], factors=[1, 0]), device="cpu")
+
+
+def models_small():
+    return fastcifar.models.small_cnn(10, width=4)
+
+
+@torch.no_grad()
+def ref_lookahead(ema, state, rho):
+    """The lookahead written out: the first call copies the state; later ones move the average
+    towards the weights by 1 - rho and put it back into the weights."""
+    if ema is None:
+        return None if rho == 1.0 else [t.clone() for t in state]
+    for a, t in zip(ema, state):
+        a.lerp_(t, 1 - rho)
+        t.copy_(a)
+    return ema
+
+
+def test_lookahead_and_max_steps_match_a_plain_loop():
+    """Lookahead from epoch 1, every 3 steps, over parameters and BatchNorm statistics, and a stop
+    after 14 steps (mid-epoch 3), against the same written out in plain PyTorch."""
+    loader, m, ref = paired(96, seed=6, width=8)     # 6 steps per epoch
+    la = Lookahead(total_steps=14, every=3, start_epoch=1, decay=0.9, power=1.0)
+    tr = fastcifar.Trainer(m, optimizer=SGD(lr=0.05, momentum=0.9), device="cpu", log_every=1, lookahead=la)
+    h = tr.fit(loader, epochs=5, max_steps=14, progress=False)
+    assert len(h) == 3 and tr._native.global_step == 14 and "interrupted" not in h.epochs[-1]
+
+    opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
+    crit = nn.CrossEntropyLoss()
+    ema, step = None, 0
+    state = [t for t in ref.state_dict().values() if t.is_floating_point()]
+    for e in range(3):
+        ref.train()
+        for x, y in loader._native.epoch(e):
+            opt.zero_grad()
+            crit(ref(x), y).backward()
+            opt.step()
+            step += 1
+            if e >= 1 and step % 3 == 0:
+                ema = ref_lookahead(ema, state, 0.9 ** 3 * (step / 14) ** 1.0)
+            if step == 14:
+                break
+        ref_lookahead(ema, state, 1.0)
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(m.state_dict()[k], v, rtol=1e-4, atol=1e-5, msg=k)
+    with pytest.raises(ValueError, match="max_steps"):
+        tr.fit(loader, epochs=1, max_steps=-1, progress=False)
+    with pytest.raises(ValueError, match="every"):
+        Lookahead(total_steps=10, every=0)
+
+
+# --- the recipe -------------------------------------------------------------------------------
+def test_recipe_settings_are_airbench_units(real_data):
+    tr = fastcifar.CIFAR10(real_data, train=True).subset(range(2048))
+    te = fastcifar.CIFAR10(real_data, train=False).subset(range(256))
+    r = recipes.airbench94(train=tr, test=te, device="cpu", batch_size=512, epochs=2.5, widths=(8, 16, 16))
+    assert len(r.train_loader) == 4 and r.max_steps == 10 and r.epochs == 3
+    # airbench: SGD on a summed loss with lr = 11.5 / (1024 * (1 + 1 / 0.15)); on the mean loss, x batch size.
+    lr = 11.5 / (1024 * (1 + 1 / 0.15))
+    groups = r.trainer.optimizer.param_groups
+    assert groups[0]["lr"] == pytest.approx(0.2 * 64 * lr * 512) and groups[1]["lr"] == pytest.approx(0.2 * lr * 512)
+    wd = 0.0153 * 512 / (1024 * (1 + 1 / 0.15))
+    # lr x weight decay is the same in both groups (decoupled decay): airbench's wd per step.
+    assert groups[0]["lr"] * groups[0]["weight_decay"] == pytest.approx(groups[1]["lr"] * groups[1]["weight_decay"])
+    assert groups[1]["weight_decay"] * 512 * lr == pytest.approx(wd)
+    norm_bias = {id(p) for n, p in r.model.named_parameters() if "norm" in n and p.requires_grad}
+    assert {id(p) for p in r.trainer.optimizer.params[:len(norm_bias)]} == norm_bias
+    assert r.trainer.lookahead.settings() == {"total_steps": 10, "every": 5, "start_epoch": 3, "decay": 0.95, "power": 3.0}
+
+
+def test_recipe_learns_side_by_side_with_a_plain_loop(real_data):
+    """The whole recipe (groups, triangle schedule, label smoothing, lookahead, whitening bias
+    freeze, step limit) on 256 CPU images, and the same written as a plain PyTorch loop over
+    the same batches: the losses agree step by step within float noise, and both learn."""
+    tr = fastcifar.CIFAR10(real_data, train=True).subset(range(256))
+    te = fastcifar.CIFAR10(real_data, train=False).subset(range(256))
+    widths, bs = (8, 16, 16), 32
+    r = recipes.airbench94(train=tr, test=te, device="cpu", batch_size=bs, epochs=4.5, widths=widths, test_batch_size=256,
+                           whiten_images=256, log_every=1)
+    ref = ref_net(widths)
+    ref.load_state_dict(r.model.state_dict())
+    ours = []
+    r.callbacks.append(lambda i: ours.append(i["batch_loss"]) if i["phase"] == "step" else None)
+    hist, rep = r.run()
+    assert r.trainer._native.global_step == 36 and len(ours) == 36
+
+    # The plain loop: airbench's optimizer, schedule and lookahead, on a summed loss.
+    lr = 11.5 / (1024 * (1 + 1 / 0.15))
+    wd = 0.0153 * bs / (1024 * (1 + 1 / 0.15))
+    norm = [p for n, p in ref.named_parameters() if "norm" in n and n.endswith("bias")]
+    other = [p for n, p in ref.named_parameters() if "norm" not in n and n != "0.weight"]
+    opt = torch.optim.SGD([{"params": norm, "lr": lr * 64, "weight_decay": wd / (lr * 64)}, {"params": other, "lr": lr, "weight_decay": wd / lr}],
+                          momentum=0.85, nesterov=True)
+    total, peak = 36, int(0.23 * 36)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.2 + 0.8 * s / peak if s < peak else 1 + (0.07 - 1) * (s - peak) / (total - peak))
+    state = [t for t in ref.state_dict().values() if t.is_floating_point()]
+    theirs, ema, step = [], None, 0
+    for e in range(5):
+        ref[0].bias.requires_grad_(e < 3)
+        ref.train()
+        for x, y in r.train_loader._native.epoch(e):
+            loss = F.cross_entropy(ref(x), y, label_smoothing=0.2, reduction="none").sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            theirs.append(loss.item() / len(y))
+            step += 1
+            if e >= 3 and step % 5 == 0:
+                ema = ref_lookahead(ema, state, 0.95 ** 5 * (step / total) ** 3)
+            if step == total:
+                break
+        ref_lookahead(ema, state, 1.0)
+    np.testing.assert_allclose(ours, theirs, rtol=2e-3)
+    ref.eval()
+    x = torch.cat([b[0] for b in r.test_loader._native.epoch(0)])
+    y = torch.tensor(te.targets)
+    with torch.no_grad():
+        ref_acc = (ref_tta(ref, x).argmax(1) == y).float().mean().item()
+    assert abs(rep.accuracy - ref_acc) <= 0.03, (rep.accuracy, ref_acc)
+    print("accuracy with TTA: ours", rep.accuracy, "plain loop", ref_acc, "epoch losses", hist["loss"])
+    assert rep.accuracy > 0.12 and hist["loss"][-1] < hist["loss"][0]   # chance is 0.1 (+-0.02 on 256 images)
