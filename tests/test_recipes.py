@@ -343,3 +343,19 @@ def test_recipe_learns_side_by_side_with_a_plain_loop(real_data):
     assert abs(rep.accuracy - ref_acc) <= 0.03, (rep.accuracy, ref_acc)
     print("accuracy with TTA: ours", rep.accuracy, "plain loop", ref_acc, "epoch losses", hist["loss"])
     assert rep.accuracy > 0.12 and hist["loss"][-1] < hist["loss"][0]   # chance is 0.1 (+-0.02 on 256 images)
+
+
+def test_cli_trains_the_recipe(real_data, tmp_path, capsys):
+    from fastcifar import cli
+
+    out = tmp_path / "run"
+    rc = cli.main(["train", "--recipe", "airbench94", "--data", real_data, "--subset", "128", "--test-subset", "64", "--epochs", "1",
+                   "--batch-size", "64", "--device", "cpu", "--quiet", "--out", str(out)])
+    assert rc == 0
+    report = __import__("json").loads((out / "report.json").read_text())
+    assert report["count"] == 64 and report["tta"] == 2 and report["recipe"] == "airbench94"
+    back = fastcifar.Trainer.load(out / "checkpoint.pth", device="cpu", model=recipes.Airbench94())
+    assert back._native.global_step == 2 and back.lookahead.total_steps == 2
+    assert [g["lr"] for g in back.optimizer.param_groups][0] == pytest.approx(64 * [g["lr"] for g in back.optimizer.param_groups][1])
+    with pytest.raises(SystemExit, match="--lr do not apply with --recipe"):
+        cli.main(["train", "--recipe", "airbench94", "--lr", "0.1", "--data", real_data])

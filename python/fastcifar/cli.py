@@ -75,12 +75,57 @@ def _transforms(train: bool):
     return T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
 
 
+def cmd_train_recipe(a) -> int:
+    """``fastcifar train --recipe airbench94``: the recipe's network, optimizer, schedule,
+    augmentation and TTA (fastcifar.recipes), through the same Trainer; --epochs and
+    --batch-size override the recipe's."""
+    import torch
+
+    import fastcifar
+    from fastcifar import recipes
+
+    # The recipe sets these itself: refuse them rather than ignore them.
+    unused = [f"--{k.replace('_', '-')}" for k, d in (("model", "image_classifier"), ("width", 32), ("lr", 1e-3), ("weight_decay", 1e-4),
+                                                     ("optimizer", "adam"), ("scheduler", "plateau"), ("sync_bn", False)) if getattr(a, k) != d]
+    if unused:
+        raise SystemExit(f"fastcifar: {', '.join(unused)} do not apply with --recipe {a.recipe} (the recipe sets them)")
+    root = find_data(a.data, a.download)
+    train = fastcifar.CIFAR10(root, train=True)
+    test = fastcifar.CIFAR10(root, train=False)
+    if a.subset:
+        train = train.subset(range(min(a.subset, len(train))))
+    if a.test_subset:
+        test = test.subset(range(min(a.test_subset, len(test))))
+    kw = {k: v for k, v in (("epochs", a.epochs), ("batch_size", a.batch_size)) if v is not None}
+    t0 = time.perf_counter()
+    r = recipes.RECIPES[a.recipe](train=train, test=test, device=a.device, seed=a.seed, **({"amp": True} if a.amp else {}), **kw)
+    os.makedirs(a.out, exist_ok=True)
+    print(f"fastcifar {fastcifar.__version__}: recipe {a.recipe} ({r.model.num_parameters():,} parameters) on {r.trainer.device}; "
+          f"{len(train)} training / {len(test)} test images, {r.max_steps} steps of {r.train_loader.batch_size}")
+    history, report = r.run(progress=not a.quiet)
+    seconds = time.perf_counter() - t0
+    r.trainer.save(os.path.join(a.out, "checkpoint.pth"))
+    torch.save(r.model.state_dict(), os.path.join(a.out, "model_weights.pth"))
+    history.to_json(os.path.join(a.out, "history.json"))
+    history.to_csv(os.path.join(a.out, "history.csv"))
+    with open(os.path.join(a.out, "report.json"), "w") as f:
+        json.dump(dict(report.to_dict(), tta=r.tta, seconds=seconds, recipe=a.recipe), f, indent=2)
+    print(f"\n{report}\n\n{a.recipe}: test accuracy {100 * report.accuracy:.2f}% (TTA level {r.tta}) in {seconds:.1f}s "
+          f"from data on disk. Wrote checkpoint.pth, model_weights.pth, history.json, history.csv, report.json to {a.out}/ "
+          f"(reload: fastcifar.Trainer.load(path, model=fastcifar.recipes.Airbench94()))")
+    return 0
+
+
 def cmd_train(a) -> int:
     import torch
 
     import fastcifar
     from fastcifar import distributed, models, optim, plot
 
+    if a.recipe:
+        return cmd_train_recipe(a)
+    a.epochs = 50 if a.epochs is None else a.epochs
+    a.batch_size = 128 if a.batch_size is None else a.batch_size
     root = find_data(a.data, a.download)
     train = fastcifar.CIFAR10(root, train=True, transform=_transforms(True))
     test = fastcifar.CIFAR10(root, train=False, transform=_transforms(False))
@@ -196,8 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--download", action="store_true", help="fetch CIFAR-10 if it is not there")
     t.add_argument("--model", choices=MODELS, default="image_classifier")
     t.add_argument("--width", type=_positive_int, default=32, help="small_cnn width")
-    t.add_argument("--epochs", type=_positive_int, default=50)
-    t.add_argument("--batch-size", type=_positive_int, default=128)
+    t.add_argument("--recipe", choices=("airbench94",), help="a whole training recipe (fastcifar.recipes): network, optimizer, "
+                   "schedule, augmentation and TTA; --model, --lr, --optimizer and --scheduler do not apply")
+    t.add_argument("--epochs", type=_positive_int, default=None, help="default 50 (with --recipe: the recipe's)")
+    t.add_argument("--batch-size", type=_positive_int, default=None, help="default 128 (with --recipe: the recipe's)")
     t.add_argument("--lr", type=_positive_float, default=1e-3)
     t.add_argument("--weight-decay", type=float, default=1e-4)
     t.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam")
