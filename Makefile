@@ -76,6 +76,8 @@ bench: bench-data bench-loader bench-train bench-dist
 device-bundle: wheel
 	rm -rf .device && mkdir -p .device
 	cp dist/fastcifar-*.whl $(SHARED)/cifar10-jpeg.tar.gz $(SHARED)/build_cifar10.py .device/
+	# The airbench94 reference for `device_run.sh recipe94`, from PyPI as published (not vendored).
+	$(PY) -m pip wheel -q --no-deps -w .device airbench==0.1.8 || echo "airbench not fetched: recipe94 will skip its row"
 
 clean:
 	rm -rf dist target $(VENV) $(DATA)

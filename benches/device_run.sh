@@ -8,20 +8,32 @@
 #
 #     bash benches/device_run.sh checks   # CUDA smoke checks, amp, world-size-1 NCCL overhead (~4 min)
 #     bash benches/device_run.sh recipe   # the seed's recipe: fastcifar vs seed script vs expert loop
+#     bash benches/device_run.sh recipe94 # airbench94: fastcifar.recipes vs the airbench package,
+#                                         # SEEDS runs each (default 5), then the seed recipe for
+#                                         # EPOCHS (default 5) epochs against SEED_EPOCHS (default 2)
 #
 # EPOCHS (default 50) and SEED_EPOCHS (default 3: the seed script is slow, its time per epoch is
-# what is compared) size the recipe run to the device time available.
+# what is compared) size the recipe run to the device time available. The airbench reference is
+# the `airbench` package from PyPI, never vendored: `make device-bundle` puts its wheel in .device/
+# (the GPU machine has no internet); without it that row says it was skipped. RECIPE94_ARGS passes
+# more options to benches/gpu_recipe94.py and SEED_RECIPE_ARGS to benches/gpu_seed_recipe.py. CPU
+# smoke test of this phase (no install, the tree's build):
+#     NO_INSTALL=1 DATA=data PYTHONPATH=python OUT=/tmp/r94 SEEDS=1 EPOCHS=1 SEED_EPOCHS=1 \
+#     RECIPE94_ARGS="--device cpu --subset 256 --test-subset 256 --batch-size 128 --epochs 1" \
+#     SEED_RECIPE_ARGS="--device cpu --subset 256" bash benches/device_run.sh recipe94
 set -uo pipefail
 OUT=${OUT:-$PWD/device-out}
 mkdir -p "$OUT"
 PHASE=${1:-checks}
-python3 -m pip install -q --no-deps --force-reinstall .device/fastcifar-*.whl || exit 1
-DATA=/tmp/fastcifar-data
+# NO_INSTALL=1 uses the fastcifar already importable (a smoke test off the device); DATA may point
+# at a built data folder.
+[ "${NO_INSTALL:-0}" = 1 ] || python3 -m pip install -q --no-deps --force-reinstall .device/fastcifar-*.whl || exit 1
+DATA=${DATA:-/tmp/fastcifar-data}
 if [ ! -f "$DATA/.ready" ]; then
     python3 .device/build_cifar10.py "$DATA" >/dev/null && touch "$DATA/.ready" || exit 1
 fi
 export FASTCIFAR_DATA=$DATA
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>&1 | tee "$OUT/gpu.txt"
 
 if [ "$PHASE" = checks ]; then
     python3 - <<'EOF' 2>&1 | tee "$OUT/checks.txt"
@@ -53,6 +65,19 @@ xb, yb = next(iter(u8))
 print("uint8 batch on", xb.device, xb.dtype, tuple(xb.shape))
 EOF
     python3 benches/bench_distributed.py --data "$DATA" --device cuda --world-sizes 1 --repeat 3 --images 20000 2>&1 | tee "$OUT/distributed.txt"
+elif [ "$PHASE" = recipe94 ]; then
+    if [ "${NO_INSTALL:-0}" = 1 ]; then
+        :
+    elif ls .device/airbench-*.whl >/dev/null 2>&1; then
+        python3 -m pip install -q --no-deps .device/airbench-*.whl
+    else
+        echo "no .device/airbench-*.whl: the airbench reference row will be skipped" | tee "$OUT/recipe94.txt"
+    fi
+    # shellcheck disable=SC2086
+    python3 benches/gpu_recipe94.py --data "$DATA" --seeds "${SEEDS:-5}" --json "$OUT/recipe94.json" ${RECIPE94_ARGS:-} 2>&1 | tee -a "$OUT/recipe94.txt"
+    # shellcheck disable=SC2086
+    python3 benches/gpu_seed_recipe.py --data "$DATA" --epochs "${EPOCHS:-5}" --timing-epochs "${SEED_EPOCHS:-2}" \
+        --json "$OUT/recipe.json" ${SEED_RECIPE_ARGS:-} 2>&1 | tee "$OUT/recipe.txt"
 else
     python3 benches/gpu_seed_recipe.py --data "$DATA" --epochs "${EPOCHS:-50}" --timing-epochs "${SEED_EPOCHS:-3}" \
         --json "$OUT/recipe.json" 2>&1 | tee "$OUT/recipe.txt"

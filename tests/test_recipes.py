@@ -79,10 +79,12 @@ def test_network_matches_the_plain_pytorch_one():
 
 
 def ref_whitening(images, k=2, eps=5e-4):
-    """The whitening filters from the patch covariance, computed the direct way."""
+    """The whitening filters from the patch covariance, computed the direct way: one shifted
+    copy of the images per offset in the k x k window."""
     n, c, h, w = images.shape
-    patches = images.unfold(2, k, 1).unfold(3, k, 1)                  # n, c, h', w', k, k
-    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * k * k).double()
+    shifted = [images[:, :, i:h - k + 1 + i, j:w - k + 1 + j] for i in range(k) for j in range(k)]
+    patches = torch.stack(shifted, 2)                                   # n, c, k*k, h', w'
+    patches = patches.permute(0, 3, 4, 1, 2).reshape(-1, c * k * k).double()
     cov = patches.T @ patches / len(patches)
     vals, vecs = torch.linalg.eigh(cov)
     order = torch.argsort(vals, descending=True)

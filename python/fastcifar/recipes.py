@@ -115,12 +115,13 @@ class Airbench94(nn.Sequential):
 
 
 @torch.no_grad()
-def whiten_init(conv: nn.Conv2d, images: torch.Tensor, eps: float = 5e-4, chunk: int = 256) -> None:
+def whiten_init(conv: nn.Conv2d, images: torch.Tensor, eps: float = 5e-4, chunk: int = 1000) -> None:
     """Sets ``conv``'s weights to the whitening transform of the k x k patches of ``images``
     (normalised float (N, C, H, W)): the eigenvectors of the patches' second-moment matrix,
     each divided by sqrt(eigenvalue + eps), largest eigenvalue first, then the same filters
-    negated (the conv has 2 * C * k * k filters). The moment matrix is accumulated in float64,
-    ``chunk`` images at a time (50,000 images' patches at once would be gigabytes)."""
+    negated (the conv has 2 * C * k * k filters). Computed on the images' device; the moment
+    matrix is accumulated in float64, ``chunk`` images at a time (5,000 images' patches at once
+    would be over 200 MB)."""
     c, (kh, kw) = conv.in_channels, conv.kernel_size
     d = c * kh * kw
     if conv.out_channels != 2 * d:
@@ -128,27 +129,27 @@ def whiten_init(conv: nn.Conv2d, images: torch.Tensor, eps: float = 5e-4, chunk:
                          f"their negatives, has {conv.out_channels}")
     if images.dim() != 4 or images.shape[1] != c:
         raise ValueError(f"images: expected normalised (N, {c}, H, W) floats, got shape {tuple(images.shape)}")
-    moment = torch.zeros(d, d, dtype=torch.float64)
+    moment = torch.zeros(d, d, dtype=torch.float64, device=images.device)
     count = 0
     for start in range(0, len(images), chunk):
-        x = images[start:start + chunk].to("cpu", torch.float32)
-        cols = nn.functional.unfold(x, (kh, kw))            # (n, C*kh*kw, patches), channel-major like the weights
-        p = cols.transpose(1, 2).reshape(-1, d).double()
+        x = images[start:start + chunk].float()
+        # (n, C, H', W', kh, kw) views -> rows of C*kh*kw values, channel-major like the weights.
+        p = x.unfold(2, kh, 1).unfold(3, kw, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, d).double()
         moment += p.T @ p
         count += p.shape[0]
     if count == 0:
         raise ValueError("images: no patches to estimate the whitening transform from")
-    evals, evecs = torch.linalg.eigh(moment / count)       # ascending
-    evals, evecs = evals.flip(0), evecs.flip(1)             # largest first
+    evals, evecs = torch.linalg.eigh((moment / count).cpu())   # ascending; a d x d problem, on the CPU
+    evals, evecs = evals.flip(0), evecs.flip(1)                 # largest first
     filters = (evecs.T / torch.sqrt(evals.clamp_min(0) + eps)[:, None]).reshape(d, c, kh, kw)
     conv.weight.copy_(torch.cat([filters, -filters]).to(conv.weight))
 
 
-def normalised(dataset, count: int, mean=CIFAR_MEAN, std=CIFAR_STD) -> torch.Tensor:
-    """The first ``count`` images of a fastcifar data set as normalised float (N, C, H, W)."""
-    x = torch.tensor(dataset.data[:count]).permute(0, 3, 1, 2).float().div_(255)
-    m = torch.tensor(mean).view(1, -1, 1, 1)
-    s = torch.tensor(std).view(1, -1, 1, 1)
+def normalised(dataset, count: int, mean=CIFAR_MEAN, std=CIFAR_STD, device="cpu") -> torch.Tensor:
+    """The first ``count`` images of a fastcifar data set as normalised float (N, C, H, W) on ``device``."""
+    x = torch.tensor(dataset.data[:count]).to(device).permute(0, 3, 1, 2).float().div_(255)
+    m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=device).view(1, -1, 1, 1)
     return (x - m) / s
 
 
@@ -224,7 +225,7 @@ def airbench94(root=None, *, train=None, test=None, device="auto", seed: int = 0
     test_loader = fastcifar.DataLoader(test, batch_size=test_batch_size, transform=tf_test, device=device, pin_memory=on_cuda)
 
     model = Airbench94(num_classes=len(train.classes) or 10, widths=widths)
-    whiten_init(model.whiten, normalised(train, min(whiten_images, len(train))))
+    whiten_init(model.whiten, normalised(train, min(whiten_images, len(train)), device=device))
 
     steps_per_epoch = len(train_loader)
     total_steps = math.ceil(steps_per_epoch * epochs)
