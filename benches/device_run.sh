@@ -63,6 +63,20 @@ for amp in (False, True):
 u8 = fastcifar.DataLoader(train, batch_size=512, dtype=torch.uint8, device="cuda", pin_memory=True, transform=tf)
 xb, yb = next(iter(u8))
 print("uint8 batch on", xb.device, xb.dtype, tuple(xb.shape))
+# DataLoader(resident=True): the data set on the GPU, batches built there; they must equal the host pass's.
+tfa = T.Compose([T.AlternatingHorizontalFlip(), T.RandomCrop(32, padding=2, padding_mode="reflect"), T.ToTensor(), T.Normalize(MEAN, STD)])
+for name, t in (("seed", tf), ("airbench", tfa)):
+    kw = dict(batch_size=512, shuffle=True, seed=1, transform=t, device="cuda")
+    host, res = fastcifar.DataLoader(train, pin_memory=True, **kw), fastcifar.DataLoader(train, resident=True, **kw)
+    same = all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(host, res))
+    times = []
+    for dl in (host, res):
+        torch.cuda.synchronize(); t0 = time.perf_counter()
+        for xb, yb in dl:
+            pass
+        torch.cuda.synchronize(); times.append(time.perf_counter() - t0)
+    print(f"resident loader ({name} transform): batches equal the host pass's: {same}; epoch of 10k images "
+          f"host {1000 * times[0]:.1f} ms, resident {1000 * times[1]:.1f} ms")
 EOF
     python3 benches/bench_distributed.py --data "$DATA" --device cuda --world-sizes 1 --repeat 3 --images 20000 2>&1 | tee "$OUT/distributed.txt"
 elif [ "$PHASE" = recipe94 ]; then

@@ -5,6 +5,7 @@ pub mod data;
 pub mod error;
 pub mod loader;
 pub mod nn;
+pub mod resident;
 pub mod rng;
 pub mod train;
 pub mod transforms;

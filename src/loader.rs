@@ -10,6 +10,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::Dataset;
 use crate::error::{Error, Result};
+use crate::resident::Resident;
 use crate::rng::Rng;
 use crate::transforms::{Element, Op, Pipeline};
 
@@ -64,6 +65,8 @@ pub struct Loader {
     pipeline: Arc<Pipeline>,
     opts: LoaderOptions,
     pool: Arc<rayon::ThreadPool>,
+    /// The data set on the output device, batches built there (`with_resident`).
+    resident: Option<Arc<Resident>>,
 }
 
 pub type Batch = (Tensor, Tensor);
@@ -91,7 +94,28 @@ impl Loader {
             pool = pool.num_threads(n);
         }
         let pool = Arc::new(pool.build().map_err(|e| Error::invalid("num_threads", e.to_string()))?);
-        Ok(Loader { dataset, pipeline, opts, pool })
+        Ok(Loader { dataset, pipeline, opts, pool, resident: None })
+    }
+
+    /// The same loader with the data set resident on its output device: batches are built there
+    /// from the same (seed, epoch, index) draws, and equal the CPU pass's (see `resident.rs`).
+    pub fn with_resident(&self) -> Result<Loader> {
+        let r = Resident::new(&self.dataset, &self.pipeline, self.opts.device)?;
+        Ok(Loader { resident: Some(Arc::new(r)), ..self.clone_parts() })
+    }
+
+    pub fn is_resident(&self) -> bool {
+        self.resident.is_some()
+    }
+
+    fn clone_parts(&self) -> Loader {
+        Loader {
+            dataset: self.dataset.clone(),
+            pipeline: self.pipeline.clone(),
+            opts: self.opts.clone(),
+            pool: self.pool.clone(),
+            resident: self.resident.clone(),
+        }
     }
 
     pub fn dataset(&self) -> &Arc<Dataset> {
@@ -158,6 +182,9 @@ impl Loader {
 
     /// Builds one batch synchronously on the loader's pool.
     pub fn batch(&self, epoch: u64, indices: &[usize]) -> Result<Batch> {
+        if let Some(r) = &self.resident {
+            return r.batch(&self.pipeline, self.opts.seed, epoch, indices, self.opts.kind);
+        }
         let [c, h, w] = self.pipeline.out_shape();
         let b = indices.len();
         let x = match self.opts.kind {
@@ -200,7 +227,7 @@ impl Loader {
         let remaining = chunks.len();
         let (tx, rx) = sync_channel::<Result<Batch>>(self.opts.prefetch);
         let stop = Arc::new(AtomicBool::new(false));
-        let worker = Loader { dataset: self.dataset.clone(), pipeline: self.pipeline.clone(), opts: self.opts.clone(), pool };
+        let worker = Loader { pool, ..self.clone_parts() };
         let flag = stop.clone();
         let handle = std::thread::Builder::new()
             .name("fastcifar-prefetch".into())

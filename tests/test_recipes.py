@@ -361,3 +361,25 @@ def test_cli_trains_the_recipe(real_data, tmp_path, capsys):
     assert [g["lr"] for g in back.optimizer.param_groups][0] == pytest.approx(64 * [g["lr"] for g in back.optimizer.param_groups][1])
     with pytest.raises(SystemExit, match="--lr do not apply with --recipe"):
         cli.main(["train", "--recipe", "airbench94", "--lr", "0.1", "--data", real_data])
+
+
+def test_alternating_flip_mirrors_each_image_in_one_of_two_epochs():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (400, 8, 8, 3), dtype=np.uint8)
+    ds = fastcifar.Dataset.from_numpy(x, [0] * 400, classes=["a"])
+    tf = fastcifar.transforms.AlternatingHorizontalFlip()
+    plain = torch.from_numpy(x).permute(0, 3, 1, 2)
+
+    def mirrored(seed, epoch):
+        loader = fastcifar.DataLoader(ds, batch_size=400, transform=tf, seed=seed, dtype=torch.uint8)
+        b = next(iter(loader._native.epoch(epoch)))[0]
+        same, flip = (b == plain).flatten(1).all(1), (b == plain.flip(3)).flatten(1).all(1)
+        assert bool((same ^ flip).all())          # every image is either as it is or mirrored
+        return flip
+
+    e0, e1, e2 = mirrored(3, 0), mirrored(3, 1), mirrored(3, 2)
+    assert bool((e0 ^ e1).all()) and torch.equal(e0, e2)   # alternates, and the coin stays
+    assert 0.4 < e0.float().mean() < 0.6                    # a fair coin (400 images: +-0.025)
+    assert not torch.equal(e0, mirrored(4, 0))              # another seed, other coins
+    # Evaluation repeats only the deterministic part.
+    assert fastcifar.transforms.to_config(fastcifar.transforms.deterministic_part(tf)) == [{"type": "ToTensor"}]

@@ -1,6 +1,7 @@
 """The DataLoader: batches built in Rust on a background thread, yielded as torch tensors."""
 from __future__ import annotations
 
+import warnings
 from typing import Iterator, Optional, Tuple
 
 import torch
@@ -32,9 +33,17 @@ class DataLoader:
     all ranks (so ``seed`` must be the same on every rank), rank r takes every world_size-th index
     from r. Shards are padded to equal length by wrapping around to the first indices (or the tail
     is dropped with ``drop_last``), so every rank runs the same number of steps.
+
     ``pad_shards=False`` (for evaluation) pads nothing: shards then differ by at most one sample,
     and every sample is seen exactly once across ranks. ``Trainer`` shards its loaders itself when
     it trains data-parallel (``loader.shard(rank, world_size)``).
+
+    ``resident=True`` copies the whole uint8 data set to ``device`` once and builds every batch
+    there: the host draws each sample's crop and flip from the same (seed, epoch, index) stream as
+    the Rust pass and sends only those index maps; the device gathers, fills and normalises. The
+    batches equal the Rust pass's (ToTensor + Normalize rounded alike), and nothing else crosses
+    PCIe per step. It covers crops, pads (any mode), flips, ToTensor and Normalize; other
+    transforms warn and run on the host.
     """
 
     def __init__(
@@ -54,6 +63,7 @@ class DataLoader:
         rank: int = 0,
         world_size: int = 1,
         pad_shards: bool = True,
+        resident: bool = False,
     ) -> None:
         if not isinstance(dataset, Dataset):
             raise TypeError(f"dataset: expected a fastcifar data set (CIFAR10, ImageFolder, Dataset.from_numpy), got {type(dataset).__name__}")
@@ -86,13 +96,20 @@ class DataLoader:
             dataset._native, ops_of(self.transform, _DTYPES[dtype]), batch_size, bool(shuffle), bool(drop_last), seed,
             prefetch, _DTYPES[dtype], str(self.device), bool(pin_memory), num_threads, rank, world_size, bool(pad_shards),
         )
+        self.resident = False
+        if resident:
+            try:
+                self._native = self._native.resident()
+                self.resident = True
+            except ValueError as e:  # a transform the device path lacks: still works, on the host
+                warnings.warn(f"DataLoader(resident=True): {e}; building batches on the host instead", stacklevel=2)
 
     def shard(self, rank: int, world_size: int, pad_shards: Optional[bool] = None, seed: Optional[int] = None) -> "DataLoader":
         """The same loader restricted to shard ``rank`` of ``world_size`` (see the class notes)."""
         return DataLoader(
             self.dataset, self.batch_size, self.shuffle, self.drop_last, self.transform, self.seed if seed is None else seed,
             self.device, dtype=self.dtype, num_workers=self.num_workers, rank=rank, world_size=world_size,
-            pad_shards=self.pad_shards if pad_shards is None else pad_shards, **self._options,
+            pad_shards=self.pad_shards if pad_shards is None else pad_shards, resident=self.resident, **self._options,
         )
 
     def __len__(self) -> int:

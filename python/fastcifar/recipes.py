@@ -12,10 +12,10 @@ its network as an ordinary ``nn.Module`` (a 2x2 convolution initialised from the
 transform of image patches, three conv groups with BatchNorm as airbench configures it, a scaled
 linear head), Nesterov SGD with airbench's decoupled learning rate and weight decay (BatchNorm
 biases at 64 times the rate), label smoothing 0.2, the triangular schedule, the lookahead average
-of the weights, flip and 2-pixel reflect translation, and test-time augmentation (mirror and
-one-pixel translations). It runs on the Rust engine like any module: the result is a normal
-fastcifar model and checkpoint. One difference from the script: flips are drawn per epoch from
-(seed, epoch, index) rather than alternated every other epoch.
+of the weights, alternating flip and 2-pixel reflect translation, and test-time augmentation
+(mirror and one-pixel translations). It runs on the Rust engine like any module: the result is a
+normal fastcifar model and checkpoint. The augmentation runs in the Rust loader under its
+(seed, epoch, index) randomness; fp16 comes from autocast rather than a half-precision network.
 """
 from __future__ import annotations
 
@@ -182,6 +182,7 @@ def airbench94(root=None, *, train=None, test=None, device="auto", seed: int = 0
                bias_scaler: float = AIRBENCH94["bias_scaler"], label_smoothing: float = AIRBENCH94["label_smoothing"],
                whiten_bias_epochs: int = AIRBENCH94["whiten_bias_epochs"], translate: int = AIRBENCH94["translate"],
                tta: int = AIRBENCH94["tta"], widths: Sequence[int] = AIRBENCH94["widths"], lookahead: bool = True,
+               alternating_flip: bool = True, resident: Optional[bool] = None,
                whiten_images: int = 5000, test_batch_size: int = 2000, log_every: int = 100) -> Recipe:
     """airbench94's recipe as a model, a ``Trainer`` and loaders.
 
@@ -192,6 +193,8 @@ def airbench94(root=None, *, train=None, test=None, device="auto", seed: int = 0
     (rate times batch size, decay divided by it), which gives the same updates. ``epochs`` may
     be fractional: training stops after ceil(steps per epoch * epochs) optimizer steps.
     ``amp`` defaults to True on CUDA (fp16 autocast; airbench trains in fp16).
+    ``alternating_flip=False`` draws flips afresh each epoch instead of airbench's alternation.
+    ``resident`` (default: on CUDA) keeps the data sets on the device and builds batches there.
     """
     import fastcifar
     from fastcifar import optim, transforms as T
@@ -211,18 +214,22 @@ def airbench94(root=None, *, train=None, test=None, device="auto", seed: int = 0
     if len(train) < batch_size:
         raise ValueError(f"batch_size: {batch_size} is more than the {len(train)} training images (airbench drops the last partial batch)")
     torch.manual_seed(seed)
-    tf_train = T.Compose([T.RandomHorizontalFlip(), T.RandomCrop(32, padding=translate, padding_mode="reflect"),
+    flip = T.AlternatingHorizontalFlip() if alternating_flip else T.RandomHorizontalFlip()
+    tf_train = T.Compose([flip, T.RandomCrop(32, padding=translate, padding_mode="reflect"),
                           T.ToTensor(), T.Normalize(CIFAR_MEAN, CIFAR_STD)] if translate else
-                         [T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(CIFAR_MEAN, CIFAR_STD)])
+                         [flip, T.ToTensor(), T.Normalize(CIFAR_MEAN, CIFAR_STD)])
     tf_test = T.Compose([T.ToTensor(), T.Normalize(CIFAR_MEAN, CIFAR_STD)])
     from .trainer import _resolve_device
 
     device = _resolve_device(device)
     on_cuda = device.startswith("cuda")
     amp = on_cuda if amp is None else bool(amp)
+    # On CUDA the data sets live on the GPU and batches are built there (as airbench does).
+    resident = on_cuda if resident is None else bool(resident)
     train_loader = fastcifar.DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True, transform=tf_train, seed=seed,
-                                        device=device, pin_memory=on_cuda)
-    test_loader = fastcifar.DataLoader(test, batch_size=test_batch_size, transform=tf_test, device=device, pin_memory=on_cuda)
+                                        device=device, pin_memory=on_cuda and not resident, resident=resident)
+    test_loader = fastcifar.DataLoader(test, batch_size=test_batch_size, transform=tf_test, device=device,
+                                       pin_memory=on_cuda and not resident, resident=resident)
 
     model = Airbench94(num_classes=len(train.classes) or 10, widths=widths)
     whiten_init(model.whiten, normalised(train, min(whiten_images, len(train)), device=device))
@@ -260,7 +267,8 @@ def airbench94(root=None, *, train=None, test=None, device="auto", seed: int = 0
         model.whiten.bias.requires_grad_(False)
     settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay, bias_scaler=bias_scaler,
                     label_smoothing=label_smoothing, whiten_bias_epochs=whiten_bias_epochs, translate=translate, tta=tta,
-                    widths=tuple(widths), lookahead=lookahead, total_steps=total_steps, amp=amp, device=device)
+                    widths=tuple(widths), lookahead=lookahead, alternating_flip=alternating_flip, resident=resident, total_steps=total_steps,
+                    amp=amp, device=device)
     return Recipe(model=model, trainer=trainer, train_loader=train_loader, test_loader=test_loader, epochs=math.ceil(epochs),
                   max_steps=total_steps, tta=tta, callbacks=[freeze_whitening_bias], settings=settings)
 

@@ -22,7 +22,7 @@ import torch
 from . import _native as _rs
 
 __all__ = [
-    "Transform", "Compose", "RandomCrop", "CenterCrop", "RandomHorizontalFlip", "RandomVerticalFlip",
+    "Transform", "Compose", "RandomCrop", "CenterCrop", "RandomHorizontalFlip", "RandomVerticalFlip", "AlternatingHorizontalFlip",
     "Resize", "ToTensor", "Normalize", "RandomErasing", "Cutout",
 ]
 
@@ -162,6 +162,19 @@ class RandomHorizontalFlip(Transform):
     def __init__(self, p: float = 0.5):
         self.p = p
         self._op = _rs.TransformOp.horizontal_flip(float(p))
+
+    def _ops(self):
+        return [self._op]
+
+
+class AlternatingHorizontalFlip(Transform):
+    """airbench's alternating flip: each image has one fair coin for the whole run (from the
+    loader's seed and its index) and is mirrored when the coin and the epoch's parity disagree,
+    so it is seen mirrored in exactly one of any two consecutive epochs (half the images each
+    epoch, as with RandomHorizontalFlip, but never the same view twice in a row)."""
+
+    def __init__(self):
+        self._op = _rs.TransformOp.alternating_horizontal_flip()
 
     def _ops(self):
         return [self._op]

@@ -200,6 +200,10 @@ impl PyOp {
         op(Op::RandomVerticalFlip { p })
     }
     #[staticmethod]
+    fn alternating_horizontal_flip() -> PyResult<Self> {
+        op(Op::AlternatingHorizontalFlip)
+    }
+    #[staticmethod]
     #[pyo3(signature = (shorter = None, exact = None))]
     fn resize(shorter: Option<usize>, exact: Option<(usize, usize)>) -> PyResult<Self> {
         match (shorter, exact) {
@@ -312,6 +316,19 @@ impl PyLoader {
 
     fn epoch(&self, epoch: u64) -> PyBatchIter {
         PyBatchIter { inner: std::sync::Mutex::new(Some(self.inner.iter(epoch))) }
+    }
+
+    /// The same loader with the data set copied to its output device once, batches built there
+    /// (the same batches: the same draws). ValueError when the transform cannot run there.
+    fn resident(&self, py: Python<'_>) -> PyResult<PyLoader> {
+        let l = self.inner.clone();
+        let r = release(py, move || l.with_resident())?;
+        Ok(PyLoader { inner: Arc::new(r) })
+    }
+
+    #[getter]
+    fn is_resident(&self) -> bool {
+        self.inner.is_resident()
     }
 }
 

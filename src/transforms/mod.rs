@@ -51,6 +51,10 @@ pub enum Op {
     CenterCrop { size: (usize, usize) },
     RandomHorizontalFlip { p: f64 },
     RandomVerticalFlip { p: f64 },
+    /// airbench's alternating flip: each image gets one fair coin for the whole run (from the
+    /// seed and its index), and is mirrored when that coin and the epoch's parity disagree, so
+    /// every image is seen mirrored in exactly one of two consecutive epochs.
+    AlternatingHorizontalFlip,
     Resize { size: ResizeTo },
     ToTensor,
     Normalize { mean: Vec<f64>, std: Vec<f64> },
@@ -81,6 +85,7 @@ impl Op {
             Op::CenterCrop { .. } => "CenterCrop",
             Op::RandomHorizontalFlip { .. } => "RandomHorizontalFlip",
             Op::RandomVerticalFlip { .. } => "RandomVerticalFlip",
+            Op::AlternatingHorizontalFlip => "AlternatingHorizontalFlip",
             Op::Resize { .. } => "Resize",
             Op::ToTensor => "ToTensor",
             Op::Normalize { .. } => "Normalize",
@@ -97,7 +102,7 @@ impl Op {
             Op::RandomHorizontalFlip { p } | Op::RandomVerticalFlip { p } => check_p(name, *p),
             Op::Resize { size: ResizeTo::Shorter(s) } => check_size(name, (*s, *s)),
             Op::Resize { size: ResizeTo::Exact(h, w) } => check_size(name, (*h, *w)),
-            Op::ToTensor => Ok(()),
+            Op::ToTensor | Op::AlternatingHorizontalFlip => Ok(()),
             Op::Normalize { mean, std } => {
                 if mean.is_empty() || mean.len() != std.len() {
                     return Err(Error::invalid("mean", format!("{} values for mean but {} for std (Normalize)", mean.len(), std.len())));
@@ -151,6 +156,17 @@ enum Geo {
     /// Pad (left, top, right, bottom) then crop `size` at a random offset (or the centre).
     Crop { pad: [usize; 4], size: (usize, usize), random: bool, mode: PadMode, fill: usize },
     Flip { p: f64, horizontal: bool },
+    /// Op::AlternatingHorizontalFlip.
+    AltFlip,
+}
+
+/// Where a sample's randomness comes from: (seed, epoch, index). Most steps draw from one stream
+/// keyed by all three; the alternating flip needs a draw that does not change with the epoch.
+#[derive(Debug, Clone, Copy)]
+struct Key {
+    seed: u64,
+    epoch: u64,
+    index: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -172,6 +188,15 @@ struct Erase {
 enum EraseKind {
     Random { scale: (f64, f64), log_ratio: (f64, f64) },
     Cutout { size: usize },
+}
+
+/// A pipeline as a device applies it (see `Pipeline::device_plan`): the fill value per channel
+/// and `ToTensor` / `Normalize` folded into `pixel * scale + bias` per channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DevicePlan {
+    pub fill: Vec<u8>,
+    pub scale: Vec<f32>,
+    pub bias: Vec<f32>,
 }
 
 /// Output element type of the fused pass.
@@ -285,7 +310,7 @@ impl Pipeline {
             op.validate()?;
             let name = op.name();
             let geometric = matches!(op, Op::RandomCrop { .. } | Op::CenterCrop { .. } | Op::Resize { .. })
-                || matches!(op, Op::RandomHorizontalFlip { .. } | Op::RandomVerticalFlip { .. });
+                || matches!(op, Op::RandomHorizontalFlip { .. } | Op::RandomVerticalFlip { .. } | Op::AlternatingHorizontalFlip);
             if geometric && tensor {
                 return Err(Error::invalid(
                     "transforms",
@@ -331,6 +356,7 @@ impl Pipeline {
                 }
                 Op::RandomHorizontalFlip { p } => geos.push(Geo::Flip { p: *p, horizontal: true }),
                 Op::RandomVerticalFlip { p } => geos.push(Geo::Flip { p: *p, horizontal: false }),
+                Op::AlternatingHorizontalFlip => geos.push(Geo::AltFlip),
                 Op::Resize { size } => {
                     let (nh, nw) = match *size {
                         ResizeTo::Exact(a, b) => (a, b),
@@ -398,6 +424,33 @@ impl Pipeline {
         &self.ops
     }
 
+    /// How a device applies this pipeline to resident images, or None when it cannot: only
+    /// crops, pads and flips then ToTensor / Normalize (one map stage, no Resize, no erasing, at
+    /// most one fill value) become two gathers, a fill and an affine.
+    pub fn device_plan(&self) -> Option<DevicePlan> {
+        if self.stages.len() != 1 || !self.erases.is_empty() {
+            return None;
+        }
+        let c = self.in_shape[0];
+        let fill = match self.fills.split_first() {
+            None => vec![0; c],
+            Some((f, rest)) if rest.iter().all(|g| g == f) => f.clone(),
+            _ => return None,
+        };
+        Some(DevicePlan { fill, scale: self.scale.iter().map(|&v| v as f32).collect(), bias: self.bias.iter().map(|&v| v as f32).collect() })
+    }
+
+    /// Sample `index`'s row and column maps for (seed, epoch): the same draws, from the same
+    /// stream, as the CPU pass makes (entries >= 0 are source rows / columns, negative ones the
+    /// fill). Only for pipelines with a `device_plan`.
+    pub fn sample_maps(&self, seed: u64, epoch: u64, index: u64, ymap: &mut Vec<i32>, xmap: &mut Vec<i32>) {
+        let Some(Stage::Maps { geos, in_hw }) = self.stages.first() else { return };
+        let mut s = Scratch::default();
+        self.maps(geos, *in_hw, &mut Rng::keyed(&[seed, epoch, index]), Key { seed, epoch, index }, &mut s);
+        ymap.clone_from(&s.ymap);
+        xmap.clone_from(&s.xmap);
+    }
+
     pub fn out_shape(&self) -> [usize; 3] {
         self.out_shape
     }
@@ -437,15 +490,16 @@ impl Pipeline {
                     if let Some(&next) = idx.get(k + 1) {
                         prefetch(ds.image(next));
                     }
+                    let key = Key { seed, epoch, index: i as u64 };
                     let mut rng = Rng::keyed(&[seed, epoch, i as u64]);
-                    self.apply_one(ds.image(i), &mut rng, &affine, s, d);
+                    self.apply_one(ds.image(i), &mut rng, key, &affine, s, d);
                 }
             },
         );
         Ok(())
     }
 
-    fn apply_one<T: Element>(&self, src: &[u8], rng: &mut Rng, affine: &Affine, s: &mut Scratch, dst: &mut [T]) {
+    fn apply_one<T: Element>(&self, src: &[u8], rng: &mut Rng, key: Key, affine: &Affine, s: &mut Scratch, dst: &mut [T]) {
         let c = self.in_shape[0];
         // After the first Resize the current image lives in `s.a`; each stage writes `s.b`, then swaps.
         let mut in_scratch = false;
@@ -453,7 +507,7 @@ impl Pipeline {
         for (si, stage) in self.stages.iter().enumerate() {
             match stage {
                 Stage::Maps { geos, in_hw } => {
-                    self.maps(geos, *in_hw, rng, s);
+                    self.maps(geos, *in_hw, rng, key, s);
                     runs_of(&s.xmap, &mut s.runs);
                     let cur: &[u8] = if in_scratch { &s.a[..] } else { src };
                     let m = MapArgs { src: cur, c, hw: *in_hw, ymap: &s.ymap, runs: &s.runs, fills: &self.fills };
@@ -489,7 +543,7 @@ impl Pipeline {
 
     /// Draws one sample's geometry and leaves its row and column maps (into the stage input) in
     /// `s.ymap` / `s.xmap`. Entries >= 0 are source coordinates; -(k + 1) means "fill value k".
-    fn maps(&self, geos: &[Geo], (h, w): (usize, usize), rng: &mut Rng, s: &mut Scratch) {
+    fn maps(&self, geos: &[Geo], (h, w): (usize, usize), rng: &mut Rng, key: Key, s: &mut Scratch) {
         s.ymap.clear();
         s.ymap.extend(0..h as i32);
         s.xmap.clear();
@@ -509,6 +563,13 @@ impl Pipeline {
                     std::mem::swap(&mut s.ymap, &mut s.spare);
                     crop_map(&s.xmap, &mut s.spare, pad[0], ox, size.1, mode, fill);
                     std::mem::swap(&mut s.xmap, &mut s.spare);
+                }
+                Geo::AltFlip => {
+                    // The image's own coin: u64::MAX - 1 in the epoch's place, an epoch never reached.
+                    let coin = Rng::keyed(&[key.seed, u64::MAX - 1, key.index]).uniform() < 0.5;
+                    if coin != (key.epoch % 2 == 1) {
+                        s.xmap.reverse();
+                    }
                 }
                 Geo::Flip { p, horizontal } => {
                     // torch.rand(1) < p
@@ -986,7 +1047,7 @@ mod tests {
             let Stage::Maps { geos, in_hw } = &p.stages[0] else { unreachable!() };
             for i in 0..200u64 {
                 let mut s = Scratch::default();
-                p.maps(geos, *in_hw, &mut Rng::keyed(&[i]), &mut s);
+                p.maps(geos, *in_hw, &mut Rng::keyed(&[i]), Key { seed: 0, epoch: 0, index: i }, &mut s);
                 runs_of(&s.xmap, &mut s.runs);
                 let m = MapArgs { src: d.image((i % 4) as usize), c: 3, hw: (32, 32), ymap: &s.ymap, runs: &s.runs, fills: &p.fills };
                 let (mut a, mut b) = (vec![0u8; 3072], vec![0u8; 3072]);
