@@ -23,6 +23,17 @@ pub struct Resident {
     bias: Tensor,
 }
 
+/// Host -> device for the per-batch index tensors. On CUDA through pinned memory and without
+/// blocking: a copy from pageable memory would wait for the stream to drain, and so stall the
+/// device between steps.
+fn upload(t: Tensor, dev: Device) -> Result<Tensor> {
+    if !dev.is_cuda() {
+        return Ok(t);
+    }
+    let kind = t.kind();
+    Ok(t.f_pin_memory(dev)?.f_to_device_(dev, kind, true, false)?)
+}
+
 // SAFETY: tch::Tensor is Send but not Sync because a shared tensor could be mutated from two
 // threads. A Resident's tensors are written once, in `new`, and afterwards only read by ops that
 // make new tensors (index_select, gather, where, mul, add), which libtorch allows concurrently.
@@ -70,9 +81,9 @@ impl Resident {
         }
         let dev = self.device();
         let idx: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
-        let idx = Tensor::f_from_slice(&idx)?.f_to_device(dev)?;
-        let ym = Tensor::f_from_slice(&ys)?.f_view([b, oh])?.f_to_device(dev)?.f_to_kind(Kind::Int64)?;
-        let xm = Tensor::f_from_slice(&xs)?.f_view([b, ow])?.f_to_device(dev)?.f_to_kind(Kind::Int64)?;
+        let idx = upload(Tensor::f_from_slice(&idx)?, dev)?;
+        let ym = upload(Tensor::f_from_slice(&ys)?.f_view([b, oh])?, dev)?.f_to_kind(Kind::Int64)?;
+        let xm = upload(Tensor::f_from_slice(&xs)?.f_view([b, ow])?, dev)?.f_to_kind(Kind::Int64)?;
         let src = self.images.f_index_select(0, &idx)?;
         let w = src.size()[3];
         let rows = src.f_gather(2, &ym.f_clamp_min(0)?.f_view([b, 1, oh, 1])?.f_expand([b, c, oh, w], false)?, false)?;
