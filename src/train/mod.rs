@@ -537,3 +537,41 @@ pub fn predict(model: &Model, x: &Tensor, batch_size: i64, tta: u8) -> Result<Te
         Ok(Tensor::cat(&outs, 0))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grad_scaler_unscales_and_flags_any_non_finite_gradient() {
+        let s = GradScaler { scale: 4.0, tracker: 0 };
+        let a = Tensor::from_slice(&[4.0f32, 8.0]);
+        let b = Tensor::from_slice(&[2.0f32]);
+        assert!(!s.unscale(&[a.shallow_clone(), b.shallow_clone()]).unwrap());
+        assert_eq!(Vec::<f32>::try_from(&a).unwrap(), vec![1.0, 2.0]);
+        assert_eq!(Vec::<f32>::try_from(&b).unwrap(), vec![0.5]);
+        for bad in [f32::INFINITY, f32::NAN] {
+            let c = Tensor::from_slice(&[1.0f32, bad]);
+            assert!(s.unscale(&[Tensor::from_slice(&[1.0f32]), c]).unwrap());
+        }
+        assert!(!s.unscale(&[]).unwrap());
+    }
+
+    #[test]
+    fn lookahead_averages_then_copies_back() {
+        let w = Tensor::from_slice(&[1.0f32]);
+        let mut l = Lookahead::new(vec![w.shallow_clone()], 2, 1, 0.5, 0.0, 10).unwrap();
+        l.on_step(0, 2); // before start_epoch: nothing
+        assert!(l.ema.is_none());
+        l.on_step(1, 3); // not a multiple of `every`
+        assert!(l.ema.is_none());
+        l.on_step(1, 4); // first time: a copy
+        let _ = w.shallow_clone().fill_(3.0);
+        l.on_step(1, 6); // rho = 0.5^2 = 0.25: ema = 1 + 0.75 * (3 - 1) = 2.5, copied back
+        assert_eq!(f32::try_from(&w).unwrap(), 2.5);
+        let _ = w.shallow_clone().fill_(7.0);
+        l.on_epoch_end();
+        assert_eq!(f32::try_from(&w).unwrap(), 2.5);
+        assert!(Lookahead::new(vec![], 0, 0, 0.5, 1.0, 10).is_err());
+    }
+}
