@@ -383,3 +383,26 @@ def test_alternating_flip_mirrors_each_image_in_one_of_two_epochs():
     assert not torch.equal(e0, mirrored(4, 0))              # another seed, other coins
     # Evaluation repeats only the deterministic part.
     assert fastcifar.transforms.to_config(fastcifar.transforms.deterministic_part(tf)) == [{"type": "ToTensor"}]
+
+
+def test_lookahead_average_is_checkpointed_and_resume_is_exact(tmp_path):
+    def trainer():
+        loader, m, _ = paired(96, seed=6, width=8)
+        la = Lookahead(total_steps=18, every=3, start_epoch=1, decay=0.9, power=1.0)
+        return loader, fastcifar.Trainer(m, optimizer=SGD(lr=0.05, momentum=0.9), device="cpu", lookahead=la)
+
+    loader, whole = trainer()
+    whole.fit(loader, epochs=3, progress=False)
+    loader, first = trainer()
+    first.fit(loader, epochs=2, progress=False)
+    ema = first._native.lookahead_state()
+    assert ema is not None
+    first.save(tmp_path / "c.pth")
+    back = fastcifar.Trainer.load(tmp_path / "c.pth", device="cpu")
+    assert back.lookahead.settings() == first.lookahead.settings()
+    assert all(torch.equal(a, b) for a, b in zip(back._native.lookahead_state(), ema))
+    back.fit(loader, epochs=1, progress=False)
+    for k, v in whole.model.state_dict().items():
+        assert torch.equal(back.model.state_dict()[k], v), k
+    with pytest.raises(ValueError, match="do not match the model"):
+        back._native.load_lookahead_state(ema[:-1])

@@ -141,6 +141,9 @@ class NativeTrainer:
     def set_lookahead(self, tensors: Optional[Sequence[torch.Tensor]] = None, *, every: int = 5, start_epoch: int = 0,
                       decay: float = 0.95, power: float = 3.0, total_steps: int = 1) -> None:
         """airbench's lookahead (EMA of the weights, copied back) over tensors; None removes it."""
+    def lookahead_state(self) -> Optional[List[torch.Tensor]]:
+        """Copies of the lookahead's average, or None."""
+    def load_lookahead_state(self, ema: Optional[Sequence[torch.Tensor]] = None) -> None: ...
     def set_max_steps(self, steps: Optional[int] = None) -> None:
         """Training stops once the optimizer has taken this many steps in all."""
     def end_epoch(self, metric: Optional[float] = None) -> None: ...

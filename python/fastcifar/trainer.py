@@ -471,6 +471,7 @@ class Trainer:
                 "global_step": self._native.global_step,
                 "rng_state": torch.get_rng_state(),
                 "eval_transform": T.to_config(self.eval_transform),
+                "lookahead_ema": _to_cpu(self._native.lookahead_state()) if self.lookahead is not None else None,
             },
         }
 
@@ -513,6 +514,8 @@ class Trainer:
             torch.set_rng_state(meta["rng_state"])
         if meta.get("eval_transform"):
             self.eval_transform = T.from_config(meta["eval_transform"])
+        if self.lookahead is not None:
+            self._native.load_lookahead_state(meta.get("lookahead_ema"))
         self._native.sync_device(self._native_model())
 
     def load_checkpoint(self, path) -> "Trainer":

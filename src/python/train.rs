@@ -288,6 +288,35 @@ impl PyTrainer {
         Ok(())
     }
 
+    /// Copies of the lookahead's average (None before it exists or without a lookahead).
+    fn lookahead_state(&self) -> Option<Vec<PyTensor>> {
+        let st = lock(&self.state);
+        st.lookahead.as_ref()?.ema.as_ref().map(|e| e.iter().map(|t| PyTensor(t.detach().copy())).collect())
+    }
+
+    /// Restores the lookahead's average (from a checkpoint), moved to its tensors' devices.
+    #[pyo3(signature = (ema = None))]
+    fn load_lookahead_state(&self, ema: Option<Vec<PyTensor>>) -> PyResult<()> {
+        let mut st = lock(&self.state);
+        let Some(l) = st.lookahead.as_mut() else {
+            return Err(PyValueError::new_err("lookahead_state: this trainer has no lookahead"));
+        };
+        l.ema = match ema {
+            None => None,
+            Some(ts) => {
+                if ts.len() != l.tensors.len() || ts.iter().zip(&l.tensors).any(|(a, b)| a.0.size() != b.size()) {
+                    return Err(PyValueError::new_err(format!(
+                        "lookahead_state: {} tensors that do not match the model's {} floating-point tensors",
+                        ts.len(),
+                        l.tensors.len()
+                    )));
+                }
+                Some(ts.into_iter().zip(&l.tensors).map(|(a, b)| a.0.to_device(b.device()).to_kind(b.kind())).collect())
+            }
+        };
+        Ok(())
+    }
+
     /// Training stops once the optimizer has taken this many steps in all (None: no limit).
     #[pyo3(signature = (steps = None))]
     fn set_max_steps(&self, steps: Option<u64>) {
