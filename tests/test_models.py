@@ -3,7 +3,6 @@ PyTorch's state_dict layout, engine logits equal to eager PyTorch, freezing, hea
 errors for input the network does not fit."""
 import collections
 
-import numpy as np
 import pytest
 import torch
 

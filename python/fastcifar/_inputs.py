@@ -84,7 +84,7 @@ def to_images(images, channels: Optional[int], size: Optional[Tuple[int, int]]):
     return np.ascontiguousarray(arr)
 
 
-def check_size(out_shape: Sequence[int], size: Optional[Tuple[int, int]], transform) -> None:
+def check_size(out_shape: Sequence[int], size: Optional[Tuple[int, int]]) -> None:
     """Images that the transform leaves at another size than the model's get a message with the fix."""
     if size is None or tuple(out_shape[1:]) == tuple(size):
         return

@@ -14,7 +14,6 @@ from the equivalent code anywhere. ``fastcifar.models.Module`` adds a few conven
 from __future__ import annotations
 
 import collections
-import math
 import os
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 

@@ -8,9 +8,9 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
@@ -339,17 +339,14 @@ class Trainer:
                 bar.refresh()
 
         try:
-            was = self.model.training
-            native = self._native_model()
-            self.model.eval()
-            fast = _native_loader(loader)
-            if fast is not None:
-                loss, acc, count, conf, nc = _rs.evaluate(native, fast, cb)
-            else:
-                classes = getattr(loader.dataset, "classes", None) or self.classes or []
-                loss, acc, count, conf, nc = _rs.evaluate_batches(native, iter(loader), len(loader), len(classes), cb)
+            with self._in_eval() as native:
+                fast = _native_loader(loader)
+                if fast is not None:
+                    loss, acc, count, conf, nc = _rs.evaluate(native, fast, cb)
+                else:
+                    classes = getattr(loader.dataset, "classes", None) or self.classes or []
+                    loss, acc, count, conf, nc = _rs.evaluate_batches(native, iter(loader), len(loader), len(classes), cb)
         finally:
-            self.model.train(was)
             if bar is not None:
                 bar.close()
         if self.process_group is not None:
@@ -382,6 +379,18 @@ class Trainer:
         else:
             self._compiled.rebind(*_graph.module_tensors(self.model))
         return self._compiled
+
+    @contextlib.contextmanager
+    def _in_eval(self):
+        """The compiled module, with the module's own mode flags in eval for the call (the
+        engine runs the eval graph; the flags say so too) and restored after it."""
+        was = self.model.training
+        try:
+            native = self._native_model()
+            self.model.eval()
+            yield native
+        finally:
+            self.model.train(was)
 
     # --- data-parallel ---------------------------------------------------------------------
     @property
@@ -426,19 +435,14 @@ class Trainer:
         t = transform if transform is not None else (self.eval_transform or T.ToTensor())
         ds = Dataset.from_numpy(arr, [0] * len(arr), classes=["_"])
         loader = DataLoader(ds, batch_size=len(arr), transform=t, seed=0)
-        _inputs.check_size(loader.image_shape, size, t)
+        _inputs.check_size(loader.image_shape, size)
         x, _ = loader._native.batch(list(range(len(arr))), 0)
         return x.to(self.device)
 
     def predict_logits(self, images, transform=None, tta: bool = False, batch_size: int = 256) -> torch.Tensor:
         x = self._as_batch(images, transform)
-        was = self.model.training
-        try:
-            native = self._native_model()
-            self.model.eval()
+        with self._in_eval() as native:
             return _rs.predict_logits(native, x, batch_size, tta)
-        finally:
-            self.model.train(was)
 
     def predict_proba(self, images, transform=None, tta: bool = False, batch_size: int = 256) -> torch.Tensor:
         """Class probabilities (N, num_classes). ``images``: a normalised float tensor, or uint8

@@ -97,20 +97,25 @@ pub struct Graph {
     last_use: Vec<usize>,
 }
 
-fn refs(a: &Arg, out: &mut Vec<usize>) {
+/// Every argument, lists walked into.
+fn walk(a: &Arg, f: &mut impl FnMut(&Arg)) {
     match a {
-        Arg::Node(i) => out.push(*i),
-        Arg::List(v) => v.iter().for_each(|a| refs(a, out)),
-        _ => {}
+        Arg::List(v) => v.iter().for_each(|a| walk(a, f)),
+        a => f(a),
     }
 }
 
-fn tensor_refs(a: &Arg, out: &mut Vec<usize>) {
-    match a {
-        Arg::Tensor(i) => out.push(*i),
-        Arg::List(v) => v.iter().for_each(|a| tensor_refs(a, out)),
-        _ => {}
+/// The nodes (`Arg::Node`) and the tensors (`Arg::Tensor`) that `args` read.
+fn reads<'a>(args: impl IntoIterator<Item = &'a Arg>) -> (Vec<usize>, Vec<usize>) {
+    let (mut nodes, mut tensors) = (Vec::new(), Vec::new());
+    for a in args {
+        walk(a, &mut |a| match a {
+            Arg::Node(i) => nodes.push(*i),
+            Arg::Tensor(i) => tensors.push(*i),
+            _ => {}
+        });
     }
+    (nodes, tensors)
 }
 
 impl Graph {
@@ -118,9 +123,7 @@ impl Graph {
     pub fn new(nodes: Vec<Node>, output: Arg, num_tensors: usize) -> Result<Graph> {
         let mut last_use: Vec<usize> = (0..nodes.len()).collect();
         for (i, n) in nodes.iter().enumerate() {
-            let (mut r, mut t) = (Vec::new(), Vec::new());
-            n.args.iter().for_each(|a| refs(a, &mut r));
-            n.args.iter().for_each(|a| tensor_refs(a, &mut t));
+            let (r, t) = reads(&n.args);
             if let Some(&bad) = r.iter().find(|&&j| j >= i) {
                 return Err(Error::invalid("graph", format!("node {i} ({}) reads node {bad}, which does not come before it", n.name)));
             }
@@ -131,8 +134,7 @@ impl Graph {
                 last_use[j] = i;
             }
         }
-        let mut r = Vec::new();
-        refs(&output, &mut r);
+        let (r, _) = reads([&output]);
         if let Some(&bad) = r.iter().find(|&&j| j >= nodes.len()) {
             return Err(Error::invalid("graph", format!("the output reads node {bad}, but there are {}", nodes.len())));
         }

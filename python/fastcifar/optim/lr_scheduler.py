@@ -12,7 +12,6 @@ of your own use ``torch.optim.lr_scheduler``, whose objects ``fastcifar.Trainer`
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 
