@@ -359,7 +359,7 @@ impl<'a> Machine<'a> {
         }
     }
     fn set_items(&mut self, items: Vec<Value<'a>>) -> Result<(), String> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err("SETITEMS with an odd number of items".into());
         }
         let d = container_depth(&items)?;
@@ -821,13 +821,8 @@ mod tests {
 
     #[test]
     fn deep_nesting_is_refused() {
-        let mut p = Vec::new();
-        for _ in 0..1000 {
-            p.push(b']');
-        }
-        for _ in 0..999 {
-            p.push(b'a');
-        }
+        let mut p = vec![b']'; 1000];
+        p.extend([b'a'; 999]);
         p.push(b'.');
         assert!(parse(&p).unwrap_err().contains("nesting"));
     }

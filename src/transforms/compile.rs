@@ -101,8 +101,8 @@ impl Pipeline {
                 }),
                 Op::Resize { size } => cx.resize(*size),
                 Op::RandomResizedCrop { size, scale, ratio } => cx.random_resized_crop(*size, *scale, *ratio),
-                Op::ToTensor => cx.to_float(FloatStep::Div255, "ToTensor")?,
-                Op::ToDtypeScaled => cx.to_float(FloatStep::Mul255, "ToDtype")?,
+                Op::ToTensor => cx.float_start(FloatStep::Div255, "ToTensor")?,
+                Op::ToDtypeScaled => cx.float_start(FloatStep::Mul255, "ToDtype")?,
                 Op::Normalize { mean, std } => cx.normalize(mean, std)?,
                 Op::RandomErasing { p, scale, ratio, value } => {
                     let kind = EraseKind::Random {
@@ -312,7 +312,7 @@ impl Compiler {
     }
 
     /// ToTensor (`x / 255`) or v2's ToDtype(float32, scale=True) (`x * (1 / 255)`).
-    fn to_float(&mut self, step: FloatStep, name: &str) -> Result<()> {
+    fn float_start(&mut self, step: FloatStep, name: &str) -> Result<()> {
         if self.tensor {
             return Err(Error::invalid(
                 "transforms",
