@@ -200,6 +200,11 @@ def test_grayscale_and_other_sizes():
     (lambda: T.RandomResizedCrop(24, ratio=(2.0, 1.0)), "^ratio:"),
     (lambda: T.ColorJitter(brightness=-1), "^brightness:"),
     (lambda: T.RandomRotation(-5), "^degrees:"),
+    # Negative counts: converted by the bindings, which name them as the core names its own checks.
+    (lambda: T.RandomCrop(-3), "^size: -3 must not be negative"),
+    (lambda: T.Pad((1, -2)), "^padding: -2 must not be negative"),
+    (lambda: T.Cutout(-1), "^size: -1 must not be negative"),
+    (lambda: T.Pad(1, fill=2.5), "^fill: 2.5 must be pixel values"),
 ])
 def test_invalid_transform_parameters_name_themselves(make, match):
     with pytest.raises(ValueError, match=match):
@@ -324,3 +329,46 @@ def test_real_data_seed_pipeline(real_data):
         n += len(y)
     assert n == 50000
     assert abs(x.mean().item()) < 0.5 and 0.5 < x.std().item() < 1.5
+
+
+def test_one_device_parser_for_every_entry_point():
+    from fastcifar import _native
+
+    assert _native.resolve_device("cpu") == _native.resolve_device(torch.device("cpu")) == "cpu"
+    assert _native.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert _native.resolve_device(None) == str(torch.get_default_device())
+    # An unknown device is both what fastcifar raised (ValueError) and what torch.device raises.
+    with pytest.raises(_native.DeviceError, match="device: 'tpu' is not 'cpu', 'cuda', 'cuda:N' or 'auto'") as e:
+        _native.resolve_device("tpu")
+    assert isinstance(e.value, ValueError) and isinstance(e.value, RuntimeError)
+    with pytest.raises(TypeError, match="device: expected a str, an int, a torch.device or None, got list"):
+        _native.resolve_device(["cpu"])
+    if not torch.cuda.is_available():
+        for d in ("cuda", "cuda:1", torch.device("cuda", 0), 0):
+            with pytest.raises(RuntimeError, match="CUDA is not available"):
+                _native.resolve_device(d)
+    # The loader goes through the same parser: torch.device objects and "auto" are taken as given.
+    assert fastcifar.DataLoader(random_ds(4), device=torch.device("cpu")).device == torch.device("cpu")
+    auto = fastcifar.DataLoader(random_ds(4), device="auto").device
+    assert auto.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_native_loader_takes_keywords_only_and_checks_in_the_core():
+    from fastcifar import _native
+
+    ds = random_ds(6)._native
+    ops = [_native.TransformOp.to_tensor()]
+    with pytest.raises(TypeError):
+        _native.NativeLoader(ds, ops, 2)  # batch_size is keyword-only
+    loader = _native.NativeLoader(ds, ops, batch_size=4, dtype="torch.uint8", device=None)
+    x, _ = next(iter(loader.epoch(0)))
+    assert len(loader) == 2 and x.shape == (4, 3, 32, 32) and x.dtype == torch.uint8
+    for kw, match in [
+        (dict(batch_size=0), "^batch_size: must be at least 1"),
+        (dict(batch_size=-2), "^batch_size: -2 must not be negative"),
+        (dict(batch_size=1, prefetch=0), "^prefetch"),
+        (dict(batch_size=1, rank=2, world_size=2), "^rank"),
+        (dict(batch_size=1, dtype="float64"), "^dtype: float64 is not torch.float32 or torch.uint8"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            _native.NativeLoader(ds, ops, **kw)

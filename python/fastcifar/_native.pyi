@@ -11,10 +11,9 @@ class NativeDataset:
     """A data set held in Rust: one uint8 (N, C, H, W) buffer, labels and class names."""
 
     @staticmethod
-    def cifar(root: str | PathLike, variant: str, train: bool, label: str = "fine", mmap: bool = False) -> Tuple["NativeDataset", str, str]:
+    def cifar(root: str | PathLike, variant: str, train: bool, *, label: str = "fine", mmap: bool = False) -> "CifarFiles":
         """Loads CIFAR-10 (``"cifar10"``) or CIFAR-100 (``"cifar100"``, label ``"fine"``/``"coarse"``).
-        ``mmap``: keep an extracted pickle folder's images in the page cache instead of copying them.
-        Returns (data set, layout: "python" | "binary" | "python-archive" | "binary-archive", path read)."""
+        ``mmap``: keep an extracted pickle folder's images in the page cache instead of copying them."""
     @staticmethod
     def image_folder(root: str | PathLike, size: Optional[Tuple[int, int]] = None) -> "NativeDataset": ...
     @staticmethod
@@ -37,36 +36,53 @@ class NativeDataset:
         """The flat uint8 image buffer, read-only, borrowing this object's memory."""
     def select(self, indices: Sequence[int]) -> "NativeDataset": ...
 
+class CifarFiles:
+    """What ``NativeDataset.cifar`` found."""
+
+    @property
+    def dataset(self) -> NativeDataset: ...
+    @property
+    def layout(self) -> str:
+        """"python", "binary", "python-archive" or "binary-archive"."""
+    @property
+    def path(self) -> str:
+        """The folder or archive read."""
+
 class TransformOp:
-    """One validated transform step (built by fastcifar.transforms)."""
+    """One transform step, checked by the core when it is made (built by fastcifar.transforms).
+    Sizes are (h, w); paddings (left, top, right, bottom); fills pixel values in [0, 255]."""
 
     @staticmethod
-    def random_crop(size: Tuple[int, int], padding: Sequence[int], fill: Sequence[int], padding_mode: str, pad_if_needed: bool) -> "TransformOp": ...
+    def random_crop(
+        *, size: Tuple[int, int], padding: Sequence[int], fill: Sequence[float], padding_mode: str, pad_if_needed: bool
+    ) -> "TransformOp":
+        """Pads, then crops ``size`` at a uniform offset; padding_mode 'constant', 'edge', 'reflect' or 'symmetric'."""
     @staticmethod
-    def center_crop(size: Tuple[int, int]) -> "TransformOp": ...
+    def center_crop(*, size: Tuple[int, int]) -> "TransformOp": ...
     @staticmethod
-    def pad(*, padding: Sequence[int], fill: Sequence[int], padding_mode: str) -> "TransformOp":
+    def pad(*, padding: Sequence[int], fill: Sequence[float], padding_mode: str) -> "TransformOp":
         """Pads by (left, top, right, bottom); padding_mode 'constant', 'edge', 'reflect' or 'symmetric'."""
     @staticmethod
     def random_resized_crop(*, size: Tuple[int, int], scale: Tuple[float, float], ratio: Tuple[float, float]) -> "TransformOp":
         """torchvision's RandomResizedCrop, bilinear with Pillow's pixels."""
     @staticmethod
-    def horizontal_flip(p: float) -> "TransformOp": ...
+    def horizontal_flip(*, p: float) -> "TransformOp": ...
     @staticmethod
-    def vertical_flip(p: float) -> "TransformOp": ...
+    def vertical_flip(*, p: float) -> "TransformOp": ...
     @staticmethod
-    def resize(shorter: Optional[int] = None, exact: Optional[Tuple[int, int]] = None) -> "TransformOp": ...
+    def resize(*, shorter: Optional[int] = None, exact: Optional[Tuple[int, int]] = None) -> "TransformOp":
+        """``shorter``: the shorter side becomes this (keeping the aspect ratio); ``exact``: (h, w)."""
     @staticmethod
     def to_tensor() -> "TransformOp": ...
     @staticmethod
     def to_dtype_scaled() -> "TransformOp":
         """transforms.v2's ToImage + ToDtype(torch.float32, scale=True): x * float32(1 / 255)."""
     @staticmethod
-    def normalize(mean: Sequence[float], std: Sequence[float]) -> "TransformOp": ...
+    def normalize(*, mean: Sequence[float], std: Sequence[float]) -> "TransformOp": ...
     @staticmethod
-    def random_erasing(p: float, scale: Tuple[float, float], ratio: Tuple[float, float], value: Sequence[float]) -> "TransformOp": ...
+    def random_erasing(*, p: float, scale: Tuple[float, float], ratio: Tuple[float, float], value: Sequence[float]) -> "TransformOp": ...
     @staticmethod
-    def cutout(size: int, p: float, value: Sequence[float]) -> "TransformOp": ...
+    def cutout(*, size: int, p: float, value: Sequence[float]) -> "TransformOp": ...
     @property
     def name(self) -> str:
         """The transform's torchvision name ("RandomCrop", "ToTensor", ...)."""
@@ -80,14 +96,19 @@ class BatchIter(Iterator[Tuple[torch.Tensor, torch.Tensor]]):
         """Waiting longer than this for a batch raises (torch's DataLoader timeout); 0: no limit."""
     def close(self) -> None: ...
 
+_Device = str | torch.device | int | None
+
 class NativeLoader:
     def __init__(
-        self, dataset: NativeDataset, ops: Sequence[TransformOp], batch_size: int, shuffle: bool, drop_last: bool,
-        seed: int, prefetch: int, dtype: str, device: str, pin_memory: bool, num_threads: Optional[int] = None,
-        rank: int = 0, world_size: int = 1, pad_shards: bool = True, *, labels: Optional[Sequence[int]] = None,
+        self, dataset: NativeDataset, ops: Sequence[TransformOp], *, batch_size: int, shuffle: bool = False,
+        drop_last: bool = False, seed: int = 0, prefetch: int = 2, dtype: str = "float32", device: _Device = None,
+        pin_memory: bool = False, num_threads: Optional[int] = None, rank: int = 0, world_size: int = 1,
+        pad_shards: bool = True, labels: Optional[Sequence[int]] = None,
     ) -> None:
-        """``labels``: emitted instead of the data set's (its target_transform applied), one per image.
-        ``pin_memory`` on a CPU device pins the batches when CUDA exists."""
+        """``dtype``: "float32" or "uint8" (also "torch.float32" / "torch.uint8"). ``device``: as
+        ``resolve_device`` takes it (None: torch's default device). ``labels``: emitted instead of the
+        data set's (its target_transform applied), one per image. ``pin_memory`` on a CPU device pins
+        the batches when CUDA exists. The core checks every value and names the one at fault."""
     def __len__(self) -> int: ...
     @property
     def out_shape(self) -> Tuple[int, int, int]: ...
@@ -98,6 +119,14 @@ class NativeLoader:
         """These batches of data set indices (a sampler's), with the randomness of ``epoch``."""
 
 def cuda_is_available() -> bool: ...
+
+class DeviceError(ValueError, RuntimeError):
+    """A device fastcifar does not know: a ValueError, and a RuntimeError as ``torch.device`` raises."""
+
+def resolve_device(device: _Device) -> str:
+    """"cpu", "cuda" or "cuda:N" for 'cpu', 'cuda', 'cuda:N', 'auto' (CUDA when present), an int N,
+    a torch.device, or None (torch's default device). Raises ``DeviceError`` for another device,
+    RuntimeError when CUDA is asked for but absent, ValueError for a CUDA index that does not exist."""
 
 def decode_images(paths: Sequence[str | PathLike], size: Tuple[int, int]) -> np.ndarray:
     """Decodes PNG / JPEG files to uint8 (N, H, W, 3), resized (bilinear) to size = (h, w)."""

@@ -1,4 +1,5 @@
 """torchvision-style data sets whose images live in one Rust-owned uint8 buffer."""
+
 from __future__ import annotations
 
 import hashlib
@@ -37,7 +38,9 @@ class Dataset:
         self._targets: Optional[list] = None
 
     @classmethod
-    def from_numpy(cls, images, labels, classes: Optional[Sequence[str]] = None, transform=None, target_transform=None) -> "Dataset":
+    def from_numpy(
+        cls, images, labels, classes: Optional[Sequence[str]] = None, transform=None, target_transform=None
+    ) -> "Dataset":
         """A data set from arrays you already have: ``images`` uint8 (N, H, W, C) with C 1 or 3, or
         (N, H, W) for grayscale; ``labels`` integers in ``range(len(classes))``. Without ``classes``
         they are "0" to the largest label, which must be below ``max(len(labels), 1024)``
@@ -56,7 +59,9 @@ class Dataset:
         if self._pending_data is not None or self._pending_targets is not None:
             data, targets = self.data, self.targets
             if len(data) != len(targets):
-                raise ValueError(f"data has {len(data)} images but targets has {len(targets)} labels; assign both with the same length")
+                raise ValueError(
+                    f"data has {len(data)} images but targets has {len(targets)} labels; assign both with the same length"
+                )
             self._native_ds = _from_numpy(data, targets, self._native_ds.classes)
             self._rebuilt = True  # no longer what the source files hold: pickled by value
             self._pending_data = self._pending_targets = self._targets = None
@@ -153,7 +158,8 @@ class Dataset:
         if kind == "numpy":
             native = _from_numpy(*args)
         elif kind == "cifar":
-            native = _rs.NativeDataset.cifar(*args)[0]
+            root, variant, train, label, mmap = args
+            native = _rs.NativeDataset.cifar(root, variant=variant, train=train, label=label, mmap=mmap).dataset
         else:
             native = _rs.NativeDataset.image_folder(*args)
         self.__dict__.update(state)
@@ -198,7 +204,9 @@ def _from_numpy(images, labels, classes):
         raise ValueError(f"images: expected shape (N, H, W) or (N, H, W, C) with C 1 or 3, got {images.shape}")
     labels = np.asarray(labels)
     if labels.ndim != 1 or not (np.issubdtype(labels.dtype, np.integer) or labels.size == 0):
-        raise TypeError(f"labels: expected a 1-D sequence of integers, got dtype {labels.dtype} and shape {labels.shape}")
+        raise TypeError(
+            f"labels: expected a 1-D sequence of integers, got dtype {labels.dtype} and shape {labels.shape}"
+        )
     if labels.size and labels.dtype.kind == "u" and int(labels.max()) > np.iinfo(np.int64).max:
         raise ValueError(f"labels: {int(labels.max())} does not fit in int64")
     if classes is None:
@@ -208,10 +216,14 @@ def _from_numpy(images, labels, classes):
         limit = max(len(labels), _DERIVED_CLASSES_MIN)
         if top >= limit:
             i = int(np.argmax(labels))
-            raise ValueError(f"labels: label {top} at index {i} would make {top + 1} classes for {len(labels)} images "
-                             f"(at most {limit} are derived); pass classes=[...] with one name per class")
+            raise ValueError(
+                f"labels: label {top} at index {i} would make {top + 1} classes for {len(labels)} images "
+                f"(at most {limit} are derived); pass classes=[...] with one name per class"
+            )
         classes = [str(i) for i in range(top + 1)]
-    return _rs.NativeDataset.from_numpy(np.ascontiguousarray(images), labels.astype(np.int64).tolist(), [str(c) for c in classes])
+    return _rs.NativeDataset.from_numpy(
+        np.ascontiguousarray(images), labels.astype(np.int64).tolist(), [str(c) for c in classes]
+    )
 
 
 def download_url(url: str, dest: str, md5: Optional[str] = None, progress: bool = True) -> str:
@@ -294,14 +306,22 @@ class CIFAR10(Dataset):
             raise TypeError(f"{type(self).__name__}() got unexpected keyword arguments: {', '.join(kwargs)}")
         if download:
             self.download()
-        native, self.layout, self.source = _rs.NativeDataset.cifar(self.root, self._variant, train, label, mmap)
-        super().__init__(native, transform, target_transform)
+        found = _rs.NativeDataset.cifar(self.root, variant=self._variant, train=train, label=label, mmap=mmap)
+        self.layout, self.source = found.layout, found.path
+        super().__init__(found.dataset, transform, target_transform)
 
     def _recipe(self) -> tuple:
         # Re-read from the same files (mmap=True maps the same pages) instead of copying 150 MB.
         if self._rebuilt:
             return super()._recipe()
-        return ("cifar", os.path.abspath(self.root), self._variant, self.train, getattr(self, "label", "fine"), self._native_ds.mapped)
+        return (
+            "cifar",
+            os.path.abspath(self.root),
+            self._variant,
+            self.train,
+            getattr(self, "label", "fine"),
+            self._native_ds.mapped,
+        )
 
     @property
     def mapped(self) -> bool:
@@ -315,7 +335,7 @@ class CIFAR10(Dataset):
     def download(self) -> None:
         """Fetches the official archive unless some form of the data is already under ``root``."""
         try:
-            _rs.NativeDataset.cifar(self.root, self._variant, self.train, "fine")
+            _rs.NativeDataset.cifar(self.root, variant=self._variant, train=self.train)
             return  # already present and readable
         except FileNotFoundError:
             pass
@@ -338,8 +358,16 @@ class CIFAR100(CIFAR10):
     tgz_md5 = "eb9058c3a382ffc7106e4002c42a8d85"
     _variant = "cifar100"
 
-    def __init__(self, root, train: bool = True, transform=None, target_transform=None, download: bool = False, label: str = "fine",
-                 mmap: bool = False):
+    def __init__(
+        self,
+        root,
+        train: bool = True,
+        transform=None,
+        target_transform=None,
+        download: bool = False,
+        label: str = "fine",
+        mmap: bool = False,
+    ):
         if label not in ("fine", "coarse"):
             raise ValueError(f"label: '{label}' is not 'fine' or 'coarse'")
         self.label = label

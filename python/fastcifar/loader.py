@@ -1,6 +1,8 @@
 """The DataLoader: batches built in Rust on a background thread, yielded as torch tensors."""
+
 from __future__ import annotations
 
+import numbers
 import os
 import queue
 import threading
@@ -18,7 +20,6 @@ from .datasets import Dataset
 
 __all__ = ["DataLoader"]
 
-_DTYPES = {torch.float32: "float32", torch.uint8: "uint8"}
 _warned: set = set()
 
 
@@ -49,8 +50,12 @@ def _resolve(dataset) -> Optional[Dataset]:
         if not parts or any(p is None for p in parts):
             return None
         first = parts[0]
-        if any(p.transform is not first.transform or p.target_transform is not first.target_transform or p.shape != first.shape
-               for p in parts):
+        if any(
+            p.transform is not first.transform
+            or p.target_transform is not first.target_transform
+            or p.shape != first.shape
+            for p in parts
+        ):
             return None  # per-part transforms: torch's own loop keeps them apart
         targets = [t for p in parts for t in p.targets]
         same = all(p.classes == first.classes for p in parts)
@@ -60,9 +65,22 @@ def _resolve(dataset) -> Optional[Dataset]:
     return None
 
 
+def _count(name: str, v) -> int:
+    """An int argument as the core takes it: a bool, a float or a string is refused here (the core
+    would not tell True from 1); the core checks the range (``batch_size: must be at least 1``, ...)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise ValueError(f"{name}: must be a positive int, got {v!r}")
+    if not -(2**63) <= v < 2**63:
+        raise ValueError(f"{name}: {v} does not fit in 64 bits")
+    return int(v)
+
+
 def _is_int_label(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) or (
-        isinstance(v, torch.Tensor) and v.dim() == 0 and not v.is_floating_point() and v.dtype != torch.bool)
+    return (
+        isinstance(v, (int, np.integer))
+        and not isinstance(v, bool)
+        or (isinstance(v, torch.Tensor) and v.dim() == 0 and not v.is_floating_point() and v.dtype != torch.bool)
+    )
 
 
 def _in_background(gen: Iterator, depth: int) -> Iterator:
@@ -189,33 +207,45 @@ class DataLoader:
         if sampler is not None and shuffle:
             raise ValueError("sampler option is mutually exclusive with shuffle")
         if batch_sampler is not None and (batch_size != 1 or shuffle or sampler is not None or drop_last):
-            raise ValueError("batch_sampler option is mutually exclusive with batch_size, shuffle, sampler, and drop_last")
-        if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0):
+            raise ValueError(
+                "batch_sampler option is mutually exclusive with batch_size, shuffle, sampler, and drop_last"
+            )
+        if num_workers is not None and (
+            isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0
+        ):
             raise ValueError(f"num_workers option should be non-negative, got {num_workers!r}")
         if not isinstance(timeout, (int, float)) or timeout < 0:
             raise ValueError(f"timeout option should be non-negative, got {timeout!r}")
         if num_workers == 0 and prefetch_factor is not None:
-            raise ValueError("prefetch_factor option could only be specified in multiprocessing. "
-                             "let num_workers > 0 to enable multiprocessing, otherwise set prefetch_factor to None.")
+            raise ValueError(
+                "prefetch_factor option could only be specified in multiprocessing. "
+                "let num_workers > 0 to enable multiprocessing, otherwise set prefetch_factor to None."
+            )
         if num_workers == 0 and persistent_workers:
             raise ValueError("persistent_workers option needs num_workers > 0")
         if worker_init_fn is not None and not callable(worker_init_fn):
             raise TypeError(f"worker_init_fn: {worker_init_fn!r} is not callable")
         if collate_fn is not None and not callable(collate_fn):
             raise TypeError(f"collate_fn: {collate_fn!r} is not callable")
-        for name, v in (("prefetch", prefetch), ("world_size", world_size)) + ((("batch_size", batch_size),) if batch_size is not None else ()):
-            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v < 2**63:
-                raise ValueError(f"{name}: must be a positive int (below 2**63), got {v!r}")
-        if prefetch_factor is not None and (isinstance(prefetch_factor, bool) or not isinstance(prefetch_factor, int) or not 1 <= prefetch_factor < 2**63):
+        # Converted here; their ranges (and dtype, device) are checked by the core when the native
+        # loader is made below, with its messages.
+        prefetch, world_size, rank = (
+            _count("prefetch", prefetch),
+            _count("world_size", world_size),
+            _count("rank", rank),
+        )
+        batch_size = _count("batch_size", batch_size) if batch_size is not None else None
+        num_threads = _count("num_threads", num_threads) if num_threads is not None else None
+        if prefetch_factor is not None and (
+            isinstance(prefetch_factor, bool)
+            or not isinstance(prefetch_factor, int)
+            or not 1 <= prefetch_factor < 2**63
+        ):
             raise ValueError(f"prefetch_factor: must be a positive int or None, got {prefetch_factor!r}")
-        if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int) or not 1 <= num_threads < 2**63):
-            raise ValueError(f"num_threads: must be a positive int or None, got {num_threads!r}")
-        if not isinstance(rank, int) or not 0 <= rank < world_size:
-            raise ValueError(f"rank: {rank!r} is not in [0, world_size={world_size})")
         if world_size > 1 and (sampler is not None or batch_sampler is not None):
-            raise ValueError("rank / world_size: give either a sampler (e.g. DistributedSampler) or rank and world_size, not both")
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype: {dtype} is not torch.float32 or torch.uint8")
+            raise ValueError(
+                "rank / world_size: give either a sampler (e.g. DistributedSampler) or rank and world_size, not both"
+            )
         seed_given = seed
         if seed is None:
             seed = int(torch.randint(0, 2**62, (), generator=generator).item())
@@ -225,74 +255,152 @@ class DataLoader:
         self.batch_size, self.shuffle, self.drop_last = batch_size, bool(shuffle), drop_last
         self.sampler, self.batch_sampler, self.collate_fn = sampler, batch_sampler, collate_fn
         self.num_workers, self.pin_memory, self.timeout = num_workers, pin_memory, timeout
-        self.worker_init_fn, self.multiprocessing_context, self.generator = worker_init_fn, multiprocessing_context, generator
+        self.worker_init_fn, self.multiprocessing_context, self.generator = (
+            worker_init_fn,
+            multiprocessing_context,
+            generator,
+        )
         self.prefetch_factor, self.persistent_workers = prefetch_factor, persistent_workers
         self.pin_memory_device, self.in_order = pin_memory_device, in_order
         self.seed, self.dtype = seed, dtype
-        self.device = torch.device(device) if str(device) != "auto" else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.rank, self.world_size, self.pad_shards = rank, world_size, bool(pad_shards)
         self.epoch = 0
         self._inits_done = False
-        self._options = dict(pin_memory=pin_memory, prefetch=prefetch, num_threads=num_threads, num_workers=num_workers,
-                             prefetch_factor=prefetch_factor, persistent_workers=persistent_workers, timeout=timeout,
-                             worker_init_fn=worker_init_fn, collate_fn=collate_fn, generator=generator)
+        self._options = dict(
+            pin_memory=pin_memory,
+            prefetch=prefetch,
+            num_threads=num_threads,
+            num_workers=num_workers,
+            prefetch_factor=prefetch_factor,
+            persistent_workers=persistent_workers,
+            timeout=timeout,
+            worker_init_fn=worker_init_fn,
+            collate_fn=collate_fn,
+            generator=generator,
+        )
 
         ds = _resolve(dataset)
         self._torch = None
         if ds is None:
+            self.device = torch.device("cpu")  # torch's loader moves nothing (any other device is refused there)
             self._fall_back_to_torch(dataset, transform, dict(locals(), seed=seed_given))
             return
+        self.device = torch.device(
+            _rs.resolve_device(device)
+        )  # "auto" resolved; checked as the native loader checks it
         self.dataset = ds
         self.transform = transform if transform is not None else ds.transform
         self.target_transform = ds.target_transform
         if pin_memory and not torch.cuda.is_available():
-            _warn_once("pin", "fastcifar.DataLoader: pin_memory=True, but CUDA is not available here, so nothing was pinned: "
-                              "batches are in ordinary memory (as torch's DataLoader does without an accelerator)")
+            _warn_once(
+                "pin",
+                "fastcifar.DataLoader: pin_memory=True, but CUDA is not available here, so nothing was pinned: "
+                "batches are in ordinary memory (as torch's DataLoader does without an accelerator)",
+            )
         if num_threads is None and num_workers is not None:
             num_threads = max(1, num_workers)
         if prefetch_factor is not None:
             prefetch = prefetch_factor * (num_threads or os.cpu_count() or 1)
         self._plan = T.Plan(self.transform) if self.transform is not None else None
+        # "torch.float32" or "torch.uint8": the core checks it and names anything else (a string such as
+        # "float32" goes as its repr, so that it is refused as torch's dtype argument would be).
+        kind = str(dtype) if isinstance(dtype, torch.dtype) else repr(dtype)
         if self._plan is not None and self._plan.rest:
             T._warn_python(self._plan.rest[0], self._plan.why)
-            ops, kind = self._plan.ops, "float32" if self._plan.float_out else "uint8"
+            if dtype in (torch.float32, torch.uint8):  # the fused part gives what the Python steps take
+                kind = "float32" if self._plan.float_out else "uint8"
+            ops = self._plan.ops
         else:
-            ops, kind = T.ops_of(self.transform, _DTYPES[dtype]), _DTYPES[dtype]
+            ops = T.ops_of(self.transform, kind)
         self._slow = bool(self._plan and self._plan.rest)
         # Python steps run on CPU tensors; their batches move to the device afterwards.
         native_device = "cpu" if self._slow else str(self.device)
-        self._args = (ds._native, ops, batch_size or 1, bool(shuffle), bool(drop_last), seed, prefetch, kind, native_device,
-                      bool(pin_memory) and not self._slow, num_threads, rank, world_size, bool(pad_shards))
-        self._core = _rs.NativeLoader(*self._args)
+        self._args = (ds._native, ops)
+        self._kwargs = dict(
+            batch_size=1 if batch_size is None else batch_size,
+            shuffle=bool(shuffle),
+            drop_last=bool(drop_last),
+            seed=seed,
+            prefetch=prefetch,
+            dtype=kind,
+            device=native_device,
+            pin_memory=bool(pin_memory) and not self._slow,
+            num_threads=num_threads,
+            rank=rank,
+            world_size=world_size,
+            pad_shards=bool(pad_shards),
+        )
+        self._core = _rs.NativeLoader(*self._args, **self._kwargs)
         self._trainer_loader = None
 
     def _fall_back_to_torch(self, dataset, transform, given: dict) -> None:
-        ours = {"transform": None, "seed": None, "device": "cpu", "prefetch": 2, "dtype": torch.float32, "num_threads": None,
-                "rank": 0, "world_size": 1, "pad_shards": True}
+        ours = {
+            "transform": None,
+            "seed": None,
+            "device": "cpu",
+            "prefetch": 2,
+            "dtype": torch.float32,
+            "num_threads": None,
+            "rank": 0,
+            "world_size": 1,
+            "pad_shards": True,
+        }
         changed = [k for k, v in ours.items() if not (given[k] is v or given[k] == v)]
         if changed:
-            raise TypeError(f"fastcifar.DataLoader: {', '.join(changed)} need a fastcifar data set (CIFAR10, ImageFolder, Dataset.from_numpy, "
-                            f"or a Subset / ConcatDataset of them), got {type(dataset).__name__}")
-        _warn_once("torch:" + type(dataset).__name__,
-                   f"fastcifar.DataLoader: {type(dataset).__name__} is not a fastcifar data set, so torch.utils.data.DataLoader "
-                   f"iterates it (no fused Rust pass)")
+            raise TypeError(
+                f"fastcifar.DataLoader: {', '.join(changed)} need a fastcifar data set (CIFAR10, ImageFolder, Dataset.from_numpy, "
+                f"or a Subset / ConcatDataset of them), got {type(dataset).__name__}"
+            )
+        _warn_once(
+            "torch:" + type(dataset).__name__,
+            f"fastcifar.DataLoader: {type(dataset).__name__} is not a fastcifar data set, so torch.utils.data.DataLoader "
+            f"iterates it (no fused Rust pass)",
+        )
         g = given
-        kw = dict(prefetch_factor=g["prefetch_factor"], persistent_workers=g["persistent_workers"],
-                  pin_memory_device=g["pin_memory_device"], in_order=g["in_order"])
+        kw = dict(
+            prefetch_factor=g["prefetch_factor"],
+            persistent_workers=g["persistent_workers"],
+            pin_memory_device=g["pin_memory_device"],
+            in_order=g["in_order"],
+        )
         self.dataset, self.transform, self.target_transform = dataset, None, None
         self._torch = torch.utils.data.DataLoader(
-            dataset, g["batch_size"], g["shuffle"], g["sampler"], g["batch_sampler"], g["num_workers"] or 0, g["collate_fn"],
-            g["pin_memory"], g["drop_last"], g["timeout"], g["worker_init_fn"], g["multiprocessing_context"], g["generator"], **kw)
+            dataset,
+            g["batch_size"],
+            g["shuffle"],
+            g["sampler"],
+            g["batch_sampler"],
+            g["num_workers"] or 0,
+            g["collate_fn"],
+            g["pin_memory"],
+            g["drop_last"],
+            g["timeout"],
+            g["worker_init_fn"],
+            g["multiprocessing_context"],
+            g["generator"],
+            **kw,
+        )
 
-    def shard(self, rank: int, world_size: int, pad_shards: Optional[bool] = None, seed: Optional[int] = None) -> "DataLoader":
+    def shard(
+        self, rank: int, world_size: int, pad_shards: Optional[bool] = None, seed: Optional[int] = None
+    ) -> "DataLoader":
         """The same loader restricted to shard ``rank`` of ``world_size`` (see the class notes)."""
         if self._torch is not None:
             raise TypeError(f"shard: {type(self.dataset).__name__} is not a fastcifar data set")
         o = dict(self._options)
         return DataLoader(
-            self.dataset, self.batch_size, self.shuffle or None, drop_last=self.drop_last, transform=self.transform,
-            seed=self.seed if seed is None else seed, device=self.device, dtype=self.dtype, rank=rank, world_size=world_size,
-            pad_shards=self.pad_shards if pad_shards is None else pad_shards, **o,
+            self.dataset,
+            self.batch_size,
+            self.shuffle or None,
+            drop_last=self.drop_last,
+            transform=self.transform,
+            seed=self.seed if seed is None else seed,
+            device=self.device,
+            dtype=self.dtype,
+            rank=rank,
+            world_size=world_size,
+            pad_shards=self.pad_shards if pad_shards is None else pad_shards,
+            **o,
         )
 
     @property
@@ -301,9 +409,13 @@ class DataLoader:
         everything this loader does happens in Rust; labels through ``target_transform`` applied
         once. Otherwise a TypeError says why, and the Trainer pulls the batches through Python."""
         if self._torch is not None:
-            raise TypeError(f"it iterates a {type(self.dataset).__name__}, not a fastcifar data set, with torch's DataLoader")
+            raise TypeError(
+                f"it iterates a {type(self.dataset).__name__}, not a fastcifar data set, with torch's DataLoader"
+            )
         if self._slow:
-            raise TypeError(f"{self._plan.rest[0]!r} runs in Python (the transforms fastcifar.transforms lists stay in Rust)")
+            raise TypeError(
+                f"{self._plan.rest[0]!r} runs in Python (the transforms fastcifar.transforms lists stay in Rust)"
+            )
         for name in ("sampler", "batch_sampler", "collate_fn"):
             if getattr(self, name) is not None:
                 raise TypeError(f"it has a {name}= (batches drawn in Python)")
@@ -312,9 +424,11 @@ class DataLoader:
         if self._trainer_loader is None:
             labels = [self.target_transform(int(y)) for y in self.dataset.targets]
             if not all(_is_int_label(v) for v in labels):
-                raise TypeError("its target_transform returns "
-                                f"{type(next(v for v in labels if not _is_int_label(v))).__name__}, not integer class labels")
-            self._trainer_loader = _rs.NativeLoader(*self._args, labels=[int(v) for v in labels])
+                raise TypeError(
+                    "its target_transform returns "
+                    f"{type(next(v for v in labels if not _is_int_label(v))).__name__}, not integer class labels"
+                )
+            self._trainer_loader = _rs.NativeLoader(*self._args, **self._kwargs, labels=[int(v) for v in labels])
         return self._trainer_loader
 
     def _batches(self) -> List[List[int]]:
@@ -324,7 +438,7 @@ class DataLoader:
         else:
             idx = [int(i) for i in self.sampler]
             b = self.batch_size or 1
-            batches = [idx[k:k + b] for k in range(0, len(idx), b)]
+            batches = [idx[k : k + b] for k in range(0, len(idx), b)]
             if self.drop_last and batches and len(batches[-1]) < b:
                 batches.pop()
         for batch in batches:
@@ -362,7 +476,11 @@ class DataLoader:
             return iter(self._torch)
         epoch = self.epoch
         self.epoch += 1
-        if self.worker_init_fn is not None and (self.num_workers or 0) > 0 and not (self.persistent_workers and self._inits_done):
+        if (
+            self.worker_init_fn is not None
+            and (self.num_workers or 0) > 0
+            and not (self.persistent_workers and self._inits_done)
+        ):
             for i in range(self.num_workers):
                 self.worker_init_fn(i)
             self._inits_done = True
@@ -372,13 +490,17 @@ class DataLoader:
             it = self._core.epoch_batches(epoch=epoch, batches=self._batches())
         if self.timeout:
             it.set_timeout(seconds=float(self.timeout))
-        plain = not self._slow and self.target_transform is None and self.batch_size is not None and (
-            self.collate_fn is None or self.collate_fn is default_collate)
+        plain = (
+            not self._slow
+            and self.target_transform is None
+            and self.batch_size is not None
+            and (self.collate_fn is None or self.collate_fn is default_collate)
+        )
         if plain:
             return it
         if self._slow and self.num_workers != 0:
             # As torch's workers do: the Python steps of the next batches run while this one is used.
-            return _in_background(self._finish(it), self._args[6])
+            return _in_background(self._finish(it), self._kwargs["prefetch"])
         return self._finish(it)
 
     def _finish(self, it) -> Iterator:
@@ -397,8 +519,17 @@ class DataLoader:
                 yield self.collate_fn(list(zip(imgs, labels if labels is not None else y.tolist())))
                 continue
             # torch's default_collate takes no PIL images; a transform without ToTensor gives tensors here.
-            xb = x if images is None else default_collate([T.PILToTensor()(im) if T._is_pil(im) else im for im in images])
-            if isinstance(xb, torch.Tensor) and images is not None and self.dtype == torch.float32 and xb.dtype == torch.uint8:
+            xb = (
+                x
+                if images is None
+                else default_collate([T.PILToTensor()(im) if T._is_pil(im) else im for im in images])
+            )
+            if (
+                isinstance(xb, torch.Tensor)
+                and images is not None
+                and self.dtype == torch.float32
+                and xb.dtype == torch.uint8
+            ):
                 xb = xb.float()
             yb = y if labels is None else default_collate(labels)
             yield self._to_device(xb), self._to_device(yb)
@@ -411,5 +542,7 @@ class DataLoader:
     def __repr__(self) -> str:
         if self._torch is not None:
             return f"DataLoader(torch.utils.data.DataLoader over {type(self.dataset).__name__}, batches={len(self)})"
-        return (f"DataLoader(batches={len(self)}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
-                f"drop_last={self.drop_last}, device={self.device}, dtype={self.dtype})")
+        return (
+            f"DataLoader(batches={len(self)}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
+            f"drop_last={self.drop_last}, device={self.device}, dtype={self.dtype})"
+        )

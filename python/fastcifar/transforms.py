@@ -22,6 +22,7 @@ transforms then return a PIL image), an HWC uint8 numpy array or a CHW uint8 ten
 CHW uint8 tensor), or a float tensor (computed with torch ops). ``ToTensor`` / ``Normalize`` work
 on tensors of any device and on (N, C, H, W) batches, e.g. to normalise uint8 batches on the GPU.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,9 +36,27 @@ import torch
 from . import _native as _rs
 
 __all__ = [
-    "Transform", "Compose", "RandomCrop", "CenterCrop", "Pad", "RandomHorizontalFlip", "RandomVerticalFlip",
-    "Resize", "RandomResizedCrop", "ToTensor", "PILToTensor", "ToImage", "ToDtype", "ConvertImageDtype", "Normalize",
-    "RandomErasing", "Cutout", "Lambda", "ColorJitter", "RandomRotation", "from_torchvision",
+    "Transform",
+    "Compose",
+    "RandomCrop",
+    "CenterCrop",
+    "Pad",
+    "RandomHorizontalFlip",
+    "RandomVerticalFlip",
+    "Resize",
+    "RandomResizedCrop",
+    "ToTensor",
+    "PILToTensor",
+    "ToImage",
+    "ToDtype",
+    "ConvertImageDtype",
+    "Normalize",
+    "RandomErasing",
+    "Cutout",
+    "Lambda",
+    "ColorJitter",
+    "RandomRotation",
+    "from_torchvision",
 ]
 
 
@@ -49,13 +68,6 @@ def _pair(name: str, v) -> tuple:
     if isinstance(v, Sequence) and len(v) == 2:
         return (int(v[0]), int(v[1]))
     raise ValueError(f"{name}: expected an int or an (h, w) pair, got {v!r}")
-
-
-def _nonneg_size(name: str, v) -> tuple:
-    h, w = _pair(name, v)
-    if h <= 0 or w <= 0:
-        raise ValueError(f"{name}: ({h}, {w}) must be positive")
-    return h, w
 
 
 def _floats(name: str, v) -> List[float]:
@@ -81,25 +93,13 @@ def _ltrb(padding) -> List[int]:
         pad = [int(p) for p in padding]
     else:
         raise ValueError(f"padding: expected an int or a sequence of 1, 2 or 4 ints, got {padding!r}")
-    if any(p < 0 for p in pad):
-        raise ValueError(f"padding: {padding!r} must not be negative")
     return pad
 
 
-def _pixel_fill(fill) -> List[int]:
-    fills = _floats("fill", 0 if fill is None else fill)
-    if any(not (0 <= f <= 255) or f != int(f) for f in fills):
-        raise ValueError(f"fill: {fill!r} must be pixel values, integers in [0, 255]")
-    return [int(f) for f in fills]
-
-
-_MODES = ("constant", "edge", "reflect", "symmetric")
-
-
-def _mode(padding_mode: str) -> str:
-    if padding_mode not in _MODES:
-        raise ValueError(f"padding_mode: '{padding_mode}' is not one of {', '.join(map(repr, _MODES))}")
-    return padding_mode
+def _fill(fill) -> List[float]:
+    """torchvision's fill (None, a number or one per channel) as numbers; the core checks that they
+    are pixel values."""
+    return _floats("fill", 0 if fill is None else fill)
 
 
 def _interp_name(interpolation) -> str:
@@ -111,6 +111,7 @@ def _interp_name(interpolation) -> str:
 
 
 # --- image kinds: what a torchvision transform receives --------------------------------------------
+
 
 def _is_pil(img) -> bool:
     return type(img).__module__.startswith("PIL.") and hasattr(img, "getbands")
@@ -180,7 +181,16 @@ def _run_ops(native_ds, index: int, ops: list, seed: Optional[int] = None) -> to
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()).item())
     out_float = any(o.name in ("ToTensor", "ToDtype") for o in ops)
-    loader = _rs.NativeLoader(native_ds, ops, 1, False, False, seed, 1, "float32" if out_float else "uint8", "cpu", False, 1)
+    loader = _rs.NativeLoader(
+        native_ds,
+        ops,
+        batch_size=1,
+        seed=seed,
+        prefetch=1,
+        dtype="float32" if out_float else "uint8",
+        device="cpu",
+        num_threads=1,
+    )
     x, _ = loader.batch([index], 0)
     return x[0]
 
@@ -300,12 +310,16 @@ class RandomCrop(Transform):
     ``padding_mode``: 'constant' (with ``fill``), 'edge', 'reflect' or 'symmetric'."""
 
     def __init__(self, size, padding=None, pad_if_needed: bool = False, fill=0, padding_mode: str = "constant"):
-        self.size = _nonneg_size("size", size)
-        pad = _ltrb(padding)
-        fills = _pixel_fill(fill)
-        self.padding, self.pad_if_needed, self.fill, self.padding_mode = padding, pad_if_needed, fill, _mode(padding_mode)
-        self._pad = pad
-        self._op = _rs.TransformOp.random_crop(self.size, pad, fills, padding_mode, bool(pad_if_needed))
+        # The native op is made at once: the core checks size, padding, fill and padding_mode here.
+        self.size, self._pad = _pair("size", size), _ltrb(padding)
+        self._op = _rs.TransformOp.random_crop(
+            size=self.size,
+            padding=self._pad,
+            fill=_fill(fill),
+            padding_mode=padding_mode,
+            pad_if_needed=bool(pad_if_needed),
+        )
+        self.padding, self.pad_if_needed, self.fill, self.padding_mode = padding, pad_if_needed, fill, padding_mode
 
     def _ops(self):
         return [self._op]
@@ -321,7 +335,7 @@ class RandomCrop(Transform):
             raise ValueError(f"size: crop {th}x{tw} is larger than the padded image {h}x{w} (RandomCrop)")
         i = int(torch.randint(0, h - th + 1, size=(1,)).item())
         j = int(torch.randint(0, w - tw + 1, size=(1,)).item())
-        return x[..., i:i + th, j:j + tw]
+        return x[..., i : i + th, j : j + tw]
 
 
 class CenterCrop(Transform):
@@ -329,8 +343,8 @@ class CenterCrop(Transform):
     when larger than the image."""
 
     def __init__(self, size):
-        self.size = _nonneg_size("size", size)
-        self._op = _rs.TransformOp.center_crop(self.size)
+        self.size = _pair("size", size)
+        self._op = _rs.TransformOp.center_crop(size=self.size)
 
     def _ops(self):
         return [self._op]
@@ -339,10 +353,15 @@ class CenterCrop(Transform):
         h, w = x.shape[-2:]
         th, tw = self.size
         if th > h or tw > w:
-            x = _pad_float(x, [max(tw - w, 0) // 2, max(th - h, 0) // 2, (max(tw - w, 0) + 1) // 2, (max(th - h, 0) + 1) // 2], 0, "constant")
+            x = _pad_float(
+                x,
+                [max(tw - w, 0) // 2, max(th - h, 0) // 2, (max(tw - w, 0) + 1) // 2, (max(th - h, 0) + 1) // 2],
+                0,
+                "constant",
+            )
             h, w = x.shape[-2:]
         i, j = _python_round((h - th) / 2.0), _python_round((w - tw) / 2.0)
-        return x[..., i:i + th, j:j + tw]
+        return x[..., i : i + th, j : j + tw]
 
 
 class Pad(Transform):
@@ -350,8 +369,8 @@ class Pad(Transform):
 
     def __init__(self, padding, fill=0, padding_mode: str = "constant"):
         self._pad = _ltrb(padding)
-        self.padding, self.fill, self.padding_mode = padding, fill, _mode(padding_mode)
-        self._op = _rs.TransformOp.pad(padding=self._pad, fill=_pixel_fill(fill), padding_mode=padding_mode)
+        self._op = _rs.TransformOp.pad(padding=self._pad, fill=_fill(fill), padding_mode=padding_mode)
+        self.padding, self.fill, self.padding_mode = padding, fill, padding_mode
 
     def _ops(self):
         return [self._op]
@@ -365,7 +384,7 @@ class _Flip(Transform):
 
     def __init__(self, p: float = 0.5):
         self.p = p
-        self._op = (_rs.TransformOp.horizontal_flip if self._dim == -1 else _rs.TransformOp.vertical_flip)(float(p))
+        self._op = (_rs.TransformOp.horizontal_flip if self._dim == -1 else _rs.TransformOp.vertical_flip)(p=float(p))
 
     def _ops(self):
         return [self._op]
@@ -440,9 +459,16 @@ class RandomResizedCrop(Transform):
     fused (Pillow's pixels); other interpolations run in Python."""
 
     def __init__(self, size, scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0), interpolation="bilinear", antialias=True):
-        self.size = _nonneg_size("size", size)
-        self.scale, self.ratio, self.interpolation, self.antialias = tuple(scale), tuple(ratio), interpolation, antialias
-        self._op = _rs.TransformOp.random_resized_crop(size=self.size, scale=tuple(map(float, scale)), ratio=tuple(map(float, ratio)))
+        self.size = _pair("size", size)
+        self.scale, self.ratio, self.interpolation, self.antialias = (
+            tuple(scale),
+            tuple(ratio),
+            interpolation,
+            antialias,
+        )
+        self._op = _rs.TransformOp.random_resized_crop(
+            size=self.size, scale=tuple(map(float, scale)), ratio=tuple(map(float, ratio))
+        )
         self._native = _interp_name(interpolation) == "bilinear"
 
     def _ops(self):
@@ -475,12 +501,14 @@ class RandomResizedCrop(Transform):
         kind = "pil" if _is_pil(img) else "tensor"
         pil = img if kind == "pil" else to_pil(torch.as_tensor(_hwc_array(img)[0]).permute(2, 0, 1))
         i, j, bh, bw = self.get_params(pil.height, pil.width)
-        out = pil.crop((j, i, j + bw, i + bh)).resize(self.size[::-1], _PIL_FILTERS.get(_interp_name(self.interpolation), 2))
+        out = pil.crop((j, i, j + bw, i + bh)).resize(
+            self.size[::-1], _PIL_FILTERS.get(_interp_name(self.interpolation), 2)
+        )
         return out if kind == "pil" else torch.from_numpy(np.array(out)).reshape(*self.size, -1).permute(2, 0, 1)
 
     def _float(self, x):
         i, j, bh, bw = self.get_params(*x.shape[-2:])
-        return Resize(self.size, self.interpolation, antialias=self.antialias)._float(x[..., i:i + bh, j:j + bw])
+        return Resize(self.size, self.interpolation, antialias=self.antialias)._float(x[..., i : i + bh, j : j + bw])
 
 
 class ToTensor(Transform):
@@ -497,7 +525,9 @@ class ToTensor(Transform):
         return x.float().div_(255.0)
 
     def _float(self, x):
-        raise TypeError(f"ToTensor: expected a PIL image, a uint8 numpy array or a uint8 tensor, got a {x.dtype} tensor")
+        raise TypeError(
+            f"ToTensor: expected a PIL image, a uint8 numpy array or a uint8 tensor, got a {x.dtype} tensor"
+        )
 
 
 class PILToTensor(Transform):
@@ -569,7 +599,7 @@ class Normalize(Transform):
     def __init__(self, mean, std, inplace: bool = False):
         self.mean, self.std = tuple(_floats("mean", mean)), tuple(_floats("std", std))
         self.inplace = inplace
-        self._op = _rs.TransformOp.normalize(list(self.mean), list(self.std))
+        self._op = _rs.TransformOp.normalize(mean=list(self.mean), std=list(self.std))
 
     def _ops(self):
         return [self._op]
@@ -606,10 +636,14 @@ class RandomErasing(Transform):
         self._random = value is None or (isinstance(value, str) and value == "random")
         if isinstance(value, str) and not self._random:
             raise ValueError(f"value: '{value}' is not 'random', a number or one number per channel")
-        self._op = None if self._random else _rs.TransformOp.random_erasing(
-            float(p), tuple(map(float, scale)), tuple(map(float, ratio)), _floats("value", value))
-        if self._random:
-            _rs.TransformOp.random_erasing(float(p), tuple(map(float, scale)), tuple(map(float, ratio)), [0.0])  # checks p, scale, ratio
+        # Made even for value='random' (which runs in Python), so that the core checks p, scale and ratio.
+        op = _rs.TransformOp.random_erasing(
+            p=float(p),
+            scale=tuple(map(float, scale)),
+            ratio=tuple(map(float, ratio)),
+            value=[0.0] if self._random else _floats("value", value),
+        )
+        self._op = None if self._random else op
 
     def _ops(self):
         if self._random:
@@ -618,7 +652,9 @@ class RandomErasing(Transform):
 
     def __call__(self, img):
         if not isinstance(img, torch.Tensor) or not img.is_floating_point():
-            raise TypeError(f"RandomErasing expects a float tensor (after ToTensor), got {getattr(img, 'dtype', type(img).__name__)}")
+            raise TypeError(
+                f"RandomErasing expects a float tensor (after ToTensor), got {getattr(img, 'dtype', type(img).__name__)}"
+            )
         return self._float(img)
 
     def _float(self, x):
@@ -637,7 +673,7 @@ class RandomErasing(Transform):
             i = int(torch.randint(0, h - eh + 1, size=(1,)).item())
             j = int(torch.randint(0, w - ew + 1, size=(1,)).item())
             x = x if self.inplace else x.clone()
-            x[..., i:i + eh, j:j + ew] = v.to(x.device)
+            x[..., i : i + eh, j : j + ew] = v.to(x.device)
             return x
         return x
 
@@ -649,7 +685,7 @@ class Cutout(Transform):
 
     def __init__(self, size: int, p: float = 1.0, value=0):
         self.size, self.p, self.value = size, p, value
-        self._op = _rs.TransformOp.cutout(int(size), float(p), _floats("value", value))
+        self._op = _rs.TransformOp.cutout(size=int(size), p=float(p), value=_floats("value", value))
 
     def _ops(self):
         return [self._op]
@@ -704,7 +740,11 @@ def _as_pil(img):
     if _is_pil(img):
         return img, lambda p: p
     arr, kind = _hwc_array(img)
-    back = (lambda p: torch.from_numpy(np.array(p)).reshape(p.height, p.width, -1).permute(2, 0, 1)) if kind == "tensor" else np.asarray
+    back = (
+        (lambda p: torch.from_numpy(np.array(p)).reshape(p.height, p.width, -1).permute(2, 0, 1))
+        if kind == "tensor"
+        else np.asarray
+    )
     return to_pil(torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))), back
 
 
@@ -716,7 +756,9 @@ class ColorJitter(Transform):
 
     def __init__(self, brightness=0, contrast=0, saturation=0, hue=0):
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
-        self._b, self._c, self._s = (_range(n, v) for n, v in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)))
+        self._b, self._c, self._s = (
+            _range(n, v) for n, v in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation))
+        )
         self._h = _range("hue", hue, center=0.0, bound=(-0.5, 0.5), clip_first=False)
 
     def get_params(self):
@@ -741,7 +783,6 @@ class ColorJitter(Transform):
             elif k == 3 and h is not None:
                 pil = _hue_pil(pil, h)
         return back(pil)
-
 
     def _tensor(self, x: torch.Tensor) -> torch.Tensor:
         order, b, c, s, h = self.get_params()
@@ -819,7 +860,13 @@ class RandomRotation(Transform):
             degrees = (-float(degrees), float(degrees))
         if not (isinstance(degrees, Sequence) and len(degrees) == 2):
             raise ValueError(f"degrees: expected a number or a (min, max) pair, got {degrees!r}")
-        self.degrees, self.interpolation, self.expand, self.center, self.fill = tuple(map(float, degrees)), interpolation, expand, center, fill
+        self.degrees, self.interpolation, self.expand, self.center, self.fill = (
+            tuple(map(float, degrees)),
+            interpolation,
+            expand,
+            center,
+            fill,
+        )
 
     def get_params(self) -> float:
         return float(torch.empty(1).uniform_(self.degrees[0], self.degrees[1]).item())
@@ -830,8 +877,12 @@ class RandomRotation(Transform):
         if isinstance(img, torch.Tensor) and img.is_floating_point():
             Image = _pil_module()
             fills = _floats("fill", self.fill or 0)
-            chans = [Image.fromarray(ch.detach().cpu().numpy().astype(np.float32), "F").rotate(
-                angle, resample, self.expand, self.center, fillcolor=fills[k % len(fills)]) for k, ch in enumerate(img)]
+            chans = [
+                Image.fromarray(ch.detach().cpu().numpy().astype(np.float32), "F").rotate(
+                    angle, resample, self.expand, self.center, fillcolor=fills[k % len(fills)]
+                )
+                for k, ch in enumerate(img)
+            ]
             return torch.stack([torch.from_numpy(np.array(ch)) for ch in chans]).to(img.dtype)
         pil, back = _as_pil(img)
         fill = self.fill if self.fill is not None else 0
@@ -842,6 +893,7 @@ class RandomRotation(Transform):
 
 
 # --- torchvision's transform objects --------------------------------------------------------------
+
 
 def _tv_fill(t):
     fill = getattr(t, "fill", 0)
@@ -874,9 +926,13 @@ _TORCHVISION = {
     "PILToTensor": lambda t: PILToTensor(),
     "ToImage": lambda t: ToImage(),
     "ToDtype": lambda t: ToDtype(t.dtype, t.scale) if isinstance(t.dtype, torch.dtype) else t,
-    "ConvertImageDtype": lambda t: (ToDtype(t.dtype, True) if ".v2." in type(t).__module__ else ConvertImageDtype(t.dtype)),
+    "ConvertImageDtype": lambda t: (
+        ToDtype(t.dtype, True) if ".v2." in type(t).__module__ else ConvertImageDtype(t.dtype)
+    ),
     "Normalize": lambda t: Normalize(t.mean, t.std, t.inplace),
-    "RandomErasing": lambda t: RandomErasing(t.p, t.scale, t.ratio, "random" if t.value is None else t.value, t.inplace),
+    "RandomErasing": lambda t: RandomErasing(
+        t.p, t.scale, t.ratio, "random" if t.value is None else t.value, t.inplace
+    ),
     "Lambda": lambda t: Lambda(t.lambd),
 }
 
@@ -966,9 +1022,10 @@ class Plan:
 
 
 def ops_of(transform, dtype: str) -> list:
-    """The native ops of a transform that compiles whole; without one, float output means ToTensor."""
+    """The native ops of a transform that compiles whole; without one, float output ("float32" or
+    "torch.float32") means ToTensor."""
     if transform is None:
-        return [_rs.TransformOp.to_tensor()] if dtype == "float32" else []
+        return [_rs.TransformOp.to_tensor()] if dtype in ("float32", "torch.float32") else []
     plan = Plan(transform)
     if plan.rest:
         raise TypeError(f"transform: {plan.rest[0]!r} does not run in the fused pass")
@@ -1003,9 +1060,13 @@ def to_config(transform) -> list:
 
 
 def from_config(cfg: list) -> Transform:
-    kinds = {"ToTensor": lambda c: ToTensor(), "Normalize": lambda c: Normalize(c["mean"], c["std"]),
-             "Resize": lambda c: Resize(c["size"]), "CenterCrop": lambda c: CenterCrop(c["size"]),
-             "Pad": lambda c: Pad(c["padding"], c["fill"], c["padding_mode"])}
+    kinds = {
+        "ToTensor": lambda c: ToTensor(),
+        "Normalize": lambda c: Normalize(c["mean"], c["std"]),
+        "Resize": lambda c: Resize(c["size"]),
+        "CenterCrop": lambda c: CenterCrop(c["size"]),
+        "Pad": lambda c: Pad(c["padding"], c["fill"], c["padding_mode"]),
+    }
     return Compose([kinds[c["type"]](c) for c in cfg])
 
 

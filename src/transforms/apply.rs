@@ -1,0 +1,256 @@
+//! Applying a compiled pipeline: one sample per rayon task, randomness keyed by (seed, epoch,
+//! index), stages run through per-thread scratch buffers so that no image allocates.
+use rayon::prelude::*;
+
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+
+use super::compile::{Geo, Pipeline, Stage};
+use super::convert::Element;
+use super::gather::{prefetch, runs_of, write_mapped, MapArgs, Run};
+use super::ops::PadMode;
+use super::resize::{self, Weights};
+
+/// Per-thread buffers, reused from sample to sample: no allocation per image.
+#[derive(Default)]
+pub(super) struct Scratch {
+    a: Vec<u8>,
+    b: Vec<u8>,
+    tmp: Vec<u8>,
+    pub(super) ymap: Vec<i32>,
+    pub(super) xmap: Vec<i32>,
+    spare: Vec<i32>,
+    pub(super) runs: Vec<Run>,
+    bytes: Vec<u8>,
+}
+
+impl Pipeline {
+    /// Writes the transformed images `indices` of `ds` into `out` (B * C * H * W elements), one
+    /// sample per task across the current rayon pool. Sample `i`'s randomness is keyed by
+    /// (seed, epoch, i) alone.
+    pub fn apply_batch<T: Element>(
+        &self,
+        ds: &Dataset,
+        indices: &[usize],
+        seed: u64,
+        epoch: u64,
+        out: &mut [T],
+    ) -> Result<()> {
+        if ds.shape != self.in_shape {
+            return Err(Error::invalid(
+                "dataset",
+                format!(
+                    "images are {:?}, the pipeline was built for {:?}",
+                    ds.shape, self.in_shape
+                ),
+            ));
+        }
+        let per: usize = self.out_shape.iter().product();
+        if out.len() != per * indices.len() {
+            return Err(Error::invalid(
+                "out",
+                format!("{} elements for {} samples of {per}", out.len(), indices.len()),
+            ));
+        }
+        if let Some(&bad) = indices.iter().find(|&&i| i >= ds.len()) {
+            return Err(Error::invalid(
+                "index",
+                format!("{bad} is out of range for {} images", ds.len()),
+            ));
+        }
+        // Shuffled sampling makes every source image a cache miss: each task walks a run of
+        // samples and prefetches the next image while it transforms the current one.
+        const RUN: usize = 8;
+        out.par_chunks_mut(per * RUN)
+            .zip(indices.par_chunks(RUN))
+            .for_each_init(
+                || Scratch {
+                    a: vec![0u8; self.scratch],
+                    b: vec![0u8; self.scratch],
+                    ..Default::default()
+                },
+                |s, (dst, idx)| {
+                    for (k, (d, &i)) in dst.chunks_mut(per).zip(idx).enumerate() {
+                        if let Some(&next) = idx.get(k + 1) {
+                            prefetch(ds.image(next));
+                        }
+                        let mut rng = Rng::keyed(&[seed, epoch, i as u64]);
+                        self.apply_one(ds.image(i), &mut rng, s, d);
+                    }
+                },
+            );
+        Ok(())
+    }
+
+    fn apply_one<T: Element>(&self, src: &[u8], rng: &mut Rng, s: &mut Scratch, dst: &mut [T]) {
+        let c = self.in_shape[0];
+        // After the first Resize the current image lives in `s.a`; each stage writes `s.b`, then swaps.
+        let mut in_scratch = false;
+        let last = self.stages.len() - 1;
+        for (si, stage) in self.stages.iter().enumerate() {
+            match stage {
+                Stage::Maps { geos, in_hw } => {
+                    self.maps(geos, *in_hw, rng, s);
+                    runs_of(&s.xmap, &mut s.runs);
+                    let cur: &[u8] = if in_scratch { &s.a[..] } else { src };
+                    let m = MapArgs {
+                        src: cur,
+                        c,
+                        hw: *in_hw,
+                        ymap: &s.ymap,
+                        runs: &s.runs,
+                        fills: &self.fills,
+                    };
+                    if si == last {
+                        write_mapped(&m, &mut s.bytes, dst, &self.convs);
+                        break;
+                    }
+                    // Only happens right before a Resize: materialise as bytes.
+                    let n = c * s.ymap.len() * s.xmap.len();
+                    write_mapped(&m, &mut s.bytes, &mut s.b[..n], &self.convs);
+                }
+                Stage::Resize { wy, wx, in_hw } => {
+                    let cur: &[u8] = if in_scratch { &s.a[..] } else { src };
+                    let n = c * wy.len() * wx.len();
+                    resize::resize(cur, c, *in_hw, (0, 0), wy, wx, &mut s.tmp, &mut s.b[..n]);
+                }
+                Stage::ResizedCrop {
+                    size,
+                    scale,
+                    ratio,
+                    in_hw,
+                } => {
+                    let cur: &[u8] = if in_scratch { &s.a[..] } else { src };
+                    let (y0, x0, bh, bw) = resized_crop_box(rng, *in_hw, *scale, *ratio);
+                    let (wy, wx) = (Weights::new(bh, size.0), Weights::new(bw, size.1));
+                    let n = c * size.0 * size.1;
+                    resize::resize(cur, c, *in_hw, (y0, x0), &wy, &wx, &mut s.tmp, &mut s.b[..n]);
+                }
+            }
+            std::mem::swap(&mut s.a, &mut s.b);
+            in_scratch = true;
+        }
+        for e in &self.erases {
+            e.apply(rng, self.out_shape, dst);
+        }
+    }
+
+    /// Draws one sample's geometry and leaves its row and column maps (into the stage input) in
+    /// `s.ymap` / `s.xmap`. Entries >= 0 are source coordinates; -(k + 1) means "fill value k".
+    pub(super) fn maps(&self, geos: &[Geo], (h, w): (usize, usize), rng: &mut Rng, s: &mut Scratch) {
+        s.ymap.clear();
+        s.ymap.extend(0..h as i32);
+        s.xmap.clear();
+        s.xmap.extend(0..w as i32);
+        for g in geos {
+            match *g {
+                Geo::Crop {
+                    pad,
+                    size,
+                    random,
+                    mode,
+                    fill,
+                } => {
+                    let (ph, pw) = (s.ymap.len() + pad[1] + pad[3], s.xmap.len() + pad[0] + pad[2]);
+                    let (oy, ox) = if random {
+                        // torchvision: i = randint(0, h - th + 1), then j likewise.
+                        (rng.below(ph - size.0 + 1), rng.below(pw - size.1 + 1))
+                    } else {
+                        // torchvision's centre: int(round((h - th) / 2)), Python's round (halves to even).
+                        let half = |d: usize| (d as f64 / 2.0).round_ties_even() as usize;
+                        (half(ph - size.0), half(pw - size.1))
+                    };
+                    crop_map(&s.ymap, &mut s.spare, pad[1], oy, size.0, mode, fill);
+                    std::mem::swap(&mut s.ymap, &mut s.spare);
+                    crop_map(&s.xmap, &mut s.spare, pad[0], ox, size.1, mode, fill);
+                    std::mem::swap(&mut s.xmap, &mut s.spare);
+                }
+                Geo::Flip { p, horizontal } => {
+                    // torch.rand(1) < p
+                    if rng.uniform() < p {
+                        if horizontal {
+                            s.xmap.reverse();
+                        } else {
+                            s.ymap.reverse();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// torchvision's RandomResizedCrop.get_params: (top, left, height, width) of the box in an h x w
+/// image. Up to 10 draws of area and log-uniform aspect ratio; then the centred fallback.
+pub(super) fn resized_crop_box(
+    rng: &mut Rng,
+    (h, w): (usize, usize),
+    scale: (f64, f64),
+    ratio: (f64, f64),
+) -> (usize, usize, usize, usize) {
+    let area = (h * w) as f64;
+    let log_ratio = (ratio.0.ln(), ratio.1.ln());
+    for _ in 0..10 {
+        let target = area * rng.range_f(scale.0, scale.1);
+        let aspect = rng.range_f(log_ratio.0, log_ratio.1).exp();
+        // Python's round(): halves go to even.
+        let bw = (target * aspect).sqrt().round_ties_even();
+        let bh = (target / aspect).sqrt().round_ties_even();
+        if bw > 0.0 && bw <= w as f64 && bh > 0.0 && bh <= h as f64 {
+            let (bh, bw) = (bh as usize, bw as usize);
+            return (rng.below(h - bh + 1), rng.below(w - bw + 1), bh, bw);
+        }
+    }
+    let in_ratio = w as f64 / h as f64;
+    let (bh, bw) = if in_ratio < ratio.0 {
+        (((w as f64) / ratio.0).round_ties_even() as usize, w)
+    } else if in_ratio > ratio.1 {
+        (h, ((h as f64) * ratio.1).round_ties_even() as usize)
+    } else {
+        (h, w)
+    };
+    let (bh, bw) = (bh.clamp(1, h), bw.clamp(1, w));
+    ((h - bh) / 2, (w - bw) / 2, bh, bw)
+}
+
+/// One axis of pad-then-crop: output coordinate j reads padded coordinate j + offset.
+fn crop_map(
+    map: &[i32],
+    out: &mut Vec<i32>,
+    pad_before: usize,
+    offset: usize,
+    size: usize,
+    mode: PadMode,
+    fill: usize,
+) {
+    let n = map.len() as isize;
+    out.clear();
+    out.extend((0..size).map(|j| {
+        let q = (j + offset) as isize - pad_before as isize;
+        if (0..n).contains(&q) {
+            return map[q as usize];
+        }
+        match mode {
+            PadMode::Constant => -(fill as i32) - 1,
+            PadMode::Edge => map[q.clamp(0, n - 1) as usize],
+            // numpy "reflect": the edge pixel is not repeated; wider pads keep reflecting (period 2n - 2).
+            PadMode::Reflect => {
+                let period = 2 * (n - 1).max(1);
+                let mut r = q.rem_euclid(period);
+                if r >= n {
+                    r = period - r;
+                }
+                map[r.clamp(0, n - 1) as usize]
+            }
+            // numpy "symmetric": the edge pixel is repeated (period 2n).
+            PadMode::Symmetric => {
+                let mut r = q.rem_euclid(2 * n);
+                if r >= n {
+                    r = 2 * n - 1 - r;
+                }
+                map[r as usize]
+            }
+        }
+    }));
+}
