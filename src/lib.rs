@@ -3,6 +3,7 @@
 //! only place that does.
 pub mod data;
 pub mod error;
+pub mod host;
 pub mod loader;
 pub mod nn;
 pub mod pool;

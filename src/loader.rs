@@ -11,6 +11,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::Dataset;
 use crate::error::{Error, Result};
+use crate::host::{HostPool, Plain};
 use crate::pool::{forked_since, Pool};
 use crate::rng::Rng;
 use crate::transforms::{Element, Op, Pipeline};
@@ -73,6 +74,8 @@ pub struct Loader {
     pipeline: Arc<Pipeline>,
     opts: LoaderOptions,
     pool: Arc<Pool>,
+    /// The memory batches are written into (see `host`).
+    host: Arc<HostPool>,
 }
 
 pub type Batch = (Tensor, Tensor);
@@ -104,7 +107,10 @@ impl Loader {
         }
         let pipeline = Arc::new(Pipeline::new(ops, dataset.shape)?);
         let pool = Arc::new(Pool::new(opts.num_threads, "fastcifar-loader")?);
-        Ok(Loader { dataset, pipeline, opts, pool })
+        // Enough blocks for the batches in flight (the channel's, the one being built, the one the
+        // user holds, the one being freed); a user who keeps more batches gets fresh blocks.
+        let host = Arc::new(HostPool::new(opts.prefetch + 3));
+        Ok(Loader { dataset, pipeline, opts, pool, host })
     }
 
     /// The labels this loader emits: the data set's, or the ones given in the options (its
@@ -199,14 +205,11 @@ impl Loader {
         })
     }
 
-    fn fill<T: Element>(&self, kind: Kind, shape: [usize; 4], epoch: u64, indices: &[usize]) -> Result<Tensor> {
+    fn fill<T: Element + Plain>(&self, kind: Kind, shape: [usize; 4], epoch: u64, indices: &[usize]) -> Result<Tensor> {
         let numel: usize = shape.iter().product();
-        let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-        let t = Tensor::f_empty(dims.as_slice(), (kind, Device::Cpu))?;
-        // SAFETY: a fresh, contiguous CPU tensor of `numel` elements of T that nothing else sees yet.
-        let out = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut T, numel) };
-        self.pool.install(|| self.pipeline.apply_batch(&self.dataset, indices, self.opts.seed, epoch, out))??;
-        Ok(t)
+        let mut buf = self.host.take(numel * std::mem::size_of::<T>())?;
+        self.pool.install(|| self.pipeline.apply_batch(&self.dataset, indices, self.opts.seed, epoch, buf.as_mut_slice::<T>()))??;
+        buf.into_tensor(&shape, kind)
     }
 
     /// Iterates one epoch with a background producer thread.

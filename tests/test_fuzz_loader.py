@@ -67,6 +67,11 @@ def test_loader_options_give_a_correct_epoch_or_a_named_error(n, batch_size, shu
     event("epoch")
     # A correct epoch: this shard's indices in order, cut into batches.
     order = loader._native.indices(epoch)
+    if batch_size is None:  # torch's "no automatic batching": one sample at a time, no batch dimension
+        assert len(batches) == len(order) == len(loader)
+        assert [int(y) for _, y in batches] == [int(LABELS[i]) for i in order]
+        assert all(tuple(x.shape) == tuple(loader.image_shape) for x, _ in batches)
+        return
     b = batch_size
     expect = [order[i:i + b] for i in range(0, len(order), b) if not drop_last or len(order[i:i + b]) == b]
     assert len(batches) == len(expect) == len(loader)
