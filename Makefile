@@ -1,5 +1,6 @@
 # fastcifar's named targets. `make test` and `make demo` work on a fresh machine: they create .venv,
 # install the pinned dependencies, build the wheel and install that wheel (as users get it).
+# `make lint` runs every format and lint gate; CI (.ci/run) runs it before `make test`.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(abspath $(VENV))/bin/python
@@ -10,12 +11,16 @@ export FASTCIFAR_DATA ?= $(abspath $(DATA))
 export LIBTORCH_USE_PYTORCH := 1
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
+# The Python that pyo3 builds for, the same for `make dev`, clippy and maturin (so none rebuilds the others').
+export PYO3_PYTHON := $(PY)
 TORCH_LIB = $(shell $(PY) -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
 PYTEST_ARGS ?=
+# What `make test-fast` leaves out: the tests that start torchrun, other Python processes or a notebook kernel.
+FAST_MARKS := not slow and not torchrun and not subprocess and not notebook
 
 # `make dev`: the quick loop. Builds the extension straight into python/fastcifar/ (git-ignored), so
 # `cd tests && PYTHONPATH=../python ../.venv/bin/python -m pytest ...` runs the tree without a wheel.
-.PHONY: dev venv wheel install data test test-rust test-python demo bench bench-data bench-loader bench-train bench-dist device-bundle clean
+.PHONY: dev venv wheel install data lint test test-fast test-rust test-python demo bench bench-data bench-loader bench-train bench-dist device-bundle clean
 
 $(VENV)/.ready: requirements-dev.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,12 +31,18 @@ $(VENV)/.ready: requirements-dev.txt
 venv: $(VENV)/.ready
 
 dev: venv
-	PYO3_PYTHON=$(PY) cargo build --release --features python --quiet
+	cargo build --release --features python --quiet
 	cp $${CARGO_TARGET_DIR:-target}/release/libfastcifar.so python/fastcifar/_native.abi3.so
 
+# maturin builds a linux-tagged wheel; auditwheel then checks it against the manylinux policies and
+# sets the tag they allow. libtorch's libraries (libtorch*.so, libc10*.so) are left out: the installed
+# torch provides them (fastcifar/__init__.py imports torch first). Anything else that needed grafting
+# would fail here (`--patcher none` may not patch), so the wheel never carries a copied library.
 wheel: venv
 	rm -rf dist
-	$(VENV)/bin/maturin build --release --quiet -o dist -i $(PY)
+	$(VENV)/bin/maturin build --release --quiet --compatibility linux -o dist/raw -i $(PY)
+	$(VENV)/bin/auditwheel repair --patcher none --exclude 'libtorch*.so' --exclude 'libc10*.so' -w dist dist/raw/fastcifar-*.whl
+	rm -rf dist/raw
 
 install: wheel
 	$(PY) -m pip install -q --force-reinstall --no-deps dist/fastcifar-*.whl
@@ -43,14 +54,33 @@ $(DATA)/.ready:
 
 data: venv $(DATA)/.ready
 
+# cargo test needs no Python at run time, but its build does: torch-sys links the venv's torch.
 test-rust: venv
 	LD_LIBRARY_PATH=$(TORCH_LIB) cargo test --quiet
 
-# Runs from tests/ so that `import fastcifar` is the installed wheel, not python/ in the tree.
+# Runs from tests/ so that `import fastcifar` is the installed wheel, not python/ in the tree;
+# tests/test_wheel.py inspects that wheel file too.
 test-python: install data
-	cd tests && $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	cd tests && FASTCIFAR_WHEEL="$$(ls $(CURDIR)/dist/fastcifar-*.whl)" $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test: test-rust test-python
+
+# The quick loop: the tree's own build (make dev), without the tests that start torchrun, other
+# Python processes or a notebook kernel.
+test-fast: dev data
+	cd tests && PYTHONPATH=$(CURDIR)/python $(PY) -m pytest -q -p no:cacheprovider -m "$(FAST_MARKS)" $(PYTEST_ARGS)
+
+# Format and lint gates, all of which must pass. stubtest compares python/fastcifar/_native.pyi with
+# the extension that `make dev` built.
+lint: dev
+	cargo fmt --check
+	cargo clippy --all-targets --quiet -- -D warnings
+	cargo clippy --all-targets --features python --quiet -- -D warnings
+	$(VENV)/bin/ruff check
+	$(VENV)/bin/ruff format --check
+	$(VENV)/bin/mypy
+	PYTHONPATH=$(CURDIR)/python $(PY) -m mypy.stubtest fastcifar._native --mypy-config-file pyproject.toml \
+		--allowlist .ci/stubtest-allowlist.txt
 
 # The main job: train, evaluate and save on CIFAR-10, sized for a CPU (about a minute); the command
 # it prints at the end runs the full seed recipe on a GPU.
@@ -78,4 +108,4 @@ device-bundle: wheel
 	cp dist/fastcifar-*.whl $(SHARED)/cifar10-jpeg.tar.gz $(SHARED)/build_cifar10.py .device/
 
 clean:
-	rm -rf dist target $(VENV) $(DATA)
+	rm -rf dist target $(VENV) $(DATA) .mypy_cache .ruff_cache

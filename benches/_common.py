@@ -1,4 +1,5 @@
 """Helpers shared by the benchmark scripts: fresh-process timing and table printing."""
+
 import json
 import os
 import statistics
@@ -14,8 +15,12 @@ def run_timed(code: str, repeat: int = 3, env=None) -> list:
     processes, so allocator and import state never carry over between measurements."""
     out = []
     for _ in range(repeat):
-        r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                           env={**os.environ, **(env or {})})
+        r = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
         if r.returncode != 0:
             raise RuntimeError(f"benchmark child failed:\n{r.stderr[-3000:]}")
         out.append(json.loads(r.stdout.strip().splitlines()[-1]))
@@ -28,6 +33,9 @@ def median(rows: list, key: str = "seconds") -> float:
 
 def table(headers: list, rows: list) -> str:
     widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    def line(cells):
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(headers), sep] + [line(r) for r in rows])

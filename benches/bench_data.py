@@ -9,12 +9,11 @@ Targets (issue 2): >= 5x torchvision from extracted files, archives within 1.5x 
 ImageFolder >= 4x torchvision's images/s. The mmap=True row keeps the pickles' pixels in the page
 cache (populated, no copy); the other rows copy them, as torchvision does.
 """
+
 import argparse
 import os
-import subprocess
 import sys
 import tarfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import median, run_timed, table  # noqa: E402
@@ -73,7 +72,9 @@ print(json.dumps({{"seconds": time.perf_counter() - t, "images": n}}))
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=os.environ.get("FASTCIFAR_DATA", "data"))
-    ap.add_argument("--jpeg-tree", default=None, help="unpacked cifar10-jpeg.tar.gz (default: DATA/cifar10-jpeg, made if missing)")
+    ap.add_argument(
+        "--jpeg-tree", default=None, help="unpacked cifar10-jpeg.tar.gz (default: DATA/cifar10-jpeg, made if missing)"
+    )
     ap.add_argument("--shared", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets"))
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--folders-only", action="store_true", help="only the extracted pickle and binary folders")
@@ -97,8 +98,14 @@ def main():
     for name, _, _ in folders:
         fc = median(fcs[name])
         per_run = sorted(t["seconds"] / f["seconds"] for t, f in zip(tvs, fcs[name]))
-        rows.append([name, f"{fc * 1000:.0f} ms", f"{tv * 1000:.0f} ms (pickles)",
-                     f"{tv / fc:.1f}x faster (runs {per_run[0]:.1f}x to {per_run[-1]:.1f}x)"])
+        rows.append(
+            [
+                name,
+                f"{fc * 1000:.0f} ms",
+                f"{tv * 1000:.0f} ms (pickles)",
+                f"{tv / fc:.1f}x faster (runs {per_run[0]:.1f}x to {per_run[-1]:.1f}x)",
+            ]
+        )
     if a.folders_only:
         print(f"CIFAR-10 train set decode, median of {r} alternating fresh processes, {os.cpu_count()} cores\n")
         print(table(["form", "fastcifar", "torchvision (same run)", "ratio"], rows))
@@ -107,15 +114,27 @@ def main():
         fc = median(run_timed(FC.format(root=arch, mmap=False), r))
         gz = median(run_timed(GZIP.format(archive=arch), r))
         tva = median(run_timed(TV_ARCHIVE.format(archive=pya), r))
-        rows.append([name, f"{fc * 1000:.0f} ms", f"gzip -dc {gz * 1000:.0f} ms; torchvision extract+load {tva * 1000:.0f} ms",
-                     f"{fc / gz:.2f}x gzip -dc; {tva / fc:.1f}x faster than torchvision"])
+        rows.append(
+            [
+                name,
+                f"{fc * 1000:.0f} ms",
+                f"gzip -dc {gz * 1000:.0f} ms; torchvision extract+load {tva * 1000:.0f} ms",
+                f"{fc / gz:.2f}x gzip -dc; {tva / fc:.1f}x faster than torchvision",
+            ]
+        )
     fcf = run_timed(FC_FOLDER.format(tree=tree), r)
     n = fcf[0]["images"]
     fc_ips = n / median(fcf)
     tv0 = n / median(run_timed(TV_FOLDER.format(tree=tree, workers=0), 1))
     tv2 = n / median(run_timed(TV_FOLDER.format(tree=tree, workers=2), 1))
-    rows.append([f"ImageFolder, {n} JPEGs", f"{fc_ips:,.0f} img/s", f"PIL {tv0:,.0f} img/s; PIL + 2 workers {tv2:,.0f} img/s",
-                 f"{fc_ips / tv0:.1f}x / {fc_ips / tv2:.1f}x"])
+    rows.append(
+        [
+            f"ImageFolder, {n} JPEGs",
+            f"{fc_ips:,.0f} img/s",
+            f"PIL {tv0:,.0f} img/s; PIL + 2 workers {tv2:,.0f} img/s",
+            f"{fc_ips / tv0:.1f}x / {fc_ips / tv2:.1f}x",
+        ]
+    )
     print(f"CIFAR-10 train set decode, median of {r} fresh processes, {os.cpu_count()} cores\n")
     print(table(["form", "fastcifar", "baseline (same run)", "ratio"], rows))
 

@@ -11,6 +11,7 @@ threads, so the 2-process row measures how well splitting the cores between proc
 The world-size-1 rows alternate --repeat times; the overhead is the ratio of their medians
 (target, issue 7: at most 3% slower).
 """
+
 import argparse
 import json
 import os
@@ -42,7 +43,8 @@ tr.fit(loader, epochs=1, progress=False)          # warm-up (cuDNN autotune, all
 h = tr.fit(loader, epochs=1, progress=False)
 if tr.is_main:
     e = h.epochs[-1]
-    json.dump({"images_per_s": e["images_per_s"], "world_size": tr.world_size, "threads": torch.get_num_threads()}, open(out, "w"))
+    json.dump({"images_per_s": e["images_per_s"], "world_size": tr.world_size,
+               "threads": torch.get_num_threads()}, open(out, "w"))
 """
 
 
@@ -50,13 +52,27 @@ def launch(args, world: int, distributed: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         script, out = os.path.join(tmp, "worker.py"), os.path.join(tmp, "out.json")
         open(script, "w").write(WORKER)
-        argv = [os.path.abspath(args.data), args.device, args.model, str(args.images), str(args.batch_size),
-                "1" if distributed else "0", out]
+        argv = [
+            os.path.abspath(args.data),
+            args.device,
+            args.model,
+            str(args.images),
+            str(args.batch_size),
+            "1" if distributed else "0",
+            out,
+        ]
         env = dict(os.environ)
         if args.device == "cpu":
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // world))
         if distributed:
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}", script] + argv
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={world}",
+                script,
+            ] + argv
         else:
             cmd = [sys.executable, script] + argv
         r = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -84,18 +100,32 @@ def main():
     for _ in range(a.repeat):  # alternating: machine noise hits both alike
         plain.append(launch(a, 1, False)["images_per_s"])
         ws1.append(launch(a, 1, True)["images_per_s"])
-    rows = [["1 process, distributed=False", f"{statistics.median(plain):,.0f}", "1.00x", ""],
-            ["world size 1 (torchrun, data-parallel path)", f"{statistics.median(ws1):,.0f}",
-             f"{statistics.median(ws1) / statistics.median(plain):.3f}x", "overhead target: >= 0.97x"]]
+    rows = [
+        ["1 process, distributed=False", f"{statistics.median(plain):,.0f}", "1.00x", ""],
+        [
+            "world size 1 (torchrun, data-parallel path)",
+            f"{statistics.median(ws1):,.0f}",
+            f"{statistics.median(ws1) / statistics.median(plain):.3f}x",
+            "overhead target: >= 0.97x",
+        ],
+    ]
     base = statistics.median(plain)
     for w in worlds:
         if w == 1:
             continue
         r = [launch(a, w, True)["images_per_s"] for _ in range(a.repeat)]
-        rows.append([f"world size {w}", f"{statistics.median(r):,.0f}", f"{statistics.median(r) / base:.2f}x",
-                     f"{(os.cpu_count() or 1) // w} threads each" if not cuda else f"{w} GPUs"])
-    print(f"{a.model}, {a.images} images, batch {a.batch_size} per rank, {a.device}, medians of {a.repeat} runs "
-          f"({os.cpu_count()} cores)\n")
+        rows.append(
+            [
+                f"world size {w}",
+                f"{statistics.median(r):,.0f}",
+                f"{statistics.median(r) / base:.2f}x",
+                f"{(os.cpu_count() or 1) // w} threads each" if not cuda else f"{w} GPUs",
+            ]
+        )
+    print(
+        f"{a.model}, {a.images} images, batch {a.batch_size} per rank, {a.device}, medians of {a.repeat} runs "
+        f"({os.cpu_count()} cores)\n"
+    )
     print(table(["run", "images/s", "vs distributed=False", "note"], rows))
 
 

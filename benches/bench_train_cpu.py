@@ -17,8 +17,10 @@ over the epoch, a time mark after every step, and the --steps steps after --warm
 including its per-step loss.item()). The tiny rows time the whole run over the --steps batches
 after --warmup batches (fastcifar: one fit of those batches after a warm-up fit, progress every
 log_every=20 steps as by default; the plain loop: its loop with loss.item() every step), since a
-Python callback every step would be most of what is measured. Targets: builtin and own >= 1.0x; tiny >= 1.2x; tiny-step is reported (the cost of the own-step() path).
+Python callback every step would be most of what is measured. Targets: builtin and own >= 1.0x;
+tiny >= 1.2x; tiny-step is reported (the cost of the own-step() path).
 """
+
 import argparse
 import os
 import statistics
@@ -86,7 +88,9 @@ def report(marks):
     dt = marks[-1] - marks[WARM - 1]               # the STEPS steps after the warm-up ones
     print(json.dumps({{"seconds": dt, "images": BS * (len(marks) - WARM), "threads": torch.get_num_threads()}}))
 """
-FC = COMMON + """
+FC = (
+    COMMON
+    + """
 import fastcifar
 from fastcifar import transforms as T
 t = T.Compose([T.RandomHorizontalFlip(), T.RandomCrop(32, padding=4), T.ToTensor(), T.Normalize(MEAN, STD)])
@@ -110,7 +114,10 @@ else:
     tr.fit(loader, epochs=1, progress=False, callbacks=[mark])
     report(marks)
 """
-SEED = COMMON + """
+)
+SEED = (
+    COMMON
+    + """
 import torchvision, torchvision.transforms as transforms, torchvision.datasets.cifar as c
 c.check_integrity = lambda *a, **k: True
 t = transforms.Compose([transforms.RandomHorizontalFlip(), transforms.RandomCrop(32, padding=4), transforms.ToTensor(),
@@ -133,7 +140,10 @@ for i, (images, labels) in enumerate(trainloader):
         break
 report(marks)
 """
-PLAIN = COMMON + """
+)
+PLAIN = (
+    COMMON
+    + """
 import fastcifar
 from fastcifar import transforms as T
 t = T.Compose([T.RandomHorizontalFlip(), T.RandomCrop(32, padding=4), T.ToTensor(), T.Normalize(MEAN, STD)])
@@ -157,20 +167,53 @@ for images, labels in batches:
     marks.append(time.perf_counter())
 report(marks)
 """
+)
 
 ADAM = "torch.optim.Adam(model.parameters(), lr=0.001, weight_decay=1e-4)"
 RMSPROP = "torch.optim.RMSprop(model.parameters(), lr=0.001)"
 # row: (label ours, label baseline, fastcifar model, fastcifar optimizer, baseline script, baseline model and
 # optimizer, batch size, steps factor)
 ROWS = {
-    "builtin": ("fastcifar.models.ImageClassifier on the engine", "seed tutorial loop (torchvision, num_workers=2)",
-                "fastcifar.models.ImageClassifier()", ADAM, SEED, ("", ""), 128, 1),
-    "own": ("the seed's own class (user module) on the engine", "seed tutorial loop (torchvision, num_workers=2)",
-            "ImageClassifier()", ADAM, SEED, ("", ""), 128, 1),
-    "tiny": ("tiny user module, batch 32, on the engine", "plain PyTorch loop over batches in memory",
-             "Tiny()", ADAM, PLAIN, ("Tiny()", ADAM), 32, 20),
-    "tiny-step": ("tiny user module, batch 32, torch.optim.RMSprop (its own step())", "plain PyTorch loop over batches in memory",
-                  "Tiny()", RMSPROP, PLAIN, ("Tiny()", RMSPROP), 32, 20),
+    "builtin": (
+        "fastcifar.models.ImageClassifier on the engine",
+        "seed tutorial loop (torchvision, num_workers=2)",
+        "fastcifar.models.ImageClassifier()",
+        ADAM,
+        SEED,
+        ("", ""),
+        128,
+        1,
+    ),
+    "own": (
+        "the seed's own class (user module) on the engine",
+        "seed tutorial loop (torchvision, num_workers=2)",
+        "ImageClassifier()",
+        ADAM,
+        SEED,
+        ("", ""),
+        128,
+        1,
+    ),
+    "tiny": (
+        "tiny user module, batch 32, on the engine",
+        "plain PyTorch loop over batches in memory",
+        "Tiny()",
+        ADAM,
+        PLAIN,
+        ("Tiny()", ADAM),
+        32,
+        20,
+    ),
+    "tiny-step": (
+        "tiny user module, batch 32, torch.optim.RMSprop (its own step())",
+        "plain PyTorch loop over batches in memory",
+        "Tiny()",
+        RMSPROP,
+        PLAIN,
+        ("Tiny()", RMSPROP),
+        32,
+        20,
+    ),
 }
 
 
@@ -179,11 +222,16 @@ def main():
     ap.add_argument("--data", default=os.environ.get("FASTCIFAR_DATA", "data"))
     ap.add_argument("--steps", type=int, default=12, help="timed steps (the tiny row times 20x as many)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (allocator and oneDNN warm-up)")
-    ap.add_argument("--repeat", type=int, default=3, help="alternate the two sides this many times; medians are compared")
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="alternate the two sides this many times; medians are compared"
+    )
     ap.add_argument("--rows", default="builtin,own,tiny,tiny-step")
     a = ap.parse_args()
     root = os.path.abspath(a.data)
-    ips = lambda r: r["images"] / r["seconds"]
+
+    def ips(r):
+        return r["images"] / r["seconds"]
+
     out, threads = [], None
     for name in a.rows.split(","):
         ours_label, base_label, model, opt, base, (base_model, base_opt), bs, k = ROWS[name]
@@ -194,10 +242,15 @@ def main():
             bss += run_timed(base.format(model=base_model, opt=base_opt, **kw), 1)
         f, s = statistics.median(map(ips, fcs)), statistics.median(map(ips, bss))
         pairs = sorted(ips(x) / ips(y) for x, y in zip(fcs, bss))
-        out += [[ours_label, f"{f:,.1f}", f"{f / s:.2f}x (runs {pairs[0]:.2f}x to {pairs[-1]:.2f}x)"], [base_label, f"{s:,.1f}", "1.00x"]]
+        out += [
+            [ours_label, f"{f:,.1f}", f"{f / s:.2f}x (runs {pairs[0]:.2f}x to {pairs[-1]:.2f}x)"],
+            [base_label, f"{s:,.1f}", "1.00x"],
+        ]
         threads = fcs[0]["threads"]
-    print(f"CPU training, {a.steps} timed steps after {a.warmup} (tiny: 20x both), torch threads: {threads}, "
-          f"median of {a.repeat} alternating runs\n")
+    print(
+        f"CPU training, {a.steps} timed steps after {a.warmup} (tiny: 20x both), torch threads: {threads}, "
+        f"median of {a.repeat} alternating runs\n"
+    )
     print(table(["loop", "images/s", "ratio"], out))
 
 

@@ -15,6 +15,7 @@ most 0.2x the seed script's and no slower than the expert loop.
 --timing-epochs runs only that many epochs for the seed script (it is slow) and extrapolates
 nothing: its accuracy column then reads "n/a". --device cpu --subset 512 --epochs 1 is a smoke test.
 """
+
 import argparse
 import json
 import os
@@ -31,7 +32,9 @@ torch.manual_seed(0)
 torch.backends.cudnn.benchmark = True
 """
 
-FASTCIFAR = HEAD + """
+FASTCIFAR = (
+    HEAD
+    + """
 import fastcifar
 from fastcifar import transforms as T
 tt = T.Compose([T.RandomHorizontalFlip(), T.RandomCrop(32, padding=4), T.ToTensor(), T.Normalize(MEAN, STD)])
@@ -45,13 +48,17 @@ trl = fastcifar.DataLoader(train, batch_size=128, shuffle=True, seed=0, device=D
 tel = fastcifar.DataLoader(test, batch_size=1000, device=DEVICE, pin_memory=pin)
 opt = fastcifar.optim.Adam(lr=1e-3, weight_decay=1e-4)
 sched = fastcifar.optim.lr_scheduler.ReduceLROnPlateau(opt, "min", patience=3)
-tr = fastcifar.Trainer(fastcifar.models.ImageClassifier(), optimizer=opt, scheduler=sched, device=DEVICE, amp=AMP, log_every=100)
+tr = fastcifar.Trainer(fastcifar.models.ImageClassifier(), optimizer=opt, scheduler=sched, device=DEVICE, amp=AMP,
+                       log_every=100)
 h = tr.fit(trl, tel, epochs=EPOCHS, progress=False)
 secs = sorted(h["seconds"])
 print(json.dumps({{"epoch_seconds": secs[len(secs) // 2], "accuracy": h["val_accuracy"][-1], "epochs": len(h)}}))
 """
+)
 
-SEED = HEAD + """
+SEED = (
+    HEAD
+    + """
 import torch.nn as nn, torchvision.transforms as transforms, torchvision.datasets.cifar as c
 from fastcifar.reference import ImageClassifier
 c.check_integrity = lambda *a, **k: True  # the shared files are re-packed: md5s differ
@@ -62,7 +69,8 @@ transform_test = transforms.Compose([transforms.ToTensor(), transforms.Normalize
 trainset = c.CIFAR10(ROOT, train=True, transform=transform_train)
 testset = c.CIFAR10(ROOT, train=False, transform=transform_test)
 if SUBSET:
-    trainset = torch.utils.data.Subset(trainset, range(SUBSET)); testset = torch.utils.data.Subset(testset, range(SUBSET))
+    trainset = torch.utils.data.Subset(trainset, range(SUBSET))
+    testset = torch.utils.data.Subset(testset, range(SUBSET))
 trainloader = torch.utils.data.DataLoader(trainset, batch_size=128, shuffle=True, num_workers=2)
 testloader = torch.utils.data.DataLoader(testset, batch_size=100, shuffle=False, num_workers=2)
 model = ImageClassifier(num_classes=10).to(device)
@@ -94,8 +102,11 @@ for epoch in range(EPOCHS):
 times.sort()
 print(json.dumps({{"epoch_seconds": times[len(times) // 2], "accuracy": acc, "epochs": EPOCHS}}))
 """
+)
 
-EXPERT = HEAD + """
+EXPERT = (
+    HEAD
+    + """
 import torch.nn.functional as F, fastcifar
 from fastcifar.reference import ImageClassifier
 device = torch.device(DEVICE)
@@ -111,8 +122,9 @@ std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
 norm = lambda x: ((x.float() - mean) / std).contiguous(memory_format=torch.channels_last)
 class Net(ImageClassifier):
     def forward(self, x):  # the seed's network; flatten instead of view() so channels_last works
-        for conv, bn, pool in ((self.conv1, self.bn1, None), (self.conv2, self.bn2, self.pool1), (self.conv3, self.bn3, None),
-                               (self.conv4, self.bn4, self.pool2), (self.conv5, self.bn5, None), (self.conv6, self.bn6, self.pool3)):
+        for conv, bn, pool in ((self.conv1, self.bn1, None), (self.conv2, self.bn2, self.pool1),
+                               (self.conv3, self.bn3, None), (self.conv4, self.bn4, self.pool2),
+                               (self.conv5, self.bn5, None), (self.conv6, self.bn6, self.pool3)):
             x = self.relu(bn(conv(x)))
             x = pool(x) if pool is not None else x
         return self.fc2(self.dropout(self.relu(self.fc1(x.flatten(1)))))
@@ -130,7 +142,8 @@ for epoch in range(EPOCHS):
     i = torch.randint(0, 9, (len(xtr),), device=device); j = torch.randint(0, 9, (len(xtr),), device=device)
     rows = (i[:, None] + torch.arange(32, device=device))[:, None, :, None]
     cols = (j[:, None] + torch.arange(32, device=device))[:, None, None, :]
-    aug = padded[torch.arange(len(xtr), device=device)[:, None, None, None], torch.arange(3, device=device)[None, :, None, None], rows, cols]
+    samples = torch.arange(len(xtr), device=device)[:, None, None, None]
+    aug = padded[samples, torch.arange(3, device=device)[None, :, None, None], rows, cols]
     flip = torch.rand(len(xtr), device=device) < 0.5
     aug = torch.where(flip[:, None, None, None], aug.flip(3), aug)
     for s in range(0, len(xtr), 128):
@@ -151,6 +164,7 @@ for epoch in range(EPOCHS):
 times.sort()
 print(json.dumps({{"epoch_seconds": times[len(times) // 2], "accuracy": acc, "epochs": EPOCHS}}))
 """
+)
 
 
 def main():
@@ -168,16 +182,36 @@ def main():
     ex = run_timed(EXPERT.format(epochs=a.epochs, **kw), 1)[0]
     seed_epochs = a.timing_epochs or a.epochs
     sd = run_timed(SEED.format(epochs=seed_epochs, **{**kw, "amp": False}), 1)[0]
-    acc = lambda r, full: f"{100 * r['accuracy']:.2f}%" if full else "n/a"
+
+    def acc(r, full):
+        return f"{100 * r['accuracy']:.2f}%" if full else "n/a"
+
     rows = [
-        ["fastcifar (Rust loader + Rust loop)", f"{fc['epoch_seconds']:.2f}", f"{fc['epoch_seconds'] / sd['epoch_seconds']:.3f}x",
-         f"{fc['epoch_seconds'] / ex['epoch_seconds']:.2f}x", acc(fc, True)],
-        ["seed script (torchvision, num_workers=2)", f"{sd['epoch_seconds']:.2f}", "1x", f"{sd['epoch_seconds'] / ex['epoch_seconds']:.2f}x",
-         acc(sd, seed_epochs == a.epochs)],
-        ["expert plain PyTorch (data on GPU, AMP, channels_last)", f"{ex['epoch_seconds']:.2f}", f"{ex['epoch_seconds'] / sd['epoch_seconds']:.3f}x",
-         "1x", acc(ex, True)],
+        [
+            "fastcifar (Rust loader + Rust loop)",
+            f"{fc['epoch_seconds']:.2f}",
+            f"{fc['epoch_seconds'] / sd['epoch_seconds']:.3f}x",
+            f"{fc['epoch_seconds'] / ex['epoch_seconds']:.2f}x",
+            acc(fc, True),
+        ],
+        [
+            "seed script (torchvision, num_workers=2)",
+            f"{sd['epoch_seconds']:.2f}",
+            "1x",
+            f"{sd['epoch_seconds'] / ex['epoch_seconds']:.2f}x",
+            acc(sd, seed_epochs == a.epochs),
+        ],
+        [
+            "expert plain PyTorch (data on GPU, AMP, channels_last)",
+            f"{ex['epoch_seconds']:.2f}",
+            f"{ex['epoch_seconds'] / sd['epoch_seconds']:.3f}x",
+            "1x",
+            acc(ex, True),
+        ],
     ]
-    print(f"Seed recipe, ImageClassifier, batch 128, {a.epochs} epochs (seed script: {seed_epochs}), device {a.device}\n")
+    print(
+        f"Seed recipe, ImageClassifier, batch 128, {a.epochs} epochs (seed script: {seed_epochs}), device {a.device}\n"
+    )
     print(table(["run", "s/epoch (median)", "vs seed", "vs expert", "final test acc"], rows))
     if a.json:
         with open(a.json, "w") as f:

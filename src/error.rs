@@ -43,18 +43,30 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn format(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
-        Error::Format { path: path.as_ref().to_path_buf(), msg: msg.into() }
+        Error::Format {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
     }
     pub fn invalid(name: impl Into<String>, msg: impl Into<String>) -> Self {
-        Error::Invalid { name: name.into(), msg: msg.into() }
+        Error::Invalid {
+            name: name.into(),
+            msg: msg.into(),
+        }
     }
     pub fn not_found(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
-        Error::NotFound { path: path.as_ref().to_path_buf(), msg: msg.into() }
+        Error::NotFound {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
     }
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
         let path = path.as_ref().to_path_buf();
         if source.kind() == std::io::ErrorKind::NotFound {
-            Error::NotFound { path, msg: "no such file or directory".into() }
+            Error::NotFound {
+                path,
+                msg: "no such file or directory".into(),
+            }
         } else {
             Error::Io { path, source }
         }

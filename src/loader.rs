@@ -91,18 +91,27 @@ impl Loader {
         if let Some(n) = opts.num_threads {
             // Each is an OS thread started now: a typo's 10**9 must not try to start them all.
             if n == 0 || n > MAX_THREADS {
-                return Err(Error::invalid("num_threads", format!("{n} is not in [1, {MAX_THREADS}]")));
+                return Err(Error::invalid(
+                    "num_threads",
+                    format!("{n} is not in [1, {MAX_THREADS}]"),
+                ));
             }
         }
         if opts.world_size == 0 || opts.rank >= opts.world_size {
-            return Err(Error::invalid("rank", format!("rank {} is not below world_size {}", opts.rank, opts.world_size)));
+            return Err(Error::invalid(
+                "rank",
+                format!("rank {} is not below world_size {}", opts.rank, opts.world_size),
+            ));
         }
         if dataset.is_empty() {
             return Err(Error::invalid("dataset", "is empty"));
         }
         if let Some(l) = &opts.labels {
             if l.len() != dataset.len() {
-                return Err(Error::invalid("labels", format!("{} labels for {} images", l.len(), dataset.len())));
+                return Err(Error::invalid(
+                    "labels",
+                    format!("{} labels for {} images", l.len(), dataset.len()),
+                ));
             }
         }
         let pipeline = Arc::new(Pipeline::new(ops, dataset.shape)?);
@@ -162,8 +171,11 @@ impl Loader {
     /// The data set indices of one epoch, in order, for this rank.
     pub fn indices(&self, epoch: u64) -> Vec<usize> {
         let n = self.dataset.len();
-        let mut order: Vec<usize> =
-            if self.opts.shuffle { Rng::keyed(&[self.opts.seed, epoch, u64::MAX]).permutation(n) } else { (0..n).collect() };
+        let mut order: Vec<usize> = if self.opts.shuffle {
+            Rng::keyed(&[self.opts.seed, epoch, u64::MAX]).permutation(n)
+        } else {
+            (0..n).collect()
+        };
         let (w, r) = (self.opts.world_size, self.opts.rank);
         if w > 1 && !self.opts.pad_shards {
             order = order.into_iter().skip(r).step_by(w).collect();
@@ -193,9 +205,16 @@ impl Loader {
         let labels: Vec<i64> = indices.iter().map(|&i| source[i]).collect();
         let y = Tensor::from_slice(&labels);
         Ok(if self.opts.device.is_cuda() {
-            let (x, y) = if self.opts.pin_memory { (x.pin_memory(self.opts.device), y.pin_memory(self.opts.device)) } else { (x, y) };
+            let (x, y) = if self.opts.pin_memory {
+                (x.pin_memory(self.opts.device), y.pin_memory(self.opts.device))
+            } else {
+                (x, y)
+            };
             let nb = self.opts.pin_memory;
-            (x.to_device_(self.opts.device, x.kind(), nb, false), y.to_device_(self.opts.device, Kind::Int64, nb, false))
+            (
+                x.to_device_(self.opts.device, x.kind(), nb, false),
+                y.to_device_(self.opts.device, Kind::Int64, nb, false),
+            )
         } else if self.opts.pin_memory {
             // torch's DataLoader(pin_memory=True) on the CPU: page-locked CPU batches, ready for
             // `.to("cuda", non_blocking=True)`. The caller only asks where CUDA exists.
@@ -227,7 +246,11 @@ impl Loader {
     pub fn iter_on(&self, epoch: u64, pool: Arc<Pool>) -> BatchIter {
         let order = self.indices(epoch);
         let (b, drop_last) = (self.opts.batch_size, self.opts.drop_last);
-        let chunks: Vec<Vec<usize>> = order.chunks(b).filter(|c| !drop_last || c.len() == b).map(|c| c.to_vec()).collect();
+        let chunks: Vec<Vec<usize>> = order
+            .chunks(b)
+            .filter(|c| !drop_last || c.len() == b)
+            .map(|c| c.to_vec())
+            .collect();
         self.iter_batches(epoch, chunks, pool)
     }
 
@@ -253,7 +276,10 @@ impl Loader {
 }
 
 pub fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default()
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
 }
 
 /// One epoch's batches. Dropping it mid-epoch stops and joins the producer thread.
@@ -289,7 +315,9 @@ impl BatchIter {
         self.stop = Arc::new(AtomicBool::new(false));
         let (flag, chunks, epoch) = (self.stop.clone(), self.chunks.clone(), self.epoch);
         let worker = self.worker.clone();
-        let handle = std::thread::Builder::new()
+        // Kept here to report a thread that cannot start: the closure (and its sender) is gone then.
+        let report = tx.clone();
+        let spawned = std::thread::Builder::new()
             .name("fastcifar-prefetch".into())
             .spawn(move || {
                 for chunk in &chunks[first..] {
@@ -297,15 +325,30 @@ impl BatchIter {
                         break;
                     }
                     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.batch(epoch, chunk)))
-                        .unwrap_or_else(|p| Err(Error::invalid("loader", format!("batch builder panicked: {}", panic_message(&p)))));
+                        .unwrap_or_else(|p| {
+                            Err(Error::invalid(
+                                "loader",
+                                format!("batch builder panicked: {}", panic_message(&p)),
+                            ))
+                        });
                     let failed = r.is_err();
                     if tx.send(r).is_err() || failed {
                         break;
                     }
                 }
-            })
-            .expect("spawning the prefetch thread");
-        (self.rx, self.handle, self.pid) = (Some(rx), Some(handle), std::process::id());
+            });
+        let handle = match spawned {
+            Ok(h) => Some(h),
+            Err(e) => {
+                // The channel has room for one: the first `next` returns the error, then the end.
+                let _ = report.send(Err(Error::invalid(
+                    "loader",
+                    format!("cannot start the prefetch thread: {e}"),
+                )));
+                None
+            }
+        };
+        (self.rx, self.handle, self.pid) = (Some(rx), handle, std::process::id());
     }
 
     /// In a forked child the producer thread and its channel are the parent's: leave them alone.
@@ -331,7 +374,10 @@ impl Iterator for BatchIter {
             Some(t) => match rx.recv_timeout(t) {
                 Ok(b) => Some(b),
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    return Some(Err(Error::invalid("timeout", format!("no batch within {} s (DataLoader timeout)", t.as_secs_f64()))))
+                    return Some(Err(Error::invalid(
+                        "timeout",
+                        format!("no batch within {} s (DataLoader timeout)", t.as_secs_f64()),
+                    )))
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
             },
@@ -363,12 +409,25 @@ mod tests {
 
     fn ds(n: usize) -> Arc<Dataset> {
         let images: Vec<u8> = (0..n * 3 * 8 * 8).map(|i| (i % 256) as u8).collect();
-        Arc::new(Dataset::new(images, (0..n as i64).map(|i| i % 10).collect(), (0..10).map(|i| i.to_string()).collect(), [3, 8, 8]).unwrap())
+        Arc::new(
+            Dataset::new(
+                images,
+                (0..n as i64).map(|i| i % 10).collect(),
+                (0..10).map(|i| i.to_string()).collect(),
+                [3, 8, 8],
+            )
+            .unwrap(),
+        )
     }
 
     #[test]
     fn epoch_covers_everything_once_and_reshuffles() {
-        let opts = LoaderOptions { batch_size: 7, shuffle: true, seed: 3, ..Default::default() };
+        let opts = LoaderOptions {
+            batch_size: 7,
+            shuffle: true,
+            seed: 3,
+            ..Default::default()
+        };
         let l = Loader::new(ds(50), vec![Op::ToTensor], opts).unwrap();
         assert_eq!(l.len(), 8);
         let mut seen: Vec<usize> = l.indices(0);
@@ -386,7 +445,13 @@ mod tests {
         for world in 1..=4 {
             let mut all = Vec::new();
             for rank in 0..world {
-                let opts = LoaderOptions { shuffle: true, seed: 1, rank, world_size: world, ..Default::default() };
+                let opts = LoaderOptions {
+                    shuffle: true,
+                    seed: 1,
+                    rank,
+                    world_size: world,
+                    ..Default::default()
+                };
                 let l = Loader::new(ds(10), vec![], opts).unwrap();
                 let idx = l.indices(5);
                 assert_eq!(idx.len(), 10usize.div_ceil(world));
@@ -398,7 +463,14 @@ mod tests {
             // Unpadded (evaluation) shards: a partition, sizes within one of each other.
             let mut all = Vec::new();
             for rank in 0..world {
-                let opts = LoaderOptions { shuffle: true, seed: 1, rank, world_size: world, pad_shards: false, ..Default::default() };
+                let opts = LoaderOptions {
+                    shuffle: true,
+                    seed: 1,
+                    rank,
+                    world_size: world,
+                    pad_shards: false,
+                    ..Default::default()
+                };
                 let l = Loader::new(ds(10), vec![], opts).unwrap();
                 let idx = l.indices(5);
                 assert_eq!(idx.len(), l.num_samples());
@@ -412,11 +484,23 @@ mod tests {
 
     #[test]
     fn dropping_mid_epoch_stops_the_producer() {
-        let opts = LoaderOptions { batch_size: 1, prefetch: 1, ..Default::default() };
+        let opts = LoaderOptions {
+            batch_size: 1,
+            prefetch: 1,
+            ..Default::default()
+        };
         let l = Loader::new(ds(100), vec![], opts).unwrap();
         let mut it = l.iter(0);
         assert!(it.next().is_some());
         drop(it); // must not hang
-        assert!(Loader::new(ds(1), vec![], LoaderOptions { batch_size: 0, ..Default::default() }).is_err());
+        assert!(Loader::new(
+            ds(1),
+            vec![],
+            LoaderOptions {
+                batch_size: 0,
+                ..Default::default()
+            }
+        )
+        .is_err());
     }
 }

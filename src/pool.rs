@@ -29,14 +29,22 @@ impl Pool {
     /// A pool of `threads` threads (None: one per core) named `name-i`, started now so that a
     /// failure to start threads is reported at construction.
     pub fn new(threads: Option<usize>, name: &'static str) -> Result<Pool> {
-        let p = Pool { threads, name, current: AtomicPtr::new(std::ptr::null_mut()) };
+        let p = Pool {
+            threads,
+            name,
+            current: AtomicPtr::new(std::ptr::null_mut()),
+        };
         p.get()?;
         Ok(p)
     }
 
     /// A pool that is started on first use (for statics).
     pub const fn lazy(threads: Option<usize>, name: &'static str) -> Pool {
-        Pool { threads, name, current: AtomicPtr::new(std::ptr::null_mut()) }
+        Pool {
+            threads,
+            name,
+            current: AtomicPtr::new(std::ptr::null_mut()),
+        }
     }
 
     /// This process's pool, rebuilt first if it was built before a fork.
@@ -54,9 +62,19 @@ impl Pool {
         if let Some(n) = self.threads {
             builder = builder.num_threads(n);
         }
-        let pool = Arc::new(builder.build().map_err(|e| Error::invalid("num_threads", format!("cannot start threads: {e}")))?);
-        let fresh = Box::into_raw(Box::new(Built { pid, pool: pool.clone() }));
-        match self.current.compare_exchange(cur, fresh, Ordering::AcqRel, Ordering::Acquire) {
+        let pool = Arc::new(
+            builder
+                .build()
+                .map_err(|e| Error::invalid("num_threads", format!("cannot start threads: {e}")))?,
+        );
+        let fresh = Box::into_raw(Box::new(Built {
+            pid,
+            pool: pool.clone(),
+        }));
+        match self
+            .current
+            .compare_exchange(cur, fresh, Ordering::AcqRel, Ordering::Acquire)
+        {
             // The replaced `Built` (if any) belongs to the parent process: leaked, see the module doc.
             Ok(_) => Ok(pool),
             Err(other) => {
@@ -81,6 +99,7 @@ impl Drop for Pool {
         // SAFETY: see `get`; after this nothing reads `current`.
         if let Some(b) = unsafe { cur.as_ref() } {
             if b.pid == std::process::id() {
+                // SAFETY: `cur` came from `Box::into_raw` in `get` and is freed only here, once.
                 drop(unsafe { Box::from_raw(cur) });
             }
         }
@@ -119,7 +138,7 @@ mod tests {
     fn a_pool_is_reused_within_a_process_and_runs_work() {
         let p = Pool::new(Some(2), "test").unwrap();
         assert!(Arc::ptr_eq(&p.get().unwrap(), &p.get().unwrap()));
-        assert_eq!(p.install(|| rayon::current_num_threads()).unwrap(), 2);
+        assert_eq!(p.install(rayon::current_num_threads).unwrap(), 2);
         assert!(!forked_since(std::process::id()));
     }
 }

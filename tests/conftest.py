@@ -3,6 +3,7 @@
 Real-data tests find CIFAR-10 (as ../shared/datasets/build_cifar10.py writes it) through the
 FASTCIFAR_DATA environment variable (`make test` sets it and builds the data); without it they skip.
 """
+
 import io
 import os
 import pickle
@@ -39,12 +40,17 @@ class Py2Pickler(pickle._Pickler):
 
     def save_py2str(self, obj):
         n = len(obj)
-        self.write((pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + struct.pack("<i", n)) + bytes(obj))
+        self.write(
+            (pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + struct.pack("<i", n)) + bytes(obj)
+        )
         self.memoize(obj)
 
     def save_ndarray(self, a):
         w = self.write
-        glob = lambda mod, name: w(pickle.GLOBAL + mod.encode() + b"\n" + name.encode() + b"\n")
+
+        def glob(mod, name):
+            w(pickle.GLOBAL + mod.encode() + b"\n" + name.encode() + b"\n")
+
         glob("numpy.core.multiarray", "_reconstruct")
         glob("numpy", "ndarray")
         self.save((0,))
@@ -94,8 +100,12 @@ def write_cifar10(root, n_train=(3, 2, 2, 2, 1), n_test=4, layouts=("py", "bin")
         all_x[split].append(x)
         all_y[split].append(y)
         if "py" in layouts:
-            d = {Py2Str(b"batch_label"): Py2Str(name.encode()), Py2Str(b"labels"): [int(v) for v in y],
-                 Py2Str(b"data"): x, Py2Str(b"filenames"): [Py2Str(f"f{i}.png".encode()) for i in range(n)]}
+            d = {
+                Py2Str(b"batch_label"): Py2Str(name.encode()),
+                Py2Str(b"labels"): [int(v) for v in y],
+                Py2Str(b"data"): x,
+                Py2Str(b"filenames"): [Py2Str(f"f{i}.png".encode()) for i in range(n)],
+            }
             open(os.path.join(py_dir, name), "wb").write(py2_pickle(d))
         if "bin" in layouts:
             rec = np.concatenate([y.astype(np.uint8)[:, None], x], axis=1)
@@ -128,14 +138,21 @@ def write_cifar100(root, n_train=5, n_test=3):
     for split, n in (("train", n_train), ("test", n_test)):
         x = fake_images(n, 10 + n)
         fine, coarse = rng.integers(0, 100, n), rng.integers(0, 20, n)
-        d = {Py2Str(b"data"): x, Py2Str(b"fine_labels"): [int(v) for v in fine], Py2Str(b"coarse_labels"): [int(v) for v in coarse],
-             Py2Str(b"filenames"): [Py2Str(b"a.png")] * n, Py2Str(b"batch_label"): Py2Str(split.encode())}
+        d = {
+            Py2Str(b"data"): x,
+            Py2Str(b"fine_labels"): [int(v) for v in fine],
+            Py2Str(b"coarse_labels"): [int(v) for v in coarse],
+            Py2Str(b"filenames"): [Py2Str(b"a.png")] * n,
+            Py2Str(b"batch_label"): Py2Str(split.encode()),
+        }
         open(os.path.join(py_dir, split), "wb").write(py2_pickle(d))
         rec = np.concatenate([coarse.astype(np.uint8)[:, None], fine.astype(np.uint8)[:, None], x], axis=1)
         rec.tofile(os.path.join(bin_dir, split + ".bin"))
         out[split] = (x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), fine.tolist(), coarse.tolist())
-    meta = {Py2Str(b"fine_label_names"): [Py2Str(c.encode()) for c in fine_names],
-            Py2Str(b"coarse_label_names"): [Py2Str(c.encode()) for c in coarse_names]}
+    meta = {
+        Py2Str(b"fine_label_names"): [Py2Str(c.encode()) for c in fine_names],
+        Py2Str(b"coarse_label_names"): [Py2Str(c.encode()) for c in coarse_names],
+    }
     open(os.path.join(py_dir, "meta"), "wb").write(py2_pickle(meta))
     open(os.path.join(bin_dir, "fine_label_names.txt"), "w").write("\n".join(fine_names) + "\n")
     open(os.path.join(bin_dir, "coarse_label_names.txt"), "w").write("\n".join(coarse_names) + "\n")

@@ -1,10 +1,11 @@
 """One rank of the data-parallel tests (test_distributed.py launches it with torchrun or by hand).
 
-    parity: trains small_cnn with sync_bn and grad accumulation, then with local BatchNorm, and
-            saves each run's state_dict, history and evaluation to OUT/<run>-rank<r>.pt.
-    crash:  rank 1 dies (os._exit) at step 2; rank 0 must raise, not hang.
-    stall:  rank 1 stops answering at step 2; rank 0 must raise after the process group's timeout.
+parity: trains small_cnn with sync_bn and grad accumulation, then with local BatchNorm, and
+        saves each run's state_dict, history and evaluation to OUT/<run>-rank<r>.pt.
+crash:  rank 1 dies (os._exit) at step 2; rank 0 must raise, not hang.
+stall:  rank 1 stops answering at step 2; rank 0 must raise after the process group's timeout.
 """
+
 import argparse
 import os
 import sys
@@ -40,14 +41,27 @@ def run(batch, sync_bn, accum, distributed, epochs=2, callback=None, save_to=Non
     ds = dataset()
     train = fastcifar.DataLoader(ds, batch_size=batch, shuffle=True, transform=transform(True), seed=7, num_threads=1)
     val = fastcifar.DataLoader(ds, batch_size=10, transform=transform(False), num_threads=1)
-    tr = fastcifar.Trainer(model, fastcifar.optim.SGD(lr=0.05, momentum=0.9), device="cpu", seed=0, log_every=1,
-                           grad_accum_steps=accum, distributed=distributed, sync_bn=sync_bn)
+    tr = fastcifar.Trainer(
+        model,
+        fastcifar.optim.SGD(lr=0.05, momentum=0.9),
+        device="cpu",
+        seed=0,
+        log_every=1,
+        grad_accum_steps=accum,
+        distributed=distributed,
+        sync_bn=sync_bn,
+    )
     hist = tr.fit(train, val, epochs=epochs, progress=False, callbacks=[callback] if callback else ())
     rep = tr.evaluate(val, progress=False)
     if save_to:
         tr.save(f"{save_to}-rank{tr.rank}.pth")  # only rank 0 writes
-    return {"state": model.state_dict(), "history": hist.to_dict(), "eval": rep.to_dict(), "rank": tr.rank,
-            "world_size": tr.world_size}
+    return {
+        "state": model.state_dict(),
+        "history": hist.to_dict(),
+        "eval": rep.to_dict(),
+        "rank": tr.rank,
+        "world_size": tr.world_size,
+    }
 
 
 def main():

@@ -1,7 +1,7 @@
 """Threads and processes: fit in one thread while others use the model and trainer, and fastcifar
 in forked, spawned and forkserver children (torch DataLoader workers). A hang must fail a test,
 not stall the suite, so every scenario runs in a subprocess with a time limit."""
-import os
+
 import subprocess
 import sys
 import textwrap
@@ -85,8 +85,11 @@ HAMMER = """
 """
 
 
+@pytest.mark.subprocess
 def test_fit_in_a_thread_while_another_uses_every_model_and_trainer_method(tmp_path):
-    out = run_bounded(HAMMER + """
+    out = run_bounded(
+        HAMMER
+        + """
     EPOCHS = 3
     t = threading.Thread(target=fit)
     t.start()
@@ -97,14 +100,19 @@ def test_fit_in_a_thread_while_another_uses_every_model_and_trainer_method(tmp_p
     assert fastcifar.Trainer.load(path, device="cpu").model.num_parameters() == model.num_parameters()
     print("worst call", round(worst, 3), "s")
     print("DONE")
-    """, args=[str(tmp_path / "c.pth")])
+    """,
+        args=[str(tmp_path / "c.pth")],
+    )
     # Waiting for the model is bounded by one epoch here (well under a second).
     worst = float(out.split("worst call ")[1].split()[0])
     assert worst < 20, out
 
 
+@pytest.mark.subprocess
 def test_fit_and_a_forking_torch_dataloader_while_the_model_is_used(tmp_path):
-    run_bounded(HAMMER + """
+    run_bounded(
+        HAMMER
+        + """
     EPOCHS = 4
     torch_loader = torch.utils.data.DataLoader(fastcifar.Dataset.from_numpy(IMAGES, LABELS, transform=NORM),
                                                batch_size=32, num_workers=2, multiprocessing_context="fork")
@@ -118,9 +126,12 @@ def test_fit_and_a_forking_torch_dataloader_while_the_model_is_used(tmp_path):
     assert not t.is_alive() and not errors, errors
     assert seen >= 96
     print("DONE")
-    """, args=[str(tmp_path / "c.pth")])
+    """,
+        args=[str(tmp_path / "c.pth")],
+    )
 
 
+@pytest.mark.subprocess
 def test_a_callback_that_reaches_its_own_trainer_is_refused_as_busy():
     run_bounded("""
     model = models.small_cnn(width=4)
@@ -137,7 +148,12 @@ def test_a_callback_that_reaches_its_own_trainer_is_refused_as_busy():
     assert set(seen) == {"cpu"} and model.training in (True, False)
     # Epoch-end callbacks run after the epoch: there the trainer is free.
     ends = []
-    tr.fit(loader, epochs=1, progress=False, callbacks=[lambda i: ends.append(len(tr.optimizer.state_dict()["state"])) if i["phase"] == "epoch" else None])
+
+    def at_epoch_end(info):
+        if info["phase"] == "epoch":
+            ends.append(len(tr.optimizer.state_dict()["state"]))
+
+    tr.fit(loader, epochs=1, progress=False, callbacks=[at_epoch_end])
     assert ends and ends[0] > 0
     print("DONE")
     """)
@@ -183,11 +199,13 @@ FORK_CHILD = """
 """
 
 
+@pytest.mark.subprocess
 def test_every_call_works_in_a_forked_child_after_the_parent_used_the_library():
     out = run_bounded(FORK_CHILD)
     assert "child 80 96 96 6 True" in out
 
 
+@pytest.mark.subprocess
 def test_a_model_that_a_parent_thread_was_training_at_fork_is_refused_in_the_child():
     run_bounded("""
     ds = fastcifar.Dataset.from_numpy(IMAGES, LABELS)
@@ -268,13 +286,16 @@ WORKERS = """
 """
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("ctx", ["fork", "spawn", "forkserver"])
 def test_torch_dataloader_workers_over_fastcifar_datasets(ctx):
     run_bounded(WORKERS, timeout=120, args=[ctx])
 
 
+@pytest.mark.subprocess
 def test_cifar_pickles_by_path_and_assigned_arrays_by_value(real_data):
-    run_bounded("""
+    run_bounded(
+        """
     import pickle
     c = fastcifar.CIFAR10(sys.argv[1], train=False)
     blob = pickle.dumps(c)
@@ -286,7 +307,9 @@ def test_cifar_pickles_by_path_and_assigned_arrays_by_value(real_data):
     c3 = pickle.loads(pickle.dumps(c))
     assert set(c3.targets) == {1} and set(c3._native.targets.tolist()) == {1}
     print("DONE")
-    """, args=[real_data])
+    """,
+        args=[real_data],
+    )
 
 
 def test_copies_share_the_immutable_native_data_set_and_pickles_round_trip():
@@ -298,12 +321,19 @@ def test_copies_share_the_immutable_native_data_set_and_pickles_round_trip():
     import fastcifar
     from fastcifar import transforms as T
 
-    ds = fastcifar.Dataset.from_numpy(np.arange(5 * 4 * 4 * 3, dtype=np.uint8).reshape(5, 4, 4, 3) % 251, [0, 1, 2, 0, 1],
-                                      transform=T.Compose([T.RandomCrop(4, padding=1), T.ToTensor()]))
+    ds = fastcifar.Dataset.from_numpy(
+        np.arange(5 * 4 * 4 * 3, dtype=np.uint8).reshape(5, 4, 4, 3) % 251,
+        [0, 1, 2, 0, 1],
+        transform=T.Compose([T.RandomCrop(4, padding=1), T.ToTensor()]),
+    )
     shallow, deep = copy.copy(ds), copy.deepcopy(ds)
     assert shallow._native_ds is ds._native_ds and deep._native_ds is ds._native_ds
     assert deep.transform is not ds.transform and repr(deep.transform) == repr(ds.transform)
     deep.targets = [0] * 5
-    assert ds.targets == [0, 1, 2, 0, 1] and deep.classes == ["0", "1", "2"] and set(deep._native.targets.tolist()) == {0}
+    assert (
+        ds.targets == [0, 1, 2, 0, 1] and deep.classes == ["0", "1", "2"] and set(deep._native.targets.tolist()) == {0}
+    )
     back = pickle.loads(pickle.dumps(ds))
-    assert np.array_equal(back.data, ds.data) and back.targets == ds.targets and repr(back.transform) == repr(ds.transform)
+    assert (
+        np.array_equal(back.data, ds.data) and back.targets == ds.targets and repr(back.transform) == repr(ds.transform)
+    )

@@ -1,4 +1,5 @@
 """The data layer: every official CIFAR form, torchvision's attributes, bad files, download."""
+
 import gzip
 import hashlib
 import http.server
@@ -13,9 +14,9 @@ import threading
 import numpy as np
 import pytest
 import torch
+from conftest import CLASSES10, Py2Str, py2_pickle, write_cifar10, write_cifar100
 
 import fastcifar
-from conftest import CLASSES10, py2_pickle, Py2Str, write_cifar10, write_cifar100
 
 FORMS = ["cifar-10-batches-py", "cifar-10-batches-bin", "cifar-10-python.tar.gz", "cifar-10-binary.tar.gz"]
 LAYOUT = dict(zip(FORMS, ["python", "binary", "python-archive", "binary-archive"]))
@@ -157,6 +158,7 @@ def test_indexing_edges(tiny):
 
 # --- bad input ------------------------------------------------------------------------------
 
+
 def _err(exc, match, path, **kw):
     with pytest.raises(exc, match=match):
         fastcifar.CIFAR10(path, **kw)
@@ -191,16 +193,22 @@ def test_label_out_of_range_binary_and_pickle(tiny):
     _err(ValueError, r"test_batch: label 12 at index 1 is out of range", root / "cifar-10-batches-py", train=False)
 
 
-@pytest.mark.parametrize("damage,match", [
-    (lambda b: b[: len(b) // 2], "malformed pickle: truncated"),
-    (lambda b: b"\xff" + b[1:], "malformed pickle"),
-    (lambda b: b"", "malformed pickle"),
-    (lambda b: py2_pickle({Py2Str(b"labels"): [1]}), "no 'data' entry"),
-    (lambda b: py2_pickle({Py2Str(b"data"): np.zeros((1, 3072), np.uint8)}), "no 'labels' list"),
-    (lambda b: py2_pickle({Py2Str(b"data"): np.zeros((1, 3000), np.uint8), Py2Str(b"labels"): [1]}), "shape"),
-    (lambda b: py2_pickle({Py2Str(b"data"): np.zeros((2, 3072), np.uint8), Py2Str(b"labels"): [1]}), "1 labels for 2 images"),
-    (lambda b: py2_pickle({Py2Str(b"data"): np.zeros((1, 3072), np.float32), Py2Str(b"labels"): [1]}), "dtype f4"),
-])
+@pytest.mark.parametrize(
+    "damage,match",
+    [
+        (lambda b: b[: len(b) // 2], "malformed pickle: truncated"),
+        (lambda b: b"\xff" + b[1:], "malformed pickle"),
+        (lambda b: b"", "malformed pickle"),
+        (lambda b: py2_pickle({Py2Str(b"labels"): [1]}), "no 'data' entry"),
+        (lambda b: py2_pickle({Py2Str(b"data"): np.zeros((1, 3072), np.uint8)}), "no 'labels' list"),
+        (lambda b: py2_pickle({Py2Str(b"data"): np.zeros((1, 3000), np.uint8), Py2Str(b"labels"): [1]}), "shape"),
+        (
+            lambda b: py2_pickle({Py2Str(b"data"): np.zeros((2, 3072), np.uint8), Py2Str(b"labels"): [1]}),
+            "1 labels for 2 images",
+        ),
+        (lambda b: py2_pickle({Py2Str(b"data"): np.zeros((1, 3072), np.float32), Py2Str(b"labels"): [1]}), "dtype f4"),
+    ],
+)
 def test_malformed_pickles_are_named(tiny, damage, match):
     root, _ = tiny
     f = root / "cifar-10-batches-py" / "data_batch_4"
@@ -241,6 +249,7 @@ def test_unknown_option_is_refused(tiny):
 
 
 # --- from_numpy and ImageFolder -------------------------------------------------------------
+
 
 def test_from_numpy_shapes_and_errors():
     rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 9, 3), dtype=np.uint8)
@@ -323,6 +332,7 @@ def test_image_folder_errors(tmp_path):
 
 # --- download -------------------------------------------------------------------------------
 
+
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *a):
         pass
@@ -333,7 +343,10 @@ def http_root(tmp_path):
     """Serves tmp_path/www on a loopback port."""
     www = tmp_path / "www"
     www.mkdir()
-    handler = lambda *a, **k: _Quiet(*a, directory=str(www), **k)
+
+    def handler(*a, **k):
+        return _Quiet(*a, directory=str(www), **k)
+
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
@@ -380,6 +393,8 @@ def test_download_offline_says_where_to_put_the_file(tmp_path, monkeypatch):
 
 # --- the torch pin --------------------------------------------------------------------------
 
+
+@pytest.mark.subprocess
 def test_incompatible_torch_is_named(tmp_path):
     fake = tmp_path / "torch"
     fake.mkdir()
@@ -392,6 +407,7 @@ def test_incompatible_torch_is_named(tmp_path):
 
 
 # --- real data ------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def torchvision_cifar(real_data):

@@ -1,4 +1,5 @@
 """Data-parallel training on torch.distributed: torchrun with 2 gloo processes on CPU."""
+
 import os
 import socket
 import subprocess
@@ -38,15 +39,19 @@ def parity_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
     r = _torchrun(["dist_worker.py", "parity", "--out", str(out)])
     assert r.returncode == 0, r.stdout + r.stderr
-    runs = {name: [torch.load(out / f"{name}-rank{k}.pt", weights_only=False) for k in (0, 1)] for name in ("sync", "local")}
+    runs = {
+        name: [torch.load(out / f"{name}-rank{k}.pt", weights_only=False) for k in (0, 1)] for name in ("sync", "local")
+    }
     runs["checkpoints"] = sorted(p.name for p in out.glob("*.pth"))
     return runs
 
 
+@pytest.mark.torchrun
 def test_only_rank_0_writes_checkpoints(parity_runs):
     assert parity_runs["checkpoints"] == ["local-ckpt-rank0.pth", "sync-ckpt-rank0.pth"]
 
 
+@pytest.mark.torchrun
 @pytest.mark.parametrize("name", ["sync", "local"])
 def test_the_two_ranks_end_bit_identical(parity_runs, name):
     r0, r1 = parity_runs[name]
@@ -56,10 +61,14 @@ def test_the_two_ranks_end_bit_identical(parity_runs, name):
         assert torch.equal(r0["state"][k], r1["state"][k]), k
     # evaluate reduces over both shards: every rank reports on all 64 images, the same numbers.
     assert r0["eval"] == r1["eval"] and r0["eval"]["count"] == dist_worker.N
-    untimed = [[{k: v for k, v in e.items() if k not in ("seconds", "images_per_s")} for e in r["history"]["epochs"]] for r in (r0, r1)]
+    untimed = [
+        [{k: v for k, v in e.items() if k not in ("seconds", "images_per_s")} for e in r["history"]["epochs"]]
+        for r in (r0, r1)
+    ]
     assert untimed[0] == untimed[1]  # global loss and accuracy
 
 
+@pytest.mark.torchrun
 def test_sync_bn_data_parallel_equals_one_process_on_the_global_batches(parity_runs):
     # 2 ranks x 8 images, 2 micro-steps per optimizer step, over 2 epochs (with a shuffle and
     # random crops and flips) against one process with batches of 16: the same global batches.
@@ -77,13 +86,21 @@ def test_sync_bn_data_parallel_equals_one_process_on_the_global_batches(parity_r
     assert got["eval"]["confusion_matrix"] == ref["eval"]["confusion_matrix"]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("mode", ["crash", "stall"])
 def test_a_dead_or_silent_rank_makes_the_others_fail_not_hang(tmp_path, mode):
     port = _free_port()
     procs = [
-        subprocess.Popen([sys.executable, "dist_worker.py", mode, "--out", str(tmp_path)], cwd=HERE, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True,
-                         env=_env(RANK=r, LOCAL_RANK=r, WORLD_SIZE=2, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, FASTCIFAR_DIST_TIMEOUT=5))
+        subprocess.Popen(
+            [sys.executable, "dist_worker.py", mode, "--out", str(tmp_path)],
+            cwd=HERE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=_env(
+                RANK=r, LOCAL_RANK=r, WORLD_SIZE=2, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, FASTCIFAR_DIST_TIMEOUT=5
+            ),
+        )
         for r in (0, 1)
     ]
     t0 = time.time()
@@ -116,7 +133,9 @@ def test_shards_are_disjoint_and_cover_the_data_set(n, world):
         # Shards follow DistributedSampler: one permutation, rank r takes every world-th from r.
         perm = loader._native.indices(epoch)
         assert exact == [perm[r::world] for r in range(world)]
-    assert loader.shard(0, world)._native.indices(0) != loader.shard(0, world)._native.indices(1) or n < 2  # set_epoch reshuffles
+    assert (
+        loader.shard(0, world)._native.indices(0) != loader.shard(0, world)._native.indices(1) or n < 2
+    )  # set_epoch reshuffles
 
 
 def test_distributed_options_are_checked():
@@ -138,11 +157,40 @@ def test_distributed_options_are_checked():
         fastcifar.DataLoader(ds, rank=2, world_size=2)
 
 
+@pytest.mark.torchrun
 def test_cli_train_under_torchrun(real_data, tmp_path):
     out = tmp_path / "run"
-    r = _torchrun(["-m", "fastcifar", "train", "--data", real_data, "--model", "small_cnn", "--width", "8", "--epochs", "1",
-                   "--subset", "1024", "--test-subset", "500", "--batch-size", "64", "--sync-bn", "--scheduler", "onecycle",
-                   "--lr", "0.01", "--out", str(out), "--quiet", "--full-hint-off"], timeout=300)
+    r = _torchrun(
+        [
+            "-m",
+            "fastcifar",
+            "train",
+            "--data",
+            real_data,
+            "--model",
+            "small_cnn",
+            "--width",
+            "8",
+            "--epochs",
+            "1",
+            "--subset",
+            "1024",
+            "--test-subset",
+            "500",
+            "--batch-size",
+            "64",
+            "--sync-bn",
+            "--scheduler",
+            "onecycle",
+            "--lr",
+            "0.01",
+            "--out",
+            str(out),
+            "--quiet",
+            "--full-hint-off",
+        ],
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.count("data-parallel over 2 processes") == 1  # rank 0 alone prints
     assert r.stdout.count("Overall Accuracy") == 1
@@ -176,13 +224,22 @@ def test_one_collective_per_bucket_per_optimizer_step(accum):
     def trainer(group):
         torch.manual_seed(0)
         model = fastcifar.models.small_cnn(10, width=8)
-        tr = fastcifar.Trainer(model, fastcifar.optim.SGD(lr=0.05, momentum=0.9), device="cpu", seed=0, log_every=5,
-                               grad_accum_steps=accum, distributed=False)
+        tr = fastcifar.Trainer(
+            model,
+            fastcifar.optim.SGD(lr=0.05, momentum=0.9),
+            device="cpu",
+            seed=0,
+            log_every=5,
+            grad_accum_steps=accum,
+            distributed=False,
+        )
         if group is not None:
             tr._native.set_process_group(group, 0.01)  # 10 KiB buckets: several for this model
         return model, tr
 
-    loader = fastcifar.DataLoader(dist_worker.dataset(), batch_size=4, shuffle=True, transform=dist_worker.transform(True), seed=3)
+    loader = fastcifar.DataLoader(
+        dist_worker.dataset(), batch_size=4, shuffle=True, transform=dist_worker.transform(True), seed=3
+    )
     g = _CountingGroup()
     model, tr = trainer(g)
     tr.fit(loader, epochs=1, progress=False)

@@ -1,5 +1,6 @@
 """Drop-in for torchvision (issue 13): torchvision's transform objects, item semantics, pixel
 parity of every transform, torch DataLoader arguments, labels through target_transform, pickles."""
+
 import os
 import pickle
 import threading
@@ -15,8 +16,8 @@ from fastcifar import transforms as T
 
 tv = pytest.importorskip("torchvision")
 import torchvision.transforms as TV  # noqa: E402
-import torchvision.transforms.v2 as V2  # noqa: E402
 import torchvision.transforms.functional as TF  # noqa: E402
+import torchvision.transforms.v2 as V2  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
@@ -38,6 +39,7 @@ def epoch(loader):
 
 # --- labels ------------------------------------------------------------------------------------
 
+
 def test_loader_batches_carry_target_transform_of_the_raw_labels():
     ds = random_ds(40, target_transform=lambda y: y + 100)
     raw = list(ds.targets)
@@ -54,14 +56,21 @@ def test_loader_batches_carry_target_transform_of_the_raw_labels():
     _, y = next(iter(fastcifar.DataLoader(ds, batch_size=8)))
     assert y.shape == (8, 10) and y.argmax(1).tolist() == raw[:8]
     with pytest.raises(TypeError, match="integer class labels"):
-        fastcifar.DataLoader(ds, batch_size=8)._native
+        _ = fastcifar.DataLoader(ds, batch_size=8)._native
 
 
 # --- torchvision objects compile into the fused pass --------------------------------------------
 
 SEED_V1 = TV.Compose([TV.RandomHorizontalFlip(), TV.RandomCrop(32, padding=4), TV.ToTensor(), TV.Normalize(MEAN, STD)])
-SEED_V2 = V2.Compose([V2.RandomHorizontalFlip(), V2.RandomCrop(32, padding=4), V2.ToImage(), V2.ToDtype(torch.float32, scale=True),
-                      V2.Normalize(MEAN, STD)])
+SEED_V2 = V2.Compose(
+    [
+        V2.RandomHorizontalFlip(),
+        V2.RandomCrop(32, padding=4),
+        V2.ToImage(),
+        V2.ToDtype(torch.float32, scale=True),
+        V2.Normalize(MEAN, STD),
+    ]
+)
 
 
 @pytest.mark.parametrize("t", [SEED_V1, SEED_V2], ids=["v1", "v2"])
@@ -80,8 +89,13 @@ def test_seed_transforms_compile_whole_and_match_torchvision_pixels(t):
     # The random ones give one of torchvision's outcomes (some flip and crop offset) per image.
     padded = [TF.pad(pil(a), 4) for a in ds.data]
     for k in range(0, 64, 7):
-        cands = [det(TF.crop(TF.hflip(p) if f else p, i, j, 32, 32)) for p in [padded[k]] for f in (0, 1)
-                 for i in range(9) for j in range(9)]
+        cands = [
+            det(TF.crop(TF.hflip(p) if f else p, i, j, 32, 32))
+            for p in [padded[k]]
+            for f in (0, 1)
+            for i in range(9)
+            for j in range(9)
+        ]
         assert any(torch.equal(x[k], c) for c in cands), k
 
 
@@ -92,8 +106,16 @@ def test_other_callables_run_per_image_in_python_with_one_warning():
         calls.append(type(img).__name__)
         return img
 
-    t = TV.Compose([TV.RandomCrop(32, padding=4), TV.ColorJitter(0.4, 0.4, 0.4), spy, TV.ToTensor(), TV.Normalize(MEAN, STD),
-                    TV.Lambda(lambda x: (calls.append(type(x).__name__), x)[1])])
+    t = TV.Compose(
+        [
+            TV.RandomCrop(32, padding=4),
+            TV.ColorJitter(0.4, 0.4, 0.4),
+            spy,
+            TV.ToTensor(),
+            TV.Normalize(MEAN, STD),
+            TV.Lambda(lambda x: (calls.append(type(x).__name__), x)[1]),
+        ]
+    )
     ds = random_ds(20, transform=t)
     T._warned.clear()
     with pytest.warns(UserWarning, match="ColorJitter"):
@@ -127,6 +149,7 @@ def test_fastcifar_compose_takes_plain_callables_and_same_plan():
 
 # --- item semantics and input kinds -----------------------------------------------------------
 
+
 def test_items_are_pil_images_and_transforms_take_every_image_kind():
     ds = random_ds(4)
     img, label = ds[1]
@@ -150,14 +173,20 @@ def test_items_are_pil_images_and_transforms_take_every_image_kind():
 
 # --- fidelity ---------------------------------------------------------------------------------
 
+
 def test_center_crop_rounds_half_to_even_like_torchvision():
     rng = np.random.default_rng(5)
     for h, w, ch, cw in [(32, 32, 17, 17), (32, 32, 23, 21), (31, 29, 20, 14), (9, 7, 4, 2), (32, 32, 35, 19)]:
         a = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         ref = np.asarray(TV.CenterCrop((ch, cw))(pil(a)))
         assert np.array_equal(np.asarray(T.CenterCrop((ch, cw))(pil(a))), ref), (h, w, ch, cw)
-        x, _ = next(iter(fastcifar.DataLoader(fastcifar.Dataset.from_numpy(a[None], [0]), transform=T.CenterCrop((ch, cw)),
-                                              dtype=torch.uint8)))
+        x, _ = next(
+            iter(
+                fastcifar.DataLoader(
+                    fastcifar.Dataset.from_numpy(a[None], [0]), transform=T.CenterCrop((ch, cw)), dtype=torch.uint8
+                )
+            )
+        )
         assert np.array_equal(x[0].permute(1, 2, 0).numpy(), ref)
 
 
@@ -170,9 +199,15 @@ def test_pad_every_mode_matches_torchvision_including_wide_pads(mode):
         assert np.array_equal(np.asarray(got), ref), padding
 
 
-@pytest.mark.parametrize("make", [lambda P: P.Pad((1, 2, 3, 4), fill=(5, 6, 7)), lambda P: P.Pad([2, 3], padding_mode="edge"),
-                                  lambda P: P.RandomCrop((36, 34), padding=(1, 2, 3, 4), padding_mode="reflect"),
-                                  lambda P: P.RandomCrop(36, padding=(2, 4), fill=9)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda P: P.Pad((1, 2, 3, 4), fill=(5, 6, 7)),
+        lambda P: P.Pad([2, 3], padding_mode="edge"),
+        lambda P: P.RandomCrop((36, 34), padding=(1, 2, 3, 4), padding_mode="reflect"),
+        lambda P: P.RandomCrop(36, padding=(2, 4), fill=9),
+    ],
+)
 @pytest.mark.parametrize("P", [TV, V2], ids=["v1", "v2"])
 def test_torchvision_padding_arguments_keep_their_meaning(make, P):
     a = random_ds(1, seed=3).data[0]
@@ -185,30 +220,48 @@ def test_torchvision_padding_arguments_keep_their_meaning(make, P):
         if isinstance(t, (TV.Pad, V2.Pad)):
             assert np.array_equal(got, ref)
         else:  # the crop offset is drawn differently: compare against every offset
-            p = P.Pad(t.padding if P is TV else [t.padding[0], t.padding[2], t.padding[1], t.padding[3]], fill=9,
-                      padding_mode=t.padding_mode)
+            p = P.Pad(
+                t.padding if P is TV else [t.padding[0], t.padding[2], t.padding[1], t.padding[3]],
+                fill=9,
+                padding_mode=t.padding_mode,
+            )
             big = np.asarray(p(pil(a)))
             h, w = got.shape[:2]
-            assert any(np.array_equal(got, big[i:i + h, j:j + w]) for i in range(big.shape[0] - h + 1) for j in range(big.shape[1] - w + 1))
+            assert any(
+                np.array_equal(got, big[i : i + h, j : j + w])
+                for i in range(big.shape[0] - h + 1)
+                for j in range(big.shape[1] - w + 1)
+            )
 
 
 def test_random_crop_symmetric_and_pad_if_needed_are_torchvision_crops():
     a = random_ds(1, h=20, w=24).data[0]
     ref = np.asarray(TF.pad(pil(a), [3, 3, 3, 3], padding_mode="symmetric"))
-    for s in range(20):
+    for _ in range(20):
         out = np.asarray(T.RandomCrop(24, padding=3, padding_mode="symmetric")(pil(a)))
-        assert any(np.array_equal(out, ref[i:i + 24, j:j + 24]) for i in range(3 + 3 + 20 - 24 + 1) for j in range(7))
+        assert any(
+            np.array_equal(out, ref[i : i + 24, j : j + 24]) for i in range(3 + 3 + 20 - 24 + 1) for j in range(7)
+        )
     out = T.RandomCrop(28, pad_if_needed=True)(pil(a))
     assert out.size == (28, 28)
 
 
 def test_to_tensor_and_normalize_are_bit_identical_for_every_byte_and_stats():
     x = np.arange(256, dtype=np.uint8).reshape(16, 16)[..., None].repeat(3, -1)
-    for mean, std in [(MEAN, STD), ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((0.1,), (0.3,))]:
-        for t, ref in [(T.Compose([T.ToTensor(), T.Normalize(mean, std)]), TV.Compose([TV.ToTensor(), TV.Normalize(mean, std)])),
-                       (TV.Compose([TV.PILToTensor(), TV.ConvertImageDtype(torch.float32), TV.Normalize(mean, std)]),
-                        TV.Compose([TV.PILToTensor(), TV.ConvertImageDtype(torch.float32), TV.Normalize(mean, std)])),
-                       (SEED_V2.transforms[2:4] + [V2.Normalize(mean, std)], None)]:
+    for mean, std in [
+        (MEAN, STD),
+        ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ((0.1,), (0.3,)),
+    ]:
+        for t, ref in [
+            (T.Compose([T.ToTensor(), T.Normalize(mean, std)]), TV.Compose([TV.ToTensor(), TV.Normalize(mean, std)])),
+            (
+                TV.Compose([TV.PILToTensor(), TV.ConvertImageDtype(torch.float32), TV.Normalize(mean, std)]),
+                TV.Compose([TV.PILToTensor(), TV.ConvertImageDtype(torch.float32), TV.Normalize(mean, std)]),
+            ),
+            (SEED_V2.transforms[2:4] + [V2.Normalize(mean, std)], None),
+        ]:
             if ref is None:
                 t, ref = V2.Compose(t), V2.Compose(t)
             assert not T.Plan(t).rest
@@ -226,7 +279,9 @@ def test_resize_and_random_resized_crop_give_pillows_pixels():
     t = T.RandomResizedCrop(24, scale=(0.25, 0.25), ratio=(1.0, 1.0))
     x, _ = epoch(fastcifar.DataLoader(ds, batch_size=6, transform=t, dtype=torch.uint8, seed=2))
     for k, a in enumerate(ds.data):
-        cands = [TF.pil_to_tensor(TF.resized_crop(pil(a), i, j, 16, 16, [24, 24])) for i in range(17) for j in range(17)]
+        cands = [
+            TF.pil_to_tensor(TF.resized_crop(pil(a), i, j, 16, 16, [24, 24])) for i in range(17) for j in range(17)
+        ]
         assert any(torch.equal(x[k], c) for c in cands), k
     full = T.RandomResizedCrop((40, 40), scale=(1.0, 1.0), ratio=(1.0, 1.0))(pil(ds.data[0]))
     assert np.array_equal(np.asarray(full), np.asarray(TV.Resize((40, 40))(pil(ds.data[0]))))
@@ -234,12 +289,19 @@ def test_resize_and_random_resized_crop_give_pillows_pixels():
 
 def test_python_path_transforms_match_torchvision_with_the_same_torch_seed():
     img = pil(random_ds(1, seed=7).data[0])
-    for ours, theirs in [(T.ColorJitter(0.4, 0.4, 0.4, 0.1), TV.ColorJitter(0.4, 0.4, 0.4, 0.1)),
-                         (T.RandomRotation(30), TV.RandomRotation(30)),
-                         (T.RandomRotation((10, 40), fill=(9, 8, 7)), TV.RandomRotation((10, 40), fill=(9, 8, 7))),
-                         (T.RandomResizedCrop(24, interpolation=TV.InterpolationMode.BICUBIC),
-                          TV.RandomResizedCrop(24, interpolation=TV.InterpolationMode.BICUBIC)),
-                         (T.Lambda(lambda im: im.transpose(Image.FLIP_TOP_BOTTOM)), TV.Lambda(lambda im: im.transpose(Image.FLIP_TOP_BOTTOM)))]:
+    for ours, theirs in [
+        (T.ColorJitter(0.4, 0.4, 0.4, 0.1), TV.ColorJitter(0.4, 0.4, 0.4, 0.1)),
+        (T.RandomRotation(30), TV.RandomRotation(30)),
+        (T.RandomRotation((10, 40), fill=(9, 8, 7)), TV.RandomRotation((10, 40), fill=(9, 8, 7))),
+        (
+            T.RandomResizedCrop(24, interpolation=TV.InterpolationMode.BICUBIC),
+            TV.RandomResizedCrop(24, interpolation=TV.InterpolationMode.BICUBIC),
+        ),
+        (
+            T.Lambda(lambda im: im.transpose(Image.FLIP_TOP_BOTTOM)),
+            TV.Lambda(lambda im: im.transpose(Image.FLIP_TOP_BOTTOM)),
+        ),
+    ]:
         for s in range(3):
             torch.manual_seed(s)
             a = np.asarray(ours(img))
@@ -275,17 +337,18 @@ def test_random_erasing_from_torchvision_fuses_with_its_value_in_output_units():
 
 # --- the loader's torch arguments ---------------------------------------------------------------
 
+
 def test_sampler_batch_sampler_collate_fn_and_index_lists():
     ds = random_ds(30)
     raw = fastcifar.DataLoader(ds, batch_size=30, dtype=torch.uint8)
     allx, ally = next(iter(raw))
     x, y = epoch(fastcifar.DataLoader(ds, batch_size=4, sampler=[5, 3, 29, 0, 7], dtype=torch.uint8))
     assert y.tolist() == [ally[i].item() for i in (5, 3, 29, 0, 7)] and torch.equal(x, allx[[5, 3, 29, 0, 7]])
-    l = fastcifar.DataLoader(ds, batch_sampler=[[1, 2], [9], [4, 4, 4]], dtype=torch.uint8)
-    assert len(l) == 3 and [b[1].tolist() for b in l] == [[ally[1], ally[2]], [ally[9]], [ally[4]] * 3]
+    dl = fastcifar.DataLoader(ds, batch_sampler=[[1, 2], [9], [4, 4, 4]], dtype=torch.uint8)
+    assert len(dl) == 3 and [b[1].tolist() for b in dl] == [[ally[1], ally[2]], [ally[9]], [ally[4]] * 3]
     g = torch.Generator().manual_seed(0)
-    l = fastcifar.DataLoader(ds, batch_size=7, sampler=torch.utils.data.RandomSampler(ds, generator=g), drop_last=True)
-    assert len(l) == 4 and sum(len(b[1]) for b in l) == 28
+    dl = fastcifar.DataLoader(ds, batch_size=7, sampler=torch.utils.data.RandomSampler(ds, generator=g), drop_last=True)
+    assert len(dl) == 4 and sum(len(b[1]) for b in dl) == 28
     seen = []
 
     def collate(samples):
@@ -310,20 +373,29 @@ def test_sampler_batch_sampler_collate_fn_and_index_lists():
 def test_worker_arguments_and_pin_memory_say_what_they_do():
     ds = random_ds(16)
     ids = []
-    l = fastcifar.DataLoader(ds, batch_size=4, num_workers=2, worker_init_fn=ids.append, prefetch_factor=3, persistent_workers=True,
-                             multiprocessing_context="spawn", timeout=30, in_order=False)
-    epoch(l), epoch(l)
+    dl = fastcifar.DataLoader(
+        ds,
+        batch_size=4,
+        num_workers=2,
+        worker_init_fn=ids.append,
+        prefetch_factor=3,
+        persistent_workers=True,
+        multiprocessing_context="spawn",
+        timeout=30,
+        in_order=False,
+    )
+    epoch(dl), epoch(dl)
     assert ids == [0, 1]  # persistent: once
-    l = fastcifar.DataLoader(ds, batch_size=4, num_workers=2, worker_init_fn=ids.append)
-    epoch(l), epoch(l)
+    dl = fastcifar.DataLoader(ds, batch_size=4, num_workers=2, worker_init_fn=ids.append)
+    epoch(dl), epoch(dl)
     assert ids == [0, 1, 0, 1, 0, 1]
     x, _ = next(iter(fastcifar.DataLoader(ds, batch_size=None)))
     assert x.shape == (3, 32, 32)
     if not torch.cuda.is_available():
         fastcifar.loader._warned.discard("pin")
         with pytest.warns(UserWarning, match="nothing was pinned"):
-            l = fastcifar.DataLoader(ds, batch_size=4, pin_memory=True)
-        assert not next(iter(l))[0].is_pinned()
+            dl = fastcifar.DataLoader(ds, batch_size=4, pin_memory=True)
+        assert not next(iter(dl))[0].is_pinned()
     else:
         assert next(iter(fastcifar.DataLoader(ds, batch_size=4, pin_memory=True)))[0].is_pinned()
 
@@ -331,13 +403,14 @@ def test_worker_arguments_and_pin_memory_say_what_they_do():
 def test_other_data_sets_are_iterated_by_torchs_loader():
     tds = torch.utils.data.TensorDataset(torch.arange(10.0), torch.arange(10))
     with pytest.warns(UserWarning, match="TensorDataset is not a fastcifar data set"):
-        l = fastcifar.DataLoader(tds, batch_size=4, shuffle=False)
-    assert [b[1].tolist() for b in l] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+        dl = fastcifar.DataLoader(tds, batch_size=4, shuffle=False)
+    assert [b[1].tolist() for b in dl] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     with pytest.raises(TypeError, match="transform need a fastcifar data set"):
         fastcifar.DataLoader(tds, transform=T.ToTensor())
 
 
 # --- pickles ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("proto", range(6))
 @pytest.mark.parametrize("keys", ["str", "bytes"])
@@ -352,8 +425,16 @@ def test_pickles_of_every_protocol_with_str_or_bytes_keys(tmp_path, proto, keys)
         y = rng.integers(0, 10, 2).tolist()
         xs.append(x), ys.append(y)
         with open(d / name, "wb") as f:
-            pickle.dump({k("batch_label"): k(name), k("labels"): y, k("data"): x, k("filenames"): [k("a\\n\u00e9.png"), k("b.png")]}, f,
-                        protocol=proto)
+            pickle.dump(
+                {
+                    k("batch_label"): k(name),
+                    k("labels"): y,
+                    k("data"): x,
+                    k("filenames"): [k("a\\n\u00e9.png"), k("b.png")],
+                },
+                f,
+                protocol=proto,
+            )
     with open(d / "batches.meta", "wb") as f:
         pickle.dump({k("label_names"): [k(c) for c in fastcifar.CLASSES], k("num_vis"): 3072}, f, protocol=proto)
     ds = fastcifar.CIFAR10(str(tmp_path), train=True)
@@ -378,9 +459,12 @@ def test_python_steps_run_ahead_on_one_thread_that_stops_and_reports_errors():
         serial = epoch(fastcifar.DataLoader(ds, batch_size=8, num_workers=0, seed=5))
         ahead = epoch(fastcifar.DataLoader(ds, batch_size=8, num_workers=2, seed=5))
     assert torch.equal(serial[0], ahead[0]) and len(calls) == 128
+
     def ours():  # our threads only: torch may start its own pool threads meanwhile
         names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
-        return sum(n.startswith("fastcifar-prefe") for n in names), [t.name for t in threading.enumerate() if t.name == "fastcifar-python-steps"]
+        return sum(n.startswith("fastcifar-prefe") for n in names), [
+            t.name for t in threading.enumerate() if t.name == "fastcifar-python-steps"
+        ]
 
     before = ours()
     it = iter(fastcifar.DataLoader(ds, batch_size=8, num_workers=2))

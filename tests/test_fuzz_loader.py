@@ -1,5 +1,6 @@
 """Property-based test of the loader's public options: random valid and invalid combinations.
 Every case is either a correct epoch of batches or an exception that names the bad option."""
+
 import numpy as np
 import pytest
 import torch
@@ -43,15 +44,32 @@ TRANSFORMS = {
     transform=st.sampled_from(sorted(TRANSFORMS)),
     epoch=st.integers(0, 3),
     # About half the cases put one out-of-domain value into one option.
-    bad=st.one_of(st.none(), st.tuples(st.sampled_from(["batch_size", "seed", "prefetch", "num_threads", "rank", "world_size", "dtype"]),
-                                       st.sampled_from(BAD_VALUES + [torch.float64, "float32", 5]))),
+    bad=st.one_of(
+        st.none(),
+        st.tuples(
+            st.sampled_from(["batch_size", "seed", "prefetch", "num_threads", "rank", "world_size", "dtype"]),
+            st.sampled_from(BAD_VALUES + [torch.float64, "float32", 5]),
+        ),
+    ),
 )
-def test_loader_options_give_a_correct_epoch_or_a_named_error(n, batch_size, shuffle, drop_last, seed, prefetch, num_threads,
-                                                              dtype, world_rank, pad_shards, transform, epoch, bad):
+def test_loader_options_give_a_correct_epoch_or_a_named_error(
+    n, batch_size, shuffle, drop_last, seed, prefetch, num_threads, dtype, world_rank, pad_shards, transform, epoch, bad
+):
     world_size, rank = world_rank
     ds = fastcifar.Dataset.from_numpy(IMAGES[:n], LABELS[:n], classes=[str(i) for i in range(5)])
-    opts = dict(batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, prefetch=prefetch, num_threads=num_threads,
-                dtype=dtype, rank=rank, world_size=world_size, pad_shards=pad_shards, transform=TRANSFORMS[transform]())
+    opts = dict(
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        seed=seed,
+        prefetch=prefetch,
+        num_threads=num_threads,
+        dtype=dtype,
+        rank=rank,
+        world_size=world_size,
+        pad_shards=pad_shards,
+        transform=TRANSFORMS[transform](),
+    )
     if bad is not None:
         opts[bad[0]] = bad[1]
     batch_size, dtype, drop_last = opts["batch_size"], opts["dtype"], opts["drop_last"]
@@ -73,7 +91,7 @@ def test_loader_options_give_a_correct_epoch_or_a_named_error(n, batch_size, shu
         assert all(tuple(x.shape) == tuple(loader.image_shape) for x, _ in batches)
         return
     b = batch_size
-    expect = [order[i:i + b] for i in range(0, len(order), b) if not drop_last or len(order[i:i + b]) == b]
+    expect = [order[i : i + b] for i in range(0, len(order), b) if not drop_last or len(order[i : i + b]) == b]
     assert len(batches) == len(expect) == len(loader)
     want_dtype = dtype if isinstance(dtype, torch.dtype) else torch.float32
     for (x, y), idx in zip(batches, expect):

@@ -1,4 +1,5 @@
 """Transforms and the DataLoader: torchvision semantics, determinism, errors, drop-in use."""
+
 import os
 import threading
 
@@ -18,7 +19,9 @@ import torchvision.transforms.functional as TF  # noqa: E402
 def random_ds(n=64, h=32, w=32, c=3, seed=0, transform=None):
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 256, (n, h, w, c), dtype=np.uint8)
-    return fastcifar.Dataset.from_numpy(x, rng.integers(0, 10, n), classes=[str(i) for i in range(10)], transform=transform)
+    return fastcifar.Dataset.from_numpy(
+        x, rng.integers(0, 10, n), classes=[str(i) for i in range(10)], transform=transform
+    )
 
 
 def one_epoch(loader):
@@ -28,9 +31,9 @@ def one_epoch(loader):
 
 def test_shapes_dtypes_len_and_last_batch():
     ds = random_ds(50)
-    l = fastcifar.DataLoader(ds, batch_size=16)
-    assert len(l) == 4
-    batches = list(l)
+    dl = fastcifar.DataLoader(ds, batch_size=16)
+    assert len(dl) == 4
+    batches = list(dl)
     assert [len(y) for _, y in batches] == [16, 16, 16, 2]
     x, y = batches[0]
     assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
@@ -57,12 +60,12 @@ def test_normalize_matches_torchvision_bit_for_bit():
 
 def test_shuffle_covers_each_sample_once_and_changes_per_epoch():
     ds = random_ds(100)
-    l = fastcifar.DataLoader(ds, batch_size=7, shuffle=True, seed=3)
-    _, y0 = one_epoch(l)
-    idx0 = l._native.indices(0)
+    dl = fastcifar.DataLoader(ds, batch_size=7, shuffle=True, seed=3)
+    _, y0 = one_epoch(dl)
+    idx0 = dl._native.indices(0)
     assert sorted(idx0) == list(range(100))
     assert y0.tolist() == [ds.targets[i] for i in idx0]
-    assert l._native.indices(1) != idx0
+    assert dl._native.indices(1) != idx0
 
 
 def _offsets(out, img, pad, mode="constant", fill=0):
@@ -70,11 +73,13 @@ def _offsets(out, img, pad, mode="constant", fill=0):
     from PIL import Image
 
     # torchvision's PIL path (its tensor path takes no per-channel fill).
-    padded = torch.from_numpy(np.asarray(TF.pad(Image.fromarray(img), pad, fill=fill, padding_mode=mode)).copy()).permute(2, 0, 1)
+    padded = torch.from_numpy(
+        np.asarray(TF.pad(Image.fromarray(img), pad, fill=fill, padding_mode=mode)).copy()
+    ).permute(2, 0, 1)
     hits = []
     for i in range(2 * pad + 1):
         for j in range(2 * pad + 1):
-            if torch.equal(padded[:, i:i + 32, j:j + 32], out):
+            if torch.equal(padded[:, i : i + 32, j : j + 32], out):
                 hits.append((i, j))
     return hits
 
@@ -98,7 +103,9 @@ def test_crop_reads_torchvision_padding_and_offsets_are_uniform(mode, fill):
 def test_flip_rate_matches_torchvision():
     n = 4000
     ds = random_ds(n, seed=2)
-    x, _ = one_epoch(fastcifar.DataLoader(ds, batch_size=500, transform=T.RandomHorizontalFlip(), dtype=torch.uint8, seed=9))
+    x, _ = one_epoch(
+        fastcifar.DataLoader(ds, batch_size=500, transform=T.RandomHorizontalFlip(), dtype=torch.uint8, seed=9)
+    )
     src = torch.from_numpy(ds.data).permute(0, 3, 1, 2)
     flipped = (x == src.flip(-1)).flatten(1).all(1)
     same = (x == src).flatten(1).all(1)
@@ -107,7 +114,12 @@ def test_flip_rate_matches_torchvision():
     torch.manual_seed(0)
     tv_rate = np.mean([not torch.equal(TV.RandomHorizontalFlip()(s), s) for s in src[:n]])
     assert abs(rate - 0.5) < 0.03 and abs(tv_rate - 0.5) < 0.03, (rate, tv_rate)
-    assert fastcifar.DataLoader(ds, transform=T.RandomHorizontalFlip(p=0.0), dtype=torch.uint8).__iter__().__next__()[0].equal(src[:1])
+    assert (
+        fastcifar.DataLoader(ds, transform=T.RandomHorizontalFlip(p=0.0), dtype=torch.uint8)
+        .__iter__()
+        .__next__()[0]
+        .equal(src[:1])
+    )
 
 
 def test_resize_close_to_torchvision_pil():
@@ -136,17 +148,18 @@ def test_random_erasing_and_cutout():
 
 
 def test_same_batches_whatever_the_thread_count_and_prefetch():
-    t = T.Compose([T.RandomHorizontalFlip(), T.RandomCrop(32, padding=4), T.ToTensor(), T.Normalize(MEAN, STD),
-                   T.RandomErasing()])
+    t = T.Compose(
+        [T.RandomHorizontalFlip(), T.RandomCrop(32, padding=4), T.ToTensor(), T.Normalize(MEAN, STD), T.RandomErasing()]
+    )
     ds = random_ds(300, transform=t)
     a = one_epoch(fastcifar.DataLoader(ds, batch_size=64, shuffle=True, seed=11, num_threads=1, prefetch=1))
     b = one_epoch(fastcifar.DataLoader(ds, batch_size=64, shuffle=True, seed=11, num_threads=2, prefetch=4))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    l = fastcifar.DataLoader(ds, batch_size=64, shuffle=True, seed=11)
-    e0, e1 = one_epoch(l), one_epoch(l)
+    dl = fastcifar.DataLoader(ds, batch_size=64, shuffle=True, seed=11)
+    e0, e1 = one_epoch(dl), one_epoch(dl)
     assert not torch.equal(e0[0], e1[0])
-    l.set_epoch(1)
-    assert torch.equal(one_epoch(l)[0], e1[0])
+    dl.set_epoch(1)
+    assert torch.equal(one_epoch(dl)[0], e1[0])
 
 
 def test_seed_none_follows_torch_manual_seed():
@@ -180,57 +193,75 @@ def test_dataset_indexing_with_fastcifar_transform_and_single_image_call():
 
 def test_grayscale_and_other_sizes():
     ds = random_ds(10, h=28, w=20, c=1)
-    x, _ = one_epoch(fastcifar.DataLoader(ds, batch_size=4, transform=T.Compose([T.RandomCrop(16), T.ToTensor(), T.Normalize([0.5], [0.5])])))
+    x, _ = one_epoch(
+        fastcifar.DataLoader(
+            ds, batch_size=4, transform=T.Compose([T.RandomCrop(16), T.ToTensor(), T.Normalize([0.5], [0.5])])
+        )
+    )
     assert x.shape == (10, 1, 16, 16) and x.min() >= -1 and x.max() <= 1
 
 
-@pytest.mark.parametrize("make,match", [
-    (lambda: T.RandomHorizontalFlip(p=1.5), "^p: 1.5"),
-    (lambda: T.RandomHorizontalFlip(p=-0.1), "^p:"),
-    (lambda: T.Normalize(MEAN, (0.2, 0.0, 0.2)), "^std:"),
-    (lambda: T.Normalize((0.5, 0.5), STD), "^mean:"),
-    (lambda: T.RandomCrop(0), "^size:"),
-    (lambda: T.RandomCrop(32, padding=(1, 2, 3)), "^padding:"),
-    (lambda: T.RandomCrop(32, padding_mode="wrap"), "^padding_mode:"),
-    (lambda: T.RandomCrop(32, fill=300), "^fill:"),
-    (lambda: T.RandomErasing(scale=(0.5, 0.1)), "^scale:"),
-    (lambda: T.RandomErasing(value="noise"), "^value:"),
-    (lambda: T.Pad(2, padding_mode="wrap"), "^padding_mode:"),
-    (lambda: T.RandomResizedCrop(24, scale=(0.0, 1.0)), "^scale:"),
-    (lambda: T.RandomResizedCrop(24, ratio=(2.0, 1.0)), "^ratio:"),
-    (lambda: T.ColorJitter(brightness=-1), "^brightness:"),
-    (lambda: T.RandomRotation(-5), "^degrees:"),
-    # Negative counts: converted by the bindings, which name them as the core names its own checks.
-    (lambda: T.RandomCrop(-3), "^size: -3 must not be negative"),
-    (lambda: T.Pad((1, -2)), "^padding: -2 must not be negative"),
-    (lambda: T.Cutout(-1), "^size: -1 must not be negative"),
-    (lambda: T.Pad(1, fill=2.5), "^fill: 2.5 must be pixel values"),
-])
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: T.RandomHorizontalFlip(p=1.5), "^p: 1.5"),
+        (lambda: T.RandomHorizontalFlip(p=-0.1), "^p:"),
+        (lambda: T.Normalize(MEAN, (0.2, 0.0, 0.2)), "^std:"),
+        (lambda: T.Normalize((0.5, 0.5), STD), "^mean:"),
+        (lambda: T.RandomCrop(0), "^size:"),
+        (lambda: T.RandomCrop(32, padding=(1, 2, 3)), "^padding:"),
+        (lambda: T.RandomCrop(32, padding_mode="wrap"), "^padding_mode:"),
+        (lambda: T.RandomCrop(32, fill=300), "^fill:"),
+        (lambda: T.RandomErasing(scale=(0.5, 0.1)), "^scale:"),
+        (lambda: T.RandomErasing(value="noise"), "^value:"),
+        (lambda: T.Pad(2, padding_mode="wrap"), "^padding_mode:"),
+        (lambda: T.RandomResizedCrop(24, scale=(0.0, 1.0)), "^scale:"),
+        (lambda: T.RandomResizedCrop(24, ratio=(2.0, 1.0)), "^ratio:"),
+        (lambda: T.ColorJitter(brightness=-1), "^brightness:"),
+        (lambda: T.RandomRotation(-5), "^degrees:"),
+        # Negative counts: converted by the bindings, which name them as the core names its own checks.
+        (lambda: T.RandomCrop(-3), "^size: -3 must not be negative"),
+        (lambda: T.Pad((1, -2)), "^padding: -2 must not be negative"),
+        (lambda: T.Cutout(-1), "^size: -1 must not be negative"),
+        (lambda: T.Pad(1, fill=2.5), "^fill: 2.5 must be pixel values"),
+    ],
+)
 def test_invalid_transform_parameters_name_themselves(make, match):
     with pytest.raises(ValueError, match=match):
         make()
 
 
-@pytest.mark.parametrize("kwargs,exc,match", [
-    (dict(transform=T.RandomCrop(41, padding=4)), ValueError, "^size: crop 41x41 is larger than the padded image 40x40"),
-    (dict(transform=T.Compose([T.ToTensor(), T.Normalize((0.5, 0.5), (0.2, 0.2))])), ValueError, "^mean: 2 values for 3-channel"),
-    (dict(transform=T.Normalize(MEAN, STD)), TypeError, "Normalize expects a float tensor, got Image"),
-    (dict(batch_size=0), ValueError, "^batch_size"),
-    (dict(batch_size=2.5), ValueError, "^batch_size"),
-    (dict(prefetch=0), ValueError, "^prefetch"),
-    (dict(num_threads=0), ValueError, "^num_threads"),
-    (dict(dtype=torch.float64), ValueError, "^dtype"),
-    (dict(device="tpu"), RuntimeError, "tpu"),
-    (dict(sampler=[0, 1], shuffle=True), ValueError, "sampler option is mutually exclusive with shuffle"),
-    (dict(batch_sampler=[[0, 1]], drop_last=True), ValueError, "batch_sampler option is mutually exclusive"),
-    (dict(num_workers=-1), ValueError, "num_workers option should be non-negative"),
-    (dict(num_workers=0, prefetch_factor=2), ValueError, "prefetch_factor option could only be specified"),
-    (dict(num_workers=0, persistent_workers=True), ValueError, "persistent_workers option needs num_workers > 0"),
-    (dict(timeout=-1), ValueError, "timeout option should be non-negative"),
-    (dict(collate_fn=3), TypeError, "collate_fn: 3 is not callable"),
-    (dict(sampler=[0, 99]), IndexError, "sampler: index 99 is out of range for 8 images"),
-    (dict(sampler=[0, 1], world_size=2), ValueError, "give either a sampler"),
-])
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (
+            dict(transform=T.RandomCrop(41, padding=4)),
+            ValueError,
+            "^size: crop 41x41 is larger than the padded image 40x40",
+        ),
+        (
+            dict(transform=T.Compose([T.ToTensor(), T.Normalize((0.5, 0.5), (0.2, 0.2))])),
+            ValueError,
+            "^mean: 2 values for 3-channel",
+        ),
+        (dict(transform=T.Normalize(MEAN, STD)), TypeError, "Normalize expects a float tensor, got Image"),
+        (dict(batch_size=0), ValueError, "^batch_size"),
+        (dict(batch_size=2.5), ValueError, "^batch_size"),
+        (dict(prefetch=0), ValueError, "^prefetch"),
+        (dict(num_threads=0), ValueError, "^num_threads"),
+        (dict(dtype=torch.float64), ValueError, "^dtype"),
+        (dict(device="tpu"), RuntimeError, "tpu"),
+        (dict(sampler=[0, 1], shuffle=True), ValueError, "sampler option is mutually exclusive with shuffle"),
+        (dict(batch_sampler=[[0, 1]], drop_last=True), ValueError, "batch_sampler option is mutually exclusive"),
+        (dict(num_workers=-1), ValueError, "num_workers option should be non-negative"),
+        (dict(num_workers=0, prefetch_factor=2), ValueError, "prefetch_factor option could only be specified"),
+        (dict(num_workers=0, persistent_workers=True), ValueError, "persistent_workers option needs num_workers > 0"),
+        (dict(timeout=-1), ValueError, "timeout option should be non-negative"),
+        (dict(collate_fn=3), TypeError, "collate_fn: 3 is not callable"),
+        (dict(sampler=[0, 99]), IndexError, "sampler: index 99 is out of range for 8 images"),
+        (dict(sampler=[0, 1], world_size=2), ValueError, "give either a sampler"),
+    ],
+)
 def test_invalid_loader_arguments(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         list(fastcifar.DataLoader(random_ds(8), **{"batch_size": 1 if "batch_sampler" in kwargs else 4, **kwargs}))
@@ -259,9 +290,9 @@ def _threads():
 
 def test_dropping_an_iterator_mid_epoch_stops_its_thread():
     ds = random_ds(2000)
-    l = fastcifar.DataLoader(ds, batch_size=4, prefetch=1, num_threads=1)
+    dl = fastcifar.DataLoader(ds, batch_size=4, prefetch=1, num_threads=1)
     before = _threads()
-    it = iter(l)
+    it = iter(dl)
     next(it)
     assert _threads() > before
     del it
@@ -307,7 +338,7 @@ def test_drop_in_for_a_plain_pytorch_training_loop():
     criterion = torch.nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
-    for epoch in range(8):
+    for _epoch in range(8):
         model.train()
         for images, labels in trainloader:
             images, labels = images.to("cpu"), labels.to("cpu")
@@ -322,10 +353,10 @@ def test_drop_in_for_a_plain_pytorch_training_loop():
 def test_real_data_seed_pipeline(real_data):
     t = T.Compose([T.RandomHorizontalFlip(), T.RandomCrop(32, padding=4), T.ToTensor(), T.Normalize(MEAN, STD)])
     train = fastcifar.CIFAR10(real_data, train=True, transform=t)
-    l = fastcifar.DataLoader(train, batch_size=128, shuffle=True, seed=0)
-    assert len(l) == 391
+    dl = fastcifar.DataLoader(train, batch_size=128, shuffle=True, seed=0)
+    assert len(dl) == 391
     n = 0
-    for x, y in l:
+    for x, y in dl:  # noqa: B007 (x: the last batch, checked below)
         n += len(y)
     assert n == 50000
     assert abs(x.mean().item()) < 0.5 and 0.5 < x.std().item() < 1.5

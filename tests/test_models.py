@@ -1,6 +1,7 @@
 """The built-in networks (plain nn.Modules, one definition each) and the Rust engine that runs them:
 PyTorch's state_dict layout, engine logits equal to eager PyTorch, freezing, heads, files, and named
 errors for input the network does not fit."""
+
 import collections
 
 import pytest
@@ -64,8 +65,12 @@ def test_resnet18_is_torchvisions_key_for_key_and_logit_for_logit():
 def test_parameter_counts_and_in_channels():
     assert models.ImageClassifier(10).num_parameters() == 3_249_994
     assert models.resnet18(1000).num_parameters() == 11_689_512
-    for make in (lambda c: models.ImageClassifier(10, in_channels=c), lambda c: models.small_cnn(10, in_channels=c),
-                 lambda c: models.resnet9(10, in_channels=c), lambda c: models.resnet18(10, cifar_stem=True, in_channels=c)):
+    for make in (
+        lambda c: models.ImageClassifier(10, in_channels=c),
+        lambda c: models.small_cnn(10, in_channels=c),
+        lambda c: models.resnet9(10, in_channels=c),
+        lambda c: models.resnet18(10, cifar_stem=True, in_channels=c),
+    ):
         assert channels(make(1)) == 1 and channels(make(4)) == 4
     assert models.ImageClassifier(10, input_size=28).fc1.in_features == 256 * 3 * 3
     assert models.ImageClassifier(10, input_size=(64, 32)).fc1.in_features == 256 * 8 * 4
@@ -134,7 +139,12 @@ def test_freeze_unfreeze_and_replace_head():
     assert m.num_parameters(trainable_only=True) == 0
     m.replace_head(10)
     assert m.num_parameters(trainable_only=True) == 512 * 10 + 10
-    assert m.num_classes == 10 and m.config == {"arch": "resnet18", "num_classes": 10, "cifar_stem": False, "in_channels": 3}
+    assert m.num_classes == 10 and m.config == {
+        "arch": "resnet18",
+        "num_classes": 10,
+        "cifar_stem": False,
+        "in_channels": 3,
+    }
     m.unfreeze("layer4")
     assert m.num_parameters(trainable_only=True) > 512 * 10 + 10
     with pytest.raises(ValueError, match="prefix: 'layer9'"):
@@ -160,17 +170,26 @@ def test_pretrained_offline_creates_the_hub_folder_and_says_where_to_put_the_fil
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", fail)
-    with pytest.raises(RuntimeError, match=r"network is unreachable.*put it at .*hub/checkpoints/resnet18-f37072fd\.pth"):
+    with pytest.raises(
+        RuntimeError, match=r"network is unreachable.*put it at .*hub/checkpoints/resnet18-f37072fd\.pth"
+    ):
         models.resnet18(num_classes=10, pretrained=True)
     assert (tmp_path / "hub" / "checkpoints").is_dir()
 
 
-@pytest.mark.parametrize("x,exc,match", [
-    (torch.zeros(2, 1, 32, 32), ValueError, r"conv1 \(Conv2d\) expects 3 input channels, got 1"),
-    (torch.zeros(2, 3, 28, 28), ValueError, r"fc1 \(Linear\) expects 4096 input features, got 2304 .*another input size"),
-    (torch.zeros(2, 3, 32, 32, dtype=torch.float64), ValueError, "expected float32"),
-    (torch.zeros(0, 3, 32, 32), ValueError, "empty"),
-])
+@pytest.mark.parametrize(
+    "x,exc,match",
+    [
+        (torch.zeros(2, 1, 32, 32), ValueError, r"conv1 \(Conv2d\) expects 3 input channels, got 1"),
+        (
+            torch.zeros(2, 3, 28, 28),
+            ValueError,
+            r"fc1 \(Linear\) expects 4096 input features, got 2304 .*another input size",
+        ),
+        (torch.zeros(2, 3, 32, 32, dtype=torch.float64), ValueError, "expected float32"),
+        (torch.zeros(0, 3, 32, 32), ValueError, "empty"),
+    ],
+)
 def test_input_the_network_does_not_fit_is_named(x, exc, match):
     native = _graph.compile(models.ImageClassifier())
     with pytest.raises(exc, match=match):

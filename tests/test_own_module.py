@@ -1,5 +1,6 @@
 """Your own nn.Module on the Rust engine: the seed's class as written, every supported operator
 against eager PyTorch, residual networks, the eager fallback, 1-channel data, and bad input."""
+
 import traceback
 
 import numpy as np
@@ -20,7 +21,7 @@ class ImageClassifier(nn.Module):
     """Copied verbatim from the seed tutorial (../shared/seed/)."""
 
     def __init__(self, num_classes=10):
-        super(ImageClassifier, self).__init__()
+        super().__init__()
 
         # First convolutional block
         self.conv1 = nn.Conv2d(3, 64, kernel_size=3, padding=1)
@@ -79,14 +80,20 @@ def synthetic(n=160, seed=0, classes=10, shape=(32, 32, 3)):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, classes, n)
     x = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
-    x[np.arange(n), :8, :8] = (y * 25)[:, None, None] if len(shape) == 2 else (y * 25)[:, None, None, None]  # a learnable cue
+    x[np.arange(n), :8, :8] = (
+        (y * 25)[:, None, None] if len(shape) == 2 else (y * 25)[:, None, None, None]
+    )  # a learnable cue
     return fastcifar.Dataset.from_numpy(x, y, classes=[f"c{i}" for i in range(classes)])
 
 
 def losses_of(trainer, loader, epochs=1):
     out = []
-    trainer.fit(loader, epochs=epochs, progress=False,
-                callbacks=[lambda i: out.append(i["batch_loss"]) if i["phase"] == "step" else None])
+    trainer.fit(
+        loader,
+        epochs=epochs,
+        progress=False,
+        callbacks=[lambda i: out.append(i["batch_loss"]) if i["phase"] == "step" else None],
+    )
     return out
 
 
@@ -105,8 +112,9 @@ def plain_loop(model, opt, loader, epochs=1):
 
 
 def test_the_seed_class_trains_on_the_engine_bit_identically_to_the_seed_loop(tmp_path):
-    loader = fastcifar.DataLoader(synthetic(160), batch_size=16, shuffle=True, seed=3,
-                                  transform=T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)]))
+    loader = fastcifar.DataLoader(
+        synthetic(160), batch_size=16, shuffle=True, seed=3, transform=T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
+    )
     torch.manual_seed(0)
     ours = ImageClassifier()
     theirs = ImageClassifier()
@@ -140,10 +148,25 @@ class Everything(nn.Module):
         self.dil = nn.Conv2d(8, 8, 3, stride=2, padding=2, dilation=2, groups=2, bias=False)
         self.bn = nn.BatchNorm2d(8)
         self.gn = nn.GroupNorm(2, 8)
-        self.acts = nn.ModuleList([nn.ReLU(), nn.ReLU6(inplace=True), nn.LeakyReLU(0.2), nn.GELU(), nn.SiLU(), nn.ELU(),
-                                   nn.Hardswish(), nn.Tanh(), nn.Sigmoid()])
-        self.pools = nn.ModuleDict({"max": nn.MaxPool2d(3, stride=1, padding=1), "avg": nn.AvgPool2d(3, stride=1, padding=1,
-                                    count_include_pad=False)})
+        self.acts = nn.ModuleList(
+            [
+                nn.ReLU(),
+                nn.ReLU6(inplace=True),
+                nn.LeakyReLU(0.2),
+                nn.GELU(),
+                nn.SiLU(),
+                nn.ELU(),
+                nn.Hardswish(),
+                nn.Tanh(),
+                nn.Sigmoid(),
+            ]
+        )
+        self.pools = nn.ModuleDict(
+            {
+                "max": nn.MaxPool2d(3, stride=1, padding=1),
+                "avg": nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False),
+            }
+        )
         self.w = nn.Parameter(torch.randn(8, 8, 1, 1) * 0.3)
         self.register_buffer("rm", torch.zeros(8))
         self.register_buffer("rv", torch.ones(8))
@@ -211,8 +234,18 @@ class Residual(nn.Module):
     def __init__(self, c=16, num_classes=10):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
-        self.blocks = nn.ModuleList([nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
-                                                   nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)) for _ in range(2)])
+        self.blocks = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.Conv2d(c, c, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(c),
+                    nn.ReLU(),
+                    nn.Conv2d(c, c, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(c),
+                )
+                for _ in range(2)
+            ]
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(2 * c, num_classes)
 
@@ -224,13 +257,20 @@ class Residual(nn.Module):
 
 
 def test_a_residual_network_trains_with_the_whole_engine_and_resumes(tmp_path):
-    loader = fastcifar.DataLoader(synthetic(256), batch_size=16, shuffle=True, seed=0,
-                                  transform=T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)]))
+    loader = fastcifar.DataLoader(
+        synthetic(256), batch_size=16, shuffle=True, seed=0, transform=T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
+    )
     torch.manual_seed(0)
     net = Residual()
-    tr = fastcifar.Trainer(net, optimizer=SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4), device="cpu",
-                           scheduler=lr_scheduler.OneCycleLR(max_lr=0.1, total_steps=4 * 8), grad_accum_steps=2, grad_clip=5.0,
-                           label_smoothing=0.1)
+    tr = fastcifar.Trainer(
+        net,
+        optimizer=SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4),
+        device="cpu",
+        scheduler=lr_scheduler.OneCycleLR(max_lr=0.1, total_steps=4 * 8),
+        grad_accum_steps=2,
+        grad_clip=5.0,
+        label_smoothing=0.1,
+    )
     h = tr.fit(loader, loader, epochs=4, progress=False, checkpoint=tmp_path / "ckpt.pth")
     assert h["loss"][-1] < h["loss"][0]
     rep = tr.evaluate(loader, progress=False)
@@ -278,8 +318,9 @@ class Branchy(nn.Module):
 
 @pytest.mark.parametrize("cls,cause", [(Clamped, r"Tensor\.clamp"), (Branchy, "torch.fx cannot trace")])
 def test_a_network_outside_the_graph_trains_in_eager_with_one_warning_naming_the_cause(cls, cause):
-    loader = fastcifar.DataLoader(synthetic(64), batch_size=16, shuffle=True, seed=1,
-                                  transform=T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)]))
+    loader = fastcifar.DataLoader(
+        synthetic(64), batch_size=16, shuffle=True, seed=1, transform=T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
+    )
     torch.manual_seed(0)
     ours, theirs = cls(), cls()
     theirs.load_state_dict(ours.state_dict())
@@ -298,6 +339,7 @@ def test_a_network_outside_the_graph_trains_in_eager_with_one_warning_naming_the
 class warnings_as_errors:
     def __enter__(self):
         import warnings
+
         self.cm = warnings.catch_warnings()
         self.cm.__enter__()
         warnings.simplefilter("error")
@@ -321,26 +363,41 @@ def test_a_forward_that_even_eager_cannot_run_raises_its_own_error_with_its_line
         tr = fastcifar.Trainer(Broken(), device="cpu")
     with pytest.raises(NameError, match="undefined_name") as e:
         tr.fit(loader, progress=False)
-    assert any(f.name == "forward" and "undefined_name" in (f.line or "") for f in traceback.extract_tb(e.value.__traceback__))
+    assert any(
+        f.name == "forward" and "undefined_name" in (f.line or "") for f in traceback.extract_tb(e.value.__traceback__)
+    )
 
 
 def gray_loader(n=256, shuffle=True):
     ds = synthetic(n, shape=(28, 28))
-    return fastcifar.DataLoader(ds, batch_size=32, shuffle=shuffle, seed=0, transform=T.Compose([T.ToTensor(), T.Normalize((0.5,), (0.5,))]))
+    return fastcifar.DataLoader(
+        ds, batch_size=32, shuffle=shuffle, seed=0, transform=T.Compose([T.ToTensor(), T.Normalize((0.5,), (0.5,))])
+    )
 
 
 class TinyGray(nn.Module):
     def __init__(self):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-                                  nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(32, 10),
+        )
 
     def forward(self, x):
         return self.body(x)
 
 
-@pytest.mark.parametrize("make", [lambda: models.small_cnn(10, width=16, in_channels=1), TinyGray], ids=["builtin", "own"])
+@pytest.mark.parametrize(
+    "make", [lambda: models.small_cnn(10, width=16, in_channels=1), TinyGray], ids=["builtin", "own"]
+)
 def test_fashion_mnist_shaped_data_trains_with_one_channel(make):
     loader = gray_loader()
     x, y = next(iter(loader))

@@ -1,5 +1,6 @@
 """Faults and long runs: a writer killed mid-checkpoint, an interrupted fit resumed, NaN/inf
 inputs, and (behind -m slow) long-run memory stability."""
+
 import os
 import signal
 import subprocess
@@ -38,10 +39,11 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.subprocess
 def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tmp_path):
     path = tmp_path / "ckpt.pth"
     rng = np.random.default_rng(0)
-    for trial in range(4):
+    for _ in range(4):
         p = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
         assert p.stdout.readline().startswith("saved")  # at least one complete checkpoint exists
         time.sleep(float(rng.uniform(0.0, 0.3)))  # then kill it at a random point of later saves
@@ -55,8 +57,13 @@ def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tmp
 
 
 def test_resume_after_an_interrupted_fit_continues_exactly(tmp_path):
-    loader = fastcifar.DataLoader(synthetic(96), batch_size=16, shuffle=True, seed=4,
-                                  transform=T.Compose([T.RandomCrop(32, padding=4), T.ToTensor(), T.Normalize((0.5,) * 3, (0.25,) * 3)]))
+    loader = fastcifar.DataLoader(
+        synthetic(96),
+        batch_size=16,
+        shuffle=True,
+        seed=4,
+        transform=T.Compose([T.RandomCrop(32, padding=4), T.ToTensor(), T.Normalize((0.5,) * 3, (0.25,) * 3)]),
+    )
 
     def make():
         torch.manual_seed(0)
@@ -103,12 +110,14 @@ def _rss_mb():
 
 @pytest.mark.slow
 def test_200_loader_epochs_keep_rss_flat(real_data):
-    t = T.Compose([T.RandomHorizontalFlip(), T.RandomCrop(32, padding=4), T.ToTensor(), T.Normalize((0.5,) * 3, (0.25,) * 3)])
+    t = T.Compose(
+        [T.RandomHorizontalFlip(), T.RandomCrop(32, padding=4), T.ToTensor(), T.Normalize((0.5,) * 3, (0.25,) * 3)]
+    )
     loader = fastcifar.DataLoader(fastcifar.CIFAR10(real_data, transform=t), batch_size=128, shuffle=True, seed=0)
     rss = []
     t0 = time.perf_counter()
     for e in range(200):
-        for x, y in loader:
+        for _ in loader:
             pass
         if e % 20 == 19:
             rss.append(_rss_mb())
@@ -150,12 +159,17 @@ IO_PY = os.path.join(os.path.dirname(fastcifar.__file__), "_io.py")
 
 
 def _writers(targets, n=150):
-    procs = [subprocess.Popen([sys.executable, "-c", IO_WRITER, IO_PY, str(p), tag, str(n)], stdout=subprocess.PIPE, text=True)
-             for p, tag in targets]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", IO_WRITER, IO_PY, str(p), tag, str(n)], stdout=subprocess.PIPE, text=True
+        )
+        for p, tag in targets
+    ]
     outs = [p.communicate(timeout=120)[0] for p in procs]
     return [int(o.split("failures ")[1]) for o in outs], outs
 
 
+@pytest.mark.subprocess
 def test_concurrent_writers_to_different_names_never_interfere(tmp_path):
     a, b = tmp_path / "p.pth", tmp_path / "p.pth.best"
     failures, outs = _writers([(a, "A"), (b, "B")])
@@ -164,6 +178,7 @@ def test_concurrent_writers_to_different_names_never_interfere(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["p.pth", "p.pth.best"]
 
 
+@pytest.mark.subprocess
 def test_two_writers_to_one_name_both_succeed_and_the_file_is_whole(tmp_path):
     p = tmp_path / "p.pth"
     failures, outs = _writers([(p, "A"), (p, "B")])
@@ -173,16 +188,19 @@ def test_two_writers_to_one_name_both_succeed_and_the_file_is_whole(tmp_path):
     assert os.listdir(tmp_path) == ["p.pth"]
 
 
+@pytest.mark.subprocess
 def test_clean_up_removes_only_this_targets_stale_temps(tmp_path):
     from fastcifar._io import atomic_write
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     names = {
-        "own_dead": f".p.pth.{dead}.0123456789ab.tmp",          # a killed writer of p.pth: removed
+        "own_dead": f".p.pth.{dead}.0123456789ab.tmp",  # a killed writer of p.pth: removed
         "own_live": f".p.pth.{os.getppid()}.0123456789ab.tmp",  # a running writer (young): kept
-        "own_old": f".p.pth.{os.getppid()}.ba9876543210.tmp",   # running but hours old: removed
-        "other": f".p.pth.best.{dead}.0123456789ab.tmp",        # another target's: kept
-        "user": ".p.pth.notes.tmp",                             # not ours at all: kept
+        "own_old": f".p.pth.{os.getppid()}.ba9876543210.tmp",  # running but hours old: removed
+        "other": f".p.pth.best.{dead}.0123456789ab.tmp",  # another target's: kept
+        "user": ".p.pth.notes.tmp",  # not ours at all: kept
     }
     for n in names.values():
         (tmp_path / n).write_bytes(b"x")
@@ -253,7 +271,9 @@ def test_fit_checks_the_checkpoint_folder_before_training(small_disk, tmp_path):
 def test_fit_with_zero_steps_per_epoch_is_refused():
     tr = fastcifar.Trainer(models.small_cnn(width=4), device="cpu")
     loader = fastcifar.DataLoader(synthetic(40), batch_size=64, drop_last=True, transform=NORM)
-    with pytest.raises(ValueError, match=r"train_loader: yields no batch per epoch \(40 images, batch_size=64, drop_last=True\)"):
+    with pytest.raises(
+        ValueError, match=r"train_loader: yields no batch per epoch \(40 images, batch_size=64, drop_last=True\)"
+    ):
         tr.fit(loader, epochs=2, progress=False)
     ok = fastcifar.DataLoader(synthetic(40), batch_size=16, transform=NORM)
     with pytest.raises(ValueError, match="val_loader: yields no batch"):
@@ -273,8 +293,10 @@ def test_a_checkpoint_of_another_optimizer_or_schedule_is_refused_by_name(tmp_pa
     ckpt = torch.load(tmp_path / "c.pth", weights_only=True)
     cases = [
         (trainer(SGD(lr=1e-3), lr_scheduler.StepLR(step_size=2)), "optimizer is Adam, this trainer's is SGD"),
-        (trainer(Adam(lr=1e-3, weight_decay=0.1), lr_scheduler.StepLR(step_size=2)),
-         r"optimizer Adam was saved with weight_decay=0.0 \(this trainer: 0.1\)"),
+        (
+            trainer(Adam(lr=1e-3, weight_decay=0.1), lr_scheduler.StepLR(step_size=2)),
+            r"optimizer Adam was saved with weight_decay=0.0 \(this trainer: 0.1\)",
+        ),
         (trainer(Adam(lr=1e-3)), "schedule is StepLR, this trainer's is None"),
         (trainer(Adam(lr=1e-3), lr_scheduler.StepLR(step_size=3)), "scheduler StepLR was saved with step_size=2 "),
     ]

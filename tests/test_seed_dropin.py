@@ -1,6 +1,7 @@
 """The seed tutorial's data and training code, read from the tutorial itself and run verbatim
 except for the import line: torchvision's CIFAR10 and torch's DataLoader become fastcifar's. It
 keeps its torchvision transforms, its DataLoader arguments and its own loop, and it learns."""
+
 import os
 import pickle
 import re
@@ -18,22 +19,28 @@ SEED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "seed", "im
 
 def _block(lines, first, last):
     """The tutorial's lines from the one that is ``first`` to the one that contains ``last``."""
-    i = next(k for k, l in enumerate(lines) if l.rstrip() == first)
+    i = next(k for k, line in enumerate(lines) if line.rstrip() == first)
     j = next(k for k in range(i, len(lines)) if last in lines[k])
-    return "\n".join(lines[i:j + 1])
+    return "\n".join(lines[i : j + 1])
 
 
 def seed_code() -> str:
     lines = open(SEED).read().splitlines()
-    code = "\n\n".join([
-        _block(lines, "import torch", 'print(f"Using device: {device}")'),                     # imports
-        _block(lines, "# Define transforms for training and testing", "'dog', 'frog', 'horse'"),  # data
-        _block(lines, "class ImageClassifier(nn.Module):", "Model parameters:"),                # model
-        _block(lines, "criterion = nn.CrossEntropyLoss()", "torch.save(model.state_dict(), 'best_model.pth')"),  # loop
-    ])
+    code = "\n\n".join(
+        [
+            _block(lines, "import torch", 'print(f"Using device: {device}")'),  # imports
+            _block(lines, "# Define transforms for training and testing", "'dog', 'frog', 'horse'"),  # data
+            _block(lines, "class ImageClassifier(nn.Module):", "Model parameters:"),  # model
+            _block(
+                lines, "criterion = nn.CrossEntropyLoss()", "torch.save(model.state_dict(), 'best_model.pth')"
+            ),  # loop
+        ]
+    )
     # The drop-in: the import line, and the data set's name.
-    swaps = [("from torch.utils.data import DataLoader", "import fastcifar\nfrom fastcifar import DataLoader"),
-             ("torchvision.datasets.CIFAR10(", "fastcifar.CIFAR10(")]
+    swaps = [
+        ("from torch.utils.data import DataLoader", "import fastcifar\nfrom fastcifar import DataLoader"),
+        ("torchvision.datasets.CIFAR10(", "fastcifar.CIFAR10("),
+    ]
     for old, new in swaps:
         assert old in code, old
         code = code.replace(old, new)

@@ -1,4 +1,5 @@
 """The .pyi stubs describe the native module completely, so help() and editors see everything."""
+
 import ast
 import os
 
@@ -23,7 +24,18 @@ def test_stub_covers_every_public_name_and_method():
 
 
 def test_public_api_has_docstrings():
-    for obj in (fastcifar.CIFAR10, fastcifar.DataLoader, fastcifar.Trainer, fastcifar.Trainer.fit, fastcifar.Trainer.evaluate,
-                fastcifar.models.ImageClassifier, fastcifar.models.resnet18, fastcifar.optim.Adam, fastcifar.transforms.RandomCrop,
-                fastcifar.plot.show_predictions, fastcifar.Dataset.from_numpy, fastcifar.ImageFolder):
+    for obj in (
+        fastcifar.CIFAR10,
+        fastcifar.DataLoader,
+        fastcifar.Trainer,
+        fastcifar.Trainer.fit,
+        fastcifar.Trainer.evaluate,
+        fastcifar.models.ImageClassifier,
+        fastcifar.models.resnet18,
+        fastcifar.optim.Adam,
+        fastcifar.transforms.RandomCrop,
+        fastcifar.plot.show_predictions,
+        fastcifar.Dataset.from_numpy,
+        fastcifar.ImageFolder,
+    ):
         assert obj.__doc__ and len(obj.__doc__.strip()) > 10, obj

@@ -1,6 +1,7 @@
 """The training code users already have: torch.optim optimizers and lr_scheduler schedules handed to
 the Trainer as built, fastcifar.optim with torch's exact signatures, Ctrl-C within a step, callback
 errors, and a continued fit after an interrupted epoch."""
+
 import _thread
 import threading
 import time
@@ -39,7 +40,13 @@ def loader(n=96, seed=1):
 
 def fit_losses(tr, ld, epochs, val=None):
     out = []
-    tr.fit(ld, val, epochs=epochs, progress=False, callbacks=[lambda i: out.append((i["batch_loss"], i["lr"])) if i["phase"] == "step" else None])
+    tr.fit(
+        ld,
+        val,
+        epochs=epochs,
+        progress=False,
+        callbacks=[lambda i: out.append((i["batch_loss"], i["lr"])) if i["phase"] == "step" else None],
+    )
     return out
 
 
@@ -77,30 +84,45 @@ def assert_same_state(a: torch.optim.Optimizer, b: torch.optim.Optimizer):
 
 def test_the_seeds_own_optimizer_and_schedule_lines_run_on_the_engine():
     ours, theirs = twins()
-    optimizer = torch.optim.Adam(ours.parameters(), lr=0.001, weight_decay=1e-4)            # the seed's lines, verbatim
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, 'min', patience=0, factor=0.5)
+    optimizer = torch.optim.Adam(ours.parameters(), lr=0.001, weight_decay=1e-4)  # the seed's lines, verbatim
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "min", patience=0, factor=0.5)
     tr = fastcifar.Trainer(ours, optimizer, scheduler, device="cpu", log_every=1)
     assert tr._bridge.on_engine  # Adam runs in Rust
     ld = loader()
     a = fit_losses(tr, ld, 3)
     opt2 = torch.optim.Adam(theirs.parameters(), lr=0.001, weight_decay=1e-4)
-    b = torch_loop(theirs, opt2, ld, 3, torch.optim.lr_scheduler.ReduceLROnPlateau(opt2, 'min', patience=0, factor=0.5), metric=True)
-    np.testing.assert_allclose([l for l, _ in a], [l for l, _ in b], rtol=1e-4)
+    b = torch_loop(
+        theirs,
+        opt2,
+        ld,
+        3,
+        torch.optim.lr_scheduler.ReduceLROnPlateau(opt2, "min", patience=0, factor=0.5),
+        metric=True,
+    )
+    np.testing.assert_allclose([loss for loss, _ in a], [loss for loss, _ in b], rtol=1e-4)
     assert [lr for _, lr in a] == [lr for _, lr in b]
     # The torch objects hold what torch would: moments, step counts, the schedule's state.
     assert_same_state(optimizer, opt2)
-    assert scheduler.state_dict()["num_bad_epochs"] >= 0 and optimizer.param_groups[0]["lr"] == opt2.param_groups[0]["lr"]
+    assert (
+        scheduler.state_dict()["num_bad_epochs"] >= 0 and optimizer.param_groups[0]["lr"] == opt2.param_groups[0]["lr"]
+    )
     for k, v in theirs.state_dict().items():
         torch.testing.assert_close(ours.state_dict()[k], v, rtol=1e-4, atol=1e-5, msg=k)
 
 
-@pytest.mark.parametrize("make", [
-    lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4),
-    lambda p: torch.optim.AdamW(p, lr=3e-3, weight_decay=0.05),
-    lambda p: torch.optim.RMSprop(p, lr=1e-3),                                    # not on the engine: its own step()
-    lambda p: torch.optim.Adam(p, lr=3e-3, amsgrad=True),                          # a flag the engine lacks: own step()
-    lambda p: (lambda ps: torch.optim.SGD([{"params": ps[:4], "lr": 0.1}, {"params": ps[4:]}], lr=0.01, momentum=0.9))(list(p)),
-], ids=["sgd-nesterov", "adamw", "rmsprop", "amsgrad", "two-groups"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4),
+        lambda p: torch.optim.AdamW(p, lr=3e-3, weight_decay=0.05),
+        lambda p: torch.optim.RMSprop(p, lr=1e-3),  # not on the engine: its own step()
+        lambda p: torch.optim.Adam(p, lr=3e-3, amsgrad=True),  # a flag the engine lacks: own step()
+        lambda p: (
+            lambda ps: torch.optim.SGD([{"params": ps[:4], "lr": 0.1}, {"params": ps[4:]}], lr=0.01, momentum=0.9)
+        )(list(p)),
+    ],
+    ids=["sgd-nesterov", "adamw", "rmsprop", "amsgrad", "two-groups"],
+)
 def test_any_torch_optimizer_trains_as_in_the_torch_loop(make):
     ours, theirs = twins()
     opt = make(ours.parameters())
@@ -109,19 +131,37 @@ def test_any_torch_optimizer_trains_as_in_the_torch_loop(make):
     a = fit_losses(tr, ld, 2)
     opt2 = make(theirs.parameters())
     b = torch_loop(theirs, opt2, ld, 2)
-    np.testing.assert_allclose([l for l, _ in a], [l for l, _ in b], rtol=1e-4)
+    np.testing.assert_allclose([loss for loss, _ in a], [loss for loss, _ in b], rtol=1e-4)
     assert_same_state(opt, opt2)
 
 
-@pytest.mark.parametrize("make,per_step", [
-    (lambda o: torch.optim.lr_scheduler.StepLR(o, 2, 0.5), False),
-    (lambda o: torch.optim.lr_scheduler.MultiStepLR(o, [1, 3], 0.3), False),
-    (lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 4, 1e-4), False),
-    (lambda o: torch.optim.lr_scheduler.SequentialLR(o, [torch.optim.lr_scheduler.LinearLR(o, 0.2, total_iters=2),
-                                                         torch.optim.lr_scheduler.ExponentialLR(o, 0.7)], [2]), False),
-    (lambda o: torch.optim.lr_scheduler.OneCycleLR(o, 0.1, total_steps=24), True),
-    (lambda o: torch.optim.lr_scheduler.OneCycleLR(o, 0.1, total_steps=24, anneal_strategy="linear", three_phase=True), True),
-], ids=["step", "multistep", "cosine", "sequential", "onecycle", "onecycle-linear-3phase"])
+@pytest.mark.parametrize(
+    "make,per_step",
+    [
+        (lambda o: torch.optim.lr_scheduler.StepLR(o, 2, 0.5), False),
+        (lambda o: torch.optim.lr_scheduler.MultiStepLR(o, [1, 3], 0.3), False),
+        (lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 4, 1e-4), False),
+        (
+            lambda o: torch.optim.lr_scheduler.SequentialLR(
+                o,
+                [
+                    torch.optim.lr_scheduler.LinearLR(o, 0.2, total_iters=2),
+                    torch.optim.lr_scheduler.ExponentialLR(o, 0.7),
+                ],
+                [2],
+            ),
+            False,
+        ),
+        (lambda o: torch.optim.lr_scheduler.OneCycleLR(o, 0.1, total_steps=24), True),
+        (
+            lambda o: torch.optim.lr_scheduler.OneCycleLR(
+                o, 0.1, total_steps=24, anneal_strategy="linear", three_phase=True
+            ),
+            True,
+        ),
+    ],
+    ids=["step", "multistep", "cosine", "sequential", "onecycle", "onecycle-linear-3phase"],
+)
 def test_torch_schedules_give_torchs_rates(make, per_step):
     ours, theirs = twins()
     opt = torch.optim.SGD(ours.parameters(), lr=0.1, momentum=0.9)
@@ -131,7 +171,7 @@ def test_torch_schedules_give_torchs_rates(make, per_step):
     opt2 = torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=0.9)
     b = torch_loop(theirs, opt2, ld, 4, make(opt2), per_step=per_step)
     np.testing.assert_allclose([lr for _, lr in a], [lr for _, lr in b], rtol=1e-12)
-    np.testing.assert_allclose([l for l, _ in a], [l for l, _ in b], rtol=1e-4)
+    np.testing.assert_allclose([loss for loss, _ in a], [loss for loss, _ in b], rtol=1e-4)
     assert tr.scheduler.state_dict()["last_epoch"] == (24 if per_step else 4)
 
 
@@ -159,12 +199,15 @@ def test_fastcifar_schedules_take_torchs_positional_arguments():
     assert (s["threshold_abs"], s["eps"]) == (1.0, 0.5)
     assert lr_scheduler.OneCycleLR(opt, 0.1, 10).settings()["total_steps"] == 10
     from fastcifar.optim.lr_scheduler import StepLR  # a real module
+
     assert StepLR is lr_scheduler.StepLR
-    for bad, match in [(lambda: lr_scheduler.StepLR(opt, 2, 0.5, 3), "last_epoch"),
-                       (lambda: lr_scheduler.StepLR(opt, 2, 0.5, -1, 9), "positional"),
-                       (lambda: lr_scheduler.StepLR(opt, step_size=2, gamma=0.5, verbose=True), "verbose"),
-                       (lambda: lr_scheduler.OneCycleLR(opt, 0.1, 10, three_phase=True), "three_phase"),
-                       (lambda: lr_scheduler.ReduceLROnPlateau(opt, "sideways"), "mode")]:
+    for bad, match in [
+        (lambda: lr_scheduler.StepLR(opt, 2, 0.5, 3), "last_epoch"),
+        (lambda: lr_scheduler.StepLR(opt, 2, 0.5, -1, 9), "positional"),
+        (lambda: lr_scheduler.StepLR(opt, step_size=2, gamma=0.5, verbose=True), "verbose"),
+        (lambda: lr_scheduler.OneCycleLR(opt, 0.1, 10, three_phase=True), "three_phase"),
+        (lambda: lr_scheduler.ReduceLROnPlateau(opt, "sideways"), "mode"),
+    ]:
         with pytest.raises((TypeError, ValueError), match=match):
             bad()
 
@@ -174,8 +217,12 @@ def test_plateau_eps_and_abs_threshold_are_honoured():
 
     def lrs(**kw):
         torch.manual_seed(0)
-        tr = fastcifar.Trainer(models.small_cnn(width=4), SGD(lr=0.1), lr_scheduler.ReduceLROnPlateau(patience=0, factor=0.5, **kw),
-                               device="cpu")
+        tr = fastcifar.Trainer(
+            models.small_cnn(width=4),
+            SGD(lr=0.1),
+            lr_scheduler.ReduceLROnPlateau(patience=0, factor=0.5, **kw),
+            device="cpu",
+        )
         return [r["lr"] for r in tr.fit(ld, epochs=3, progress=False)]
 
     # threshold 10 (relative): no epoch counts as better, so every epoch asks for a cut, but each
@@ -187,7 +234,9 @@ def test_plateau_eps_and_abs_threshold_are_honoured():
 
 
 def test_one_cycle_past_its_end_raises_as_torchs_does():
-    tr = fastcifar.Trainer(models.small_cnn(width=4), SGD(lr=0.1), lr_scheduler.OneCycleLR(max_lr=0.1, total_steps=6), device="cpu")
+    tr = fastcifar.Trainer(
+        models.small_cnn(width=4), SGD(lr=0.1), lr_scheduler.OneCycleLR(max_lr=0.1, total_steps=6), device="cpu"
+    )
     tr.fit(loader(96), epochs=1, progress=False)  # 6 steps: the whole cycle
     with pytest.raises(ValueError, match="tried to step 7 times; the specified number of total steps is 6"):
         tr.fit(loader(96), epochs=1, progress=False)
@@ -200,7 +249,7 @@ def test_param_group_writes_take_effect_at_the_next_step():
         tr = fastcifar.Trainer(m, opt, device="cpu", log_every=1)
         seen = []
 
-        def cb(i):
+        def cb(i, seen=seen, opt=opt):  # bound now: B023
             if i["phase"] == "step":
                 seen.append(i["lr"])
                 opt.param_groups[0]["lr"] = 0.0 if i["step"] == 2 else opt.param_groups[0]["lr"]
@@ -250,7 +299,12 @@ def test_a_continued_fit_neither_repeats_nor_loses_an_epoch():
     tr = fastcifar.Trainer(models.small_cnn(width=4), device="cpu", log_every=1)
     ld = loader(96)
     tr.fit(ld, epochs=1, progress=False)
-    tr.fit(ld, epochs=2, progress=False, callbacks=[lambda i: i["phase"] != "step" or not (i["epoch"] == 1 and i["step"] == 3)])
+    tr.fit(
+        ld,
+        epochs=2,
+        progress=False,
+        callbacks=[lambda i: i["phase"] != "step" or not (i["epoch"] == 1 and i["step"] == 3)],
+    )
     assert tr.epoch == 1 and [r["epoch"] for r in tr.history] == [1] and tr.history.interrupted["epoch"] == 2
     tr.fit(ld, epochs=2, progress=False)
     assert tr.epoch == 3 and [r["epoch"] for r in tr.history] == [1, 2, 3] and tr.history.interrupted is None
@@ -275,6 +329,7 @@ def test_callback_errors_come_back_as_themselves(monkeypatch):
             pass
 
     import fastcifar.trainer as trainer_module
+
     monkeypatch.setattr(trainer_module, "_bar", lambda total, desc, enabled: Bar())
     with pytest.raises(LookupError, match="from the progress bar"):
         tr.evaluate(loader(32))
@@ -297,14 +352,14 @@ def test_predict_takes_what_the_cli_takes(tmp_path):
     want = tr.predict_logits(rgb)
     png = tmp_path / "a.png"
     Image.fromarray(rgb).save(png)
-    torch.testing.assert_close(tr.predict_logits(str(png)), want)                 # a path
-    torch.testing.assert_close(tr.predict_logits([png, png])[1], want[0])         # a list of paths
-    torch.testing.assert_close(tr.predict_logits(Image.fromarray(rgb)), want)     # a PIL image
+    torch.testing.assert_close(tr.predict_logits(str(png)), want)  # a path
+    torch.testing.assert_close(tr.predict_logits([png, png])[1], want[0])  # a list of paths
+    torch.testing.assert_close(tr.predict_logits(Image.fromarray(rgb)), want)  # a PIL image
     rgba = Image.fromarray(rgb).convert("RGBA")
-    torch.testing.assert_close(tr.predict_logits(rgba), want)                     # any mode
+    torch.testing.assert_close(tr.predict_logits(rgba), want)  # any mode
     big = Image.fromarray(rgb).resize((64, 48))
-    assert tr.predict_logits(big).shape == (1, 10)                                # any size: resized
-    assert tr.predict(Image.fromarray(rgb).convert("L")).shape == (1,)           # grayscale into an RGB model
+    assert tr.predict_logits(big).shape == (1, 10)  # any size: resized
+    assert tr.predict(Image.fromarray(rgb).convert("L")).shape == (1,)  # grayscale into an RGB model
     assert tr.predict([png], names=True) == [tr.classes[int(want.argmax())]]
     with pytest.raises(ValueError, match=r"64x64, but the model was trained on 32x32; resize them.*T.Resize"):
         tr.predict(np.zeros((64, 64, 3), np.uint8))
@@ -321,6 +376,7 @@ def test_predict_takes_what_the_cli_takes(tmp_path):
     torch.testing.assert_close(back.predict_logits(str(png)), want)
 
 
+@pytest.mark.subprocess
 def test_cli_version_and_help_defaults():
     import subprocess
     import sys
@@ -349,10 +405,19 @@ def test_bad_schedule_arguments_are_named():
     opt = torch.optim.SGD(m.parameters(), lr=0.1)
     other = torch.optim.SGD(m.parameters(), lr=0.1)
     for make, exc, match in [
-        (lambda: fastcifar.Trainer(m, opt, torch.optim.lr_scheduler.StepLR(other, 1), device="cpu"), ValueError, "another optimizer"),
+        (
+            lambda: fastcifar.Trainer(m, opt, torch.optim.lr_scheduler.StepLR(other, 1), device="cpu"),
+            ValueError,
+            "another optimizer",
+        ),
         (lambda: fastcifar.Trainer(m, opt, device="cpu", scheduler_interval="batch"), ValueError, "scheduler_interval"),
-        (lambda: fastcifar.Trainer(m, opt, torch.optim.lr_scheduler.ReduceLROnPlateau(opt), device="cpu", scheduler_interval="step"),
-         ValueError, "once per epoch"),
+        (
+            lambda: fastcifar.Trainer(
+                m, opt, torch.optim.lr_scheduler.ReduceLROnPlateau(opt), device="cpu", scheduler_interval="step"
+            ),
+            ValueError,
+            "once per epoch",
+        ),
         (lambda: fastcifar.Trainer(m, opt, "cosine", device="cpu"), TypeError, "scheduler"),
     ]:
         with pytest.raises(exc, match=match):
@@ -370,7 +435,9 @@ def test_a_checkpoint_with_a_torch_schedule_resumes_when_given_it(tmp_path):
     tr = fastcifar.Trainer(m, o, s, device="cpu")
     tr.fit(loader(32), epochs=2, progress=False)
     tr.save(tmp_path / "c.pth")
-    with pytest.raises(ValueError, match=r"torch.optim.lr_scheduler.StepLR.*Trainer.load\(path, optimizer=\.\.\., scheduler=\.\.\.\)"):
+    with pytest.raises(
+        ValueError, match=r"torch.optim.lr_scheduler.StepLR.*Trainer.load\(path, optimizer=\.\.\., scheduler=\.\.\.\)"
+    ):
         fastcifar.Trainer.load(tmp_path / "c.pth", device="cpu")
     m2, o2, s2 = build()
     back = fastcifar.Trainer.load(tmp_path / "c.pth", device="cpu", model=m2, optimizer=o2, scheduler=s2)
@@ -383,7 +450,10 @@ def test_torch_schedules_on_the_engine_raise_no_order_warning():
 
     m = models.small_cnn(width=4)
     opt = torch.optim.SGD(m.parameters(), lr=0.1)
-    for sched in (torch.optim.lr_scheduler.StepLR(opt, 1), torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=100)):
+    for sched in (
+        torch.optim.lr_scheduler.StepLR(opt, 1),
+        torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=100),
+    ):
         tr = fastcifar.Trainer(m, opt, sched, device="cpu")
         with warnings.catch_warnings():
             warnings.simplefilter("error")
@@ -408,8 +478,12 @@ def test_fit_takes_torchs_own_dataloader_through_python():
     ours2, theirs2 = twins()
     tr2 = fastcifar.Trainer(ours2, torch.optim.SGD(ours2.parameters(), lr=0.05), device="cpu", log_every=1)
     a = []
-    tr2.fit(torch.utils.data.DataLoader(ds, batch_size=16), epochs=1, progress=False,
-            callbacks=[lambda i: a.append(i["batch_loss"]) if i["phase"] == "step" else None])
+    tr2.fit(
+        torch.utils.data.DataLoader(ds, batch_size=16),
+        epochs=1,
+        progress=False,
+        callbacks=[lambda i: a.append(i["batch_loss"]) if i["phase"] == "step" else None],
+    )
     opt = torch.optim.SGD(theirs2.parameters(), lr=0.05)
     b = []
     for x, y in fixed:

@@ -1,16 +1,17 @@
 """fastcifar: CIFAR-10 data, augmentation and training for PyTorch, with the hot loops in Rust.
 
-    import fastcifar
-    from fastcifar import transforms as T
+import fastcifar
+from fastcifar import transforms as T
 
-    train = fastcifar.CIFAR10("./data", train=True, transform=T.Compose([
-        T.RandomHorizontalFlip(), T.RandomCrop(32, padding=4), T.ToTensor(),
-        T.Normalize((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))]))
-    loader = fastcifar.DataLoader(train, batch_size=128, shuffle=True)
-    model = fastcifar.models.ImageClassifier()
-    trainer = fastcifar.Trainer(model, optimizer=fastcifar.optim.Adam(lr=1e-3, weight_decay=1e-4))
-    history = trainer.fit(loader, epochs=10)
+train = fastcifar.CIFAR10("./data", train=True, transform=T.Compose([
+    T.RandomHorizontalFlip(), T.RandomCrop(32, padding=4), T.ToTensor(),
+    T.Normalize((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))]))
+loader = fastcifar.DataLoader(train, batch_size=128, shuffle=True)
+model = fastcifar.models.ImageClassifier()
+trainer = fastcifar.Trainer(model, optimizer=fastcifar.optim.Adam(lr=1e-3, weight_decay=1e-4))
+history = trainer.fit(loader, epochs=10)
 """
+
 TORCH_VERSION = "2.11.0"
 
 try:
@@ -25,14 +26,31 @@ if torch.__version__.split("+")[0] != TORCH_VERSION:
         f"install the matching torch with: pip install torch=={TORCH_VERSION}"
     )
 
-from . import _native  # noqa: E402
-from . import distributed, models, optim, plot, transforms  # noqa: E402
-from .datasets import CIFAR10, CIFAR100, Dataset, ImageFolder  # noqa: E402
-from .loader import DataLoader  # noqa: E402
-from .trainer import EvalReport, History, Trainer  # noqa: E402
+# After the torch check (E402 is ignored for this file in pyproject.toml).
+from . import _native, distributed, models, optim, plot, transforms
+from .datasets import CIFAR10, CIFAR100, Dataset, ImageFolder
+from .loader import DataLoader
+from .trainer import EvalReport, History, Trainer
 
-__version__ = _native.__version__
+# Cargo.toml's version, compiled into the extension: the same as the wheel's metadata (pyproject.toml
+# takes it from Cargo.toml), and right in a source tree too.
+__version__: str = _native.__version__
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
-__all__ = ["CIFAR10", "CIFAR100", "ImageFolder", "Dataset", "DataLoader", "Trainer", "History", "EvalReport",
-           "models", "optim", "transforms", "distributed", "TORCH_VERSION", "__version__"]
+__all__ = [
+    "CIFAR10",
+    "CIFAR100",
+    "ImageFolder",
+    "Dataset",
+    "DataLoader",
+    "Trainer",
+    "History",
+    "EvalReport",
+    "models",
+    "optim",
+    "plot",
+    "transforms",
+    "distributed",
+    "TORCH_VERSION",
+    "__version__",
+]

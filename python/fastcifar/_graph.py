@@ -25,11 +25,12 @@ tensor i, lists, constants):
     contiguous(x)   mean | sum(x, dims?, keepdim)   cat(tensors, dim)   matmul(a, b)
     add | sub | mul | div | floordiv(a, b)   neg(a)   size(x, dim?)   getitem(list, i)   identity(x)
 """
+
 from __future__ import annotations
 
 import operator
 import warnings
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable
 
 import torch
 import torch.fx
@@ -48,7 +49,7 @@ class Unsupported(Exception):
 _warned: set = set()
 
 
-def module_tensors(module: nn.Module) -> Tuple[List[str], List[torch.Tensor]]:
+def module_tensors(module: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
     """The module's parameters, then its buffers (each shared tensor once), with their names."""
     names, tensors, seen = [], [], set()
     for n, t in list(module.named_parameters()) + list(module.named_buffers()):
@@ -59,7 +60,7 @@ def module_tensors(module: nn.Module) -> Tuple[List[str], List[torch.Tensor]]:
     return names, tensors
 
 
-def compile(module: nn.Module) -> "_rs.NativeModel":
+def compile(module: nn.Module) -> _rs.NativeModel:
     """The native model for ``module``: its graphs, or its own forward when they cannot be had."""
     names, tensors = module_tensors(module)
     name = type(module).__name__
@@ -71,8 +72,11 @@ def compile(module: nn.Module) -> "_rs.NativeModel":
         key = (name, str(e))
         if key not in _warned:
             _warned.add(key)
-            warnings.warn(f"fastcifar: {name} runs its forward in eager PyTorch because {e}; the data, loss, backward "
-                          f"and optimizer still run in Rust (see the README, 'Your own network')", stacklevel=3)
+            warnings.warn(
+                f"fastcifar: {name} runs its forward in eager PyTorch because {e}; the data, loss, backward "
+                f"and optimizer still run in Rust (see the README, 'Your own network')",
+                stacklevel=3,
+            )
         return _rs.NativeModel.eager(name, names, tensors, forward=_eager_forward(module))
 
 
@@ -87,7 +91,13 @@ def _no_hooks(module: nn.Module) -> None:
     """Module hooks run in ``nn.Module.__call__``, which the graph never calls: a module with any
     runs eagerly, so that its hooks see every call (tensor hooks work on the graph too)."""
     from torch.nn.modules import module as _m
-    for h in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"):
+
+    for h in (
+        "_global_forward_hooks",
+        "_global_forward_pre_hooks",
+        "_global_backward_hooks",
+        "_global_backward_pre_hooks",
+    ):
         if getattr(_m, h, None):
             raise Unsupported("a global module hook is registered (torch.nn.modules.module.register_module_*_hook)")
     for n, m in module.named_modules():
@@ -101,8 +111,12 @@ def _eager_forward(module: nn.Module) -> Callable:
             module.train(train)
         y = module(x)
         if not isinstance(y, torch.Tensor):
-            raise TypeError(f"{type(module).__name__}.forward returned {type(y).__name__}; the trainer needs one logits tensor (N, num_classes)")
+            raise TypeError(
+                f"{type(module).__name__}.forward returned {type(y).__name__}; "
+                "the trainer needs one logits tensor (N, num_classes)"
+            )
         return y
+
     return forward
 
 
@@ -124,12 +138,12 @@ def _ints(v):
 class _Capture:
     """One fx trace of ``module`` in one mode, written as a plan."""
 
-    def __init__(self, module: nn.Module, training: bool, tensors: List[torch.Tensor]):
+    def __init__(self, module: nn.Module, training: bool, tensors: list[torch.Tensor]):
         self.root = module
         self.training = training
         self.index = {id(t): i for i, t in enumerate(tensors)}
-        self.nodes: List[tuple] = []
-        self.env: Dict[torch.fx.Node, Any] = {}
+        self.nodes: list[tuple] = []
+        self.env: dict[torch.fx.Node, Any] = {}
 
     def plan(self) -> tuple:
         # Every layer reads its mode while its node is written, so the mode holds until the end.
@@ -196,13 +210,14 @@ class _Capture:
 
     # --- modules -----------------------------------------------------------------------------
     def call_module(self, n: torch.fx.Node):
-        m = self.root.get_submodule(n.target)
+        target = str(n.target)  # a call_module node's target is the module's qualified name
+        m = self.root.get_submodule(target)
         rule = _MODULES.get(type(m))
         if rule is None or n.kwargs or len(n.args) != 1:
-            raise Unsupported(f"of {type(m).__name__} ({n.target})")
+            raise Unsupported(f"of {type(m).__name__} ({target})")
         x = self.arg(n.args[0])
-        op, args = rule(m, x, lambda t, attr: self.tensor(t, f"{n.target}.{attr}"))
-        self.emit(op, args, n.target, n)
+        op, args = rule(m, x, lambda t, attr: self.tensor(t, f"{target}.{attr}"))
+        self.emit(op, args, target, n)
 
     # --- functions and methods -----------------------------------------------------------------
     def call(self, n: torch.fx.Node, rule, fname: str):
@@ -239,17 +254,17 @@ def _bind(spec: list, args: tuple, kwargs: dict, fname: str, where: str) -> dict
         names.append(name)
         if default is not _NO:
             out[name] = default
-    args = list(args)
+    rest = list(args)
     for name in names:
-        if not args:
+        if not rest:
             break
         if name.startswith("*"):
-            out[name] = args
-            args = []
+            out[name] = rest
+            rest = []
         else:
-            out[name] = args.pop(0)
-    if args:
-        raise Unsupported(f"{fname} with {len(args)} more positional arguments than fastcifar knows ({where})")
+            out[name] = rest.pop(0)
+    if rest:
+        raise Unsupported(f"{fname} with {len(rest)} more positional arguments than fastcifar knows ({where})")
     for k, v in kwargs.items():
         if k not in names:
             raise Unsupported(f"{fname} with argument {k}= ({where})")
@@ -278,29 +293,49 @@ def _batch_norm(m: nn.modules.batchnorm._BatchNorm, x, t):
     track = m.training and m.track_running_stats
     use_batch = m.training or (m.running_mean is None and m.running_var is None)
     keep = not m.training or m.track_running_stats
-    return "batch_norm", [x, t(m.weight, "weight"), t(m.bias, "bias"),
-                          t(m.running_mean, "running_mean") if keep else None,
-                          t(m.running_var, "running_var") if keep else None,
-                          t(m.num_batches_tracked, "num_batches_tracked") if track else None,
-                          use_batch, float(m.momentum), float(m.eps)]
+    return "batch_norm", [
+        x,
+        t(m.weight, "weight"),
+        t(m.bias, "bias"),
+        t(m.running_mean, "running_mean") if keep else None,
+        t(m.running_var, "running_var") if keep else None,
+        t(m.num_batches_tracked, "num_batches_tracked") if track else None,
+        use_batch,
+        float(m.momentum or 0.0),  # not None: refused above
+        float(m.eps),
+    ]
 
 
 def _softmax(op):
     def rule(m, x, t):
         _need(m.dim is not None, f"{type(m).__name__} without dim")
         return op, [x, m.dim]
+
     return rule
 
 
 def _max_pool(m: nn.MaxPool2d, x, t):
     _need(not m.return_indices, "MaxPool2d with return_indices=True")
-    return "max_pool2d", [x, _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size),
-                          _pair(m.padding), _pair(m.dilation), bool(m.ceil_mode)]
+    return "max_pool2d", [
+        x,
+        _pair(m.kernel_size),
+        _pair(m.stride if m.stride is not None else m.kernel_size),
+        _pair(m.padding),
+        _pair(m.dilation),
+        bool(m.ceil_mode),
+    ]
 
 
 def _avg_pool(m: nn.AvgPool2d, x, t):
-    return "avg_pool2d", [x, _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size),
-                          _pair(m.padding), bool(m.ceil_mode), bool(m.count_include_pad), m.divisor_override]
+    return "avg_pool2d", [
+        x,
+        _pair(m.kernel_size),
+        _pair(m.stride if m.stride is not None else m.kernel_size),
+        _pair(m.padding),
+        bool(m.ceil_mode),
+        bool(m.count_include_pad),
+        m.divisor_override,
+    ]
 
 
 def _size2(v) -> list:
@@ -330,12 +365,18 @@ def _plain(op):
     return lambda m, x, t: (op, [x])
 
 
-_MODULES: Dict[type, Callable] = {
+_MODULES: dict[type, Callable] = {
     nn.Conv2d: _conv,
     nn.BatchNorm1d: _batch_norm,
     nn.BatchNorm2d: _batch_norm,
-    nn.GroupNorm: lambda m, x, t: ("group_norm", [x, m.num_groups, t(m.weight, "weight"), t(m.bias, "bias"), float(m.eps)]),
-    nn.LayerNorm: lambda m, x, t: ("layer_norm", [x, list(m.normalized_shape), t(m.weight, "weight"), t(m.bias, "bias"), float(m.eps)]),
+    nn.GroupNorm: lambda m, x, t: (
+        "group_norm",
+        [x, m.num_groups, t(m.weight, "weight"), t(m.bias, "bias"), float(m.eps)],
+    ),
+    nn.LayerNorm: lambda m, x, t: (
+        "layer_norm",
+        [x, list(m.normalized_shape), t(m.weight, "weight"), t(m.bias, "bias"), float(m.eps)],
+    ),
     nn.Linear: lambda m, x, t: ("linear", [x, t(m.weight, "weight"), t(m.bias, "bias")]),
     nn.ReLU: _inplace("relu"),
     nn.ReLU6: _inplace("relu6"),
@@ -377,6 +418,7 @@ def _softmax_fn(op):
         _no(a["dim"] is None, f"{op} without dim")
         _no(a.get("dtype") is not None, f"{op} with dtype")
         return op, [a["input"], a["dim"]]
+
     return (["input", ("dim", None), ("_stacklevel", 3), ("dtype", None)], build)
 
 
@@ -388,13 +430,27 @@ def _conv_fn(a):
 def _max_pool_fn(a):
     _no(bool(a["return_indices"]), "max_pool2d with return_indices=True")
     stride = a["stride"] if a["stride"] not in (None, [], ()) else a["kernel_size"]
-    return "max_pool2d", [a["input"], _pair(a["kernel_size"]), _pair(stride), _pair(a["padding"]), _pair(a["dilation"]), bool(a["ceil_mode"])]
+    return "max_pool2d", [
+        a["input"],
+        _pair(a["kernel_size"]),
+        _pair(stride),
+        _pair(a["padding"]),
+        _pair(a["dilation"]),
+        bool(a["ceil_mode"]),
+    ]
 
 
 def _avg_pool_fn(a):
     stride = a["stride"] if a["stride"] not in (None, [], ()) else a["kernel_size"]
-    return "avg_pool2d", [a["input"], _pair(a["kernel_size"]), _pair(stride), _pair(a["padding"]), bool(a["ceil_mode"]),
-                          bool(a["count_include_pad"]), a["divisor_override"]]
+    return "avg_pool2d", [
+        a["input"],
+        _pair(a["kernel_size"]),
+        _pair(stride),
+        _pair(a["padding"]),
+        bool(a["ceil_mode"]),
+        bool(a["count_include_pad"]),
+        a["divisor_override"],
+    ]
 
 
 def _adaptive_max_fn(a):
@@ -417,6 +473,7 @@ def _reduce(op):
     def build(a):
         _no(a.get("dtype") is not None, f"{op} with dtype")
         return op, [a["input"], _ints(a["dim"]), bool(a["keepdim"])]
+
     return (["input", ("dim", None), ("keepdim", False), ("dtype", None)], build)
 
 
@@ -425,6 +482,7 @@ def _binary(op):
         _no(a.get("alpha", 1) != 1, f"{op} with alpha")
         _no(a.get("rounding_mode") is not None, f"{op} with rounding_mode")
         return op, [a["input"], a["other"]]
+
     return (["input", "other", ("alpha", 1), ("rounding_mode", None)], build)
 
 
@@ -434,70 +492,154 @@ def _shape_args(a):
     return s[0] if len(s) == 1 and (isinstance(s[0], list) or _is_ref(s[0])) else list(s)
 
 
-_FUNCTIONS: Dict[Any, tuple] = {}
+_FUNCTIONS: dict[Any, tuple] = {}
+# F.max_pool2d and torch.max_pool2d: one signature.
+_MAX_POOL = (
+    [
+        "input",
+        "kernel_size",
+        ("stride", None),
+        ("padding", 0),
+        ("dilation", 1),
+        ("ceil_mode", False),
+        ("return_indices", False),
+    ],
+    _max_pool_fn,
+)
 for _f in (F.relu, torch.relu):
     _FUNCTIONS[_f] = _act("relu")
-_FUNCTIONS.update({
-    torch.relu_: (["input"], lambda a: ("relu", [a["input"], True])),
-    F.relu_: (["input"], lambda a: ("relu", [a["input"], True])),
-    F.relu6: _act("relu6"),
-    F.silu: _act("silu"),
-    F.hardswish: _act("hardswish"),
-    F.leaky_relu: (["input", ("negative_slope", 0.01), ("inplace", False)], _leaky_fn),
-    F.elu: (["input", ("alpha", 1.0), ("inplace", False)], _elu_fn),
-    F.gelu: (["input", ("approximate", "none")], lambda a: ("gelu", [a["input"], a["approximate"]])),
-    torch.tanh: _unary("tanh"), F.tanh: _unary("tanh"),
-    torch.sigmoid: _unary("sigmoid"), F.sigmoid: _unary("sigmoid"),
-    F.softmax: _softmax_fn("softmax"), torch.softmax: _softmax_fn("softmax"),
-    F.log_softmax: _softmax_fn("log_softmax"), torch.log_softmax: _softmax_fn("log_softmax"),
-    F.conv2d: (["input", "weight", ("bias", None), ("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)], _conv_fn),
-    torch.conv2d: (["input", "weight", ("bias", None), ("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)], _conv_fn),
-    F.batch_norm: (["input", "running_mean", "running_var", ("weight", None), ("bias", None), ("training", False),
-                    ("momentum", 0.1), ("eps", 1e-5)],
-                   lambda a: ("batch_norm", [a["input"], a["weight"], a["bias"], a["running_mean"], a["running_var"], None,
-                                             bool(a["training"]) or a["running_mean"] is None, float(a["momentum"]), float(a["eps"])])),
-    F.group_norm: (["input", "num_groups", ("weight", None), ("bias", None), ("eps", 1e-5)],
-                   lambda a: ("group_norm", [a["input"], a["num_groups"], a["weight"], a["bias"], float(a["eps"])])),
-    F.layer_norm: (["input", "normalized_shape", ("weight", None), ("bias", None), ("eps", 1e-5)],
-                   lambda a: ("layer_norm", [a["input"], _ints(a["normalized_shape"]), a["weight"], a["bias"], float(a["eps"])])),
-    F.linear: (["input", "weight", ("bias", None)], lambda a: ("linear", [a["input"], a["weight"], a["bias"]])),
-    F.max_pool2d: (["input", "kernel_size", ("stride", None), ("padding", 0), ("dilation", 1), ("ceil_mode", False),
-                    ("return_indices", False)], _max_pool_fn),
-    torch.max_pool2d: (["input", "kernel_size", ("stride", None), ("padding", 0), ("dilation", 1), ("ceil_mode", False),
-                        ("return_indices", False)], _max_pool_fn),
-    F.avg_pool2d: (["input", "kernel_size", ("stride", None), ("padding", 0), ("ceil_mode", False),
-                    ("count_include_pad", True), ("divisor_override", None)], _avg_pool_fn),
-    F.adaptive_avg_pool2d: (["input", "output_size"], lambda a: ("adaptive_avg_pool2d", [a["input"], _size2(a["output_size"])])),
-    F.adaptive_max_pool2d: (["input", "output_size", ("return_indices", False)], _adaptive_max_fn),
-    F.dropout: (["input", ("p", 0.5), ("training", True), ("inplace", False)],
-                lambda a: ("dropout", [a["input"], float(a["p"]), bool(a["training"]), bool(a["inplace"])])),
-    F.dropout2d: (["input", ("p", 0.5), ("training", True), ("inplace", False)],
-                  lambda a: ("dropout2d", [a["input"], float(a["p"]), bool(a["training"]), bool(a["inplace"])])),
-    torch.dropout: (["input", "p", "train"], lambda a: ("dropout", [a["input"], float(a["p"]), bool(a["train"]), False])),
-    torch.flatten: (["input", ("start_dim", 0), ("end_dim", -1)], lambda a: ("flatten", [a["input"], a["start_dim"], a["end_dim"]])),
-    torch.reshape: (["input", "shape"], lambda a: ("reshape", [a["input"], _ints(a["shape"])])),
-    torch.permute: (["input", "dims"], lambda a: ("permute", [a["input"], _ints(a["dims"])])),
-    torch.transpose: (["input", "dim0", "dim1"], lambda a: ("transpose", [a["input"], a["dim0"], a["dim1"]])),
-    torch.unsqueeze: (["input", "dim"], lambda a: ("unsqueeze", [a["input"], a["dim"]])),
-    torch.mean: _reduce("mean"),
-    torch.sum: _reduce("sum"),
-    torch.cat: (["tensors", ("dim", 0)], lambda a: ("cat", [a["tensors"], a["dim"]])),
-    torch.matmul: (["input", "other"], lambda a: ("matmul", [a["input"], a["other"]])),
-    operator.matmul: (["input", "other"], lambda a: ("matmul", [a["input"], a["other"]])),
-    torch.add: _binary("add"), torch.sub: _binary("sub"), torch.mul: _binary("mul"), torch.div: _binary("div"),
-    operator.add: _binary("add"), operator.sub: _binary("sub"), operator.mul: _binary("mul"),
-    operator.truediv: _binary("div"), operator.floordiv: _binary("floordiv"),
-    operator.neg: (["input"], lambda a: ("neg", [a["input"]])), torch.neg: (["input"], lambda a: ("neg", [a["input"]])),
-    operator.getitem: (["input", "index"], lambda a: ("getitem", [a["input"], _int_index(a["index"])])),
-    getattr: (["input", "name"], lambda a: _getattr(a)),
-})
-for _f in ("concat", "concatenate"):
-    if hasattr(torch, _f):
-        _FUNCTIONS[getattr(torch, _f)] = _FUNCTIONS[torch.cat]
+_FUNCTIONS.update(
+    {
+        torch.relu_: (["input"], lambda a: ("relu", [a["input"], True])),
+        F.relu_: (["input"], lambda a: ("relu", [a["input"], True])),
+        F.relu6: _act("relu6"),
+        F.silu: _act("silu"),
+        F.hardswish: _act("hardswish"),
+        F.leaky_relu: (["input", ("negative_slope", 0.01), ("inplace", False)], _leaky_fn),
+        F.elu: (["input", ("alpha", 1.0), ("inplace", False)], _elu_fn),
+        F.gelu: (["input", ("approximate", "none")], lambda a: ("gelu", [a["input"], a["approximate"]])),
+        torch.tanh: _unary("tanh"),
+        F.tanh: _unary("tanh"),
+        torch.sigmoid: _unary("sigmoid"),
+        F.sigmoid: _unary("sigmoid"),
+        F.softmax: _softmax_fn("softmax"),
+        torch.softmax: _softmax_fn("softmax"),
+        F.log_softmax: _softmax_fn("log_softmax"),
+        torch.log_softmax: _softmax_fn("log_softmax"),
+        F.conv2d: (
+            ["input", "weight", ("bias", None), ("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)],
+            _conv_fn,
+        ),
+        torch.conv2d: (
+            ["input", "weight", ("bias", None), ("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)],
+            _conv_fn,
+        ),
+        F.batch_norm: (
+            [
+                "input",
+                "running_mean",
+                "running_var",
+                ("weight", None),
+                ("bias", None),
+                ("training", False),
+                ("momentum", 0.1),
+                ("eps", 1e-5),
+            ],
+            lambda a: (
+                "batch_norm",
+                [
+                    a["input"],
+                    a["weight"],
+                    a["bias"],
+                    a["running_mean"],
+                    a["running_var"],
+                    None,
+                    bool(a["training"]) or a["running_mean"] is None,
+                    float(a["momentum"]),
+                    float(a["eps"]),
+                ],
+            ),
+        ),
+        F.group_norm: (
+            ["input", "num_groups", ("weight", None), ("bias", None), ("eps", 1e-5)],
+            lambda a: ("group_norm", [a["input"], a["num_groups"], a["weight"], a["bias"], float(a["eps"])]),
+        ),
+        F.layer_norm: (
+            ["input", "normalized_shape", ("weight", None), ("bias", None), ("eps", 1e-5)],
+            lambda a: (
+                "layer_norm",
+                [a["input"], _ints(a["normalized_shape"]), a["weight"], a["bias"], float(a["eps"])],
+            ),
+        ),
+        F.linear: (["input", "weight", ("bias", None)], lambda a: ("linear", [a["input"], a["weight"], a["bias"]])),
+        F.max_pool2d: _MAX_POOL,
+        torch.max_pool2d: _MAX_POOL,
+        F.avg_pool2d: (
+            [
+                "input",
+                "kernel_size",
+                ("stride", None),
+                ("padding", 0),
+                ("ceil_mode", False),
+                ("count_include_pad", True),
+                ("divisor_override", None),
+            ],
+            _avg_pool_fn,
+        ),
+        F.adaptive_avg_pool2d: (
+            ["input", "output_size"],
+            lambda a: ("adaptive_avg_pool2d", [a["input"], _size2(a["output_size"])]),
+        ),
+        F.adaptive_max_pool2d: (["input", "output_size", ("return_indices", False)], _adaptive_max_fn),
+        F.dropout: (
+            ["input", ("p", 0.5), ("training", True), ("inplace", False)],
+            lambda a: ("dropout", [a["input"], float(a["p"]), bool(a["training"]), bool(a["inplace"])]),
+        ),
+        F.dropout2d: (
+            ["input", ("p", 0.5), ("training", True), ("inplace", False)],
+            lambda a: ("dropout2d", [a["input"], float(a["p"]), bool(a["training"]), bool(a["inplace"])]),
+        ),
+        torch.dropout: (
+            ["input", "p", "train"],
+            lambda a: ("dropout", [a["input"], float(a["p"]), bool(a["train"]), False]),
+        ),
+        torch.flatten: (
+            ["input", ("start_dim", 0), ("end_dim", -1)],
+            lambda a: ("flatten", [a["input"], a["start_dim"], a["end_dim"]]),
+        ),
+        torch.reshape: (["input", "shape"], lambda a: ("reshape", [a["input"], _ints(a["shape"])])),
+        torch.permute: (["input", "dims"], lambda a: ("permute", [a["input"], _ints(a["dims"])])),
+        torch.transpose: (["input", "dim0", "dim1"], lambda a: ("transpose", [a["input"], a["dim0"], a["dim1"]])),
+        torch.unsqueeze: (["input", "dim"], lambda a: ("unsqueeze", [a["input"], a["dim"]])),
+        torch.mean: _reduce("mean"),
+        torch.sum: _reduce("sum"),
+        torch.cat: (["tensors", ("dim", 0)], lambda a: ("cat", [a["tensors"], a["dim"]])),
+        torch.matmul: (["input", "other"], lambda a: ("matmul", [a["input"], a["other"]])),
+        operator.matmul: (["input", "other"], lambda a: ("matmul", [a["input"], a["other"]])),
+        torch.add: _binary("add"),
+        torch.sub: _binary("sub"),
+        torch.mul: _binary("mul"),
+        torch.div: _binary("div"),
+        operator.add: _binary("add"),
+        operator.sub: _binary("sub"),
+        operator.mul: _binary("mul"),
+        operator.truediv: _binary("div"),
+        operator.floordiv: _binary("floordiv"),
+        operator.neg: (["input"], lambda a: ("neg", [a["input"]])),
+        torch.neg: (["input"], lambda a: ("neg", [a["input"]])),
+        operator.getitem: (["input", "index"], lambda a: ("getitem", [a["input"], _int_index(a["index"])])),
+        getattr: (["input", "name"], lambda a: _getattr(a)),
+    }
+)
+for _alias in ("concat", "concatenate"):
+    if hasattr(torch, _alias):
+        _FUNCTIONS[getattr(torch, _alias)] = _FUNCTIONS[torch.cat]
 
 
 def _int_index(i):
-    _need(isinstance(i, int) and not isinstance(i, bool), f"indexing with {type(i).__name__} (only sizes can be indexed)")
+    _need(
+        isinstance(i, int) and not isinstance(i, bool), f"indexing with {type(i).__name__} (only sizes can be indexed)"
+    )
     return i
 
 
@@ -510,12 +652,14 @@ def _method(spec, build):
     return (["input"] + spec, build)
 
 
-_METHODS: Dict[str, tuple] = {
+_METHODS: dict[str, tuple] = {
     "size": _method([("dim", None)], lambda a: ("size", [a["input"], a["dim"]])),
     "view": _method(["*shape"], lambda a: ("view", [a["input"], _shape_args(a)])),
     "reshape": _method(["*shape"], lambda a: ("reshape", [a["input"], _shape_args(a)])),
     "permute": _method(["*shape"], lambda a: ("permute", [a["input"], _shape_args(a)])),
-    "flatten": _method([("start_dim", 0), ("end_dim", -1)], lambda a: ("flatten", [a["input"], a["start_dim"], a["end_dim"]])),
+    "flatten": _method(
+        [("start_dim", 0), ("end_dim", -1)], lambda a: ("flatten", [a["input"], a["start_dim"], a["end_dim"]])
+    ),
     "transpose": _method(["dim0", "dim1"], lambda a: ("transpose", [a["input"], a["dim0"], a["dim1"]])),
     "unsqueeze": _method(["dim"], lambda a: ("unsqueeze", [a["input"], a["dim"]])),
     "contiguous": _method([], lambda a: ("contiguous", [a["input"]])),
@@ -527,7 +671,10 @@ _METHODS: Dict[str, tuple] = {
     "tanh": _method([], lambda a: ("tanh", [a["input"]])),
     "softmax": _method([("dim", None), ("dtype", None)], _softmax_fn("softmax")[1]),
     "log_softmax": _method([("dim", None), ("dtype", None)], _softmax_fn("log_softmax")[1]),
-    "add": _binary("add"), "sub": _binary("sub"), "mul": _binary("mul"), "div": _binary("div"),
+    "add": _binary("add"),
+    "sub": _binary("sub"),
+    "mul": _binary("mul"),
+    "div": _binary("div"),
     "neg": _method([], lambda a: ("neg", [a["input"]])),
     "matmul": _method(["other"], lambda a: ("matmul", [a["input"], a["other"]])),
 }
@@ -542,7 +689,12 @@ def fingerprint(module: nn.Module) -> tuple:
     ``training`` is left out: both modes are captured."""
     parts = []
     for name, m in module.named_modules():
-        settings = tuple(sorted((k, repr(v)) for k, v in vars(m).items()
-                                if not k.startswith("_") and k != "training" and isinstance(v, _SETTINGS)))
+        settings = tuple(
+            sorted(
+                (k, repr(v))
+                for k, v in vars(m).items()
+                if not k.startswith("_") and k != "training" and isinstance(v, _SETTINGS)
+            )
+        )
         parts.append((name, id(m), type(m), id(vars(m).get("forward")), _hooks(m), settings))
     return tuple(parts)

@@ -1,4 +1,5 @@
 """Atomic file writes: a checkpoint is either the old file or the complete new one, never half."""
+
 import errno
 import os
 import re
@@ -134,5 +135,8 @@ def check_writable(path, need_bytes: int = 0) -> None:
         raise _named(e, path, d) from e
     free = st.f_bavail * st.f_frsize
     if free < need_bytes:
-        raise OSError(errno.ENOSPC, f"No space left on device: {path} needs at least {need_bytes / 1e6:.1f} MB, "
-                                    f"{free / 1e6:.1f} MB free", path)
+        raise OSError(
+            errno.ENOSPC,
+            f"No space left on device: {path} needs at least {need_bytes / 1e6:.1f} MB, {free / 1e6:.1f} MB free",
+            path,
+        )

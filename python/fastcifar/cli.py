@@ -9,6 +9,7 @@
 The data folder is found from --data, then $FASTCIFAR_DATA, then ./data; ``--download`` fetches
 CIFAR-10 when none is there.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,7 +61,7 @@ def find_data(explicit: str | None, download: bool = False) -> str:
         except FileNotFoundError:
             continue
         except ValueError as e:  # the data is there but broken: say so rather than "not found"
-            raise SystemExit(f"fastcifar: CIFAR-10 in {c} is unreadable: {e}")
+            raise SystemExit(f"fastcifar: CIFAR-10 in {c} is unreadable: {e}") from None
     if download:
         root = explicit or "data"
         fastcifar.CIFAR10(root, train=False, download=True)
@@ -87,9 +88,10 @@ def cmd_train(a) -> int:
     from fastcifar import distributed, models, optim, plot
 
     root = find_data(a.data, a.download)
-    train = fastcifar.CIFAR10(root, train=True, transform=_transforms(True))
-    test = fastcifar.CIFAR10(root, train=False, transform=_transforms(False))
-    source = train.source
+    full_train = fastcifar.CIFAR10(root, train=True, transform=_transforms(True))
+    source = full_train.source
+    train: fastcifar.Dataset = full_train
+    test: fastcifar.Dataset = fastcifar.CIFAR10(root, train=False, transform=_transforms(False))
     if a.subset:
         train = train.subset(range(min(a.subset, len(train))))
     if a.test_subset:
@@ -97,27 +99,44 @@ def cmd_train(a) -> int:
     torch.manual_seed(a.seed)
     trainloader = fastcifar.DataLoader(train, batch_size=a.batch_size, shuffle=True, seed=a.seed)
     testloader = fastcifar.DataLoader(test, batch_size=max(a.batch_size, 256))
-    model = {"image_classifier": lambda: models.ImageClassifier(10), "resnet9": lambda: models.resnet9(10),
-             "resnet18": lambda: models.resnet18(10, cifar_stem=True), "small_cnn": lambda: models.small_cnn(10, width=a.width)}[a.model]()
+    model = {
+        "image_classifier": lambda: models.ImageClassifier(10),
+        "resnet9": lambda: models.resnet9(10),
+        "resnet18": lambda: models.resnet18(10, cifar_stem=True),
+        "small_cnn": lambda: models.small_cnn(10, width=a.width),
+    }[a.model]()
     if distributed.launched():  # this rank's shard (--seed is the same on every rank); fit uses it as it is
         trainloader = trainloader.shard(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
     steps_per_epoch = len(trainloader)  # the schedule counts this rank's steps
-    opt = {"adam": lambda: optim.Adam(lr=a.lr, weight_decay=a.weight_decay), "adamw": lambda: optim.AdamW(lr=a.lr, weight_decay=a.weight_decay),
-           "sgd": lambda: optim.SGD(lr=a.lr, momentum=0.9, nesterov=True, weight_decay=a.weight_decay)}[a.optimizer]()
-    sched = {"plateau": lambda: optim.lr_scheduler.ReduceLROnPlateau(mode="min", patience=3),
-             "onecycle": lambda: optim.lr_scheduler.OneCycleLR(max_lr=a.lr, total_steps=a.epochs * steps_per_epoch),
-             "cosine": lambda: optim.lr_scheduler.CosineAnnealingLR(T_max=a.epochs), "none": lambda: None}[a.scheduler]()
+    opt = {
+        "adam": lambda: optim.Adam(lr=a.lr, weight_decay=a.weight_decay),
+        "adamw": lambda: optim.AdamW(lr=a.lr, weight_decay=a.weight_decay),
+        "sgd": lambda: optim.SGD(lr=a.lr, momentum=0.9, nesterov=True, weight_decay=a.weight_decay),
+    }[a.optimizer]()
+    sched = {
+        "plateau": lambda: optim.lr_scheduler.ReduceLROnPlateau(mode="min", patience=3),
+        "onecycle": lambda: optim.lr_scheduler.OneCycleLR(max_lr=a.lr, total_steps=a.epochs * steps_per_epoch),
+        "cosine": lambda: optim.lr_scheduler.CosineAnnealingLR(T_max=a.epochs),
+        "none": lambda: None,
+    }[a.scheduler]()
     # Under torchrun every rank runs this; the trainer shards the loaders (--batch-size is per rank)
     # and only rank 0 prints and writes.
-    trainer = fastcifar.Trainer(model, optimizer=opt, scheduler=sched, device=a.device, amp=a.amp, seed=a.seed, sync_bn=a.sync_bn)
+    trainer = fastcifar.Trainer(
+        model, optimizer=opt, scheduler=sched, device=a.device, amp=a.amp, seed=a.seed, sync_bn=a.sync_bn
+    )
     main = trainer.is_main
     if main:
         os.makedirs(a.out, exist_ok=True)
         par = f", data-parallel over {trainer.world_size} processes" if trainer.world_size > 1 else ""
-        print(f"fastcifar {fastcifar.__version__}: {a.model} ({model.num_parameters():,} parameters) on {trainer.device}{par}; "
-              f"{len(train)} training / {len(test)} test images from {source}")
+        print(
+            f"fastcifar {fastcifar.__version__}: {a.model} ({model.num_parameters():,} parameters) "
+            f"on {trainer.device}{par}; "
+            f"{len(train)} training / {len(test)} test images from {source}"
+        )
     t0 = time.perf_counter()
-    history = trainer.fit(trainloader, testloader, epochs=a.epochs, checkpoint=os.path.join(a.out, "best.pth"), progress=not a.quiet)
+    history = trainer.fit(
+        trainloader, testloader, epochs=a.epochs, checkpoint=os.path.join(a.out, "best.pth"), progress=not a.quiet
+    )
     seconds = time.perf_counter() - t0
     report = trainer.evaluate(testloader, progress=False)
     if not main:
@@ -129,15 +148,26 @@ def cmd_train(a) -> int:
     history.to_csv(os.path.join(a.out, "history.csv"))
     with open(os.path.join(a.out, "report.json"), "w") as f:
         json.dump(report.to_dict(), f, indent=2)
-    saved = ["best.pth", "checkpoint.pth", "model_weights.pth", "model.safetensors", "history.json", "history.csv", "report.json"]
+    saved = [
+        "best.pth",
+        "checkpoint.pth",
+        "model_weights.pth",
+        "model.safetensors",
+        "history.json",
+        "history.csv",
+        "report.json",
+    ]
     try:
         saved += plot.save_run_plots(trainer, history, report, test, a.out)
     except ImportError as e:
         print(f"(plots skipped: {e})")
     print(f"\n{report}\n\nTrained {len(history)} epochs in {seconds:.1f}s. Wrote {', '.join(saved)} to {a.out}/")
     if not a.full_hint_off and trainer.device == "cpu":
-        print("Full seed recipe (50 epochs of ImageClassifier; use a GPU): "
-              "fastcifar train --model image_classifier --epochs 50 --batch-size 128 --lr 1e-3 --device cuda --out runs/full")
+        print(
+            "Full seed recipe (50 epochs of ImageClassifier; use a GPU): "
+            "fastcifar train --model image_classifier --epochs 50 --batch-size 128 --lr 1e-3 "
+            "--device cuda --out runs/full"
+        )
     return 0
 
 
@@ -147,7 +177,7 @@ def _load_trainer(path, device):
     try:
         return fastcifar.Trainer.load(path, device=device)
     except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"fastcifar: {e}")
+        raise SystemExit(f"fastcifar: {e}") from None
 
 
 def cmd_evaluate(a) -> int:
@@ -168,7 +198,7 @@ def cmd_predict(a) -> int:
     try:
         probs = tr.predict_proba([os.fspath(p) for p in a.images], tta=a.tta).cpu()
     except (FileNotFoundError, ValueError, ImportError) as e:
-        raise SystemExit(f"fastcifar: {e}")
+        raise SystemExit(f"fastcifar: {e}") from None
     classes = tr.classes or (fastcifar.CLASSES if probs.shape[1] == 10 else [str(i) for i in range(probs.shape[1])])
     for path, p in zip(a.images, probs):
         top = p.argsort(descending=True)[: a.top]
@@ -184,20 +214,20 @@ def cmd_info(a) -> int:
         t0 = time.perf_counter()
         ds = fastcifar.CIFAR10(root, train=train)
         dt = time.perf_counter() - t0
-        print(f"{'train' if train else 'test'}: {len(ds)} images {ds.data.shape[1:]} from {ds.source} ({ds.layout}), decoded in {1000 * dt:.0f} ms")
+        print(
+            f"{'train' if train else 'test'}: {len(ds)} images {ds.data.shape[1:]} from {ds.source} "
+            f"({ds.layout}), decoded in {1000 * dt:.0f} ms"
+        )
         print("  " + ", ".join(f"{c} {n}" for c, n in ds.class_counts().items()))
     return 0
 
 
 def _version() -> str:
-    try:
-        from importlib.metadata import version
+    # The built extension's own version (Cargo.toml's, the one source): right for a source tree
+    # too, where the installed distribution's metadata may be another build's.
+    import fastcifar
 
-        return version("fastcifar")
-    except Exception:  # pragma: no cover - a source tree without the installed metadata
-        import fastcifar
-
-        return fastcifar.__version__
+    return fastcifar.__version__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,8 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=_positive_int, default=128, help="images per batch (per rank under torchrun)")
     t.add_argument("--lr", type=_positive_float, default=1e-3, help="learning rate (the peak with onecycle)")
     t.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay")
-    t.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam", help="optimizer (sgd: momentum 0.9, nesterov)")
-    t.add_argument("--scheduler", choices=("plateau", "onecycle", "cosine", "none"), default="plateau", help="learning-rate schedule")
+    t.add_argument(
+        "--optimizer", choices=("adam", "adamw", "sgd"), default="adam", help="optimizer (sgd: momentum 0.9, nesterov)"
+    )
+    t.add_argument(
+        "--scheduler",
+        choices=("plateau", "onecycle", "cosine", "none"),
+        default="plateau",
+        help="learning-rate schedule",
+    )
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     t.add_argument("--amp", action="store_true", help="mixed precision on CUDA")
     t.add_argument("--sync-bn", action="store_true", help="under torchrun: BatchNorm statistics over the global batch")

@@ -11,11 +11,13 @@ They keep PyTorch's state_dict layout (torchvision's for resnet18), so their wei
 from the equivalent code anywhere. ``fastcifar.models.Module`` adds a few conveniences on top of
 ``nn.Module`` (save / load with safetensors, freeze, replace_head, config).
 """
+
 from __future__ import annotations
 
 import collections
 import os
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn as nn
@@ -23,15 +25,25 @@ import torch.nn as nn
 from . import _native as _rs
 from ._io import atomic_write
 
-__all__ = ["Module", "Model", "ImageClassifier", "ResNet9", "SmallCNN", "ResNet18", "resnet18", "resnet9", "small_cnn",
-           "RESNET18_URL"]
+__all__ = [
+    "Module",
+    "Model",
+    "ImageClassifier",
+    "ResNet9",
+    "SmallCNN",
+    "ResNet18",
+    "resnet18",
+    "resnet9",
+    "small_cnn",
+    "RESNET18_URL",
+]
 
 RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
 
 
 class IncompatibleKeys(NamedTuple):
-    missing_keys: List[str]
-    unexpected_keys: List[str]
+    missing_keys: list[str]
+    unexpected_keys: list[str]
 
 
 def _positive_int(name: str, v) -> int:
@@ -58,7 +70,7 @@ class Module(nn.Module):
         return {"arch": self.arch, **getattr(self, "_config", {})}
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "Module":
+    def from_config(cls, cfg: dict) -> Module:
         cfg = dict(cfg)
         arch = cfg.pop("arch")
         if arch not in _ARCHS:
@@ -74,34 +86,38 @@ class Module(nn.Module):
         p = next(iter(self.parameters()), None)
         return p.device if p is not None else torch.device("cpu")
 
+    def _head(self) -> nn.Linear:
+        # Every built-in's `head` names its final nn.Linear.
+        return cast(nn.Linear, self.get_submodule(self.head))
+
     @property
     def num_classes(self) -> int:
-        return self.get_submodule(self.head).out_features
+        return self._head().out_features
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
-    def _matching(self, prefix: str) -> List[nn.Parameter]:
+    def _matching(self, prefix: str) -> list[nn.Parameter]:
         ps = [p for n, p in self.named_parameters() if not prefix or n == prefix or n.startswith(prefix + ".")]
         if prefix and not ps:
             raise ValueError(f"prefix: '{prefix}' names no parameter of {self.arch}")
         return ps
 
-    def freeze(self, prefix: str = "") -> "Module":
+    def freeze(self, prefix: str = "") -> Module:
         """Stops gradients for the parameters under ``prefix`` (all by default)."""
         for p in self._matching(prefix):
             p.requires_grad_(False)
         return self
 
-    def unfreeze(self, prefix: str = "") -> "Module":
+    def unfreeze(self, prefix: str = "") -> Module:
         for p in self._matching(prefix):
             p.requires_grad_(True)
         return self
 
-    def replace_head(self, num_classes: int) -> "Module":
+    def replace_head(self, num_classes: int) -> Module:
         """A fresh, trainable classifier layer for ``num_classes`` classes (transfer learning)."""
         _positive_int("num_classes", num_classes)
-        old = self.get_submodule(self.head)
+        old = self._head()
         new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None).to(old.weight.device)
         parent, _, leaf = self.head.rpartition(".")
         setattr(self.get_submodule(parent) if parent else self, leaf, new)
@@ -130,6 +146,7 @@ class Module(nn.Module):
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: no such file")
+        obj: Any  # a state_dict, or a whole checkpoint until its model_state_dict is taken
         if path.endswith(".safetensors"):
             obj = dict(_rs.load_safetensors(path))
         else:
@@ -152,8 +169,11 @@ class Module(nn.Module):
             raise TypeError(f"state_dict: value of '{bad[0]}' is a {type(state_dict[bad[0]]).__name__}, not a tensor")
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
-        mis = [f"{k}: checkpoint {list(v.shape)}, model {list(own[k].shape)}" for k, v in state_dict.items()
-               if k in own and v.shape != own[k].shape]
+        mis = [
+            f"{k}: checkpoint {list(v.shape)}, model {list(own[k].shape)}"
+            for k, v in state_dict.items()
+            if k in own and v.shape != own[k].shape
+        ]
         if mis or (strict and (missing or unexpected)):
             parts = []
             if missing:
@@ -173,10 +193,14 @@ class Module(nn.Module):
 Model = Module  # the name of the wrapper in fastcifar 0.1
 
 
-def _hw(input_size) -> Tuple[int, int]:
+def _hw(input_size) -> tuple[int, int]:
     if isinstance(input_size, int) and not isinstance(input_size, bool):
         input_size = (input_size, input_size)
-    if not (isinstance(input_size, (tuple, list)) and len(input_size) == 2 and all(isinstance(v, int) and v >= 8 for v in input_size)):
+    if not (
+        isinstance(input_size, (tuple, list))
+        and len(input_size) == 2
+        and all(isinstance(v, int) and v >= 8 for v in input_size)
+    ):
         raise ValueError(f"input_size: expected an int or (height, width) of at least 8, got {input_size!r}")
     return int(input_size[0]), int(input_size[1])
 
@@ -188,12 +212,16 @@ class ImageClassifier(Module):
     arch = "image_classifier"
     head = "fc2"
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, input_size: Union[int, Sequence[int]] = 32):
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, input_size: int | Sequence[int] = 32):
         super().__init__()
         _positive_int("num_classes", num_classes)
         _positive_int("in_channels", in_channels)
         h, w = _hw(input_size)
-        self._record(num_classes=num_classes, in_channels=in_channels, input_size=input_size if isinstance(input_size, int) else [h, w])
+        self._record(
+            num_classes=num_classes,
+            in_channels=in_channels,
+            input_size=input_size if isinstance(input_size, int) else [h, w],
+        )
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, padding=1)
         self.bn1 = nn.BatchNorm2d(64)
         self.conv2 = nn.Conv2d(64, 64, kernel_size=3, padding=1)
@@ -230,7 +258,7 @@ class ImageClassifier(Module):
         return self.fc2(x)
 
 
-def _cbr(cin: int, cout: int, pool: bool = False) -> List[nn.Module]:
+def _cbr(cin: int, cout: int, pool: bool = False) -> list[nn.Module]:
     layers = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
     if pool:
         layers.append(nn.MaxPool2d(2))
@@ -351,8 +379,13 @@ def small_cnn(num_classes: int = 10, width: int = 32, in_channels: int = 3) -> S
     return SmallCNN(num_classes, width=width, in_channels=in_channels)
 
 
-def resnet18(num_classes: int = 1000, cifar_stem: bool = False, pretrained: bool = False, weights: Optional[str] = None,
-             in_channels: int = 3) -> ResNet18:
+def resnet18(
+    num_classes: int = 1000,
+    cifar_stem: bool = False,
+    pretrained: bool = False,
+    weights: str | None = None,
+    in_channels: int = 3,
+) -> ResNet18:
     """torchvision's resnet18. ``pretrained=True`` loads torchvision's ImageNet weights (from torch's
     hub cache, ``torch.hub.get_dir()``, downloading them when online); ``weights=`` takes a local
     file or state dict instead. With ``num_classes`` other than 1000 the backbone is loaded and a
@@ -368,7 +401,7 @@ def resnet18(num_classes: int = 1000, cifar_stem: bool = False, pretrained: bool
     return m
 
 
-def _resnet18_weights(path: Optional[str]) -> dict:
+def _resnet18_weights(path: str | None) -> dict:
     if path is None:
         hub = os.path.join(torch.hub.get_dir(), "checkpoints")
         path = os.path.join(hub, os.path.basename(RESNET18_URL))
@@ -376,14 +409,17 @@ def _resnet18_weights(path: Optional[str]) -> dict:
             try:
                 os.makedirs(hub, exist_ok=True)
             except OSError as e:
-                raise OSError(f"{hub}: cannot create torch's hub cache folder for the resnet18 weights ({e}); set TORCH_HOME "
-                              f"to a writable folder, or pass weights='/path/to/resnet18.pth'") from e
+                raise OSError(
+                    f"{hub}: cannot create torch's hub cache folder for the resnet18 weights ({e}); set TORCH_HOME "
+                    f"to a writable folder, or pass weights='/path/to/resnet18.pth'"
+                ) from e
             try:
                 torch.hub.download_url_to_file(RESNET18_URL, path, progress=True)
             except Exception as e:
                 raise RuntimeError(
                     f"could not download the resnet18 weights from {RESNET18_URL} ({type(e).__name__}: {e}). Without "
-                    f"internet, download that file elsewhere and put it at {path}, or pass weights='/path/to/resnet18.pth'"
+                    f"internet, download that file elsewhere and put it at {path}, "
+                    "or pass weights='/path/to/resnet18.pth'"
                 ) from e
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file (resnet18 weights)")

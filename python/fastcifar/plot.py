@@ -1,9 +1,9 @@
 """Figures for notebooks and reports. Each function returns a matplotlib Figure and never calls
 ``plt.show()``; in Jupyter the figure displays itself, elsewhere ``fig.savefig(path)``."""
+
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import numpy as np
 import torch
@@ -39,29 +39,35 @@ def _shown_once(fig):
     return fig
 
 
-def _cmap(img) -> Optional[str]:
+def _cmap(img) -> str | None:
     """Grayscale images (H, W) or (H, W, 1) in gray, not in matplotlib's default colour map."""
     return "gray" if img.ndim == 2 or img.shape[-1] == 1 else None
 
 
-def show_predictions(model, dataset, n: int = 8, transform=None, cols: int = 4, seed: Optional[int] = 0):
+def show_predictions(model, dataset, n: int = 8, transform=None, cols: int = 4, seed: int | None = 0):
     """A grid of ``n`` images of ``dataset`` titled "Pred: x / True: y", wrong ones in red.
     ``model`` is a fastcifar Trainer (preferred: it knows the eval transform) or an ``nn.Module``."""
     from .trainer import Trainer
 
     plt = _plt()
     trainer = model if isinstance(model, Trainer) else None
-    idx = np.random.default_rng(seed).choice(len(dataset), size=min(n, len(dataset)), replace=False) if seed is not None else np.arange(min(n, len(dataset)))
+    idx = (
+        np.random.default_rng(seed).choice(len(dataset), size=min(n, len(dataset)), replace=False)
+        if seed is not None
+        else np.arange(min(n, len(dataset)))
+    )
     images = dataset.data[idx]
     if trainer is not None:
         pred = trainer.predict(images, transform=transform).cpu().numpy()
     else:
+        from . import transforms as T
         from .datasets import Dataset
         from .loader import DataLoader
-        from . import transforms as T
 
         ds = Dataset.from_numpy(np.ascontiguousarray(images), [0] * len(images), classes=["_"])
-        x, _ = DataLoader(ds, batch_size=len(images), transform=transform or T.ToTensor())._native.batch(list(range(len(images))), 0)
+        x, _ = DataLoader(ds, batch_size=len(images), transform=transform or T.ToTensor())._native.batch(
+            list(range(len(images))), 0
+        )
         device = next(iter(model.parameters()), torch.zeros(())).device
         with torch.no_grad():
             pred = model.eval()(x.to(device)).argmax(1).cpu().numpy()
@@ -73,7 +79,7 @@ def show_predictions(model, dataset, n: int = 8, transform=None, cols: int = 4, 
         ok = int(p) == int(true)
         ax.set_title(f"Pred: {dataset.classes[int(p)]}\nTrue: {dataset.classes[true]}", color="black" if ok else "red")
         ax.axis("off")
-    for ax in list(axes.flat)[len(idx):]:
+    for ax in list(axes.flat)[len(idx) :]:
         ax.axis("off")
     fig.tight_layout()
     return _shown_once(fig)
@@ -123,8 +129,15 @@ def plot_confusion_matrix(report, normalize: bool = True):
     if n <= 20:
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, f"{cm[i, j]:.2f}" if normalize else int(cm[i, j]), ha="center", va="center",
-                        color="white" if cm[i, j] > 0.5 * cm.max() else "black", fontsize=8)
+                ax.text(
+                    j,
+                    i,
+                    f"{cm[i, j]:.2f}" if normalize else int(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    color="white" if cm[i, j] > 0.5 * cm.max() else "black",
+                    fontsize=8,
+                )
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     return _shown_once(fig)
@@ -142,7 +155,11 @@ def show_batch(loader, n: int = 16, cols: int = 8):
         ax.axis("off")
         if k < n:
             img = x[k]
-            hwc = img.permute(1, 2, 0).numpy().squeeze() if img.dtype == torch.uint8 else _unnormalize(img, loader.transform)
+            hwc = (
+                img.permute(1, 2, 0).numpy().squeeze()
+                if img.dtype == torch.uint8
+                else _unnormalize(img, loader.transform)
+            )
             ax.imshow(hwc, cmap=_cmap(hwc))
             ax.set_title(classes[int(y[k])], fontsize=9)
     fig.tight_layout()
@@ -156,8 +173,11 @@ def save_run_plots(trainer, history, report, dataset, out: str) -> list:
     matplotlib.use("Agg")
     plt = _plt()
     names = []
-    for name, fig in (("history.png", plot_history(history)), ("confusion_matrix.png", plot_confusion_matrix(report)),
-                      ("predictions.png", show_predictions(trainer, dataset, n=8))):
+    for name, fig in (
+        ("history.png", plot_history(history)),
+        ("confusion_matrix.png", plot_confusion_matrix(report)),
+        ("predictions.png", show_predictions(trainer, dataset, n=8)),
+    ):
         fig.savefig(os.path.join(out, name), dpi=90)
         plt.close(fig)
         names.append(name)

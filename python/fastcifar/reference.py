@@ -3,9 +3,10 @@
 Since fastcifar 0.2 the built-ins *are* plain ``torch.nn.Module`` classes, defined once in
 ``fastcifar.models``; this module keeps the names that earlier code imported.
 """
+
 import torch.nn as nn
 
-from .models import ImageClassifier, ResNet9, ResNet18, SmallCNN, Module
+from .models import ImageClassifier, Module, ResNet9, ResNet18, SmallCNN
 
 __all__ = ["ImageClassifier", "ResNet9", "SmallCNN", "resnet18", "build"]
 

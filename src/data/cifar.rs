@@ -22,7 +22,9 @@ pub const IMAGE_BYTES: usize = 3 * 32 * 32;
 pub enum Variant {
     Cifar10,
     /// `coarse` picks the 20 super-classes instead of the 100 fine classes.
-    Cifar100 { coarse: bool },
+    Cifar100 {
+        coarse: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,12 +63,24 @@ const CIFAR10: Spec = Spec {
     bin_dir: "cifar-10-batches-bin",
     py_archive: "cifar-10-python.tar.gz",
     bin_archive: "cifar-10-binary.tar.gz",
-    py_train: &["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5"],
+    py_train: &[
+        "data_batch_1",
+        "data_batch_2",
+        "data_batch_3",
+        "data_batch_4",
+        "data_batch_5",
+    ],
     py_test: &["test_batch"],
     py_meta: "batches.meta",
     py_meta_key: "label_names",
     py_labels_key: "labels",
-    bin_train: &["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"],
+    bin_train: &[
+        "data_batch_1.bin",
+        "data_batch_2.bin",
+        "data_batch_3.bin",
+        "data_batch_4.bin",
+        "data_batch_5.bin",
+    ],
     bin_test: &["test_batch.bin"],
     bin_meta: "batches.meta.txt",
     record: 1 + IMAGE_BYTES,
@@ -120,7 +134,10 @@ impl Variant {
 /// Where the bytes come from: an extracted folder, or members already read out of an archive.
 enum Source {
     Dir(PathBuf),
-    Archive { path: PathBuf, members: HashMap<String, Vec<u8>> },
+    Archive {
+        path: PathBuf,
+        members: HashMap<String, Vec<u8>>,
+    },
 }
 
 impl Source {
@@ -131,9 +148,18 @@ impl Source {
     }
 
     /// Opens several members: files are memory-mapped, archive members are already in memory.
+    /// One file's path and bytes (`read_all` of one name, which yields exactly one entry).
+    fn read_one(&mut self, name: &str) -> Result<(PathBuf, Bytes)> {
+        self.read_all(&[name])?
+            .pop()
+            .ok_or_else(|| Error::not_found(name, "no such file"))
+    }
+
     fn read_all(&mut self, names: &[&str]) -> Result<Vec<(PathBuf, Bytes)>> {
         match self {
-            Source::Dir(dir) => crate::pool::shared().install(|| names.par_iter().map(|n| map_file(&dir.join(n))).collect())?,
+            Source::Dir(dir) => {
+                crate::pool::shared().install(|| names.par_iter().map(|n| map_file(&dir.join(n))).collect())?
+            }
             Source::Archive { path, members } => names
                 .iter()
                 .map(|n| {
@@ -193,7 +219,9 @@ pub fn read_archive(path: &Path, wanted: &[&str]) -> Result<HashMap<String, Vec<
             continue;
         }
         let entry_path = entry.path().map_err(corrupt)?.into_owned();
-        let Some(name) = entry_path.file_name().and_then(|n| n.to_str()) else { continue };
+        let Some(name) = entry_path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
         if let Some(&w) = wanted.iter().find(|&&w| w == name) {
             // The header's size can lie in a corrupt file: cap the up-front allocation.
             let size = entry.size().min(256 << 20) as usize;
@@ -211,7 +239,10 @@ pub fn read_archive(path: &Path, wanted: &[&str]) -> Result<HashMap<String, Vec<
 /// The form found under `root`, in the documented order of preference.
 fn locate(root: &Path, spec: &Spec) -> Result<(Layout, PathBuf)> {
     if !root.exists() {
-        return Err(Error::not_found(root, format!("data folder does not exist (looking for {})", spec.name)));
+        return Err(Error::not_found(
+            root,
+            format!("data folder does not exist (looking for {})", spec.name),
+        ));
     }
     // `root` may also be one of the folders or archives itself.
     let base = root.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -264,21 +295,34 @@ pub fn load(root: &Path, variant: Variant, train: bool, mmap: bool) -> Result<(D
             let mut wanted: Vec<&str> = batches.to_vec();
             wanted.push(meta);
             let members = read_archive(&path, &wanted)?;
-            Source::Archive { path: path.clone(), members }
+            Source::Archive {
+                path: path.clone(),
+                members,
+            }
         }
     };
-    let classes = if python { pickle_classes(&mut source, spec)? } else { text_classes(&mut source, spec)? };
+    let classes = if python {
+        pickle_classes(&mut source, spec)?
+    } else {
+        text_classes(&mut source, spec)?
+    };
     let files = source.read_all(batches)?;
-    let ds = if python { decode_pickles(&files, spec, classes, mmap)? } else { decode_records(&files, spec, classes)? };
+    let ds = if python {
+        decode_pickles(&files, spec, classes, mmap)?
+    } else {
+        decode_records(&files, spec, classes)?
+    };
     // Unmapping 150 MB of page-cache mappings costs milliseconds that the caller need not wait for.
     if files.iter().any(|(_, b)| matches!(b, Bytes::Mapped(..))) {
-        let _ = std::thread::Builder::new().name("fastcifar-unmap".into()).spawn(move || drop(files));
+        let _ = std::thread::Builder::new()
+            .name("fastcifar-unmap".into())
+            .spawn(move || drop(files));
     }
     Ok((ds, layout, source.path().to_path_buf()))
 }
 
 fn pickle_classes(source: &mut Source, spec: &Spec) -> Result<Vec<String>> {
-    let (p, bytes) = source.read_all(&[spec.py_meta])?.pop().unwrap();
+    let (p, bytes) = source.read_one(spec.py_meta)?;
     let v = pickle::parse(&bytes).map_err(|m| Error::format(&p, format!("malformed pickle: {m}")))?;
     let names = v
         .get(spec.py_meta_key)
@@ -293,15 +337,24 @@ fn pickle_classes(source: &mut Source, spec: &Spec) -> Result<Vec<String>> {
 }
 
 fn text_classes(source: &mut Source, spec: &Spec) -> Result<Vec<String>> {
-    let (p, bytes) = source.read_all(&[spec.bin_meta])?.pop().unwrap();
-    let text = String::from_utf8(bytes.to_vec()).map_err(|_| Error::format(&p, "class names file is not UTF-8 text"))?;
-    let names = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    let (p, bytes) = source.read_one(spec.bin_meta)?;
+    let text =
+        String::from_utf8(bytes.to_vec()).map_err(|_| Error::format(&p, "class names file is not UTF-8 text"))?;
+    let names = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
     check_class_count(&p, spec, names)
 }
 
 fn check_class_count(path: &Path, spec: &Spec, names: Vec<String>) -> Result<Vec<String>> {
     if names.len() != spec.num_classes {
-        return Err(Error::format(path, format!("{} class names, expected {}", names.len(), spec.num_classes)));
+        return Err(Error::format(
+            path,
+            format!("{} class names, expected {}", names.len(), spec.num_classes),
+        ));
     }
     Ok(names)
 }
@@ -330,17 +383,32 @@ fn decode_records(files: &[(PathBuf, Bytes)], spec: &Spec, classes: Vec<String>)
     // by all cores at once.
     let mut images = ImageBuf::zeroed(records.len() * IMAGE_BYTES);
     let mut raw = vec![0u8; records.len()];
-    images.par_chunks_mut(IMAGE_BYTES * 64).zip(raw.par_chunks_mut(64)).zip(records.par_chunks(64)).for_each(|((img, lab), recs)| {
-        for ((d, l), r) in img.chunks_exact_mut(IMAGE_BYTES).zip(lab.iter_mut()).zip(recs) {
-            *l = r[spec.label_byte];
-            d.copy_from_slice(&r[spec.record - IMAGE_BYTES..]);
-        }
-    });
+    images
+        .par_chunks_mut(IMAGE_BYTES * 64)
+        .zip(raw.par_chunks_mut(64))
+        .zip(records.par_chunks(64))
+        .for_each(|((img, lab), recs)| {
+            for ((d, l), r) in img.chunks_exact_mut(IMAGE_BYTES).zip(lab.iter_mut()).zip(recs) {
+                *l = r[spec.label_byte];
+                d.copy_from_slice(&r[spec.record - IMAGE_BYTES..]);
+            }
+        });
     if let Some(k) = raw.iter().position(|&l| l as usize >= spec.num_classes) {
-        let &(f, first) = origin.iter().rev().find(|(_, first)| *first <= k).unwrap();
+        // `origin` starts at record 0, so some file holds record k.
+        let (f, first) = origin
+            .iter()
+            .rev()
+            .find(|(_, first)| *first <= k)
+            .copied()
+            .unwrap_or((0, 0));
         return Err(Error::format(
             &files[f].0,
-            format!("record {} has label {}, out of range for {} classes", k - first, raw[k], spec.num_classes),
+            format!(
+                "record {} has label {}, out of range for {} classes",
+                k - first,
+                raw[k],
+                spec.num_classes
+            ),
         ));
     }
     let labels = raw.into_iter().map(i64::from).collect();
@@ -355,7 +423,9 @@ fn decode_pickles(files: &[(PathBuf, Bytes)], spec: &Spec, classes: Vec<String>,
             .map(|(path, bytes)| {
                 let bad = |m: String| Error::format(path, m);
                 let v = pickle::parse(bytes).map_err(|m| bad(format!("malformed pickle: {m}")))?;
-                let data = v.get("data").ok_or_else(|| bad("no 'data' entry in the batch".into()))?;
+                let data = v
+                    .get("data")
+                    .ok_or_else(|| bad("no 'data' entry in the batch".into()))?;
                 let (shape, pixels) = data.ndarray_u8().map_err(|m| bad(format!("'data': {m}")))?;
                 if shape.len() != 2 || shape[1] != IMAGE_BYTES {
                     return Err(bad(format!("'data' has shape {shape:?}, expected (N, {IMAGE_BYTES})")));
@@ -372,7 +442,10 @@ fn decode_pickles(files: &[(PathBuf, Bytes)], spec: &Spec, classes: Vec<String>,
                     match l.as_int() {
                         Some(l) if (0..spec.num_classes as i64).contains(&l) => labels.push(l),
                         Some(l) => {
-                            return Err(bad(format!("label {l} at index {i} is out of range for {} classes", spec.num_classes)))
+                            return Err(bad(format!(
+                                "label {l} at index {i} is out of range for {} classes",
+                                spec.num_classes
+                            )))
                         }
                         None => return Err(bad(format!("label at index {i} is not an integer"))),
                     }
@@ -395,7 +468,7 @@ fn decode_pickles(files: &[(PathBuf, Bytes)], spec: &Spec, classes: Vec<String>,
 /// The pixel arrays as the files' own pages, when asked for and when they are slices of mapped
 /// files. None means copy: archives, pickles whose pixels are not one run of file bytes, or a
 /// mapping the system refused.
-fn map_pixels(files: &[(PathBuf, Bytes)], parsed: &[(Cow<[u8]>, Vec<i64>)], mmap: bool) -> Option<FileImages> {
+fn map_pixels(files: &[(PathBuf, Bytes)], parsed: &[(Cow<'_, [u8]>, Vec<i64>)], mmap: bool) -> Option<FileImages> {
     if !mmap {
         return None;
     }
@@ -405,7 +478,11 @@ fn map_pixels(files: &[(PathBuf, Bytes)], parsed: &[(Cow<[u8]>, Vec<i64>)], mmap
         .map(|((_, bytes), (px, _))| match (bytes, px) {
             (Bytes::Mapped(map, file), Cow::Borrowed(px)) => {
                 let offset = (px.as_ptr() as usize).checked_sub(map.as_ptr() as usize)?;
-                (offset + px.len() <= map.len()).then_some(Segment { file, offset: offset as u64, bytes: px })
+                (offset + px.len() <= map.len()).then_some(Segment {
+                    file,
+                    offset: offset as u64,
+                    bytes: px,
+                })
             }
             _ => None,
         })
@@ -426,13 +503,17 @@ pub fn decode_batch_bytes(bytes: Vec<u8>, python: bool, classes: Vec<String>) ->
 
 /// Copies same-sized records into one contiguous buffer, split across cores.
 fn gather(records: &[&[u8]]) -> ImageBuf {
-    let Some(size) = records.first().map(|r| r.len()) else { return ImageBuf::Heap(Vec::new()) };
+    let Some(size) = records.first().map(|r| r.len()) else {
+        return ImageBuf::Heap(Vec::new());
+    };
     let mut out = ImageBuf::zeroed(records.len() * size);
-    out.par_chunks_mut(size * 64).zip(records.par_chunks(64)).for_each(|(dst, src)| {
-        for (d, s) in dst.chunks_exact_mut(size).zip(src) {
-            d.copy_from_slice(s);
-        }
-    });
+    out.par_chunks_mut(size * 64)
+        .zip(records.par_chunks(64))
+        .for_each(|(dst, src)| {
+            for (d, s) in dst.chunks_exact_mut(size).zip(src) {
+                d.copy_from_slice(s);
+            }
+        });
     out
 }
 

@@ -16,7 +16,9 @@ use crate::error::{read_file, Error, Result};
 const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 
 fn is_image(p: &Path) -> bool {
-    p.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -45,7 +47,10 @@ fn walk(dir: &Path, above: &mut Vec<PathBuf>, out: &mut Vec<PathBuf>) -> Result<
         } else if is_image(&p) {
             let meta = std::fs::metadata(&p).map_err(|e| Error::io(&p, e))?;
             if !meta.is_file() {
-                return Err(Error::format(&p, "not a regular file (a FIFO, socket or device?): ImageFolder reads only regular files"));
+                return Err(Error::format(
+                    &p,
+                    "not a regular file (a FIFO, socket or device?): ImageFolder reads only regular files",
+                ));
             }
             out.push(p);
         }
@@ -54,8 +59,11 @@ fn walk(dir: &Path, above: &mut Vec<PathBuf>, out: &mut Vec<PathBuf>) -> Result<
     Ok(())
 }
 
+/// What `scan` finds: the class names, and every image file with its class index.
+pub type Scan = (Vec<String>, Vec<(PathBuf, i64)>);
+
 /// The class names (sorted folder names) and every image file with its class index.
-pub fn scan(root: &Path) -> Result<(Vec<String>, Vec<(PathBuf, i64)>)> {
+pub fn scan(root: &Path) -> Result<Scan> {
     if !root.is_dir() {
         return Err(Error::not_found(root, "image folder does not exist"));
     }
@@ -63,19 +71,29 @@ pub fn scan(root: &Path) -> Result<(Vec<String>, Vec<(PathBuf, i64)>)> {
     let mut files = Vec::new();
     let real_root = std::fs::canonicalize(root).map_err(|e| Error::io(root, e))?;
     for dir in sorted_entries(root)?.into_iter().filter(|p| p.is_dir()) {
-        let Some(name) = dir.file_name().unwrap().to_str().map(str::to_owned) else {
-            return Err(Error::format(&dir, "class folder name is not valid UTF-8: rename it (class names are text)"));
+        // Entries of `read_dir` always have a file name; a missing one reads as not UTF-8.
+        let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+            return Err(Error::format(
+                &dir,
+                "class folder name is not valid UTF-8: rename it (class names are text)",
+            ));
         };
         let mut found = Vec::new();
         walk(&dir, &mut vec![real_root.clone()], &mut found)?;
         if found.is_empty() {
-            return Err(Error::not_found(&dir, format!("class folder '{name}' holds no .jpg, .jpeg or .png file")));
+            return Err(Error::not_found(
+                &dir,
+                format!("class folder '{name}' holds no .jpg, .jpeg or .png file"),
+            ));
         }
         files.extend(found.into_iter().map(|f| (f, classes.len() as i64)));
         classes.push(name);
     }
     if classes.is_empty() {
-        return Err(Error::not_found(root, "no class subfolders found (expected root/<class>/<image>.png|jpg)"));
+        return Err(Error::not_found(
+            root,
+            "no class subfolders found (expected root/<class>/<image>.png|jpg)",
+        ));
     }
     Ok((classes, files))
 }
@@ -95,7 +113,9 @@ pub fn decode_bytes(path: &Path, bytes: &[u8], size: Option<(usize, usize)>) -> 
     limits.max_image_height = Some(1 << 14);
     limits.max_alloc = Some(1 << 30);
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| Error::format(path, format!("cannot decode image: {e}")))?;
+    let img = reader
+        .decode()
+        .map_err(|e| Error::format(path, format!("cannot decode image: {e}")))?;
     let img = img.into_rgb8();
     Ok(match size {
         Some((h, w)) if (img.height() as usize, img.width() as usize) != (h, w) => {
@@ -107,15 +127,17 @@ pub fn decode_bytes(path: &Path, bytes: &[u8], size: Option<(usize, usize)>) -> 
 
 /// Decodes image files (PNG / JPEG) as RGB, resized to `size` (h, w) where they differ; returns
 /// (N, H, W, 3) bytes. Used for prediction on loose files.
-pub fn decode_files(paths: &[std::path::PathBuf], size: (usize, usize)) -> Result<Vec<u8>> {
+pub fn decode_files(paths: &[PathBuf], size: (usize, usize)) -> Result<Vec<u8>> {
     let per = size.0 * size.1 * 3;
     let mut out = vec![0u8; paths.len() * per];
     crate::pool::shared().install(|| {
-        out.par_chunks_mut(per.max(1)).zip(paths.par_iter()).try_for_each(|(dst, p)| {
-            let img = decode(p, Some(size))?;
-            dst.copy_from_slice(img.as_raw());
-            Ok::<(), Error>(())
-        })
+        out.par_chunks_mut(per.max(1))
+            .zip(paths.par_iter())
+            .try_for_each(|(dst, p)| {
+                let img = decode(p, Some(size))?;
+                dst.copy_from_slice(img.as_raw());
+                Ok::<(), Error>(())
+            })
     })??;
     Ok(out)
 }
@@ -138,17 +160,27 @@ pub fn load(root: &Path, size: Option<(usize, usize)>) -> Result<Dataset> {
     };
     let per = 3 * h * w;
     let mut images = super::ImageBuf::zeroed(files.len() * per);
-    let decode_all = || images.par_chunks_mut(per).zip(files.par_iter()).with_min_len(16).try_for_each(|(dst, (path, _))| {
-        let img = decode(path, size)?;
-        if (img.height() as usize, img.width() as usize) != (h, w) {
-            return Err(Error::format(
-                path,
-                format!("image is {}x{}, the first was {h}x{w}; pass size=(h, w) to resize", img.height(), img.width()),
-            ));
-        }
-        hwc_to_chw(img.as_raw(), dst, 3);
-        Ok(())
-    });
+    let decode_all = || {
+        images
+            .par_chunks_mut(per)
+            .zip(files.par_iter())
+            .with_min_len(16)
+            .try_for_each(|(dst, (path, _))| {
+                let img = decode(path, size)?;
+                if (img.height() as usize, img.width() as usize) != (h, w) {
+                    return Err(Error::format(
+                        path,
+                        format!(
+                            "image is {}x{}, the first was {h}x{w}; pass size=(h, w) to resize",
+                            img.height(),
+                            img.width()
+                        ),
+                    ));
+                }
+                hwc_to_chw(img.as_raw(), dst, 3);
+                Ok(())
+            })
+    };
     crate::pool::shared().install(decode_all)??;
     let labels = files.iter().map(|(_, l)| *l).collect();
     Dataset::new(images, labels, classes, [3, h, w])
@@ -194,7 +226,9 @@ mod tests {
         for class in ["a", "b"] {
             std::fs::create_dir_all(t.path().join(class)).unwrap();
             for i in 0..3u8 {
-                image::RgbImage::from_pixel(2, 2, image::Rgb([i, 0, 0])).save(t.path().join(format!("{class}/{i}.png"))).unwrap();
+                image::RgbImage::from_pixel(2, 2, image::Rgb([i, 0, 0]))
+                    .save(t.path().join(format!("{class}/{i}.png")))
+                    .unwrap();
             }
         }
         std::os::unix::fs::symlink(".", t.path().join("a/loop")).unwrap();
@@ -208,6 +242,7 @@ mod tests {
         // A FIFO named like an image is refused by name instead of blocking the load.
         let fifo = t.path().join("b/x.png");
         let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: `c` is a NUL-terminated path that outlives the call.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
         let e = scan(t.path()).unwrap_err().to_string();
         assert!(e.contains("x.png") && e.contains("regular file"), "{e}");

@@ -39,6 +39,7 @@ pub struct FileImages {
 
 // SAFETY: the range is never written after `map` returns, and unmapped only on drop.
 unsafe impl Send for FileImages {}
+// SAFETY: as for Send: after `map` the range is read-only, so shared references may cross threads.
 unsafe impl Sync for FileImages {}
 
 impl std::ops::Deref for FileImages {
@@ -59,14 +60,17 @@ impl Drop for FileImages {
 
 #[cfg(not(unix))]
 impl FileImages {
-    pub fn map(_segments: &[Segment]) -> io::Result<FileImages> {
-        Err(io::Error::new(io::ErrorKind::Unsupported, "file mappings at fixed addresses need a unix system"))
+    pub fn map(_segments: &[Segment<'_>]) -> io::Result<FileImages> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "file mappings at fixed addresses need a unix system",
+        ))
     }
 }
 
 #[cfg(unix)]
 impl FileImages {
-    pub fn map(segments: &[Segment]) -> io::Result<FileImages> {
+    pub fn map(segments: &[Segment<'_>]) -> io::Result<FileImages> {
         use std::os::fd::AsRawFd;
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
@@ -88,7 +92,13 @@ impl FileImages {
             return Err(io::Error::last_os_error());
         }
         // From here on, dropping `out` unmaps the whole range, whatever fails.
-        let mut out = FileImages { base: base.cast(), reserved, start, len, mapped_bytes: 0 };
+        let mut out = FileImages {
+            base: base.cast(),
+            reserved,
+            start,
+            len,
+            mapped_bytes: 0,
+        };
         let (first, last) = (0, segments.len().saturating_sub(1));
         let mut at = start; // where segment k starts, relative to base
         let mut file_ranges = Vec::new();
@@ -96,8 +106,16 @@ impl FileImages {
             let end = at + s.bytes.len();
             // Whole pages only, except at the range's two ends, where the bytes outside the
             // segments are never read and may be whatever the file holds there.
-            let lo = if k == first { at / page * page } else { at.div_ceil(page) * page };
-            let hi = if k == last { end.div_ceil(page) * page } else { end / page * page };
+            let lo = if k == first {
+                at / page * page
+            } else {
+                at.div_ceil(page) * page
+            };
+            let hi = if k == last {
+                end.div_ceil(page) * page
+            } else {
+                end / page * page
+            };
             let agrees = (s.offset as usize) % page == at % page;
             // The part of the segment that becomes file pages; the rest, before and after, is copied.
             let (mut m_lo, mut m_hi) = (end, end);
@@ -143,29 +161,34 @@ impl FileImages {
 fn populate(base: *mut u8, page: usize, ranges: &[(usize, usize)]) -> io::Result<()> {
     use rayon::prelude::*;
     let base = base as usize;
-    let run = || ranges.par_iter().try_for_each(|&(lo, hi)| {
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        {
-            // SAFETY: advice on a range this process mapped; POPULATE_READ does not change contents.
-            if unsafe { libc::madvise((base + lo) as *mut libc::c_void, hi - lo, libc::MADV_POPULATE_READ) } == 0 {
-                return Ok(());
+    let run = || {
+        ranges.par_iter().try_for_each(|&(lo, hi)| {
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            {
+                // SAFETY: advice on a range this process mapped; POPULATE_READ does not change contents.
+                if unsafe { libc::madvise((base + lo) as *mut libc::c_void, hi - lo, libc::MADV_POPULATE_READ) } == 0 {
+                    return Ok(());
+                }
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EINVAL) {
+                    return Err(e); // an I/O error reading the file: let the caller copy instead
+                }
             }
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINVAL) {
-                return Err(e); // an I/O error reading the file: let the caller copy instead
+            // Kernels before 5.14: read one byte per page.
+            for p in (lo..hi).step_by(page) {
+                // SAFETY: inside a readable mapping of a file that covers it.
+                unsafe { std::ptr::read_volatile((base + p) as *const u8) };
             }
-        }
-        // Kernels before 5.14: read one byte per page.
-        for p in (lo..hi).step_by(page) {
-            // SAFETY: inside a readable mapping of a file that covers it.
-            unsafe { std::ptr::read_volatile((base + p) as *const u8) };
-        }
-        Ok(())
-    });
-    crate::pool::shared().install(run).map_err(|e| io::Error::other(e.to_string()))?
+            Ok(())
+        })
+    };
+    crate::pool::shared()
+        .install(run)
+        .map_err(|e| io::Error::other(e.to_string()))?
 }
 
-#[cfg(all(test, unix))]
+#[cfg(test)]
+#[cfg(unix)]
 mod tests {
     use super::*;
     use std::io::Write;
@@ -186,6 +209,7 @@ mod tests {
 
     #[test]
     fn segments_read_back_in_order_whether_mapped_or_copied() {
+        // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         let dir = tempfile::tempdir().unwrap();
         // (header, body): agreeing offsets with whole-page bodies map; the rest is copied.
@@ -197,24 +221,37 @@ mod tests {
             &[(10, 50), (20, 3 * page)],
         ];
         for (c, segs) in cases.iter().enumerate() {
-            let bodies: Vec<Vec<u8>> = segs.iter().enumerate().map(|(i, &(_, n))| pattern(n, i as u8)).collect();
+            let bodies: Vec<Vec<u8>> = segs
+                .iter()
+                .enumerate()
+                .map(|(i, &(_, n))| pattern(n, i as u8))
+                .collect();
             let files: Vec<File> = segs
                 .iter()
                 .zip(&bodies)
                 .enumerate()
                 .map(|(i, (&(pad, _), b))| file_with(dir.path(), &format!("{c}-{i}"), pad, b))
                 .collect();
-            let segments: Vec<Segment> = segs
+            let segments: Vec<Segment<'_>> = segs
                 .iter()
                 .zip(&bodies)
                 .zip(&files)
-                .map(|((&(pad, _), b), f)| Segment { file: f, offset: pad as u64, bytes: b })
+                .map(|((&(pad, _), b), f)| Segment {
+                    file: f,
+                    offset: pad as u64,
+                    bytes: b,
+                })
                 .collect();
             let m = FileImages::map(&segments).unwrap();
             assert_eq!(&m[..], &bodies.concat()[..], "case {c}");
             if c == 0 {
                 // All but the two junction pages are the files' own.
-                assert!(m.mapped_bytes >= m.len() - 2 * page, "case {c}: {} of {}", m.mapped_bytes, m.len());
+                assert!(
+                    m.mapped_bytes >= m.len() - 2 * page,
+                    "case {c}: {} of {}",
+                    m.mapped_bytes,
+                    m.len()
+                );
             }
             if c == 2 {
                 assert!(m.mapped_bytes <= 7 * page, "the misaligned segment must be copied");

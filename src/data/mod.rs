@@ -35,34 +35,66 @@ impl Dataset {
         if images.len() != labels.len() * c * h * w {
             return Err(Error::invalid(
                 "labels",
-                format!("{} labels for {} images of shape {shape:?}", labels.len(), images.len() / (c * h * w)),
+                format!(
+                    "{} labels for {} images of shape {shape:?}",
+                    labels.len(),
+                    images.len() / (c * h * w)
+                ),
             ));
         }
         if classes.is_empty() {
             return Err(Error::invalid("classes", "no classes"));
         }
-        if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l < 0 || l as usize >= classes.len()) {
+        if let Some((i, &l)) = labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l < 0 || l as usize >= classes.len())
+        {
             return Err(Error::invalid(
                 "labels",
                 format!("label {l} at index {i} is out of range for {} classes", classes.len()),
             ));
         }
-        Ok(Dataset { images, labels, classes, shape })
+        Ok(Dataset {
+            images,
+            labels,
+            classes,
+            shape,
+        })
     }
 
     /// From images in (N, H, W, C) order, as numpy users and image decoders hold them.
-    pub fn from_hwc(hwc: &[u8], n: usize, h: usize, w: usize, c: usize, labels: Vec<i64>, classes: Vec<String>) -> Result<Self> {
+    pub fn from_hwc(
+        hwc: &[u8],
+        n: usize,
+        h: usize,
+        w: usize,
+        c: usize,
+        labels: Vec<i64>,
+        classes: Vec<String>,
+    ) -> Result<Self> {
         if hwc.len() != n * h * w * c {
-            return Err(Error::invalid("images", format!("{} bytes is not {n}x{h}x{w}x{c}", hwc.len())));
+            return Err(Error::invalid(
+                "images",
+                format!("{} bytes is not {n}x{h}x{w}x{c}", hwc.len()),
+            ));
         }
         if labels.len() != n {
-            return Err(Error::invalid("labels", format!("{} labels for {n} images", labels.len())));
+            return Err(Error::invalid(
+                "labels",
+                format!("{} labels for {n} images", labels.len()),
+            ));
         }
         let mut images = ImageBuf::zeroed(hwc.len());
         let per = h * w * c;
         if per > 0 {
             use rayon::prelude::*;
-            crate::pool::shared().install(|| images.par_chunks_mut(per).zip(hwc.par_chunks(per)).for_each(|(dst, src)| hwc_to_chw(src, dst, c)))?;
+            crate::pool::shared().install(|| {
+                images
+                    .par_chunks_mut(per)
+                    .zip(hwc.par_chunks(per))
+                    .for_each(|(dst, src)| hwc_to_chw(src, dst, c))
+            })?;
         }
         Dataset::new(images, labels, classes, [c, h, w])
     }
@@ -98,14 +130,22 @@ impl Dataset {
     pub fn select(&self, indices: &[usize]) -> Result<Self> {
         let s = self.image_size();
         if let Some(&bad) = indices.iter().find(|&&i| i >= self.len()) {
-            return Err(Error::invalid("indices", format!("index {bad} is out of range for {} images", self.len())));
+            return Err(Error::invalid(
+                "indices",
+                format!("index {bad} is out of range for {} images", self.len()),
+            ));
         }
         let mut images = ImageBuf::zeroed(indices.len() * s);
         for (dst, &i) in images.chunks_exact_mut(s.max(1)).zip(indices) {
             dst.copy_from_slice(self.image(i));
         }
         let labels = indices.iter().map(|&i| self.labels[i]).collect();
-        Ok(Dataset { images, labels, classes: self.classes.clone(), shape: self.shape })
+        Ok(Dataset {
+            images,
+            labels,
+            classes: self.classes.clone(),
+            shape: self.shape,
+        })
     }
 }
 
@@ -227,7 +267,11 @@ mod tests {
         let body: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
         std::fs::write(&path, &body).unwrap();
         let file = std::fs::File::open(&path).unwrap();
-        let seg = mapped::Segment { file: &file, offset: 0, bytes: &body };
+        let seg = mapped::Segment {
+            file: &file,
+            offset: 0,
+            bytes: &body,
+        };
         let mut buf = ImageBuf::Files(mapped::FileImages::map(&[seg]).unwrap());
         assert!(buf.is_file_backed() && buf[..] == body[..]);
         buf[7] = 99; // would fault on the read-only pages; becomes a copy instead
@@ -251,7 +295,10 @@ mod fuzz {
 
     /// Cases per property: the default here, or `PROPTEST_CASES` for a long run.
     fn cases(default: u32) -> u32 {
-        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
     }
 
     /// A valid 3-record CIFAR-10 pickle, as Python 2 wrote them.
@@ -265,7 +312,9 @@ mod fuzz {
     }
 
     fn valid_records() -> Vec<u8> {
-        (0..3).flat_map(|i| std::iter::once(i as u8).chain(std::iter::repeat_n(i as u8, 3072))).collect()
+        (0..3)
+            .flat_map(|i| std::iter::once(i as u8).chain(std::iter::repeat_n(i as u8, 3072)))
+            .collect()
     }
 
     fn valid_targz() -> Vec<u8> {
@@ -274,7 +323,8 @@ mod fuzz {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
         h.set_cksum();
-        tar.append_data(&mut h, "cifar-10-batches-bin/test_batch.bin", &data[..]).unwrap();
+        tar.append_data(&mut h, "cifar-10-batches-bin/test_batch.bin", &data[..])
+            .unwrap();
         let raw = tar.into_inner().unwrap();
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&raw).unwrap();
@@ -283,13 +333,17 @@ mod fuzz {
 
     fn valid_png() -> Vec<u8> {
         let mut out = std::io::Cursor::new(Vec::new());
-        image::RgbImage::from_fn(8, 8, |x, y| image::Rgb([x as u8, y as u8, 3])).write_to(&mut out, image::ImageFormat::Png).unwrap();
+        image::RgbImage::from_fn(8, 8, |x, y| image::Rgb([x as u8, y as u8, 3]))
+            .write_to(&mut out, image::ImageFormat::Png)
+            .unwrap();
         out.into_inner()
     }
 
     fn valid_jpeg() -> Vec<u8> {
         let mut out = std::io::Cursor::new(Vec::new());
-        image::RgbImage::from_fn(16, 16, |x, y| image::Rgb([x as u8 * 9, y as u8 * 9, 3])).write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
+        image::RgbImage::from_fn(16, 16, |x, y| image::Rgb([x as u8 * 9, y as u8 * 9, 3]))
+            .write_to(&mut out, image::ImageFormat::Jpeg)
+            .unwrap();
         out.into_inner()
     }
 
@@ -362,7 +416,12 @@ mod fuzz {
         check_pickle(&valid_pickle());
         let ds = cifar::decode_batch_bytes(valid_pickle(), true, classes()).unwrap();
         assert_eq!(ds.labels, vec![1, 2, 3]);
-        assert_eq!(cifar::decode_batch_bytes(valid_records(), false, classes()).unwrap().len(), 3);
+        assert_eq!(
+            cifar::decode_batch_bytes(valid_records(), false, classes())
+                .unwrap()
+                .len(),
+            3
+        );
         assert!(folder::decode_bytes(std::path::Path::new("p"), &valid_png(), None).is_ok());
         assert!(folder::decode_bytes(std::path::Path::new("j"), &valid_jpeg(), None).is_ok());
         let mut f = tempfile::NamedTempFile::new().unwrap();

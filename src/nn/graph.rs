@@ -125,10 +125,16 @@ impl Graph {
         for (i, n) in nodes.iter().enumerate() {
             let (r, t) = reads(&n.args);
             if let Some(&bad) = r.iter().find(|&&j| j >= i) {
-                return Err(Error::invalid("graph", format!("node {i} ({}) reads node {bad}, which does not come before it", n.name)));
+                return Err(Error::invalid(
+                    "graph",
+                    format!("node {i} ({}) reads node {bad}, which does not come before it", n.name),
+                ));
             }
             if let Some(&bad) = t.iter().find(|&&j| j >= num_tensors) {
-                return Err(Error::invalid("graph", format!("node {i} ({}) reads tensor {bad}, but there are {num_tensors}", n.name)));
+                return Err(Error::invalid(
+                    "graph",
+                    format!("node {i} ({}) reads tensor {bad}, but there are {num_tensors}", n.name),
+                ));
             }
             for j in r {
                 last_use[j] = i;
@@ -136,19 +142,30 @@ impl Graph {
         }
         let (r, _) = reads([&output]);
         if let Some(&bad) = r.iter().find(|&&j| j >= nodes.len()) {
-            return Err(Error::invalid("graph", format!("the output reads node {bad}, but there are {}", nodes.len())));
+            return Err(Error::invalid(
+                "graph",
+                format!("the output reads node {bad}, but there are {}", nodes.len()),
+            ));
         }
         for j in r {
             last_use[j] = usize::MAX;
         }
-        Ok(Graph { nodes, output, last_use })
+        Ok(Graph {
+            nodes,
+            output,
+            last_use,
+        })
     }
 
     /// Runs the program on `x` with the module's `tensors`.
     pub fn run(&self, x: &Tensor, tensors: &[Tensor], bn: &BnSync) -> Result<Tensor> {
         let mut vals: Vec<Value> = Vec::with_capacity(self.nodes.len());
         for (i, n) in self.nodes.iter().enumerate() {
-            let args = n.args.iter().map(|a| resolve(a, x, tensors, &vals)).collect::<Result<Vec<_>>>()?;
+            let args = n
+                .args
+                .iter()
+                .map(|a| resolve(a, x, tensors, &vals))
+                .collect::<Result<Vec<_>>>()?;
             let v = eval(n, args, bn).map_err(|e| at_node(n, e))?;
             vals.push(v);
             for (j, v) in vals.iter_mut().enumerate().take(i) {
@@ -159,7 +176,10 @@ impl Graph {
         }
         match resolve(&self.output, x, tensors, &vals)? {
             Value::T(t) => Ok(t),
-            other => Err(Error::invalid("model", format!("the network's output must be one tensor (the logits), got {other:?}"))),
+            other => Err(Error::invalid(
+                "model",
+                format!("the network's output must be one tensor (the logits), got {other:?}"),
+            )),
         }
     }
 }
@@ -169,7 +189,12 @@ fn at_node(n: &Node, e: Error) -> Error {
     match e {
         Error::Torch(t) => {
             let msg = t.to_string();
-            let first = msg.lines().next().unwrap_or("").trim_start_matches("Torch(\"").to_string();
+            let first = msg
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("Torch(\"")
+                .to_string();
             Error::invalid("x", format!("{} ({}): {first}", n.name, n.op.name()))
         }
         other => other,
@@ -201,7 +226,15 @@ struct Args<'a> {
 
 impl Args<'_> {
     fn bad(&self, i: usize, want: &str) -> Error {
-        Error::invalid("graph", format!("{} ({}): argument {i} should be {want}, got {:?}", self.node.name, self.node.op.name(), self.v.get(i)))
+        Error::invalid(
+            "graph",
+            format!(
+                "{} ({}): argument {i} should be {want}, got {:?}",
+                self.node.name,
+                self.node.op.name(),
+                self.v.get(i)
+            ),
+        )
     }
     fn t(&self, i: usize) -> Result<&Tensor> {
         match self.v.get(i) {
@@ -269,7 +302,7 @@ enum Num<'a> {
     F(f64),
 }
 
-fn num<'a>(a: &'a Args, i: usize) -> Result<Num<'a>> {
+fn num<'a>(a: &'a Args<'_>, i: usize) -> Result<Num<'a>> {
     match a.v.get(i) {
         Some(Value::T(t)) => Ok(Num::T(t)),
         Some(Value::I(v)) => Ok(Num::I(*v)),
@@ -279,7 +312,7 @@ fn num<'a>(a: &'a Args, i: usize) -> Result<Num<'a>> {
     }
 }
 
-fn scalar(n: &Num) -> tch::Scalar {
+fn scalar(n: &Num<'_>) -> tch::Scalar {
     match n {
         Num::I(v) => tch::Scalar::int(*v),
         Num::F(v) => tch::Scalar::float(*v),
@@ -290,7 +323,7 @@ fn scalar(n: &Num) -> tch::Scalar {
 /// `a op b` with eager PyTorch's dispatch: tensor-tensor, tensor-scalar, scalar-tensor (the
 /// reflected forms call the same ATen functions Python's `__radd__`, `__rsub__`, `__rtruediv__` do)
 /// and plain integer or float arithmetic for sizes.
-fn arith(op: Op, a: Num, b: Num) -> Result<Value> {
+fn arith(op: Op, a: Num<'_>, b: Num<'_>) -> Result<Value> {
     use Num::*;
     let v = match (op, a, b) {
         (Op::Add, T(x), T(y)) => x.f_add(y)?,
@@ -317,7 +350,7 @@ fn arith(op: Op, a: Num, b: Num) -> Result<Value> {
             })
         }
         (op, x, y) => {
-            let f = |n: Num| match n {
+            let f = |n: Num<'_>| match n {
                 I(v) => v as f64,
                 F(v) => v,
                 T(_) => 0.0,
@@ -335,23 +368,34 @@ fn arith(op: Op, a: Num, b: Num) -> Result<Value> {
     Ok(Value::T(v))
 }
 
-fn check_channels(a: &Args, x: &Tensor, expected: i64, what: &str) -> Result<()> {
+fn check_channels(a: &Args<'_>, x: &Tensor, expected: i64, what: &str) -> Result<()> {
     let s = x.size();
     if s.len() < 3 {
-        return Err(Error::invalid("x", format!("{} ({what}) expects a (N, C, H, W) batch, got shape {s:?}", a.node.name)));
+        return Err(Error::invalid(
+            "x",
+            format!("{} ({what}) expects a (N, C, H, W) batch, got shape {s:?}", a.node.name),
+        ));
     }
     let got = s[s.len() - 3];
     if got != expected {
         return Err(Error::invalid(
             "x",
-            format!("{} ({what}) expects {expected} input channels, got {got} (input shape {s:?})", a.node.name),
+            format!(
+                "{} ({what}) expects {expected} input channels, got {got} (input shape {s:?})",
+                a.node.name
+            ),
         ));
     }
     Ok(())
 }
 
 /// Eager PyTorch's in-place forms (`inplace=True`) are kept: they change what aliases see.
-fn unary(x: &Tensor, inplace: bool, out: impl Fn(&Tensor) -> Result<Tensor, tch::TchError>, inp: impl Fn(&mut Tensor) -> Result<Tensor, tch::TchError>) -> Result<Tensor> {
+fn unary(
+    x: &Tensor,
+    inplace: bool,
+    out: impl Fn(&Tensor) -> Result<Tensor, tch::TchError>,
+    inp: impl Fn(&mut Tensor) -> Result<Tensor, tch::TchError>,
+) -> Result<Tensor> {
     Ok(if inplace { inp(&mut x.shallow_clone())? } else { out(x)? })
 }
 
@@ -394,7 +438,9 @@ fn eval(node: &Node, v: Vec<Value>, bn: &BnSync) -> Result<Value> {
             t(x.f_batch_norm(w, b, rm, rv, training, momentum, eps, true)?)
         }
         Op::GroupNorm => t(a.t(0)?.f_group_norm(a.i(1)?, a.opt_t(2)?, a.opt_t(3)?, a.f(4)?, true)?),
-        Op::LayerNorm => t(a.t(0)?.f_layer_norm(a.ints(1)?, a.opt_t(2)?, a.opt_t(3)?, a.f(4)?, true)?),
+        Op::LayerNorm => t(a
+            .t(0)?
+            .f_layer_norm(a.ints(1)?, a.opt_t(2)?, a.opt_t(3)?, a.f(4)?, true)?),
         Op::Linear => {
             let (x, w) = (a.t(0)?, a.t(1)?);
             let (got, want) = (x.size().last().copied().unwrap_or(0), w.size()[1]);
@@ -433,13 +479,16 @@ fn eval(node: &Node, v: Vec<Value>, bn: &BnSync) -> Result<Value> {
         Op::Sigmoid => t(a.t(0)?.f_sigmoid()?),
         Op::Softmax => t(a.t(0)?.f_softmax(a.i(1)?, None::<Kind>)?),
         Op::LogSoftmax => t(a.t(0)?.f_log_softmax(a.i(1)?, None::<Kind>)?),
-        Op::MaxPool2d => t(a.t(0)?.f_max_pool2d(a.ints(1)?, a.ints(2)?, a.ints(3)?, a.ints(4)?, a.b(5)?)?),
+        Op::MaxPool2d => t(a
+            .t(0)?
+            .f_max_pool2d(a.ints(1)?, a.ints(2)?, a.ints(3)?, a.ints(4)?, a.b(5)?)?),
         Op::AvgPool2d => {
             let div = match a.v.get(6) {
                 Some(Value::None) => None,
                 _ => Some(a.i(6)?),
             };
-            t(a.t(0)?.f_avg_pool2d(a.ints(1)?, a.ints(2)?, a.ints(3)?, a.b(4)?, a.b(5)?, div)?)
+            t(a.t(0)?
+                .f_avg_pool2d(a.ints(1)?, a.ints(2)?, a.ints(3)?, a.b(4)?, a.b(5)?, div)?)
         }
         Op::AdaptiveAvgPool2d | Op::AdaptiveMaxPool2d => {
             let x = a.t(0)?;
@@ -467,13 +516,28 @@ fn eval(node: &Node, v: Vec<Value>, bn: &BnSync) -> Result<Value> {
             // (x, p, train, inplace)
             let (x, p, train, inplace) = (a.t(0)?, a.f(1)?, a.b(2)?, a.b(3)?);
             if node.op == Op::Dropout {
-                t(unary(x, inplace, |x| x.f_dropout(p, train), |x| x.f_dropout_(p, train))?)
+                t(unary(
+                    x,
+                    inplace,
+                    |x| x.f_dropout(p, train),
+                    |x| x.f_dropout_(p, train),
+                )?)
             } else if x.dim() == 3 {
                 // F.dropout2d treats a 3-D input as one unbatched image: channels are features.
-                let y = unary(&x.f_unsqueeze(0)?, inplace, |x| x.f_feature_dropout(p, train), |x| x.f_feature_dropout_(p, train))?;
+                let y = unary(
+                    &x.f_unsqueeze(0)?,
+                    inplace,
+                    |x| x.f_feature_dropout(p, train),
+                    |x| x.f_feature_dropout_(p, train),
+                )?;
                 t(y.f_squeeze_dim(0)?)
             } else {
-                t(unary(x, inplace, |x| x.f_feature_dropout(p, train), |x| x.f_feature_dropout_(p, train))?)
+                t(unary(
+                    x,
+                    inplace,
+                    |x| x.f_feature_dropout(p, train),
+                    |x| x.f_feature_dropout_(p, train),
+                )?)
             }
         }
         Op::Flatten => t(a.t(0)?.f_flatten(a.i(1)?, a.i(2)?)?),
@@ -486,7 +550,9 @@ fn eval(node: &Node, v: Vec<Value>, bn: &BnSync) -> Result<Value> {
         Op::Mean => t(a.t(0)?.f_mean_dim(a.opt_ints(1)?, a.b(2)?, None::<Kind>)?),
         Op::Sum => t(a.t(0)?.f_sum_dim_intlist(a.opt_ints(1)?, a.b(2)?, None::<Kind>)?),
         Op::Cat => {
-            let Some(Value::L(items)) = a.v.first() else { return Err(a.bad(0, "a list of tensors")) };
+            let Some(Value::L(items)) = a.v.first() else {
+                return Err(a.bad(0, "a list of tensors"));
+            };
             let ts = items
                 .iter()
                 .map(|v| match v {
@@ -508,7 +574,9 @@ fn eval(node: &Node, v: Vec<Value>, bn: &BnSync) -> Result<Value> {
             match a.v.get(1) {
                 Some(Value::I(d)) => {
                     let k = if *d < 0 { s.len() as i64 + d } else { *d };
-                    s.get(k as usize).map(|&n| Value::I(n)).ok_or_else(|| a.bad(1, "a dimension of the tensor"))
+                    s.get(k as usize)
+                        .map(|&n| Value::I(n))
+                        .ok_or_else(|| a.bad(1, "a dimension of the tensor"))
                 }
                 _ => Ok(Value::L(s.into_iter().map(Value::I).collect())),
             }
@@ -518,7 +586,10 @@ fn eval(node: &Node, v: Vec<Value>, bn: &BnSync) -> Result<Value> {
             match a.v.first() {
                 Some(Value::L(items)) => {
                     let idx = if k < 0 { items.len() as i64 + k } else { k };
-                    items.get(idx as usize).map(Value::shallow).ok_or_else(|| a.bad(1, "an index in range"))
+                    items
+                        .get(idx as usize)
+                        .map(Value::shallow)
+                        .ok_or_else(|| a.bad(1, "an index in range"))
                 }
                 _ => Err(a.bad(0, "a list")),
             }
@@ -527,10 +598,17 @@ fn eval(node: &Node, v: Vec<Value>, bn: &BnSync) -> Result<Value> {
     }
 }
 
-fn check_channels_bn(a: &Args, x: &Tensor, expected: i64) -> Result<()> {
+fn check_channels_bn(a: &Args<'_>, x: &Tensor, expected: i64) -> Result<()> {
     let got = x.size()[1];
     if got != expected {
-        return Err(Error::invalid("x", format!("{} (BatchNorm) expects {expected} channels, got {got} (input shape {:?})", a.node.name, x.size())));
+        return Err(Error::invalid(
+            "x",
+            format!(
+                "{} (BatchNorm) expects {expected} channels, got {got} (input shape {:?})",
+                a.node.name,
+                x.size()
+            ),
+        ));
     }
     Ok(())
 }

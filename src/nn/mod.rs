@@ -9,17 +9,28 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tch::{Device, Kind, Tensor};
 
-pub use graph::{Arg, Graph, Node, Op};
 use crate::error::{Error, Result};
+pub use graph::{Arg, Graph, Node, Op};
 
 /// Batch statistics shared across data-parallel processes (SyncBatchNorm). The core cannot talk to
 /// other processes itself: the Python bindings implement this on torch.distributed. `forward` must
 /// return the normalised batch with its autograd history (its backward reduces across ranks too)
 /// and update the running statistics in place.
 pub trait BatchNormSync: Send + Sync {
-    #[allow(clippy::too_many_arguments)]
-    fn forward(&self, x: &Tensor, weight: &Tensor, bias: &Tensor, running_mean: &Tensor, running_var: &Tensor, momentum: f64, eps: f64)
-        -> Result<Tensor>;
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the arguments of torch's batch_norm, in its order"
+    )]
+    fn forward(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        momentum: f64,
+        eps: f64,
+    ) -> Result<Tensor>;
 }
 
 /// The model-wide SyncBatchNorm hook. `Net::forward` cannot fail, so a failed collective is parked
@@ -83,7 +94,9 @@ pub fn device_name(d: Device) -> String {
 
 /// The one device all of a model's tensors are on, or an error naming the first that is not.
 fn common_device(names: &[String], tensors: &[Tensor]) -> Result<Device> {
-    let Some(first) = tensors.first() else { return Ok(Device::Cpu) };
+    let Some(first) = tensors.first() else {
+        return Ok(Device::Cpu);
+    };
     let d = first.device();
     if let Some((n, t)) = names.iter().zip(tensors).find(|(_, t)| t.device() != d) {
         return Err(Error::invalid(
@@ -102,23 +115,48 @@ fn common_device(names: &[String], tensors: &[Tensor]) -> Result<Device> {
 impl Model {
     /// A model that runs `train` / `eval` programs (nodes and output) over `tensors`, which are
     /// shared with the caller (shallow handles to the same tensors).
-    pub fn graph(name: impl Into<String>, names: Vec<String>, tensors: Vec<Tensor>, train: (Vec<Node>, Arg), eval: (Vec<Node>, Arg)) -> Result<Model> {
+    pub fn graph(
+        name: impl Into<String>,
+        names: Vec<String>,
+        tensors: Vec<Tensor>,
+        train: (Vec<Node>, Arg),
+        eval: (Vec<Node>, Arg),
+    ) -> Result<Model> {
         let n = tensors.len();
-        let exec = Exec::Graph { train: Graph::new(train.0, train.1, n)?, eval: Graph::new(eval.0, eval.1, n)? };
+        let exec = Exec::Graph {
+            train: Graph::new(train.0, train.1, n)?,
+            eval: Graph::new(eval.0, eval.1, n)?,
+        };
         Model::new(name.into(), names, tensors, exec)
     }
 
     /// A model whose forward runs elsewhere (`f`); `tensors` are still what the optimizer trains.
-    pub fn eager(name: impl Into<String>, names: Vec<String>, tensors: Vec<Tensor>, f: Box<dyn Forward>) -> Result<Model> {
+    pub fn eager(
+        name: impl Into<String>,
+        names: Vec<String>,
+        tensors: Vec<Tensor>,
+        f: Box<dyn Forward>,
+    ) -> Result<Model> {
         Model::new(name.into(), names, tensors, Exec::Eager(f))
     }
 
     fn new(name: String, names: Vec<String>, tensors: Vec<Tensor>, exec: Exec) -> Result<Model> {
         if names.len() != tensors.len() {
-            return Err(Error::invalid("model", format!("{} names for {} tensors", names.len(), tensors.len())));
+            return Err(Error::invalid(
+                "model",
+                format!("{} names for {} tensors", names.len(), tensors.len()),
+            ));
         }
         let device = common_device(&names, &tensors)?;
-        Ok(Model { name, names, tensors, exec, bn_sync: BnSync::default(), device, training: true })
+        Ok(Model {
+            name,
+            names,
+            tensors,
+            exec,
+            bn_sync: BnSync::default(),
+            device,
+            training: true,
+        })
     }
 
     /// Takes the module's current tensors again (after it moved device or swapped a buffer, as
@@ -153,11 +191,25 @@ impl Model {
             return Err(Error::invalid("x", "expected a batch, got a 0-dimensional tensor"));
         }
         if !matches!(x.kind(), Kind::Float | Kind::Half | Kind::BFloat16) {
-            let hint = if x.kind() == Kind::Uint8 { "; convert uint8 images with ToTensor / Normalize first" } else { "" };
-            return Err(Error::invalid("x", format!("expected float32 (or float16 / bfloat16), got {:?}{hint}", x.kind())));
+            let hint = if x.kind() == Kind::Uint8 {
+                "; convert uint8 images with ToTensor / Normalize first"
+            } else {
+                ""
+            };
+            return Err(Error::invalid(
+                "x",
+                format!("expected float32 (or float16 / bfloat16), got {:?}{hint}", x.kind()),
+            ));
         }
         if x.device() != self.device {
-            return Err(Error::invalid("x", format!("is on {} but the model is on {}", device_name(x.device()), device_name(self.device))));
+            return Err(Error::invalid(
+                "x",
+                format!(
+                    "is on {} but the model is on {}",
+                    device_name(x.device()),
+                    device_name(self.device)
+                ),
+            ));
         }
         if s[0] == 0 {
             return Err(Error::invalid("x", "empty batch"));
@@ -178,7 +230,11 @@ impl Model {
         self.check_input(x)?;
         let y = match &self.exec {
             Exec::Graph { train: g, eval } => {
-                let x = if x.kind() == Kind::Float { x.shallow_clone() } else { x.to_kind(Kind::Float) };
+                let x = if x.kind() == Kind::Float {
+                    x.shallow_clone()
+                } else {
+                    x.to_kind(Kind::Float)
+                };
                 (if train { g } else { eval }).run(&x, &self.tensors, &self.bn_sync)
             }
             Exec::Eager(f) => f.forward(x, train),
@@ -188,7 +244,14 @@ impl Model {
         }
         let y = y?;
         if y.dim() != 2 {
-            return Err(Error::invalid("model", format!("{} returned shape {:?}; a classifier returns logits (N, num_classes)", self.name, y.size())));
+            return Err(Error::invalid(
+                "model",
+                format!(
+                    "{} returned shape {:?}; a classifier returns logits (N, num_classes)",
+                    self.name,
+                    y.size()
+                ),
+            ));
         }
         Ok(y)
     }
@@ -213,7 +276,11 @@ mod tests {
     }
 
     fn node(op: &str, args: Vec<Arg>, name: &str) -> Node {
-        Node { op: Op::from_name(op).unwrap(), args, name: name.into() }
+        Node {
+            op: Op::from_name(op).unwrap(),
+            args,
+            name: name.into(),
+        }
     }
 
     /// conv -> batch_norm -> relu -> max_pool -> flatten (size-based view) -> linear
@@ -221,10 +288,47 @@ mod tests {
         use Arg::*;
         let ints = |v: &[i64]| List(v.iter().map(|&i| Int(i)).collect());
         let nodes = vec![
-            node("conv2d", vec![Input, Tensor(0), Tensor(1), ints(&[1, 1]), ints(&[1, 1]), ints(&[1, 1]), Int(1)], "conv"),
-            node("batch_norm", vec![Node(0), Tensor(2), Tensor(3), Tensor(4), Tensor(5), Tensor(6), Bool(train), Float(0.1), Float(1e-5)], "bn"),
+            node(
+                "conv2d",
+                vec![
+                    Input,
+                    Tensor(0),
+                    Tensor(1),
+                    ints(&[1, 1]),
+                    ints(&[1, 1]),
+                    ints(&[1, 1]),
+                    Int(1),
+                ],
+                "conv",
+            ),
+            node(
+                "batch_norm",
+                vec![
+                    Node(0),
+                    Tensor(2),
+                    Tensor(3),
+                    Tensor(4),
+                    Tensor(5),
+                    Tensor(6),
+                    Bool(train),
+                    Float(0.1),
+                    Float(1e-5),
+                ],
+                "bn",
+            ),
             node("relu", vec![Node(1), Bool(false)], "relu"),
-            node("max_pool2d", vec![Node(2), ints(&[2, 2]), ints(&[2, 2]), ints(&[0, 0]), ints(&[1, 1]), Bool(false)], "pool"),
+            node(
+                "max_pool2d",
+                vec![
+                    Node(2),
+                    ints(&[2, 2]),
+                    ints(&[2, 2]),
+                    ints(&[0, 0]),
+                    ints(&[1, 1]),
+                    Bool(false),
+                ],
+                "pool",
+            ),
             node("size", vec![Node(3), Int(0)], "size"),
             node("view", vec![Node(3), List(vec![Node(4), Int(-1)])], "view"),
             node("linear", vec![Node(5), Tensor(7), Tensor(8)], "fc"),
@@ -233,7 +337,17 @@ mod tests {
     }
 
     fn small_tensors() -> (Vec<String>, Vec<Tensor>) {
-        let names = ["conv.weight", "conv.bias", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var", "bn.num_batches_tracked", "fc.weight", "fc.bias"];
+        let names = [
+            "conv.weight",
+            "conv.bias",
+            "bn.weight",
+            "bn.bias",
+            "bn.running_mean",
+            "bn.running_var",
+            "bn.num_batches_tracked",
+            "fc.weight",
+            "fc.bias",
+        ];
         let ts = vec![
             cpu(&[4, 3, 3, 3]),
             cpu(&[4]),
@@ -258,7 +372,16 @@ mod tests {
         let h = &handles;
         let want = x
             .conv2d(&h[0], Some(&h[1]), [1, 1], [1, 1], [1, 1], 1)
-            .batch_norm(Some(&h[2]), Some(&h[3]), None::<&Tensor>, None::<&Tensor>, true, 0.1, 1e-5, true)
+            .batch_norm(
+                Some(&h[2]),
+                Some(&h[3]),
+                None::<&Tensor>,
+                None::<&Tensor>,
+                true,
+                0.1,
+                1e-5,
+                true,
+            )
             .relu()
             .max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)
             .view([2, -1])
@@ -279,7 +402,10 @@ mod tests {
         assert!(e.contains("conv (Conv2d) expects 3 input channels, got 1"), "{e}");
         let e = m.forward_t(&cpu(&[2, 3, 6, 6]), false).unwrap_err().to_string();
         assert!(e.contains("fc (Linear) expects 64 input features, got 36"), "{e}");
-        let e = m.forward_t(&Tensor::zeros([2, 3, 8, 8], (Kind::Uint8, Device::Cpu)), false).unwrap_err().to_string();
+        let e = m
+            .forward_t(&Tensor::zeros([2, 3, 8, 8], (Kind::Uint8, Device::Cpu)), false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("uint8") || e.contains("Uint8"), "{e}");
     }
 
@@ -288,12 +414,18 @@ mod tests {
         let (names, ts) = small_tensors();
         let (mut nodes, out) = small(true);
         nodes[0].args[0] = Arg::Node(3);
-        let e = Model::graph("Bad", names.clone(), ts, (nodes, out.clone()), small(false)).err().unwrap().to_string();
+        let e = Model::graph("Bad", names.clone(), ts, (nodes, out.clone()), small(false))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("does not come before it"), "{e}");
         let (_, ts) = small_tensors();
         let (mut nodes, _) = small(true);
         nodes[6].args[1] = Arg::Tensor(42);
-        let e = Model::graph("Bad", names, ts, (nodes, out), small(false)).err().unwrap().to_string();
+        let e = Model::graph("Bad", names, ts, (nodes, out), small(false))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("reads tensor 42"), "{e}");
     }
 
