@@ -9,10 +9,8 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import warnings
-from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -23,89 +21,14 @@ from . import _native as _rs
 from . import distributed as _dist
 from . import optim as _optim
 from . import transforms as T
+from ._checkpoint import (CHECKPOINT_VERSION, check_same_optimizer, describe, read_checkpoint, rebuild_optimizer,
+                          rebuild_schedule, to_cpu)
+from ._history import EvalReport, History
 from ._io import atomic_write, check_writable
 from .loader import DataLoader
 from .models import Module
 
 __all__ = ["Trainer", "History", "EvalReport"]
-
-CHECKPOINT_VERSION = 1
-
-
-class History:
-    """Per-epoch records of a fit: ``history["loss"]``, ``history["val_accuracy"]``, ... are lists
-    (as Keras' ``History.history``); ``history.epochs`` holds one dict per epoch."""
-
-    def __init__(self, epochs: Optional[List[dict]] = None, interrupted: Optional[dict] = None):
-        self.epochs: List[dict] = list(epochs or [])
-        #: The record of an epoch stopped part way (Ctrl-C, a callback), until that epoch runs again.
-        self.interrupted: Optional[dict] = interrupted
-
-    def append(self, record: dict) -> None:
-        self.epochs.append(dict(record))
-        self.interrupted = None
-
-    @property
-    def history(self) -> Dict[str, list]:
-        keys = []
-        for r in self.epochs:
-            keys += [k for k in r if k not in keys]
-        return {k: [r.get(k) for r in self.epochs] for k in keys}
-
-    def __getitem__(self, key: str) -> list:
-        return [r.get(key) for r in self.epochs]
-
-    def __len__(self) -> int:
-        return len(self.epochs)
-
-    def __iter__(self):
-        return iter(self.epochs)
-
-    def to_dict(self) -> dict:
-        return {"epochs": [dict(r) for r in self.epochs], "interrupted": self.interrupted}
-
-    def to_json(self, path) -> None:
-        atomic_write(os.fspath(path), lambda tmp: open(tmp, "w").write(json.dumps(self.to_dict(), indent=2)))
-
-    def to_csv(self, path) -> None:
-        h = self.history
-        keys = list(h)
-
-        def write(tmp):
-            with open(tmp, "w") as f:
-                f.write(",".join(keys) + "\n")
-                for r in self.epochs:
-                    f.write(",".join("" if r.get(k) is None else str(r.get(k)) for k in keys) + "\n")
-
-        atomic_write(os.fspath(path), write)
-
-    def __repr__(self) -> str:
-        last = self.epochs[-1] if self.epochs else {}
-        return f"History({len(self)} epochs, last={ {k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()} })"
-
-
-@dataclass
-class EvalReport:
-    """Evaluation results. ``per_class`` maps class names to accuracy; ``confusion_matrix[i, j]``
-    counts images of class i predicted as j."""
-
-    loss: float
-    accuracy: float
-    count: int
-    classes: List[str]
-    confusion_matrix: np.ndarray
-    per_class: Dict[str, float] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        lines = [f"Overall Accuracy: {100 * self.accuracy:.2f}%  (loss {self.loss:.4f}, {self.count} images)", "", "Per-class accuracy:"]
-        w = max(len(c) for c in self.classes)
-        for c in self.classes:
-            lines.append(f"  {c:<{w}}  {100 * self.per_class[c]:6.2f}%")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict:
-        return {"loss": self.loss, "accuracy": self.accuracy, "count": self.count, "classes": list(self.classes),
-                "per_class": dict(self.per_class), "confusion_matrix": self.confusion_matrix.tolist()}
 
 
 def _resolve_device(device) -> str:
@@ -159,9 +82,9 @@ class Trainer:
         if loss != "cross_entropy":
             raise ValueError(f"loss: '{loss}' is not supported (only 'cross_entropy')")
         optimizer = optimizer if optimizer is not None else _optim.Adam()
-        for name, v in (("grad_accum_steps", grad_accum_steps), ("log_every", log_every)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: must be a positive int, got {v!r}")
+        # The core checks the loop's settings (grad_accum_steps, log_every, label_smoothing, grad_clip).
+        train_config = _rs.TrainConfig(label_smoothing=float(label_smoothing), amp=bool(amp), grad_accum_steps=grad_accum_steps,
+                                       grad_clip=None if grad_clip is None else float(grad_clip), log_every=log_every)
         if distributed is None:
             distributed = _dist.launched() or _dist.active()
         if sync_bn and not distributed:
@@ -189,13 +112,9 @@ class Trainer:
         self.config = {"label_smoothing": float(label_smoothing), "amp": bool(amp), "grad_accum_steps": grad_accum_steps,
                        "grad_clip": None if grad_clip is None else float(grad_clip), "log_every": log_every,
                        "scheduler_interval": scheduler_interval}
-        name, settings = self._bridge.native_args()
         rs = self._bridge.rust_schedule
-        self._native = _rs.NativeTrainer(
-            self._compiled, self._bridge.params, name, settings, rs.name if rs is not None else None,
-            rs.settings() if rs is not None else {}, float(label_smoothing), bool(amp), grad_accum_steps,
-            None if grad_clip is None else float(grad_clip), log_every,
-        )
+        self._native = _rs.NativeTrainer(self._compiled, params=self._bridge.params, optimizer=self._bridge.native_config(),
+                                         schedule=rs._config if rs is not None else None, config=train_config)
         if isinstance(optimizer, _optim.Optimizer):
             optimizer._trainer = self
         self._bridge.mark_synced()
@@ -271,17 +190,17 @@ class Trainer:
 
             if self.sync_bn:
                 self._compiled.set_sync_bn(_dist.sync_batch_norm(self.process_group))
-            hooks = dict(poll=bridge.poll if bridge.on_engine else None,
-                         outer=bridge.outer if (not bridge.on_engine or bridge.per_step_schedule) else None,
-                         owns_optimizer=not bridge.on_engine)
+            hooks = _rs.TrainHooks(progress=on_step, poll=bridge.poll if bridge.on_engine else None,
+                                   outer=bridge.outer if (not bridge.on_engine or bridge.per_step_schedule) else None,
+                                   owns_optimizer=not bridge.on_engine)
             try:
                 fast = _native_loader(train_loader)
                 if fast is not None:
-                    stats, interrupted = self._native.train_epoch(native, fast, e, on_step, **hooks)
+                    stats = self._native.train_epoch(native, fast, epoch=e, hooks=hooks)
                 else:
                     if isinstance(train_loader, DataLoader):
                         train_loader.set_epoch(e)
-                    stats, interrupted = self._native.train_batches(native, iter(train_loader), len(train_loader), e, on_step, **hooks)
+                    stats = self._native.train_batches(native, iter(train_loader), steps=len(train_loader), epoch=e, hooks=hooks)
             finally:
                 if self.sync_bn:
                     self._compiled.set_sync_bn(None)
@@ -291,13 +210,13 @@ class Trainer:
                 bridge.show(self._native.lr, self._native.momentum)
             if self.process_group is not None and not self.sync_bn:
                 self.process_group.broadcast(list(self.model.buffers()))
-            record = {"epoch": e + 1, "loss": stats["loss"], "accuracy": stats["accuracy"], "lr": stats["lr"],
-                      "seconds": stats["seconds"], "images_per_s": stats["images"] / max(stats["seconds"], 1e-9)}
-            if interrupted or stats["stopped"]:
+            record = {"epoch": e + 1, "loss": stats.loss, "accuracy": stats.accuracy, "lr": stats.lr,
+                      "seconds": stats.seconds, "images_per_s": stats.images / max(stats.seconds, 1e-9)}
+            if stats.interrupted or stats.stopped:
                 # Not a finished epoch: trainer.epoch and the history's epochs stay as they were, and a
                 # continued fit runs this epoch again from its start (its record then replaces this).
                 self.history.interrupted = record
-                if interrupted and self.is_main:
+                if stats.interrupted and self.is_main:
                     print(f"Interrupted during epoch {e + 1}: stopped at a step boundary; the model and history are usable "
                           f"(trainer.epoch = {self.epoch}; fit again to run epoch {e + 1} from its start).")
                 break
@@ -342,13 +261,14 @@ class Trainer:
             with self._in_eval() as native:
                 fast = _native_loader(loader)
                 if fast is not None:
-                    loss, acc, count, conf, nc = _rs.evaluate(native, fast, cb)
+                    r = _rs.evaluate(native, fast, callback=cb)
                 else:
                     classes = getattr(loader.dataset, "classes", None) or self.classes or []
-                    loss, acc, count, conf, nc = _rs.evaluate_batches(native, iter(loader), len(loader), len(classes), cb)
+                    r = _rs.evaluate_batches(native, iter(loader), steps=len(loader), num_classes=len(classes), callback=cb)
         finally:
             if bar is not None:
                 bar.close()
+        loss, acc, count, conf, nc = r.loss, r.accuracy, r.count, r.confusion, r.num_classes
         if self.process_group is not None:
             # Every rank reports over the whole data set: sum the counts of all shards.
             tot = self.process_group.sum([loss * count, float(count)] + [float(v) for v in conf])
@@ -442,7 +362,7 @@ class Trainer:
     def predict_logits(self, images, transform=None, tta: bool = False, batch_size: int = 256) -> torch.Tensor:
         x = self._as_batch(images, transform)
         with self._in_eval() as native:
-            return _rs.predict_logits(native, x, batch_size, tta)
+            return _rs.predict_logits(native, x, batch_size=batch_size, tta=tta)
 
     def predict_proba(self, images, transform=None, tta: bool = False, batch_size: int = 256) -> torch.Tensor:
         """Class probabilities (N, num_classes). ``images``: a normalised float tensor, or uint8
@@ -470,7 +390,7 @@ class Trainer:
         return {
             "epoch": self.epoch,
             "model_state_dict": {k: v.cpu() for k, v in self.model.state_dict().items()},
-            "optimizer_state_dict": _to_cpu(self.optimizer.state_dict()),
+            "optimizer_state_dict": to_cpu(self.optimizer.state_dict()),
             "scheduler_state_dict": self._native.scheduler_state() if rs is not None else
             (self.scheduler.state_dict() if self.scheduler is not None else None),
             "accuracy": self.best_accuracy,
@@ -478,8 +398,8 @@ class Trainer:
             "fastcifar": {
                 "version": CHECKPOINT_VERSION,
                 "model": self.model.config if isinstance(self.model, Module) else None,
-                "optimizer": _describe(self.optimizer),
-                "scheduler": _describe(self.scheduler),
+                "optimizer": describe(self.optimizer),
+                "scheduler": describe(self.scheduler),
                 "trainer": dict(self.config),
                 "global_step": self._native.global_step,
                 "rng_state": torch.get_rng_state(),
@@ -503,7 +423,7 @@ class Trainer:
         The checkpoint's optimizer and schedule must be this trainer's (same kind and settings):
         a different one is refused by name rather than half-loaded. ``Trainer.load(path)`` builds
         the trainer the checkpoint describes."""
-        _check_same_optimizer(ckpt, self.optimizer, self.scheduler)
+        check_same_optimizer(ckpt, self.optimizer, self.scheduler)
         try:
             self.model.load_state_dict(ckpt["model_state_dict"], strict=True)
             self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
@@ -511,7 +431,7 @@ class Trainer:
             raise ValueError(f"checkpoint: missing {e}") from None
         sd = ckpt.get("scheduler_state_dict")
         if sd is not None and self._bridge.rust_schedule is not None:
-            self._native.load_scheduler_state({k: float(v) for k, v in sd.items()})
+            self._native.load_scheduler_state(dict(sd))
         elif sd is not None and self.scheduler is not None:
             self.scheduler.load_state_dict(sd)
         self._bridge.import_state(self._native)
@@ -533,7 +453,7 @@ class Trainer:
         self._native.sync_device(self._native_model())
 
     def load_checkpoint(self, path) -> "Trainer":
-        self.load_state_dict(_read_checkpoint(path))
+        self.load_state_dict(read_checkpoint(path))
         return self
 
     @classmethod
@@ -543,7 +463,7 @@ class Trainer:
         module: ``Trainer.load(path, model=MyNet())`` (its weights are then loaded into it). A
         torch.optim optimizer is rebuilt from its class and defaults (one parameter group); pass
         ``optimizer=`` (and ``scheduler=``, for a torch schedule) to give your own."""
-        ckpt = _read_checkpoint(path)
+        ckpt = read_checkpoint(path)
         meta = ckpt.get("fastcifar")
         if not meta:
             raise ValueError(f"{path}: not a fastcifar checkpoint (no 'fastcifar' entry); load weights with model.load_state_dict()")
@@ -553,9 +473,9 @@ class Trainer:
                                  f"pass it: Trainer.load(path, model=YourModule(...))")
             model = Module.from_config(meta["model"])
         if optimizer is None:
-            optimizer = _rebuild_optimizer(meta.get("optimizer"), model, path)
+            optimizer = rebuild_optimizer(meta.get("optimizer"), model, path)
         if scheduler is None and meta.get("scheduler"):
-            scheduler = _rebuild_schedule(meta["scheduler"], path)
+            scheduler = rebuild_schedule(meta["scheduler"], path)
         tr = cls(model, optimizer, scheduler, device=device, **meta["trainer"])
         tr.load_state_dict(ckpt)
         return tr
@@ -598,132 +518,3 @@ def _builtin_shape(model) -> Optional[tuple]:
     s = cfg["input_size"]
     h, w = (s, s) if isinstance(s, int) else s
     return (cfg.get("in_channels", 3), h, w)
-
-
-def _describe(obj) -> Optional[dict]:
-    """How a checkpoint names the optimizer or schedule (to rebuild it in Trainer.load)."""
-    if obj is None:
-        return None
-    if isinstance(obj, (_optim.Optimizer, _optim.lr_scheduler._Schedule)):
-        return {"name": obj.name, "settings": obj.settings()}
-    cls = type(obj)
-    out = {"torch": f"{cls.__module__}.{cls.__qualname__}"}
-    if isinstance(obj, torch.optim.Optimizer):
-        out["defaults"] = {k: v for k, v in obj.defaults.items() if isinstance(v, (bool, int, float, str, tuple, type(None)))}
-    return out
-
-
-def _torch_class(path: str, src):
-    import importlib
-
-    module, _, name = path.rpartition(".")
-    if not module.startswith("torch.optim"):
-        return None
-    return getattr(importlib.import_module(module), name, None)
-
-
-def _rebuild_optimizer(meta: Optional[dict], model: torch.nn.Module, src):
-    if not meta:
-        return None
-    if "torch" in meta:
-        cls = _torch_class(meta["torch"], src)
-        if cls is None:
-            raise ValueError(f"{src}: was trained with {meta['torch']}, which a checkpoint cannot rebuild; pass it: "
-                             f"Trainer.load(path, optimizer=...)")
-        return cls(model.parameters(), **meta.get("defaults", {}))
-    s = dict(meta["settings"])
-    if "beta1" in s:
-        s["betas"] = (s.pop("beta1"), s.pop("beta2"))
-    if "nesterov" in s:
-        s["nesterov"] = bool(s["nesterov"])
-    return {"SGD": _optim.SGD, "Adam": _optim.Adam, "AdamW": _optim.AdamW}[meta["name"]](**s)
-
-
-def _rebuild_schedule(meta: dict, src):
-    if "torch" in meta:
-        raise ValueError(f"{src}: was trained with {meta['torch']}, whose arguments a checkpoint does not hold; pass it "
-                         f"(built on the optimizer you pass): Trainer.load(path, optimizer=..., scheduler=...)")
-    return _optim.lr_scheduler._restore(meta["name"], meta["settings"])
-
-
-def _check_same_optimizer(ckpt: dict, optimizer, scheduler) -> None:
-    """Refuses a checkpoint whose optimizer or schedule differs from the trainer's in kind or
-    hyper-parameters: loading one into the other would keep the wrong update rule, lose moment
-    buffers and make the settings disagree with what runs. The learning rate is state (schedules
-    move it), not a setting: the checkpoint's is loaded."""
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"checkpoint: expected a dict, got {type(ckpt).__name__}")
-    meta = ckpt.get("fastcifar") or {}
-    fix = "build the trainer from the checkpoint with fastcifar.Trainer.load(path), or load only the weights with model.load_state_dict"
-    mine = _describe(optimizer)
-    saved = meta.get("optimizer")
-    if saved is not None:
-        if _kind(saved) != _kind(mine):
-            raise ValueError(f"checkpoint: optimizer is {_kind(saved)}, this trainer's is {_kind(mine)}; {fix}")
-        _same_settings("optimizer", _kind(mine), _hyper(saved), _hyper(mine), fix)
-    else:
-        # A checkpoint without fastcifar's entry (torch's format): its param group tells the kind.
-        try:
-            group = dict(ckpt["optimizer_state_dict"]["param_groups"][0])
-        except (KeyError, IndexError, TypeError, ValueError):
-            group = {}  # malformed: optimizer.load_state_dict names the problem below
-        kind = "Adam" if "betas" in group else "SGD" if "momentum" in group else None
-        own = optimizer.param_groups[0]
-        if kind is not None and (kind == "Adam") != ("betas" in own):
-            raise ValueError(f"checkpoint: optimizer state is {'Adam-like (betas)' if kind == 'Adam' else 'SGD (momentum)'}, "
-                             f"this trainer's optimizer is {_kind(mine)}; {fix}")
-    if "scheduler" in meta:
-        saved, theirs = meta["scheduler"], _describe(scheduler)
-        if _kind(saved) != _kind(theirs):
-            raise ValueError(f"checkpoint: schedule is {_kind(saved)}, this trainer's is {_kind(theirs)}; {fix}")
-        if saved is not None:
-            _same_settings("scheduler", _kind(theirs), _hyper(saved), _hyper(theirs), fix)
-    elif ckpt.get("scheduler_state_dict") is not None and scheduler is None:
-        raise ValueError(f"checkpoint: has a schedule's state, this trainer has no scheduler; {fix}")
-
-
-def _same_settings(what: str, name: str, saved: dict, mine: dict, fix: str) -> None:
-    def same(a, b) -> bool:
-        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-            return abs(float(a) - float(b)) <= 1e-12 * max(1.0, abs(float(b)))
-        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-        return a == b
-
-    diff = [f"{k}={saved.get(k)!r} (this trainer: {mine.get(k)!r})" for k in sorted(set(saved) | set(mine))
-            if not same(saved.get(k), mine.get(k))]
-    if diff:
-        raise ValueError(f"checkpoint: {what} {name} was saved with {', '.join(diff)}; {fix}")
-
-
-def _kind(desc: Optional[dict]) -> Optional[str]:
-    return None if desc is None else desc.get("name", desc.get("torch"))
-
-
-def _hyper(desc: dict) -> dict:
-    """A description's hyper-parameters, the learning rate left out (it is state)."""
-    d = desc.get("settings", desc.get("defaults", {})) or {}
-    return {k: v for k, v in d.items() if k not in ("lr", "initial_lr")}
-
-
-def _to_cpu(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
-
-
-def _read_checkpoint(path) -> dict:
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict) or "model_state_dict" not in ckpt:
-        raise ValueError(f"{path}: not a checkpoint (no 'model_state_dict')")
-    return ckpt

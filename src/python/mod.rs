@@ -16,9 +16,14 @@ use crate::error::Error;
 use crate::loader::{BatchIter, Loader, LoaderOptions, OutKind};
 use crate::transforms::{Op, PadMode, ResizeTo};
 
+mod distributed;
+mod eval;
+mod hooks;
 mod locks;
 mod model;
-mod train;
+mod settings;
+mod state;
+mod trainer;
 
 pub(crate) use locks::{hold, lock, Held};
 
@@ -482,6 +487,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cuda_is_available, m)?)?;
     m.add_function(wrap_pyfunction!(decode_images, m)?)?;
     model::register(m)?;
-    train::register(m)?;
+    settings::register(m)?;
+    trainer::register(m)?;
+    eval::register(m)?;
     Ok(())
 }

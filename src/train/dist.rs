@@ -104,9 +104,11 @@ pub struct DistState {
 }
 
 impl DistState {
-    pub fn new(comm: Box<dyn Collective>, cap_bytes: usize) -> Result<DistState> {
-        if cap_bytes == 0 {
-            return Err(Error::invalid("bucket_cap_mb", "must be positive"));
+    /// Gradients are all-reduced in buckets of about `bucket_cap_mb` megabytes (MiB, as torch's DDP).
+    pub fn new(comm: Box<dyn Collective>, bucket_cap_mb: f64) -> Result<DistState> {
+        let cap_bytes = (bucket_cap_mb * 1024.0 * 1024.0) as usize;
+        if !(bucket_cap_mb.is_finite() && cap_bytes > 0) {
+            return Err(Error::invalid("bucket_cap_mb", format!("{bucket_cap_mb} must be a positive number")));
         }
         Ok(DistState { comm, cap_bytes, buckets: None })
     }
@@ -187,7 +189,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let params: Vec<Tensor> = shapes.iter().map(|s| Tensor::zeros(s.as_slice(), (Kind::Float, Device::Cpu))).collect();
                     let grads: Vec<Tensor> = shapes.iter().map(|s| Tensor::full(s.as_slice(), rank as f64 + 1.0, (Kind::Float, Device::Cpu))).collect();
-                    let mut d = DistState::new(Box::new(ThreadGroup { rank, world, barrier, sum }), 40).unwrap();
+                    let mut d = DistState::new(Box::new(ThreadGroup { rank, world, barrier, sum }), 40.0 / (1024.0 * 1024.0)).unwrap();
                     let avg = d.average(&params, &grads).unwrap();
                     assert_eq!(d.comm.any(&[rank == 1, false]).unwrap(), vec![true, false]);
                     avg.iter().map(|t| (t.size(), Vec::<f32>::try_from(t.reshape([-1])).unwrap())).collect::<Vec<_>>()

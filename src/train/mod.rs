@@ -141,6 +141,25 @@ pub struct GroupSettings {
     pub kind: OptKind,
 }
 
+impl GroupSettings {
+    /// Settings for a new optimizer, checked as torch's constructors check them.
+    pub fn new(kind: OptKind, lr: f64) -> Result<GroupSettings> {
+        kind.validate(lr)?;
+        Ok(GroupSettings { lr, kind })
+    }
+
+    /// The check for settings written between steps. torch checks the rate's sign when the
+    /// optimizer is built, not at each step: a schedule may take it below zero (a linear
+    /// three-phase OneCycleLR's last step does).
+    pub fn check_written(&self) -> Result<()> {
+        self.kind.validate(0.0)?;
+        if !self.lr.is_finite() {
+            return Err(Error::invalid("lr", format!("{} must be finite", self.lr)));
+        }
+        Ok(())
+    }
+}
+
 /// What happens at every step boundary besides the step itself. The bindings implement it over
 /// Python: progress callbacks, Ctrl-C, and optimizers or per-batch schedules that live in torch.
 pub trait Hooks {
@@ -257,12 +276,7 @@ impl TrainState {
 
     /// Applies settings written outside the core (the engine's optimizer keeps its state).
     pub fn apply_settings(&mut self, s: GroupSettings) -> Result<()> {
-        // torch checks the rate's sign when the optimizer is built, not at each step: a schedule
-        // may take it below zero (a linear three-phase OneCycleLR's last step does).
-        s.kind.validate(0.0)?;
-        if !s.lr.is_finite() {
-            return Err(Error::invalid("lr", format!("{} must be finite", s.lr)));
-        }
+        s.check_written()?;
         if std::mem::discriminant(&s.kind) != std::mem::discriminant(&self.opt.kind) {
             return Err(Error::invalid("optimizer", format!("cannot turn {} into {} during training", self.opt.kind.name(), s.kind.name())));
         }
