@@ -31,7 +31,10 @@ impl Collective for PyCollective {
     fn all_reduce_sum(&mut self, tensors: &[tch::Tensor]) -> Result<(), Error> {
         Python::with_gil(|py| {
             let list: Vec<PyTensor> = tensors.iter().map(|t| PyTensor(t.shallow_clone())).collect();
-            self.obj.call_method1(py, "all_reduce", (list,)).map(|_| ()).map_err(|e| self.fail("all_reduce", e))
+            self.obj
+                .call_method1(py, "all_reduce", (list,))
+                .map(|_| ())
+                .map_err(|e| self.fail("all_reduce", e))
         })
     }
     fn any(&mut self, flags: &[bool]) -> Result<Vec<bool>, Error> {
@@ -46,7 +49,11 @@ impl Collective for PyCollective {
 
 /// The engine's data-parallel state over `group` (None: train alone), gradients averaged in
 /// buckets of `bucket_cap_mb`.
-pub(crate) fn process_group(py: Python<'_>, group: Option<PyObject>, bucket_cap_mb: f64) -> PyResult<Option<DistState>> {
+pub(crate) fn process_group(
+    py: Python<'_>,
+    group: Option<PyObject>,
+    bucket_cap_mb: f64,
+) -> PyResult<Option<DistState>> {
     let Some(obj) = group else { return Ok(None) };
     let rank: usize = obj.getattr(py, "rank")?.extract(py)?;
     let world: usize = obj.getattr(py, "world_size")?.extract(py)?;

@@ -28,7 +28,14 @@ fn evaluate(py: Python<'_>, model: &PyModel, loader: &PyLoader, callback: Option
 /// `evaluate` over a Python iterable of `(images, labels)` batches.
 #[pyfunction]
 #[pyo3(signature = (model, batches, *, steps, num_classes, callback = None))]
-fn evaluate_batches(py: Python<'_>, model: &PyModel, batches: PyObject, steps: usize, num_classes: usize, callback: Option<PyObject>) -> PyResult<PyEvalStats> {
+fn evaluate_batches(
+    py: Python<'_>,
+    model: &PyModel,
+    batches: PyObject,
+    steps: usize,
+    num_classes: usize,
+    callback: Option<PyObject>,
+) -> PyResult<PyEvalStats> {
     let m = model.inner.clone();
     let mut it = PyBatches::new(py, batches)?;
     let r = {
@@ -37,7 +44,13 @@ fn evaluate_batches(py: Python<'_>, model: &PyModel, batches: PyObject, steps: u
             let model = lock(&m)?;
             let _held = Held::mark::<Model>(&m);
             let mut progress = |i: usize, n: usize| -> Result<bool, Error> { eval_progress(&callback, i, n) };
-            engine::evaluate_batches(&model, it, engine::Source { labels: None, steps }, num_classes, &mut progress)
+            engine::evaluate_batches(
+                &model,
+                it,
+                engine::Source { labels: None, steps },
+                num_classes,
+                &mut progress,
+            )
         })?
     };
     Ok(r.into())

@@ -43,7 +43,12 @@ impl PyTrainHooks {
     #[new]
     #[pyo3(signature = (*, progress = None, poll = None, outer = None, owns_optimizer = false))]
     fn new(progress: Option<PyObject>, poll: Option<PyObject>, outer: Option<PyObject>, owns_optimizer: bool) -> Self {
-        PyTrainHooks { progress, poll, outer, owns_optimizer }
+        PyTrainHooks {
+            progress,
+            poll,
+            outer,
+            owns_optimizer,
+        }
     }
 }
 
@@ -62,8 +67,22 @@ impl PyHooks {
     pub(crate) fn new(py: Python<'_>, h: Option<&PyTrainHooks>) -> Self {
         let c = |o: &Option<PyObject>| o.as_ref().map(|o| o.clone_ref(py));
         match h {
-            Some(h) => PyHooks { progress: c(&h.progress), poll: c(&h.poll), outer: c(&h.outer), owns_optimizer: h.owns_optimizer, interrupted: false, outer_lr: None },
-            None => PyHooks { progress: None, poll: None, outer: None, owns_optimizer: false, interrupted: false, outer_lr: None },
+            Some(h) => PyHooks {
+                progress: c(&h.progress),
+                poll: c(&h.poll),
+                outer: c(&h.outer),
+                owns_optimizer: h.owns_optimizer,
+                interrupted: false,
+                outer_lr: None,
+            },
+            None => PyHooks {
+                progress: None,
+                poll: None,
+                outer: None,
+                owns_optimizer: false,
+                interrupted: false,
+                outer_lr: None,
+            },
         }
     }
 }
@@ -73,7 +92,9 @@ fn group_settings(py: Python<'_>, obj: &PyObject) -> Result<Option<GroupSettings
     if obj.is_none(py) {
         return Ok(None);
     }
-    let c = obj.downcast_bound::<PyOptimizerConfig>(py).map_err(|e| external(PyErr::from(e)))?;
+    let c = obj
+        .downcast_bound::<PyOptimizerConfig>(py)
+        .map_err(|e| external(PyErr::from(e)))?;
     Ok(Some(c.get().settings))
 }
 
@@ -96,7 +117,12 @@ impl Hooks for PyHooks {
             ] {
                 d.set_item(k, v).map_err(external)?;
             }
-            for (k, v) in [("epoch", info.epoch), ("step", info.step as u64), ("steps", info.steps as u64), ("images", info.images)] {
+            for (k, v) in [
+                ("epoch", info.epoch),
+                ("step", info.step as u64),
+                ("steps", info.steps as u64),
+                ("images", info.images),
+            ] {
                 d.set_item(k, v).map_err(external)?;
             }
             match cb.call1(py, (d,)) {
@@ -127,11 +153,19 @@ impl Hooks for PyHooks {
         self.owns_optimizer
     }
 
-    fn outer_step(&mut self, active: &[usize], grads: Option<Vec<tch::Tensor>>, lr: f64, momentum: f64) -> Result<Option<GroupSettings>, Error> {
+    fn outer_step(
+        &mut self,
+        active: &[usize],
+        grads: Option<Vec<tch::Tensor>>,
+        lr: f64,
+        momentum: f64,
+    ) -> Result<Option<GroupSettings>, Error> {
         let Some(outer) = &self.outer else { return Ok(None) };
         Python::with_gil(|py| {
             let grads: Option<Vec<PyTensor>> = grads.map(|g| g.into_iter().map(PyTensor).collect());
-            let r = outer.call1(py, (active.to_vec(), grads, lr, momentum)).map_err(external)?;
+            let r = outer
+                .call1(py, (active.to_vec(), grads, lr, momentum))
+                .map_err(external)?;
             if self.owns_optimizer {
                 self.outer_lr = Some(r.extract::<f64>(py).map_err(external)?);
                 Ok(None)

@@ -40,7 +40,11 @@ fn opt_kind(
     betas: Option<(f64, f64)>,
     eps: Option<f64>,
 ) -> PyResult<OptKind> {
-    let sgd_only = [("momentum", momentum.is_some()), ("dampening", dampening.is_some()), ("nesterov", nesterov.is_some())];
+    let sgd_only = [
+        ("momentum", momentum.is_some()),
+        ("dampening", dampening.is_some()),
+        ("nesterov", nesterov.is_some()),
+    ];
     let adam_only = [("betas", betas.is_some()), ("eps", eps.is_some())];
     Ok(match kind {
         "SGD" => {
@@ -57,12 +61,26 @@ fn opt_kind(
             let (beta1, beta2) = betas.unwrap_or((0.9, 0.999));
             let eps = eps.unwrap_or(1e-8);
             if kind == "Adam" {
-                OptKind::Adam { beta1, beta2, eps, weight_decay: weight_decay.unwrap_or(0.0) }
+                OptKind::Adam {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay: weight_decay.unwrap_or(0.0),
+                }
             } else {
-                OptKind::AdamW { beta1, beta2, eps, weight_decay: weight_decay.unwrap_or(1e-2) }
+                OptKind::AdamW {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay: weight_decay.unwrap_or(1e-2),
+                }
             }
         }
-        n => return Err(PyValueError::new_err(format!("optimizer: unknown optimizer '{n}' (SGD, Adam, AdamW)"))),
+        n => {
+            return Err(PyValueError::new_err(format!(
+                "optimizer: unknown optimizer '{n}' (SGD, Adam, AdamW)"
+            )))
+        }
     })
 }
 
@@ -83,7 +101,9 @@ impl PyOptimizerConfig {
         eps: Option<f64>,
     ) -> PyResult<Self> {
         let k = opt_kind(kind, momentum, dampening, nesterov, weight_decay, betas, eps)?;
-        Ok(PyOptimizerConfig { settings: GroupSettings::new(k, lr).map_err(to_py)? })
+        Ok(PyOptimizerConfig {
+            settings: GroupSettings::new(k, lr).map_err(to_py)?,
+        })
     }
 
     /// Settings written between the steps of a fit (a param group the user or a torch schedule
@@ -102,7 +122,9 @@ impl PyOptimizerConfig {
         eps: Option<f64>,
     ) -> PyResult<Self> {
         let kind = opt_kind(kind, momentum, dampening, nesterov, weight_decay, betas, eps)?;
-        Ok(PyOptimizerConfig { settings: GroupSettings { lr, kind } })
+        Ok(PyOptimizerConfig {
+            settings: GroupSettings { lr, kind },
+        })
     }
 
     #[getter]
@@ -164,7 +186,10 @@ impl PyScheduleConfig {
         warmup_start_factor: Option<f64>,
     ) -> PyResult<Self> {
         let req = |name: &str, v: Option<i64>| -> PyResult<u64> {
-            count(name, v.ok_or_else(|| PyValueError::new_err(format!("{name}: {kind} needs it")))?)
+            count(
+                name,
+                v.ok_or_else(|| PyValueError::new_err(format!("{name}: {kind} needs it")))?,
+            )
         };
         let given: Vec<(&str, bool)> = vec![
             ("step_size", step_size.is_some()),
@@ -190,8 +215,20 @@ impl PyScheduleConfig {
         ];
         let (k, reads): (sched::Kind, &[&str]) = match kind {
             "Constant" => (sched::Kind::Constant, &[]),
-            "StepLR" => (sched::Kind::Step { step_size: req("step_size", step_size)?, gamma: gamma.unwrap_or(0.1) }, &["step_size", "gamma"]),
-            "CosineAnnealingLR" => (sched::Kind::Cosine { t_max: req("T_max", T_max)?, eta_min: eta_min.unwrap_or(0.0) }, &["T_max", "eta_min"]),
+            "StepLR" => (
+                sched::Kind::Step {
+                    step_size: req("step_size", step_size)?,
+                    gamma: gamma.unwrap_or(0.1),
+                },
+                &["step_size", "gamma"],
+            ),
+            "CosineAnnealingLR" => (
+                sched::Kind::Cosine {
+                    t_max: req("T_max", T_max)?,
+                    eta_min: eta_min.unwrap_or(0.0),
+                },
+                &["T_max", "eta_min"],
+            ),
             "OneCycleLR" => (
                 sched::Kind::OneCycle {
                     max_lr: max_lr.ok_or_else(|| PyValueError::new_err(format!("max_lr: {kind} needs it")))?,
@@ -203,7 +240,16 @@ impl PyScheduleConfig {
                     base_momentum: base_momentum.unwrap_or(0.85),
                     max_momentum: max_momentum.unwrap_or(0.95),
                 },
-                &["max_lr", "total_steps", "pct_start", "div_factor", "final_div_factor", "cycle_momentum", "base_momentum", "max_momentum"],
+                &[
+                    "max_lr",
+                    "total_steps",
+                    "pct_start",
+                    "div_factor",
+                    "final_div_factor",
+                    "cycle_momentum",
+                    "base_momentum",
+                    "max_momentum",
+                ],
             ),
             "ReduceLROnPlateau" => (
                 sched::Kind::Plateau {
@@ -216,7 +262,16 @@ impl PyScheduleConfig {
                     min_lr: min_lr.unwrap_or(0.0),
                     eps: eps.unwrap_or(1e-8),
                 },
-                &["mode_min", "factor", "patience", "threshold", "threshold_abs", "cooldown", "min_lr", "eps"],
+                &[
+                    "mode_min",
+                    "factor",
+                    "patience",
+                    "threshold",
+                    "threshold_abs",
+                    "cooldown",
+                    "min_lr",
+                    "eps",
+                ],
             ),
             n => return Err(PyValueError::new_err(format!("scheduler: unknown scheduler '{n}'"))),
         };
@@ -224,9 +279,14 @@ impl PyScheduleConfig {
         refuse_unused(kind, &unused)?;
         let warmup = match (warmup_steps, warmup_start_factor) {
             (None, None) => None,
-            (steps, start) => Some(Warmup { steps: count("warmup_steps", steps.unwrap_or(0))?, start_factor: start.unwrap_or(0.0) }),
+            (steps, start) => Some(Warmup {
+                steps: count("warmup_steps", steps.unwrap_or(0))?,
+                start_factor: start.unwrap_or(0.0),
+            }),
         };
-        Ok(PyScheduleConfig { cfg: sched::Config::new(k, warmup).map_err(to_py)? })
+        Ok(PyScheduleConfig {
+            cfg: sched::Config::new(k, warmup).map_err(to_py)?,
+        })
     }
 
     #[getter]
@@ -247,7 +307,16 @@ impl PyScheduleConfig {
                 d.set_item("T_max", t_max)?;
                 d.set_item("eta_min", eta_min)?;
             }
-            sched::Kind::OneCycle { max_lr, total_steps, pct_start, div_factor, final_div_factor, cycle_momentum, base_momentum, max_momentum } => {
+            sched::Kind::OneCycle {
+                max_lr,
+                total_steps,
+                pct_start,
+                div_factor,
+                final_div_factor,
+                cycle_momentum,
+                base_momentum,
+                max_momentum,
+            } => {
                 d.set_item("max_lr", max_lr)?;
                 d.set_item("total_steps", total_steps)?;
                 d.set_item("pct_start", pct_start)?;
@@ -257,7 +326,16 @@ impl PyScheduleConfig {
                 d.set_item("base_momentum", base_momentum)?;
                 d.set_item("max_momentum", max_momentum)?;
             }
-            sched::Kind::Plateau { min_mode, factor, patience, threshold, abs_threshold, cooldown, min_lr, eps } => {
+            sched::Kind::Plateau {
+                min_mode,
+                factor,
+                patience,
+                threshold,
+                abs_threshold,
+                cooldown,
+                min_lr,
+                eps,
+            } => {
                 d.set_item("mode_min", min_mode)?;
                 d.set_item("factor", factor)?;
                 d.set_item("patience", patience)?;
@@ -291,7 +369,13 @@ pub struct PyTrainConfig {
 impl PyTrainConfig {
     #[new]
     #[pyo3(signature = (*, label_smoothing = 0.0, amp = false, grad_accum_steps = 1, grad_clip = None, log_every = 20))]
-    fn new(label_smoothing: f64, amp: bool, grad_accum_steps: i64, grad_clip: Option<f64>, log_every: i64) -> PyResult<Self> {
+    fn new(
+        label_smoothing: f64,
+        amp: bool,
+        grad_accum_steps: i64,
+        grad_clip: Option<f64>,
+        log_every: i64,
+    ) -> PyResult<Self> {
         let cfg = TrainConfig {
             label_smoothing,
             amp,

@@ -28,7 +28,15 @@ pub struct PyEpochStats {
 
 impl PyEpochStats {
     pub(crate) fn new(s: &EpochStats, interrupted: bool) -> Self {
-        PyEpochStats { loss: s.loss, accuracy: s.accuracy, images: s.images, seconds: s.seconds, lr: s.lr, stopped: s.stopped, interrupted }
+        PyEpochStats {
+            loss: s.loss,
+            accuracy: s.accuracy,
+            images: s.images,
+            seconds: s.seconds,
+            lr: s.lr,
+            stopped: s.stopped,
+            interrupted,
+        }
     }
 }
 
@@ -54,14 +62,23 @@ pub struct PyEvalStats {
 
 impl From<EvalReport> for PyEvalStats {
     fn from(r: EvalReport) -> Self {
-        PyEvalStats { loss: r.loss, accuracy: r.accuracy, count: r.count, confusion: r.confusion, num_classes: r.num_classes }
+        PyEvalStats {
+            loss: r.loss,
+            accuracy: r.accuracy,
+            count: r.count,
+            confusion: r.confusion,
+            num_classes: r.num_classes,
+        }
     }
 }
 
 #[pymethods]
 impl PyEvalStats {
     fn __repr__(&self) -> String {
-        format!("EvalStats(loss={}, accuracy={}, count={}, num_classes={})", self.loss, self.accuracy, self.count, self.num_classes)
+        format!(
+            "EvalStats(loss={}, accuracy={}, count={}, num_classes={})",
+            self.loss, self.accuracy, self.count, self.num_classes
+        )
     }
 }
 
@@ -96,7 +113,13 @@ impl PyOptimizerState {
                 Ok(Some(d.unbind()))
             })
             .collect::<PyResult<_>>()?;
-        Ok(PyOptimizerState { kind: o.kind.name(), lr: o.lr, initial_lr: o.initial_lr, momentum: o.momentum(), params })
+        Ok(PyOptimizerState {
+            kind: o.kind.name(),
+            lr: o.lr,
+            initial_lr: o.initial_lr,
+            momentum: o.momentum(),
+            params,
+        })
     }
 }
 
@@ -104,7 +127,13 @@ impl PyOptimizerState {
 impl PyOptimizerState {
     fn __repr__(&self) -> String {
         let n = self.params.iter().filter(|p| p.is_some()).count();
-        format!("OptimizerState({}, lr={}, {} of {} parameters with state)", self.kind, self.lr, n, self.params.len())
+        format!(
+            "OptimizerState({}, lr={}, {} of {} parameters with state)",
+            self.kind,
+            self.lr,
+            n,
+            self.params.len()
+        )
     }
 }
 
@@ -112,7 +141,11 @@ impl PyOptimizerState {
 /// optimizer's names; other keys are not this optimizer's and are left alone).
 pub(crate) fn load_param_states(o: &mut Optimizer, states: Vec<Option<Bound<'_, PyDict>>>) -> PyResult<()> {
     if states.len() != o.len() {
-        return Err(PyValueError::new_err(format!("optimizer_state_dict: state for {} parameters, the optimizer has {}", states.len(), o.len())));
+        return Err(PyValueError::new_err(format!(
+            "optimizer_state_dict: state for {} parameters, the optimizer has {}",
+            states.len(),
+            o.len()
+        )));
     }
     let (a, b) = o.buffer_names();
     for (i, s) in states.into_iter().enumerate() {
@@ -126,7 +159,11 @@ pub(crate) fn load_param_states(o: &mut Optimizer, states: Vec<Option<Bound<'_, 
         };
         let buf = |name: Option<&str>| -> PyResult<Option<tch::Tensor>> {
             let Some(name) = name else { return Ok(None) };
-            Ok(d.get_item(name)?.map(|v| v.extract::<Option<PyTensor>>()).transpose()?.flatten().map(|t| t.0))
+            Ok(d.get_item(name)?
+                .map(|v| v.extract::<Option<PyTensor>>())
+                .transpose()?
+                .flatten()
+                .map(|t| t.0))
         };
         o.set_state(i, step, buf(Some(a))?, buf(b)?).map_err(super::to_py)?;
     }
@@ -150,12 +187,16 @@ pub(crate) fn schedule_state<'py>(py: Python<'py>, s: &Scheduler) -> PyResult<Bo
 /// they were ints).
 pub(crate) fn load_schedule_state(s: &mut Scheduler, d: &Bound<'_, PyDict>) -> PyResult<()> {
     let g = |k: &str| -> PyResult<f64> {
-        d.get_item(k)?.ok_or_else(|| PyValueError::new_err(format!("scheduler_state_dict: missing '{k}'")))?.extract()
+        d.get_item(k)?
+            .ok_or_else(|| PyValueError::new_err(format!("scheduler_state_dict: missing '{k}'")))?
+            .extract()
     };
     let n = |k: &str| -> PyResult<u64> {
         let v = g(k)?;
         if !(v >= 0.0 && v.fract() == 0.0) {
-            return Err(PyValueError::new_err(format!("scheduler_state_dict: '{k}' is {v}, not a count")));
+            return Err(PyValueError::new_err(format!(
+                "scheduler_state_dict: '{k}' is {v}, not a count"
+            )));
         }
         Ok(v as u64)
     };

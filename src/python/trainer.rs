@@ -45,21 +45,40 @@ impl PyTrainer {
         let device = hold(py, &model.inner)?.device();
         let mut state = TrainState::new(opt, sched, cfg, device).map_err(to_py)?;
         state.apply_schedule();
-        Ok(PyTrainer { state: Arc::new(Mutex::new(state)) })
+        Ok(PyTrainer {
+            state: Arc::new(Mutex::new(state)),
+        })
     }
 
     /// Trains `model` for one epoch of `batches` (a Python iterable of `(images, labels)`, `steps`
     /// long), pulled with the GIL taken for each batch only: loaders whose work is not all in Rust.
     #[pyo3(signature = (model, batches, *, steps, epoch, hooks = None))]
-    fn train_batches(&self, py: Python<'_>, model: &PyModel, batches: PyObject, steps: usize, epoch: u64, hooks: Option<&PyTrainHooks>) -> PyResult<PyEpochStats> {
+    fn train_batches(
+        &self,
+        py: Python<'_>,
+        model: &PyModel,
+        batches: PyObject,
+        steps: usize,
+        epoch: u64,
+        hooks: Option<&PyTrainHooks>,
+    ) -> PyResult<PyEpochStats> {
         let mut it = PyBatches::new(py, batches)?;
         let hooks = PyHooks::new(py, hooks);
-        self.run_epoch(py, model, hooks, move |m, st, h| st.train_batches(m, &mut it, engine::Source { labels: None, steps }, epoch, h))
+        self.run_epoch(py, model, hooks, move |m, st, h| {
+            st.train_batches(m, &mut it, engine::Source { labels: None, steps }, epoch, h)
+        })
     }
 
     /// Trains `model` for one epoch of `loader` (its epoch number `epoch`) with the GIL released.
     #[pyo3(signature = (model, loader, *, epoch, hooks = None))]
-    fn train_epoch(&self, py: Python<'_>, model: &PyModel, loader: &PyLoader, epoch: u64, hooks: Option<&PyTrainHooks>) -> PyResult<PyEpochStats> {
+    fn train_epoch(
+        &self,
+        py: Python<'_>,
+        model: &PyModel,
+        loader: &PyLoader,
+        epoch: u64,
+        hooks: Option<&PyTrainHooks>,
+    ) -> PyResult<PyEpochStats> {
         let l = loader.inner.clone();
         let hooks = PyHooks::new(py, hooks);
         self.run_epoch(py, model, hooks, move |m, st, h| st.train_epoch(m, &l, epoch, h))
@@ -109,7 +128,13 @@ impl PyTrainer {
     /// Loads per-parameter entries as torch.optim keeps them (None: no state yet), and the rate
     /// and momentum (or beta1) now.
     #[pyo3(signature = (*, lr, momentum, states))]
-    fn load_optimizer_state(&self, py: Python<'_>, lr: f64, momentum: f64, states: Vec<Option<Bound<'_, PyDict>>>) -> PyResult<()> {
+    fn load_optimizer_state(
+        &self,
+        py: Python<'_>,
+        lr: f64,
+        momentum: f64,
+        states: Vec<Option<Bound<'_, PyDict>>>,
+    ) -> PyResult<()> {
         let mut st = hold(py, &self.state)?;
         load_param_states(&mut st.opt, states)?;
         st.opt.lr = lr;
@@ -126,7 +151,9 @@ impl PyTrainer {
     fn load_scheduler_state(&self, py: Python<'_>, state: Bound<'_, PyDict>) -> PyResult<()> {
         let mut st = hold(py, &self.state)?;
         let Some(s) = st.sched.as_mut() else {
-            return Err(PyValueError::new_err("scheduler_state_dict: this trainer has no scheduler"));
+            return Err(PyValueError::new_err(
+                "scheduler_state_dict: this trainer has no scheduler",
+            ));
         };
         load_schedule_state(s, &state)?;
         st.apply_schedule();
