@@ -14,6 +14,7 @@ step for the per-batch ones (OneCycleLR, CyclicLR, or ``scheduler_interval="step
 
 ``param_groups`` writes (the user's, or a torch schedule's) reach the engine before the next step.
 """
+
 from __future__ import annotations
 
 from typing import List, Optional
@@ -25,7 +26,9 @@ from . import optim as _optim
 
 _ENGINE = {torch.optim.SGD: "SGD", torch.optim.Adam: "Adam", torch.optim.AdamW: "AdamW"}
 _UNSUPPORTED_FLAGS = ("maximize", "amsgrad", "differentiable", "capturable", "fused")
-_PER_STEP = tuple(c for c in (getattr(torch.optim.lr_scheduler, n, None) for n in ("OneCycleLR", "CyclicLR")) if c is not None)
+_PER_STEP = tuple(
+    c for c in (getattr(torch.optim.lr_scheduler, n, None) for n in ("OneCycleLR", "CyclicLR")) if c is not None
+)
 
 
 def _f(v) -> float:
@@ -35,7 +38,13 @@ def _f(v) -> float:
 def _watched(name: str, group: dict) -> tuple:
     """The param group's values the Rust update reads (to see when they change between steps)."""
     if name == "SGD":
-        return (group["lr"], group.get("momentum"), group.get("dampening"), group.get("weight_decay"), group.get("nesterov"))
+        return (
+            group["lr"],
+            group.get("momentum"),
+            group.get("dampening"),
+            group.get("weight_decay"),
+            group.get("nesterov"),
+        )
     return (group["lr"], tuple(group.get("betas", ())), group.get("eps"), group.get("weight_decay"))
 
 
@@ -61,10 +70,16 @@ def _is_torch_schedule(s) -> bool:
 class Bridge:
     def __init__(self, optimizer, scheduler, model: torch.nn.Module, scheduler_interval: Optional[str]):
         if not isinstance(optimizer, (_optim.Optimizer, torch.optim.Optimizer)):
-            raise TypeError(f"optimizer: expected a torch.optim or fastcifar.optim optimizer, got {type(optimizer).__name__}")
-        if scheduler is not None and not (isinstance(scheduler, _optim.lr_scheduler._Schedule) or _is_torch_schedule(scheduler)):
-            raise TypeError(f"scheduler: expected a torch.optim.lr_scheduler or fastcifar.optim.lr_scheduler schedule, "
-                            f"got {type(scheduler).__name__}")
+            raise TypeError(
+                f"optimizer: expected a torch.optim or fastcifar.optim optimizer, got {type(optimizer).__name__}"
+            )
+        if scheduler is not None and not (
+            isinstance(scheduler, _optim.lr_scheduler._Schedule) or _is_torch_schedule(scheduler)
+        ):
+            raise TypeError(
+                f"scheduler: expected a torch.optim.lr_scheduler or fastcifar.optim.lr_scheduler schedule, "
+                f"got {type(scheduler).__name__}"
+            )
         if _is_torch_schedule(scheduler) and scheduler.optimizer is not optimizer:
             raise ValueError("scheduler: was built on another optimizer than the one given to the Trainer")
         if scheduler_interval not in (None, "epoch", "step"):
@@ -79,7 +94,9 @@ class Bridge:
             raise ValueError("scheduler_interval: ReduceLROnPlateau steps on a metric, once per epoch")
         self.per_step_schedule = self.torch_schedule is not None and scheduler_interval == "step"
         if self.rust_schedule is not None and len(optimizer.param_groups) != 1:
-            raise ValueError("scheduler: fastcifar's schedules drive one parameter group; with several, use torch.optim.lr_scheduler")
+            raise ValueError(
+                "scheduler: fastcifar's schedules drive one parameter group; with several, use torch.optim.lr_scheduler"
+            )
         if isinstance(optimizer, _optim.Optimizer):
             if optimizer.params is None:
                 optimizer.params = [p for p in model.parameters() if p.requires_grad]
@@ -90,8 +107,10 @@ class Bridge:
         own = {id(p) for p in model.parameters()}
         strangers = sum(id(p) not in own for p in self.params)
         if strangers:
-            raise ValueError(f"optimizer: holds {strangers} tensor(s) that are not parameters of the model; build it on "
-                             f"model.parameters() (or a part of them)")
+            raise ValueError(
+                f"optimizer: holds {strangers} tensor(s) that are not parameters of the model; build it on "
+                f"model.parameters() (or a part of them)"
+            )
         self._synced: Optional[dict] = None
 
     @property

@@ -1,5 +1,6 @@
 """Checkpoints: how one names its optimizer and schedule, rebuilding them for ``Trainer.load``,
 refusing one whose optimizer or schedule differs from the trainer's, and reading the file."""
+
 from __future__ import annotations
 
 import os
@@ -21,7 +22,9 @@ def describe(obj) -> Optional[dict]:
     cls = type(obj)
     out = {"torch": f"{cls.__module__}.{cls.__qualname__}"}
     if isinstance(obj, torch.optim.Optimizer):
-        out["defaults"] = {k: v for k, v in obj.defaults.items() if isinstance(v, (bool, int, float, str, tuple, type(None)))}
+        out["defaults"] = {
+            k: v for k, v in obj.defaults.items() if isinstance(v, (bool, int, float, str, tuple, type(None)))
+        }
     return out
 
 
@@ -40,8 +43,10 @@ def rebuild_optimizer(meta: Optional[dict], model: torch.nn.Module, src):
     if "torch" in meta:
         cls = _torch_class(meta["torch"], src)
         if cls is None:
-            raise ValueError(f"{src}: was trained with {meta['torch']}, which a checkpoint cannot rebuild; pass it: "
-                             f"Trainer.load(path, optimizer=...)")
+            raise ValueError(
+                f"{src}: was trained with {meta['torch']}, which a checkpoint cannot rebuild; pass it: "
+                f"Trainer.load(path, optimizer=...)"
+            )
         return cls(model.parameters(), **meta.get("defaults", {}))
     s = dict(meta["settings"])
     if "beta1" in s:
@@ -53,8 +58,10 @@ def rebuild_optimizer(meta: Optional[dict], model: torch.nn.Module, src):
 
 def rebuild_schedule(meta: dict, src):
     if "torch" in meta:
-        raise ValueError(f"{src}: was trained with {meta['torch']}, whose arguments a checkpoint does not hold; pass it "
-                         f"(built on the optimizer you pass): Trainer.load(path, optimizer=..., scheduler=...)")
+        raise ValueError(
+            f"{src}: was trained with {meta['torch']}, whose arguments a checkpoint does not hold; pass it "
+            f"(built on the optimizer you pass): Trainer.load(path, optimizer=..., scheduler=...)"
+        )
     return _optim.lr_scheduler._restore(meta["name"], meta["settings"])
 
 
@@ -82,8 +89,10 @@ def check_same_optimizer(ckpt: dict, optimizer, scheduler) -> None:
         kind = "Adam" if "betas" in group else "SGD" if "momentum" in group else None
         own = optimizer.param_groups[0]
         if kind is not None and (kind == "Adam") != ("betas" in own):
-            raise ValueError(f"checkpoint: optimizer state is {'Adam-like (betas)' if kind == 'Adam' else 'SGD (momentum)'}, "
-                             f"this trainer's optimizer is {_kind(mine)}; {fix}")
+            raise ValueError(
+                f"checkpoint: optimizer state is {'Adam-like (betas)' if kind == 'Adam' else 'SGD (momentum)'}, "
+                f"this trainer's optimizer is {_kind(mine)}; {fix}"
+            )
     if "scheduler" in meta:
         saved, theirs = meta["scheduler"], describe(scheduler)
         if _kind(saved) != _kind(theirs):
@@ -102,8 +111,11 @@ def _same_settings(what: str, name: str, saved: dict, mine: dict, fix: str) -> N
             return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
         return a == b
 
-    diff = [f"{k}={saved.get(k)!r} (this trainer: {mine.get(k)!r})" for k in sorted(set(saved) | set(mine))
-            if not same(saved.get(k), mine.get(k))]
+    diff = [
+        f"{k}={saved.get(k)!r} (this trainer: {mine.get(k)!r})"
+        for k in sorted(set(saved) | set(mine))
+        if not same(saved.get(k), mine.get(k))
+    ]
     if diff:
         raise ValueError(f"checkpoint: {what} {name} was saved with {', '.join(diff)}; {fix}")
 

@@ -1,4 +1,5 @@
 """What a fit and an evaluation report: ``History`` (one record per epoch) and ``EvalReport``."""
+
 from __future__ import annotations
 
 import json
@@ -78,12 +79,22 @@ class EvalReport:
     per_class: Dict[str, float] = field(default_factory=dict)
 
     def __str__(self) -> str:
-        lines = [f"Overall Accuracy: {100 * self.accuracy:.2f}%  (loss {self.loss:.4f}, {self.count} images)", "", "Per-class accuracy:"]
+        lines = [
+            f"Overall Accuracy: {100 * self.accuracy:.2f}%  (loss {self.loss:.4f}, {self.count} images)",
+            "",
+            "Per-class accuracy:",
+        ]
         w = max(len(c) for c in self.classes)
         for c in self.classes:
             lines.append(f"  {c:<{w}}  {100 * self.per_class[c]:6.2f}%")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {"loss": self.loss, "accuracy": self.accuracy, "count": self.count, "classes": list(self.classes),
-                "per_class": dict(self.per_class), "confusion_matrix": self.confusion_matrix.tolist()}
+        return {
+            "loss": self.loss,
+            "accuracy": self.accuracy,
+            "count": self.count,
+            "classes": list(self.classes),
+            "per_class": dict(self.per_class),
+            "confusion_matrix": self.confusion_matrix.tolist(),
+        }

@@ -1,4 +1,5 @@
 """Type stubs for fastcifar's Rust extension (``fastcifar._native``)."""
+
 from os import PathLike
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -11,7 +12,9 @@ class NativeDataset:
     """A data set held in Rust: one uint8 (N, C, H, W) buffer, labels and class names."""
 
     @staticmethod
-    def cifar(root: str | PathLike, variant: str, train: bool, label: str = "fine", mmap: bool = False) -> Tuple["NativeDataset", str, str]:
+    def cifar(
+        root: str | PathLike, variant: str, train: bool, label: str = "fine", mmap: bool = False
+    ) -> Tuple["NativeDataset", str, str]:
         """Loads CIFAR-10 (``"cifar10"``) or CIFAR-100 (``"cifar100"``, label ``"fine"``/``"coarse"``).
         ``mmap``: keep an extracted pickle folder's images in the page cache instead of copying them.
         Returns (data set, layout: "python" | "binary" | "python-archive" | "binary-archive", path read)."""
@@ -41,14 +44,18 @@ class TransformOp:
     """One validated transform step (built by fastcifar.transforms)."""
 
     @staticmethod
-    def random_crop(size: Tuple[int, int], padding: Sequence[int], fill: Sequence[int], padding_mode: str, pad_if_needed: bool) -> "TransformOp": ...
+    def random_crop(
+        size: Tuple[int, int], padding: Sequence[int], fill: Sequence[int], padding_mode: str, pad_if_needed: bool
+    ) -> "TransformOp": ...
     @staticmethod
     def center_crop(size: Tuple[int, int]) -> "TransformOp": ...
     @staticmethod
     def pad(*, padding: Sequence[int], fill: Sequence[int], padding_mode: str) -> "TransformOp":
         """Pads by (left, top, right, bottom); padding_mode 'constant', 'edge', 'reflect' or 'symmetric'."""
     @staticmethod
-    def random_resized_crop(*, size: Tuple[int, int], scale: Tuple[float, float], ratio: Tuple[float, float]) -> "TransformOp":
+    def random_resized_crop(
+        *, size: Tuple[int, int], scale: Tuple[float, float], ratio: Tuple[float, float]
+    ) -> "TransformOp":
         """torchvision's RandomResizedCrop, bilinear with Pillow's pixels."""
     @staticmethod
     def horizontal_flip(p: float) -> "TransformOp": ...
@@ -64,7 +71,9 @@ class TransformOp:
     @staticmethod
     def normalize(mean: Sequence[float], std: Sequence[float]) -> "TransformOp": ...
     @staticmethod
-    def random_erasing(p: float, scale: Tuple[float, float], ratio: Tuple[float, float], value: Sequence[float]) -> "TransformOp": ...
+    def random_erasing(
+        p: float, scale: Tuple[float, float], ratio: Tuple[float, float], value: Sequence[float]
+    ) -> "TransformOp": ...
     @staticmethod
     def cutout(size: int, p: float, value: Sequence[float]) -> "TransformOp": ...
     @property
@@ -82,9 +91,23 @@ class BatchIter(Iterator[Tuple[torch.Tensor, torch.Tensor]]):
 
 class NativeLoader:
     def __init__(
-        self, dataset: NativeDataset, ops: Sequence[TransformOp], batch_size: int, shuffle: bool, drop_last: bool,
-        seed: int, prefetch: int, dtype: str, device: str, pin_memory: bool, num_threads: Optional[int] = None,
-        rank: int = 0, world_size: int = 1, pad_shards: bool = True, *, labels: Optional[Sequence[int]] = None,
+        self,
+        dataset: NativeDataset,
+        ops: Sequence[TransformOp],
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool,
+        seed: int,
+        prefetch: int,
+        dtype: str,
+        device: str,
+        pin_memory: bool,
+        num_threads: Optional[int] = None,
+        rank: int = 0,
+        world_size: int = 1,
+        pad_shards: bool = True,
+        *,
+        labels: Optional[Sequence[int]] = None,
     ) -> None:
         """``labels``: emitted instead of the data set's (its target_transform applied), one per image.
         ``pin_memory`` on a CPU device pins the batches when CUDA exists."""
@@ -98,7 +121,6 @@ class NativeLoader:
         """These batches of data set indices (a sampler's), with the randomness of ``epoch``."""
 
 def cuda_is_available() -> bool: ...
-
 def decode_images(paths: Sequence[str | PathLike], size: Tuple[int, int]) -> np.ndarray:
     """Decodes PNG / JPEG files to uint8 (N, H, W, 3), resized (bilinear) to size = (h, w)."""
 
@@ -110,10 +132,18 @@ class NativeModel:
     """An nn.Module on the Rust engine: graphs over the module's own tensors, or its own forward."""
 
     @staticmethod
-    def graph(name: str, names: Sequence[str], tensors: Sequence[torch.Tensor], *, train: Plan, eval: Plan) -> NativeModel:
+    def graph(
+        name: str, names: Sequence[str], tensors: Sequence[torch.Tensor], *, train: Plan, eval: Plan
+    ) -> NativeModel:
         """Runs the train / eval programs (fastcifar._graph) over ``tensors`` (shared)."""
     @staticmethod
-    def eager(name: str, names: Sequence[str], tensors: Sequence[torch.Tensor], *, forward: Callable[[torch.Tensor, bool], torch.Tensor]) -> NativeModel:
+    def eager(
+        name: str,
+        names: Sequence[str],
+        tensors: Sequence[torch.Tensor],
+        *,
+        forward: Callable[[torch.Tensor, bool], torch.Tensor],
+    ) -> NativeModel:
         """Calls ``forward(x, train)`` (eager PyTorch) for the logits."""
     def rebind(self, names: Sequence[str], tensors: Sequence[torch.Tensor]) -> None:
         """Takes the module's current tensors (same names, same order)."""
@@ -135,14 +165,27 @@ class OptimizerConfig:
     does not read is refused; absent ones take torch's defaults."""
 
     def __init__(
-        self, kind: str, *, lr: float = 0.001, momentum: Optional[float] = None, dampening: Optional[float] = None,
-        nesterov: Optional[bool] = None, weight_decay: Optional[float] = None, betas: Optional[Tuple[float, float]] = None,
+        self,
+        kind: str,
+        *,
+        lr: float = 0.001,
+        momentum: Optional[float] = None,
+        dampening: Optional[float] = None,
+        nesterov: Optional[bool] = None,
+        weight_decay: Optional[float] = None,
+        betas: Optional[Tuple[float, float]] = None,
         eps: Optional[float] = None,
     ) -> None: ...
     @staticmethod
     def written(
-        kind: str, *, lr: float, momentum: Optional[float] = None, dampening: Optional[float] = None,
-        nesterov: Optional[bool] = None, weight_decay: Optional[float] = None, betas: Optional[Tuple[float, float]] = None,
+        kind: str,
+        *,
+        lr: float,
+        momentum: Optional[float] = None,
+        dampening: Optional[float] = None,
+        nesterov: Optional[bool] = None,
+        weight_decay: Optional[float] = None,
+        betas: Optional[Tuple[float, float]] = None,
         eps: Optional[float] = None,
     ) -> OptimizerConfig:
         """Settings written between the steps of a fit; the loop checks them when it applies them
@@ -157,13 +200,30 @@ class ScheduleConfig:
     with an optional linear warm-up, checked by the core. A setting the kind does not read is refused."""
 
     def __init__(
-        self, kind: str, *, step_size: Optional[int] = None, gamma: Optional[float] = None, T_max: Optional[int] = None,
-        eta_min: Optional[float] = None, max_lr: Optional[float] = None, total_steps: Optional[int] = None,
-        pct_start: Optional[float] = None, div_factor: Optional[float] = None, final_div_factor: Optional[float] = None,
-        cycle_momentum: Optional[bool] = None, base_momentum: Optional[float] = None, max_momentum: Optional[float] = None,
-        mode_min: Optional[bool] = None, factor: Optional[float] = None, patience: Optional[int] = None,
-        threshold: Optional[float] = None, threshold_abs: Optional[bool] = None, cooldown: Optional[int] = None,
-        min_lr: Optional[float] = None, eps: Optional[float] = None, warmup_steps: Optional[int] = None,
+        self,
+        kind: str,
+        *,
+        step_size: Optional[int] = None,
+        gamma: Optional[float] = None,
+        T_max: Optional[int] = None,
+        eta_min: Optional[float] = None,
+        max_lr: Optional[float] = None,
+        total_steps: Optional[int] = None,
+        pct_start: Optional[float] = None,
+        div_factor: Optional[float] = None,
+        final_div_factor: Optional[float] = None,
+        cycle_momentum: Optional[bool] = None,
+        base_momentum: Optional[float] = None,
+        max_momentum: Optional[float] = None,
+        mode_min: Optional[bool] = None,
+        factor: Optional[float] = None,
+        patience: Optional[int] = None,
+        threshold: Optional[float] = None,
+        threshold_abs: Optional[bool] = None,
+        cooldown: Optional[int] = None,
+        min_lr: Optional[float] = None,
+        eps: Optional[float] = None,
+        warmup_steps: Optional[int] = None,
         warmup_start_factor: Optional[float] = None,
     ) -> None: ...
     @property
@@ -175,7 +235,12 @@ class TrainConfig:
     """The loop's settings, checked by the core."""
 
     def __init__(
-        self, *, label_smoothing: float = 0.0, amp: bool = False, grad_accum_steps: int = 1, grad_clip: Optional[float] = None,
+        self,
+        *,
+        label_smoothing: float = 0.0,
+        amp: bool = False,
+        grad_accum_steps: int = 1,
+        grad_clip: Optional[float] = None,
         log_every: int = 20,
     ) -> None: ...
 
@@ -186,8 +251,12 @@ class TrainHooks:
     returns its lr, else it steps a per-batch schedule and returns None or an OptimizerConfig)."""
 
     def __init__(
-        self, *, progress: Optional[Callable[[dict], Optional[bool]]] = None, poll: Optional[Callable[[], Optional[OptimizerConfig]]] = None,
-        outer: Optional[Callable[..., object]] = None, owns_optimizer: bool = False,
+        self,
+        *,
+        progress: Optional[Callable[[dict], Optional[bool]]] = None,
+        poll: Optional[Callable[[], Optional[OptimizerConfig]]] = None,
+        outer: Optional[Callable[..., object]] = None,
+        owns_optimizer: bool = False,
     ) -> None: ...
 
 class EpochStats:
@@ -243,13 +312,27 @@ class NativeTrainer:
     """Optimizer, schedule and settings; the model is given to each call."""
 
     def __init__(
-        self, model: NativeModel, *, params: Sequence[torch.Tensor], optimizer: OptimizerConfig,
-        schedule: Optional[ScheduleConfig] = None, config: Optional[TrainConfig] = None,
+        self,
+        model: NativeModel,
+        *,
+        params: Sequence[torch.Tensor],
+        optimizer: OptimizerConfig,
+        schedule: Optional[ScheduleConfig] = None,
+        config: Optional[TrainConfig] = None,
     ) -> None: ...
-    def train_batches(self, model: NativeModel, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]], *, steps: int, epoch: int,
-                      hooks: Optional[TrainHooks] = None) -> EpochStats:
+    def train_batches(
+        self,
+        model: NativeModel,
+        batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
+        *,
+        steps: int,
+        epoch: int,
+        hooks: Optional[TrainHooks] = None,
+    ) -> EpochStats:
         """``train_epoch`` over a Python iterable of (images, labels) batches, pulled one per step."""
-    def train_epoch(self, model: NativeModel, loader: NativeLoader, *, epoch: int, hooks: Optional[TrainHooks] = None) -> EpochStats:
+    def train_epoch(
+        self, model: NativeModel, loader: NativeLoader, *, epoch: int, hooks: Optional[TrainHooks] = None
+    ) -> EpochStats:
         """One epoch with the GIL released. The progress hook gets epoch, step, steps, loss,
         batch_loss, accuracy, images, seconds, lr, momentum every log_every steps."""
     def set_process_group(self, group: Optional[object] = None, bucket_cap_mb: float = 25.0) -> None:
@@ -271,11 +354,21 @@ class NativeTrainer:
     def load_scheduler_state(self, state: Dict[str, float]) -> None: ...
     def sync_device(self, model: NativeModel) -> None: ...
 
-def evaluate(model: NativeModel, loader: NativeLoader, *, callback: Optional[Callable[[int, int], object]] = None) -> EvalStats:
+def evaluate(
+    model: NativeModel, loader: NativeLoader, *, callback: Optional[Callable[[int, int], object]] = None
+) -> EvalStats:
     """Loss, accuracy and the confusion matrix over one pass of the loader, in eval mode."""
 
-def evaluate_batches(model: NativeModel, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]], *, steps: int, num_classes: int,
-                     callback: Optional[Callable[[int, int], object]] = None) -> EvalStats:
+def evaluate_batches(
+    model: NativeModel,
+    batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
+    *,
+    steps: int,
+    num_classes: int,
+    callback: Optional[Callable[[int, int], object]] = None,
+) -> EvalStats:
     """``evaluate`` over a Python iterable of (images, labels) batches."""
 
-def predict_logits(model: NativeModel, x: torch.Tensor, *, batch_size: int = 256, tta: bool = False) -> torch.Tensor: ...
+def predict_logits(
+    model: NativeModel, x: torch.Tensor, *, batch_size: int = 256, tta: bool = False
+) -> torch.Tensor: ...

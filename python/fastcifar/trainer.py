@@ -1,11 +1,12 @@
 """``Trainer``: fit / evaluate / predict / save, with the per-step loop in Rust.
 
-    trainer = fastcifar.Trainer(model, optimizer=fastcifar.optim.Adam(lr=1e-3, weight_decay=1e-4),
-                                scheduler=fastcifar.optim.lr_scheduler.ReduceLROnPlateau(mode="min", patience=3))
-    history = trainer.fit(trainloader, testloader, epochs=50, checkpoint="best_model.pth")
-    report = trainer.evaluate(testloader)     # loss, accuracy, per-class accuracy, confusion matrix
-    trainer.save("checkpoint.pth")            # torch.load() reads it: the seed's checkpoint shape
+trainer = fastcifar.Trainer(model, optimizer=fastcifar.optim.Adam(lr=1e-3, weight_decay=1e-4),
+                            scheduler=fastcifar.optim.lr_scheduler.ReduceLROnPlateau(mode="min", patience=3))
+history = trainer.fit(trainloader, testloader, epochs=50, checkpoint="best_model.pth")
+report = trainer.evaluate(testloader)     # loss, accuracy, per-class accuracy, confusion matrix
+trainer.save("checkpoint.pth")            # torch.load() reads it: the seed's checkpoint shape
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,8 +22,15 @@ from . import _native as _rs
 from . import distributed as _dist
 from . import optim as _optim
 from . import transforms as T
-from ._checkpoint import (CHECKPOINT_VERSION, check_same_optimizer, describe, read_checkpoint, rebuild_optimizer,
-                          rebuild_schedule, to_cpu)
+from ._checkpoint import (
+    CHECKPOINT_VERSION,
+    check_same_optimizer,
+    describe,
+    read_checkpoint,
+    rebuild_optimizer,
+    rebuild_schedule,
+    to_cpu,
+)
 from ._history import EvalReport, History
 from ._io import atomic_write, check_writable
 from .loader import DataLoader
@@ -36,7 +44,9 @@ def _resolve_device(device) -> str:
     if d == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if d.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device: '{d}' was asked for, but CUDA is not available here (torch.cuda.is_available() is False)")
+        raise RuntimeError(
+            f"device: '{d}' was asked for, but CUDA is not available here (torch.cuda.is_available() is False)"
+        )
     if d != "cpu" and not d.startswith("cuda"):
         raise ValueError(f"device: '{d}' is not 'cpu', 'cuda', 'cuda:N' or 'auto'")
     return d
@@ -72,19 +82,39 @@ class Trainer:
     progress and writes checkpoints (``save`` does nothing elsewhere).
     """
 
-    def __init__(self, model: torch.nn.Module, optimizer=None, scheduler=None, loss: str = "cross_entropy",
-                 label_smoothing: float = 0.0, device="auto", amp: bool = False, grad_accum_steps: int = 1,
-                 grad_clip: Optional[float] = None, seed: Optional[int] = None, log_every: int = 20,
-                 distributed: Optional[bool] = None, sync_bn: bool = False, bucket_cap_mb: float = 25.0,
-                 scheduler_interval: Optional[str] = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer=None,
+        scheduler=None,
+        loss: str = "cross_entropy",
+        label_smoothing: float = 0.0,
+        device="auto",
+        amp: bool = False,
+        grad_accum_steps: int = 1,
+        grad_clip: Optional[float] = None,
+        seed: Optional[int] = None,
+        log_every: int = 20,
+        distributed: Optional[bool] = None,
+        sync_bn: bool = False,
+        bucket_cap_mb: float = 25.0,
+        scheduler_interval: Optional[str] = None,
+    ):
         if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model: expected a torch.nn.Module (your own or fastcifar.models), got {type(model).__name__}")
+            raise TypeError(
+                f"model: expected a torch.nn.Module (your own or fastcifar.models), got {type(model).__name__}"
+            )
         if loss != "cross_entropy":
             raise ValueError(f"loss: '{loss}' is not supported (only 'cross_entropy')")
         optimizer = optimizer if optimizer is not None else _optim.Adam()
         # The core checks the loop's settings (grad_accum_steps, log_every, label_smoothing, grad_clip).
-        train_config = _rs.TrainConfig(label_smoothing=float(label_smoothing), amp=bool(amp), grad_accum_steps=grad_accum_steps,
-                                       grad_clip=None if grad_clip is None else float(grad_clip), log_every=log_every)
+        train_config = _rs.TrainConfig(
+            label_smoothing=float(label_smoothing),
+            amp=bool(amp),
+            grad_accum_steps=grad_accum_steps,
+            grad_clip=None if grad_clip is None else float(grad_clip),
+            log_every=log_every,
+        )
         if distributed is None:
             distributed = _dist.launched() or _dist.active()
         if sync_bn and not distributed:
@@ -104,17 +134,29 @@ class Trainer:
         self._compiled = _graph.compile(self.model)
         self._fingerprint = _graph.fingerprint(self.model)
         if sync_bn and not self._compiled.is_graph:
-            raise ValueError(f"sync_bn: needs the model on the Rust graph, but {type(model).__name__} runs in eager PyTorch (see the "
-                             f"warning above); convert its BatchNorm layers with torch.nn.SyncBatchNorm.convert_sync_batchnorm instead")
+            raise ValueError(
+                f"sync_bn: needs the model on the Rust graph, but {type(model).__name__} runs in eager PyTorch (see the "
+                f"warning above); convert its BatchNorm layers with torch.nn.SyncBatchNorm.convert_sync_batchnorm instead"
+            )
         self._bridge = _bridge.Bridge(optimizer, scheduler, self.model, scheduler_interval)
         self.optimizer = optimizer
         self.scheduler = scheduler
-        self.config = {"label_smoothing": float(label_smoothing), "amp": bool(amp), "grad_accum_steps": grad_accum_steps,
-                       "grad_clip": None if grad_clip is None else float(grad_clip), "log_every": log_every,
-                       "scheduler_interval": scheduler_interval}
+        self.config = {
+            "label_smoothing": float(label_smoothing),
+            "amp": bool(amp),
+            "grad_accum_steps": grad_accum_steps,
+            "grad_clip": None if grad_clip is None else float(grad_clip),
+            "log_every": log_every,
+            "scheduler_interval": scheduler_interval,
+        }
         rs = self._bridge.rust_schedule
-        self._native = _rs.NativeTrainer(self._compiled, params=self._bridge.params, optimizer=self._bridge.native_config(),
-                                         schedule=rs._config if rs is not None else None, config=train_config)
+        self._native = _rs.NativeTrainer(
+            self._compiled,
+            params=self._bridge.params,
+            optimizer=self._bridge.native_config(),
+            schedule=rs._config if rs is not None else None,
+            config=train_config,
+        )
         if isinstance(optimizer, _optim.Optimizer):
             optimizer._trainer = self
         self._bridge.mark_synced()
@@ -132,8 +174,15 @@ class Trainer:
         self.input_shape: Optional[tuple] = None
 
     # --- training --------------------------------------------------------------------------
-    def fit(self, train_loader: DataLoader, val_loader: Optional[DataLoader] = None, epochs: int = 1,
-            checkpoint=None, callbacks: Sequence[Callable[[dict], Optional[bool]]] = (), progress: bool = True) -> History:
+    def fit(
+        self,
+        train_loader: DataLoader,
+        val_loader: Optional[DataLoader] = None,
+        epochs: int = 1,
+        checkpoint=None,
+        callbacks: Sequence[Callable[[dict], Optional[bool]]] = (),
+        progress: bool = True,
+    ) -> History:
         """Trains ``epochs`` more epochs; returns the history.
 
         Epoch e draws its shuffle and augmentations from ``train_loader``'s seed and e, so a fit
@@ -163,11 +212,15 @@ class Trainer:
         source, train_loader = train_loader, self._shard(train_loader, pad=True)
         for name, ld in (("train_loader", train_loader), ("val_loader", val_loader)):
             if epochs and ld is not None and len(ld) == 0:
-                raise ValueError(f"{name}: yields no batch per epoch ({len(ld.dataset)} images, batch_size={ld.batch_size}, "
-                                 f"drop_last={ld.drop_last}): lower batch_size or set drop_last=False")
+                raise ValueError(
+                    f"{name}: yields no batch per epoch ({len(ld.dataset)} images, batch_size={ld.batch_size}, "
+                    f"drop_last={ld.drop_last}): lower batch_size or set drop_last=False"
+                )
         if epochs and checkpoint is not None and self.is_main:
             # A full disk or a read-only folder is found now, not after the first epoch.
-            check_writable(checkpoint, need_bytes=sum(t.numel() * t.element_size() for t in self.model.state_dict().values()))
+            check_writable(
+                checkpoint, need_bytes=sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+            )
         final = self.epoch + epochs
         for _ in range(epochs):
             e = self.epoch
@@ -179,8 +232,12 @@ class Trainer:
                 bridge.show(info["lr"], info["momentum"])
                 if bar is not None:
                     bar.n = info["step"]
-                    bar.set_postfix(loss=f"{info['loss']:.4f}", acc=f"{100 * info['accuracy']:.2f}%",
-                                    img_s=f"{info['images'] / max(info['seconds'], 1e-9):,.0f}", refresh=False)
+                    bar.set_postfix(
+                        loss=f"{info['loss']:.4f}",
+                        acc=f"{100 * info['accuracy']:.2f}%",
+                        img_s=f"{info['images'] / max(info['seconds'], 1e-9):,.0f}",
+                        refresh=False,
+                    )
                     bar.refresh()
                 for cb in callbacks:
                     if cb(dict(info, phase="step")) is False:
@@ -190,9 +247,12 @@ class Trainer:
 
             if self.sync_bn:
                 self._compiled.set_sync_bn(_dist.sync_batch_norm(self.process_group))
-            hooks = _rs.TrainHooks(progress=on_step, poll=bridge.poll if bridge.on_engine else None,
-                                   outer=bridge.outer if (not bridge.on_engine or bridge.per_step_schedule) else None,
-                                   owns_optimizer=not bridge.on_engine)
+            hooks = _rs.TrainHooks(
+                progress=on_step,
+                poll=bridge.poll if bridge.on_engine else None,
+                outer=bridge.outer if (not bridge.on_engine or bridge.per_step_schedule) else None,
+                owns_optimizer=not bridge.on_engine,
+            )
             try:
                 fast = _native_loader(train_loader)
                 if fast is not None:
@@ -200,7 +260,9 @@ class Trainer:
                 else:
                     if isinstance(train_loader, DataLoader):
                         train_loader.set_epoch(e)
-                    stats = self._native.train_batches(native, iter(train_loader), steps=len(train_loader), epoch=e, hooks=hooks)
+                    stats = self._native.train_batches(
+                        native, iter(train_loader), steps=len(train_loader), epoch=e, hooks=hooks
+                    )
             finally:
                 if self.sync_bn:
                     self._compiled.set_sync_bn(None)
@@ -210,15 +272,23 @@ class Trainer:
                 bridge.show(self._native.lr, self._native.momentum)
             if self.process_group is not None and not self.sync_bn:
                 self.process_group.broadcast(list(self.model.buffers()))
-            record = {"epoch": e + 1, "loss": stats.loss, "accuracy": stats.accuracy, "lr": stats.lr,
-                      "seconds": stats.seconds, "images_per_s": stats.images / max(stats.seconds, 1e-9)}
+            record = {
+                "epoch": e + 1,
+                "loss": stats.loss,
+                "accuracy": stats.accuracy,
+                "lr": stats.lr,
+                "seconds": stats.seconds,
+                "images_per_s": stats.images / max(stats.seconds, 1e-9),
+            }
             if stats.interrupted or stats.stopped:
                 # Not a finished epoch: trainer.epoch and the history's epochs stay as they were, and a
                 # continued fit runs this epoch again from its start (its record then replaces this).
                 self.history.interrupted = record
                 if stats.interrupted and self.is_main:
-                    print(f"Interrupted during epoch {e + 1}: stopped at a step boundary; the model and history are usable "
-                          f"(trainer.epoch = {self.epoch}; fit again to run epoch {e + 1} from its start).")
+                    print(
+                        f"Interrupted during epoch {e + 1}: stopped at a step boundary; the model and history are usable "
+                        f"(trainer.epoch = {self.epoch}; fit again to run epoch {e + 1} from its start)."
+                    )
                 break
             source.epoch = train_loader.epoch = e + 1
             if val_loader is not None:
@@ -264,7 +334,9 @@ class Trainer:
                     r = _rs.evaluate(native, fast, callback=cb)
                 else:
                     classes = getattr(loader.dataset, "classes", None) or self.classes or []
-                    r = _rs.evaluate_batches(native, iter(loader), steps=len(loader), num_classes=len(classes), callback=cb)
+                    r = _rs.evaluate_batches(
+                        native, iter(loader), steps=len(loader), num_classes=len(classes), callback=cb
+                    )
         finally:
             if bar is not None:
                 bar.close()
@@ -289,9 +361,15 @@ class Trainer:
         tensors (after ``.to()``, which replaces buffers), or a fresh capture when the module's
         structure or settings changed since the last one."""
         p = next(iter(self.model.parameters()), None)
-        if p is not None and str(p.device) != self.device and not (self.device == "cuda" and p.device.type == "cuda" and p.device.index == 0):
-            raise ValueError(f"model: its parameters are on {p.device}, but this trainer trains on {self.device}; move the model back "
-                             f"with model.to('{self.device}') (or build a Trainer with device='{p.device}')")
+        if (
+            p is not None
+            and str(p.device) != self.device
+            and not (self.device == "cuda" and p.device.type == "cuda" and p.device.index == 0)
+        ):
+            raise ValueError(
+                f"model: its parameters are on {p.device}, but this trainer trains on {self.device}; move the model back "
+                f"with model.to('{self.device}') (or build a Trainer with device='{p.device}')"
+            )
         fp = _graph.fingerprint(self.model)
         if fp != self._fingerprint:
             self._compiled = _graph.compile(self.model)
@@ -325,8 +403,10 @@ class Trainer:
         if loader.world_size == self.world_size and loader.rank == self.rank:
             return loader
         if loader.world_size != 1:
-            raise ValueError(f"loader: is sharded as rank {loader.rank} of {loader.world_size}, but this process is rank "
-                             f"{self.rank} of {self.world_size}; pass the unsharded loader and the trainer shards it")
+            raise ValueError(
+                f"loader: is sharded as rank {loader.rank} of {loader.world_size}, but this process is rank "
+                f"{self.rank} of {self.world_size}; pass the unsharded loader and the trainer shards it"
+            )
         key = (id(loader), pad)
         cached = self._shards.get(key)
         if cached is None or cached[0] is not loader:
@@ -391,8 +471,9 @@ class Trainer:
             "epoch": self.epoch,
             "model_state_dict": {k: v.cpu() for k, v in self.model.state_dict().items()},
             "optimizer_state_dict": to_cpu(self.optimizer.state_dict()),
-            "scheduler_state_dict": self._native.scheduler_state() if rs is not None else
-            (self.scheduler.state_dict() if self.scheduler is not None else None),
+            "scheduler_state_dict": self._native.scheduler_state()
+            if rs is not None
+            else (self.scheduler.state_dict() if self.scheduler is not None else None),
             "accuracy": self.best_accuracy,
             "history": self.history.to_dict(),
             "fastcifar": {
@@ -457,7 +538,9 @@ class Trainer:
         return self
 
     @classmethod
-    def load(cls, path, device="auto", model: Optional[torch.nn.Module] = None, optimizer=None, scheduler=None) -> "Trainer":
+    def load(
+        cls, path, device="auto", model: Optional[torch.nn.Module] = None, optimizer=None, scheduler=None
+    ) -> "Trainer":
         """Rebuilds model, optimizer, schedule and trainer from a checkpoint written by ``save``,
         ready to evaluate, predict or resume ``fit``. A checkpoint of your own module needs that
         module: ``Trainer.load(path, model=MyNet())`` (its weights are then loaded into it). A
@@ -466,11 +549,15 @@ class Trainer:
         ckpt = read_checkpoint(path)
         meta = ckpt.get("fastcifar")
         if not meta:
-            raise ValueError(f"{path}: not a fastcifar checkpoint (no 'fastcifar' entry); load weights with model.load_state_dict()")
+            raise ValueError(
+                f"{path}: not a fastcifar checkpoint (no 'fastcifar' entry); load weights with model.load_state_dict()"
+            )
         if model is None:
             if not meta.get("model"):
-                raise ValueError(f"{path}: holds the weights of your own module, which a checkpoint cannot rebuild; "
-                                 f"pass it: Trainer.load(path, model=YourModule(...))")
+                raise ValueError(
+                    f"{path}: holds the weights of your own module, which a checkpoint cannot rebuild; "
+                    f"pass it: Trainer.load(path, model=YourModule(...))"
+                )
             model = Module.from_config(meta["model"])
         if optimizer is None:
             optimizer = rebuild_optimizer(meta.get("optimizer"), model, path)
@@ -485,8 +572,10 @@ class Trainer:
         engine = "graph" if self._compiled.is_graph else "eager forward"
         opt = f"{type(self.optimizer).__name__}(lr={self._bridge.optimizer.param_groups[0]['lr']:g})"
         sched = f", scheduler={type(self.scheduler).__name__}" if self.scheduler is not None else ""
-        return (f"Trainer(model={type(self.model).__name__} ({n:,} parameters, {engine}), device={self.device}, "
-                f"optimizer={opt}{sched}, epoch={self.epoch})")
+        return (
+            f"Trainer(model={type(self.model).__name__} ({n:,} parameters, {engine}), device={self.device}, "
+            f"optimizer={opt}{sched}, epoch={self.epoch})"
+        )
 
 
 _slow_warned: set = set()
@@ -494,7 +583,9 @@ _slow_warned: set = set()
 
 def _check_loader(name: str, loader) -> None:
     if not isinstance(loader, (DataLoader, torch.utils.data.DataLoader)):
-        raise TypeError(f"{name}: expected a fastcifar.DataLoader or a torch.utils.data.DataLoader, got {type(loader).__name__}")
+        raise TypeError(
+            f"{name}: expected a fastcifar.DataLoader or a torch.utils.data.DataLoader, got {type(loader).__name__}"
+        )
 
 
 def _native_loader(loader):
@@ -503,10 +594,16 @@ def _native_loader(loader):
     try:
         return loader._native
     except (TypeError, AttributeError) as e:
-        why = str(e) if isinstance(e, TypeError) else f"{type(loader).__module__}.{type(loader).__name__} is torch's loader"
+        why = (
+            str(e)
+            if isinstance(e, TypeError)
+            else f"{type(loader).__module__}.{type(loader).__name__} is torch's loader"
+        )
         if why not in _slow_warned:
             _slow_warned.add(why)
-            warnings.warn(f"fastcifar: the trainer pulls this loader's batches through Python (slower): {why}", stacklevel=4)
+            warnings.warn(
+                f"fastcifar: the trainer pulls this loader's batches through Python (slower): {why}", stacklevel=4
+            )
         return None
 
 

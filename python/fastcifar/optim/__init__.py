@@ -12,6 +12,7 @@ compares them step for step on CPU.
 They are settings for the Rust loop, so ``step()`` and ``zero_grad()`` refuse: in a loop of your
 own, use ``torch.optim``. ``param_groups[0]["lr"] = x`` takes effect at the next step of a fit.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -35,8 +36,14 @@ def _engine_config(name: str, group: dict, written: bool = False) -> _rs.Optimiz
     make = _rs.OptimizerConfig.written if written else _rs.OptimizerConfig
     lr, wd = _f(group["lr"]), _f(group.get("weight_decay", 0.0))
     if name == "SGD":
-        return make(name, lr=lr, momentum=_f(group.get("momentum", 0.0)), dampening=_f(group.get("dampening", 0.0)),
-                    weight_decay=wd, nesterov=bool(group.get("nesterov", False)))
+        return make(
+            name,
+            lr=lr,
+            momentum=_f(group.get("momentum", 0.0)),
+            dampening=_f(group.get("dampening", 0.0)),
+            weight_decay=wd,
+            nesterov=bool(group.get("nesterov", False)),
+        )
     b1, b2 = group.get("betas", (0.9, 0.999))
     return make(name, lr=lr, betas=(_f(b1), _f(b2)), eps=_f(group.get("eps", 1e-8)), weight_decay=wd)
 
@@ -54,8 +61,10 @@ def _momentum(group: dict) -> float:
 
 def _refuse(name: str, value, default, why: str = ""):
     if value != default:
-        raise ValueError(f"{name}: {value!r} is not supported by the Rust update{why}; pass torch.optim's optimizer "
-                         f"instead (fastcifar.Trainer runs its own step())")
+        raise ValueError(
+            f"{name}: {value!r} is not supported by the Rust update{why}; pass torch.optim's optimizer "
+            f"instead (fastcifar.Trainer runs its own step())"
+        )
 
 
 class Optimizer:
@@ -68,8 +77,10 @@ class Optimizer:
         if params is not None:
             params = list(params)
             if params and isinstance(params[0], dict):
-                raise ValueError("params: parameter groups (dicts) need torch.optim's optimizer, which fastcifar.Trainer accepts "
-                                 "(fastcifar's optimizers have one group)")
+                raise ValueError(
+                    "params: parameter groups (dicts) need torch.optim's optimizer, which fastcifar.Trainer accepts "
+                    "(fastcifar's optimizers have one group)"
+                )
             if params and isinstance(params[0], tuple):
                 params = [p for _, p in params]  # named parameters, as torch 2.11 accepts
             if not params or not all(isinstance(p, torch.Tensor) for p in params):
@@ -98,8 +109,10 @@ class Optimizer:
         return {"lr": self.lr}
 
     def step(self, closure=None):
-        raise RuntimeError(f"fastcifar.optim.{self.name} is run by fastcifar.Trainer.fit; in a loop of your own, use "
-                           f"torch.optim.{self.name}(model.parameters(), ...) (Trainer accepts that too)")
+        raise RuntimeError(
+            f"fastcifar.optim.{self.name} is run by fastcifar.Trainer.fit; in a loop of your own, use "
+            f"torch.optim.{self.name}(model.parameters(), ...) (Trainer accepts that too)"
+        )
 
     def zero_grad(self, set_to_none: bool = True):
         self.step()
@@ -138,9 +151,20 @@ class SGD(Optimizer):
 
     name = "SGD"
 
-    def __init__(self, params=None, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False, foreach: Optional[bool] = None,
-                 differentiable: bool = False, fused: Optional[bool] = None):
+    def __init__(
+        self,
+        params=None,
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: Optional[bool] = None,
+        differentiable: bool = False,
+        fused: Optional[bool] = None,
+    ):
         _refuse("maximize", maximize, False)
         _refuse("differentiable", differentiable, False)
         _refuse("fused", bool(fused), False, " (its rounding differs from the single-tensor update)")
@@ -150,13 +174,26 @@ class SGD(Optimizer):
 
     def _group(self):
         m, d, wd, n = self._args
-        return {"momentum": _float(m), "dampening": _float(d), "weight_decay": _float(wd), "nesterov": n, "maximize": False, "foreach": None,
-                "differentiable": False, "fused": None}
+        return {
+            "momentum": _float(m),
+            "dampening": _float(d),
+            "weight_decay": _float(wd),
+            "nesterov": n,
+            "maximize": False,
+            "foreach": None,
+            "differentiable": False,
+            "fused": None,
+        }
 
     def settings(self):
         g = self.param_groups[0]
-        return {"lr": self.lr, "momentum": float(g["momentum"]), "dampening": float(g["dampening"]),
-                "weight_decay": float(g["weight_decay"]), "nesterov": bool(g["nesterov"])}
+        return {
+            "lr": self.lr,
+            "momentum": float(g["momentum"]),
+            "dampening": float(g["dampening"]),
+            "weight_decay": float(g["weight_decay"]),
+            "nesterov": bool(g["nesterov"]),
+        }
 
 
 class Adam(Optimizer):
@@ -165,9 +202,22 @@ class Adam(Optimizer):
     name = "Adam"
     _default_wd = 0.0
 
-    def __init__(self, params=None, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: Optional[float] = None,
-                 amsgrad: bool = False, *, foreach: Optional[bool] = None, maximize: bool = False, capturable: bool = False,
-                 differentiable: bool = False, fused: Optional[bool] = None, decoupled_weight_decay: bool = False):
+    def __init__(
+        self,
+        params=None,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: Optional[float] = None,
+        amsgrad: bool = False,
+        *,
+        foreach: Optional[bool] = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: Optional[bool] = None,
+        decoupled_weight_decay: bool = False,
+    ):
         _refuse("amsgrad", amsgrad, False)
         _refuse("maximize", maximize, False)
         _refuse("differentiable", differentiable, False)
@@ -176,7 +226,11 @@ class Adam(Optimizer):
             raise ValueError("decoupled_weight_decay: use fastcifar.optim.AdamW (the same update)")
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
             raise ValueError(f"betas: expected a pair, got {betas!r}")
-        self._args = ((_f(betas[0]), _f(betas[1])), _f(eps), _f(self._default_wd if weight_decay is None else weight_decay))
+        self._args = (
+            (_f(betas[0]), _f(betas[1])),
+            _f(eps),
+            _f(self._default_wd if weight_decay is None else weight_decay),
+        )
         super().__init__(params, lr)
         self.param_groups[0].update(foreach=foreach, capturable=bool(capturable))
 
@@ -186,13 +240,28 @@ class Adam(Optimizer):
 
     def _group(self):
         (b1, b2), eps, wd = self._args
-        return {"betas": (_float(b1), _float(b2)), "eps": _float(eps), "weight_decay": _float(wd), "amsgrad": False, "maximize": False, "foreach": None,
-                "capturable": False, "differentiable": False, "fused": None, "decoupled_weight_decay": self.name == "AdamW"}
+        return {
+            "betas": (_float(b1), _float(b2)),
+            "eps": _float(eps),
+            "weight_decay": _float(wd),
+            "amsgrad": False,
+            "maximize": False,
+            "foreach": None,
+            "capturable": False,
+            "differentiable": False,
+            "fused": None,
+            "decoupled_weight_decay": self.name == "AdamW",
+        }
 
     def settings(self):
         g = self.param_groups[0]
-        return {"lr": self.lr, "beta1": float(g["betas"][0]), "beta2": float(g["betas"][1]), "eps": float(g["eps"]),
-                "weight_decay": float(g["weight_decay"])}
+        return {
+            "lr": self.lr,
+            "beta1": float(g["betas"][0]),
+            "beta2": float(g["betas"][1]),
+            "eps": float(g["eps"]),
+            "weight_decay": float(g["weight_decay"]),
+        }
 
 
 class AdamW(Adam):
@@ -201,11 +270,34 @@ class AdamW(Adam):
     name = "AdamW"
     _default_wd = 1e-2
 
-    def __init__(self, params=None, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
-                 amsgrad: bool = False, *, maximize: bool = False, foreach: Optional[bool] = None, capturable: bool = False,
-                 differentiable: bool = False, fused: Optional[bool] = None):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize, capturable=capturable,
-                         differentiable=differentiable, fused=fused)
+    def __init__(
+        self,
+        params=None,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: Optional[bool] = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: Optional[bool] = None,
+    ):
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            foreach=foreach,
+            maximize=maximize,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+        )
 
 
 # Kept for code that reached the base class by its old private name.

@@ -9,6 +9,7 @@ Every argument torch accepts is either honoured or refused by name. They are ste
 ``Trainer.fit`` (per epoch, or per optimizer step for OneCycleLR), so ``step()`` refuses; in a loop
 of your own use ``torch.optim.lr_scheduler``, whose objects ``fastcifar.Trainer`` also accepts.
 """
+
 from __future__ import annotations
 
 import torch
@@ -51,7 +52,7 @@ def _bind(cls_name: str, names: list, args: tuple, kwargs: dict) -> dict:
     for k, v in kwargs.items():
         if k not in out:
             raise TypeError(f"{cls_name}() got an unexpected keyword argument '{k}'")
-        if k in full[:len(args)]:
+        if k in full[: len(args)]:
             raise TypeError(f"{cls_name}() got multiple values for argument '{k}'")
         out[k] = v
     if out["optimizer"] is not None and not _is_optimizer(out["optimizer"]):
@@ -75,8 +76,10 @@ class _Schedule:
             raise TypeError(f"{type(self).__name__}() missing required argument: '{missing[0]}'")
         self.optimizer = a.pop("optimizer")
         if a.pop("last_epoch", -1) != -1:
-            raise ValueError("last_epoch: only -1 (a fresh schedule) is supported; to resume, load the Trainer's checkpoint, "
-                             "which holds the schedule's state")
+            raise ValueError(
+                "last_epoch: only -1 (a fresh schedule) is supported; to resume, load the Trainer's checkpoint, "
+                "which holds the schedule's state"
+            )
         # The core checks the settings now (as torch's constructors do), naming the one at fault.
         settings = self._configure(**a)  # first: LinearWarmup takes its name from the schedule it wraps
         self._config = _rs.ScheduleConfig(self.name, **settings)
@@ -90,8 +93,10 @@ class _Schedule:
         return self._config.settings()
 
     def step(self, *a, **k):
-        raise RuntimeError(f"fastcifar.optim.lr_scheduler.{type(self).__name__} is stepped by fastcifar.Trainer.fit; in a loop of "
-                           f"your own, use torch.optim.lr_scheduler.{type(self).__name__} (Trainer accepts it too)")
+        raise RuntimeError(
+            f"fastcifar.optim.lr_scheduler.{type(self).__name__} is stepped by fastcifar.Trainer.fit; in a loop of "
+            f"your own, use torch.optim.lr_scheduler.{type(self).__name__} (Trainer accepts it too)"
+        )
 
     def get_last_lr(self) -> list:
         """The learning rate of the last step (the trainer's, once bound to one)."""
@@ -128,28 +133,66 @@ class OneCycleLR(_Schedule):
     Stepping past ``total_steps`` raises, as torch's does."""
 
     name = "OneCycleLR"
-    _names = [("max_lr", _REQUIRED), ("total_steps", None), ("epochs", None), ("steps_per_epoch", None), ("pct_start", 0.3),
-              ("anneal_strategy", "cos"), ("cycle_momentum", True), ("base_momentum", 0.85), ("max_momentum", 0.95),
-              ("div_factor", 25.0), ("final_div_factor", 1e4), ("three_phase", False), ("last_epoch", -1)]
+    _names = [
+        ("max_lr", _REQUIRED),
+        ("total_steps", None),
+        ("epochs", None),
+        ("steps_per_epoch", None),
+        ("pct_start", 0.3),
+        ("anneal_strategy", "cos"),
+        ("cycle_momentum", True),
+        ("base_momentum", 0.85),
+        ("max_momentum", 0.95),
+        ("div_factor", 25.0),
+        ("final_div_factor", 1e4),
+        ("three_phase", False),
+        ("last_epoch", -1),
+    ]
 
-    def _configure(self, max_lr, total_steps, epochs, steps_per_epoch, pct_start, anneal_strategy, cycle_momentum,
-                   base_momentum, max_momentum, div_factor, final_div_factor, three_phase):
+    def _configure(
+        self,
+        max_lr,
+        total_steps,
+        epochs,
+        steps_per_epoch,
+        pct_start,
+        anneal_strategy,
+        cycle_momentum,
+        base_momentum,
+        max_momentum,
+        div_factor,
+        final_div_factor,
+        three_phase,
+    ):
         if isinstance(max_lr, (list, tuple)):
-            raise ValueError("max_lr: one value per parameter group is for torch.optim.lr_scheduler.OneCycleLR (fastcifar's "
-                             "optimizers have one group); Trainer accepts torch's schedule with a torch optimizer")
+            raise ValueError(
+                "max_lr: one value per parameter group is for torch.optim.lr_scheduler.OneCycleLR (fastcifar's "
+                "optimizers have one group); Trainer accepts torch's schedule with a torch optimizer"
+            )
         if anneal_strategy != "cos":
-            raise ValueError(f"anneal_strategy: only 'cos' is supported here, got {anneal_strategy!r} "
-                             "(torch.optim.lr_scheduler.OneCycleLR does 'linear', and Trainer accepts it)")
+            raise ValueError(
+                f"anneal_strategy: only 'cos' is supported here, got {anneal_strategy!r} "
+                "(torch.optim.lr_scheduler.OneCycleLR does 'linear', and Trainer accepts it)"
+            )
         if three_phase:
-            raise ValueError("three_phase: only the two-phase cycle is supported here "
-                             "(torch.optim.lr_scheduler.OneCycleLR does three_phase=True, and Trainer accepts it)")
+            raise ValueError(
+                "three_phase: only the two-phase cycle is supported here "
+                "(torch.optim.lr_scheduler.OneCycleLR does three_phase=True, and Trainer accepts it)"
+            )
         if total_steps is None:
             if epochs is None or steps_per_epoch is None:
                 raise ValueError("total_steps: give total_steps, or epochs and steps_per_epoch")
             total_steps = _count("epochs", epochs) * _count("steps_per_epoch", steps_per_epoch)
-        return {"max_lr": max_lr, "total_steps": total_steps, "pct_start": pct_start, "div_factor": div_factor,
-                "final_div_factor": final_div_factor, "cycle_momentum": bool(cycle_momentum), "base_momentum": base_momentum,
-                "max_momentum": max_momentum}
+        return {
+            "max_lr": max_lr,
+            "total_steps": total_steps,
+            "pct_start": pct_start,
+            "div_factor": div_factor,
+            "final_div_factor": final_div_factor,
+            "cycle_momentum": bool(cycle_momentum),
+            "base_momentum": base_momentum,
+            "max_momentum": max_momentum,
+        }
 
 
 class ReduceLROnPlateau(_Schedule):
@@ -157,8 +200,16 @@ class ReduceLROnPlateau(_Schedule):
     stops improving for ``patience`` epochs."""
 
     name = "ReduceLROnPlateau"
-    _names = [("mode", "min"), ("factor", 0.1), ("patience", 10), ("threshold", 1e-4), ("threshold_mode", "rel"),
-              ("cooldown", 0), ("min_lr", 0.0), ("eps", 1e-8)]
+    _names = [
+        ("mode", "min"),
+        ("factor", 0.1),
+        ("patience", 10),
+        ("threshold", 1e-4),
+        ("threshold_mode", "rel"),
+        ("cooldown", 0),
+        ("min_lr", 0.0),
+        ("eps", 1e-8),
+    ]
 
     def _configure(self, mode, factor, patience, threshold, threshold_mode, cooldown, min_lr, eps):
         if mode not in ("min", "max"):
@@ -166,11 +217,21 @@ class ReduceLROnPlateau(_Schedule):
         if threshold_mode not in ("rel", "abs"):
             raise ValueError(f"threshold_mode: {threshold_mode!r} is not 'rel' or 'abs'")
         if isinstance(min_lr, (list, tuple)):
-            raise ValueError("min_lr: one value per parameter group is for torch.optim.lr_scheduler.ReduceLROnPlateau "
-                             "(fastcifar's optimizers have one group)")
+            raise ValueError(
+                "min_lr: one value per parameter group is for torch.optim.lr_scheduler.ReduceLROnPlateau "
+                "(fastcifar's optimizers have one group)"
+            )
         self.mode = mode
-        return {"mode_min": mode == "min", "factor": factor, "patience": patience, "threshold": threshold,
-                "threshold_abs": threshold_mode == "abs", "cooldown": cooldown, "min_lr": min_lr, "eps": eps}
+        return {
+            "mode_min": mode == "min",
+            "factor": factor,
+            "patience": patience,
+            "threshold": threshold,
+            "threshold_abs": threshold_mode == "abs",
+            "cooldown": cooldown,
+            "min_lr": min_lr,
+            "eps": eps,
+        }
 
 
 class LinearWarmup(_Schedule):
