@@ -326,11 +326,87 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path):
         (lambda: lr_scheduler.StepLR(step_size=0), ValueError, "step_size"),
         (lambda: lr_scheduler.OneCycleLR(max_lr=0.1), ValueError, "total_steps"),
         (lambda: lr_scheduler.ReduceLROnPlateau(mode="sideways"), ValueError, "mode"),
+        # Every rule below is the core's, met at construction as torch's constructors do.
+        (lambda: fastcifar.Trainer(models.small_cnn(), grad_accum_steps=-1), ValueError, "grad_accum_steps: -1"),
+        (lambda: fastcifar.Trainer(models.small_cnn(), log_every=0), ValueError, "log_every"),
+        (lambda: fastcifar.Trainer(models.small_cnn(), grad_clip=-1.0), ValueError, "grad_clip"),
+        (lambda: SGD(lr=0.1, momentum=-0.5), ValueError, r"^momentum: -0.5 must be >= 0 \(SGD\)"),
+        (lambda: AdamW(eps=-1e-8), ValueError, "^eps"),
+        (lambda: lr_scheduler.StepLR(step_size=1, gamma=0.0), ValueError, "^gamma: 0 must be > 0"),
+        (lambda: lr_scheduler.CosineAnnealingLR(T_max=3, eta_min=-1.0), ValueError, "^eta_min"),
+        (lambda: lr_scheduler.OneCycleLR(max_lr=0.1, total_steps=1), ValueError, "^total_steps: 1 must be at least 2"),
+        (lambda: lr_scheduler.ReduceLROnPlateau(patience=-1), ValueError, "^patience: -1"),
+        (lambda: lr_scheduler.LinearWarmup(0), ValueError, "^warmup_steps"),
+        (lambda: lr_scheduler.LinearWarmup(2, start_factor=1.5), ValueError, "^warmup_start_factor"),
+        (
+            lambda: fastcifar._native.OptimizerConfig("SGD", betas=(0.9, 0.99)),
+            ValueError,
+            "betas: not a setting of SGD",
+        ),
+        (
+            lambda: fastcifar._native.ScheduleConfig("StepLR", step_size=2, T_max=3),
+            ValueError,
+            "T_max: not a setting of StepLR",
+        ),
+        (lambda: fastcifar._native.ScheduleConfig("StepLR"), ValueError, "step_size: StepLR needs it"),
+        (lambda: fastcifar._native.OptimizerConfig("SGD", lr=0.1, nesterov=1.0), TypeError, "nesterov"),
     ],
 )
 def test_bad_trainer_arguments(make, exc, match):
     with pytest.raises(exc, match=match):
         make()
+
+
+def test_a_setting_written_during_fit_meets_the_same_rule_as_at_construction():
+    """One home per rule: nesterov written into a torch optimizer's param group between steps is
+    refused by the core with the message fastcifar.optim.SGD gets at construction."""
+    with pytest.raises(ValueError) as built:
+        SGD(lr=0.1, nesterov=True)
+    m = models.small_cnn(width=4)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    tr = fastcifar.Trainer(m, opt, device="cpu", log_every=1)
+
+    def write(info):
+        opt.param_groups[0]["nesterov"] = True
+
+    with pytest.raises(ValueError) as written:
+        tr.fit(fastcifar.DataLoader(synthetic(64), batch_size=16, transform=NORM), progress=False, callbacks=[write])
+    assert str(written.value) == str(built.value) == "nesterov: needs momentum > 0 and dampening = 0 (SGD)"
+
+
+def test_state_crosses_by_name():
+    m = models.small_cnn(width=4)
+    tr = fastcifar.Trainer(m, Adam(lr=1e-3), lr_scheduler.StepLR(step_size=1, gamma=0.5), device="cpu")
+    tr.fit(fastcifar.DataLoader(synthetic(32), batch_size=16, transform=NORM), progress=False)
+    st = tr._native.optimizer_state()
+    assert (st.kind, st.lr, st.initial_lr, st.momentum) == ("Adam", 5e-4, 1e-3, 0.9)
+    assert len(st.params) == len(list(m.parameters()))
+    assert all(set(p) == {"step", "exp_avg", "exp_avg_sq"} and p["step"] == 2.0 for p in st.params)
+    assert tr._native.scheduler_state()["epoch"] == 1 and tr._native.global_step == 2
+    assert lr_scheduler.StepLR(step_size=3).settings() == {"step_size": 3, "gamma": 0.1}
+    assert SGD(momentum=0.9, nesterov=True).settings()["nesterov"] is True
+
+
+def test_a_checkpoint_with_float_flags_and_counters_still_loads(tmp_path):
+    """Checkpoints written when flags and counters crossed as floats (nesterov 1.0, mode_min 1.0,
+    epoch 2.0) load as before."""
+    loader = fastcifar.DataLoader(synthetic(32), batch_size=16, transform=NORM)
+    tr = fastcifar.Trainer(
+        models.small_cnn(width=4),
+        SGD(lr=0.1, momentum=0.9, nesterov=True),
+        lr_scheduler.ReduceLROnPlateau(patience=0),
+        device="cpu",
+    )
+    tr.fit(loader, epochs=2, progress=False)
+    ck = tr.state_dict()
+    ck["fastcifar"]["optimizer"]["settings"]["nesterov"] = 1.0
+    ck["fastcifar"]["scheduler"]["settings"].update(mode_min=1.0, threshold_abs=0.0)
+    ck["scheduler_state_dict"] = {k: float(v) for k, v in ck["scheduler_state_dict"].items()}
+    torch.save(ck, tmp_path / "old.pth")
+    back = fastcifar.Trainer.load(tmp_path / "old.pth", device="cpu")
+    assert back._native.scheduler_state() == tr._native.scheduler_state()
+    assert back.optimizer.settings() == tr.optimizer.settings() and back.scheduler.settings() == tr.scheduler.settings()
+    tr.load_state_dict(ck)  # into a trainer built with boolean settings: the same settings
 
 
 def test_cuda_device_without_cuda_and_amp_warning():

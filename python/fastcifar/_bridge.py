@@ -14,31 +14,38 @@ step for the per-batch ones (OneCycleLR, CyclicLR, or ``scheduler_interval="step
 
 ``param_groups`` writes (the user's, or a torch schedule's) reach the engine before the next step.
 """
+
 from __future__ import annotations
 
 from typing import List, Optional
 
 import torch
 
+from . import _native as _rs
 from . import optim as _optim
 
 _ENGINE = {torch.optim.SGD: "SGD", torch.optim.Adam: "Adam", torch.optim.AdamW: "AdamW"}
 _UNSUPPORTED_FLAGS = ("maximize", "amsgrad", "differentiable", "capturable", "fused")
-_PER_STEP = tuple(c for c in (getattr(torch.optim.lr_scheduler, n, None) for n in ("OneCycleLR", "CyclicLR")) if c is not None)
+_PER_STEP = tuple(
+    c for c in (getattr(torch.optim.lr_scheduler, n, None) for n in ("OneCycleLR", "CyclicLR")) if c is not None
+)
 
 
 def _f(v) -> float:
     return float(v.item() if isinstance(v, torch.Tensor) else v)
 
 
-def engine_settings(name: str, group: dict) -> dict:
-    """A torch-style param group's hyper-parameters, as the Rust update takes them."""
+def _watched(name: str, group: dict) -> tuple:
+    """The param group's values the Rust update reads (to see when they change between steps)."""
     if name == "SGD":
-        return {"lr": _f(group["lr"]), "momentum": _f(group.get("momentum", 0.0)), "dampening": _f(group.get("dampening", 0.0)),
-                "weight_decay": _f(group.get("weight_decay", 0.0)), "nesterov": float(bool(group.get("nesterov", False)))}
-    b1, b2 = group.get("betas", (0.9, 0.999))
-    return {"lr": _f(group["lr"]), "beta1": _f(b1), "beta2": _f(b2), "eps": _f(group.get("eps", 1e-8)),
-            "weight_decay": _f(group.get("weight_decay", 0.0))}
+        return (
+            group["lr"],
+            group.get("momentum"),
+            group.get("dampening"),
+            group.get("weight_decay"),
+            group.get("nesterov"),
+        )
+    return (group["lr"], tuple(group.get("betas", ())), group.get("eps"), group.get("weight_decay"))
 
 
 def engine_name(optimizer) -> Optional[str]:
@@ -63,10 +70,16 @@ def _is_torch_schedule(s) -> bool:
 class Bridge:
     def __init__(self, optimizer, scheduler, model: torch.nn.Module, scheduler_interval: Optional[str]):
         if not isinstance(optimizer, (_optim.Optimizer, torch.optim.Optimizer)):
-            raise TypeError(f"optimizer: expected a torch.optim or fastcifar.optim optimizer, got {type(optimizer).__name__}")
-        if scheduler is not None and not (isinstance(scheduler, _optim.lr_scheduler._Schedule) or _is_torch_schedule(scheduler)):
-            raise TypeError(f"scheduler: expected a torch.optim.lr_scheduler or fastcifar.optim.lr_scheduler schedule, "
-                            f"got {type(scheduler).__name__}")
+            raise TypeError(
+                f"optimizer: expected a torch.optim or fastcifar.optim optimizer, got {type(optimizer).__name__}"
+            )
+        if scheduler is not None and not (
+            isinstance(scheduler, _optim.lr_scheduler._Schedule) or _is_torch_schedule(scheduler)
+        ):
+            raise TypeError(
+                f"scheduler: expected a torch.optim.lr_scheduler or fastcifar.optim.lr_scheduler schedule, "
+                f"got {type(scheduler).__name__}"
+            )
         if _is_torch_schedule(scheduler) and scheduler.optimizer is not optimizer:
             raise ValueError("scheduler: was built on another optimizer than the one given to the Trainer")
         if scheduler_interval not in (None, "epoch", "step"):
@@ -81,7 +94,9 @@ class Bridge:
             raise ValueError("scheduler_interval: ReduceLROnPlateau steps on a metric, once per epoch")
         self.per_step_schedule = self.torch_schedule is not None and scheduler_interval == "step"
         if self.rust_schedule is not None and len(optimizer.param_groups) != 1:
-            raise ValueError("scheduler: fastcifar's schedules drive one parameter group; with several, use torch.optim.lr_scheduler")
+            raise ValueError(
+                "scheduler: fastcifar's schedules drive one parameter group; with several, use torch.optim.lr_scheduler"
+            )
         if isinstance(optimizer, _optim.Optimizer):
             if optimizer.params is None:
                 optimizer.params = [p for p in model.parameters() if p.requires_grad]
@@ -92,26 +107,25 @@ class Bridge:
         own = {id(p) for p in model.parameters()}
         strangers = sum(id(p) not in own for p in self.params)
         if strangers:
-            raise ValueError(f"optimizer: holds {strangers} tensor(s) that are not parameters of the model; build it on "
-                             f"model.parameters() (or a part of them)")
+            raise ValueError(
+                f"optimizer: holds {strangers} tensor(s) that are not parameters of the model; build it on "
+                f"model.parameters() (or a part of them)"
+            )
         self._synced: Optional[dict] = None
 
     @property
     def on_engine(self) -> bool:
         return self.name is not None
 
-    def native_args(self) -> tuple:
-        """(optimizer name, settings) for NativeTrainer; outside the engine, a plain container."""
+    def native_config(self) -> _rs.OptimizerConfig:
+        """The optimizer's settings for NativeTrainer; outside the engine, a plain container for the rate."""
         if self.on_engine:
-            return self.name, self.settings()
-        return "SGD", {"lr": _f(self.optimizer.param_groups[0]["lr"])}
-
-    def settings(self) -> dict:
-        return engine_settings(self.name, self.optimizer.param_groups[0])
+            return _optim._engine_config(self.name, self.optimizer.param_groups[0])
+        return _rs.OptimizerConfig("SGD", lr=_f(self.optimizer.param_groups[0]["lr"]))
 
     # --- keeping param_groups and the engine in step --------------------------------------------
     def mark_synced(self) -> None:
-        self._synced = self.settings() if self.on_engine else None
+        self._synced = _watched(self.name, self.optimizer.param_groups[0]) if self.on_engine else None
 
     def show(self, lr: float, momentum: float) -> None:
         """Writes the engine's current rate (and cycled momentum) into ``param_groups``."""
@@ -130,11 +144,12 @@ class Bridge:
         """Every step: settings written into ``param_groups`` since the last look, for the engine."""
         if not self.on_engine:
             return None
-        s = self.settings()
+        group = self.optimizer.param_groups[0]
+        s = _watched(self.name, group)
         if s == self._synced:
             return None
         self._synced = s
-        return self.name, s
+        return _optim._engine_config(self.name, group, written=True)
 
     def outer(self, active, grads, lr, momentum):
         """After each optimizer step: the outside optimizer's step (returns the rate it used), then a
@@ -171,32 +186,19 @@ class Bridge:
         """Hands the torch optimizer's state (if it has any) to the engine, shared."""
         if isinstance(self.optimizer, _optim.Optimizer) or not self.on_engine or not self.optimizer.state:
             return
-        names = ("momentum_buffer", None) if self.name == "SGD" else ("exp_avg", "exp_avg_sq")
-        states = []
-        for p in self.params:
-            s = self.optimizer.state.get(p)
-            if not s:
-                states.append(None)
-                continue
-            states.append((_f(s.get("step", 0)), s.get(names[0]), s.get(names[1]) if names[1] else None))
+        states = [self.optimizer.state.get(p) or None for p in self.params]
         g = self.optimizer.param_groups[0]
-        momentum = g["betas"][0] if "betas" in g else g.get("momentum", 0.0)
-        native.load_optimizer_state(_f(g["lr"]), _f(momentum), states)
+        native.load_optimizer_state(lr=float(_f(g["lr"])), momentum=_optim._momentum(g), states=states)
 
     def export_state(self, native) -> None:
         """Writes the engine's state into the torch optimizer's ``state`` (the same tensors)."""
         if isinstance(self.optimizer, _optim.Optimizer) or not self.on_engine:
             return
-        _, _, _, _, states = native.optimizer_state()
-        names = ("momentum_buffer", None) if self.name == "SGD" else ("exp_avg", "exp_avg_sq")
-        for p, s in zip(self.params, states):
+        for p, s in zip(self.params, native.optimizer_state().params):
             if s is None:
                 continue
-            step, a, b = s
+            step = s.pop("step")
             entry = self.optimizer.state[p]
             if self.name != "SGD":  # torch's SGD keeps no step count
                 entry["step"] = torch.tensor(float(step))
-            if a is not None:
-                entry[names[0]] = a
-            if b is not None and names[1]:
-                entry[names[1]] = b
+            entry.update(s)  # the buffers, by torch's names: the engine's own tensors

@@ -1,4 +1,5 @@
 """Type stubs for fastcifar's Rust extension (``fastcifar._native``)."""
+
 from os import PathLike
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -63,7 +64,9 @@ class TransformOp:
     def pad(*, padding: Sequence[int], fill: Sequence[float], padding_mode: str) -> "TransformOp":
         """Pads by (left, top, right, bottom); padding_mode 'constant', 'edge', 'reflect' or 'symmetric'."""
     @staticmethod
-    def random_resized_crop(*, size: Tuple[int, int], scale: Tuple[float, float], ratio: Tuple[float, float]) -> "TransformOp":
+    def random_resized_crop(
+        *, size: Tuple[int, int], scale: Tuple[float, float], ratio: Tuple[float, float]
+    ) -> "TransformOp":
         """torchvision's RandomResizedCrop, bilinear with Pillow's pixels."""
     @staticmethod
     def horizontal_flip(*, p: float) -> "TransformOp": ...
@@ -139,10 +142,18 @@ class NativeModel:
     """An nn.Module on the Rust engine: graphs over the module's own tensors, or its own forward."""
 
     @staticmethod
-    def graph(name: str, names: Sequence[str], tensors: Sequence[torch.Tensor], *, train: Plan, eval: Plan) -> NativeModel:
+    def graph(
+        name: str, names: Sequence[str], tensors: Sequence[torch.Tensor], *, train: Plan, eval: Plan
+    ) -> NativeModel:
         """Runs the train / eval programs (fastcifar._graph) over ``tensors`` (shared)."""
     @staticmethod
-    def eager(name: str, names: Sequence[str], tensors: Sequence[torch.Tensor], *, forward: Callable[[torch.Tensor, bool], torch.Tensor]) -> NativeModel:
+    def eager(
+        name: str,
+        names: Sequence[str],
+        tensors: Sequence[torch.Tensor],
+        *,
+        forward: Callable[[torch.Tensor, bool], torch.Tensor],
+    ) -> NativeModel:
         """Calls ``forward(x, train)`` (eager PyTorch) for the logits."""
     def rebind(self, names: Sequence[str], tensors: Sequence[torch.Tensor]) -> None:
         """Takes the module's current tensors (same names, same order)."""
@@ -158,24 +169,182 @@ class NativeModel:
 def save_safetensors(items: Sequence[Tuple[str, torch.Tensor]], path: str | PathLike) -> None: ...
 def load_safetensors(path: str | PathLike) -> List[Tuple[str, torch.Tensor]]: ...
 
+class OptimizerConfig:
+    """An optimizer's kind ("SGD", "Adam", "AdamW"), rate and hyper-parameters, checked by the
+    core as torch's constructors check them (ValueError naming the setting). A setting the kind
+    does not read is refused; absent ones take torch's defaults."""
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        lr: float = 0.001,
+        momentum: Optional[float] = None,
+        dampening: Optional[float] = None,
+        nesterov: Optional[bool] = None,
+        weight_decay: Optional[float] = None,
+        betas: Optional[Tuple[float, float]] = None,
+        eps: Optional[float] = None,
+    ) -> None: ...
+    @staticmethod
+    def written(
+        kind: str,
+        *,
+        lr: float,
+        momentum: Optional[float] = None,
+        dampening: Optional[float] = None,
+        nesterov: Optional[bool] = None,
+        weight_decay: Optional[float] = None,
+        betas: Optional[Tuple[float, float]] = None,
+        eps: Optional[float] = None,
+    ) -> OptimizerConfig:
+        """Settings written between the steps of a fit; the loop checks them when it applies them
+        (the rate may be below zero there, as a schedule may take it)."""
+    @property
+    def kind(self) -> str: ...
+    @property
+    def lr(self) -> float: ...
+
+class ScheduleConfig:
+    """A schedule ("StepLR", "CosineAnnealingLR", "OneCycleLR", "ReduceLROnPlateau", or "Constant")
+    with an optional linear warm-up, checked by the core. A setting the kind does not read is refused."""
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        step_size: Optional[int] = None,
+        gamma: Optional[float] = None,
+        T_max: Optional[int] = None,
+        eta_min: Optional[float] = None,
+        max_lr: Optional[float] = None,
+        total_steps: Optional[int] = None,
+        pct_start: Optional[float] = None,
+        div_factor: Optional[float] = None,
+        final_div_factor: Optional[float] = None,
+        cycle_momentum: Optional[bool] = None,
+        base_momentum: Optional[float] = None,
+        max_momentum: Optional[float] = None,
+        mode_min: Optional[bool] = None,
+        factor: Optional[float] = None,
+        patience: Optional[int] = None,
+        threshold: Optional[float] = None,
+        threshold_abs: Optional[bool] = None,
+        cooldown: Optional[int] = None,
+        min_lr: Optional[float] = None,
+        eps: Optional[float] = None,
+        warmup_steps: Optional[int] = None,
+        warmup_start_factor: Optional[float] = None,
+    ) -> None: ...
+    @property
+    def kind(self) -> str: ...
+    def settings(self) -> Dict[str, Any]:
+        """The settings by name, as the constructor takes them (the kind's, then the warm-up's)."""
+
+class TrainConfig:
+    """The loop's settings, checked by the core."""
+
+    def __init__(
+        self,
+        *,
+        label_smoothing: float = 0.0,
+        amp: bool = False,
+        grad_accum_steps: int = 1,
+        grad_clip: Optional[float] = None,
+        log_every: int = 20,
+    ) -> None: ...
+
+class TrainHooks:
+    """What a fit calls besides the step: ``progress(info)`` every log_every steps (False stops);
+    ``poll()`` every step (None or an OptimizerConfig written since); ``outer(active, grads, lr,
+    momentum)`` after every optimizer step (with ``owns_optimizer`` it applies the update and
+    returns its lr, else it steps a per-batch schedule and returns None or an OptimizerConfig)."""
+
+    def __init__(
+        self,
+        *,
+        progress: Optional[Callable[[dict], Optional[bool]]] = None,
+        poll: Optional[Callable[[], Optional[OptimizerConfig]]] = None,
+        outer: Optional[Callable[..., object]] = None,
+        owns_optimizer: bool = False,
+    ) -> None: ...
+
+class EpochStats:
+    """One epoch's results."""
+
+    @property
+    def loss(self) -> float: ...
+    @property
+    def accuracy(self) -> float: ...
+    @property
+    def images(self) -> int: ...
+    @property
+    def seconds(self) -> float: ...
+    @property
+    def lr(self) -> float: ...
+    @property
+    def stopped(self) -> bool:
+        """A callback asked to stop: the epoch ended early, at a step boundary."""
+    @property
+    def interrupted(self) -> bool:
+        """Ctrl-C stopped it."""
+
+class EvalStats:
+    """An evaluation's results; ``confusion`` is row-major, true class x predicted."""
+
+    @property
+    def loss(self) -> float: ...
+    @property
+    def accuracy(self) -> float: ...
+    @property
+    def count(self) -> int: ...
+    @property
+    def confusion(self) -> List[int]: ...
+    @property
+    def num_classes(self) -> int: ...
+
+class OptimizerState:
+    """The engine optimizer's state. ``params[i]``: parameter i's entry in torch.optim's keys
+    (``step``, and ``momentum_buffer`` or ``exp_avg`` / ``exp_avg_sq``), or None before its first step."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def lr(self) -> float: ...
+    @property
+    def initial_lr(self) -> float: ...
+    @property
+    def momentum(self) -> float: ...
+    @property
+    def params(self) -> List[Optional[Dict[str, Any]]]: ...
+
 class NativeTrainer:
     """Optimizer, schedule and settings; the model is given to each call."""
 
     def __init__(
-        self, model: NativeModel, params: Sequence[torch.Tensor], optimizer: str, opt_settings: Dict[str, float],
-        scheduler: Optional[str], sched_settings: Dict[str, float], label_smoothing: float, amp: bool,
-        grad_accum: int, grad_clip: Optional[float], log_every: int,
+        self,
+        model: NativeModel,
+        *,
+        params: Sequence[torch.Tensor],
+        optimizer: OptimizerConfig,
+        schedule: Optional[ScheduleConfig] = None,
+        config: Optional[TrainConfig] = None,
     ) -> None: ...
-    def train_batches(self, model: NativeModel, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]], steps: int, epoch: int,
-                      callback: Optional[Callable[[dict], Optional[bool]]] = None, *, poll: Optional[Callable[[], object]] = None,
-                      outer: Optional[Callable[..., object]] = None, owns_optimizer: bool = False) -> Tuple[dict, bool]:
+    def train_batches(
+        self,
+        model: NativeModel,
+        batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
+        *,
+        steps: int,
+        epoch: int,
+        hooks: Optional[TrainHooks] = None,
+    ) -> EpochStats:
         """``train_epoch`` over a Python iterable of (images, labels) batches, pulled one per step."""
-    def train_epoch(self, model: NativeModel, loader: NativeLoader, epoch: int, callback: Optional[Callable[[dict], Optional[bool]]] = None,
-                    *, poll: Optional[Callable[[], object]] = None, outer: Optional[Callable[..., object]] = None,
-                    owns_optimizer: bool = False) -> Tuple[dict, bool]:
-        """One epoch with the GIL released. Returns (stats, interrupted): stats has loss, accuracy,
-        images, seconds, lr, stopped. The callback gets epoch, step, steps, loss, batch_loss,
-        accuracy, images, seconds, lr every log_every steps; returning False stops."""
+    def train_epoch(
+        self, model: NativeModel, loader: NativeLoader, *, epoch: int, hooks: Optional[TrainHooks] = None
+    ) -> EpochStats:
+        """One epoch with the GIL released. The progress hook gets epoch, step, steps, loss,
+        batch_loss, accuracy, images, seconds, lr, momentum every log_every steps."""
     def set_process_group(self, group: Optional[object] = None, bucket_cap_mb: float = 25.0) -> None:
         """Averages gradients across group's ranks every optimizer step (fastcifar.distributed.ProcessGroup)."""
     def end_epoch(self, metric: Optional[float] = None) -> None: ...
@@ -187,17 +356,29 @@ class NativeTrainer:
     @property
     def global_step(self) -> int: ...
     def set_global_step(self, step: int) -> None: ...
-    def optimizer_state(self) -> Tuple[str, float, float, Dict[str, float], List[Optional[Tuple[float, Optional[torch.Tensor], Optional[torch.Tensor]]]]]: ...
-    def load_optimizer_state(self, lr: float, momentum: float, states: Sequence[Optional[Tuple[float, Optional[torch.Tensor], Optional[torch.Tensor]]]]) -> None: ...
-    def scheduler_state(self) -> Optional[Dict[str, float]]: ...
+    def optimizer_state(self) -> OptimizerState: ...
+    def load_optimizer_state(self, *, lr: float, momentum: float, states: Sequence[Optional[Dict[str, Any]]]) -> None:
+        """Per-parameter entries as torch.optim keeps them (None: no state yet)."""
+    def scheduler_state(self) -> Optional[Dict[str, float]]:
+        """epoch, step, plateau_lr, best, num_bad, cooldown_counter, base_lr (None without a schedule)."""
     def load_scheduler_state(self, state: Dict[str, float]) -> None: ...
     def sync_device(self, model: NativeModel) -> None: ...
 
-def evaluate(model: NativeModel, loader: NativeLoader, callback: Optional[Callable[[int, int], object]] = None) -> Tuple[float, float, int, List[int], int]:
-    """(loss, accuracy, count, confusion matrix row-major, num_classes)."""
+def evaluate(
+    model: NativeModel, loader: NativeLoader, *, callback: Optional[Callable[[int, int], object]] = None
+) -> EvalStats:
+    """Loss, accuracy and the confusion matrix over one pass of the loader, in eval mode."""
 
-def evaluate_batches(model: NativeModel, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]], steps: int, num_classes: int,
-                     callback: Optional[Callable[[int, int], object]] = None) -> Tuple[float, float, int, List[int], int]:
+def evaluate_batches(
+    model: NativeModel,
+    batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
+    *,
+    steps: int,
+    num_classes: int,
+    callback: Optional[Callable[[int, int], object]] = None,
+) -> EvalStats:
     """``evaluate`` over a Python iterable of (images, labels) batches."""
 
-def predict_logits(model: NativeModel, x: torch.Tensor, batch_size: int = 256, tta: bool = False) -> torch.Tensor: ...
+def predict_logits(
+    model: NativeModel, x: torch.Tensor, *, batch_size: int = 256, tta: bool = False
+) -> torch.Tensor: ...

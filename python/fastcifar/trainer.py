@@ -1,18 +1,17 @@
 """``Trainer``: fit / evaluate / predict / save, with the per-step loop in Rust.
 
-    trainer = fastcifar.Trainer(model, optimizer=fastcifar.optim.Adam(lr=1e-3, weight_decay=1e-4),
-                                scheduler=fastcifar.optim.lr_scheduler.ReduceLROnPlateau(mode="min", patience=3))
-    history = trainer.fit(trainloader, testloader, epochs=50, checkpoint="best_model.pth")
-    report = trainer.evaluate(testloader)     # loss, accuracy, per-class accuracy, confusion matrix
-    trainer.save("checkpoint.pth")            # torch.load() reads it: the seed's checkpoint shape
+trainer = fastcifar.Trainer(model, optimizer=fastcifar.optim.Adam(lr=1e-3, weight_decay=1e-4),
+                            scheduler=fastcifar.optim.lr_scheduler.ReduceLROnPlateau(mode="min", patience=3))
+history = trainer.fit(trainloader, testloader, epochs=50, checkpoint="best_model.pth")
+report = trainer.evaluate(testloader)     # loss, accuracy, per-class accuracy, confusion matrix
+trainer.save("checkpoint.pth")            # torch.load() reads it: the seed's checkpoint shape
 """
+
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import warnings
-from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -23,100 +22,26 @@ from . import _native as _rs
 from . import distributed as _dist
 from . import optim as _optim
 from . import transforms as T
+from ._checkpoint import (
+    CHECKPOINT_VERSION,
+    check_same_optimizer,
+    describe,
+    read_checkpoint,
+    rebuild_optimizer,
+    rebuild_schedule,
+    to_cpu,
+)
+from ._history import EvalReport, History
 from ._io import atomic_write, check_writable
 from .loader import DataLoader
 from .models import Module
 
 __all__ = ["Trainer", "History", "EvalReport"]
 
-CHECKPOINT_VERSION = 1
-
-
-class History:
-    """Per-epoch records of a fit: ``history["loss"]``, ``history["val_accuracy"]``, ... are lists
-    (as Keras' ``History.history``); ``history.epochs`` holds one dict per epoch."""
-
-    def __init__(self, epochs: Optional[List[dict]] = None, interrupted: Optional[dict] = None):
-        self.epochs: List[dict] = list(epochs or [])
-        #: The record of an epoch stopped part way (Ctrl-C, a callback), until that epoch runs again.
-        self.interrupted: Optional[dict] = interrupted
-
-    def append(self, record: dict) -> None:
-        self.epochs.append(dict(record))
-        self.interrupted = None
-
-    @property
-    def history(self) -> Dict[str, list]:
-        keys = []
-        for r in self.epochs:
-            keys += [k for k in r if k not in keys]
-        return {k: [r.get(k) for r in self.epochs] for k in keys}
-
-    def __getitem__(self, key: str) -> list:
-        return [r.get(key) for r in self.epochs]
-
-    def __len__(self) -> int:
-        return len(self.epochs)
-
-    def __iter__(self):
-        return iter(self.epochs)
-
-    def to_dict(self) -> dict:
-        return {"epochs": [dict(r) for r in self.epochs], "interrupted": self.interrupted}
-
-    def to_json(self, path) -> None:
-        atomic_write(os.fspath(path), lambda tmp: open(tmp, "w").write(json.dumps(self.to_dict(), indent=2)))
-
-    def to_csv(self, path) -> None:
-        h = self.history
-        keys = list(h)
-
-        def write(tmp):
-            with open(tmp, "w") as f:
-                f.write(",".join(keys) + "\n")
-                for r in self.epochs:
-                    f.write(",".join("" if r.get(k) is None else str(r.get(k)) for k in keys) + "\n")
-
-        atomic_write(os.fspath(path), write)
-
-    def __repr__(self) -> str:
-        last = self.epochs[-1] if self.epochs else {}
-        return f"History({len(self)} epochs, last={ {k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()} })"
-
-
-@dataclass
-class EvalReport:
-    """Evaluation results. ``per_class`` maps class names to accuracy; ``confusion_matrix[i, j]``
-    counts images of class i predicted as j."""
-
-    loss: float
-    accuracy: float
-    count: int
-    classes: List[str]
-    confusion_matrix: np.ndarray
-    per_class: Dict[str, float] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        lines = [f"Overall Accuracy: {100 * self.accuracy:.2f}%  (loss {self.loss:.4f}, {self.count} images)", "", "Per-class accuracy:"]
-        w = max(len(c) for c in self.classes)
-        for c in self.classes:
-            lines.append(f"  {c:<{w}}  {100 * self.per_class[c]:6.2f}%")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict:
-        return {"loss": self.loss, "accuracy": self.accuracy, "count": self.count, "classes": list(self.classes),
-                "per_class": dict(self.per_class), "confusion_matrix": self.confusion_matrix.tolist()}
-
 
 def _resolve_device(device) -> str:
-    d = str(device)
-    if d == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if d.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device: '{d}' was asked for, but CUDA is not available here (torch.cuda.is_available() is False)")
-    if d != "cpu" and not d.startswith("cuda"):
-        raise ValueError(f"device: '{d}' is not 'cpu', 'cuda', 'cuda:N' or 'auto'")
-    return d
+    """'cpu', 'cuda' or 'cuda:N' (the one parser, in the core: also 'auto', an int, a torch.device, None)."""
+    return _rs.resolve_device(device)
 
 
 def _bar(total, desc, enabled):
@@ -149,19 +74,39 @@ class Trainer:
     progress and writes checkpoints (``save`` does nothing elsewhere).
     """
 
-    def __init__(self, model: torch.nn.Module, optimizer=None, scheduler=None, loss: str = "cross_entropy",
-                 label_smoothing: float = 0.0, device="auto", amp: bool = False, grad_accum_steps: int = 1,
-                 grad_clip: Optional[float] = None, seed: Optional[int] = None, log_every: int = 20,
-                 distributed: Optional[bool] = None, sync_bn: bool = False, bucket_cap_mb: float = 25.0,
-                 scheduler_interval: Optional[str] = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer=None,
+        scheduler=None,
+        loss: str = "cross_entropy",
+        label_smoothing: float = 0.0,
+        device="auto",
+        amp: bool = False,
+        grad_accum_steps: int = 1,
+        grad_clip: Optional[float] = None,
+        seed: Optional[int] = None,
+        log_every: int = 20,
+        distributed: Optional[bool] = None,
+        sync_bn: bool = False,
+        bucket_cap_mb: float = 25.0,
+        scheduler_interval: Optional[str] = None,
+    ):
         if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model: expected a torch.nn.Module (your own or fastcifar.models), got {type(model).__name__}")
+            raise TypeError(
+                f"model: expected a torch.nn.Module (your own or fastcifar.models), got {type(model).__name__}"
+            )
         if loss != "cross_entropy":
             raise ValueError(f"loss: '{loss}' is not supported (only 'cross_entropy')")
         optimizer = optimizer if optimizer is not None else _optim.Adam()
-        for name, v in (("grad_accum_steps", grad_accum_steps), ("log_every", log_every)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: must be a positive int, got {v!r}")
+        # The core checks the loop's settings (grad_accum_steps, log_every, label_smoothing, grad_clip).
+        train_config = _rs.TrainConfig(
+            label_smoothing=float(label_smoothing),
+            amp=bool(amp),
+            grad_accum_steps=grad_accum_steps,
+            grad_clip=None if grad_clip is None else float(grad_clip),
+            log_every=log_every,
+        )
         if distributed is None:
             distributed = _dist.launched() or _dist.active()
         if sync_bn and not distributed:
@@ -181,20 +126,28 @@ class Trainer:
         self._compiled = _graph.compile(self.model)
         self._fingerprint = _graph.fingerprint(self.model)
         if sync_bn and not self._compiled.is_graph:
-            raise ValueError(f"sync_bn: needs the model on the Rust graph, but {type(model).__name__} runs in eager PyTorch (see the "
-                             f"warning above); convert its BatchNorm layers with torch.nn.SyncBatchNorm.convert_sync_batchnorm instead")
+            raise ValueError(
+                f"sync_bn: needs the model on the Rust graph, but {type(model).__name__} runs in eager PyTorch (see the "
+                f"warning above); convert its BatchNorm layers with torch.nn.SyncBatchNorm.convert_sync_batchnorm instead"
+            )
         self._bridge = _bridge.Bridge(optimizer, scheduler, self.model, scheduler_interval)
         self.optimizer = optimizer
         self.scheduler = scheduler
-        self.config = {"label_smoothing": float(label_smoothing), "amp": bool(amp), "grad_accum_steps": grad_accum_steps,
-                       "grad_clip": None if grad_clip is None else float(grad_clip), "log_every": log_every,
-                       "scheduler_interval": scheduler_interval}
-        name, settings = self._bridge.native_args()
+        self.config = {
+            "label_smoothing": float(label_smoothing),
+            "amp": bool(amp),
+            "grad_accum_steps": grad_accum_steps,
+            "grad_clip": None if grad_clip is None else float(grad_clip),
+            "log_every": log_every,
+            "scheduler_interval": scheduler_interval,
+        }
         rs = self._bridge.rust_schedule
         self._native = _rs.NativeTrainer(
-            self._compiled, self._bridge.params, name, settings, rs.name if rs is not None else None,
-            rs.settings() if rs is not None else {}, float(label_smoothing), bool(amp), grad_accum_steps,
-            None if grad_clip is None else float(grad_clip), log_every,
+            self._compiled,
+            params=self._bridge.params,
+            optimizer=self._bridge.native_config(),
+            schedule=rs._config if rs is not None else None,
+            config=train_config,
         )
         if isinstance(optimizer, _optim.Optimizer):
             optimizer._trainer = self
@@ -213,8 +166,15 @@ class Trainer:
         self.input_shape: Optional[tuple] = None
 
     # --- training --------------------------------------------------------------------------
-    def fit(self, train_loader: DataLoader, val_loader: Optional[DataLoader] = None, epochs: int = 1,
-            checkpoint=None, callbacks: Sequence[Callable[[dict], Optional[bool]]] = (), progress: bool = True) -> History:
+    def fit(
+        self,
+        train_loader: DataLoader,
+        val_loader: Optional[DataLoader] = None,
+        epochs: int = 1,
+        checkpoint=None,
+        callbacks: Sequence[Callable[[dict], Optional[bool]]] = (),
+        progress: bool = True,
+    ) -> History:
         """Trains ``epochs`` more epochs; returns the history.
 
         Epoch e draws its shuffle and augmentations from ``train_loader``'s seed and e, so a fit
@@ -244,11 +204,15 @@ class Trainer:
         source, train_loader = train_loader, self._shard(train_loader, pad=True)
         for name, ld in (("train_loader", train_loader), ("val_loader", val_loader)):
             if epochs and ld is not None and len(ld) == 0:
-                raise ValueError(f"{name}: yields no batch per epoch ({len(ld.dataset)} images, batch_size={ld.batch_size}, "
-                                 f"drop_last={ld.drop_last}): lower batch_size or set drop_last=False")
+                raise ValueError(
+                    f"{name}: yields no batch per epoch ({len(ld.dataset)} images, batch_size={ld.batch_size}, "
+                    f"drop_last={ld.drop_last}): lower batch_size or set drop_last=False"
+                )
         if epochs and checkpoint is not None and self.is_main:
             # A full disk or a read-only folder is found now, not after the first epoch.
-            check_writable(checkpoint, need_bytes=sum(t.numel() * t.element_size() for t in self.model.state_dict().values()))
+            check_writable(
+                checkpoint, need_bytes=sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+            )
         final = self.epoch + epochs
         for _ in range(epochs):
             e = self.epoch
@@ -260,8 +224,12 @@ class Trainer:
                 bridge.show(info["lr"], info["momentum"])
                 if bar is not None:
                     bar.n = info["step"]
-                    bar.set_postfix(loss=f"{info['loss']:.4f}", acc=f"{100 * info['accuracy']:.2f}%",
-                                    img_s=f"{info['images'] / max(info['seconds'], 1e-9):,.0f}", refresh=False)
+                    bar.set_postfix(
+                        loss=f"{info['loss']:.4f}",
+                        acc=f"{100 * info['accuracy']:.2f}%",
+                        img_s=f"{info['images'] / max(info['seconds'], 1e-9):,.0f}",
+                        refresh=False,
+                    )
                     bar.refresh()
                 for cb in callbacks:
                     if cb(dict(info, phase="step")) is False:
@@ -271,17 +239,22 @@ class Trainer:
 
             if self.sync_bn:
                 self._compiled.set_sync_bn(_dist.sync_batch_norm(self.process_group))
-            hooks = dict(poll=bridge.poll if bridge.on_engine else None,
-                         outer=bridge.outer if (not bridge.on_engine or bridge.per_step_schedule) else None,
-                         owns_optimizer=not bridge.on_engine)
+            hooks = _rs.TrainHooks(
+                progress=on_step,
+                poll=bridge.poll if bridge.on_engine else None,
+                outer=bridge.outer if (not bridge.on_engine or bridge.per_step_schedule) else None,
+                owns_optimizer=not bridge.on_engine,
+            )
             try:
                 fast = _native_loader(train_loader)
                 if fast is not None:
-                    stats, interrupted = self._native.train_epoch(native, fast, e, on_step, **hooks)
+                    stats = self._native.train_epoch(native, fast, epoch=e, hooks=hooks)
                 else:
                     if isinstance(train_loader, DataLoader):
                         train_loader.set_epoch(e)
-                    stats, interrupted = self._native.train_batches(native, iter(train_loader), len(train_loader), e, on_step, **hooks)
+                    stats = self._native.train_batches(
+                        native, iter(train_loader), steps=len(train_loader), epoch=e, hooks=hooks
+                    )
             finally:
                 if self.sync_bn:
                     self._compiled.set_sync_bn(None)
@@ -291,15 +264,23 @@ class Trainer:
                 bridge.show(self._native.lr, self._native.momentum)
             if self.process_group is not None and not self.sync_bn:
                 self.process_group.broadcast(list(self.model.buffers()))
-            record = {"epoch": e + 1, "loss": stats["loss"], "accuracy": stats["accuracy"], "lr": stats["lr"],
-                      "seconds": stats["seconds"], "images_per_s": stats["images"] / max(stats["seconds"], 1e-9)}
-            if interrupted or stats["stopped"]:
+            record = {
+                "epoch": e + 1,
+                "loss": stats.loss,
+                "accuracy": stats.accuracy,
+                "lr": stats.lr,
+                "seconds": stats.seconds,
+                "images_per_s": stats.images / max(stats.seconds, 1e-9),
+            }
+            if stats.interrupted or stats.stopped:
                 # Not a finished epoch: trainer.epoch and the history's epochs stay as they were, and a
                 # continued fit runs this epoch again from its start (its record then replaces this).
                 self.history.interrupted = record
-                if interrupted and self.is_main:
-                    print(f"Interrupted during epoch {e + 1}: stopped at a step boundary; the model and history are usable "
-                          f"(trainer.epoch = {self.epoch}; fit again to run epoch {e + 1} from its start).")
+                if stats.interrupted and self.is_main:
+                    print(
+                        f"Interrupted during epoch {e + 1}: stopped at a step boundary; the model and history are usable "
+                        f"(trainer.epoch = {self.epoch}; fit again to run epoch {e + 1} from its start)."
+                    )
                 break
             source.epoch = train_loader.epoch = e + 1
             if val_loader is not None:
@@ -342,13 +323,16 @@ class Trainer:
             with self._in_eval() as native:
                 fast = _native_loader(loader)
                 if fast is not None:
-                    loss, acc, count, conf, nc = _rs.evaluate(native, fast, cb)
+                    r = _rs.evaluate(native, fast, callback=cb)
                 else:
                     classes = getattr(loader.dataset, "classes", None) or self.classes or []
-                    loss, acc, count, conf, nc = _rs.evaluate_batches(native, iter(loader), len(loader), len(classes), cb)
+                    r = _rs.evaluate_batches(
+                        native, iter(loader), steps=len(loader), num_classes=len(classes), callback=cb
+                    )
         finally:
             if bar is not None:
                 bar.close()
+        loss, acc, count, conf, nc = r.loss, r.accuracy, r.count, r.confusion, r.num_classes
         if self.process_group is not None:
             # Every rank reports over the whole data set: sum the counts of all shards.
             tot = self.process_group.sum([loss * count, float(count)] + [float(v) for v in conf])
@@ -369,9 +353,15 @@ class Trainer:
         tensors (after ``.to()``, which replaces buffers), or a fresh capture when the module's
         structure or settings changed since the last one."""
         p = next(iter(self.model.parameters()), None)
-        if p is not None and str(p.device) != self.device and not (self.device == "cuda" and p.device.type == "cuda" and p.device.index == 0):
-            raise ValueError(f"model: its parameters are on {p.device}, but this trainer trains on {self.device}; move the model back "
-                             f"with model.to('{self.device}') (or build a Trainer with device='{p.device}')")
+        if (
+            p is not None
+            and str(p.device) != self.device
+            and not (self.device == "cuda" and p.device.type == "cuda" and p.device.index == 0)
+        ):
+            raise ValueError(
+                f"model: its parameters are on {p.device}, but this trainer trains on {self.device}; move the model back "
+                f"with model.to('{self.device}') (or build a Trainer with device='{p.device}')"
+            )
         fp = _graph.fingerprint(self.model)
         if fp != self._fingerprint:
             self._compiled = _graph.compile(self.model)
@@ -405,8 +395,10 @@ class Trainer:
         if loader.world_size == self.world_size and loader.rank == self.rank:
             return loader
         if loader.world_size != 1:
-            raise ValueError(f"loader: is sharded as rank {loader.rank} of {loader.world_size}, but this process is rank "
-                             f"{self.rank} of {self.world_size}; pass the unsharded loader and the trainer shards it")
+            raise ValueError(
+                f"loader: is sharded as rank {loader.rank} of {loader.world_size}, but this process is rank "
+                f"{self.rank} of {self.world_size}; pass the unsharded loader and the trainer shards it"
+            )
         key = (id(loader), pad)
         cached = self._shards.get(key)
         if cached is None or cached[0] is not loader:
@@ -442,7 +434,7 @@ class Trainer:
     def predict_logits(self, images, transform=None, tta: bool = False, batch_size: int = 256) -> torch.Tensor:
         x = self._as_batch(images, transform)
         with self._in_eval() as native:
-            return _rs.predict_logits(native, x, batch_size, tta)
+            return _rs.predict_logits(native, x, batch_size=batch_size, tta=tta)
 
     def predict_proba(self, images, transform=None, tta: bool = False, batch_size: int = 256) -> torch.Tensor:
         """Class probabilities (N, num_classes). ``images``: a normalised float tensor, or uint8
@@ -470,16 +462,17 @@ class Trainer:
         return {
             "epoch": self.epoch,
             "model_state_dict": {k: v.cpu() for k, v in self.model.state_dict().items()},
-            "optimizer_state_dict": _to_cpu(self.optimizer.state_dict()),
-            "scheduler_state_dict": self._native.scheduler_state() if rs is not None else
-            (self.scheduler.state_dict() if self.scheduler is not None else None),
+            "optimizer_state_dict": to_cpu(self.optimizer.state_dict()),
+            "scheduler_state_dict": self._native.scheduler_state()
+            if rs is not None
+            else (self.scheduler.state_dict() if self.scheduler is not None else None),
             "accuracy": self.best_accuracy,
             "history": self.history.to_dict(),
             "fastcifar": {
                 "version": CHECKPOINT_VERSION,
                 "model": self.model.config if isinstance(self.model, Module) else None,
-                "optimizer": _describe(self.optimizer),
-                "scheduler": _describe(self.scheduler),
+                "optimizer": describe(self.optimizer),
+                "scheduler": describe(self.scheduler),
                 "trainer": dict(self.config),
                 "global_step": self._native.global_step,
                 "rng_state": torch.get_rng_state(),
@@ -503,7 +496,7 @@ class Trainer:
         The checkpoint's optimizer and schedule must be this trainer's (same kind and settings):
         a different one is refused by name rather than half-loaded. ``Trainer.load(path)`` builds
         the trainer the checkpoint describes."""
-        _check_same_optimizer(ckpt, self.optimizer, self.scheduler)
+        check_same_optimizer(ckpt, self.optimizer, self.scheduler)
         try:
             self.model.load_state_dict(ckpt["model_state_dict"], strict=True)
             self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
@@ -511,7 +504,7 @@ class Trainer:
             raise ValueError(f"checkpoint: missing {e}") from None
         sd = ckpt.get("scheduler_state_dict")
         if sd is not None and self._bridge.rust_schedule is not None:
-            self._native.load_scheduler_state({k: float(v) for k, v in sd.items()})
+            self._native.load_scheduler_state(dict(sd))
         elif sd is not None and self.scheduler is not None:
             self.scheduler.load_state_dict(sd)
         self._bridge.import_state(self._native)
@@ -533,29 +526,35 @@ class Trainer:
         self._native.sync_device(self._native_model())
 
     def load_checkpoint(self, path) -> "Trainer":
-        self.load_state_dict(_read_checkpoint(path))
+        self.load_state_dict(read_checkpoint(path))
         return self
 
     @classmethod
-    def load(cls, path, device="auto", model: Optional[torch.nn.Module] = None, optimizer=None, scheduler=None) -> "Trainer":
+    def load(
+        cls, path, device="auto", model: Optional[torch.nn.Module] = None, optimizer=None, scheduler=None
+    ) -> "Trainer":
         """Rebuilds model, optimizer, schedule and trainer from a checkpoint written by ``save``,
         ready to evaluate, predict or resume ``fit``. A checkpoint of your own module needs that
         module: ``Trainer.load(path, model=MyNet())`` (its weights are then loaded into it). A
         torch.optim optimizer is rebuilt from its class and defaults (one parameter group); pass
         ``optimizer=`` (and ``scheduler=``, for a torch schedule) to give your own."""
-        ckpt = _read_checkpoint(path)
+        ckpt = read_checkpoint(path)
         meta = ckpt.get("fastcifar")
         if not meta:
-            raise ValueError(f"{path}: not a fastcifar checkpoint (no 'fastcifar' entry); load weights with model.load_state_dict()")
+            raise ValueError(
+                f"{path}: not a fastcifar checkpoint (no 'fastcifar' entry); load weights with model.load_state_dict()"
+            )
         if model is None:
             if not meta.get("model"):
-                raise ValueError(f"{path}: holds the weights of your own module, which a checkpoint cannot rebuild; "
-                                 f"pass it: Trainer.load(path, model=YourModule(...))")
+                raise ValueError(
+                    f"{path}: holds the weights of your own module, which a checkpoint cannot rebuild; "
+                    f"pass it: Trainer.load(path, model=YourModule(...))"
+                )
             model = Module.from_config(meta["model"])
         if optimizer is None:
-            optimizer = _rebuild_optimizer(meta.get("optimizer"), model, path)
+            optimizer = rebuild_optimizer(meta.get("optimizer"), model, path)
         if scheduler is None and meta.get("scheduler"):
-            scheduler = _rebuild_schedule(meta["scheduler"], path)
+            scheduler = rebuild_schedule(meta["scheduler"], path)
         tr = cls(model, optimizer, scheduler, device=device, **meta["trainer"])
         tr.load_state_dict(ckpt)
         return tr
@@ -565,8 +564,10 @@ class Trainer:
         engine = "graph" if self._compiled.is_graph else "eager forward"
         opt = f"{type(self.optimizer).__name__}(lr={self._bridge.optimizer.param_groups[0]['lr']:g})"
         sched = f", scheduler={type(self.scheduler).__name__}" if self.scheduler is not None else ""
-        return (f"Trainer(model={type(self.model).__name__} ({n:,} parameters, {engine}), device={self.device}, "
-                f"optimizer={opt}{sched}, epoch={self.epoch})")
+        return (
+            f"Trainer(model={type(self.model).__name__} ({n:,} parameters, {engine}), device={self.device}, "
+            f"optimizer={opt}{sched}, epoch={self.epoch})"
+        )
 
 
 _slow_warned: set = set()
@@ -574,7 +575,9 @@ _slow_warned: set = set()
 
 def _check_loader(name: str, loader) -> None:
     if not isinstance(loader, (DataLoader, torch.utils.data.DataLoader)):
-        raise TypeError(f"{name}: expected a fastcifar.DataLoader or a torch.utils.data.DataLoader, got {type(loader).__name__}")
+        raise TypeError(
+            f"{name}: expected a fastcifar.DataLoader or a torch.utils.data.DataLoader, got {type(loader).__name__}"
+        )
 
 
 def _native_loader(loader):
@@ -583,10 +586,16 @@ def _native_loader(loader):
     try:
         return loader._native
     except (TypeError, AttributeError) as e:
-        why = str(e) if isinstance(e, TypeError) else f"{type(loader).__module__}.{type(loader).__name__} is torch's loader"
+        why = (
+            str(e)
+            if isinstance(e, TypeError)
+            else f"{type(loader).__module__}.{type(loader).__name__} is torch's loader"
+        )
         if why not in _slow_warned:
             _slow_warned.add(why)
-            warnings.warn(f"fastcifar: the trainer pulls this loader's batches through Python (slower): {why}", stacklevel=4)
+            warnings.warn(
+                f"fastcifar: the trainer pulls this loader's batches through Python (slower): {why}", stacklevel=4
+            )
         return None
 
 
@@ -598,132 +607,3 @@ def _builtin_shape(model) -> Optional[tuple]:
     s = cfg["input_size"]
     h, w = (s, s) if isinstance(s, int) else s
     return (cfg.get("in_channels", 3), h, w)
-
-
-def _describe(obj) -> Optional[dict]:
-    """How a checkpoint names the optimizer or schedule (to rebuild it in Trainer.load)."""
-    if obj is None:
-        return None
-    if isinstance(obj, (_optim.Optimizer, _optim.lr_scheduler._Schedule)):
-        return {"name": obj.name, "settings": obj.settings()}
-    cls = type(obj)
-    out = {"torch": f"{cls.__module__}.{cls.__qualname__}"}
-    if isinstance(obj, torch.optim.Optimizer):
-        out["defaults"] = {k: v for k, v in obj.defaults.items() if isinstance(v, (bool, int, float, str, tuple, type(None)))}
-    return out
-
-
-def _torch_class(path: str, src):
-    import importlib
-
-    module, _, name = path.rpartition(".")
-    if not module.startswith("torch.optim"):
-        return None
-    return getattr(importlib.import_module(module), name, None)
-
-
-def _rebuild_optimizer(meta: Optional[dict], model: torch.nn.Module, src):
-    if not meta:
-        return None
-    if "torch" in meta:
-        cls = _torch_class(meta["torch"], src)
-        if cls is None:
-            raise ValueError(f"{src}: was trained with {meta['torch']}, which a checkpoint cannot rebuild; pass it: "
-                             f"Trainer.load(path, optimizer=...)")
-        return cls(model.parameters(), **meta.get("defaults", {}))
-    s = dict(meta["settings"])
-    if "beta1" in s:
-        s["betas"] = (s.pop("beta1"), s.pop("beta2"))
-    if "nesterov" in s:
-        s["nesterov"] = bool(s["nesterov"])
-    return {"SGD": _optim.SGD, "Adam": _optim.Adam, "AdamW": _optim.AdamW}[meta["name"]](**s)
-
-
-def _rebuild_schedule(meta: dict, src):
-    if "torch" in meta:
-        raise ValueError(f"{src}: was trained with {meta['torch']}, whose arguments a checkpoint does not hold; pass it "
-                         f"(built on the optimizer you pass): Trainer.load(path, optimizer=..., scheduler=...)")
-    return _optim.lr_scheduler._restore(meta["name"], meta["settings"])
-
-
-def _check_same_optimizer(ckpt: dict, optimizer, scheduler) -> None:
-    """Refuses a checkpoint whose optimizer or schedule differs from the trainer's in kind or
-    hyper-parameters: loading one into the other would keep the wrong update rule, lose moment
-    buffers and make the settings disagree with what runs. The learning rate is state (schedules
-    move it), not a setting: the checkpoint's is loaded."""
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"checkpoint: expected a dict, got {type(ckpt).__name__}")
-    meta = ckpt.get("fastcifar") or {}
-    fix = "build the trainer from the checkpoint with fastcifar.Trainer.load(path), or load only the weights with model.load_state_dict"
-    mine = _describe(optimizer)
-    saved = meta.get("optimizer")
-    if saved is not None:
-        if _kind(saved) != _kind(mine):
-            raise ValueError(f"checkpoint: optimizer is {_kind(saved)}, this trainer's is {_kind(mine)}; {fix}")
-        _same_settings("optimizer", _kind(mine), _hyper(saved), _hyper(mine), fix)
-    else:
-        # A checkpoint without fastcifar's entry (torch's format): its param group tells the kind.
-        try:
-            group = dict(ckpt["optimizer_state_dict"]["param_groups"][0])
-        except (KeyError, IndexError, TypeError, ValueError):
-            group = {}  # malformed: optimizer.load_state_dict names the problem below
-        kind = "Adam" if "betas" in group else "SGD" if "momentum" in group else None
-        own = optimizer.param_groups[0]
-        if kind is not None and (kind == "Adam") != ("betas" in own):
-            raise ValueError(f"checkpoint: optimizer state is {'Adam-like (betas)' if kind == 'Adam' else 'SGD (momentum)'}, "
-                             f"this trainer's optimizer is {_kind(mine)}; {fix}")
-    if "scheduler" in meta:
-        saved, theirs = meta["scheduler"], _describe(scheduler)
-        if _kind(saved) != _kind(theirs):
-            raise ValueError(f"checkpoint: schedule is {_kind(saved)}, this trainer's is {_kind(theirs)}; {fix}")
-        if saved is not None:
-            _same_settings("scheduler", _kind(theirs), _hyper(saved), _hyper(theirs), fix)
-    elif ckpt.get("scheduler_state_dict") is not None and scheduler is None:
-        raise ValueError(f"checkpoint: has a schedule's state, this trainer has no scheduler; {fix}")
-
-
-def _same_settings(what: str, name: str, saved: dict, mine: dict, fix: str) -> None:
-    def same(a, b) -> bool:
-        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-            return abs(float(a) - float(b)) <= 1e-12 * max(1.0, abs(float(b)))
-        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-        return a == b
-
-    diff = [f"{k}={saved.get(k)!r} (this trainer: {mine.get(k)!r})" for k in sorted(set(saved) | set(mine))
-            if not same(saved.get(k), mine.get(k))]
-    if diff:
-        raise ValueError(f"checkpoint: {what} {name} was saved with {', '.join(diff)}; {fix}")
-
-
-def _kind(desc: Optional[dict]) -> Optional[str]:
-    return None if desc is None else desc.get("name", desc.get("torch"))
-
-
-def _hyper(desc: dict) -> dict:
-    """A description's hyper-parameters, the learning rate left out (it is state)."""
-    d = desc.get("settings", desc.get("defaults", {})) or {}
-    return {k: v for k, v in d.items() if k not in ("lr", "initial_lr")}
-
-
-def _to_cpu(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
-
-
-def _read_checkpoint(path) -> dict:
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict) or "model_state_dict" not in ckpt:
-        raise ValueError(f"{path}: not a checkpoint (no 'model_state_dict')")
-    return ckpt

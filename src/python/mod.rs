@@ -5,7 +5,9 @@
 //! - `dataset.rs`: `NativeDataset` (and `decode_images`);
 //! - `transforms.rs`: `TransformOp`, the transform steps;
 //! - `loader.rs`: `NativeLoader` and its `BatchIter`;
-//! - `model.rs`: graphs and modules; `train.rs`: the trainer; `locks.rs`: locks without the GIL.
+//! - `model.rs`: graphs and modules; `locks.rs`: locks without the GIL;
+//! - training: `settings.rs` (typed configs), `trainer.rs`, `hooks.rs` (calls into Python),
+//!   `state.rs` (results and optimizer state by name), `eval.rs`, `distributed.rs`.
 use pyo3::exceptions::{PyFileNotFoundError, PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
@@ -13,10 +15,15 @@ use crate::error::Error;
 
 mod convert;
 mod dataset;
+mod distributed;
+mod eval;
+mod hooks;
 mod loader;
 mod locks;
 mod model;
-mod train;
+mod settings;
+mod state;
+mod trainer;
 mod transforms;
 
 pub(crate) use dataset::PyDataset;
@@ -69,6 +76,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(convert::resolve_device, m)?)?;
     m.add_function(wrap_pyfunction!(dataset::decode_images, m)?)?;
     model::register(m)?;
-    train::register(m)?;
+    settings::register(m)?;
+    trainer::register(m)?;
+    eval::register(m)?;
     Ok(())
 }

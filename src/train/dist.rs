@@ -52,7 +52,10 @@ impl GradBuckets {
                 members.push((i, off, n, layout[i].0.clone()));
                 off += n;
             }
-            buckets.push(Bucket { flat: Tensor::f_zeros([off], (kind, dev))?, members });
+            buckets.push(Bucket {
+                flat: Tensor::f_zeros([off], (kind, dev))?,
+                members,
+            });
         }
         Ok(GradBuckets { buckets, layout })
     }
@@ -64,14 +67,25 @@ impl GradBuckets {
     /// Whether these buckets fit `params` (same shapes, dtypes and devices, in order).
     pub fn fits(&self, params: &[Tensor]) -> bool {
         self.layout.len() == params.len()
-            && self.layout.iter().zip(params).all(|((s, k, d), p)| *s == p.size() && *k == p.kind() && *d == p.device())
+            && self
+                .layout
+                .iter()
+                .zip(params)
+                .all(|((s, k, d), p)| *s == p.size() && *k == p.kind() && *d == p.device())
     }
 
     /// The mean of `grads` over all ranks. The results are views into the buckets, valid until
     /// the next call.
     pub fn mean(&self, grads: &[Tensor], comm: &mut dyn Collective) -> Result<Vec<Tensor>> {
         if grads.len() != self.layout.len() {
-            return Err(Error::invalid("grads", format!("{} gradients for {} bucketed parameters", grads.len(), self.layout.len())));
+            return Err(Error::invalid(
+                "grads",
+                format!(
+                    "{} gradients for {} bucketed parameters",
+                    grads.len(),
+                    self.layout.len()
+                ),
+            ));
         }
         tch::no_grad(|| -> Result<Vec<Tensor>> {
             for b in &self.buckets {
@@ -91,7 +105,10 @@ impl GradBuckets {
                     out[*i] = Some(b.flat.narrow(0, *off, *n).view(shape.as_slice()));
                 }
             }
-            Ok(out.into_iter().map(|t| t.expect("every gradient has a bucket slot")).collect())
+            Ok(out
+                .into_iter()
+                .map(|t| t.expect("every gradient has a bucket slot"))
+                .collect())
         })
     }
 }
@@ -104,11 +121,20 @@ pub struct DistState {
 }
 
 impl DistState {
-    pub fn new(comm: Box<dyn Collective>, cap_bytes: usize) -> Result<DistState> {
-        if cap_bytes == 0 {
-            return Err(Error::invalid("bucket_cap_mb", "must be positive"));
+    /// Gradients are all-reduced in buckets of about `bucket_cap_mb` megabytes (MiB, as torch's DDP).
+    pub fn new(comm: Box<dyn Collective>, bucket_cap_mb: f64) -> Result<DistState> {
+        let cap_bytes = (bucket_cap_mb * 1024.0 * 1024.0) as usize;
+        if !(bucket_cap_mb.is_finite() && cap_bytes > 0) {
+            return Err(Error::invalid(
+                "bucket_cap_mb",
+                format!("{bucket_cap_mb} must be a positive number"),
+            ));
         }
-        Ok(DistState { comm, cap_bytes, buckets: None })
+        Ok(DistState {
+            comm,
+            cap_bytes,
+            buckets: None,
+        })
     }
 
     /// Averages gradients across ranks; the buckets are (re)laid out when the trainable set changes.
@@ -173,7 +199,10 @@ mod tests {
     #[test]
     fn buckets_respect_the_cap_and_average_across_ranks() {
         let shapes: Vec<Vec<i64>> = vec![vec![4, 3], vec![4], vec![100], vec![2, 2, 2]];
-        let params: Vec<Tensor> = shapes.iter().map(|s| Tensor::zeros(s.as_slice(), (Kind::Float, Device::Cpu))).collect();
+        let params: Vec<Tensor> = shapes
+            .iter()
+            .map(|s| Tensor::zeros(s.as_slice(), (Kind::Float, Device::Cpu)))
+            .collect();
         // 48 bytes close the first bucket at once; 16 + 400 bytes the second; the last gets its own.
         let b = GradBuckets::new(&params, 40).unwrap();
         assert_eq!(b.num_buckets(), 3);
@@ -185,12 +214,29 @@ mod tests {
             .map(|rank| {
                 let (barrier, sum, shapes) = (barrier.clone(), sum.clone(), shapes.clone());
                 std::thread::spawn(move || {
-                    let params: Vec<Tensor> = shapes.iter().map(|s| Tensor::zeros(s.as_slice(), (Kind::Float, Device::Cpu))).collect();
-                    let grads: Vec<Tensor> = shapes.iter().map(|s| Tensor::full(s.as_slice(), rank as f64 + 1.0, (Kind::Float, Device::Cpu))).collect();
-                    let mut d = DistState::new(Box::new(ThreadGroup { rank, world, barrier, sum }), 40).unwrap();
+                    let params: Vec<Tensor> = shapes
+                        .iter()
+                        .map(|s| Tensor::zeros(s.as_slice(), (Kind::Float, Device::Cpu)))
+                        .collect();
+                    let grads: Vec<Tensor> = shapes
+                        .iter()
+                        .map(|s| Tensor::full(s.as_slice(), rank as f64 + 1.0, (Kind::Float, Device::Cpu)))
+                        .collect();
+                    let mut d = DistState::new(
+                        Box::new(ThreadGroup {
+                            rank,
+                            world,
+                            barrier,
+                            sum,
+                        }),
+                        40.0 / (1024.0 * 1024.0),
+                    )
+                    .unwrap();
                     let avg = d.average(&params, &grads).unwrap();
                     assert_eq!(d.comm.any(&[rank == 1, false]).unwrap(), vec![true, false]);
-                    avg.iter().map(|t| (t.size(), Vec::<f32>::try_from(t.reshape([-1])).unwrap())).collect::<Vec<_>>()
+                    avg.iter()
+                        .map(|t| (t.size(), Vec::<f32>::try_from(t.reshape([-1])).unwrap()))
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();

@@ -29,14 +29,23 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { label_smoothing: 0.0, amp: false, grad_accum: 1, grad_clip: None, log_every: 20 }
+        TrainConfig {
+            label_smoothing: 0.0,
+            amp: false,
+            grad_accum: 1,
+            grad_clip: None,
+            log_every: 20,
+        }
     }
 }
 
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         if !(0.0..1.0).contains(&self.label_smoothing) {
-            return Err(Error::invalid("label_smoothing", format!("{} must be in [0, 1)", self.label_smoothing)));
+            return Err(Error::invalid(
+                "label_smoothing",
+                format!("{} must be in [0, 1)", self.label_smoothing),
+            ));
         }
         if self.grad_accum == 0 {
             return Err(Error::invalid("grad_accum_steps", "must be at least 1"));
@@ -62,7 +71,10 @@ pub struct GradScaler {
 
 impl Default for GradScaler {
     fn default() -> Self {
-        GradScaler { scale: 65536.0, tracker: 0 }
+        GradScaler {
+            scale: 65536.0,
+            tracker: 0,
+        }
     }
 }
 
@@ -141,6 +153,25 @@ pub struct GroupSettings {
     pub kind: OptKind,
 }
 
+impl GroupSettings {
+    /// Settings for a new optimizer, checked as torch's constructors check them.
+    pub fn new(kind: OptKind, lr: f64) -> Result<GroupSettings> {
+        kind.validate(lr)?;
+        Ok(GroupSettings { lr, kind })
+    }
+
+    /// The check for settings written between steps. torch checks the rate's sign when the
+    /// optimizer is built, not at each step: a schedule may take it below zero (a linear
+    /// three-phase OneCycleLR's last step does).
+    pub fn check_written(&self) -> Result<()> {
+        self.kind.validate(0.0)?;
+        if !self.lr.is_finite() {
+            return Err(Error::invalid("lr", format!("{} must be finite", self.lr)));
+        }
+        Ok(())
+    }
+}
+
 /// What happens at every step boundary besides the step itself. The bindings implement it over
 /// Python: progress callbacks, Ctrl-C, and optimizers or per-batch schedules that live in torch.
 pub trait Hooks {
@@ -156,7 +187,13 @@ pub trait Hooks {
     /// After each optimizer step: with `grads` (of the parameters at `active`), the update itself
     /// at the engine's `lr` and `momentum` (set by a fastcifar schedule); then a per-batch
     /// schedule, if any. Returns the settings now in effect, if they changed.
-    fn outer_step(&mut self, _active: &[usize], _grads: Option<Vec<Tensor>>, _lr: f64, _momentum: f64) -> Result<Option<GroupSettings>> {
+    fn outer_step(
+        &mut self,
+        _active: &[usize],
+        _grads: Option<Vec<Tensor>>,
+        _lr: f64,
+        _momentum: f64,
+    ) -> Result<Option<GroupSettings>> {
         Ok(None)
     }
     /// The learning rate the outer optimizer used at its last step (for progress reports).
@@ -178,7 +215,8 @@ pub struct TrainState {
 
 fn single_thread_pool() -> std::sync::Arc<crate::pool::Pool> {
     static POOL: std::sync::OnceLock<std::sync::Arc<crate::pool::Pool>> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| std::sync::Arc::new(crate::pool::Pool::lazy(Some(1), "fastcifar-train-loader"))).clone()
+    POOL.get_or_init(|| std::sync::Arc::new(crate::pool::Pool::lazy(Some(1), "fastcifar-train-loader")))
+        .clone()
 }
 
 /// CPU training allocates the same activation sizes every step. glibc's malloc hands blocks above
@@ -242,7 +280,14 @@ impl TrainState {
     pub fn new(opt: Optimizer, sched: Option<Scheduler>, cfg: TrainConfig, device: Device) -> Result<TrainState> {
         cfg.validate()?;
         let scaler = (cfg.amp && device.is_cuda()).then(GradScaler::default);
-        Ok(TrainState { opt, sched, scaler, cfg, global_step: 0, dist: None })
+        Ok(TrainState {
+            opt,
+            sched,
+            scaler,
+            cfg,
+            global_step: 0,
+            dist: None,
+        })
     }
 
     /// Puts the schedule's learning rate (and cycled momentum) into the optimizer.
@@ -257,14 +302,16 @@ impl TrainState {
 
     /// Applies settings written outside the core (the engine's optimizer keeps its state).
     pub fn apply_settings(&mut self, s: GroupSettings) -> Result<()> {
-        // torch checks the rate's sign when the optimizer is built, not at each step: a schedule
-        // may take it below zero (a linear three-phase OneCycleLR's last step does).
-        s.kind.validate(0.0)?;
-        if !s.lr.is_finite() {
-            return Err(Error::invalid("lr", format!("{} must be finite", s.lr)));
-        }
+        s.check_written()?;
         if std::mem::discriminant(&s.kind) != std::mem::discriminant(&self.opt.kind) {
-            return Err(Error::invalid("optimizer", format!("cannot turn {} into {} during training", self.opt.kind.name(), s.kind.name())));
+            return Err(Error::invalid(
+                "optimizer",
+                format!(
+                    "cannot turn {} into {} during training",
+                    self.opt.kind.name(),
+                    s.kind.name()
+                ),
+            ));
         }
         self.opt.kind = s.kind;
         self.opt.lr = s.lr;
@@ -274,7 +321,13 @@ impl TrainState {
     /// One epoch over `loader` (its epoch `epoch`: shuffle and augmentation). `hooks.poll` runs
     /// before every step (a stop is seen within one step), `hooks.progress` every `log_every`
     /// steps and at the end.
-    pub fn train_epoch(&mut self, model: &mut Model, loader: &Loader, epoch: u64, hooks: &mut dyn Hooks) -> Result<EpochStats> {
+    pub fn train_epoch(
+        &mut self,
+        model: &mut Model,
+        loader: &Loader,
+        epoch: u64,
+        hooks: &mut dyn Hooks,
+    ) -> Result<EpochStats> {
         // On CPU the model keeps every core busy: build batches on one thread (measured about 4% more
         // images/s than a pool contending with libtorch's OpenMP threads, at the edge of this VM's
         // noise). On CUDA the loader keeps its pool.
@@ -284,12 +337,22 @@ impl TrainState {
             keep_freed_memory();
             loader.iter_on(epoch, single_thread_pool())
         };
-        let source = Source { labels: Some(loader.labels()), steps: loader.len() };
+        let source = Source {
+            labels: Some(loader.labels()),
+            steps: loader.len(),
+        };
         self.train_batches(model, &mut it, source, epoch, hooks)
     }
 
     /// One epoch over `batches` (a loader's, or batches from elsewhere: a Python iterable).
-    pub fn train_batches(&mut self, model: &mut Model, batches: &mut dyn Iterator<Item = Result<Batch>>, source: Source<'_>, epoch: u64, hooks: &mut dyn Hooks) -> Result<EpochStats> {
+    pub fn train_batches(
+        &mut self,
+        model: &mut Model,
+        batches: &mut dyn Iterator<Item = Result<Batch>>,
+        source: Source<'_>,
+        epoch: u64,
+        hooks: &mut dyn Hooks,
+    ) -> Result<EpochStats> {
         model.training = true;
         let dev = model.device();
         let steps = source.steps;
@@ -299,7 +362,11 @@ impl TrainState {
         let loss_sum = Tensor::zeros([], (Kind::Float, dev));
         let correct = Tensor::zeros([], (Kind::Int64, dev));
         let mut images = 0u64;
-        let mut info = StepInfo { epoch, steps, ..Default::default() };
+        let mut info = StepInfo {
+            epoch,
+            steps,
+            ..Default::default()
+        };
         let mut stopped = false;
         // A stop asked for on one rank waits for the next log step, where all ranks agree on it.
         let mut stop_asked = false;
@@ -332,18 +399,26 @@ impl TrainState {
             if i == 0 {
                 source.check_labels(logits.size()[1])?;
             }
-            let loss = logits.f_cross_entropy_loss(&y, None::<Tensor>, Reduction::Mean, -100, self.cfg.label_smoothing)?;
+            let loss =
+                logits.f_cross_entropy_loss(&y, None::<Tensor>, Reduction::Mean, -100, self.cfg.label_smoothing)?;
             tch::no_grad(|| {
                 let _ = loss_sum.shallow_clone().f_add_(&(loss.detach() * n as f64));
-                let _ = correct.shallow_clone().f_add_(&logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64));
+                let _ = correct
+                    .shallow_clone()
+                    .f_add_(&logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64));
             });
             images += n as u64;
             let batch_loss = loss.detach();
             let mut scaled = if accum > 1 { &loss / accum as f64 } else { loss };
             if let Some(s) = &self.scaler {
-                scaled = scaled * s.scale;
+                // Not `*=`: that would scale in place the loss whose value `batch_loss` shares.
+                scaled = &scaled * s.scale;
             }
-            let grads = if params.is_empty() { Vec::new() } else { Tensor::f_run_backward(&[&scaled], &params, false, false)? };
+            let grads = if params.is_empty() {
+                Vec::new()
+            } else {
+                Tensor::f_run_backward(&[&scaled], &params, false, false)?
+            };
             acc = Some(match acc.take() {
                 None => grads,
                 Some(prev) => prev.iter().zip(&grads).map(|(a, g)| a + g).collect(),
@@ -427,14 +502,28 @@ impl TrainState {
         }
         let seconds = t0.elapsed().as_secs_f64();
         if images == 0 {
-            return Ok(EpochStats { seconds, stopped, lr: hooks.outer_lr().unwrap_or(lr_used), ..Default::default() });
+            return Ok(EpochStats {
+                seconds,
+                stopped,
+                lr: hooks.outer_lr().unwrap_or(lr_used),
+                ..Default::default()
+            });
         }
         let loss = loss_sum / images as f64;
         if !loss.is_finite() {
-            return Err(Error::NonFinite(format!("the training loss became {loss} in epoch {epoch}; stopped")));
+            return Err(Error::NonFinite(format!(
+                "the training loss became {loss} in epoch {epoch}; stopped"
+            )));
         }
         let accuracy = correct_n / images as f64;
-        Ok(EpochStats { loss, accuracy, images, seconds, lr: hooks.outer_lr().unwrap_or(lr_used), stopped })
+        Ok(EpochStats {
+            loss,
+            accuracy,
+            images,
+            seconds,
+            lr: hooks.outer_lr().unwrap_or(lr_used),
+            stopped,
+        })
     }
 
     /// End of epoch: epoch schedules move (ReduceLROnPlateau on `metric`).
@@ -450,9 +539,22 @@ impl TrainState {
 /// Loss, accuracy and confusion matrix over one pass of `loader`, in eval mode.
 /// `progress(done, total)` runs after every batch; Ok(false) stops with `Error::Interrupted`, and an
 /// error it returns comes back as itself.
-pub fn evaluate(model: &Model, loader: &Loader, progress: &mut dyn FnMut(usize, usize) -> Result<bool>) -> Result<EvalReport> {
-    let source = Source { labels: Some(loader.labels()), steps: loader.len() };
-    evaluate_batches(model, &mut loader.iter(0), source, loader.dataset().classes.len(), progress)
+pub fn evaluate(
+    model: &Model,
+    loader: &Loader,
+    progress: &mut dyn FnMut(usize, usize) -> Result<bool>,
+) -> Result<EvalReport> {
+    let source = Source {
+        labels: Some(loader.labels()),
+        steps: loader.len(),
+    };
+    evaluate_batches(
+        model,
+        &mut loader.iter(0),
+        source,
+        loader.dataset().classes.len(),
+        progress,
+    )
 }
 
 /// `evaluate` over batches from elsewhere; `num_classes` sizes the report when there is no batch.
@@ -499,7 +601,13 @@ pub fn evaluate_batches(
         };
         let correct: i64 = (0..nc).map(|c| confusion[c * nc + c]).sum();
         let n = count.max(1) as f64;
-        Ok(EvalReport { loss: f64::try_from(&loss_sum)? / n, accuracy: correct as f64 / n, count, confusion, num_classes: nc })
+        Ok(EvalReport {
+            loss: f64::try_from(&loss_sum)? / n,
+            accuracy: correct as f64 / n,
+            count,
+            confusion,
+            num_classes: nc,
+        })
     })
 }
 

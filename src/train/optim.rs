@@ -6,11 +6,26 @@ use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum OptKind {
-    Sgd { momentum: f64, dampening: f64, nesterov: bool, weight_decay: f64 },
+    Sgd {
+        momentum: f64,
+        dampening: f64,
+        nesterov: bool,
+        weight_decay: f64,
+    },
     /// Adam with L2 weight decay added to the gradient (torch.optim.Adam).
-    Adam { beta1: f64, beta2: f64, eps: f64, weight_decay: f64 },
+    Adam {
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+    },
     /// Adam with decoupled weight decay (torch.optim.AdamW).
-    AdamW { beta1: f64, beta2: f64, eps: f64, weight_decay: f64 },
+    AdamW {
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+    },
 }
 
 impl OptKind {
@@ -24,29 +39,47 @@ impl OptKind {
 
     pub fn validate(&self, lr: f64) -> Result<()> {
         let bad = |n: &str, m: String| Err(Error::invalid(n, format!("{m} ({})", self.name())));
-        if !(lr >= 0.0 && lr.is_finite()) {
+        // NaN is below every bound, as it fails torch's `0.0 <= x` checks.
+        let below = |v: f64, lo: f64| v.is_nan() || v < lo;
+        if !lr.is_finite() || lr < 0.0 {
             return bad("lr", format!("{lr} must be a finite number >= 0"));
         }
         match *self {
-            OptKind::Sgd { momentum, dampening, nesterov, weight_decay } => {
-                if !(momentum >= 0.0) {
+            OptKind::Sgd {
+                momentum,
+                dampening,
+                nesterov,
+                weight_decay,
+            } => {
+                if below(momentum, 0.0) {
                     return bad("momentum", format!("{momentum} must be >= 0"));
                 }
-                if !(weight_decay >= 0.0) {
+                if below(weight_decay, 0.0) {
                     return bad("weight_decay", format!("{weight_decay} must be >= 0"));
                 }
                 if nesterov && (momentum <= 0.0 || dampening != 0.0) {
                     return bad("nesterov", "needs momentum > 0 and dampening = 0".into());
                 }
             }
-            OptKind::Adam { beta1, beta2, eps, weight_decay } | OptKind::AdamW { beta1, beta2, eps, weight_decay } => {
+            OptKind::Adam {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            }
+            | OptKind::AdamW {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => {
                 if !(0.0..1.0).contains(&beta1) || !(0.0..1.0).contains(&beta2) {
                     return bad("betas", format!("({beta1}, {beta2}) must be in [0, 1)"));
                 }
-                if !(eps >= 0.0) {
+                if below(eps, 0.0) {
                     return bad("eps", format!("{eps} must be >= 0"));
                 }
-                if !(weight_decay >= 0.0) {
+                if below(weight_decay, 0.0) {
                     return bad("weight_decay", format!("{weight_decay} must be >= 0"));
                 }
             }
@@ -76,7 +109,13 @@ impl Optimizer {
     pub fn new(kind: OptKind, lr: f64, params: Vec<Tensor>) -> Result<Optimizer> {
         kind.validate(lr)?;
         let n = params.len();
-        Ok(Optimizer { kind, lr, initial_lr: lr, params, state: (0..n).map(|_| None).collect() })
+        Ok(Optimizer {
+            kind,
+            lr,
+            initial_lr: lr,
+            params,
+            state: (0..n).map(|_| None).collect(),
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -110,12 +149,21 @@ impl Optimizer {
 
     /// The parameters that currently require gradients (frozen ones do not), by index.
     pub fn trainable(&self) -> (Vec<usize>, Vec<Tensor>) {
-        self.params.iter().enumerate().filter(|(_, p)| p.requires_grad()).map(|(i, p)| (i, p.shallow_clone())).unzip()
+        self.params
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.requires_grad())
+            .map(|(i, p)| (i, p.shallow_clone()))
+            .unzip()
     }
 
     /// One update from the parameters' `.grad` fields (as after `loss.backward()`).
     pub fn step(&mut self) -> Result<()> {
-        let grads: Vec<Option<Tensor>> = self.params.iter().map(|p| Some(p.grad()).filter(|g| g.defined())).collect();
+        let grads: Vec<Option<Tensor>> = self
+            .params
+            .iter()
+            .map(|p| Some(p.grad()).filter(|g| g.defined()))
+            .collect();
         self.step_grads(&grads)
     }
 
@@ -129,11 +177,24 @@ impl Optimizer {
             for ((p, st), g) in self.params.iter_mut().zip(self.state.iter_mut()).zip(grads) {
                 let Some(g) = g else { continue };
                 let g = g.shallow_clone();
-                let st = st.get_or_insert_with(|| ParamState { step: 0.0, buf1: None, buf2: None });
+                let st = st.get_or_insert_with(|| ParamState {
+                    step: 0.0,
+                    buf1: None,
+                    buf2: None,
+                });
                 match self.kind {
-                    OptKind::Sgd { momentum, dampening, nesterov, weight_decay } => {
+                    OptKind::Sgd {
+                        momentum,
+                        dampening,
+                        nesterov,
+                        weight_decay,
+                    } => {
                         // grad = grad.add(param, alpha=weight_decay)
-                        let mut d = if weight_decay != 0.0 { add_alpha(&g, p, weight_decay)? } else { g.shallow_clone() };
+                        let mut d = if weight_decay != 0.0 {
+                            add_alpha(&g, p, weight_decay)?
+                        } else {
+                            g.shallow_clone()
+                        };
                         if momentum != 0.0 {
                             let buf = match st.buf1.take() {
                                 None => d.detach().copy(),
@@ -144,7 +205,11 @@ impl Optimizer {
                                 }
                             };
                             // nesterov: grad = grad.add(buf, alpha=momentum)
-                            d = if nesterov { add_alpha(&d, &buf, momentum)? } else { buf.shallow_clone() };
+                            d = if nesterov {
+                                add_alpha(&d, &buf, momentum)?
+                            } else {
+                                buf.shallow_clone()
+                            };
                             st.buf1 = Some(buf);
                         }
                         st.step += 1.0;
@@ -152,12 +217,27 @@ impl Optimizer {
                         let new = add_alpha(p, &d, -lr)?;
                         p.f_copy_(&new)?;
                     }
-                    OptKind::Adam { beta1, beta2, eps, weight_decay } | OptKind::AdamW { beta1, beta2, eps, weight_decay } => {
+                    OptKind::Adam {
+                        beta1,
+                        beta2,
+                        eps,
+                        weight_decay,
+                    }
+                    | OptKind::AdamW {
+                        beta1,
+                        beta2,
+                        eps,
+                        weight_decay,
+                    } => {
                         let decoupled = matches!(self.kind, OptKind::AdamW { .. });
                         if decoupled && weight_decay != 0.0 {
                             let _ = p.f_mul_scalar_(1.0 - lr * weight_decay)?;
                         }
-                        let g = if !decoupled && weight_decay != 0.0 { add_alpha(&g, p, weight_decay)? } else { g };
+                        let g = if !decoupled && weight_decay != 0.0 {
+                            add_alpha(&g, p, weight_decay)?
+                        } else {
+                            g
+                        };
                         st.step += 1.0;
                         // exp_avg.lerp_(grad, 1 - beta1)
                         let m = st.buf1.get_or_insert_with(|| p.zeros_like());
@@ -204,15 +284,31 @@ impl Optimizer {
 
     /// Replaces the state of parameter `i` (loading a state dict); shapes must match.
     pub fn set_state(&mut self, i: usize, step: f64, buf1: Option<Tensor>, buf2: Option<Tensor>) -> Result<()> {
-        let p = self.params.get(i).ok_or_else(|| Error::invalid("optimizer_state_dict", format!("state for parameter {i}, but the optimizer has {}", self.params.len())))?;
+        let p = self.params.get(i).ok_or_else(|| {
+            Error::invalid(
+                "optimizer_state_dict",
+                format!("state for parameter {i}, but the optimizer has {}", self.params.len()),
+            )
+        })?;
         for b in [&buf1, &buf2].into_iter().flatten() {
             if b.size() != p.size() {
-                return Err(Error::invalid("optimizer_state_dict", format!("state of parameter {i} has shape {:?}, the parameter {:?}", b.size(), p.size())));
+                return Err(Error::invalid(
+                    "optimizer_state_dict",
+                    format!(
+                        "state of parameter {i} has shape {:?}, the parameter {:?}",
+                        b.size(),
+                        p.size()
+                    ),
+                ));
             }
         }
         let dev = p.device();
         let mv = |b: Option<Tensor>| b.map(|t| t.to_device(dev).to_kind(Kind::Float));
-        self.state[i] = Some(ParamState { step, buf1: mv(buf1), buf2: mv(buf2) });
+        self.state[i] = Some(ParamState {
+            step,
+            buf1: mv(buf1),
+            buf2: mv(buf2),
+        });
         Ok(())
     }
 }
@@ -314,7 +410,17 @@ mod tests {
     #[test]
     fn sgd_momentum_matches_hand_computation() {
         let p = Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true);
-        let mut o = Optimizer::new(OptKind::Sgd { momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.0 }, 0.1, vec![p.shallow_clone()]).unwrap();
+        let mut o = Optimizer::new(
+            OptKind::Sgd {
+                momentum: 0.9,
+                dampening: 0.0,
+                nesterov: false,
+                weight_decay: 0.0,
+            },
+            0.1,
+            vec![p.shallow_clone()],
+        )
+        .unwrap();
         for _ in 0..2 {
             o.zero_grad();
             (&p * &p).sum(Kind::Float).backward(); // grad = 2p
@@ -329,10 +435,24 @@ mod tests {
 
     #[test]
     fn invalid_hyperparameters_are_named() {
-        let k = OptKind::Adam { beta1: 1.0, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        let k = OptKind::Adam {
+            beta1: 1.0,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
         assert!(k.validate(1e-3).unwrap_err().to_string().starts_with("betas"));
-        assert!(OptKind::Sgd { momentum: 0.0, dampening: 0.0, nesterov: true, weight_decay: 0.0 }.validate(0.1).is_err());
-        let e = Optimizer::new(k, -1.0, vec![Tensor::zeros([1], (Kind::Float, Device::Cpu))]).err().unwrap();
+        assert!(OptKind::Sgd {
+            momentum: 0.0,
+            dampening: 0.0,
+            nesterov: true,
+            weight_decay: 0.0
+        }
+        .validate(0.1)
+        .is_err());
+        let e = Optimizer::new(k, -1.0, vec![Tensor::zeros([1], (Kind::Float, Device::Cpu))])
+            .err()
+            .unwrap();
         assert!(e.to_string().starts_with("lr"));
     }
 }

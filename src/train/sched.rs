@@ -8,12 +8,36 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Kind {
     Constant,
-    Step { step_size: u64, gamma: f64 },
-    Cosine { t_max: u64, eta_min: f64 },
-    OneCycle { max_lr: f64, total_steps: u64, pct_start: f64, div_factor: f64, final_div_factor: f64, cycle_momentum: bool, base_momentum: f64, max_momentum: f64 },
+    Step {
+        step_size: u64,
+        gamma: f64,
+    },
+    Cosine {
+        t_max: u64,
+        eta_min: f64,
+    },
+    OneCycle {
+        max_lr: f64,
+        total_steps: u64,
+        pct_start: f64,
+        div_factor: f64,
+        final_div_factor: f64,
+        cycle_momentum: bool,
+        base_momentum: f64,
+        max_momentum: f64,
+    },
     /// ReduceLROnPlateau; `min_mode` = mode "min", `abs_threshold` = threshold_mode "abs"; a reduction
     /// smaller than `eps` is not made.
-    Plateau { min_mode: bool, factor: f64, patience: u64, threshold: f64, abs_threshold: bool, cooldown: u64, min_lr: f64, eps: f64 },
+    Plateau {
+        min_mode: bool,
+        factor: f64,
+        patience: u64,
+        threshold: f64,
+        abs_threshold: bool,
+        cooldown: u64,
+        min_lr: f64,
+        eps: f64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -32,52 +56,166 @@ pub struct Scheduler {
     pub cooldown_counter: u64,
 }
 
-impl Scheduler {
-    pub fn new(kind: Kind, base_lr: f64, warmup_steps: u64, warmup_start: f64) -> Result<Scheduler> {
-        let bad = |n: &str, m: &str| Err(Error::invalid(n, m.to_string()));
+/// Linear warm-up over `steps` optimizer steps, from `start_factor * lr` to `lr`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Warmup {
+    pub steps: u64,
+    pub start_factor: f64,
+}
+
+/// A schedule's settings, checked: every rule on a schedule's settings lives in `Config::new`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub kind: Kind,
+    pub warmup: Option<Warmup>,
+}
+
+impl Config {
+    pub fn new(kind: Kind, warmup: Option<Warmup>) -> Result<Config> {
+        let what = kind.name();
+        let bad = |n: &str, m: String| Error::invalid(n, format!("{m} ({what})"));
+        // NaN fails every `>=` below, as it fails torch's comparisons.
+        let non_negative = |n: &str, v: f64| {
+            if v >= 0.0 {
+                Ok(())
+            } else {
+                Err(bad(n, format!("{v} must be >= 0")))
+            }
+        };
         match &kind {
+            Kind::Constant => {}
             Kind::Step { step_size, gamma } => {
                 if *step_size == 0 {
-                    return bad("step_size", "must be at least 1 (StepLR)");
+                    return Err(bad("step_size", "must be at least 1".into()));
                 }
-                if !(*gamma > 0.0) {
-                    return bad("gamma", "must be > 0 (StepLR)");
+                if gamma.is_nan() || *gamma <= 0.0 {
+                    return Err(bad("gamma", format!("{gamma} must be > 0")));
                 }
             }
-            Kind::Cosine { t_max, .. } if *t_max == 0 => return bad("T_max", "must be at least 1 (CosineAnnealingLR)"),
-            Kind::OneCycle { total_steps, pct_start, max_lr, .. } => {
+            Kind::Cosine { t_max, eta_min } => {
+                if *t_max == 0 {
+                    return Err(bad("T_max", "must be at least 1".into()));
+                }
+                non_negative("eta_min", *eta_min)?;
+            }
+            Kind::OneCycle {
+                max_lr,
+                total_steps,
+                pct_start,
+                div_factor,
+                final_div_factor,
+                base_momentum,
+                max_momentum,
+                ..
+            } => {
                 if *total_steps < 2 {
-                    return bad("total_steps", "must be at least 2 (OneCycleLR)");
+                    return Err(bad("total_steps", format!("{total_steps} must be at least 2")));
                 }
                 if !(0.0..=1.0).contains(pct_start) {
-                    return bad("pct_start", "must be in [0, 1] (OneCycleLR)");
+                    return Err(bad("pct_start", format!("{pct_start} must be in [0, 1]")));
                 }
-                if !(*max_lr > 0.0) {
-                    return bad("max_lr", "must be > 0 (OneCycleLR)");
+                if max_lr.is_nan() || *max_lr <= 0.0 {
+                    return Err(bad("max_lr", format!("{max_lr} must be > 0")));
                 }
+                non_negative("div_factor", *div_factor)?;
+                non_negative("final_div_factor", *final_div_factor)?;
+                non_negative("base_momentum", *base_momentum)?;
+                non_negative("max_momentum", *max_momentum)?;
             }
-            Kind::Plateau { factor, .. } if !(*factor < 1.0 && *factor >= 0.0) => {
-                return bad("factor", "must be in [0, 1) (ReduceLROnPlateau)");
+            Kind::Plateau {
+                factor,
+                threshold,
+                min_lr,
+                eps,
+                ..
+            } => {
+                if !(0.0..1.0).contains(factor) {
+                    return Err(bad("factor", format!("{factor} must be in [0, 1)")));
+                }
+                non_negative("threshold", *threshold)?;
+                non_negative("min_lr", *min_lr)?;
+                non_negative("eps", *eps)?;
             }
-            _ => {}
         }
-        if !(0.0..=1.0).contains(&warmup_start) {
-            return bad("warmup_start_factor", "must be in [0, 1]");
+        if let Some(w) = warmup {
+            if w.steps == 0 {
+                return Err(Error::invalid("warmup_steps", "must be at least 1 (LinearWarmup)"));
+            }
+            if !(0.0..=1.0).contains(&w.start_factor) {
+                return Err(Error::invalid(
+                    "warmup_start_factor",
+                    format!("{} must be in [0, 1] (LinearWarmup)", w.start_factor),
+                ));
+            }
         }
+        Ok(Config { kind, warmup })
+    }
+}
+
+impl Kind {
+    /// torch's class name (`Constant` for a warm-up alone).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::Constant => "Constant",
+            Kind::Step { .. } => "StepLR",
+            Kind::Cosine { .. } => "CosineAnnealingLR",
+            Kind::OneCycle { .. } => "OneCycleLR",
+            Kind::Plateau { .. } => "ReduceLROnPlateau",
+        }
+    }
+}
+
+impl Scheduler {
+    /// A fresh schedule from `base_lr` (the optimizer's rate).
+    pub fn new(cfg: Config, base_lr: f64) -> Scheduler {
+        let Config { kind, warmup } = cfg;
         let best = match kind {
             Kind::Plateau { min_mode: true, .. } => f64::INFINITY,
             _ => f64::NEG_INFINITY,
         };
-        Ok(Scheduler { kind, base_lr, warmup_steps, warmup_start, epoch: 0, step: 0, plateau_lr: base_lr, best, num_bad: 0, cooldown_counter: 0 })
+        let (warmup_steps, warmup_start) = warmup.map_or((0, 0.0), |w| (w.steps, w.start_factor));
+        Scheduler {
+            kind,
+            base_lr,
+            warmup_steps,
+            warmup_start,
+            epoch: 0,
+            step: 0,
+            plateau_lr: base_lr,
+            best,
+            num_bad: 0,
+            cooldown_counter: 0,
+        }
+    }
+
+    /// The settings this schedule was made with.
+    pub fn config(&self) -> Config {
+        let warmup = (self.warmup_steps > 0).then_some(Warmup {
+            steps: self.warmup_steps,
+            start_factor: self.warmup_start,
+        });
+        Config {
+            kind: self.kind.clone(),
+            warmup,
+        }
     }
 
     fn one_cycle_pos(&self) -> Option<(f64, f64, f64)> {
         // (start, end, pct) of the current phase, torch's two-phase OneCycleLR.
-        let Kind::OneCycle { total_steps, pct_start, .. } = self.kind else { return None };
+        let Kind::OneCycle {
+            total_steps, pct_start, ..
+        } = self.kind
+        else {
+            return None;
+        };
         let end1 = pct_start * total_steps as f64 - 1.0;
         let end2 = total_steps as f64 - 1.0;
         let s = (self.step.min(total_steps - 1)) as f64;
-        Some(if s <= end1 { (0.0, end1, s / end1.max(f64::MIN_POSITIVE)) } else { (end1, end2, (s - end1) / (end2 - end1)) })
+        Some(if s <= end1 {
+            (0.0, end1, s / end1.max(f64::MIN_POSITIVE))
+        } else {
+            (end1, end2, (s - end1) / (end2 - end1))
+        })
     }
 
     fn cos_anneal(start: f64, end: f64, pct: f64) -> f64 {
@@ -91,7 +229,12 @@ impl Scheduler {
             Kind::Cosine { t_max, eta_min } => {
                 eta_min + (self.base_lr - eta_min) * (1.0 + (PI * self.epoch as f64 / t_max as f64).cos()) / 2.0
             }
-            Kind::OneCycle { max_lr, div_factor, final_div_factor, .. } => {
+            Kind::OneCycle {
+                max_lr,
+                div_factor,
+                final_div_factor,
+                ..
+            } => {
                 let initial = max_lr / div_factor;
                 let min_lr = initial / final_div_factor;
                 let (_, _, pct) = self.one_cycle_pos().unwrap();
@@ -113,14 +256,24 @@ impl Scheduler {
 
     fn in_first_phase(&self) -> bool {
         match self.kind {
-            Kind::OneCycle { total_steps, pct_start, .. } => (self.step.min(total_steps - 1) as f64) <= pct_start * total_steps as f64 - 1.0,
+            Kind::OneCycle {
+                total_steps, pct_start, ..
+            } => (self.step.min(total_steps - 1) as f64) <= pct_start * total_steps as f64 - 1.0,
             _ => false,
         }
     }
 
     /// OneCycleLR's cycled momentum for the next step, if it cycles one.
     pub fn momentum(&self) -> Option<f64> {
-        let Kind::OneCycle { cycle_momentum: true, base_momentum, max_momentum, .. } = self.kind else { return None };
+        let Kind::OneCycle {
+            cycle_momentum: true,
+            base_momentum,
+            max_momentum,
+            ..
+        } = self.kind
+        else {
+            return None;
+        };
         let (_, _, pct) = self.one_cycle_pos().unwrap();
         Some(if self.in_first_phase() {
             Self::cos_anneal(max_momentum, base_momentum, pct)
@@ -151,7 +304,17 @@ impl Scheduler {
     /// End of an epoch. ReduceLROnPlateau needs `metric` (validation loss in the seed).
     pub fn on_epoch(&mut self, metric: Option<f64>) -> Result<()> {
         self.epoch += 1;
-        if let Kind::Plateau { min_mode, factor, patience, threshold, abs_threshold, cooldown, min_lr, eps } = self.kind {
+        if let Kind::Plateau {
+            min_mode,
+            factor,
+            patience,
+            threshold,
+            abs_threshold,
+            cooldown,
+            min_lr,
+            eps,
+        } = self.kind
+        {
             let m = metric.ok_or_else(|| Error::invalid("metric", "ReduceLROnPlateau needs a metric each epoch"))?;
             let better = match (min_mode, abs_threshold) {
                 (true, false) => m < self.best * (1.0 - threshold),
@@ -188,17 +351,43 @@ mod tests {
 
     #[test]
     fn step_cosine_and_plateau() {
-        let mut s = Scheduler::new(Kind::Step { step_size: 2, gamma: 0.5 }, 1.0, 0, 1.0).unwrap();
+        let mut s = Scheduler::new(
+            Config::new(
+                Kind::Step {
+                    step_size: 2,
+                    gamma: 0.5,
+                },
+                None,
+            )
+            .unwrap(),
+            1.0,
+        );
         let mut lrs = vec![];
         for _ in 0..5 {
             lrs.push(s.lr());
             s.on_epoch(None).unwrap();
         }
         assert_eq!(lrs, vec![1.0, 1.0, 0.5, 0.5, 0.25]);
-        let mut c = Scheduler::new(Kind::Cosine { t_max: 4, eta_min: 0.0 }, 1.0, 0, 1.0).unwrap();
+        let mut c = Scheduler::new(Config::new(Kind::Cosine { t_max: 4, eta_min: 0.0 }, None).unwrap(), 1.0);
         c.epoch = 2;
         assert!((c.lr() - 0.5).abs() < 1e-12);
-        let mut p = Scheduler::new(Kind::Plateau { min_mode: true, factor: 0.1, patience: 1, threshold: 1e-4, abs_threshold: false, cooldown: 0, min_lr: 0.0, eps: 1e-8 }, 1.0, 0, 1.0).unwrap();
+        let mut p = Scheduler::new(
+            Config::new(
+                Kind::Plateau {
+                    min_mode: true,
+                    factor: 0.1,
+                    patience: 1,
+                    threshold: 1e-4,
+                    abs_threshold: false,
+                    cooldown: 0,
+                    min_lr: 0.0,
+                    eps: 1e-8,
+                },
+                None,
+            )
+            .unwrap(),
+            1.0,
+        );
         for m in [1.0, 1.0, 1.0] {
             p.on_epoch(Some(m)).unwrap();
         }
@@ -208,16 +397,98 @@ mod tests {
 
     #[test]
     fn one_cycle_endpoints_and_warmup() {
-        let k = Kind::OneCycle { max_lr: 1.0, total_steps: 100, pct_start: 0.3, div_factor: 25.0, final_div_factor: 1e4, cycle_momentum: true, base_momentum: 0.85, max_momentum: 0.95 };
-        let mut s = Scheduler::new(k, 1.0, 0, 1.0).unwrap();
+        let k = Kind::OneCycle {
+            max_lr: 1.0,
+            total_steps: 100,
+            pct_start: 0.3,
+            div_factor: 25.0,
+            final_div_factor: 1e4,
+            cycle_momentum: true,
+            base_momentum: 0.85,
+            max_momentum: 0.95,
+        };
+        let mut s = Scheduler::new(Config::new(k, None).unwrap(), 1.0);
         assert!((s.lr() - 0.04).abs() < 1e-12);
         assert!((s.momentum().unwrap() - 0.95).abs() < 1e-12);
         s.step = 29;
         assert!((s.lr() - 1.0).abs() < 1e-12);
         s.step = 99;
         assert!((s.lr() - 0.04 / 1e4).abs() < 1e-12);
-        let mut w = Scheduler::new(Kind::Constant, 1.0, 4, 0.0).unwrap();
-        let v: Vec<f64> = (0..5).map(|_| { let l = w.lr(); w.on_step().unwrap(); l }).collect();
+        let mut w = Scheduler::new(
+            Config::new(
+                Kind::Constant,
+                Some(Warmup {
+                    steps: 4,
+                    start_factor: 0.0,
+                }),
+            )
+            .unwrap(),
+            1.0,
+        );
+        let v: Vec<f64> = (0..5)
+            .map(|_| {
+                let l = w.lr();
+                w.on_step().unwrap();
+                l
+            })
+            .collect();
         assert_eq!(v, vec![0.0, 0.25, 0.5, 0.75, 1.0]);
+    }
+
+    #[test]
+    fn every_rule_names_its_setting() {
+        let name = |k: Kind, w: Option<Warmup>| Config::new(k, w).unwrap_err().to_string();
+        assert!(name(
+            Kind::Step {
+                step_size: 0,
+                gamma: 0.1
+            },
+            None
+        )
+        .starts_with("step_size"));
+        assert!(name(
+            Kind::Step {
+                step_size: 1,
+                gamma: 0.0
+            },
+            None
+        )
+        .starts_with("gamma"));
+        assert!(name(
+            Kind::Cosine {
+                t_max: 3,
+                eta_min: -1.0
+            },
+            None
+        )
+        .starts_with("eta_min"));
+        let plateau = Kind::Plateau {
+            min_mode: true,
+            factor: 0.1,
+            patience: 0,
+            threshold: f64::NAN,
+            abs_threshold: false,
+            cooldown: 0,
+            min_lr: 0.0,
+            eps: 0.0,
+        };
+        assert!(name(plateau, None).starts_with("threshold"));
+        assert!(name(
+            Kind::Constant,
+            Some(Warmup {
+                steps: 0,
+                start_factor: 0.0
+            })
+        )
+        .starts_with("warmup_steps"));
+        let c = Config::new(
+            Kind::Constant,
+            Some(Warmup {
+                steps: 3,
+                start_factor: 0.5,
+            }),
+        )
+        .unwrap();
+        assert_eq!(Scheduler::new(c.clone(), 1.0).config(), c);
     }
 }

@@ -9,25 +9,26 @@ Every argument torch accepts is either honoured or refused by name. They are ste
 ``Trainer.fit`` (per epoch, or per optimizer step for OneCycleLR), so ``step()`` refuses; in a loop
 of your own use ``torch.optim.lr_scheduler``, whose objects ``fastcifar.Trainer`` also accepts.
 """
+
 from __future__ import annotations
 
-import math
-
 import torch
+
+from .. import _native as _rs
 
 __all__ = ["StepLR", "CosineAnnealingLR", "OneCycleLR", "ReduceLROnPlateau", "LinearWarmup"]
 
 
-def _num(name, v, lo=0.0, hi=math.inf, hi_open=False):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v and (v < hi if hi_open else v <= hi)):
-        raise ValueError(f"{name}: {v!r} must be a number in [{lo}, {hi}{')' if hi_open else ']'}")
-    return float(v)
-
-
 def _count(name, v, lo=1):
+    """epochs and steps_per_epoch: torch's way to give OneCycleLR's total_steps (the core sees only
+    their product, so they are checked here)."""
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise ValueError(f"{name}: {v!r} must be an int >= {lo}")
     return v
+
+
+# Flags that checkpoints written before they crossed as booleans hold as 0.0 / 1.0.
+_FLAGS = ("cycle_momentum", "mode_min", "threshold_abs")
 
 
 def _is_optimizer(o) -> bool:
@@ -51,7 +52,7 @@ def _bind(cls_name: str, names: list, args: tuple, kwargs: dict) -> dict:
     for k, v in kwargs.items():
         if k not in out:
             raise TypeError(f"{cls_name}() got an unexpected keyword argument '{k}'")
-        if k in full[:len(args)]:
+        if k in full[: len(args)]:
             raise TypeError(f"{cls_name}() got multiple values for argument '{k}'")
         out[k] = v
     if out["optimizer"] is not None and not _is_optimizer(out["optimizer"]):
@@ -75,19 +76,27 @@ class _Schedule:
             raise TypeError(f"{type(self).__name__}() missing required argument: '{missing[0]}'")
         self.optimizer = a.pop("optimizer")
         if a.pop("last_epoch", -1) != -1:
-            raise ValueError("last_epoch: only -1 (a fresh schedule) is supported; to resume, load the Trainer's checkpoint, "
-                             "which holds the schedule's state")
-        self._settings = self._configure(**a)
+            raise ValueError(
+                "last_epoch: only -1 (a fresh schedule) is supported; to resume, load the Trainer's checkpoint, "
+                "which holds the schedule's state"
+            )
+        # The core checks the settings now (as torch's constructors do), naming the one at fault.
+        settings = self._configure(**a)  # first: LinearWarmup takes its name from the schedule it wraps
+        self._config = _rs.ScheduleConfig(self.name, **settings)
 
     def _configure(self, **a) -> dict:
+        """torch's arguments as the core's settings (ScheduleConfig's keywords)."""
         raise NotImplementedError
 
     def settings(self) -> dict:
-        return dict(self._settings)
+        """The settings by name (as the core holds them: what a checkpoint records)."""
+        return self._config.settings()
 
     def step(self, *a, **k):
-        raise RuntimeError(f"fastcifar.optim.lr_scheduler.{type(self).__name__} is stepped by fastcifar.Trainer.fit; in a loop of "
-                           f"your own, use torch.optim.lr_scheduler.{type(self).__name__} (Trainer accepts it too)")
+        raise RuntimeError(
+            f"fastcifar.optim.lr_scheduler.{type(self).__name__} is stepped by fastcifar.Trainer.fit; in a loop of "
+            f"your own, use torch.optim.lr_scheduler.{type(self).__name__} (Trainer accepts it too)"
+        )
 
     def get_last_lr(self) -> list:
         """The learning rate of the last step (the trainer's, once bound to one)."""
@@ -98,7 +107,7 @@ class _Schedule:
         return [lr] if lr is not None else []
 
     def __repr__(self):
-        return f"{self.name}({', '.join(f'{k}={v:g}' for k, v in self._settings.items())})"
+        return f"{self.name}({', '.join(f'{k}={v:g}' for k, v in self.settings().items())})"
 
 
 class StepLR(_Schedule):
@@ -108,7 +117,7 @@ class StepLR(_Schedule):
     _names = [("step_size", _REQUIRED), ("gamma", 0.1), ("last_epoch", -1)]
 
     def _configure(self, step_size, gamma):
-        return {"step_size": _count("step_size", step_size), "gamma": _num("gamma", gamma)}
+        return {"step_size": step_size, "gamma": gamma}
 
 
 class CosineAnnealingLR(_Schedule):
@@ -116,7 +125,7 @@ class CosineAnnealingLR(_Schedule):
     _names = [("T_max", _REQUIRED), ("eta_min", 0.0), ("last_epoch", -1)]
 
     def _configure(self, T_max, eta_min):
-        return {"T_max": _count("T_max", T_max), "eta_min": _num("eta_min", eta_min)}
+        return {"T_max": T_max, "eta_min": eta_min}
 
 
 class OneCycleLR(_Schedule):
@@ -124,29 +133,66 @@ class OneCycleLR(_Schedule):
     Stepping past ``total_steps`` raises, as torch's does."""
 
     name = "OneCycleLR"
-    _names = [("max_lr", _REQUIRED), ("total_steps", None), ("epochs", None), ("steps_per_epoch", None), ("pct_start", 0.3),
-              ("anneal_strategy", "cos"), ("cycle_momentum", True), ("base_momentum", 0.85), ("max_momentum", 0.95),
-              ("div_factor", 25.0), ("final_div_factor", 1e4), ("three_phase", False), ("last_epoch", -1)]
+    _names = [
+        ("max_lr", _REQUIRED),
+        ("total_steps", None),
+        ("epochs", None),
+        ("steps_per_epoch", None),
+        ("pct_start", 0.3),
+        ("anneal_strategy", "cos"),
+        ("cycle_momentum", True),
+        ("base_momentum", 0.85),
+        ("max_momentum", 0.95),
+        ("div_factor", 25.0),
+        ("final_div_factor", 1e4),
+        ("three_phase", False),
+        ("last_epoch", -1),
+    ]
 
-    def _configure(self, max_lr, total_steps, epochs, steps_per_epoch, pct_start, anneal_strategy, cycle_momentum,
-                   base_momentum, max_momentum, div_factor, final_div_factor, three_phase):
+    def _configure(
+        self,
+        max_lr,
+        total_steps,
+        epochs,
+        steps_per_epoch,
+        pct_start,
+        anneal_strategy,
+        cycle_momentum,
+        base_momentum,
+        max_momentum,
+        div_factor,
+        final_div_factor,
+        three_phase,
+    ):
         if isinstance(max_lr, (list, tuple)):
-            raise ValueError("max_lr: one value per parameter group is for torch.optim.lr_scheduler.OneCycleLR (fastcifar's "
-                             "optimizers have one group); Trainer accepts torch's schedule with a torch optimizer")
+            raise ValueError(
+                "max_lr: one value per parameter group is for torch.optim.lr_scheduler.OneCycleLR (fastcifar's "
+                "optimizers have one group); Trainer accepts torch's schedule with a torch optimizer"
+            )
         if anneal_strategy != "cos":
-            raise ValueError(f"anneal_strategy: only 'cos' is supported here, got {anneal_strategy!r} "
-                             "(torch.optim.lr_scheduler.OneCycleLR does 'linear', and Trainer accepts it)")
+            raise ValueError(
+                f"anneal_strategy: only 'cos' is supported here, got {anneal_strategy!r} "
+                "(torch.optim.lr_scheduler.OneCycleLR does 'linear', and Trainer accepts it)"
+            )
         if three_phase:
-            raise ValueError("three_phase: only the two-phase cycle is supported here "
-                             "(torch.optim.lr_scheduler.OneCycleLR does three_phase=True, and Trainer accepts it)")
+            raise ValueError(
+                "three_phase: only the two-phase cycle is supported here "
+                "(torch.optim.lr_scheduler.OneCycleLR does three_phase=True, and Trainer accepts it)"
+            )
         if total_steps is None:
             if epochs is None or steps_per_epoch is None:
                 raise ValueError("total_steps: give total_steps, or epochs and steps_per_epoch")
             total_steps = _count("epochs", epochs) * _count("steps_per_epoch", steps_per_epoch)
-        return {"max_lr": _num("max_lr", max_lr), "total_steps": _count("total_steps", total_steps, 2),
-                "pct_start": _num("pct_start", pct_start, 0.0, 1.0), "div_factor": _num("div_factor", div_factor),
-                "final_div_factor": _num("final_div_factor", final_div_factor), "cycle_momentum": float(bool(cycle_momentum)),
-                "base_momentum": _num("base_momentum", base_momentum), "max_momentum": _num("max_momentum", max_momentum)}
+        return {
+            "max_lr": max_lr,
+            "total_steps": total_steps,
+            "pct_start": pct_start,
+            "div_factor": div_factor,
+            "final_div_factor": final_div_factor,
+            "cycle_momentum": bool(cycle_momentum),
+            "base_momentum": base_momentum,
+            "max_momentum": max_momentum,
+        }
 
 
 class ReduceLROnPlateau(_Schedule):
@@ -154,8 +200,16 @@ class ReduceLROnPlateau(_Schedule):
     stops improving for ``patience`` epochs."""
 
     name = "ReduceLROnPlateau"
-    _names = [("mode", "min"), ("factor", 0.1), ("patience", 10), ("threshold", 1e-4), ("threshold_mode", "rel"),
-              ("cooldown", 0), ("min_lr", 0.0), ("eps", 1e-8)]
+    _names = [
+        ("mode", "min"),
+        ("factor", 0.1),
+        ("patience", 10),
+        ("threshold", 1e-4),
+        ("threshold_mode", "rel"),
+        ("cooldown", 0),
+        ("min_lr", 0.0),
+        ("eps", 1e-8),
+    ]
 
     def _configure(self, mode, factor, patience, threshold, threshold_mode, cooldown, min_lr, eps):
         if mode not in ("min", "max"):
@@ -163,13 +217,21 @@ class ReduceLROnPlateau(_Schedule):
         if threshold_mode not in ("rel", "abs"):
             raise ValueError(f"threshold_mode: {threshold_mode!r} is not 'rel' or 'abs'")
         if isinstance(min_lr, (list, tuple)):
-            raise ValueError("min_lr: one value per parameter group is for torch.optim.lr_scheduler.ReduceLROnPlateau "
-                             "(fastcifar's optimizers have one group)")
+            raise ValueError(
+                "min_lr: one value per parameter group is for torch.optim.lr_scheduler.ReduceLROnPlateau "
+                "(fastcifar's optimizers have one group)"
+            )
         self.mode = mode
-        return {"mode_min": float(mode == "min"), "factor": _num("factor", factor, 0.0, 1.0, True),
-                "patience": _count("patience", patience, 0), "threshold": _num("threshold", threshold),
-                "threshold_abs": float(threshold_mode == "abs"), "cooldown": _count("cooldown", cooldown, 0),
-                "min_lr": _num("min_lr", min_lr), "eps": _num("eps", eps)}
+        return {
+            "mode_min": mode == "min",
+            "factor": factor,
+            "patience": patience,
+            "threshold": threshold,
+            "threshold_abs": threshold_mode == "abs",
+            "cooldown": cooldown,
+            "min_lr": min_lr,
+            "eps": eps,
+        }
 
 
 class LinearWarmup(_Schedule):
@@ -185,11 +247,12 @@ class LinearWarmup(_Schedule):
         self.then = then
         self.name = then.name if then is not None else "Constant"
         base = then.settings() if then is not None else {}
-        return {**base, "warmup_steps": _count("steps", steps), "warmup_start_factor": _num("start_factor", start_factor, 0.0, 1.0)}
+        return {**base, "warmup_steps": steps, "warmup_start_factor": start_factor}
 
 
 def _restore(name: str, settings: dict) -> _Schedule:
     """A schedule from the name and settings a checkpoint holds."""
     s = object.__new__(_Schedule)
-    s.name, s._settings, s.optimizer = name, dict(settings), None
+    settings = {k: bool(v) if k in _FLAGS else v for k, v in settings.items()}
+    s.name, s._config, s.optimizer = name, _rs.ScheduleConfig(name, **settings), None
     return s
