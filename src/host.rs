@@ -122,10 +122,10 @@ impl HostBuf {
     /// The memory as `bytes / size_of::<T>()` elements of `T`.
     pub fn as_mut_slice<T: Plain>(&mut self) -> &mut [T] {
         let b = self.block.as_ref().expect("a HostBuf holds its block until dropped");
-        debug_assert!(self.bytes % std::mem::size_of::<T>() == 0 && ALIGN % std::mem::align_of::<T>() == 0);
+        debug_assert!(self.bytes.is_multiple_of(size_of::<T>()) && ALIGN.is_multiple_of(align_of::<T>()));
         // SAFETY: the block is ours alone, ALIGN-aligned, initialised (zeroed at allocation, then
         // only ever written with T values), and at least `bytes` long.
-        unsafe { std::slice::from_raw_parts_mut(b.ptr.as_ptr() as *mut T, self.bytes / std::mem::size_of::<T>()) }
+        unsafe { std::slice::from_raw_parts_mut(b.ptr.as_ptr() as *mut T, self.bytes / size_of::<T>()) }
     }
 }
 
@@ -244,7 +244,7 @@ mod tests {
         // Growing the tensor moves its data into torch's memory and gives the block back.
         let mut t = pool.take(6 * 4).unwrap().into_tensor(&[2, 3], Kind::Float).unwrap();
         assert_eq!(pool.idle(), 0);
-        let _ = t.f_resize_(&[4, 3]).unwrap();
+        let _ = t.f_resize_([4, 3]).unwrap();
         assert_eq!(pool.idle(), 1);
         assert!(
             pool.take(4).unwrap().into_tensor(&[2], Kind::Float).is_err(),

@@ -119,7 +119,13 @@ impl Loader {
         // Enough blocks for the batches in flight (the channel's, the one being built, the one the
         // user holds, the one being freed); a user who keeps more batches gets fresh blocks.
         let host = Arc::new(HostPool::new(opts.prefetch + 3));
-        Ok(Loader { dataset, pipeline, opts, pool, host })
+        Ok(Loader {
+            dataset,
+            pipeline,
+            opts,
+            pool,
+            host,
+        })
     }
 
     /// The labels this loader emits: the data set's, or the ones given in the options (its
@@ -226,8 +232,11 @@ impl Loader {
 
     fn fill<T: Element + Plain>(&self, kind: Kind, shape: [usize; 4], epoch: u64, indices: &[usize]) -> Result<Tensor> {
         let numel: usize = shape.iter().product();
-        let mut buf = self.host.take(numel * std::mem::size_of::<T>())?;
-        self.pool.install(|| self.pipeline.apply_batch(&self.dataset, indices, self.opts.seed, epoch, buf.as_mut_slice::<T>()))??;
+        let mut buf = self.host.take(numel * size_of::<T>())?;
+        self.pool.install(|| {
+            self.pipeline
+                .apply_batch(&self.dataset, indices, self.opts.seed, epoch, buf.as_mut_slice::<T>())
+        })??;
         buf.into_tensor(&shape, kind)
     }
 

@@ -1,6 +1,7 @@
 """Batch memory is reused (no page faults per batch) without ever overwriting what a user keeps:
 a batch's memory returns to the loader only when torch frees its storage, views included, and the
 tensors behave as torch's own (in-place ops, resize_, share_memory_, torch.save)."""
+
 import io
 
 import numpy as np

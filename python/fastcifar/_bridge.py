@@ -17,8 +17,6 @@ step for the per-batch ones (OneCycleLR, CyclicLR, or ``scheduler_interval="step
 
 from __future__ import annotations
 
-from typing import List, Optional
-
 import torch
 
 from . import _native as _rs
@@ -48,7 +46,7 @@ def _watched(name: str, group: dict) -> tuple:
     return (group["lr"], tuple(group.get("betas", ())), group.get("eps"), group.get("weight_decay"))
 
 
-def engine_name(optimizer) -> Optional[str]:
+def engine_name(optimizer) -> str | None:
     """The Rust update that reproduces ``optimizer``, or None when it must run its own step()."""
     if isinstance(optimizer, _optim.Optimizer):
         return optimizer.name
@@ -68,7 +66,7 @@ def _is_torch_schedule(s) -> bool:
 
 
 class Bridge:
-    def __init__(self, optimizer, scheduler, model: torch.nn.Module, scheduler_interval: Optional[str]):
+    def __init__(self, optimizer, scheduler, model: torch.nn.Module, scheduler_interval: str | None):
         if not isinstance(optimizer, (_optim.Optimizer, torch.optim.Optimizer)):
             raise TypeError(
                 f"optimizer: expected a torch.optim or fastcifar.optim optimizer, got {type(optimizer).__name__}"
@@ -101,7 +99,7 @@ class Bridge:
             if optimizer.params is None:
                 optimizer.params = [p for p in model.parameters() if p.requires_grad]
                 optimizer.param_groups[0]["params"] = optimizer.params
-            self.params: List[torch.Tensor] = list(optimizer.params)
+            self.params: list[torch.Tensor] = list(optimizer.params)
         else:
             self.params = [p for g in optimizer.param_groups for p in g["params"]]
         own = {id(p) for p in model.parameters()}
@@ -111,7 +109,7 @@ class Bridge:
                 f"optimizer: holds {strangers} tensor(s) that are not parameters of the model; build it on "
                 f"model.parameters() (or a part of them)"
             )
-        self._synced: Optional[dict] = None
+        self._synced: tuple | None = None
 
     @property
     def on_engine(self) -> bool:
@@ -119,13 +117,13 @@ class Bridge:
 
     def native_config(self) -> _rs.OptimizerConfig:
         """The optimizer's settings for NativeTrainer; outside the engine, a plain container for the rate."""
-        if self.on_engine:
+        if self.name is not None:  # on_engine
             return _optim._engine_config(self.name, self.optimizer.param_groups[0])
         return _rs.OptimizerConfig("SGD", lr=_f(self.optimizer.param_groups[0]["lr"]))
 
     # --- keeping param_groups and the engine in step --------------------------------------------
     def mark_synced(self) -> None:
-        self._synced = _watched(self.name, self.optimizer.param_groups[0]) if self.on_engine else None
+        self._synced = _watched(self.name, self.optimizer.param_groups[0]) if self.name is not None else None
 
     def show(self, lr: float, momentum: float) -> None:
         """Writes the engine's current rate (and cycled momentum) into ``param_groups``."""
@@ -166,17 +164,22 @@ class Bridge:
             self._step_schedule()
         return used if grads is not None else self.poll()
 
-    def epoch_end(self, metric: Optional[float]) -> None:
+    def epoch_end(self, metric: float) -> None:
         if self.torch_schedule is None or self.per_step_schedule:
             return
         self._step_schedule(metric)
 
-    def _step_schedule(self, metric: Optional[float] = None) -> None:
+    def _step_schedule(self, metric: float | None = None) -> None:
         if self.on_engine:
             # torch's schedules count optimizer.step() calls to warn about a wrong order; on the
             # engine the update ran in Rust just before, so the order is right.
-            self.optimizer._opt_called = True
+            # A private flag of torch's, which neither optimizer class declares.
+            self.optimizer._opt_called = True  # type: ignore[union-attr]
+        # Called for a torch schedule only: each epoch (epoch_end), or per step (outer, per_step_schedule).
+        assert self.torch_schedule is not None
         if isinstance(self.torch_schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            # Never per step (__init__ refuses it), so it comes through epoch_end, with the epoch's metric.
+            assert metric is not None
             self.torch_schedule.step(metric)
         else:
             self.torch_schedule.step()

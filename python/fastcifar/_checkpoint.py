@@ -4,7 +4,7 @@ refusing one whose optimizer or schedule differs from the trainer's, and reading
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Any
 
 import torch
 
@@ -13,14 +13,14 @@ from . import optim as _optim
 CHECKPOINT_VERSION = 1
 
 
-def describe(obj) -> Optional[dict]:
+def describe(obj) -> dict | None:
     """How a checkpoint names the optimizer or schedule (to rebuild it in Trainer.load)."""
     if obj is None:
         return None
     if isinstance(obj, (_optim.Optimizer, _optim.lr_scheduler._Schedule)):
         return {"name": obj.name, "settings": obj.settings()}
     cls = type(obj)
-    out = {"torch": f"{cls.__module__}.{cls.__qualname__}"}
+    out: dict[str, Any] = {"torch": f"{cls.__module__}.{cls.__qualname__}"}
     if isinstance(obj, torch.optim.Optimizer):
         out["defaults"] = {
             k: v for k, v in obj.defaults.items() if isinstance(v, (bool, int, float, str, tuple, type(None)))
@@ -37,7 +37,7 @@ def _torch_class(path: str, src):
     return getattr(importlib.import_module(module), name, None)
 
 
-def rebuild_optimizer(meta: Optional[dict], model: torch.nn.Module, src):
+def rebuild_optimizer(meta: dict | None, model: torch.nn.Module, src):
     if not meta:
         return None
     if "torch" in meta:
@@ -73,12 +73,16 @@ def check_same_optimizer(ckpt: dict, optimizer, scheduler) -> None:
     if not isinstance(ckpt, dict):
         raise ValueError(f"checkpoint: expected a dict, got {type(ckpt).__name__}")
     meta = ckpt.get("fastcifar") or {}
-    fix = "build the trainer from the checkpoint with fastcifar.Trainer.load(path), or load only the weights with model.load_state_dict"
+    fix = (
+        "build the trainer from the checkpoint with fastcifar.Trainer.load(path), "
+        "or load only the weights with model.load_state_dict"
+    )
     mine = describe(optimizer)
     saved = meta.get("optimizer")
     if saved is not None:
         if _kind(saved) != _kind(mine):
             raise ValueError(f"checkpoint: optimizer is {_kind(saved)}, this trainer's is {_kind(mine)}; {fix}")
+        assert mine is not None  # the trainer's optimizer: never None (Bridge refuses it)
         _same_settings("optimizer", _kind(mine), _hyper(saved), _hyper(mine), fix)
     else:
         # A checkpoint without fastcifar's entry (torch's format): its param group tells the kind.
@@ -98,12 +102,14 @@ def check_same_optimizer(ckpt: dict, optimizer, scheduler) -> None:
         if _kind(saved) != _kind(theirs):
             raise ValueError(f"checkpoint: schedule is {_kind(saved)}, this trainer's is {_kind(theirs)}; {fix}")
         if saved is not None:
+            if theirs is None:  # an entry naming no schedule (a hand-made file): it is not "no schedule"
+                raise ValueError(f"checkpoint: has a schedule's settings, this trainer has no scheduler; {fix}")
             _same_settings("scheduler", _kind(theirs), _hyper(saved), _hyper(theirs), fix)
     elif ckpt.get("scheduler_state_dict") is not None and scheduler is None:
         raise ValueError(f"checkpoint: has a schedule's state, this trainer has no scheduler; {fix}")
 
 
-def _same_settings(what: str, name: str, saved: dict, mine: dict, fix: str) -> None:
+def _same_settings(what: str, name: str | None, saved: dict, mine: dict, fix: str) -> None:
     def same(a, b) -> bool:
         if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
             return abs(float(a) - float(b)) <= 1e-12 * max(1.0, abs(float(b)))
@@ -120,7 +126,7 @@ def _same_settings(what: str, name: str, saved: dict, mine: dict, fix: str) -> N
         raise ValueError(f"checkpoint: {what} {name} was saved with {', '.join(diff)}; {fix}")
 
 
-def _kind(desc: Optional[dict]) -> Optional[str]:
+def _kind(desc: dict | None) -> str | None:
     return None if desc is None else desc.get("name", desc.get("torch"))
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -18,17 +17,17 @@ class History:
     """Per-epoch records of a fit: ``history["loss"]``, ``history["val_accuracy"]``, ... are lists
     (as Keras' ``History.history``); ``history.epochs`` holds one dict per epoch."""
 
-    def __init__(self, epochs: Optional[List[dict]] = None, interrupted: Optional[dict] = None):
-        self.epochs: List[dict] = list(epochs or [])
+    def __init__(self, epochs: list[dict] | None = None, interrupted: dict | None = None):
+        self.epochs: list[dict] = list(epochs or [])
         #: The record of an epoch stopped part way (Ctrl-C, a callback), until that epoch runs again.
-        self.interrupted: Optional[dict] = interrupted
+        self.interrupted: dict | None = interrupted
 
     def append(self, record: dict) -> None:
         self.epochs.append(dict(record))
         self.interrupted = None
 
     @property
-    def history(self) -> Dict[str, list]:
+    def history(self) -> dict[str, list]:
         keys = []
         for r in self.epochs:
             keys += [k for k in r if k not in keys]
@@ -63,7 +62,8 @@ class History:
 
     def __repr__(self) -> str:
         last = self.epochs[-1] if self.epochs else {}
-        return f"History({len(self)} epochs, last={ {k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()} })"
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in last.items()}
+        return f"History({len(self)} epochs, last={shown})"
 
 
 @dataclass
@@ -74,9 +74,9 @@ class EvalReport:
     loss: float
     accuracy: float
     count: int
-    classes: List[str]
+    classes: list[str]
     confusion_matrix: np.ndarray
-    per_class: Dict[str, float] = field(default_factory=dict)
+    per_class: dict[str, float] = field(default_factory=dict)
 
     def __str__(self) -> str:
         lines = [

@@ -1,42 +1,74 @@
 """Type stubs for fastcifar's Rust extension (``fastcifar._native``)."""
 
+from collections.abc import Iterable, Iterator, Sequence
 from os import PathLike
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, final
 
 import numpy as np
 import torch
 
 __version__: str
 
+__all__ = [
+    "__version__",
+    "NativeDataset",
+    "CifarFiles",
+    "TransformOp",
+    "NativeLoader",
+    "BatchIter",
+    "DeviceError",
+    "cuda_is_available",
+    "resolve_device",
+    "decode_images",
+    "NativeModel",
+    "save_safetensors",
+    "load_safetensors",
+    "OptimizerConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "NativeTrainer",
+    "TrainHooks",
+    "EpochStats",
+    "OptimizerState",
+    "EvalStats",
+    "evaluate",
+    "evaluate_batches",
+    "predict_logits",
+]
+
+@final
 class NativeDataset:
     """A data set held in Rust: one uint8 (N, C, H, W) buffer, labels and class names."""
 
     @staticmethod
-    def cifar(root: str | PathLike, variant: str, train: bool, *, label: str = "fine", mmap: bool = False) -> "CifarFiles":
+    def cifar(
+        root: str | PathLike, variant: str, train: bool, *, label: str = "fine", mmap: bool = False
+    ) -> CifarFiles:
         """Loads CIFAR-10 (``"cifar10"``) or CIFAR-100 (``"cifar100"``, label ``"fine"``/``"coarse"``).
         ``mmap``: keep an extracted pickle folder's images in the page cache instead of copying them."""
     @staticmethod
-    def image_folder(root: str | PathLike, size: Optional[Tuple[int, int]] = None) -> "NativeDataset": ...
+    def image_folder(root: str | PathLike, size: tuple[int, int] | None = None) -> NativeDataset: ...
     @staticmethod
-    def from_numpy(images: np.ndarray, labels: Sequence[int], classes: Sequence[str]) -> "NativeDataset":
+    def from_numpy(images: np.ndarray, labels: Sequence[int], classes: Sequence[str]) -> NativeDataset:
         """From a C-contiguous uint8 (N, H, W, C) array."""
     def __len__(self) -> int: ...
     @property
-    def shape(self) -> Tuple[int, int, int]:
+    def shape(self) -> tuple[int, int, int]:
         """(C, H, W) of every image."""
     @property
     def mapped(self) -> bool:
         """Whether the images are the files' own pages (``mmap=True``) rather than a copy."""
     @property
-    def classes(self) -> List[str]: ...
+    def classes(self) -> list[str]: ...
     @property
     def targets(self) -> np.ndarray:
         """int64 labels (a copy)."""
-    def class_counts(self) -> List[int]: ...
+    def class_counts(self) -> list[int]: ...
     def buffer(self) -> np.ndarray:
         """The flat uint8 image buffer, read-only, borrowing this object's memory."""
-    def select(self, indices: Sequence[int]) -> "NativeDataset": ...
+    def select(self, indices: Sequence[int]) -> NativeDataset: ...
 
+@final
 class CifarFiles:
     """What ``NativeDataset.cifar`` found."""
 
@@ -44,56 +76,60 @@ class CifarFiles:
     def dataset(self) -> NativeDataset: ...
     @property
     def layout(self) -> str:
-        """"python", "binary", "python-archive" or "binary-archive"."""
+        """ "python", "binary", "python-archive" or "binary-archive"."""
     @property
     def path(self) -> str:
         """The folder or archive read."""
 
+@final
 class TransformOp:
     """One transform step, checked by the core when it is made (built by fastcifar.transforms).
     Sizes are (h, w); paddings (left, top, right, bottom); fills pixel values in [0, 255]."""
 
     @staticmethod
     def random_crop(
-        *, size: Tuple[int, int], padding: Sequence[int], fill: Sequence[float], padding_mode: str, pad_if_needed: bool
-    ) -> "TransformOp":
+        *, size: tuple[int, int], padding: Sequence[int], fill: Sequence[float], padding_mode: str, pad_if_needed: bool
+    ) -> TransformOp:
         """Pads, then crops ``size`` at a uniform offset; padding_mode 'constant', 'edge', 'reflect' or 'symmetric'."""
     @staticmethod
-    def center_crop(*, size: Tuple[int, int]) -> "TransformOp": ...
+    def center_crop(*, size: tuple[int, int]) -> TransformOp: ...
     @staticmethod
-    def pad(*, padding: Sequence[int], fill: Sequence[float], padding_mode: str) -> "TransformOp":
+    def pad(*, padding: Sequence[int], fill: Sequence[float], padding_mode: str) -> TransformOp:
         """Pads by (left, top, right, bottom); padding_mode 'constant', 'edge', 'reflect' or 'symmetric'."""
     @staticmethod
     def random_resized_crop(
-        *, size: Tuple[int, int], scale: Tuple[float, float], ratio: Tuple[float, float]
-    ) -> "TransformOp":
+        *, size: tuple[int, int], scale: tuple[float, float], ratio: tuple[float, float]
+    ) -> TransformOp:
         """torchvision's RandomResizedCrop, bilinear with Pillow's pixels."""
     @staticmethod
-    def horizontal_flip(*, p: float) -> "TransformOp": ...
+    def horizontal_flip(*, p: float) -> TransformOp: ...
     @staticmethod
-    def vertical_flip(*, p: float) -> "TransformOp": ...
+    def vertical_flip(*, p: float) -> TransformOp: ...
     @staticmethod
-    def resize(*, shorter: Optional[int] = None, exact: Optional[Tuple[int, int]] = None) -> "TransformOp":
+    def resize(*, shorter: int | None = None, exact: tuple[int, int] | None = None) -> TransformOp:
         """``shorter``: the shorter side becomes this (keeping the aspect ratio); ``exact``: (h, w)."""
     @staticmethod
-    def to_tensor() -> "TransformOp": ...
+    def to_tensor() -> TransformOp: ...
     @staticmethod
-    def to_dtype_scaled() -> "TransformOp":
+    def to_dtype_scaled() -> TransformOp:
         """transforms.v2's ToImage + ToDtype(torch.float32, scale=True): x * float32(1 / 255)."""
     @staticmethod
-    def normalize(*, mean: Sequence[float], std: Sequence[float]) -> "TransformOp": ...
+    def normalize(*, mean: Sequence[float], std: Sequence[float]) -> TransformOp: ...
     @staticmethod
-    def random_erasing(*, p: float, scale: Tuple[float, float], ratio: Tuple[float, float], value: Sequence[float]) -> "TransformOp": ...
+    def random_erasing(
+        *, p: float, scale: tuple[float, float], ratio: tuple[float, float], value: Sequence[float]
+    ) -> TransformOp: ...
     @staticmethod
-    def cutout(*, size: int, p: float, value: Sequence[float]) -> "TransformOp": ...
+    def cutout(*, size: int, p: float, value: Sequence[float]) -> TransformOp: ...
     @property
     def name(self) -> str:
         """The transform's torchvision name ("RandomCrop", "ToTensor", ...)."""
 
-class BatchIter(Iterator[Tuple[torch.Tensor, torch.Tensor]]):
+@final
+class BatchIter(Iterator[tuple[torch.Tensor, torch.Tensor]]):
     """One epoch of batches; a background thread builds them. Dropping it stops that thread."""
 
-    def __next__(self) -> Tuple[torch.Tensor, torch.Tensor]: ...
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]: ...
     def __len__(self) -> int: ...
     def set_timeout(self, *, seconds: float) -> None:
         """Waiting longer than this for a batch raises (torch's DataLoader timeout); 0: no limit."""
@@ -101,22 +137,36 @@ class BatchIter(Iterator[Tuple[torch.Tensor, torch.Tensor]]):
 
 _Device = str | torch.device | int | None
 
+@final
 class NativeLoader:
-    def __init__(
-        self, dataset: NativeDataset, ops: Sequence[TransformOp], *, batch_size: int, shuffle: bool = False,
-        drop_last: bool = False, seed: int = 0, prefetch: int = 2, dtype: str = "float32", device: _Device = None,
-        pin_memory: bool = False, num_threads: Optional[int] = None, rank: int = 0, world_size: int = 1,
-        pad_shards: bool = True, labels: Optional[Sequence[int]] = None,
-    ) -> None:
+    def __new__(
+        cls,
+        dataset: NativeDataset,
+        ops: Sequence[TransformOp],
+        *,
+        batch_size: int,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        prefetch: int = 2,
+        dtype: str = "float32",
+        device: _Device = None,
+        pin_memory: bool = False,
+        num_threads: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        pad_shards: bool = True,
+        labels: Sequence[int] | None = None,
+    ) -> NativeLoader:
         """``dtype``: "float32" or "uint8" (also "torch.float32" / "torch.uint8"). ``device``: as
         ``resolve_device`` takes it (None: torch's default device). ``labels``: emitted instead of the
         data set's (its target_transform applied), one per image. ``pin_memory`` on a CPU device pins
         the batches when CUDA exists. The core checks every value and names the one at fault."""
     def __len__(self) -> int: ...
     @property
-    def out_shape(self) -> Tuple[int, int, int]: ...
-    def indices(self, epoch: int) -> List[int]: ...
-    def batch(self, indices: Sequence[int], epoch: int) -> Tuple[torch.Tensor, torch.Tensor]: ...
+    def out_shape(self) -> tuple[int, int, int]: ...
+    def indices(self, epoch: int) -> list[int]: ...
+    def batch(self, indices: Sequence[int], epoch: int) -> tuple[torch.Tensor, torch.Tensor]: ...
     def epoch(self, epoch: int) -> BatchIter: ...
     def epoch_batches(self, *, epoch: int, batches: Sequence[Sequence[int]]) -> BatchIter:
         """These batches of data set indices (a sampler's), with the randomness of ``epoch``."""
@@ -127,17 +177,18 @@ class DeviceError(ValueError, RuntimeError):
     """A device fastcifar does not know: a ValueError, and a RuntimeError as ``torch.device`` raises."""
 
 def resolve_device(device: _Device) -> str:
-    """"cpu", "cuda" or "cuda:N" for 'cpu', 'cuda', 'cuda:N', 'auto' (CUDA when present), an int N,
+    """ "cpu", "cuda" or "cuda:N" for 'cpu', 'cuda', 'cuda:N', 'auto' (CUDA when present), an int N,
     a torch.device, or None (torch's default device). Raises ``DeviceError`` for another device,
     RuntimeError when CUDA is asked for but absent, ValueError for a CUDA index that does not exist."""
 
-def decode_images(paths: Sequence[str | PathLike], size: Tuple[int, int]) -> np.ndarray:
+def decode_images(paths: Sequence[str | PathLike], size: tuple[int, int]) -> np.ndarray:
     """Decodes PNG / JPEG files to uint8 (N, H, W, 3), resized (bilinear) to size = (h, w)."""
 
 # A node argument: ("x", 0) the input, ("v", i) node i, ("p", i) tensor i, a list, or a constant.
 PlanArg = Any
-Plan = Tuple[List[Tuple[str, List[PlanArg], str]], PlanArg]
+Plan = tuple[list[tuple[str, list[PlanArg], str]], PlanArg]
 
+@final
 class NativeModel:
     """An nn.Module on the Rust engine: graphs over the module's own tensors, or its own forward."""
 
@@ -157,8 +208,8 @@ class NativeModel:
         """Calls ``forward(x, train)`` (eager PyTorch) for the logits."""
     def rebind(self, names: Sequence[str], tensors: Sequence[torch.Tensor]) -> None:
         """Takes the module's current tensors (same names, same order)."""
-    def forward(self, x: torch.Tensor, *, train: Optional[bool] = None) -> torch.Tensor: ...
-    def set_sync_bn(self, func: Optional[Callable[..., torch.Tensor]] = None) -> None:
+    def forward(self, x: torch.Tensor, *, train: bool | None = None) -> torch.Tensor: ...
+    def set_sync_bn(self, func: Callable[..., torch.Tensor] | None = None) -> None:
         """SyncBatchNorm: func(x, weight, bias, running_mean, running_var, momentum, eps) -> y in training mode."""
     @property
     def device(self) -> str: ...
@@ -166,37 +217,38 @@ class NativeModel:
     def is_graph(self) -> bool: ...
     training: bool
 
-def save_safetensors(items: Sequence[Tuple[str, torch.Tensor]], path: str | PathLike) -> None: ...
-def load_safetensors(path: str | PathLike) -> List[Tuple[str, torch.Tensor]]: ...
+def save_safetensors(items: Sequence[tuple[str, torch.Tensor]], path: str | PathLike) -> None: ...
+def load_safetensors(path: str | PathLike) -> list[tuple[str, torch.Tensor]]: ...
 
+@final
 class OptimizerConfig:
     """An optimizer's kind ("SGD", "Adam", "AdamW"), rate and hyper-parameters, checked by the
     core as torch's constructors check them (ValueError naming the setting). A setting the kind
     does not read is refused; absent ones take torch's defaults."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         kind: str,
         *,
         lr: float = 0.001,
-        momentum: Optional[float] = None,
-        dampening: Optional[float] = None,
-        nesterov: Optional[bool] = None,
-        weight_decay: Optional[float] = None,
-        betas: Optional[Tuple[float, float]] = None,
-        eps: Optional[float] = None,
-    ) -> None: ...
+        momentum: float | None = None,
+        dampening: float | None = None,
+        nesterov: bool | None = None,
+        weight_decay: float | None = None,
+        betas: tuple[float, float] | None = None,
+        eps: float | None = None,
+    ) -> OptimizerConfig: ...
     @staticmethod
     def written(
         kind: str,
         *,
         lr: float,
-        momentum: Optional[float] = None,
-        dampening: Optional[float] = None,
-        nesterov: Optional[bool] = None,
-        weight_decay: Optional[float] = None,
-        betas: Optional[Tuple[float, float]] = None,
-        eps: Optional[float] = None,
+        momentum: float | None = None,
+        dampening: float | None = None,
+        nesterov: bool | None = None,
+        weight_decay: float | None = None,
+        betas: tuple[float, float] | None = None,
+        eps: float | None = None,
     ) -> OptimizerConfig:
         """Settings written between the steps of a fit; the loop checks them when it applies them
         (the rate may be below zero there, as a schedule may take it)."""
@@ -205,70 +257,74 @@ class OptimizerConfig:
     @property
     def lr(self) -> float: ...
 
+@final
 class ScheduleConfig:
     """A schedule ("StepLR", "CosineAnnealingLR", "OneCycleLR", "ReduceLROnPlateau", or "Constant")
     with an optional linear warm-up, checked by the core. A setting the kind does not read is refused."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         kind: str,
         *,
-        step_size: Optional[int] = None,
-        gamma: Optional[float] = None,
-        T_max: Optional[int] = None,
-        eta_min: Optional[float] = None,
-        max_lr: Optional[float] = None,
-        total_steps: Optional[int] = None,
-        pct_start: Optional[float] = None,
-        div_factor: Optional[float] = None,
-        final_div_factor: Optional[float] = None,
-        cycle_momentum: Optional[bool] = None,
-        base_momentum: Optional[float] = None,
-        max_momentum: Optional[float] = None,
-        mode_min: Optional[bool] = None,
-        factor: Optional[float] = None,
-        patience: Optional[int] = None,
-        threshold: Optional[float] = None,
-        threshold_abs: Optional[bool] = None,
-        cooldown: Optional[int] = None,
-        min_lr: Optional[float] = None,
-        eps: Optional[float] = None,
-        warmup_steps: Optional[int] = None,
-        warmup_start_factor: Optional[float] = None,
-    ) -> None: ...
+        step_size: int | None = None,
+        gamma: float | None = None,
+        T_max: int | None = None,
+        eta_min: float | None = None,
+        max_lr: float | None = None,
+        total_steps: int | None = None,
+        pct_start: float | None = None,
+        div_factor: float | None = None,
+        final_div_factor: float | None = None,
+        cycle_momentum: bool | None = None,
+        base_momentum: float | None = None,
+        max_momentum: float | None = None,
+        mode_min: bool | None = None,
+        factor: float | None = None,
+        patience: int | None = None,
+        threshold: float | None = None,
+        threshold_abs: bool | None = None,
+        cooldown: int | None = None,
+        min_lr: float | None = None,
+        eps: float | None = None,
+        warmup_steps: int | None = None,
+        warmup_start_factor: float | None = None,
+    ) -> ScheduleConfig: ...
     @property
     def kind(self) -> str: ...
-    def settings(self) -> Dict[str, Any]:
+    def settings(self) -> dict[str, Any]:
         """The settings by name, as the constructor takes them (the kind's, then the warm-up's)."""
 
+@final
 class TrainConfig:
     """The loop's settings, checked by the core."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
         label_smoothing: float = 0.0,
         amp: bool = False,
         grad_accum_steps: int = 1,
-        grad_clip: Optional[float] = None,
+        grad_clip: float | None = None,
         log_every: int = 20,
-    ) -> None: ...
+    ) -> TrainConfig: ...
 
+@final
 class TrainHooks:
     """What a fit calls besides the step: ``progress(info)`` every log_every steps (False stops);
     ``poll()`` every step (None or an OptimizerConfig written since); ``outer(active, grads, lr,
     momentum)`` after every optimizer step (with ``owns_optimizer`` it applies the update and
     returns its lr, else it steps a per-batch schedule and returns None or an OptimizerConfig)."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
-        progress: Optional[Callable[[dict], Optional[bool]]] = None,
-        poll: Optional[Callable[[], Optional[OptimizerConfig]]] = None,
-        outer: Optional[Callable[..., object]] = None,
+        progress: Callable[[dict], bool | None] | None = None,
+        poll: Callable[[], OptimizerConfig | None] | None = None,
+        outer: Callable[..., object] | None = None,
         owns_optimizer: bool = False,
-    ) -> None: ...
+    ) -> TrainHooks: ...
 
+@final
 class EpochStats:
     """One epoch's results."""
 
@@ -289,6 +345,7 @@ class EpochStats:
     def interrupted(self) -> bool:
         """Ctrl-C stopped it."""
 
+@final
 class EvalStats:
     """An evaluation's results; ``confusion`` is row-major, true class x predicted."""
 
@@ -299,10 +356,11 @@ class EvalStats:
     @property
     def count(self) -> int: ...
     @property
-    def confusion(self) -> List[int]: ...
+    def confusion(self) -> list[int]: ...
     @property
     def num_classes(self) -> int: ...
 
+@final
 class OptimizerState:
     """The engine optimizer's state. ``params[i]``: parameter i's entry in torch.optim's keys
     (``step``, and ``momentum_buffer`` or ``exp_avg`` / ``exp_avg_sq``), or None before its first step."""
@@ -316,38 +374,39 @@ class OptimizerState:
     @property
     def momentum(self) -> float: ...
     @property
-    def params(self) -> List[Optional[Dict[str, Any]]]: ...
+    def params(self) -> list[dict[str, Any] | None]: ...
 
+@final
 class NativeTrainer:
     """Optimizer, schedule and settings; the model is given to each call."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         model: NativeModel,
         *,
         params: Sequence[torch.Tensor],
         optimizer: OptimizerConfig,
-        schedule: Optional[ScheduleConfig] = None,
-        config: Optional[TrainConfig] = None,
-    ) -> None: ...
+        schedule: ScheduleConfig | None = None,
+        config: TrainConfig | None = None,
+    ) -> NativeTrainer: ...
     def train_batches(
         self,
         model: NativeModel,
-        batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
+        batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
         *,
         steps: int,
         epoch: int,
-        hooks: Optional[TrainHooks] = None,
+        hooks: TrainHooks | None = None,
     ) -> EpochStats:
         """``train_epoch`` over a Python iterable of (images, labels) batches, pulled one per step."""
     def train_epoch(
-        self, model: NativeModel, loader: NativeLoader, *, epoch: int, hooks: Optional[TrainHooks] = None
+        self, model: NativeModel, loader: NativeLoader, *, epoch: int, hooks: TrainHooks | None = None
     ) -> EpochStats:
         """One epoch with the GIL released. The progress hook gets epoch, step, steps, loss,
         batch_loss, accuracy, images, seconds, lr, momentum every log_every steps."""
-    def set_process_group(self, group: Optional[object] = None, bucket_cap_mb: float = 25.0) -> None:
+    def set_process_group(self, group: object | None = None, bucket_cap_mb: float = 25.0) -> None:
         """Averages gradients across group's ranks every optimizer step (fastcifar.distributed.ProcessGroup)."""
-    def end_epoch(self, metric: Optional[float] = None) -> None: ...
+    def end_epoch(self, metric: float | None = None) -> None: ...
     @property
     def lr(self) -> float: ...
     @property
@@ -357,25 +416,25 @@ class NativeTrainer:
     def global_step(self) -> int: ...
     def set_global_step(self, step: int) -> None: ...
     def optimizer_state(self) -> OptimizerState: ...
-    def load_optimizer_state(self, *, lr: float, momentum: float, states: Sequence[Optional[Dict[str, Any]]]) -> None:
+    def load_optimizer_state(self, *, lr: float, momentum: float, states: Sequence[dict[str, Any] | None]) -> None:
         """Per-parameter entries as torch.optim keeps them (None: no state yet)."""
-    def scheduler_state(self) -> Optional[Dict[str, float]]:
+    def scheduler_state(self) -> dict[str, float] | None:
         """epoch, step, plateau_lr, best, num_bad, cooldown_counter, base_lr (None without a schedule)."""
-    def load_scheduler_state(self, state: Dict[str, float]) -> None: ...
+    def load_scheduler_state(self, state: dict[str, float]) -> None: ...
     def sync_device(self, model: NativeModel) -> None: ...
 
 def evaluate(
-    model: NativeModel, loader: NativeLoader, *, callback: Optional[Callable[[int, int], object]] = None
+    model: NativeModel, loader: NativeLoader, *, callback: Callable[[int, int], object] | None = None
 ) -> EvalStats:
     """Loss, accuracy and the confusion matrix over one pass of the loader, in eval mode."""
 
 def evaluate_batches(
     model: NativeModel,
-    batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     *,
     steps: int,
     num_classes: int,
-    callback: Optional[Callable[[int, int], object]] = None,
+    callback: Callable[[int, int], object] | None = None,
 ) -> EvalStats:
     """``evaluate`` over a Python iterable of (images, labels) batches."""
 

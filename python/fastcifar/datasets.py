@@ -6,7 +6,8 @@ import hashlib
 import os
 import urllib.error
 import urllib.request
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -27,20 +28,20 @@ class Dataset:
 
     _rebuilt = False
     # Arrays assigned to .data / .targets wait here until both agree in length.
-    _pending_data: Optional[np.ndarray] = None
-    _pending_targets: Optional[list] = None
+    _pending_data: np.ndarray | None = None
+    _pending_targets: list | None = None
     transform = None
 
     def __init__(self, native: _rs.NativeDataset, transform=None, target_transform=None):
         self._native_ds = native
         self.transform = transform
         self.target_transform = target_transform
-        self._targets: Optional[list] = None
+        self._targets: list | None = None
 
     @classmethod
     def from_numpy(
-        cls, images, labels, classes: Optional[Sequence[str]] = None, transform=None, target_transform=None
-    ) -> "Dataset":
+        cls, images, labels, classes: Sequence[str] | None = None, transform=None, target_transform=None
+    ) -> Dataset:
         """A data set from arrays you already have: ``images`` uint8 (N, H, W, C) with C 1 or 3, or
         (N, H, W) for grayscale; ``labels`` integers in ``range(len(classes))``. Without ``classes``
         they are "0" to the largest label, which must be below ``max(len(labels), 1024)``
@@ -48,7 +49,7 @@ class Dataset:
         return cls._wrap(_from_numpy(images, labels, classes), transform, target_transform)
 
     @classmethod
-    def _wrap(cls, native, transform=None, target_transform=None) -> "Dataset":
+    def _wrap(cls, native, transform=None, target_transform=None) -> Dataset:
         ds = Dataset.__new__(Dataset)
         Dataset.__init__(ds, native, transform, target_transform)
         return ds
@@ -60,7 +61,8 @@ class Dataset:
             data, targets = self.data, self.targets
             if len(data) != len(targets):
                 raise ValueError(
-                    f"data has {len(data)} images but targets has {len(targets)} labels; assign both with the same length"
+                    f"data has {len(data)} images but targets has {len(targets)} labels; "
+                    "assign both with the same length"
                 )
             self._native_ds = _from_numpy(data, targets, self._native_ds.classes)
             self._rebuilt = True  # no longer what the source files hold: pickled by value
@@ -109,7 +111,7 @@ class Dataset:
         """Images per class name."""
         return dict(zip(self.classes, self._native.class_counts()))
 
-    def subset(self, indices) -> "Dataset":
+    def subset(self, indices) -> Dataset:
         """A new data set of these indices (copies their images), keeping the transforms."""
         idx = [int(i) for i in np.asarray(indices).reshape(-1)]
         return Dataset._wrap(self._native.select(idx), self.transform, self.target_transform)
@@ -226,7 +228,7 @@ def _from_numpy(images, labels, classes):
     )
 
 
-def download_url(url: str, dest: str, md5: Optional[str] = None, progress: bool = True) -> str:
+def download_url(url: str, dest: str, md5: str | None = None, progress: bool = True) -> str:
     """Downloads ``url`` to ``dest`` atomically (``dest.part`` then rename), checking ``md5``."""
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     part = dest + ".part"
@@ -291,8 +293,8 @@ class CIFAR10(Dataset):
         self,
         root: str | os.PathLike,
         train: bool = True,
-        transform: Optional[Callable] = None,
-        target_transform: Optional[Callable] = None,
+        transform: Callable | None = None,
+        target_transform: Callable | None = None,
         download: bool = False,
         mmap: bool = False,
         **kwargs: Any,

@@ -13,12 +13,13 @@ A rank that fails or stops makes the others fail too: torchrun stops the job, an
 gone or silent makes the next collective raise ("Connection closed by peer" at once, or after the
 process group's timeout: ``timeout=`` here or ``$FASTCIFAR_DIST_TIMEOUT`` seconds, default 600).
 """
+
 from __future__ import annotations
 
 import atexit
 import datetime
 import os
-from typing import Iterable, List, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -40,7 +41,7 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _timeout(timeout: Optional[float]) -> datetime.timedelta:
+def _timeout(timeout: float | None) -> datetime.timedelta:
     if timeout is None:
         timeout = float(os.environ.get("FASTCIFAR_DIST_TIMEOUT", "600"))
     if not timeout > 0:
@@ -64,7 +65,7 @@ class ProcessGroup:
         for w in works:
             w.wait()
 
-    def any(self, flags: Sequence[bool]) -> List[bool]:
+    def any(self, flags: Sequence[bool]) -> list[bool]:
         t = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int64, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
         return [bool(v) for v in t.tolist()]
@@ -81,15 +82,17 @@ class ProcessGroup:
                 off = 0
                 for t in ts:
                     n = t.numel()
-                    t.detach().copy_(flat[off:off + n].view_as(t))
+                    t.detach().copy_(flat[off : off + n].view_as(t))
                     off += n
 
     def broadcast_object(self, obj, src: int = 0):
         box = [obj]
-        dist.broadcast_object_list(box, src=src, group=self.group, device=self.device if self.device.type == "cuda" else None)
+        dist.broadcast_object_list(
+            box, src=src, group=self.group, device=self.device if self.device.type == "cuda" else None
+        )
         return box[0]
 
-    def sum(self, values: Sequence[float]) -> List[float]:
+    def sum(self, values: Sequence[float]) -> list[float]:
         t = torch.tensor(list(values), dtype=torch.float64, device=self.device)
         dist.all_reduce(t, group=self.group)
         return t.tolist()
@@ -98,7 +101,7 @@ class ProcessGroup:
         return f"ProcessGroup(rank={self.rank}, world_size={self.world_size}, backend={dist.get_backend(self.group)})"
 
 
-def init(device: str = "auto", timeout: Optional[float] = None, backend: Optional[str] = None):
+def init(device: str = "auto", timeout: float | None = None, backend: str | None = None):
     """Joins torch.distributed's default process group, setting it up from torchrun's environment
     if nobody has yet. Returns (ProcessGroup, device): the device is ``cuda:LOCAL_RANK`` when CUDA
     is asked for (or ``auto`` and present), else ``cpu``."""
@@ -117,13 +120,18 @@ def init(device: str = "auto", timeout: Optional[float] = None, backend: Optiona
     if not dist.is_initialized():
         missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
         if missing:
-            raise RuntimeError(f"distributed: no process group is set up and {', '.join(missing)} is not set; "
-                               "launch with torchrun (torchrun --nproc_per_node=N script.py) or call torch.distributed.init_process_group")
+            raise RuntimeError(
+                f"distributed: no process group is set up and {', '.join(missing)} is not set; "
+                "launch with torchrun (torchrun --nproc_per_node=N script.py) "
+                "or call torch.distributed.init_process_group"
+            )
         dist.init_process_group(backend or ("nccl" if use_cuda else "gloo"), timeout=_timeout(timeout))
         atexit.register(_shutdown)
     if d == "cpu" and dist.get_backend() == "nccl":
-        raise RuntimeError("distributed: the process group uses NCCL, which reduces CUDA tensors only; train on device='cuda' "
-                           "(or set up a gloo group for CPU training)")
+        raise RuntimeError(
+            "distributed: the process group uses NCCL, which reduces CUDA tensors only; train on device='cuda' "
+            "(or set up a gloo group for CPU training)"
+        )
     return ProcessGroup(device=d), d
 
 
@@ -145,13 +153,17 @@ class _SyncBatchNorm(torch.autograd.Function):
         n = xf.numel() // c
         var, mean = torch.var_mean(xf, dim=(0, 2, 3), correction=0)
         m64 = mean.double()
-        stats = torch.cat([m64 * n, (var.double() + m64 * m64) * n, torch.full((1,), float(n), dtype=torch.float64, device=x.device)])
+        stats = torch.cat(
+            [m64 * n, (var.double() + m64 * m64) * n, torch.full((1,), float(n), dtype=torch.float64, device=x.device)]
+        )
         pg.all_reduce([stats])
         total = stats[-1]
         gmean = stats[:c] / total
-        gvar = (stats[c:2 * c] / total - gmean * gmean).clamp_min(0)
+        gvar = (stats[c : 2 * c] / total - gmean * gmean).clamp_min(0)
         running_mean.mul_(1 - momentum).add_(gmean.to(running_mean.dtype), alpha=momentum)
-        running_var.mul_(1 - momentum).add_((gvar * total / (total - 1).clamp_min(1)).to(running_var.dtype), alpha=momentum)
+        running_var.mul_(1 - momentum).add_(
+            (gvar * total / (total - 1).clamp_min(1)).to(running_var.dtype), alpha=momentum
+        )
         mean32, invstd = gmean.float(), (gvar + eps).rsqrt().float()
         y = (xf - mean32[None, :, None, None]) * (invstd * weight)[None, :, None, None] + bias[None, :, None, None]
         ctx.save_for_backward(xf, weight, mean32, invstd)

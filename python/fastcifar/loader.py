@@ -7,7 +7,8 @@ import os
 import queue
 import threading
 import warnings
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
+from collections.abc import Iterable, Iterator, Sized
+from typing import Any, Callable, cast
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ def _warn_once(key: str, msg: str) -> None:
         warnings.warn(msg, stacklevel=3)
 
 
-def _resolve(dataset) -> Optional[Dataset]:
+def _resolve(dataset) -> Dataset | None:
     """A fastcifar data set for ``dataset``: itself, or the images of a ``Subset`` /
     ``ConcatDataset`` over fastcifar data sets (copied once, keeping their transforms); None for
     anything else."""
@@ -46,8 +47,9 @@ def _resolve(dataset) -> Optional[Dataset]:
             raise IndexError(f"Subset: index {bad[0]} is out of range for {n} images")
         return base.subset([i % n for i in idx])
     if isinstance(dataset, ConcatDataset):
-        parts = [_resolve(d) for d in dataset.datasets]
-        if not parts or any(p is None for p in parts):
+        resolved = [_resolve(d) for d in dataset.datasets]
+        parts = [p for p in resolved if p is not None]
+        if not resolved or len(parts) != len(resolved):
             return None
         first = parts[0]
         if any(
@@ -70,9 +72,10 @@ def _count(name: str, v) -> int:
     would not tell True from 1); the core checks the range (``batch_size: must be at least 1``, ...)."""
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         raise ValueError(f"{name}: must be a positive int, got {v!r}")
-    if not -(2**63) <= v < 2**63:
+    n = int(v)  # typeshed's Integral declares no comparisons: compare its int value
+    if not -(2**63) <= n < 2**63:
         raise ValueError(f"{name}: {v} does not fit in 64 bits")
-    return int(v)
+    return n
 
 
 def _is_int_label(v) -> bool:
@@ -176,29 +179,29 @@ class DataLoader:
     def __init__(
         self,
         dataset,
-        batch_size: Optional[int] = 1,
-        shuffle: Optional[bool] = None,
-        sampler: Optional[Iterable] = None,
-        batch_sampler: Optional[Iterable] = None,
-        num_workers: Optional[int] = None,
-        collate_fn: Optional[Callable] = None,
+        batch_size: int | None = 1,
+        shuffle: bool | None = None,
+        sampler: Iterable | None = None,
+        batch_sampler: Iterable | None = None,
+        num_workers: int | None = None,
+        collate_fn: Callable | None = None,
         pin_memory: bool = False,
         drop_last: bool = False,
         timeout: float = 0,
-        worker_init_fn: Optional[Callable[[int], Any]] = None,
+        worker_init_fn: Callable[[int], Any] | None = None,
         multiprocessing_context=None,
-        generator: Optional[torch.Generator] = None,
+        generator: torch.Generator | None = None,
         *,
-        prefetch_factor: Optional[int] = None,
+        prefetch_factor: int | None = None,
         persistent_workers: bool = False,
         pin_memory_device: str = "",
         in_order: bool = True,
         transform=None,
-        seed: Optional[int] = None,
+        seed: int | None = None,
         device="cpu",
         prefetch: int = 2,
         dtype: torch.dtype = torch.float32,
-        num_threads: Optional[int] = None,
+        num_threads: int | None = None,
         rank: int = 0,
         world_size: int = 1,
         pad_shards: bool = True,
@@ -266,7 +269,7 @@ class DataLoader:
         self.rank, self.world_size, self.pad_shards = rank, world_size, bool(pad_shards)
         self.epoch = 0
         self._inits_done = False
-        self._options = dict(
+        self._options: dict[str, Any] = dict(
             pin_memory=pin_memory,
             prefetch=prefetch,
             num_threads=num_threads,
@@ -280,7 +283,7 @@ class DataLoader:
         )
 
         ds = _resolve(dataset)
-        self._torch = None
+        self._torch: torch.utils.data.DataLoader | None = None
         if ds is None:
             self.device = torch.device("cpu")  # torch's loader moves nothing (any other device is refused there)
             self._fall_back_to_torch(dataset, transform, dict(locals(), seed=seed_given))
@@ -301,7 +304,7 @@ class DataLoader:
             num_threads = max(1, num_workers)
         if prefetch_factor is not None:
             prefetch = prefetch_factor * (num_threads or os.cpu_count() or 1)
-        self._plan = T.Plan(self.transform) if self.transform is not None else None
+        self._plan: T.Plan | None = T.Plan(self.transform) if self.transform is not None else None
         # "torch.float32" or "torch.uint8": the core checks it and names anything else (a string such as
         # "float32" goes as its repr, so that it is refused as torch's dtype argument would be).
         kind = str(dtype) if isinstance(dtype, torch.dtype) else repr(dtype)
@@ -316,7 +319,7 @@ class DataLoader:
         # Python steps run on CPU tensors; their batches move to the device afterwards.
         native_device = "cpu" if self._slow else str(self.device)
         self._args = (ds._native, ops)
-        self._kwargs = dict(
+        self._kwargs: dict[str, Any] = dict(
             batch_size=1 if batch_size is None else batch_size,
             shuffle=bool(shuffle),
             drop_last=bool(drop_last),
@@ -331,7 +334,7 @@ class DataLoader:
             pad_shards=bool(pad_shards),
         )
         self._core = _rs.NativeLoader(*self._args, **self._kwargs)
-        self._trainer_loader = None
+        self._trainer_loader: _rs.NativeLoader | None = None
 
     def _fall_back_to_torch(self, dataset, transform, given: dict) -> None:
         ours = {
@@ -348,16 +351,18 @@ class DataLoader:
         changed = [k for k, v in ours.items() if not (given[k] is v or given[k] == v)]
         if changed:
             raise TypeError(
-                f"fastcifar.DataLoader: {', '.join(changed)} need a fastcifar data set (CIFAR10, ImageFolder, Dataset.from_numpy, "
+                f"fastcifar.DataLoader: {', '.join(changed)} need a fastcifar data set "
+                "(CIFAR10, ImageFolder, Dataset.from_numpy, "
                 f"or a Subset / ConcatDataset of them), got {type(dataset).__name__}"
             )
         _warn_once(
             "torch:" + type(dataset).__name__,
-            f"fastcifar.DataLoader: {type(dataset).__name__} is not a fastcifar data set, so torch.utils.data.DataLoader "
+            f"fastcifar.DataLoader: {type(dataset).__name__} is not a fastcifar data set, "
+            "so torch.utils.data.DataLoader "
             f"iterates it (no fused Rust pass)",
         )
         g = given
-        kw = dict(
+        kw: dict[str, Any] = dict(
             prefetch_factor=g["prefetch_factor"],
             persistent_workers=g["persistent_workers"],
             pin_memory_device=g["pin_memory_device"],
@@ -381,9 +386,7 @@ class DataLoader:
             **kw,
         )
 
-    def shard(
-        self, rank: int, world_size: int, pad_shards: Optional[bool] = None, seed: Optional[int] = None
-    ) -> "DataLoader":
+    def shard(self, rank: int, world_size: int, pad_shards: bool | None = None, seed: int | None = None) -> DataLoader:
         """The same loader restricted to shard ``rank`` of ``world_size`` (see the class notes)."""
         if self._torch is not None:
             raise TypeError(f"shard: {type(self.dataset).__name__} is not a fastcifar data set")
@@ -431,11 +434,12 @@ class DataLoader:
             self._trainer_loader = _rs.NativeLoader(*self._args, **self._kwargs, labels=[int(v) for v in labels])
         return self._trainer_loader
 
-    def _batches(self) -> List[List[int]]:
+    def _batches(self) -> list[list[int]]:
         n = len(self.dataset)
         if self.batch_sampler is not None:
             batches = [[int(i) for i in b] for b in self.batch_sampler]
         else:
+            assert self.sampler is not None  # _batches runs only with a sampler or a batch_sampler
             idx = [int(i) for i in self.sampler]
             b = self.batch_size or 1
             batches = [idx[k : k + b] for k in range(0, len(idx), b)]
@@ -450,15 +454,16 @@ class DataLoader:
     def __len__(self) -> int:
         if self._torch is not None:
             return len(self._torch)
+        # A sampler without __len__ raises TypeError here, as in torch's DataLoader.
         if self.batch_sampler is not None:
-            return len(self.batch_sampler)
+            return len(cast(Sized, self.batch_sampler))
         if self.sampler is not None:
-            n, b = len(self.sampler), self.batch_size or 1
+            n, b = len(cast(Sized, self.sampler)), self.batch_size or 1
             return n // b if self.drop_last else -(-n // b)
         return len(self._core)
 
     @property
-    def image_shape(self) -> Tuple[int, int, int]:
+    def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of the images the loader yields."""
         return self._core.out_shape
 
@@ -468,7 +473,7 @@ class DataLoader:
             raise ValueError(f"epoch: must be >= 0, got {epoch}")
         self.epoch = int(epoch)
         for s in (self.sampler, self.batch_sampler):
-            if hasattr(s, "set_epoch"):
+            if s is not None and hasattr(s, "set_epoch"):
                 s.set_epoch(self.epoch)
 
     def __iter__(self) -> Iterator:
@@ -476,12 +481,9 @@ class DataLoader:
             return iter(self._torch)
         epoch = self.epoch
         self.epoch += 1
-        if (
-            self.worker_init_fn is not None
-            and (self.num_workers or 0) > 0
-            and not (self.persistent_workers and self._inits_done)
-        ):
-            for i in range(self.num_workers):
+        workers = self.num_workers or 0
+        if self.worker_init_fn is not None and workers > 0 and not (self.persistent_workers and self._inits_done):
+            for i in range(workers):
                 self.worker_init_fn(i)
             self._inits_done = True
         if self.sampler is None and self.batch_sampler is None:
@@ -509,7 +511,8 @@ class DataLoader:
         plan, tt = self._plan, self.target_transform
         for x, y in it:
             labels = [tt(v) for v in y.tolist()] if tt is not None else None
-            images = [plan.run_rest(img) for img in x] if self._slow else None
+            # _slow is only set with a plan (that has Python steps)
+            images = [plan.run_rest(img) for img in x] if self._slow and plan is not None else None
             if self.batch_size is None:  # torch: no batching, samples as the data set gives them
                 img = images[0] if images is not None else x[0]
                 yield self._to_device(img), (labels[0] if labels is not None else int(y[0]))

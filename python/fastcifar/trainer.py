@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from typing import Callable, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Callable
 
 import numpy as np
 import torch
@@ -84,13 +85,13 @@ class Trainer:
         device="auto",
         amp: bool = False,
         grad_accum_steps: int = 1,
-        grad_clip: Optional[float] = None,
-        seed: Optional[int] = None,
+        grad_clip: float | None = None,
+        seed: int | None = None,
         log_every: int = 20,
-        distributed: Optional[bool] = None,
+        distributed: bool | None = None,
         sync_bn: bool = False,
         bucket_cap_mb: float = 25.0,
-        scheduler_interval: Optional[str] = None,
+        scheduler_interval: str | None = None,
     ):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(
@@ -111,7 +112,7 @@ class Trainer:
             distributed = _dist.launched() or _dist.active()
         if sync_bn and not distributed:
             raise ValueError("sync_bn: needs data-parallel training (launch with torchrun, or pass distributed=True)")
-        self.process_group: Optional[_dist.ProcessGroup] = None
+        self.process_group: _dist.ProcessGroup | None = None
         if distributed:
             self.process_group, device = _dist.init(device)
         self.rank = self.process_group.rank if self.process_group else 0
@@ -127,8 +128,9 @@ class Trainer:
         self._fingerprint = _graph.fingerprint(self.model)
         if sync_bn and not self._compiled.is_graph:
             raise ValueError(
-                f"sync_bn: needs the model on the Rust graph, but {type(model).__name__} runs in eager PyTorch (see the "
-                f"warning above); convert its BatchNorm layers with torch.nn.SyncBatchNorm.convert_sync_batchnorm instead"
+                f"sync_bn: needs the model on the Rust graph, but {type(model).__name__} runs in eager PyTorch "
+                "(see the warning above); convert its BatchNorm layers with "
+                "torch.nn.SyncBatchNorm.convert_sync_batchnorm instead"
             )
         self._bridge = _bridge.Bridge(optimizer, scheduler, self.model, scheduler_interval)
         self.optimizer = optimizer
@@ -150,29 +152,30 @@ class Trainer:
             config=train_config,
         )
         if isinstance(optimizer, _optim.Optimizer):
-            optimizer._trainer = self
+            # optim declares _trainer by its first value (None), not as Trainer | None.
+            optimizer._trainer = self  # type: ignore[assignment]
         self._bridge.mark_synced()
         if self.process_group is not None:
             self.process_group.broadcast(list(model.parameters()) + list(model.buffers()))
             self._native.set_process_group(self.process_group, float(bucket_cap_mb))
-        self._shards: Dict[tuple, tuple] = {}
+        self._shards: dict[tuple, tuple] = {}
         self.history = History()
         self.epoch = 0
-        self.best_accuracy: Optional[float] = None
-        self.eval_transform: Optional[T.Transform] = None
+        self.best_accuracy: float | None = None
+        self.eval_transform: T.Transform | None = None
         #: Class names of the training data (set by fit, kept in checkpoints); ``predict(names=True)`` uses them.
-        self.classes: Optional[List[str]] = None
+        self.classes: list[str] | None = None
         #: (C, H, W) of the training batches; predict converts and resizes images to it.
-        self.input_shape: Optional[tuple] = None
+        self.input_shape: tuple | None = None
 
     # --- training --------------------------------------------------------------------------
     def fit(
         self,
         train_loader: DataLoader,
-        val_loader: Optional[DataLoader] = None,
+        val_loader: DataLoader | None = None,
         epochs: int = 1,
         checkpoint=None,
-        callbacks: Sequence[Callable[[dict], Optional[bool]]] = (),
+        callbacks: Sequence[Callable[[dict], bool | None]] = (),
         progress: bool = True,
     ) -> History:
         """Trains ``epochs`` more epochs; returns the history.
@@ -219,7 +222,7 @@ class Trainer:
             bar = _bar(len(train_loader), f"Epoch {e + 1}/{final}", progress)
             stop_requested = False
 
-            def on_step(info):
+            def on_step(info, bar=bar):
                 nonlocal stop_requested
                 bridge.show(info["lr"], info["momentum"])
                 if bar is not None:
@@ -238,6 +241,7 @@ class Trainer:
                 return True
 
             if self.sync_bn:
+                assert self.process_group is not None  # sync_bn needs distributed (__init__ checks it)
                 self._compiled.set_sync_bn(_dist.sync_batch_norm(self.process_group))
             hooks = _rs.TrainHooks(
                 progress=on_step,
@@ -278,7 +282,8 @@ class Trainer:
                 self.history.interrupted = record
                 if stats.interrupted and self.is_main:
                     print(
-                        f"Interrupted during epoch {e + 1}: stopped at a step boundary; the model and history are usable "
+                        f"Interrupted during epoch {e + 1}: stopped at a step boundary; "
+                        "the model and history are usable "
                         f"(trainer.epoch = {self.epoch}; fit again to run epoch {e + 1} from its start)."
                     )
                 break
@@ -359,7 +364,8 @@ class Trainer:
             and not (self.device == "cuda" and p.device.type == "cuda" and p.device.index == 0)
         ):
             raise ValueError(
-                f"model: its parameters are on {p.device}, but this trainer trains on {self.device}; move the model back "
+                f"model: its parameters are on {p.device}, but this trainer trains on {self.device}; "
+                "move the model back "
                 f"with model.to('{self.device}') (or build a Trainer with device='{p.device}')"
             )
         fp = _graph.fingerprint(self.model)
@@ -525,14 +531,12 @@ class Trainer:
             self.input_shape = tuple(meta["input_shape"])
         self._native.sync_device(self._native_model())
 
-    def load_checkpoint(self, path) -> "Trainer":
+    def load_checkpoint(self, path) -> Trainer:
         self.load_state_dict(read_checkpoint(path))
         return self
 
     @classmethod
-    def load(
-        cls, path, device="auto", model: Optional[torch.nn.Module] = None, optimizer=None, scheduler=None
-    ) -> "Trainer":
+    def load(cls, path, device="auto", model: torch.nn.Module | None = None, optimizer=None, scheduler=None) -> Trainer:
         """Rebuilds model, optimizer, schedule and trainer from a checkpoint written by ``save``,
         ready to evaluate, predict or resume ``fit``. A checkpoint of your own module needs that
         module: ``Trainer.load(path, model=MyNet())`` (its weights are then loaded into it). A
@@ -599,7 +603,7 @@ def _native_loader(loader):
         return None
 
 
-def _builtin_shape(model) -> Optional[tuple]:
+def _builtin_shape(model) -> tuple | None:
     """A built-in's (C, H, W) from its settings, when no data has been seen."""
     cfg = getattr(model, "_config", None) or {}
     if "input_size" not in cfg:

@@ -28,7 +28,8 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import Callable, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable, cast
 
 import numpy as np
 import torch
@@ -70,7 +71,7 @@ def _pair(name: str, v) -> tuple:
     raise ValueError(f"{name}: expected an int or an (h, w) pair, got {v!r}")
 
 
-def _floats(name: str, v) -> List[float]:
+def _floats(name: str, v) -> list[float]:
     if isinstance(v, numbers.Real):
         return [float(v)]
     try:
@@ -79,7 +80,7 @@ def _floats(name: str, v) -> List[float]:
         raise ValueError(f"{name}: expected a number or a sequence of numbers, got {v!r}") from None
 
 
-def _ltrb(padding) -> List[int]:
+def _ltrb(padding) -> list[int]:
     """torchvision's padding argument (int, (lr, tb) or (l, t, r, b)) as [left, top, right, bottom]."""
     if padding is None:
         pad = [0, 0, 0, 0]
@@ -96,7 +97,7 @@ def _ltrb(padding) -> List[int]:
     return pad
 
 
-def _fill(fill) -> List[float]:
+def _fill(fill) -> list[float]:
     """torchvision's fill (None, a number or one per channel) as numbers; the core checks that they
     are pixel values."""
     return _floats("fill", 0 if fill is None else fill)
@@ -176,7 +177,7 @@ class _NotNative(Exception):
     """This step has no fused op (with these arguments); it runs in Python."""
 
 
-def _run_ops(native_ds, index: int, ops: list, seed: Optional[int] = None) -> torch.Tensor:
+def _run_ops(native_ds, index: int, ops: list, seed: int | None = None) -> torch.Tensor:
     """Image ``index`` of a native data set through ``ops``, with fresh randomness."""
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()).item())
@@ -204,7 +205,7 @@ class Transform:
     """
 
     _takes = ("pil",)
-    _gives: Optional[str] = None
+    _gives: str | None = None
 
     def _ops(self) -> list:
         raise _NotNative(type(self).__name__)
@@ -639,8 +640,9 @@ class RandomErasing(Transform):
         # Made even for value='random' (which runs in Python), so that the core checks p, scale and ratio.
         op = _rs.TransformOp.random_erasing(
             p=float(p),
-            scale=tuple(map(float, scale)),
-            ratio=tuple(map(float, ratio)),
+            # Any length goes to the core, which checks that each is a pair (and names the one that is not).
+            scale=cast("tuple[float, float]", tuple(map(float, scale))),
+            ratio=cast("tuple[float, float]", tuple(map(float, ratio))),
             value=[0.0] if self._random else _floats("value", value),
         )
         self._op = None if self._random else op
@@ -653,7 +655,8 @@ class RandomErasing(Transform):
     def __call__(self, img):
         if not isinstance(img, torch.Tensor) or not img.is_floating_point():
             raise TypeError(
-                f"RandomErasing expects a float tensor (after ToTensor), got {getattr(img, 'dtype', type(img).__name__)}"
+                "RandomErasing expects a float tensor (after ToTensor), "
+                f"got {getattr(img, 'dtype', type(img).__name__)}"
             )
         return self._float(img)
 
@@ -721,9 +724,11 @@ def _range(name: str, v, center: float = 1.0, bound=(0, float("inf")), clip_firs
     if v is None:
         return None
     if isinstance(v, numbers.Number):
-        if v < 0:
+        # typeshed's Number declares no operators: compared and converted as its own type allows.
+        x = cast(float, v)
+        if x < 0:
             raise ValueError(f"{name}: {v} must be non-negative")
-        lo, hi = center - float(v), center + float(v)
+        lo, hi = center - float(x), center + float(x)
         if clip_first:
             lo = max(lo, 0.0)
     elif isinstance(v, Sequence) and len(v) == 2:
@@ -763,7 +768,10 @@ class ColorJitter(Transform):
 
     def get_params(self):
         order = torch.randperm(4)
-        draw = lambda r: None if r is None else float(torch.empty(1).uniform_(r[0], r[1]))
+
+        def draw(r):
+            return None if r is None else float(torch.empty(1).uniform_(r[0], r[1]))
+
         return order, draw(self._b), draw(self._c), draw(self._s), draw(self._h)
 
     def __call__(self, img):
@@ -830,7 +838,10 @@ def _hue_tensor(x: torch.Tensor, shift: float) -> torch.Tensor:
     q = (hi * (1.0 - sat * frac)).clamp(0.0, 1.0)
     t = (hi * (1.0 - sat * (1.0 - frac))).clamp(0.0, 1.0)
     sector = i.unsqueeze(dim=-3) == torch.arange(6, device=i.device).view(-1, 1, 1)
-    choose = lambda *vals: torch.einsum("...ijk,...ijk->...jk", sector.to(f.dtype), torch.stack(vals, dim=-3))
+
+    def choose(*vals):
+        return torch.einsum("...ijk,...ijk->...jk", sector.to(f.dtype), torch.stack(vals, dim=-3))
+
     out = torch.stack([choose(hi, q, p, p, t, hi), choose(t, hi, hi, q, p, p), choose(p, p, t, hi, hi, q)], dim=-3)
     # Back to bytes as torchvision's convert_image_dtype does: scaled by 256 - 1e-3, truncated.
     return out.to(dtype) if dtype.is_floating_point else (out * (255.0 + 1.0 - 1e-3)).to(dtype)
@@ -855,9 +866,11 @@ class RandomRotation(Transform):
 
     def __init__(self, degrees, interpolation="nearest", expand: bool = False, center=None, fill=0):
         if isinstance(degrees, numbers.Number):
-            if degrees < 0:
+            # typeshed's Number declares no operators: compared and converted as its own type allows.
+            d = cast(float, degrees)
+            if d < 0:
                 raise ValueError(f"degrees: {degrees} must be non-negative when it is a single number")
-            degrees = (-float(degrees), float(degrees))
+            degrees = (-float(d), float(d))
         if not (isinstance(degrees, Sequence) and len(degrees) == 2):
             raise ValueError(f"degrees: expected a number or a (min, max) pair, got {degrees!r}")
         self.degrees, self.interpolation, self.expand, self.center, self.fill = (
@@ -969,12 +982,15 @@ class Plan:
         steps = _flatten(transform)
         ops, state, i = [], "pil", 0
         self.why = ""
-        for i, s in enumerate(steps):
+        for i, s in enumerate(steps):  # noqa: B007 (after the loop, i is the step that left the fused pass)
             if not isinstance(s, Transform) or type(s)._ops is Transform._ops:
                 self.why = "is not one of the transforms fused in Rust"
                 break
             if state not in s._takes:
-                self.why = "comes where the fused pass does not take it (geometric steps go before ToTensor, Normalize and erasing after)"
+                self.why = (
+                    "comes where the fused pass does not take it "
+                    "(geometric steps go before ToTensor, Normalize and erasing after)"
+                )
                 break
             try:
                 ops += s._ops()
@@ -1044,7 +1060,7 @@ def deterministic_part(transform) -> Transform:
 
 def to_config(transform) -> list:
     """A JSON-able description of a deterministic transform (for checkpoints)."""
-    out = []
+    out: list[dict[str, Any]] = []
     for t in _flatten(transform):
         if isinstance(t, ToTensor):
             out.append({"type": "ToTensor"})

@@ -269,13 +269,19 @@ impl<'a> Machine<'a> {
         Ok(self.take(1)?[0])
     }
     fn u16(&mut self) -> Result<u16, String> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap()))
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().expect("take(2) gives 2 bytes"),
+        ))
     }
     fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("take(4) gives 4 bytes"),
+        ))
     }
     fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("take(8) gives 8 bytes"),
+        ))
     }
     fn line(&mut self) -> Result<&'a [u8], String> {
         let rest = &self.data[self.pos..];
@@ -494,7 +500,9 @@ impl<'a> Machine<'a> {
                     _ => Value::Int(s.parse().map_err(|_| format!("bad integer literal {s:?}"))?),
                 }
             }
-            op::BINFLOAT => Value::Float(f64::from_be_bytes(self.take(8)?.try_into().unwrap())),
+            op::BINFLOAT => Value::Float(f64::from_be_bytes(
+                self.take(8)?.try_into().expect("take(8) gives 8 bytes"),
+            )),
             op::FLOAT => {
                 let s = self.line_str()?;
                 Value::Float(s.parse().map_err(|_| format!("bad float literal {s:?}"))?)
@@ -685,7 +693,7 @@ impl<'a> Machine<'a> {
 /// Python 3 writes `bytes` at protocols 0-2 as `_codecs.encode(text, 'latin1')` (and `b''` as
 /// `bytes()`), since those protocols have no bytes opcode: the byte string is rebuilt here, as
 /// unpickling would. None: some other call.
-fn py3_bytes(callable: &Value, args: &Value) -> Option<Result<Vec<u8>, String>> {
+fn py3_bytes(callable: &Value<'_>, args: &Value<'_>) -> Option<Result<Vec<u8>, String>> {
     let Value::Global(module, name) = callable else {
         return None;
     };

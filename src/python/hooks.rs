@@ -200,8 +200,8 @@ impl Iterator for PyBatches {
                 Ok(p) => Ok(p),
                 Err(_) => match b.extract::<Vec<PyTensor>>() {
                     Ok(v) if v.len() == 2 => {
-                        let mut v = v.into_iter();
-                        Ok((v.next().unwrap(), v.next().unwrap()))
+                        let [x, y]: [PyTensor; 2] = v.try_into().map_err(|_| PyTypeError::new_err("a pair"))?;
+                        Ok((x, y))
                     }
                     _ => Err(PyTypeError::new_err(format!(
                         "loader: a batch must be (images, labels) tensors, got {}",

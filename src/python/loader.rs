@@ -27,7 +27,10 @@ impl PyLoader {
         dataset, ops, *, batch_size, shuffle = false, drop_last = false, seed = 0, prefetch = 2, dtype = "float32",
         device = None, pin_memory = false, num_threads = None, rank = 0, world_size = 1, pad_shards = true, labels = None
     ))]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the keyword-only arguments of torch's DataLoader, one each"
+    )]
     fn new(
         py: Python<'_>,
         dataset: &PyDataset,

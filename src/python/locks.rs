@@ -31,7 +31,10 @@ impl Held {
     pub(crate) fn mark<T>(m: &Mutex<T>) -> Held {
         let k = key(m);
         HELD.with(|h| h.borrow_mut().push(k));
-        LONG_HOLDS.lock().unwrap_or_else(|e| e.into_inner()).push((k, std::process::id()));
+        LONG_HOLDS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((k, std::process::id()));
         Held(k)
     }
 }
@@ -67,7 +70,12 @@ fn check_usable<T>(m: &Mutex<T>) -> R<()> {
 /// Called when the lock is taken: a hold of the parent process (a forked child) never ends.
 fn check_not_held_across_fork<T>(m: &Mutex<T>) -> R<()> {
     let (k, pid) = (key(m), std::process::id());
-    if LONG_HOLDS.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|&(hk, p)| hk == k && p != pid) {
+    if LONG_HOLDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|&(hk, p)| hk == k && p != pid)
+    {
         return Err(Error::Busy(
             "busy: this model or trainer was in use by a fit or evaluate in another thread of the parent \
              process when this process was forked, and stays locked here; fork before training, or use \

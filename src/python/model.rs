@@ -31,7 +31,11 @@ impl<'py> FromPyObject<'py> for PyArg {
             }));
         }
         if let Ok(l) = ob.downcast::<PyList>() {
-            return Ok(PyArg(Arg::List(l.iter().map(|v| v.extract::<PyArg>().map(|a| a.0)).collect::<PyResult<_>>()?)));
+            return Ok(PyArg(Arg::List(
+                l.iter()
+                    .map(|v| v.extract::<PyArg>().map(|a| a.0))
+                    .collect::<PyResult<_>>()?,
+            )));
         }
         // bool before int: Python's bool is an int.
         if let Ok(b) = ob.downcast::<pyo3::types::PyBool>() {
@@ -46,7 +50,10 @@ impl<'py> FromPyObject<'py> for PyArg {
         if let Ok(s) = ob.extract::<String>() {
             return Ok(PyArg(Arg::Str(s)));
         }
-        Err(PyValueError::new_err(format!("graph: cannot use {} as a node argument", ob.repr()?)))
+        Err(PyValueError::new_err(format!(
+            "graph: cannot use {} as a node argument",
+            ob.repr()?
+        )))
     }
 }
 
@@ -54,14 +61,18 @@ impl<'py> FromPyObject<'py> for PyArg {
 type PyPlan = (Vec<(String, Vec<PyArg>, String)>, PyArg);
 
 fn plan(p: PyPlan) -> PyResult<(Vec<Node>, Arg)> {
-    let nodes = p
-        .0
-        .into_iter()
-        .map(|(op, args, name)| {
-            let op = Op::from_name(&op).ok_or_else(|| PyValueError::new_err(format!("graph: unknown op '{op}' at {name}")))?;
-            Ok(Node { op, args: args.into_iter().map(|a| a.0).collect(), name })
-        })
-        .collect::<PyResult<_>>()?;
+    let nodes =
+        p.0.into_iter()
+            .map(|(op, args, name)| {
+                let op = Op::from_name(&op)
+                    .ok_or_else(|| PyValueError::new_err(format!("graph: unknown op '{op}' at {name}")))?;
+                Ok(Node {
+                    op,
+                    args: args.into_iter().map(|a| a.0).collect(),
+                    name,
+                })
+            })
+            .collect::<PyResult<_>>()?;
     Ok((nodes, p.1 .0))
 }
 
@@ -95,21 +106,38 @@ impl PyModel {
     /// A model that runs `train` / `eval` graphs over `tensors` (the module's own, shared).
     #[staticmethod]
     #[pyo3(signature = (name, names, tensors, *, train, eval))]
-    fn graph(py: Python<'_>, name: String, names: Vec<String>, tensors: Vec<PyTensor>, train: PyPlan, eval: PyPlan) -> PyResult<Self> {
+    fn graph(
+        py: Python<'_>,
+        name: String,
+        names: Vec<String>,
+        tensors: Vec<PyTensor>,
+        train: PyPlan,
+        eval: PyPlan,
+    ) -> PyResult<Self> {
         let (train, eval) = (plan(train)?, plan(eval)?);
         let ts = self::tensors(tensors);
         let m = release(py, move || Model::graph(name, names, ts, train, eval))?;
-        Ok(PyModel { inner: Arc::new(Mutex::new(m)) })
+        Ok(PyModel {
+            inner: Arc::new(Mutex::new(m)),
+        })
     }
 
     /// A model whose forward is `forward(x, train) -> logits` (eager PyTorch).
     #[staticmethod]
     #[pyo3(signature = (name, names, tensors, *, forward))]
-    fn eager(py: Python<'_>, name: String, names: Vec<String>, tensors: Vec<PyTensor>, forward: PyObject) -> PyResult<Self> {
+    fn eager(
+        py: Python<'_>,
+        name: String,
+        names: Vec<String>,
+        tensors: Vec<PyTensor>,
+        forward: PyObject,
+    ) -> PyResult<Self> {
         let ts = self::tensors(tensors);
         let f: Box<dyn Forward> = Box::new(PyForward(forward));
         let m = release(py, move || Model::eager(name, names, ts, f))?;
-        Ok(PyModel { inner: Arc::new(Mutex::new(m)) })
+        Ok(PyModel {
+            inner: Arc::new(Mutex::new(m)),
+        })
     }
 
     /// Takes the module's current tensors (same names, same order) after it moved or changed.
@@ -179,7 +207,16 @@ impl PyModel {
 struct PyBatchNormSync(PyObject);
 
 impl BatchNormSync for PyBatchNormSync {
-    fn forward(&self, x: &tch::Tensor, w: &tch::Tensor, b: &tch::Tensor, rm: &tch::Tensor, rv: &tch::Tensor, momentum: f64, eps: f64) -> Result<tch::Tensor, Error> {
+    fn forward(
+        &self,
+        x: &tch::Tensor,
+        w: &tch::Tensor,
+        b: &tch::Tensor,
+        rm: &tch::Tensor,
+        rv: &tch::Tensor,
+        momentum: f64,
+        eps: f64,
+    ) -> Result<tch::Tensor, Error> {
         Python::with_gil(|py| {
             let args = (
                 PyTensor(x.shallow_clone()),
@@ -190,7 +227,11 @@ impl BatchNormSync for PyBatchNormSync {
                 momentum,
                 eps,
             );
-            self.0.call1(py, args).and_then(|y| y.extract::<PyTensor>(py)).map(|y| y.0).map_err(|e| Error::Distributed(format!("sync_bn: {e}")))
+            self.0
+                .call1(py, args)
+                .and_then(|y| y.extract::<PyTensor>(py))
+                .map(|y| y.0)
+                .map_err(|e| Error::Distributed(format!("sync_bn: {e}")))
         })
     }
 }
@@ -201,7 +242,10 @@ impl BatchNormSync for PyBatchNormSync {
 fn save_safetensors(py: Python<'_>, items: Vec<(String, PyTensor)>, path: PathBuf) -> PyResult<()> {
     let sd: Vec<(String, tch::Tensor)> = items.into_iter().map(|(k, v)| (k, v.0)).collect();
     release(py, move || {
-        let sd: Vec<(String, tch::Tensor)> = sd.into_iter().map(|(k, v)| (k, v.to_device(tch::Device::Cpu))).collect();
+        let sd: Vec<(String, tch::Tensor)> = sd
+            .into_iter()
+            .map(|(k, v)| (k, v.to_device(tch::Device::Cpu)))
+            .collect();
         tch::Tensor::write_safetensors(&sd, &path).map_err(|e| os_error_in(&path, e))
     })
 }
@@ -210,7 +254,11 @@ fn save_safetensors(py: Python<'_>, items: Vec<(String, PyTensor)>, path: PathBu
 /// back as the OS error it is (errno and path), so that a full disk is an OSError(ENOSPC).
 fn os_error_in(path: &std::path::Path, e: tch::TchError) -> Error {
     let msg = e.to_string();
-    let code = msg.split("Os { code: ").nth(1).and_then(|r| r.split(',').next()).and_then(|c| c.trim().parse::<i32>().ok());
+    let code = msg
+        .split("Os { code: ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|c| c.trim().parse::<i32>().ok());
     match code {
         Some(code) => Error::io(path, std::io::Error::from_raw_os_error(code)),
         None => Error::from(e),
@@ -223,7 +271,10 @@ fn load_safetensors(py: Python<'_>, path: PathBuf) -> PyResult<Vec<(String, PyTe
     if !path.exists() {
         return Err(to_py(Error::not_found(&path, "no such file")));
     }
-    let sd = release(py, move || tch::Tensor::read_safetensors(&path).map_err(|e| Error::format(&path, format!("not a readable safetensors file: {e}"))))?;
+    let sd = release(py, move || {
+        tch::Tensor::read_safetensors(&path)
+            .map_err(|e| Error::format(&path, format!("not a readable safetensors file: {e}")))
+    })?;
     Ok(sd.into_iter().map(|(k, v)| (k, PyTensor(v))).collect())
 }
 

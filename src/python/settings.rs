@@ -30,7 +30,10 @@ pub struct PyOptimizerConfig {
     pub(crate) settings: GroupSettings,
 }
 
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one argument per optimizer setting, as Python passes them"
+)]
 fn opt_kind(
     kind: &str,
     momentum: Option<f64>,
@@ -89,7 +92,10 @@ impl PyOptimizerConfig {
     /// A new optimizer's settings, checked as torch's constructors check them.
     #[new]
     #[pyo3(signature = (kind, *, lr = 1e-3, momentum = None, dampening = None, nesterov = None, weight_decay = None, betas = None, eps = None))]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "keyword-only settings, one per torch.optim argument"
+    )]
     fn new(
         kind: &str,
         lr: f64,
@@ -110,7 +116,10 @@ impl PyOptimizerConfig {
     /// changed). The loop checks them when it applies them: the rate may be below zero there.
     #[staticmethod]
     #[pyo3(signature = (kind, *, lr, momentum = None, dampening = None, nesterov = None, weight_decay = None, betas = None, eps = None))]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "keyword-only settings, one per torch.optim argument"
+    )]
     fn written(
         kind: &str,
         lr: f64,
@@ -159,7 +168,11 @@ impl PyScheduleConfig {
         max_momentum = None, mode_min = None, factor = None, patience = None, threshold = None, threshold_abs = None,
         cooldown = None, min_lr = None, eps = None, warmup_steps = None, warmup_start_factor = None
     ))]
-    #[allow(clippy::too_many_arguments, non_snake_case)]
+    #[allow(
+        clippy::too_many_arguments,
+        non_snake_case,
+        reason = "keyword-only settings named as torch's schedules name them (T_max, T_0)"
+    )]
     fn new(
         kind: &str,
         step_size: Option<i64>,

@@ -237,7 +237,7 @@ impl Scheduler {
             } => {
                 let initial = max_lr / div_factor;
                 let min_lr = initial / final_div_factor;
-                let (_, _, pct) = self.one_cycle_pos().unwrap();
+                let (_, _, pct) = self.one_cycle_pos().expect("a OneCycle schedule has a position");
                 if self.in_first_phase() {
                     Self::cos_anneal(initial, max_lr, pct)
                 } else {
@@ -274,7 +274,7 @@ impl Scheduler {
         else {
             return None;
         };
-        let (_, _, pct) = self.one_cycle_pos().unwrap();
+        let (_, _, pct) = self.one_cycle_pos().expect("a OneCycle schedule has a position");
         Some(if self.in_first_phase() {
             Self::cos_anneal(max_momentum, base_momentum, pct)
         } else {

@@ -56,7 +56,7 @@ pub(super) struct MapArgs<'a> {
 /// the column runs and the channel's float conversion. Rows are slice copies, which the compiler
 /// vectorises; on CPUs with AVX2 and FMA the same code is compiled 8 lanes wide (the fused
 /// multiply-adds are the exact-division steps of `div_exact`, checked bit for bit in `Conv::new`).
-pub(super) fn write_mapped<T: Element>(m: &MapArgs, bytes: &mut Vec<u8>, dst: &mut [T], convs: &[Conv]) {
+pub(super) fn write_mapped<T: Element>(m: &MapArgs<'_>, bytes: &mut Vec<u8>, dst: &mut [T], convs: &[Conv]) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports AVX2 and FMA, checked just above.
@@ -67,12 +67,12 @@ pub(super) fn write_mapped<T: Element>(m: &MapArgs, bytes: &mut Vec<u8>, dst: &m
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn write_mapped_avx2<T: Element>(m: &MapArgs, bytes: &mut Vec<u8>, dst: &mut [T], convs: &[Conv]) {
+unsafe fn write_mapped_avx2<T: Element>(m: &MapArgs<'_>, bytes: &mut Vec<u8>, dst: &mut [T], convs: &[Conv]) {
     write_mapped_impl::<T, true>(m, bytes, dst, convs)
 }
 
 #[inline(always)]
-fn write_mapped_impl<T: Element, const FMA: bool>(m: &MapArgs, bytes: &mut Vec<u8>, dst: &mut [T], convs: &[Conv]) {
+fn write_mapped_impl<T: Element, const FMA: bool>(m: &MapArgs<'_>, bytes: &mut Vec<u8>, dst: &mut [T], convs: &[Conv]) {
     let MapArgs {
         c,
         hw: (_, w),
@@ -164,7 +164,7 @@ pub(super) fn shifted_rows<const W: usize>(w: usize, runs: &[Run]) -> Option<Shi
 
 /// The fast gather for `Shift` layouts: fixed-size row moves through a padded row buffer.
 #[inline(always)]
-pub(super) fn gather_shifted<const W: usize>(m: &MapArgs, sh: Shift, bytes: &mut [u8]) {
+pub(super) fn gather_shifted<const W: usize>(m: &MapArgs<'_>, sh: Shift, bytes: &mut [u8]) {
     let MapArgs {
         src,
         c,
@@ -181,7 +181,7 @@ pub(super) fn gather_shifted<const W: usize>(m: &MapArgs, sh: Shift, bytes: &mut
         // [W fill][source row][fill...]: a shifted window is one fixed-size copy.
         let mut ext = [fv; EXT];
         for (y, &sy) in ymap.iter().enumerate() {
-            let row: &mut [u8; W] = (&mut bytes[(ch * oh + y) * W..][..W]).try_into().unwrap();
+            let row: &mut [u8; W] = (&mut bytes[(ch * oh + y) * W..][..W]).try_into().expect("a slice of W");
             if sy < 0 {
                 match sh.fill {
                     Some(f) if f != sy => {
@@ -200,17 +200,17 @@ pub(super) fn gather_shifted<const W: usize>(m: &MapArgs, sh: Shift, bytes: &mut
                 }
                 continue;
             }
-            let srow: &[u8; W] = plane[sy as usize * W..][..W].try_into().unwrap();
+            let srow: &[u8; W] = plane[sy as usize * W..][..W].try_into().expect("a slice of W");
             ext[W..2 * W].copy_from_slice(srow);
             if sh.reverse {
                 // out[x] = src[offset - x] = ext[W + offset - x]: reverse the window ending there.
                 let start = (W as isize + sh.offset - (W as isize - 1)) as usize;
-                let mut win: [u8; W] = ext[start..start + W].try_into().unwrap();
+                let mut win: [u8; W] = ext[start..start + W].try_into().expect("a slice of W");
                 win.reverse();
                 *row = win;
             } else {
                 let start = (W as isize + sh.offset) as usize;
-                *row = ext[start..start + W].try_into().unwrap();
+                *row = ext[start..start + W].try_into().expect("a slice of W");
             }
         }
     }
@@ -218,7 +218,7 @@ pub(super) fn gather_shifted<const W: usize>(m: &MapArgs, sh: Shift, bytes: &mut
 
 /// The general gather: any run layout, any width.
 #[inline(always)]
-pub(super) fn gather_runs(m: &MapArgs, ow: usize, bytes: &mut [u8]) {
+pub(super) fn gather_runs(m: &MapArgs<'_>, ow: usize, bytes: &mut [u8]) {
     let MapArgs {
         src,
         c,
@@ -304,11 +304,11 @@ fn copy_small(dst: &mut [u8], src: &[u8], reverse: bool) {
     }
     let chunk = |i: usize| -> [u8; 16] {
         if reverse {
-            let mut a: [u8; 16] = src[n - i - 16..n - i].try_into().unwrap();
+            let mut a: [u8; 16] = src[n - i - 16..n - i].try_into().expect("a slice of 16");
             a.reverse();
             a
         } else {
-            src[i..i + 16].try_into().unwrap()
+            src[i..i + 16].try_into().expect("a slice of 16")
         }
     };
     let mut i = 0;

@@ -45,7 +45,13 @@ impl Weights {
             starts.push(lo);
             counts.push(n);
         }
-        Weights { inp, starts, counts, taps, k }
+        Weights {
+            inp,
+            starts,
+            counts,
+            taps,
+            k,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -72,8 +78,20 @@ impl Weights {
 
 /// Resizes the box at `(y0, x0)` of size (wy's input x wx's input) of `src` (c x h x w) to
 /// (c x wy.len() x wx.len()); `tmp` is a reusable buffer for the horizontal pass.
-#[allow(clippy::too_many_arguments)]
-pub fn resize(src: &[u8], c: usize, (h, w): (usize, usize), (y0, x0): (usize, usize), wy: &Weights, wx: &Weights, tmp: &mut Vec<u8>, out: &mut [u8]) {
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site, a hot loop: a struct would only rename the arguments"
+)]
+pub fn resize(
+    src: &[u8],
+    c: usize,
+    (h, w): (usize, usize),
+    (y0, x0): (usize, usize),
+    wy: &Weights,
+    wx: &Weights,
+    tmp: &mut Vec<u8>,
+    out: &mut [u8],
+) {
     let (oh, ow) = (wy.len(), wx.len());
     let (bh, bw) = (wy.inp, wx.inp);
     debug_assert!(y0 + bh <= h && x0 + bw <= w);
@@ -99,7 +117,11 @@ pub fn resize(src: &[u8], c: usize, (h, w): (usize, usize), (y0, x0): (usize, us
             (false, vertical_identity) => {
                 // Only the rows the vertical pass reads, as Pillow does (same values either way).
                 let first = if vertical_identity { 0 } else { wy.starts[0] };
-                let last = if vertical_identity { bh } else { wy.starts[oh - 1] + wy.counts[oh - 1] };
+                let last = if vertical_identity {
+                    bh
+                } else {
+                    wy.starts[oh - 1] + wy.counts[oh - 1]
+                };
                 let rows = last - first;
                 if tmp.len() < rows * ow {
                     tmp.resize(rows * ow, 0);
@@ -111,7 +133,11 @@ pub fn resize(src: &[u8], c: usize, (h, w): (usize, usize), (y0, x0): (usize, us
                 }
                 for y in 0..oh {
                     for x in 0..ow {
-                        o[y * ow + x] = if vertical_identity { tmp[y * ow + x] } else { wy.sample(y, |yy| tmp[(yy - first) * ow + x]) };
+                        o[y * ow + x] = if vertical_identity {
+                            tmp[y * ow + x]
+                        } else {
+                            wy.sample(y, |yy| tmp[(yy - first) * ow + x])
+                        };
                     }
                 }
             }
@@ -128,15 +154,42 @@ mod tests {
         let src = vec![77u8; 3 * 4 * 4];
         let mut tmp = Vec::new();
         let mut out = vec![0u8; 3 * 9 * 7];
-        resize(&src, 3, (4, 4), (0, 0), &Weights::new(4, 9), &Weights::new(4, 7), &mut tmp, &mut out);
+        resize(
+            &src,
+            3,
+            (4, 4),
+            (0, 0),
+            &Weights::new(4, 9),
+            &Weights::new(4, 7),
+            &mut tmp,
+            &mut out,
+        );
         assert!(out.iter().all(|&v| v == 77));
         // 1x2 -> 1x4: [0, 100] becomes [0, 25, 75, 100] (half-pixel centres, edge clamp).
         let mut out = vec![0u8; 4];
-        resize(&[0, 100], 1, (1, 2), (0, 0), &Weights::new(1, 1), &Weights::new(2, 4), &mut tmp, &mut out);
+        resize(
+            &[0, 100],
+            1,
+            (1, 2),
+            (0, 0),
+            &Weights::new(1, 1),
+            &Weights::new(2, 4),
+            &mut tmp,
+            &mut out,
+        );
         assert_eq!(out, [0, 25, 75, 100]);
         // A box: the right half of [0, 100, 200, 250] doubled.
         let mut out = vec![0u8; 4];
-        resize(&[0, 100, 200, 250], 1, (1, 4), (0, 2), &Weights::new(1, 1), &Weights::new(2, 4), &mut tmp, &mut out);
+        resize(
+            &[0, 100, 200, 250],
+            1,
+            (1, 4),
+            (0, 2),
+            &Weights::new(1, 1),
+            &Weights::new(2, 4),
+            &mut tmp,
+            &mut out,
+        );
         assert_eq!(out, [200, 213, 238, 250]);
     }
 }

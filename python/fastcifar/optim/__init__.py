@@ -15,8 +15,6 @@ own, use ``torch.optim``. ``param_groups[0]["lr"] = x`` takes effect at the next
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from .. import _native as _rs
@@ -161,9 +159,9 @@ class SGD(Optimizer):
         nesterov: bool = False,
         *,
         maximize: bool = False,
-        foreach: Optional[bool] = None,
+        foreach: bool | None = None,
         differentiable: bool = False,
-        fused: Optional[bool] = None,
+        fused: bool | None = None,
     ):
         _refuse("maximize", maximize, False)
         _refuse("differentiable", differentiable, False)
@@ -208,14 +206,14 @@ class Adam(Optimizer):
         lr: float = 1e-3,
         betas=(0.9, 0.999),
         eps: float = 1e-8,
-        weight_decay: Optional[float] = None,
+        weight_decay: float | None = None,
         amsgrad: bool = False,
         *,
-        foreach: Optional[bool] = None,
+        foreach: bool | None = None,
         maximize: bool = False,
         capturable: bool = False,
         differentiable: bool = False,
-        fused: Optional[bool] = None,
+        fused: bool | None = None,
         decoupled_weight_decay: bool = False,
     ):
         _refuse("amsgrad", amsgrad, False)
@@ -280,10 +278,10 @@ class AdamW(Adam):
         amsgrad: bool = False,
         *,
         maximize: bool = False,
-        foreach: Optional[bool] = None,
+        foreach: bool | None = None,
         capturable: bool = False,
         differentiable: bool = False,
-        fused: Optional[bool] = None,
+        fused: bool | None = None,
     ):
         super().__init__(
             params,
