@@ -40,11 +40,6 @@ from .models import Module
 __all__ = ["Trainer", "History", "EvalReport"]
 
 
-def _resolve_device(device) -> str:
-    """'cpu', 'cuda' or 'cuda:N' (the one parser, in the core: also 'auto', an int, a torch.device, None)."""
-    return _rs.resolve_device(device)
-
-
 def _bar(total, desc, enabled):
     if not enabled:
         return None
@@ -120,7 +115,8 @@ class Trainer:
         self.sync_bn = bool(sync_bn)
         if seed is not None:
             torch.manual_seed(seed + self.rank)  # different dropout masks per rank; weights come from rank 0
-        self.device = _resolve_device(device)
+        # The core's one device parser: 'cpu', 'cuda', 'cuda:N', 'auto', an int, a torch.device, None.
+        self.device = _rs.resolve_device(device)
         if amp and not self.device.startswith("cuda"):
             warnings.warn("amp=True needs a CUDA device; training in float32 on CPU", stacklevel=2)
         self.model = model.to(self.device)
