@@ -19,6 +19,8 @@ __all__ = [
     "DeviceError",
     "cuda_is_available",
     "resolve_device",
+    "resolve_amp",
+    "cpu_native_bf16",
     "decode_images",
     "NativeModel",
     "save_safetensors",
@@ -181,6 +183,15 @@ def resolve_device(device: _Device) -> str:
     a torch.device, or None (torch's default device). Raises ``DeviceError`` for another device,
     RuntimeError when CUDA is asked for but absent, ValueError for a CUDA index that does not exist."""
 
+def resolve_amp(amp: str, device: _Device, *, cuda_bf16: bool = False) -> tuple[str, str | None]:
+    """The precision ("float32", "bf16" or "fp16") that ``amp`` ("off", "auto", "bf16", "fp16") gives
+    on ``device`` (``cuda_bf16``: the GPU has bfloat16), and a note to warn with when "auto" falls back
+    to float32. Raises ValueError for what the device cannot honour (fp16 on a CPU)."""
+
+def cpu_native_bf16() -> str | None:
+    """ "amx_bf16" or "avx512_bf16" when this CPU computes bf16 natively (libtorch's cpuinfo), else None
+    (also when FASTCIFAR_CPU_BF16=0)."""
+
 def decode_images(paths: Sequence[str | PathLike], size: tuple[int, int]) -> np.ndarray:
     """Decodes PNG / JPEG files to uint8 (N, H, W, 3), resized (bilinear) to size = (h, w)."""
 
@@ -216,6 +227,8 @@ class NativeModel:
     @property
     def is_graph(self) -> bool: ...
     training: bool
+    #: "float32", "bf16" or "fp16": the autocast dtype of every forward.
+    precision: str
 
 def save_safetensors(items: Sequence[tuple[str, torch.Tensor]], path: str | PathLike) -> None: ...
 def load_safetensors(path: str | PathLike) -> list[tuple[str, torch.Tensor]]: ...
@@ -302,7 +315,7 @@ class TrainConfig:
         cls,
         *,
         label_smoothing: float = 0.0,
-        amp: bool = False,
+        precision: str = "float32",
         grad_accum_steps: int = 1,
         grad_clip: float | None = None,
         log_every: int = 20,

@@ -57,8 +57,12 @@ class Trainer:
     ``state_dict()`` is its own. A module that fx cannot capture runs its own forward in eager
     PyTorch instead (a one-time warning names the cause); everything else stays the same.
 
-    ``device="auto"`` picks CUDA when present. ``amp=True`` on CUDA trains in mixed precision
-    (fp16 autocast with dynamic loss scaling); on CPU it warns and trains in float32.
+    ``device="auto"`` picks CUDA when present. ``amp=True`` trains in mixed precision: bf16
+    autocast on a CPU with native bf16 (AMX or AVX512-BF16; elsewhere it warns and trains in
+    float32) and on GPUs that have it, fp16 with dynamic loss scaling on older GPUs.
+    ``amp="bf16"`` / ``amp="fp16"`` (or the torch dtypes) ask for one dtype, honoured or refused by
+    name. Master weights, optimizer state, the loss and BatchNorm statistics stay float32; evaluate,
+    predict and TTA run in the same precision (``trainer.precision``).
     ``seed`` seeds torch's generator (weight init of models built afterwards, dropout).
 
     Data-parallel: under torchrun (or with ``distributed=True``) the trainer joins
@@ -78,7 +82,7 @@ class Trainer:
         loss: str = "cross_entropy",
         label_smoothing: float = 0.0,
         device="auto",
-        amp: bool = False,
+        amp: bool | str | torch.dtype = False,
         grad_accum_steps: int = 1,
         grad_clip: float | None = None,
         seed: int | None = None,
@@ -95,14 +99,7 @@ class Trainer:
         if loss != "cross_entropy":
             raise ValueError(f"loss: '{loss}' is not supported (only 'cross_entropy')")
         optimizer = optimizer if optimizer is not None else _optim.Adam()
-        # The core checks the loop's settings (grad_accum_steps, log_every, label_smoothing, grad_clip).
-        train_config = _rs.TrainConfig(
-            label_smoothing=float(label_smoothing),
-            amp=bool(amp),
-            grad_accum_steps=grad_accum_steps,
-            grad_clip=None if grad_clip is None else float(grad_clip),
-            log_every=log_every,
-        )
+        amp = _amp_request(amp)
         if distributed is None:
             distributed = _dist.launched() or _dist.active()
         if sync_bn and not distributed:
@@ -117,8 +114,19 @@ class Trainer:
             torch.manual_seed(seed + self.rank)  # different dropout masks per rank; weights come from rank 0
         # The core's one device parser: 'cpu', 'cuda', 'cuda:N', 'auto', an int, a torch.device, None.
         self.device = _rs.resolve_device(device)
-        if amp and not self.device.startswith("cuda"):
-            warnings.warn("amp=True needs a CUDA device; training in float32 on CPU", stacklevel=2)
+        cuda_bf16 = self.device.startswith("cuda") and torch.cuda.is_bf16_supported()
+        #: The precision every forward runs in: "float32", "bf16" or "fp16" (what ``amp`` gives on this device).
+        self.precision, note = _rs.resolve_amp(amp, self.device, cuda_bf16=cuda_bf16)
+        if note:
+            warnings.warn(note, stacklevel=2)
+        # The core checks the loop's settings (grad_accum_steps, log_every, label_smoothing, grad_clip).
+        train_config = _rs.TrainConfig(
+            label_smoothing=float(label_smoothing),
+            precision=self.precision,
+            grad_accum_steps=grad_accum_steps,
+            grad_clip=None if grad_clip is None else float(grad_clip),
+            log_every=log_every,
+        )
         self.model = model.to(self.device)
         self._compiled = _graph.compile(self.model)
         self._fingerprint = _graph.fingerprint(self.model)
@@ -133,7 +141,7 @@ class Trainer:
         self.scheduler = scheduler
         self.config = {
             "label_smoothing": float(label_smoothing),
-            "amp": bool(amp),
+            "amp": amp,
             "grad_accum_steps": grad_accum_steps,
             "grad_clip": None if grad_clip is None else float(grad_clip),
             "log_every": log_every,
@@ -373,6 +381,7 @@ class Trainer:
         else:
             self._compiled.rebind(*_graph.module_tensors(self.model))
         shape = shape or self.input_shape or _builtin_shape(self.model)
+        self._compiled.precision = "float32"  # the check compares with the module's own float32 forward
         if not _graph.verify(self.model, self._compiled, shape):
             # Something the forward reads changed in a way the fingerprint cannot see: capture
             # again, and if the graph still disagrees, run the module's own forward.
@@ -384,6 +393,8 @@ class Trainer:
                     eager_because="its captured graph does not give what its own forward gives on a sample "
                     "(its forward reads state that the trace cannot follow, or draws random numbers in eval mode)",
                 )
+        self._compiled.precision = self.precision
+        _note_caller_autocast(self.device, self.precision)
         return self._compiled
 
     @contextlib.contextmanager
@@ -611,6 +622,50 @@ def _native_loader(loader):
                 f"fastcifar: the trainer pulls this loader's batches through Python (slower): {why}", stacklevel=4
             )
         return None
+
+
+_AMP = {True: "auto", False: "off", None: "off", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "off"}
+
+
+def _amp_request(amp) -> str:
+    """``amp`` as the core's resolver reads it: True (the device's fast dtype), False, "bf16",
+    "fp16", or those dtypes as torch writes them; the core refuses what a device cannot honour."""
+    if isinstance(amp, str):
+        return {"float32": "off", "bfloat16": "bf16", "float16": "fp16"}.get(amp, amp)
+    if isinstance(amp, (bool, torch.dtype)) or amp is None:
+        if amp in _AMP:
+            return _AMP[amp]
+        raise ValueError(f"amp: {amp} is not torch.bfloat16 or torch.float16")
+    raise TypeError(f"amp: expected True, False, 'bf16', 'fp16' or a torch dtype, got {type(amp).__name__}")
+
+
+_autocast_noted: set = set()
+
+
+def _note_caller_autocast(device: str, precision: str) -> None:
+    """A ``torch.autocast`` around a call is honoured as torch honours it (the forward runs under
+    it) unless the trainer's own ``amp`` says otherwise (the inner setting wins, as nested autocast
+    regions do). Either way, say once which precision ran."""
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    if not torch.is_autocast_enabled(kind):
+        return
+    dtype = str(torch.get_autocast_dtype(kind)).replace("torch.", "")
+    ours = {"bf16": "bfloat16", "fp16": "float16"}.get(precision)
+    if ours == dtype:
+        return
+    if ours is None:
+        msg = (
+            f"fastcifar: the forward runs in {dtype} under the torch.autocast('{kind}') around this call "
+            f"(the trainer's amp is off); pass amp={dtype!r} to the Trainer to say so"
+        )
+    else:
+        msg = (
+            f"fastcifar: the trainer's amp ({ours}) is used, not the surrounding torch.autocast('{kind}', {dtype}) "
+            "(the innermost setting wins, as in nested autocast regions)"
+        )
+    if msg not in _autocast_noted:
+        _autocast_noted.add(msg)
+        warnings.warn(msg, stacklevel=4)
 
 
 def _input_shape(loader) -> tuple | None:

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::torch_state::{self, Autocast, Precision, Scope};
 pub use graph::{Arg, Graph, Node, Op};
 
 /// Batch statistics shared across data-parallel processes (SyncBatchNorm). The core cannot talk to
@@ -81,6 +82,10 @@ pub struct Model {
     bn_sync: BnSync,
     device: Device,
     pub training: bool,
+    /// Mixed precision for every forward (training, evaluation, prediction, TTA, the eager
+    /// fallback alike): autocast on the model's device in this dtype. Float32 leaves the caller's
+    /// own autocast state as it is.
+    pub precision: Precision,
 }
 
 /// A device as PyTorch writes it ("cpu", "cuda:0").
@@ -156,6 +161,7 @@ impl Model {
             bn_sync: BnSync::default(),
             device,
             training: true,
+            precision: Precision::Float32,
         })
     }
 
@@ -227,6 +233,24 @@ impl Model {
 
     /// Logits. `train` selects batch statistics, active dropout and the train-mode graph.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_in(x, train, self.precision)
+    }
+
+    /// Logits in `precision` (the training loop's, which may differ from the model's own).
+    pub fn forward_in(&self, x: &Tensor, train: bool, precision: Precision) -> Result<Tensor> {
+        match precision.autocast_kind() {
+            None => self.forward_exact(x, train),
+            Some(kind) => {
+                let cast = Autocast {
+                    device: self.device,
+                    dtype: Some(kind),
+                };
+                torch_state::scoped(Scope::cast(cast), || self.forward_exact(x, train))
+            }
+        }
+    }
+
+    fn forward_exact(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.check_input(x)?;
         let y = match &self.exec {
             Exec::Graph { train: g, eval } => {

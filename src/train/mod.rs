@@ -12,7 +12,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 use crate::error::{Error, Result};
 use crate::loader::{Batch, Loader};
 use crate::nn::Model;
-use crate::torch_state::{self, Autocast, Scope};
+use crate::torch_state::{self, Autocast, Precision, Scope};
 use dist::DistState;
 use optim::{OptKind, Optimizer};
 use sched::Scheduler;
@@ -20,8 +20,9 @@ use sched::Scheduler;
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
     pub label_smoothing: f64,
-    /// Mixed precision on CUDA: fp16 autocast with dynamic loss scaling.
-    pub amp: bool,
+    /// Mixed precision (autocast in bf16 or fp16; fp16 adds dynamic loss scaling), resolved for
+    /// the device from the user's request (`torch_state::Amp::resolve`).
+    pub precision: Precision,
     pub grad_accum: usize,
     pub grad_clip: Option<f64>,
     /// Steps between progress callbacks (and loss finiteness checks).
@@ -32,7 +33,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             label_smoothing: 0.0,
-            amp: false,
+            precision: Precision::Float32,
             grad_accum: 1,
             grad_clip: None,
             log_every: 20,
@@ -41,6 +42,11 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// float16 needs loss scaling against underflow (torch's GradScaler); bfloat16 does not.
+    pub fn needs_scaler(&self, device: Device) -> bool {
+        self.precision == Precision::Fp16 && device.is_cuda()
+    }
+
     pub fn validate(&self) -> Result<()> {
         if !(0.0..1.0).contains(&self.label_smoothing) {
             return Err(Error::invalid(
@@ -367,7 +373,7 @@ impl Trainable {
 impl TrainState {
     pub fn new(opt: Optimizer, sched: Option<Scheduler>, cfg: TrainConfig, device: Device) -> Result<TrainState> {
         cfg.validate()?;
-        let scaler = (cfg.amp && device.is_cuda()).then(GradScaler::default);
+        let scaler = cfg.needs_scaler(device).then(GradScaler::default);
         Ok(TrainState {
             opt,
             sched,
@@ -443,8 +449,19 @@ impl TrainState {
         epoch: u64,
         hooks: &mut dyn Hooks,
     ) -> Result<EpochStats> {
-        torch_state::scoped(Scope::train(None), || {
-            self.run_batches(model, batches, source, epoch, hooks)
+        // A torch.autocast around fit is taken as amp would be (the forward in its dtype), and off
+        // for the rest of the step: backward and the update run outside autocast, as torch advises.
+        let precision = match (self.cfg.precision, torch_state::user_autocast(model.device())) {
+            (Precision::Float32, Some(Kind::BFloat16)) => Precision::Bf16,
+            (Precision::Float32, Some(Kind::Half)) => Precision::Fp16,
+            (p, _) => p,
+        };
+        let no_cast = Autocast {
+            device: model.device(),
+            dtype: None,
+        };
+        torch_state::scoped(Scope::train(Some(no_cast)), || {
+            self.run_batches(model, batches, source, epoch, precision, hooks)
         })
     }
 
@@ -454,13 +471,13 @@ impl TrainState {
         batches: &mut dyn Iterator<Item = Result<Batch>>,
         source: Source<'_>,
         epoch: u64,
+        precision: Precision,
         hooks: &mut dyn Hooks,
     ) -> Result<EpochStats> {
         model.training = true;
         let dev = model.device();
         let steps = source.steps;
         let accum = self.cfg.grad_accum;
-        let autocast = self.cfg.amp && dev.is_cuda();
         let t0 = Instant::now();
         let loss_sum = Tensor::zeros([], (Kind::Float, dev));
         let correct = Tensor::zeros([], (Kind::Int64, dev));
@@ -502,16 +519,7 @@ impl TrainState {
             let (x, y_host) = batch?;
             let n = x.size().first().copied().unwrap_or(0);
             let (x, y) = (to_device(x, dev), to_device(y_host.shallow_clone(), dev));
-            let logits = if autocast {
-                let cast = Autocast {
-                    device: dev,
-                    dtype: Some(Kind::Half),
-                };
-                torch_state::scoped(Scope::train(Some(cast)), || model.forward_t(&x, true))?
-            } else {
-                model.forward_t(&x, true)?
-            }
-            .to_kind(Kind::Float);
+            let logits = model.forward_in(&x, true, precision)?.to_kind(Kind::Float);
             if i == 0 {
                 source.check_labels(logits.size()[1])?;
             }
@@ -762,9 +770,10 @@ pub fn predict(model: &Model, x: &Tensor, batch_size: i64, tta: bool) -> Result<
         let mut s = 0;
         while s < n {
             let xb = x.narrow(0, s, batch_size.min(n - s));
-            let mut out = model.forward_t(&xb, false)?;
+            // float32 logits whatever the precision (evaluate reads them so too).
+            let mut out = model.forward_t(&xb, false)?.to_kind(Kind::Float);
             if tta {
-                out = (out + model.forward_t(&xb.flip([3]), false)?) / 2.0;
+                out = (out + model.forward_t(&xb.flip([3]), false)?.to_kind(Kind::Float)) / 2.0;
             }
             outs.push(out);
             s += batch_size;
