@@ -15,8 +15,8 @@
 #
 # EPOCHS (default 50) and SEED_EPOCHS (default 3: the seed script is slow, its time per epoch is
 # what is compared) size the recipe run to the device time available. recipe94 fits in 10 minutes
-# of device time: each of its two airbench94 contenders stops after BUDGET94 seconds (default 170)
-# and the seed recipe after SEED_BUDGET (default 150), keeping what ran by then. The airbench
+# of device time: each of its two airbench94 contenders stops after BUDGET94 seconds (default 150)
+# and the seed recipe after SEED_BUDGET (default 120), keeping what ran by then. The airbench
 # reference is the `airbench` package from the package index, never vendored: `make device-bundle`
 # puts its wheel in .device/ (the GPU machine has no internet); without it that row says it was
 # skipped. RECIPE94_ARGS passes more options to benches/gpu_recipe94.py, SEED_RECIPE_ARGS to
@@ -112,10 +112,10 @@ elif [ "$PHASE" = recipe94 ]; then
         echo "no .device/airbench-*.whl: the airbench reference row will be skipped" | tee "$OUT/recipe94.txt"
     fi
     # shellcheck disable=SC2086
-    python3 benches/gpu_recipe94.py --data "$DATA" --seeds "${SEEDS:-5}" --budget "${BUDGET94:-170}" \
+    python3 benches/gpu_recipe94.py --data "$DATA" --seeds "${SEEDS:-5}" --budget "${BUDGET94:-150}" \
         --json "$OUT/recipe94.json" ${RECIPE94_ARGS:-} 2>&1 | tee -a "$OUT/recipe94.txt"
     # shellcheck disable=SC2086
-    timeout "${SEED_BUDGET:-150}" python3 benches/gpu_seed_recipe.py --data "$DATA" --epochs "${EPOCHS:-3}" \
+    timeout "${SEED_BUDGET:-120}" python3 benches/gpu_seed_recipe.py --data "$DATA" --epochs "${EPOCHS:-3}" \
         --timing-epochs "${SEED_EPOCHS:-3}" --json "$OUT/recipe.json" ${SEED_RECIPE_ARGS:-} 2>&1 | tee "$OUT/recipe.txt"
 else
     python3 benches/gpu_seed_recipe.py --data "$DATA" --epochs "${EPOCHS:-50}" --timing-epochs "${SEED_EPOCHS:-3}" \
