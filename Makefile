@@ -102,10 +102,13 @@ bench-dist: install data
 
 bench: bench-data bench-loader bench-train bench-dist
 
-# For a GPU machine without cargo: the wheel and the data source, to carry (benches/device_run.sh).
+# For a GPU machine without cargo: the wheel and the data source, to carry (benches/device_run.sh);
+# and the reference of `device_run.sh recipe94`, the airbench package as published on the package
+# index (never vendored), as a wheel built from its sdist (pure Python).
 device-bundle: wheel
 	rm -rf .device && mkdir -p .device
 	cp dist/fastcifar-*.whl $(SHARED)/cifar10-jpeg.tar.gz $(SHARED)/build_cifar10.py .device/
+	$(PY) -m pip wheel -q --no-deps -w .device airbench==0.1.8 || echo "airbench not fetched: recipe94 will skip its row"
 
 clean:
 	rm -rf dist target $(VENV) $(DATA) .mypy_cache .ruff_cache

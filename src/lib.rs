@@ -7,6 +7,7 @@ pub mod host;
 pub mod loader;
 pub mod nn;
 pub mod pool;
+pub mod resident;
 pub mod rng;
 pub mod torch_state;
 pub mod train;

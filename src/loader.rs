@@ -13,8 +13,9 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::host::{HostPool, Plain};
 use crate::pool::{forked_since, Pool};
+use crate::resident::Resident;
 use crate::rng::Rng;
-use crate::transforms::{Element, Op, Pipeline};
+use crate::transforms::{check_indices, Element, Op, Pipeline};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutKind {
@@ -76,6 +77,8 @@ pub struct Loader {
     pool: Arc<Pool>,
     /// The memory batches are written into (see `host`).
     host: Arc<HostPool>,
+    /// The data set on the output device, batches built there (`with_resident`).
+    resident: Option<Arc<Resident>>,
 }
 
 pub type Batch = (Tensor, Tensor);
@@ -125,7 +128,22 @@ impl Loader {
             opts,
             pool,
             host,
+            resident: None,
         })
+    }
+
+    /// The same loader with the data set resident on its output device: batches are built there
+    /// from the same (seed, epoch, index) draws, and equal the fused pass's (see `resident`).
+    pub fn with_resident(&self) -> Result<Loader> {
+        let r = Resident::new(&self.dataset, self.labels(), &self.pipeline, self.opts.device)?;
+        Ok(Loader {
+            resident: Some(Arc::new(r)),
+            ..self.clone()
+        })
+    }
+
+    pub fn is_resident(&self) -> bool {
+        self.resident.is_some()
     }
 
     /// The labels this loader emits: the data set's, or the ones given in the options (its
@@ -199,8 +217,13 @@ impl Loader {
         order
     }
 
-    /// Builds one batch synchronously on the loader's pool.
+    /// Builds one batch synchronously on the loader's pool (or on the device, when resident).
     pub fn batch(&self, epoch: u64, indices: &[usize]) -> Result<Batch> {
+        if let Some(r) = &self.resident {
+            // Checked before the device sees them: a CUDA index out of range is a device-side assert.
+            check_indices(indices, self.dataset.len())?;
+            return r.batch(&self.pipeline, self.opts.seed, epoch, indices, self.opts.kind);
+        }
         let [c, h, w] = self.pipeline.out_shape();
         let b = indices.len();
         let x = match self.opts.kind {

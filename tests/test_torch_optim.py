@@ -271,8 +271,8 @@ def test_fastcifar_optimizers_and_schedules_in_a_users_own_loop_point_to_torch_o
             call()
     with pytest.raises(ValueError, match="amsgrad"):
         Adam(amsgrad=True)
-    with pytest.raises(ValueError, match="parameter groups"):
-        SGD([{"params": m.parameters()}])
+    with pytest.raises(ValueError, match="group 0 sets \\['momentum'\\].*pass torch.optim.SGD"):
+        SGD([{"params": m.parameters(), "momentum": 0.9}])
     tr = fastcifar.Trainer(m, opt, lr_scheduler.StepLR(opt, 1, 0.5), device="cpu")
     tr.fit(loader(32), epochs=1, progress=False)
     assert tr.scheduler.get_last_lr() == [5e-4] and opt.param_groups[0]["lr"] == 5e-4

@@ -27,7 +27,7 @@ if torch.__version__.split("+")[0] != TORCH_VERSION:
     )
 
 # After the torch check (E402 is ignored for this file in pyproject.toml).
-from . import _native, distributed, models, optim, plot, transforms
+from . import _native, distributed, models, optim, plot, recipes, transforms
 from .datasets import CIFAR10, CIFAR100, Dataset, ImageFolder
 from .loader import DataLoader
 from .trainer import EvalReport, History, Trainer
@@ -49,6 +49,7 @@ __all__ = [
     "models",
     "optim",
     "plot",
+    "recipes",
     "transforms",
     "distributed",
     "TORCH_VERSION",

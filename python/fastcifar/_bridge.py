@@ -1,8 +1,9 @@
 """The optimizer and schedule a Trainer was given, as the Rust loop sees them.
 
 Two kinds of optimizer:
-- on the engine: fastcifar.optim's, and torch.optim.SGD / Adam / AdamW with one parameter group
-  and the single-tensor update (no maximize, amsgrad, fused, capturable, differentiable). The
+- on the engine: fastcifar.optim's (parameter groups included: each with its own rate multiple and
+  weight decay), and torch.optim.SGD / Adam / AdamW with one parameter group and the single-tensor
+  update (no maximize, amsgrad, fused, capturable, differentiable). The
   update runs in Rust; for torch's, the state is written back into ``optimizer.state`` after every
   epoch (the same tensors, not copies), so ``optimizer.state_dict()`` is what torch would hold.
 - outside: any other optimizer (another class, several groups, other flags). The Rust loop hands
@@ -91,9 +92,14 @@ class Bridge:
         if isinstance(self.torch_schedule, torch.optim.lr_scheduler.ReduceLROnPlateau) and scheduler_interval == "step":
             raise ValueError("scheduler_interval: ReduceLROnPlateau steps on a metric, once per epoch")
         self.per_step_schedule = self.torch_schedule is not None and scheduler_interval == "step"
-        if self.rust_schedule is not None and len(optimizer.param_groups) != 1:
+        if (
+            self.rust_schedule is not None
+            and not isinstance(optimizer, _optim.Optimizer)
+            and len(optimizer.param_groups) != 1
+        ):
             raise ValueError(
-                "scheduler: fastcifar's schedules drive one parameter group; with several, use torch.optim.lr_scheduler"
+                "scheduler: fastcifar's schedules drive one parameter group of a torch optimizer (or fastcifar.optim's "
+                "groups); with several, use torch.optim.lr_scheduler"
             )
         if isinstance(optimizer, _optim.Optimizer):
             if optimizer.params is None:
@@ -117,37 +123,53 @@ class Bridge:
 
     def native_config(self) -> _rs.OptimizerConfig:
         """The optimizer's settings for NativeTrainer; outside the engine, a plain container for the rate."""
+        if isinstance(self.optimizer, _optim.Optimizer):
+            return self.optimizer._written(written=False)
         if self.name is not None:  # on_engine
             return _optim._engine_config(self.name, self.optimizer.param_groups[0])
         return _rs.OptimizerConfig("SGD", lr=_f(self.optimizer.param_groups[0]["lr"]))
 
+    def engine_groups(self):
+        """fastcifar.optim's parameter groups for NativeTrainer.set_param_groups (per parameter: the
+        rate multiple and weight decay); None without groups."""
+        return self.optimizer._engine_groups() if isinstance(self.optimizer, _optim.Optimizer) else None
+
     # --- keeping param_groups and the engine in step --------------------------------------------
+    def _watch(self) -> tuple | None:
+        if self.name is None:
+            return None
+        return tuple(_watched(self.name, g) for g in self.optimizer.param_groups)
+
     def mark_synced(self) -> None:
-        self._synced = _watched(self.name, self.optimizer.param_groups[0]) if self.name is not None else None
+        self._synced = self._watch()
 
     def show(self, lr: float, momentum: float) -> None:
         """Writes the engine's current rate (and cycled momentum) into ``param_groups``."""
         if not self.on_engine:
             return
-        g = self.optimizer.param_groups[0]
-        g["lr"] = lr
+        if isinstance(self.optimizer, _optim.Optimizer):
+            self.optimizer._set_rate(lr)
+        else:
+            self.optimizer.param_groups[0]["lr"] = lr
         if self.rust_schedule is not None and self.rust_schedule.settings().get("cycle_momentum"):
-            if "betas" in g:
-                g["betas"] = (momentum, g["betas"][1])
-            elif "momentum" in g:
-                g["momentum"] = momentum
+            for g in self.optimizer.param_groups:
+                if "betas" in g:
+                    g["betas"] = (momentum, g["betas"][1])
+                elif "momentum" in g:
+                    g["momentum"] = momentum
         self.mark_synced()
 
     def poll(self):
         """Every step: settings written into ``param_groups`` since the last look, for the engine."""
         if not self.on_engine:
             return None
-        group = self.optimizer.param_groups[0]
-        s = _watched(self.name, group)
+        s = self._watch()
         if s == self._synced:
             return None
         self._synced = s
-        return _optim._engine_config(self.name, group, written=True)
+        if isinstance(self.optimizer, _optim.Optimizer):
+            return self.optimizer._written()
+        return _optim._engine_config(self.name, self.optimizer.param_groups[0], written=True)
 
     def outer(self, active, grads, lr, momentum):
         """After each optimizer step: the outside optimizer's step (returns the rate it used), then a

@@ -17,7 +17,10 @@ def describe(obj) -> dict | None:
     """How a checkpoint names the optimizer or schedule (to rebuild it in Trainer.load)."""
     if obj is None:
         return None
-    if isinstance(obj, (_optim.Optimizer, _optim.lr_scheduler._Schedule)):
+    if isinstance(obj, _optim.Optimizer):
+        groups = obj._group_spec()
+        return {"name": obj.name, "settings": obj.settings(), **({"groups": groups} if groups else {})}
+    if isinstance(obj, _optim.lr_scheduler._Schedule):
         return {"name": obj.name, "settings": obj.settings()}
     cls = type(obj)
     out: dict[str, Any] = {"torch": f"{cls.__module__}.{cls.__qualname__}"}
@@ -53,6 +56,16 @@ def rebuild_optimizer(meta: dict | None, model: torch.nn.Module, src):
         s["betas"] = (s.pop("beta1"), s.pop("beta2"))
     if "nesterov" in s:
         s["nesterov"] = bool(s["nesterov"])
+    if meta.get("groups"):
+        # Parameter groups by parameter name: each group's rate is its multiple of the optimizer's.
+        named = dict(model.named_parameters())
+        missing = [n for names, _, _ in meta["groups"] for n in names if n not in named]
+        if missing:
+            raise ValueError(f"{src}: its optimizer's groups name parameters the model does not have: {missing[:3]}")
+        s["params"] = [
+            {"params": [named[n] for n in names], "lr": s["lr"] * scale, "weight_decay": wd}
+            for names, scale, wd in meta["groups"]
+        ]
     return {"SGD": _optim.SGD, "Adam": _optim.Adam, "AdamW": _optim.AdamW}[meta["name"]](**s)
 
 
@@ -84,6 +97,7 @@ def check_same_optimizer(ckpt: dict, optimizer, scheduler) -> None:
             raise ValueError(f"checkpoint: optimizer is {_kind(saved)}, this trainer's is {_kind(mine)}; {fix}")
         assert mine is not None  # the trainer's optimizer: never None (Bridge refuses it)
         _same_settings("optimizer", _kind(mine), _hyper(saved), _hyper(mine), fix)
+        _same_settings("optimizer", _kind(mine), _group_shape(saved), _group_shape(mine), fix)
     else:
         # A checkpoint without fastcifar's entry (torch's format): its param group tells the kind.
         try:
@@ -124,6 +138,12 @@ def _same_settings(what: str, name: str | None, saved: dict, mine: dict, fix: st
     ]
     if diff:
         raise ValueError(f"checkpoint: {what} {name} was saved with {', '.join(diff)}; {fix}")
+
+
+def _group_shape(desc: dict) -> dict:
+    """A description's parameter groups as settings: per group its size, rate multiple and weight
+    decay (the parameters' names may differ between two equal models)."""
+    return {"groups": [[len(names), scale, wd] for names, scale, wd in desc.get("groups") or []]}
 
 
 def _kind(desc: dict | None) -> str | None:

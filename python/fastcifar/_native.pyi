@@ -28,6 +28,7 @@ __all__ = [
     "OptimizerConfig",
     "ScheduleConfig",
     "TrainConfig",
+    "LookaheadConfig",
     "NativeTrainer",
     "TrainHooks",
     "EpochStats",
@@ -108,6 +109,10 @@ class TransformOp:
     @staticmethod
     def vertical_flip(*, p: float) -> TransformOp: ...
     @staticmethod
+    def alternating_horizontal_flip() -> TransformOp:
+        """airbench's alternating flip: one coin per image for the run, mirrored when it and the
+        epoch's parity disagree."""
+    @staticmethod
     def resize(*, shorter: int | None = None, exact: tuple[int, int] | None = None) -> TransformOp:
         """``shorter``: the shorter side becomes this (keeping the aspect ratio); ``exact``: (h, w)."""
     @staticmethod
@@ -172,6 +177,11 @@ class NativeLoader:
     def epoch(self, epoch: int) -> BatchIter: ...
     def epoch_batches(self, *, epoch: int, batches: Sequence[Sequence[int]]) -> BatchIter:
         """These batches of data set indices (a sampler's), with the randomness of ``epoch``."""
+    def resident(self) -> NativeLoader:
+        """The same loader with the data set on its output device and batches built there (the same
+        batches). ValueError when the transform has steps the device path lacks."""
+    @property
+    def is_resident(self) -> bool: ...
 
 def cuda_is_available() -> bool: ...
 
@@ -272,8 +282,9 @@ class OptimizerConfig:
 
 @final
 class ScheduleConfig:
-    """A schedule ("StepLR", "CosineAnnealingLR", "OneCycleLR", "ReduceLROnPlateau", or "Constant")
-    with an optional linear warm-up, checked by the core. A setting the kind does not read is refused."""
+    """A schedule ("StepLR", "CosineAnnealingLR", "OneCycleLR", "ReduceLROnPlateau", "PiecewiseLinear",
+    or "Constant") with an optional linear warm-up, checked by the core. A setting the kind does not
+    read is refused."""
 
     def __new__(
         cls,
@@ -299,6 +310,8 @@ class ScheduleConfig:
         cooldown: int | None = None,
         min_lr: float | None = None,
         eps: float | None = None,
+        milestones: Sequence[int] | None = None,
+        factors: Sequence[float] | None = None,
         warmup_steps: int | None = None,
         warmup_start_factor: float | None = None,
     ) -> ScheduleConfig: ...
@@ -320,6 +333,16 @@ class TrainConfig:
         grad_clip: float | None = None,
         log_every: int = 20,
     ) -> TrainConfig: ...
+
+@final
+class LookaheadConfig:
+    """airbench's lookahead (see fastcifar.optim.Lookahead), checked by the core."""
+
+    def __new__(
+        cls, *, total_steps: int, every: int = 5, decay: float = 0.95, power: float = 3.0
+    ) -> LookaheadConfig: ...
+    def settings(self) -> dict[str, Any]:
+        """The settings by name, as the constructor takes them."""
 
 @final
 class TrainHooks:
@@ -419,6 +442,18 @@ class NativeTrainer:
         batch_loss, accuracy, images, seconds, lr, momentum every log_every steps."""
     def set_process_group(self, group: object | None = None, bucket_cap_mb: float = 25.0) -> None:
         """Averages gradients across group's ranks every optimizer step (fastcifar.distributed.ProcessGroup)."""
+    def set_param_groups(self, lr_scale: Sequence[float], weight_decay: Sequence[float | None]) -> None:
+        """Per parameter: its rate as a multiple of the optimizer's, and its weight decay (None: the optimizer's)."""
+    def set_fast_math(self, fast: bool | None = None) -> None:
+        """Optimizer arithmetic: None by device (torch.optim's rounding on CPU, float32 on CUDA), True
+        float32, False exact."""
+    def set_lookahead(self, config: LookaheadConfig | None = None, tensors: Sequence[torch.Tensor] = ...) -> None:
+        """airbench's lookahead over ``tensors``; no config removes it."""
+    def lookahead_state(self) -> list[torch.Tensor] | None:
+        """Copies of the lookahead's average (None before its first update, or without one)."""
+    def load_lookahead_state(self, ema: Sequence[torch.Tensor] | None = None) -> None: ...
+    def set_max_steps(self, steps: int | None = None) -> None:
+        """Training stops once the optimizer has taken this many steps in all (None: no limit)."""
     def end_epoch(self, metric: float | None = None) -> None: ...
     @property
     def lr(self) -> float: ...
@@ -437,9 +472,10 @@ class NativeTrainer:
     def sync_device(self, model: NativeModel) -> None: ...
 
 def evaluate(
-    model: NativeModel, loader: NativeLoader, *, callback: Callable[[int, int], object] | None = None
+    model: NativeModel, loader: NativeLoader, *, callback: Callable[[int, int], object] | None = None, tta: int = 0
 ) -> EvalStats:
-    """Loss, accuracy and the confusion matrix over one pass of the loader, in eval mode."""
+    """Loss, accuracy and the confusion matrix over one pass of the loader, in eval mode, with
+    test-time augmentation at level ``tta`` (0 none, 1 mirror, 2 mirror and translate)."""
 
 def evaluate_batches(
     model: NativeModel,
@@ -448,9 +484,9 @@ def evaluate_batches(
     steps: int,
     num_classes: int,
     callback: Callable[[int, int], object] | None = None,
+    tta: int = 0,
 ) -> EvalStats:
     """``evaluate`` over a Python iterable of (images, labels) batches."""
 
-def predict_logits(
-    model: NativeModel, x: torch.Tensor, *, batch_size: int = 256, tta: bool = False
-) -> torch.Tensor: ...
+def predict_logits(model: NativeModel, x: torch.Tensor, *, batch_size: int = 256, tta: int = 0) -> torch.Tensor:
+    """Eval-mode logits of a float batch, ``batch_size`` at a time, at TTA level ``tta`` (as ``evaluate``)."""

@@ -2,6 +2,7 @@
 
     fastcifar train --data DIR --model image_classifier --epochs 50 --batch-size 128 --lr 1e-3 \\
                     --device auto --out runs/NAME
+    fastcifar train --recipe airbench94 --out runs/a94     # a whole recipe (fastcifar.recipes)
     fastcifar evaluate runs/NAME/best.pth --data DIR
     fastcifar predict runs/NAME/best.pth cat.png dog.jpg
     fastcifar info --data DIR
@@ -22,10 +23,20 @@ MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 MODELS = ("image_classifier", "resnet9", "resnet18", "small_cnn")
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: ...)" where an option has a default value; an option whose default depends
+    on others (None here) says it in its own help text instead of "(default: None)"."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     def __init__(self, *a, **k):
         # --help shows every default (argparse adds "(default: ...)" where an argument has a help text).
-        k.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        k.setdefault("formatter_class", _Defaults)
         super().__init__(*a, **k)
 
     def error(self, message):  # usage errors: a short message and exit code 2, never a traceback
@@ -38,6 +49,23 @@ def _positive_int(s):
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
     return v
+
+
+class _Noted(argparse.Action):
+    """Stores the option's value and notes that it was given: ``--recipe`` refuses the options the
+    recipe sets, even when given with their default value."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = [*namespace.given, "--" + self.dest.replace("_", "-")]
+
+
+class _NotedFlag(_Noted):
+    def __init__(self, option_strings, dest, default=False, **kw):
+        super().__init__(option_strings, dest, nargs=0, default=default, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, True, option_string)
 
 
 def _positive_float(s):
@@ -81,12 +109,65 @@ def _transforms(train: bool):
     return T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
 
 
+def cmd_train_recipe(a) -> int:
+    """``fastcifar train --recipe NAME``: the recipe's network, optimizer, schedule, augmentation
+    and TTA (fastcifar.recipes) through the same Trainer; --epochs and --batch-size override the
+    recipe's, and the options the recipe sets itself are refused rather than ignored."""
+    import torch
+
+    import fastcifar
+    from fastcifar import recipes
+
+    if a.given:
+        raise SystemExit(f"fastcifar: {', '.join(a.given)}: not with --recipe {a.recipe} (the recipe sets them)")
+    root = find_data(a.data, a.download)
+    train: fastcifar.Dataset = fastcifar.CIFAR10(root, train=True)
+    test: fastcifar.Dataset = fastcifar.CIFAR10(root, train=False)
+    if a.subset:
+        train = train.subset(range(min(a.subset, len(train))))
+    if a.test_subset:
+        test = test.subset(range(min(a.test_subset, len(test))))
+    kw = {
+        k: v for k, v in (("epochs", a.epochs), ("batch_size", a.batch_size), ("amp", a.amp)) if v is not None
+    }
+    t0 = time.perf_counter()
+    r = recipes.RECIPES[a.recipe](train=train, test=test, device=a.device, seed=a.seed, **kw)
+    if r.trainer.is_main:
+        os.makedirs(a.out, exist_ok=True)
+        n = sum(p.numel() for p in r.model.parameters())
+        print(
+            f"fastcifar {fastcifar.__version__}: recipe {a.recipe} ({n:,} parameters) on "
+            f"{r.trainer.device}; {len(train)} training / {len(test)} test images, {r.max_steps} steps of "
+            f"{r.train_loader.batch_size}"
+        )
+    history, report = r.run(progress=not a.quiet)
+    seconds = time.perf_counter() - t0
+    if not r.trainer.is_main:
+        return 0
+    r.trainer.save(os.path.join(a.out, "checkpoint.pth"))
+    torch.save(r.model.state_dict(), os.path.join(a.out, "model_weights.pth"))
+    history.to_json(os.path.join(a.out, "history.json"))
+    history.to_csv(os.path.join(a.out, "history.csv"))
+    with open(os.path.join(a.out, "report.json"), "w") as f:
+        json.dump(dict(report.to_dict(), tta=r.tta, seconds=seconds, recipe=a.recipe), f, indent=2)
+    print(
+        f"\n{report}\n\n{a.recipe}: test accuracy {100 * report.accuracy:.2f}% (TTA level {r.tta}) in {seconds:.1f}s "
+        f"from data on disk. Wrote checkpoint.pth, model_weights.pth, history.json, history.csv, report.json to "
+        f"{a.out}/ (reload: fastcifar.Trainer.load(path, model=fastcifar.recipes.Airbench94()))"
+    )
+    return 0
+
+
 def cmd_train(a) -> int:
     import torch
 
     import fastcifar
     from fastcifar import distributed, models, optim, plot
 
+    if a.recipe:
+        return cmd_train_recipe(a)
+    a.epochs = 50 if a.epochs is None else a.epochs
+    a.batch_size = 128 if a.batch_size is None else a.batch_size
     root = find_data(a.data, a.download)
     full_train = fastcifar.CIFAR10(root, train=True, transform=_transforms(True))
     source = full_train.source
@@ -122,7 +203,7 @@ def cmd_train(a) -> int:
     # Under torchrun every rank runs this; the trainer shards the loaders (--batch-size is per rank)
     # and only rank 0 prints and writes.
     trainer = fastcifar.Trainer(
-        model, optimizer=opt, scheduler=sched, device=a.device, amp=a.amp, seed=a.seed, sync_bn=a.sync_bn
+        model, optimizer=opt, scheduler=sched, device=a.device, amp=a.amp or "off", seed=a.seed, sync_bn=a.sync_bn
     )
     main = trainer.is_main
     if main:
@@ -238,24 +319,47 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train, evaluate and save a model")
     t.add_argument("--data", help="folder with CIFAR-10 (default: $FASTCIFAR_DATA, then ./data)")
     t.add_argument("--download", action="store_true", help="fetch CIFAR-10 if it is not there")
-    t.add_argument("--model", choices=MODELS, default="image_classifier", help="built-in network")
-    t.add_argument("--width", type=_positive_int, default=32, help="small_cnn width")
-    t.add_argument("--epochs", type=_positive_int, default=50, help="epochs to train")
-    t.add_argument("--batch-size", type=_positive_int, default=128, help="images per batch (per rank under torchrun)")
-    t.add_argument("--lr", type=_positive_float, default=1e-3, help="learning rate (the peak with onecycle)")
-    t.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay")
     t.add_argument(
-        "--optimizer", choices=("adam", "adamw", "sgd"), default="adam", help="optimizer (sgd: momentum 0.9, nesterov)"
+        "--recipe",
+        choices=("airbench94",),
+        help="a whole training recipe (fastcifar.recipes): network, optimizer, schedule, augmentation and TTA; "
+        "--model, --width, --lr, --weight-decay, --optimizer, --scheduler and --sync-bn do not apply",
+    )
+    t.set_defaults(given=[])
+    t.add_argument("--model", choices=MODELS, default="image_classifier", action=_Noted, help="built-in network")
+    t.add_argument("--width", type=_positive_int, default=32, action=_Noted, help="small_cnn width")
+    t.add_argument("--epochs", type=_positive_int, help="epochs to train (default: 50), or the recipe's with --recipe")
+    t.add_argument(
+        "--batch-size", type=_positive_int, help="images per batch, per rank under torchrun (default: 128), or the recipe's with --recipe"
+    )
+    t.add_argument(
+        "--lr", type=_positive_float, default=1e-3, action=_Noted, help="learning rate (the peak with onecycle)"
+    )
+    t.add_argument("--weight-decay", type=float, default=1e-4, action=_Noted, help="weight decay")
+    t.add_argument(
+        "--optimizer",
+        choices=("adam", "adamw", "sgd"),
+        default="adam",
+        action=_Noted,
+        help="optimizer (sgd: momentum 0.9, nesterov)",
     )
     t.add_argument(
         "--scheduler",
         choices=("plateau", "onecycle", "cosine", "none"),
         default="plateau",
+        action=_Noted,
         help="learning-rate schedule",
     )
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    t.add_argument("--amp", action="store_true", help="mixed precision on CUDA")
-    t.add_argument("--sync-bn", action="store_true", help="under torchrun: BatchNorm statistics over the global batch")
+    t.add_argument(
+        "--amp",
+        nargs="?",
+        const="auto",
+        choices=("auto", "bf16", "fp16", "off"),
+        help="mixed precision: auto (what --amp alone means: bf16 where the CPU or GPU has it, fp16 on older "
+        "GPUs), bf16, fp16 or off (default: off, or the recipe's with --recipe: auto)",
+    )
+    t.add_argument("--sync-bn", action=_NotedFlag, help="under torchrun: BatchNorm statistics over the global batch")
     t.add_argument("--seed", type=int, default=0, help="seed of the weights, shuffle and augmentation")
     t.add_argument("--subset", type=_positive_int, help="train on the first N training images")
     t.add_argument("--test-subset", type=_positive_int, help="evaluate on the first N test images")

@@ -174,6 +174,14 @@ class DataLoader:
     ``pad_shards=False`` (for evaluation) pads nothing: shards then differ by at most one sample,
     and every sample is seen exactly once across ranks. ``Trainer`` shards its loaders itself when
     it trains data-parallel (``loader.shard(rank, world_size)``).
+
+    ``resident=True`` copies the whole uint8 data set to ``device`` once and builds every batch
+    there: the host draws each sample's crop and flip from the same (seed, epoch, index) stream as
+    the Rust pass and sends only those index maps; the device gathers, fills and converts with the
+    Rust pass's own ToTensor / Normalize values. The batches equal the Rust pass's, and nothing else
+    crosses PCIe per step. It covers crops, pads (any mode), flips, ToTensor and Normalize; with
+    other steps it warns and builds the batches on the host. It is for CUDA: on the CPU device it
+    gives the same batches, more slowly than the fused pass.
     """
 
     def __init__(
@@ -205,6 +213,7 @@ class DataLoader:
         rank: int = 0,
         world_size: int = 1,
         pad_shards: bool = True,
+        resident: bool = False,
     ) -> None:
         # torch's own checks, with torch's messages.
         if sampler is not None and shuffle:
@@ -283,6 +292,7 @@ class DataLoader:
         )
 
         ds = _resolve(dataset)
+        self.resident = False  # set below once the batches are built on the device
         self._torch: torch.utils.data.DataLoader | None = None
         if ds is None:
             self.device = torch.device("cpu")  # torch's loader moves nothing (any other device is refused there)
@@ -335,6 +345,16 @@ class DataLoader:
         )
         self._core = _rs.NativeLoader(*self._args, **self._kwargs)
         self._trainer_loader: _rs.NativeLoader | None = None
+        if resident:
+            why = "some transform steps run in Python" if self._slow else None
+            if why is None:
+                try:
+                    self._core = self._core.resident()
+                    self.resident = True
+                except ValueError as e:  # a step the device path lacks: the batches come from the host
+                    why = str(e)
+            if why is not None:
+                warnings.warn(f"DataLoader(resident=True): {why}; building batches on the host instead", stacklevel=2)
 
     def _fall_back_to_torch(self, dataset, transform, given: dict) -> None:
         ours = {
@@ -347,6 +367,7 @@ class DataLoader:
             "rank": 0,
             "world_size": 1,
             "pad_shards": True,
+            "resident": False,
         }
         changed = [k for k, v in ours.items() if not (given[k] is v or given[k] == v)]
         if changed:
@@ -403,6 +424,7 @@ class DataLoader:
             rank=rank,
             world_size=world_size,
             pad_shards=self.pad_shards if pad_shards is None else pad_shards,
+            resident=self.resident,
             **o,
         )
 
@@ -431,7 +453,8 @@ class DataLoader:
                     "its target_transform returns "
                     f"{type(next(v for v in labels if not _is_int_label(v))).__name__}, not integer class labels"
                 )
-            self._trainer_loader = _rs.NativeLoader(*self._args, **self._kwargs, labels=[int(v) for v in labels])
+            core = _rs.NativeLoader(*self._args, **self._kwargs, labels=[int(v) for v in labels])
+            self._trainer_loader = core.resident() if self.resident else core
         return self._trainer_loader
 
     def _batches(self) -> list[list[int]]:

@@ -13,7 +13,7 @@ import contextlib
 import os
 import warnings
 from collections.abc import Sequence
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -72,6 +72,10 @@ class Trainer:
     ``sync_bn=True``; without it, rank 0's running statistics are broadcast after every epoch, so
     all ranks hold the same model. ``evaluate`` reports over all ranks' shards. Only rank 0 shows
     progress and writes checkpoints (``save`` does nothing elsewhere).
+
+    ``lookahead`` (a ``fastcifar.optim.Lookahead``) keeps airbench's moving average of the weights
+    inside the Rust loop. On CUDA, cuDNN's benchmark mode is on while ``fit`` runs (the shapes are
+    fixed), and restored after.
     """
 
     def __init__(
@@ -91,6 +95,7 @@ class Trainer:
         sync_bn: bool = False,
         bucket_cap_mb: float = 25.0,
         scheduler_interval: str | None = None,
+        lookahead: _optim.Lookahead | dict | None = None,
     ):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(
@@ -139,7 +144,7 @@ class Trainer:
         self._bridge = _bridge.Bridge(optimizer, scheduler, self.model, scheduler_interval)
         self.optimizer = optimizer
         self.scheduler = scheduler
-        self.config = {
+        self.config: dict[str, Any] = {
             "label_smoothing": float(label_smoothing),
             "amp": amp,
             "grad_accum_steps": grad_accum_steps,
@@ -158,7 +163,13 @@ class Trainer:
         if isinstance(optimizer, _optim.Optimizer):
             # optim declares _trainer by its first value (None), not as Trainer | None.
             optimizer._trainer = self  # type: ignore[assignment]
+        groups = self._bridge.engine_groups()
+        if groups is not None:
+            self._native.set_param_groups(*groups)
+        self._set_lookahead(lookahead)
         self._bridge.mark_synced()
+        # param_groups show the rate the first step will use (a fastcifar schedule's, as torch's set it).
+        self._bridge.show(self._native.lr, self._native.momentum)
         if self.process_group is not None:
             self.process_group.broadcast(list(model.parameters()) + list(model.buffers()))
             self._native.set_process_group(self.process_group, float(bucket_cap_mb))
@@ -172,6 +183,19 @@ class Trainer:
         #: (C, H, W) of the training batches; predict converts and resizes images to it.
         self.input_shape: tuple | None = None
 
+    def _set_lookahead(self, lookahead) -> None:
+        """Binds a ``fastcifar.optim.Lookahead`` (or its settings, from a checkpoint) to the module's
+        floating-point state: its parameters and floating-point buffers, as they are now."""
+        if isinstance(lookahead, dict):
+            lookahead = _optim.Lookahead(**lookahead)
+        if lookahead is not None and not isinstance(lookahead, _optim.Lookahead):
+            raise TypeError(f"lookahead: expected a fastcifar.optim.Lookahead, got {type(lookahead).__name__}")
+        self.lookahead = lookahead
+        self.config["lookahead"] = None if lookahead is None else lookahead.settings()
+        tensors = _float_state(self.model) if lookahead is not None else []
+        self._native.set_lookahead(None if lookahead is None else lookahead._config, tensors)
+        self._lookahead_ids = [id(t) for t in tensors]
+
     # --- training --------------------------------------------------------------------------
     def fit(
         self,
@@ -181,6 +205,7 @@ class Trainer:
         checkpoint=None,
         callbacks: Sequence[Callable[[dict], bool | None]] = (),
         progress: bool = True,
+        max_steps: int | None = None,
     ) -> History:
         """Trains ``epochs`` more epochs; returns the history.
 
@@ -189,8 +214,12 @@ class Trainer:
         written (atomically) whenever validation accuracy improves (every epoch without
         ``val_loader``). ``callbacks`` get a dict every ``log_every`` steps and at each epoch end;
         one returning False stops training. Ctrl-C stops at the next step boundary and returns the
-        history so far, with the model usable.
+        history so far, with the model usable. ``max_steps`` ends training once the trainer has
+        taken that many optimizer steps in all (mid-epoch: that epoch ends there and is recorded as
+        usual), e.g. airbench's 9.9 epochs.
         """
+        if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0):
+            raise ValueError(f"max_steps: must be a non-negative int or None, got {max_steps!r}")
         _check_loader("train_loader", train_loader)
         if val_loader is not None:
             _check_loader("val_loader", val_loader)
@@ -205,6 +234,11 @@ class Trainer:
         self._learn_data(train_loader)
         progress = progress and self.is_main
         native = self._native_model(_input_shape(train_loader))
+        if self.lookahead is not None and [id(t) for t in _float_state(self.model)] != self._lookahead_ids:
+            # The module's tensors were replaced (.to(), a new layer): average those. Its average
+            # was of the old ones, so it starts again.
+            self._set_lookahead(self.lookahead)
+        self._native.set_max_steps(max_steps)
         self.model.train()
         bridge = self._bridge
         bridge.import_state(self._native)
@@ -222,6 +256,8 @@ class Trainer:
             )
         final = self.epoch + epochs
         for _ in range(epochs):
+            if max_steps is not None and self._native.global_step >= max_steps:
+                break
             e = self.epoch
             bar = _bar(len(train_loader), f"Epoch {e + 1}/{final}", progress)
             stop_requested = False
@@ -255,14 +291,16 @@ class Trainer:
             )
             try:
                 fast = _native_loader(train_loader)
-                if fast is not None:
-                    stats = self._native.train_epoch(native, fast, epoch=e, hooks=hooks)
-                else:
-                    if isinstance(train_loader, DataLoader):
-                        train_loader.set_epoch(e)
-                    stats = self._native.train_batches(
-                        native, iter(train_loader), steps=len(train_loader), epoch=e, hooks=hooks
-                    )
+                # cuDNN's benchmark mode for the pass (the shapes are fixed), the user's setting back after.
+                with _cudnn_benchmark(self.device.startswith("cuda")):
+                    if fast is not None:
+                        stats = self._native.train_epoch(native, fast, epoch=e, hooks=hooks)
+                    else:
+                        if isinstance(train_loader, DataLoader):
+                            train_loader.set_epoch(e)
+                        stats = self._native.train_batches(
+                            native, iter(train_loader), steps=len(train_loader), epoch=e, hooks=hooks
+                        )
             finally:
                 if self.sync_bn:
                     self._compiled.set_sync_bn(None)
@@ -317,8 +355,11 @@ class Trainer:
         return self.history
 
     # --- evaluation and prediction ---------------------------------------------------------
-    def evaluate(self, loader: DataLoader, progress: bool = True) -> EvalReport:
-        """Loss (mean over images), accuracy, per-class accuracy and the confusion matrix."""
+    def evaluate(self, loader: DataLoader, progress: bool = True, tta: int = 0) -> EvalReport:
+        """Loss (mean over images), accuracy, per-class accuracy and the confusion matrix.
+        ``tta`` (test-time augmentation, as airbench's): 0 none, 1 (or True) the mean of the logits
+        of each image and its mirror, 2 also those of one-pixel translations (reflect-padded)."""
+        tta = _tta_level(tta)
         _check_loader("loader", loader)
         loader = self._shard(loader, pad=False)
         bar = _bar(len(loader), "Evaluate", progress and self.is_main)
@@ -332,11 +373,11 @@ class Trainer:
             with self._in_eval(_input_shape(loader)) as native:
                 fast = _native_loader(loader)
                 if fast is not None:
-                    r = _rs.evaluate(native, fast, callback=cb)
+                    r = _rs.evaluate(native, fast, callback=cb, tta=tta)
                 else:
                     classes = getattr(loader.dataset, "classes", None) or self.classes or []
                     r = _rs.evaluate_batches(
-                        native, iter(loader), steps=len(loader), num_classes=len(classes), callback=cb
+                        native, iter(loader), steps=len(loader), num_classes=len(classes), callback=cb, tta=tta
                     )
         finally:
             if bar is not None:
@@ -458,19 +499,21 @@ class Trainer:
         x, _ = loader._native.batch(list(range(len(arr))), 0)
         return x.to(self.device)
 
-    def predict_logits(self, images, transform=None, tta: bool = False, batch_size: int = 256) -> torch.Tensor:
+    def predict_logits(self, images, transform=None, tta: bool | int = False, batch_size: int = 256) -> torch.Tensor:
+        """Eval-mode logits (N, num_classes) of ``images`` (as ``predict_proba`` takes them)."""
+        level = _tta_level(tta)
         x = self._as_batch(images, transform)
         with self._in_eval(tuple(x.shape[1:])) as native:
-            return _rs.predict_logits(native, x, batch_size=batch_size, tta=tta)
+            return _rs.predict_logits(native, x, batch_size=batch_size, tta=level)
 
-    def predict_proba(self, images, transform=None, tta: bool = False, batch_size: int = 256) -> torch.Tensor:
+    def predict_proba(self, images, transform=None, tta: bool | int = False, batch_size: int = 256) -> torch.Tensor:
         """Class probabilities (N, num_classes). ``images``: a normalised float tensor, or uint8
         images (numpy (N, H, W, C) or tensor (N, C, H, W)) that get ``transform`` (default: the
         deterministic part of the training transform: ToTensor and Normalize). ``tta`` averages
-        with the horizontal mirror."""
+        with the horizontal mirror (True or 1), and with one-pixel translations too (2)."""
         return torch.softmax(self.predict_logits(images, transform, tta, batch_size), dim=1)
 
-    def predict(self, images, transform=None, tta: bool = False, batch_size: int = 256, names: bool = False):
+    def predict(self, images, transform=None, tta: bool | int = False, batch_size: int = 256, names: bool = False):
         """Predicted class indices (N,), or their names with ``names=True`` (``trainer.classes``).
         ``images``: file paths, PIL images (any mode and size: converted and resized to the
         training input), uint8 arrays or tensors, or a normalised float batch."""
@@ -499,6 +542,7 @@ class Trainer:
                 "version": CHECKPOINT_VERSION,
                 "model": self.model.config if isinstance(self.model, Module) else None,
                 "optimizer": describe(self.optimizer),
+                "lookahead_ema": to_cpu(self._native.lookahead_state()),
                 "scheduler": describe(self.scheduler),
                 "trainer": dict(self.config),
                 "global_step": self._native.global_step,
@@ -550,6 +594,8 @@ class Trainer:
             self.classes = list(meta["classes"])
         if meta.get("input_shape"):
             self.input_shape = tuple(meta["input_shape"])
+        if self.lookahead is not None:
+            self._native.load_lookahead_state(meta.get("lookahead_ema"))
         self._native.sync_device(self._native_model())
 
     def load_checkpoint(self, path) -> Trainer:
@@ -673,6 +719,34 @@ def _input_shape(loader) -> tuple | None:
     if isinstance(loader, DataLoader) and _native_loader(loader) is not None:
         return tuple(int(v) for v in loader.image_shape)
     return None
+
+
+def _float_state(model: torch.nn.Module) -> list:
+    """All of a module's floating-point state: its parameters and floating-point buffers (BatchNorm
+    statistics), what a lookahead averages."""
+    return list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]
+
+
+def _tta_level(tta) -> int:
+    """A TTA level from a bool (mirror or not) or 0, 1, 2; the core refuses other ints by name."""
+    if isinstance(tta, bool):
+        return int(tta)
+    if not isinstance(tta, int) or isinstance(tta, bool) or not 0 <= tta < 256:
+        raise ValueError(f"tta: {tta!r} is not 0 (none), 1 or True (mirror), or 2 (mirror and translate)")
+    return tta
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark(on: bool):
+    """cuDNN's benchmark mode on (the training shapes are fixed, so its algorithm search pays once),
+    and the user's setting back on every exit."""
+    was = torch.backends.cudnn.benchmark
+    if on:
+        torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = was
 
 
 def _builtin_shape(model) -> tuple | None:

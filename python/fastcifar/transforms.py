@@ -44,6 +44,7 @@ __all__ = [
     "Pad",
     "RandomHorizontalFlip",
     "RandomVerticalFlip",
+    "AlternatingHorizontalFlip",
     "Resize",
     "RandomResizedCrop",
     "ToTensor",
@@ -400,6 +401,19 @@ class RandomHorizontalFlip(_Flip):
 
 class RandomVerticalFlip(_Flip):
     _dim = -2
+
+
+class AlternatingHorizontalFlip(Transform):
+    """airbench's alternating flip: each image has one fair coin for the whole run (drawn from the
+    loader's seed and the image's index) and is mirrored when that coin and the epoch's parity
+    disagree. So half the images are mirrored each epoch, as with RandomHorizontalFlip, but each
+    image is seen mirrored in exactly one of any two consecutive epochs."""
+
+    def __init__(self):
+        self._op = _rs.TransformOp.alternating_horizontal_flip()
+
+    def _ops(self):
+        return [self._op]
 
 
 def _resize_hw(size, h: int, w: int, max_size=None) -> tuple:

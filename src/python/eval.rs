@@ -10,24 +10,31 @@ use crate::error::Error;
 use crate::nn::Model;
 use crate::train as engine;
 
-/// Loss, accuracy and the confusion matrix over one pass of `loader`, in eval mode;
-/// `callback(done, total)` after every batch.
+/// Loss, accuracy and the confusion matrix over one pass of `loader`, in eval mode, with test-time
+/// augmentation at level `tta` (0 none, 1 mirror, 2 mirror and translate); `callback(done, total)`
+/// after every batch.
 #[pyfunction]
-#[pyo3(signature = (model, loader, *, callback = None))]
-fn evaluate(py: Python<'_>, model: &PyModel, loader: &PyLoader, callback: Option<PyObject>) -> PyResult<PyEvalStats> {
+#[pyo3(signature = (model, loader, *, callback = None, tta = 0))]
+fn evaluate(
+    py: Python<'_>,
+    model: &PyModel,
+    loader: &PyLoader,
+    callback: Option<PyObject>,
+    tta: u8,
+) -> PyResult<PyEvalStats> {
     let (m, l) = (model.inner.clone(), loader.inner.clone());
     let r = release(py, move || {
         let model = lock(&m)?;
         let _held = Held::mark::<Model>(&m);
         let mut progress = |i: usize, n: usize| -> Result<bool, Error> { eval_progress(&callback, i, n) };
-        engine::evaluate(&model, &l, &mut progress)
+        engine::evaluate(&model, &l, tta, &mut progress)
     })?;
     Ok(r.into())
 }
 
 /// `evaluate` over a Python iterable of `(images, labels)` batches.
 #[pyfunction]
-#[pyo3(signature = (model, batches, *, steps, num_classes, callback = None))]
+#[pyo3(signature = (model, batches, *, steps, num_classes, callback = None, tta = 0))]
 fn evaluate_batches(
     py: Python<'_>,
     model: &PyModel,
@@ -35,6 +42,7 @@ fn evaluate_batches(
     steps: usize,
     num_classes: usize,
     callback: Option<PyObject>,
+    tta: u8,
 ) -> PyResult<PyEvalStats> {
     let m = model.inner.clone();
     let mut it = PyBatches::new(py, batches)?;
@@ -49,6 +57,7 @@ fn evaluate_batches(
                 it,
                 engine::Source { labels: None, steps },
                 num_classes,
+                tta,
                 &mut progress,
             )
         })?
@@ -56,9 +65,10 @@ fn evaluate_batches(
     Ok(r.into())
 }
 
+/// Eval-mode logits of a float batch, `batch_size` at a time, at TTA level `tta` (as `evaluate`).
 #[pyfunction]
-#[pyo3(signature = (model, x, *, batch_size = 256, tta = false))]
-fn predict_logits(py: Python<'_>, model: &PyModel, x: PyTensor, batch_size: i64, tta: bool) -> PyResult<PyTensor> {
+#[pyo3(signature = (model, x, *, batch_size = 256, tta = 0))]
+fn predict_logits(py: Python<'_>, model: &PyModel, x: PyTensor, batch_size: i64, tta: u8) -> PyResult<PyTensor> {
     let m = model.inner.clone();
     let y = release(py, move || engine::predict(&*lock(&m)?, &x.0, batch_size, tta))?;
     Ok(PyTensor(y))

@@ -106,6 +106,19 @@ impl PyLoader {
         }
     }
 
+    /// The same loader with the data set copied to its output device once and batches built there
+    /// (the same batches: the same draws). ValueError when the transform cannot run there.
+    fn resident(&self, py: Python<'_>) -> PyResult<PyLoader> {
+        let l = self.inner.clone();
+        let r = release(py, move || l.with_resident())?;
+        Ok(PyLoader { inner: Arc::new(r) })
+    }
+
+    #[getter]
+    fn is_resident(&self) -> bool {
+        self.inner.is_resident()
+    }
+
     /// Iterates the given batches of data set indices (from a sampler), with `epoch`'s randomness.
     #[pyo3(signature = (*, epoch, batches))]
     fn epoch_batches(&self, epoch: u64, batches: Vec<Vec<usize>>) -> PyBatchIter {

@@ -7,6 +7,7 @@ use pyo3::types::PyDict;
 
 use super::convert::Device;
 use super::to_py;
+use crate::train::lookahead;
 use crate::train::optim::OptKind;
 use crate::train::sched::{self, Warmup};
 use crate::torch_state::{self, Amp, Precision};
@@ -153,8 +154,8 @@ impl PyOptimizerConfig {
     }
 }
 
-/// A schedule's kind and settings (StepLR, CosineAnnealingLR, OneCycleLR, ReduceLROnPlateau, or
-/// Constant), with an optional linear warm-up.
+/// A schedule's kind and settings (StepLR, CosineAnnealingLR, OneCycleLR, ReduceLROnPlateau,
+/// PiecewiseLinear, or Constant), with an optional linear warm-up.
 #[pyclass(frozen, name = "ScheduleConfig", module = "fastcifar._native")]
 #[derive(Clone)]
 pub struct PyScheduleConfig {
@@ -168,7 +169,8 @@ impl PyScheduleConfig {
         kind, *, step_size = None, gamma = None, T_max = None, eta_min = None, max_lr = None, total_steps = None,
         pct_start = None, div_factor = None, final_div_factor = None, cycle_momentum = None, base_momentum = None,
         max_momentum = None, mode_min = None, factor = None, patience = None, threshold = None, threshold_abs = None,
-        cooldown = None, min_lr = None, eps = None, warmup_steps = None, warmup_start_factor = None
+        cooldown = None, min_lr = None, eps = None, milestones = None, factors = None, warmup_steps = None,
+        warmup_start_factor = None
     ))]
     #[allow(
         clippy::too_many_arguments,
@@ -197,6 +199,8 @@ impl PyScheduleConfig {
         cooldown: Option<i64>,
         min_lr: Option<f64>,
         eps: Option<f64>,
+        milestones: Option<Vec<i64>>,
+        factors: Option<Vec<f64>>,
         warmup_steps: Option<i64>,
         warmup_start_factor: Option<f64>,
     ) -> PyResult<Self> {
@@ -227,6 +231,8 @@ impl PyScheduleConfig {
             ("cooldown", cooldown.is_some()),
             ("min_lr", min_lr.is_some()),
             ("eps", eps.is_some()),
+            ("milestones", milestones.is_some()),
+            ("factors", factors.is_some()),
         ];
         let (k, reads): (sched::Kind, &[&str]) = match kind {
             "Constant" => (sched::Kind::Constant, &[]),
@@ -288,6 +294,19 @@ impl PyScheduleConfig {
                     "eps",
                 ],
             ),
+            "PiecewiseLinear" => {
+                let (xs, ys) = (milestones.unwrap_or_default(), factors.unwrap_or_default());
+                if xs.len() != ys.len() {
+                    return Err(PyValueError::new_err(format!(
+                        "milestones: {} steps for {} factors; give one factor per milestone (PiecewiseLinear)",
+                        xs.len(),
+                        ys.len()
+                    )));
+                }
+                let xs = xs.into_iter().map(|x| count("milestones", x));
+                let points = xs.zip(ys).map(|(x, y)| Ok((x?, y))).collect::<PyResult<_>>()?;
+                (sched::Kind::Piecewise { points }, &["milestones", "factors"])
+            }
             n => return Err(PyValueError::new_err(format!("scheduler: unknown scheduler '{n}'"))),
         };
         let unused: Vec<(&str, bool)> = given.into_iter().filter(|(n, _)| !reads.contains(n)).collect();
@@ -360,6 +379,10 @@ impl PyScheduleConfig {
                 d.set_item("min_lr", min_lr)?;
                 d.set_item("eps", eps)?;
             }
+            sched::Kind::Piecewise { ref points } => {
+                d.set_item("milestones", points.iter().map(|p| p.0).collect::<Vec<_>>())?;
+                d.set_item("factors", points.iter().map(|p| p.1).collect::<Vec<_>>())?;
+            }
         }
         if let Some(w) = self.cfg.warmup {
             d.set_item("warmup_steps", w.steps)?;
@@ -370,6 +393,39 @@ impl PyScheduleConfig {
 
     fn __repr__(&self) -> String {
         format!("ScheduleConfig({:?}, warmup={:?})", self.cfg.kind, self.cfg.warmup)
+    }
+}
+
+/// A lookahead's settings (airbench's average of the weights; see `train::lookahead`).
+#[pyclass(frozen, name = "LookaheadConfig", module = "fastcifar._native")]
+#[derive(Clone)]
+pub struct PyLookaheadConfig {
+    pub(crate) cfg: lookahead::Config,
+}
+
+#[pymethods]
+impl PyLookaheadConfig {
+    #[new]
+    #[pyo3(signature = (*, total_steps, every = 5, decay = 0.95, power = 3.0))]
+    fn new(total_steps: i64, every: i64, decay: f64, power: f64) -> PyResult<Self> {
+        let (total_steps, every) = (count("total_steps", total_steps)?, count("every", every)?);
+        Ok(PyLookaheadConfig {
+            cfg: lookahead::Config::new(total_steps, every, decay, power).map_err(to_py)?,
+        })
+    }
+
+    /// The settings by name, as the constructor takes them.
+    fn settings<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("total_steps", self.cfg.total_steps)?;
+        d.set_item("every", self.cfg.every)?;
+        d.set_item("decay", self.cfg.decay)?;
+        d.set_item("power", self.cfg.power)?;
+        Ok(d)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("{:?}", self.cfg)
     }
 }
 
@@ -431,5 +487,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyOptimizerConfig>()?;
     m.add_class::<PyScheduleConfig>()?;
     m.add_class::<PyTrainConfig>()?;
+    m.add_class::<PyLookaheadConfig>()?;
     Ok(())
 }

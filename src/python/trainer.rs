@@ -10,11 +10,12 @@ use pyo3_tch::PyTensor;
 use super::distributed::process_group;
 use super::hooks::{PyBatches, PyHooks, PyTrainHooks};
 use super::model::PyModel;
-use super::settings::{PyOptimizerConfig, PyScheduleConfig, PyTrainConfig};
+use super::settings::{PyLookaheadConfig, PyOptimizerConfig, PyScheduleConfig, PyTrainConfig};
 use super::state::{load_param_states, load_schedule_state, schedule_state, PyEpochStats, PyOptimizerState};
 use super::{hold, lock, release, to_py, Held, PyLoader};
 use crate::error::Error;
 use crate::nn::Model;
+use crate::train::lookahead::Lookahead;
 use crate::train::optim::Optimizer;
 use crate::train::sched::Scheduler;
 use crate::train::{self as engine, TrainConfig, TrainState};
@@ -90,6 +91,61 @@ impl PyTrainer {
     fn set_process_group(&self, py: Python<'_>, group: Option<PyObject>, bucket_cap_mb: f64) -> PyResult<()> {
         let dist = process_group(py, group, bucket_cap_mb)?;
         hold(py, &self.state)?.dist = dist;
+        Ok(())
+    }
+
+    /// Parameter groups: per parameter of the optimizer, its rate as a multiple of the optimizer's
+    /// (the schedule moves both) and its weight decay (None: the optimizer's).
+    fn set_param_groups(&self, py: Python<'_>, lr_scale: Vec<f64>, weight_decay: Vec<Option<f64>>) -> PyResult<()> {
+        let mut st = hold(py, &self.state)?;
+        let st = &mut *st;
+        let kind = st.sched.as_ref().map(|s| &s.kind);
+        st.opt.set_groups(lr_scale, weight_decay, kind).map_err(to_py)
+    }
+
+    /// The optimizer's arithmetic: None by device (torch.optim's rounding on the CPU, float32 tensor
+    /// ops on CUDA), True float32 everywhere (the CUDA path, testable on the CPU), False exact.
+    #[pyo3(signature = (fast = None))]
+    fn set_fast_math(&self, py: Python<'_>, fast: Option<bool>) -> PyResult<()> {
+        hold(py, &self.state)?.opt.fast_math = fast;
+        Ok(())
+    }
+
+    /// airbench's lookahead over `tensors` (see `train::lookahead`); no config removes it.
+    #[pyo3(signature = (config = None, tensors = Vec::new()))]
+    fn set_lookahead(
+        &self,
+        py: Python<'_>,
+        config: Option<&PyLookaheadConfig>,
+        tensors: Vec<PyTensor>,
+    ) -> PyResult<()> {
+        let la = config.map(|c| Lookahead::new(tensors.into_iter().map(|t| t.0).collect(), c.cfg));
+        hold(py, &self.state)?.lookahead = la;
+        Ok(())
+    }
+
+    /// Copies of the lookahead's average (None before its first update, or without a lookahead).
+    fn lookahead_state(&self, py: Python<'_>) -> PyResult<Option<Vec<PyTensor>>> {
+        let st = hold(py, &self.state)?;
+        let ema = st.lookahead.as_ref().and_then(|l| l.ema.as_ref());
+        Ok(ema.map(|e| e.iter().map(|t| PyTensor(t.detach().copy())).collect()))
+    }
+
+    /// Restores the lookahead's average (a checkpoint's), on its tensors' devices.
+    #[pyo3(signature = (ema = None))]
+    fn load_lookahead_state(&self, py: Python<'_>, ema: Option<Vec<PyTensor>>) -> PyResult<()> {
+        let mut st = hold(py, &self.state)?;
+        let Some(l) = st.lookahead.as_mut() else {
+            return Err(PyValueError::new_err("lookahead_state: this trainer has no lookahead"));
+        };
+        l.set_average(ema.map(|ts| ts.into_iter().map(|t| t.0).collect()))
+            .map_err(to_py)
+    }
+
+    /// Training stops once the optimizer has taken this many steps in all (None: no limit).
+    #[pyo3(signature = (steps = None))]
+    fn set_max_steps(&self, py: Python<'_>, steps: Option<u64>) -> PyResult<()> {
+        hold(py, &self.state)?.max_steps = steps;
         Ok(())
     }
 

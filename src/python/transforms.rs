@@ -100,6 +100,11 @@ impl PyOp {
     fn vertical_flip(p: f64) -> PyResult<Self> {
         op(Op::RandomVerticalFlip { p })
     }
+    /// airbench's alternating flip (see `Op::AlternatingHorizontalFlip`).
+    #[staticmethod]
+    fn alternating_horizontal_flip() -> PyResult<Self> {
+        op(Op::AlternatingHorizontalFlip)
+    }
     /// `shorter`: the shorter side becomes this (keeping the aspect ratio); `exact`: (h, w).
     #[staticmethod]
     #[pyo3(signature = (*, shorter = None, exact = None))]
@@ -211,6 +216,7 @@ impl PyOp {
                 kw.set_item("exact", (h, w))?;
                 "resize"
             }
+            Op::AlternatingHorizontalFlip => "alternating_horizontal_flip",
             Op::ToTensor => "to_tensor",
             Op::ToDtypeScaled => "to_dtype_scaled",
             Op::Normalize { mean, std } => {

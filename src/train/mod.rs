@@ -2,8 +2,10 @@
 //! `Loader`, evaluation with a confusion matrix, and batched prediction. The per-step loop never
 //! leaves Rust; the caller's callback runs only every `log_every` steps.
 pub mod dist;
+pub mod lookahead;
 pub mod optim;
 pub mod sched;
+pub mod tta;
 
 use std::time::Instant;
 
@@ -14,6 +16,7 @@ use crate::loader::{Batch, Loader};
 use crate::nn::Model;
 use crate::torch_state::{self, Autocast, Precision, Scope};
 use dist::DistState;
+use lookahead::Lookahead;
 use optim::{OptKind, Optimizer};
 use sched::Scheduler;
 
@@ -87,16 +90,20 @@ impl Default for GradScaler {
 
 impl GradScaler {
     /// Unscales the gradients in place; true if any is inf or NaN (then the step is skipped).
+    /// The check is one reduction on the device over all gradients and one read of its flag: a
+    /// single host synchronisation per step, not one per gradient tensor.
     fn unscale(&self, grads: &[Tensor]) -> Result<bool> {
-        let mut found = false;
-        torch_state::no_grad(|| -> Result<()> {
+        if grads.is_empty() {
+            return Ok(false);
+        }
+        torch_state::no_grad(|| -> Result<bool> {
+            let mut bad = Vec::with_capacity(grads.len());
             for g in grads {
                 let _ = g.shallow_clone().f_mul_scalar_(1.0 / self.scale)?;
-                found |= !bool::try_from(g.isfinite().all())?;
+                bad.push(g.f_isfinite()?.f_logical_not()?.f_any()?);
             }
-            Ok(())
-        })?;
-        Ok(found)
+            Ok(bool::try_from(Tensor::f_stack(&bad, 0)?.f_any()?)?)
+        })
     }
 
     fn update(&mut self, found_inf: bool) {
@@ -219,6 +226,10 @@ pub struct TrainState {
     pub global_step: u64,
     /// Data-parallel training: gradients averaged across ranks every optimizer step.
     pub dist: Option<DistState>,
+    /// airbench's average of the weights, updated after optimizer steps.
+    pub lookahead: Option<Lookahead>,
+    /// Training stops (at a step boundary, the epoch ending there) once `global_step` reaches it.
+    pub max_steps: Option<u64>,
 }
 
 fn single_thread_pool() -> std::sync::Arc<crate::pool::Pool> {
@@ -381,6 +392,8 @@ impl TrainState {
             cfg,
             global_step: 0,
             dist: None,
+            lookahead: None,
+            max_steps: None,
         })
     }
 
@@ -602,8 +615,12 @@ impl TrainState {
                         self.apply_settings(s)?;
                     }
                 }
+                if let Some(l) = &mut self.lookahead {
+                    l.on_step(self.global_step)?;
+                }
             }
-            if (i + 1) % self.cfg.log_every == 0 || i + 1 == steps {
+            let done = self.max_steps.is_some_and(|m| self.global_step >= m);
+            if (i + 1) % self.cfg.log_every == 0 || i + 1 == steps || done {
                 info.step = i + 1;
                 info.images = images;
                 info.loss = f64::try_from(&loss_sum)? / images as f64;
@@ -631,6 +648,9 @@ impl TrainState {
                     stopped = true;
                     break;
                 }
+            }
+            if done {
+                break;
             }
         }
         let (mut loss_sum, mut correct_n) = (f64::try_from(&loss_sum)?, i64::try_from(&correct)? as f64);
@@ -677,12 +697,14 @@ impl TrainState {
     }
 }
 
-/// Loss, accuracy and confusion matrix over one pass of `loader`, in eval mode.
+/// Loss, accuracy and confusion matrix over one pass of `loader`, in eval mode, with test-time
+/// augmentation at level `tta` (see `tta::logits`; 0: none).
 /// `progress(done, total)` runs after every batch; Ok(false) stops with `Error::Interrupted`, and an
 /// error it returns comes back as itself.
 pub fn evaluate(
     model: &Model,
     loader: &Loader,
+    tta: u8,
     progress: &mut dyn FnMut(usize, usize) -> Result<bool>,
 ) -> Result<EvalReport> {
     let source = Source {
@@ -694,6 +716,7 @@ pub fn evaluate(
         &mut loader.iter(0),
         source,
         loader.dataset().classes.len(),
+        tta,
         progress,
     )
 }
@@ -704,8 +727,10 @@ pub fn evaluate_batches(
     batches: &mut dyn Iterator<Item = Result<Batch>>,
     source: Source<'_>,
     num_classes: usize,
+    tta: u8,
     progress: &mut dyn FnMut(usize, usize) -> Result<bool>,
 ) -> Result<EvalReport> {
+    tta::check_level(tta)?;
     let dev = model.device();
     let steps = source.steps;
     torch_state::no_grad(|| -> Result<EvalReport> {
@@ -717,7 +742,7 @@ pub fn evaluate_batches(
             let (x, y_host) = batch?;
             // No NaN check here: loader batches come from uint8 pixels through a finite affine.
             let (x, y) = (to_device(x, dev), to_device(y_host.shallow_clone(), dev));
-            let logits = model.forward_t(&x, false)?.to_kind(Kind::Float);
+            let logits = tta::logits(model, &x, tta)?.to_kind(Kind::Float);
             if source.labels.is_none() {
                 // Every label counts in the confusion matrix: no ignore_index here.
                 check_batch_labels(&y_host, x.size()[0], logits.size()[1], false)?;
@@ -756,12 +781,13 @@ pub fn evaluate_batches(
     })
 }
 
-/// Logits for a float batch (N, C, H, W), `batch_size` at a time, in eval mode. With `tta`, the
-/// logits of the image and its horizontal mirror are averaged.
-pub fn predict(model: &Model, x: &Tensor, batch_size: i64, tta: bool) -> Result<Tensor> {
+/// Logits for a float batch (N, C, H, W), `batch_size` at a time, in eval mode, with test-time
+/// augmentation at level `tta` (see `tta::logits`; 1 averages the image's and its mirror's).
+pub fn predict(model: &Model, x: &Tensor, batch_size: i64, tta: u8) -> Result<Tensor> {
     if batch_size < 1 {
         return Err(Error::invalid("batch_size", "must be at least 1"));
     }
+    tta::check_level(tta)?;
     model.check_input(x)?;
     model.check_finite(x)?;
     torch_state::no_grad(|| -> Result<Tensor> {
@@ -770,14 +796,29 @@ pub fn predict(model: &Model, x: &Tensor, batch_size: i64, tta: bool) -> Result<
         let mut s = 0;
         while s < n {
             let xb = x.narrow(0, s, batch_size.min(n - s));
-            // float32 logits whatever the precision (evaluate reads them so too).
-            let mut out = model.forward_t(&xb, false)?.to_kind(Kind::Float);
-            if tta {
-                out = (out + model.forward_t(&xb.flip([3]), false)?.to_kind(Kind::Float)) / 2.0;
-            }
-            outs.push(out);
+            outs.push(tta::logits(model, &xb, tta)?);
             s += batch_size;
         }
         Ok(Tensor::cat(&outs, 0))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grad_scaler_unscales_and_flags_any_non_finite_gradient() {
+        let s = GradScaler { scale: 4.0, tracker: 0 };
+        let a = Tensor::from_slice(&[4.0f32, 8.0]);
+        let b = Tensor::from_slice(&[2.0f32]);
+        assert!(!s.unscale(&[a.shallow_clone(), b.shallow_clone()]).unwrap());
+        assert_eq!(Vec::<f32>::try_from(&a).unwrap(), vec![1.0, 2.0]);
+        assert_eq!(Vec::<f32>::try_from(&b).unwrap(), vec![0.5]);
+        for bad in [f32::INFINITY, f32::NAN] {
+            let c = Tensor::from_slice(&[1.0f32, bad]);
+            assert!(s.unscale(&[Tensor::from_slice(&[1.0f32]), c]).unwrap());
+        }
+        assert!(!s.unscale(&[]).unwrap());
+    }
 }

@@ -2,6 +2,7 @@
 //! for step, with their state in tensors we own (so it saves, loads and moves with the model).
 use tch::{Kind, Tensor};
 
+use super::sched::Kind as Schedule;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -29,6 +30,35 @@ pub enum OptKind {
 }
 
 impl OptKind {
+    /// The same optimizer with a parameter group's weight decay in place of its own.
+    pub fn with_weight_decay(self, w: f64) -> OptKind {
+        match self {
+            OptKind::Sgd {
+                momentum,
+                dampening,
+                nesterov,
+                ..
+            } => OptKind::Sgd {
+                momentum,
+                dampening,
+                nesterov,
+                weight_decay: w,
+            },
+            OptKind::Adam { beta1, beta2, eps, .. } => OptKind::Adam {
+                beta1,
+                beta2,
+                eps,
+                weight_decay: w,
+            },
+            OptKind::AdamW { beta1, beta2, eps, .. } => OptKind::AdamW {
+                beta1,
+                beta2,
+                eps,
+                weight_decay: w,
+            },
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             OptKind::Sgd { .. } => "SGD",
@@ -103,6 +133,14 @@ pub struct Optimizer {
     pub initial_lr: f64,
     params: Vec<Tensor>,
     pub state: Vec<Option<ParamState>>,
+    /// Parameter groups, per parameter: its rate as a multiple of `lr` (a schedule moves `lr`, and
+    /// every group keeps its multiple, as torch's schedules scale each group's rate) and its
+    /// group's weight decay (None: the optimizer's). See `set_groups`.
+    lr_scale: Vec<f64>,
+    weight_decay: Vec<Option<f64>>,
+    /// The update's arithmetic: None chooses by device (torch.optim's rounding, float64-exact, on
+    /// the CPU; plain float32 tensor ops elsewhere); Some(true) forces float32, Some(false) exact.
+    pub fast_math: Option<bool>,
 }
 
 impl Optimizer {
@@ -115,7 +153,61 @@ impl Optimizer {
             initial_lr: lr,
             params,
             state: (0..n).map(|_| None).collect(),
+            lr_scale: vec![1.0; n],
+            weight_decay: vec![None; n],
+            fast_math: None,
         })
+    }
+
+    /// Sets the parameter groups: per parameter, its rate as a multiple of `lr` and its weight
+    /// decay (None: the optimizer's). A group's rate stays a fixed multiple of the optimizer's, so
+    /// only a `schedule` that multiplies the rate by a factor (see `sched::Kind::scales_rate`)
+    /// gives each group torch's rate when the multiples differ.
+    pub fn set_groups(
+        &mut self,
+        lr_scale: Vec<f64>,
+        weight_decay: Vec<Option<f64>>,
+        schedule: Option<&Schedule>,
+    ) -> Result<()> {
+        let n = self.params.len();
+        if lr_scale.len() != n || weight_decay.len() != n {
+            return Err(Error::invalid(
+                "param_groups",
+                format!(
+                    "{} learning rates and {} weight decays for {n} parameters",
+                    lr_scale.len(),
+                    weight_decay.len()
+                ),
+            ));
+        }
+        if let Some(s) = lr_scale.iter().find(|s| !(**s >= 0.0 && s.is_finite())) {
+            return Err(Error::invalid(
+                "param_groups",
+                format!("a group's lr is {s} times the optimizer's; it must be a finite number >= 0"),
+            ));
+        }
+        if let Some(w) = weight_decay.iter().flatten().find(|w| !(**w >= 0.0 && w.is_finite())) {
+            return Err(Error::invalid(
+                "weight_decay",
+                format!("{w} must be a finite number >= 0 (parameter group)"),
+            ));
+        }
+        if let Some(k) = schedule.filter(|k| !k.scales_rate()) {
+            if lr_scale.iter().any(|&s| s != lr_scale[0]) {
+                return Err(Error::invalid(
+                    "scheduler",
+                    format!(
+                        "{} does not scale every group's rate by one factor, so groups with different rates would \
+                         not get torch's rates; use torch.optim.SGD / Adam / AdamW with these groups and \
+                         torch.optim.lr_scheduler (fastcifar.Trainer takes both)",
+                        k.name()
+                    ),
+                ));
+            }
+        }
+        self.lr_scale = lr_scale;
+        self.weight_decay = weight_decay;
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -175,11 +267,15 @@ impl Optimizer {
     /// One update of every parameter given a gradient (`grads[i]` for parameter i; None skips it,
     /// as torch skips parameters whose `.grad` is None).
     /// Each line mirrors `torch.optim`'s single-tensor code, with the same rounding, so that
-    /// trajectories match PyTorch's bit for bit on the same kernels.
+    /// trajectories match PyTorch's bit for bit on the same kernels. On a GPU (see `fast_math`) the
+    /// same lines run as plain float32 tensor ops: the exact rounding's float64 round trips and
+    /// per-element loops are pure cost there, and the results agree with torch.optim to float32
+    /// rounding, not bit for bit.
     pub fn step_grads(&mut self, grads: &[Option<Tensor>]) -> Result<()> {
-        let lr = self.lr;
+        let base_lr = self.lr;
         crate::torch_state::no_grad(|| -> Result<()> {
-            for ((p, st), g) in self.params.iter_mut().zip(self.state.iter_mut()).zip(grads) {
+            let params = self.params.iter_mut().zip(self.state.iter_mut()).zip(grads);
+            for (i, ((p, st), g)) in params.enumerate() {
                 let Some(g) = g else { continue };
                 let g = g.shallow_clone();
                 let st = st.get_or_insert_with(|| ParamState {
@@ -187,7 +283,12 @@ impl Optimizer {
                     buf1: None,
                     buf2: None,
                 });
-                match self.kind {
+                // lr * 1.0 is lr exactly, but skipping it says so: one group keeps torch's bits.
+                let scale = self.lr_scale[i];
+                let lr = if scale == 1.0 { base_lr } else { base_lr * scale };
+                let kind = self.weight_decay[i].map_or(self.kind, |w| self.kind.with_weight_decay(w));
+                let fast = self.fast_math.unwrap_or(p.device() != tch::Device::Cpu);
+                match kind {
                     OptKind::Sgd {
                         momentum,
                         dampening,
@@ -196,7 +297,7 @@ impl Optimizer {
                     } => {
                         // grad = grad.add(param, alpha=weight_decay)
                         let mut d = if weight_decay != 0.0 {
-                            add_alpha(&g, p, weight_decay)?
+                            add_alpha(&g, p, weight_decay, fast)?
                         } else {
                             g.shallow_clone()
                         };
@@ -206,12 +307,12 @@ impl Optimizer {
                                 Some(mut b) => {
                                     // buf.mul_(momentum).add_(grad, alpha=1 - dampening)
                                     let _ = b.f_mul_scalar_(momentum)?;
-                                    add_alpha(&b, &d, 1.0 - dampening)?
+                                    add_alpha(&b, &d, 1.0 - dampening, fast)?
                                 }
                             };
                             // nesterov: grad = grad.add(buf, alpha=momentum)
                             d = if nesterov {
-                                add_alpha(&d, &buf, momentum)?
+                                add_alpha(&d, &buf, momentum, fast)?
                             } else {
                                 buf.shallow_clone()
                             };
@@ -219,8 +320,11 @@ impl Optimizer {
                         }
                         st.step += 1.0;
                         // param.add_(grad, alpha=-lr)
-                        let new = add_alpha(p, &d, -lr)?;
-                        p.f_copy_(&new)?;
+                        if fast {
+                            let _ = p.f_add_(&(d * -lr))?;
+                        } else {
+                            p.f_copy_(&add_alpha(p, &d, -lr, false)?)?;
+                        }
                     }
                     OptKind::Adam {
                         beta1,
@@ -234,12 +338,12 @@ impl Optimizer {
                         eps,
                         weight_decay,
                     } => {
-                        let decoupled = matches!(self.kind, OptKind::AdamW { .. });
+                        let decoupled = matches!(kind, OptKind::AdamW { .. });
                         if decoupled && weight_decay != 0.0 {
                             let _ = p.f_mul_scalar_(1.0 - lr * weight_decay)?;
                         }
                         let g = if !decoupled && weight_decay != 0.0 {
-                            add_alpha(&g, p, weight_decay)?
+                            add_alpha(&g, p, weight_decay, fast)?
                         } else {
                             g
                         };
@@ -251,7 +355,7 @@ impl Optimizer {
                         // ATen computes fma(value * t1, t2, self), in place.
                         let v = st.buf2.get_or_insert_with(|| p.zeros_like());
                         let _ = v.f_mul_scalar_(beta2)?;
-                        addcmul_(v, &g, 1.0 - beta2)?;
+                        addcmul_(v, &g, 1.0 - beta2, fast)?;
                         let bc1 = 1.0 - beta1.powf(st.step);
                         let bc2 = 1.0 - beta2.powf(st.step);
                         let step_size = lr / bc1;
@@ -319,16 +423,24 @@ impl Optimizer {
 }
 
 /// `a.add(b, alpha=alpha)` as ATen computes it: one fused multiply-add per element, with alpha
-/// rounded to float first.
-fn add_alpha(a: &Tensor, b: &Tensor, alpha: f64) -> Result<Tensor> {
+/// rounded to float first; `fast`: plain tensor ops in the tensors' precision.
+fn add_alpha(a: &Tensor, b: &Tensor, alpha: f64, fast: bool) -> Result<Tensor> {
     if alpha == 1.0 {
         return Ok(a.f_add(b)?);
+    }
+    if fast {
+        return Ok(a.f_add(&(b * alpha))?);
     }
     fused(a, b, alpha as f32)
 }
 
-/// `v.addcmul_(g, g, value)` in place, as ATen computes it: `fma(value * g, g, v)` per element.
-fn addcmul_(v: &mut Tensor, g: &Tensor, value: f64) -> Result<()> {
+/// `v.addcmul_(g, g, value)` in place, as ATen computes it: `fma(value * g, g, v)` per element;
+/// `fast`: plain tensor ops in the tensors' precision.
+fn addcmul_(v: &mut Tensor, g: &Tensor, value: f64, fast: bool) -> Result<()> {
+    if fast {
+        let _ = v.f_addcmul_(g, &(g * value))?;
+        return Ok(());
+    }
     let value = value as f32;
     let cpu_f32 = |t: &Tensor| t.device() == tch::Device::Cpu && t.kind() == Kind::Float && t.is_contiguous();
     #[cfg(target_arch = "x86_64")]

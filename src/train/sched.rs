@@ -38,6 +38,12 @@ pub enum Kind {
         min_lr: f64,
         eps: f64,
     },
+    /// Per optimizer step, `lr * factor(step)`: the factor linear between (step, factor) points
+    /// and the last factor after the last point (torch's LambdaLR over a piecewise-linear lambda,
+    /// e.g. airbench's triangle).
+    Piecewise {
+        points: Vec<(u64, f64)>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -136,6 +142,17 @@ impl Config {
                 non_negative("min_lr", *min_lr)?;
                 non_negative("eps", *eps)?;
             }
+            Kind::Piecewise { points } => {
+                if points.first().is_none_or(|p| p.0 != 0) {
+                    return Err(bad("milestones", "must start at step 0".into()));
+                }
+                if points.windows(2).any(|w| w[1].0 <= w[0].0) {
+                    return Err(bad("milestones", "must increase strictly".into()));
+                }
+                if let Some(p) = points.iter().find(|p| !(p.1 >= 0.0 && p.1.is_finite())) {
+                    return Err(bad("factors", format!("{} must be a finite number >= 0", p.1)));
+                }
+            }
         }
         if let Some(w) = warmup {
             if w.steps == 0 {
@@ -161,6 +178,20 @@ impl Kind {
             Kind::Cosine { .. } => "CosineAnnealingLR",
             Kind::OneCycle { .. } => "OneCycleLR",
             Kind::Plateau { .. } => "ReduceLROnPlateau",
+            Kind::Piecewise { .. } => "PiecewiseLinear",
+        }
+    }
+
+    /// Whether the rate is the optimizer's times a factor of the counters alone, so that a
+    /// parameter group whose rate is a fixed multiple of the optimizer's follows torch's rate for
+    /// that group. OneCycleLR sets every group to one rate, and a cosine's `eta_min` or a
+    /// plateau's `min_lr` is one floor for all groups: those are not.
+    pub fn scales_rate(&self) -> bool {
+        match self {
+            Kind::Constant | Kind::Step { .. } | Kind::Piecewise { .. } => true,
+            Kind::Cosine { eta_min, .. } => *eta_min == 0.0,
+            Kind::Plateau { min_lr, .. } => *min_lr == 0.0,
+            Kind::OneCycle { .. } => false,
         }
     }
 }
@@ -245,6 +276,7 @@ impl Scheduler {
                 }
             }
             Kind::Plateau { .. } => self.plateau_lr,
+            Kind::Piecewise { ref points } => self.base_lr * piecewise(points, self.step),
         };
         if self.step < self.warmup_steps {
             let f = self.warmup_start + (1.0 - self.warmup_start) * self.step as f64 / self.warmup_steps as f64;
@@ -298,7 +330,7 @@ impl Scheduler {
 
     /// Whether the rate moves at every optimizer step (not only at epoch ends).
     pub fn per_step(&self) -> bool {
-        matches!(self.kind, Kind::OneCycle { .. }) || self.step < self.warmup_steps
+        matches!(self.kind, Kind::OneCycle { .. } | Kind::Piecewise { .. }) || self.step < self.warmup_steps
     }
 
     /// End of an epoch. ReduceLROnPlateau needs `metric` (validation loss in the seed).
@@ -343,6 +375,18 @@ impl Scheduler {
         }
         Ok(())
     }
+}
+
+/// The factor at `step`: on the segment between the points around it (slope times step plus
+/// intercept, as airbench's `triangle` computes it), the last factor from the last point on.
+fn piecewise(points: &[(u64, f64)], step: u64) -> f64 {
+    let i = points.iter().rposition(|p| p.0 <= step).unwrap_or(0);
+    let Some(&(x1, y1)) = points.get(i + 1) else {
+        return points.last().map_or(1.0, |p| p.1);
+    };
+    let (x0, y0) = points[i];
+    let m = (y1 - y0) / (x1 - x0) as f64;
+    m * step as f64 + (y0 - m * x0 as f64)
 }
 
 #[cfg(test)]
@@ -490,5 +534,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(Scheduler::new(c.clone(), 1.0).config(), c);
+    }
+
+    #[test]
+    fn piecewise_linear_interpolates_and_holds() {
+        let k = Kind::Piecewise {
+            points: vec![(0, 0.2), (10, 1.0), (50, 0.07)],
+        };
+        let mut s = Scheduler::new(Config::new(k, None).unwrap(), 2.0);
+        let mut v = vec![];
+        for _ in 0..60 {
+            v.push(s.lr());
+            s.on_step().unwrap();
+        }
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        assert!(close(v[0], 0.4) && close(v[5], 1.2) && close(v[10], 2.0));
+        assert!(close(v[30], 2.0 * (1.0 + (0.07 - 1.0) * 0.5)) && close(v[55], 0.14));
+        assert!(s.per_step() && s.kind.scales_rate());
+        let name = |points: Vec<(u64, f64)>| Config::new(Kind::Piecewise { points }, None).unwrap_err().to_string();
+        assert!(name(vec![(1, 1.0)]).contains("must start at step 0"));
+        assert!(name(vec![(0, 1.0), (0, 2.0)]).contains("increase strictly"));
+        assert!(name(vec![(0, f64::NAN)]).starts_with("factors"));
+        assert!(name(vec![]).starts_with("milestones"));
     }
 }

@@ -12,6 +12,21 @@ use super::gather::{prefetch, runs_of, write_mapped, MapArgs, Run};
 use super::ops::PadMode;
 use super::resize::{self, Weights};
 
+/// Where a sample's randomness comes from. Most steps draw from one stream keyed by all three;
+/// the alternating flip needs a draw that does not change with the epoch.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Key {
+    pub(super) seed: u64,
+    pub(super) epoch: u64,
+    pub(super) index: u64,
+}
+
+impl Key {
+    pub(super) fn rng(self) -> Rng {
+        Rng::keyed(&[self.seed, self.epoch, self.index])
+    }
+}
+
 /// Per-thread buffers, reused from sample to sample: no allocation per image.
 #[derive(Default)]
 pub(super) struct Scratch {
@@ -53,12 +68,7 @@ impl Pipeline {
                 format!("{} elements for {} samples of {per}", out.len(), indices.len()),
             ));
         }
-        if let Some(&bad) = indices.iter().find(|&&i| i >= ds.len()) {
-            return Err(Error::invalid(
-                "index",
-                format!("{bad} is out of range for {} images", ds.len()),
-            ));
-        }
+        check_indices(indices, ds.len())?;
         // Shuffled sampling makes every source image a cache miss: each task walks a run of
         // samples and prefetches the next image while it transforms the current one.
         const RUN: usize = 8;
@@ -75,23 +85,28 @@ impl Pipeline {
                         if let Some(&next) = idx.get(k + 1) {
                             prefetch(ds.image(next));
                         }
-                        let mut rng = Rng::keyed(&[seed, epoch, i as u64]);
-                        self.apply_one(ds.image(i), &mut rng, s, d);
+                        let key = Key {
+                            seed,
+                            epoch,
+                            index: i as u64,
+                        };
+                        self.apply_one(ds.image(i), key, s, d);
                     }
                 },
             );
         Ok(())
     }
 
-    fn apply_one<T: Element>(&self, src: &[u8], rng: &mut Rng, s: &mut Scratch, dst: &mut [T]) {
+    fn apply_one<T: Element>(&self, src: &[u8], key: Key, s: &mut Scratch, dst: &mut [T]) {
         let c = self.in_shape[0];
+        let rng = &mut key.rng();
         // After the first Resize the current image lives in `s.a`; each stage writes `s.b`, then swaps.
         let mut in_scratch = false;
         let last = self.stages.len() - 1;
         for (si, stage) in self.stages.iter().enumerate() {
             match stage {
                 Stage::Maps { geos, in_hw } => {
-                    self.maps(geos, *in_hw, rng, s);
+                    self.maps(geos, *in_hw, rng, key, s);
                     runs_of(&s.xmap, &mut s.runs);
                     let cur: &[u8] = if in_scratch { &s.a[..] } else { src };
                     let m = MapArgs {
@@ -138,7 +153,7 @@ impl Pipeline {
 
     /// Draws one sample's geometry and leaves its row and column maps (into the stage input) in
     /// `s.ymap` / `s.xmap`. Entries >= 0 are source coordinates; -(k + 1) means "fill value k".
-    pub(super) fn maps(&self, geos: &[Geo], (h, w): (usize, usize), rng: &mut Rng, s: &mut Scratch) {
+    pub(super) fn maps(&self, geos: &[Geo], (h, w): (usize, usize), rng: &mut Rng, key: Key, s: &mut Scratch) {
         s.ymap.clear();
         s.ymap.extend(0..h as i32);
         s.xmap.clear();
@@ -166,6 +181,13 @@ impl Pipeline {
                     crop_map(&s.xmap, &mut s.spare, pad[0], ox, size.1, mode, fill);
                     std::mem::swap(&mut s.xmap, &mut s.spare);
                 }
+                Geo::AltFlip => {
+                    // The image's own coin: u64::MAX - 1 in the epoch's place, an epoch never reached.
+                    let coin = Rng::keyed(&[key.seed, u64::MAX - 1, key.index]).uniform() < 0.5;
+                    if coin != (key.epoch % 2 == 1) {
+                        s.xmap.reverse();
+                    }
+                }
                 Geo::Flip { p, horizontal } => {
                     // torch.rand(1) < p
                     if rng.uniform() < p {
@@ -178,6 +200,32 @@ impl Pipeline {
                 }
             }
         }
+    }
+}
+
+/// Refuses a sample index past the data set's `n` images.
+pub fn check_indices(indices: &[usize], n: usize) -> Result<()> {
+    match indices.iter().find(|&&i| i >= n) {
+        Some(&bad) => Err(Error::invalid("index", format!("{bad} is out of range for {n} images"))),
+        None => Ok(()),
+    }
+}
+
+impl Pipeline {
+    /// Sample `index`'s row and column maps at (seed, epoch): the CPU pass's own draws, from the
+    /// same stream (entries >= 0 are source rows / columns, negative ones the fill). Only for
+    /// pipelines with a `device_plan` (one map stage); empty maps otherwise.
+    pub fn sample_maps(&self, seed: u64, epoch: u64, index: u64, ymap: &mut Vec<i32>, xmap: &mut Vec<i32>) {
+        ymap.clear();
+        xmap.clear();
+        let [Stage::Maps { geos, in_hw }] = &self.stages[..] else {
+            return;
+        };
+        let key = Key { seed, epoch, index };
+        let mut s = Scratch::default();
+        self.maps(geos, *in_hw, &mut key.rng(), key, &mut s);
+        ymap.extend_from_slice(&s.ymap);
+        xmap.extend_from_slice(&s.xmap);
     }
 }
 

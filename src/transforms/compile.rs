@@ -38,6 +38,8 @@ pub(super) enum Geo {
         p: f64,
         horizontal: bool,
     },
+    /// Op::AlternatingHorizontalFlip.
+    AltFlip,
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +101,7 @@ impl Pipeline {
                     p: *p,
                     horizontal: false,
                 }),
+                Op::AlternatingHorizontalFlip => cx.geos.push(Geo::AltFlip),
                 Op::Resize { size } => cx.resize(*size),
                 Op::RandomResizedCrop { size, scale, ratio } => cx.random_resized_crop(*size, *scale, *ratio),
                 Op::ToTensor => cx.float_start(FloatStep::Div255, "ToTensor")?,
@@ -128,6 +131,32 @@ impl Pipeline {
     pub fn in_shape(&self) -> [usize; 3] {
         self.in_shape
     }
+
+    /// How a device builds this pipeline's batches from resident uint8 images (`crate::resident`),
+    /// or None when it cannot: only crops, pads and flips (one map stage: no Resize, no
+    /// RandomResizedCrop, no erasing, at most one fill value), then the float steps, which the
+    /// device applies through the same per-channel tables as the fused pass.
+    pub fn device_plan(&self) -> Option<DevicePlan> {
+        if self.stages.len() != 1 || !self.erases.is_empty() {
+            return None;
+        }
+        let fill = match self.fills.split_first() {
+            None => vec![0; self.in_shape[0]],
+            Some((f, rest)) if rest.iter().all(|g| g == f) => f.clone(),
+            Some(_) => return None,
+        };
+        let tables = self.convs.iter().map(|c| *c.table()).collect();
+        Some(DevicePlan { fill, tables })
+    }
+}
+
+/// A pipeline as a device applies it (see `Pipeline::device_plan`): the fill value per channel,
+/// and per channel the output value of each byte (ToTensor / Normalize as torchvision computes
+/// them; the byte itself as a float without them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DevicePlan {
+    pub fill: Vec<u8>,
+    pub tables: Vec<[f32; 256]>,
 }
 
 /// An erasing step, waiting for the float steps after it: its value is given in the units at its
@@ -191,7 +220,10 @@ impl Compiler {
             Op::RandomCrop { .. } | Op::CenterCrop { .. } | Op::Resize { .. } | Op::Pad { .. }
         ) || matches!(
             op,
-            Op::RandomHorizontalFlip { .. } | Op::RandomVerticalFlip { .. } | Op::RandomResizedCrop { .. }
+            Op::RandomHorizontalFlip { .. }
+                | Op::RandomVerticalFlip { .. }
+                | Op::AlternatingHorizontalFlip
+                | Op::RandomResizedCrop { .. }
         );
         if geometric && self.tensor {
             let name = op.name();

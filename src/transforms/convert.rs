@@ -70,6 +70,15 @@ impl Conv {
     }
 }
 
+impl Conv {
+    /// The output value of each byte.
+    pub(super) fn table(&self) -> &[f32; 256] {
+        match self {
+            Conv::Fast { table, .. } | Conv::Table(table) => table,
+        }
+    }
+}
+
 /// The float value of `x` after `steps`, on channel `ch`, rounded as torch's float32 kernels round.
 pub(super) fn run_steps(steps: &[FloatStep], ch: usize, mut x: f32) -> f32 {
     for st in steps {

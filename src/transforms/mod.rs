@@ -27,7 +27,8 @@ mod gather;
 mod ops;
 mod resize;
 
-pub use compile::Pipeline;
+pub use apply::check_indices;
+pub use compile::{DevicePlan, Pipeline};
 pub use convert::{Conv, Element};
 pub use ops::{pixel_fill, Op, PadMode, ResizeTo};
 

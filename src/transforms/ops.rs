@@ -69,6 +69,10 @@ pub enum Op {
     RandomVerticalFlip {
         p: f64,
     },
+    /// airbench's alternating flip: each image has one fair coin for the whole run (from the seed
+    /// and its index) and is mirrored when that coin and the epoch's parity disagree, so it is seen
+    /// mirrored in exactly one of any two consecutive epochs.
+    AlternatingHorizontalFlip,
     Resize {
         size: ResizeTo,
     },
@@ -121,6 +125,7 @@ impl Op {
             Op::RandomResizedCrop { .. } => "RandomResizedCrop",
             Op::RandomHorizontalFlip { .. } => "RandomHorizontalFlip",
             Op::RandomVerticalFlip { .. } => "RandomVerticalFlip",
+            Op::AlternatingHorizontalFlip => "AlternatingHorizontalFlip",
             Op::Resize { .. } => "Resize",
             Op::ToTensor => "ToTensor",
             Op::ToDtypeScaled => "ToDtype",
@@ -159,7 +164,7 @@ impl Op {
             Op::Resize {
                 size: ResizeTo::Exact(h, w),
             } => check_size(name, (*h, *w)),
-            Op::ToTensor | Op::ToDtypeScaled => Ok(()),
+            Op::ToTensor | Op::ToDtypeScaled | Op::AlternatingHorizontalFlip => Ok(()),
             Op::Normalize { mean, std } => {
                 if mean.is_empty() || mean.len() != std.len() {
                     return Err(Error::invalid(

@@ -1,6 +1,6 @@
 //! Unit tests of the fused pipeline: parity with torchvision's arithmetic, the fast paths against
 //! the general ones, thread-count independence and the checks' messages.
-use super::apply::{resized_crop_box, Scratch};
+use super::apply::{resized_crop_box, Key, Scratch};
 use super::compile::Stage;
 use super::convert::{Conv, Element};
 use super::gather::{gather_runs, gather_shifted, runs_of, shifted_rows, MapArgs};
@@ -150,7 +150,12 @@ fn shifted_row_fast_path_equals_the_general_gather() {
         };
         for i in 0..200u64 {
             let mut s = Scratch::default();
-            p.maps(geos, *in_hw, &mut Rng::keyed(&[i]), &mut s);
+            let key = Key {
+                seed: 0,
+                epoch: 0,
+                index: i,
+            };
+            p.maps(geos, *in_hw, &mut Rng::keyed(&[i]), key, &mut s);
             runs_of(&s.xmap, &mut s.runs);
             let m = MapArgs {
                 src: d.image((i % 4) as usize),

@@ -16,7 +16,7 @@ import torch
 
 from .. import _native as _rs
 
-__all__ = ["StepLR", "CosineAnnealingLR", "OneCycleLR", "ReduceLROnPlateau", "LinearWarmup"]
+__all__ = ["StepLR", "CosineAnnealingLR", "OneCycleLR", "ReduceLROnPlateau", "PiecewiseLinear", "LinearWarmup"]
 
 
 def _count(name, v, lo=1):
@@ -107,7 +107,8 @@ class _Schedule:
         return [lr] if lr is not None else []
 
     def __repr__(self):
-        return f"{self.name}({', '.join(f'{k}={v:g}' for k, v in self.settings().items())})"
+        shown = (f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v!r}" for k, v in self.settings().items())
+        return f"{self.name}({', '.join(shown)})"
 
 
 class StepLR(_Schedule):
@@ -232,6 +233,33 @@ class ReduceLROnPlateau(_Schedule):
             "min_lr": min_lr,
             "eps": eps,
         }
+
+
+class PiecewiseLinear(_Schedule):
+    """fastcifar's own: per optimizer step, ``lr * factor``, the factor linear between the points
+    ``(milestones[i], factors[i])`` (steps; the first is step 0) and the last factor from the last
+    point on. torch's ``LambdaLR`` over a piecewise-linear lambda, e.g. airbench's triangle
+    ``PiecewiseLinear(milestones=[0, 109, 476], factors=[0.2, 1.0, 0.07])``."""
+
+    name = "PiecewiseLinear"
+    _names = [("milestones", _REQUIRED), ("factors", _REQUIRED)]
+
+    def _configure(self, milestones, factors):
+        try:
+            xs, ys = list(milestones), list(factors)
+        except TypeError:
+            raise ValueError("milestones, factors: give two lists of the same length (steps and lr factors)") from None
+        if any(isinstance(x, bool) or not isinstance(x, int) for x in xs):
+            raise ValueError(f"milestones: {xs!r} must be ints (optimizer steps)")
+        return {"milestones": xs, "factors": ys}
+
+    @property
+    def milestones(self) -> list:
+        return list(self.settings()["milestones"])
+
+    @property
+    def factors(self) -> list:
+        return list(self.settings()["factors"])
 
 
 class LinearWarmup(_Schedule):
