@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from test_own_module import ImageClassifier, losses_of, plain_loop
 
 import fastcifar
 from fastcifar import _graph, models
 from fastcifar import transforms as T
-from test_own_module import ImageClassifier, losses_of, plain_loop
 
 needs_bf16 = pytest.mark.skipif(
     fastcifar._native.cpu_native_bf16() is None, reason="this CPU has no native bf16 (amp=True trains in float32)"
@@ -90,7 +90,9 @@ def test_amp_fit_follows_a_plain_autocast_loop_with_float32_state(net):
     torch.manual_seed(0)
     ours, theirs = net(), net()
     theirs.load_state_dict(ours.state_dict())
-    tr = fastcifar.Trainer(ours, torch.optim.Adam(ours.parameters(), lr=1e-3), device="cpu", amp=True, log_every=1)
+    tr = fastcifar.Trainer(
+        ours, torch.optim.Adam(ours.parameters(), lr=1e-3), device="cpu", amp=True, channels_last=False, log_every=1
+    )
     assert tr.precision == "bf16"
     torch.manual_seed(1)  # the same dropout masks on both sides
     got = losses_of(tr, loader(), epochs=2)
@@ -108,7 +110,7 @@ def test_amp_fit_follows_a_plain_autocast_loop_with_float32_state(net):
 def test_evaluate_predict_and_tta_run_in_the_trainers_precision():
     torch.manual_seed(0)
     m = ImageClassifier()
-    tr = fastcifar.Trainer(m, device="cpu", amp="bf16")
+    tr = fastcifar.Trainer(m, device="cpu", amp="bf16", channels_last=False)
     x = torch.randn(4, 3, 32, 32)
     m.eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -192,3 +194,39 @@ def test_a_callers_autocast_around_fit_is_honoured_and_said():
     # the same as amp='bf16': the forward under autocast, backward and update outside it
     want = autocast_loop(theirs, torch.optim.SGD(theirs.parameters(), lr=0.05), loader())
     assert got == want
+
+
+# --- no host synchronisation inside a step ----------------------------------------------------------
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {},
+        {"grad_clip": 1.0, "label_smoothing": 0.1, "grad_accum_steps": 2},
+        {"lookahead": True},
+        {"amp": "bf16"},
+    ],
+    ids=["plain", "clip-smoothing-accum", "lookahead", "bf16"],
+)
+def test_the_engine_reads_values_back_only_where_a_metric_is_reported(opts):
+    """On CUDA every read of a tensor value waits for the device: the count of the engine's reads
+    (which runs on CPU too) must not grow with the number of steps between metric reports."""
+    from fastcifar import models, optim
+
+    def reads_for(steps):
+        kw = dict(opts)
+        if kw.pop("lookahead", False):
+            kw["lookahead"] = optim.Lookahead(total_steps=steps, every=2)
+        m = models.small_cnn(width=4)
+        sched = optim.lr_scheduler.OneCycleLR(max_lr=0.01, total_steps=steps)
+        tr = fastcifar.Trainer(m, optim.SGD(lr=0.01, momentum=0.9), sched, device="cpu", log_every=10_000, **kw)
+        ld = loader(16 * steps, 16)
+        before = fastcifar._native.host_reads()
+        tr.fit(ld, epochs=1, progress=False)
+        return fastcifar._native.host_reads() - before
+
+    assert reads_for(4) == reads_for(12) > 0
+    m = models.small_cnn(width=4)
+    tr = fastcifar.Trainer(m, device="cpu", log_every=1)
+    before = fastcifar._native.host_reads()
+    tr.fit(loader(16 * 6, 16), epochs=1, progress=False)
+    assert fastcifar._native.host_reads() - before >= 6 * 3, "each metric report reads loss, accuracy, batch loss"

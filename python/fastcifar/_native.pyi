@@ -37,6 +37,7 @@ __all__ = [
     "evaluate",
     "evaluate_batches",
     "predict_logits",
+    "host_reads",
 ]
 
 @final
@@ -177,6 +178,8 @@ class NativeLoader:
     def epoch(self, epoch: int) -> BatchIter: ...
     def epoch_batches(self, *, epoch: int, batches: Sequence[Sequence[int]]) -> BatchIter:
         """These batches of data set indices (a sampler's), with the randomness of ``epoch``."""
+    def channels_last(self, on: bool = True) -> NativeLoader:
+        """The same loader with batches in channels_last memory (or not): the same values."""
     def resident(self) -> NativeLoader:
         """The same loader with the data set on its output device and batches built there (the same
         batches). ValueError when the transform has steps the device path lacks."""
@@ -239,6 +242,8 @@ class NativeModel:
     training: bool
     #: "float32", "bf16" or "fp16": the autocast dtype of every forward.
     precision: str
+    #: The graph runs on channels_last activations (the loader writes batches so).
+    channels_last: bool
 
 def save_safetensors(items: Sequence[tuple[str, torch.Tensor]], path: str | PathLike) -> None: ...
 def load_safetensors(path: str | PathLike) -> list[tuple[str, torch.Tensor]]: ...
@@ -490,3 +495,7 @@ def evaluate_batches(
 
 def predict_logits(model: NativeModel, x: torch.Tensor, *, batch_size: int = 256, tta: int = 0) -> torch.Tensor:
     """Eval-mode logits of a float batch, ``batch_size`` at a time, at TTA level ``tta`` (as ``evaluate``)."""
+
+def host_reads() -> int:
+    """How many tensor values the engine has read back to the host in this process (on CUDA each is
+    a wait for the device): at metric reports (``log_every``), epoch ends and results, never per step."""

@@ -87,6 +87,7 @@ class Trainer:
         label_smoothing: float = 0.0,
         device="auto",
         amp: bool | str | torch.dtype = False,
+        channels_last: bool | None = None,
         grad_accum_steps: int = 1,
         grad_clip: float | None = None,
         seed: int | None = None,
@@ -124,6 +125,10 @@ class Trainer:
         self.precision, note = _rs.resolve_amp(amp, self.device, cuda_bf16=cuda_bf16)
         if note:
             warnings.warn(note, stacklevel=2)
+        if channels_last is not None and not isinstance(channels_last, bool):
+            raise TypeError(f"channels_last: expected True, False or None (automatic), got {channels_last!r}")
+        #: Whether the graph runs on channels_last activations (batches written so by the loader).
+        self.channels_last = _auto_channels_last(self.device, self.precision) if channels_last is None else channels_last
         # The core checks the loop's settings (grad_accum_steps, log_every, label_smoothing, grad_clip).
         train_config = _rs.TrainConfig(
             label_smoothing=float(label_smoothing),
@@ -147,6 +152,7 @@ class Trainer:
         self.config: dict[str, Any] = {
             "label_smoothing": float(label_smoothing),
             "amp": amp,
+            "channels_last": channels_last,
             "grad_accum_steps": grad_accum_steps,
             "grad_clip": None if grad_clip is None else float(grad_clip),
             "log_every": log_every,
@@ -422,7 +428,8 @@ class Trainer:
         else:
             self._compiled.rebind(*_graph.module_tensors(self.model))
         shape = shape or self.input_shape or _builtin_shape(self.model)
-        self._compiled.precision = "float32"  # the check compares with the module's own float32 forward
+        # The check compares with the module's own forward: float32, (N, C, H, W).
+        self._compiled.precision, self._compiled.channels_last = "float32", False
         if not _graph.verify(self.model, self._compiled, shape):
             # Something the forward reads changed in a way the fingerprint cannot see: capture
             # again, and if the graph still disagrees, run the module's own forward.
@@ -434,7 +441,7 @@ class Trainer:
                     eager_because="its captured graph does not give what its own forward gives on a sample "
                     "(its forward reads state that the trace cannot follow, or draws random numbers in eval mode)",
                 )
-        self._compiled.precision = self.precision
+        self._compiled.precision, self._compiled.channels_last = self.precision, self.channels_last
         _note_caller_autocast(self.device, self.precision)
         return self._compiled
 
@@ -668,6 +675,12 @@ def _native_loader(loader):
                 f"fastcifar: the trainer pulls this loader's batches through Python (slower): {why}", stacklevel=4
             )
         return None
+
+
+def _auto_channels_last(device: str, precision: str) -> bool:
+    """channels_last where it was measured to pay (README, "CPU training"): bf16 convolutions on a
+    CPU (oneDNN's AMX / AVX512 kernels take it without reorders) and every convolution on CUDA."""
+    return device.startswith("cuda") or precision == "bf16"
 
 
 _AMP = {True: "auto", False: "off", None: "off", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "off"}

@@ -86,6 +86,11 @@ pub struct Model {
     /// fallback alike): autocast on the model's device in this dtype. Float32 leaves the caller's
     /// own autocast state as it is.
     pub precision: Precision,
+    /// Run the graph on channels_last activations (its input converted if not already so, its
+    /// `view`s taken as `reshape` where the memory is not contiguous, as for the user's
+    /// `x.view(x.size(0), -1)` after a convolution). The eager fallback keeps the module's own
+    /// layout: its `view`s are the user's code.
+    pub channels_last: bool,
 }
 
 /// A device as PyTorch writes it ("cpu", "cuda:0").
@@ -162,6 +167,7 @@ impl Model {
             device,
             training: true,
             precision: Precision::Float32,
+            channels_last: false,
         })
     }
 
@@ -187,6 +193,11 @@ impl Model {
 
     pub fn is_graph(&self) -> bool {
         matches!(self.exec, Exec::Graph { .. })
+    }
+
+    /// Whether batches should come in channels_last memory (the graph runs so; see `channels_last`).
+    pub fn wants_channels_last(&self) -> bool {
+        self.channels_last && self.is_graph()
     }
 
     /// Checks a batch before it reaches libtorch, so mistakes get a message, not a C++ trace.
@@ -259,7 +270,12 @@ impl Model {
                 } else {
                     x.to_kind(Kind::Float)
                 };
-                (if train { g } else { eval }).run(&x, &self.tensors, &self.bn_sync)
+                let x = if self.channels_last {
+                    crate::loader::to_channels_last(&x)?
+                } else {
+                    x
+                };
+                (if train { g } else { eval }).run(&x, &self.tensors, &self.bn_sync, self.channels_last)
             }
             Exec::Eager(f) => f.forward(x, train),
         };

@@ -203,6 +203,22 @@ impl PyModel {
         })
     }
 
+    /// Whether the graph runs on channels_last activations (batches written so by the loader).
+    #[getter]
+    fn channels_last(&self, py: Python<'_>) -> PyResult<bool> {
+        let m = self.inner.clone();
+        release(py, move || Ok(lock(&m)?.channels_last))
+    }
+
+    #[setter]
+    fn set_channels_last(&self, py: Python<'_>, v: bool) -> PyResult<()> {
+        let m = self.inner.clone();
+        release(py, move || {
+            lock(&m)?.channels_last = v;
+            Ok(())
+        })
+    }
+
     #[getter]
     fn training(&self, py: Python<'_>) -> PyResult<bool> {
         let m = self.inner.clone();
