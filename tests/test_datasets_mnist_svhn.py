@@ -165,6 +165,18 @@ def test_pickles_by_path_until_changed(tmp_path):
     assert torch.equal(pickle.loads(pickle.dumps(ds)).data, ds.data)
 
 
+@pytest.mark.subprocess
+def test_torch_spawn_workers_rebuild_mnist_and_svhn_from_their_files(tmp_path):
+    root, _ = mnist_root(tmp_path, n=(8, 2))
+    x, y = svhn_arrays(8)
+    write_mat(tmp_path / "train_32x32.mat", {"X": x, "y": y})
+    for ds in (fastcifar.MNIST(root, transform=T.ToTensor()), fastcifar.SVHN(tmp_path, transform=T.ToTensor())):
+        dl = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=1, multiprocessing_context="spawn")
+        xs, ys = zip(*dl)
+        assert torch.equal(torch.cat(xs), torch.stack([ds[i][0] for i in range(8)]))
+        assert torch.cat(ys).tolist() == [ds[i][1] for i in range(8)]
+
+
 def test_loader_fused_pass_matches_torchvision_on_one_channel(tmp_path):
     root, _ = mnist_root(tmp_path, n=(40, 5))
     mean, std = (0.1307,), (0.3081,)
@@ -311,6 +323,9 @@ def test_svhn_attributes_loader_and_pickling(tmp_path):
     xb, yb = next(iter(fastcifar.DataLoader(ds, batch_size=8)))
     assert torch.equal(xb, torch.from_numpy(x.transpose(3, 2, 0, 1).copy()).float() / 255)
     assert yb.tolist() == ds.labels.tolist()
+    # ConcatDataset reads the images in the loader's layout, not .data's (N, 3, H, W).
+    xc, _ = next(iter(fastcifar.DataLoader(torch.utils.data.ConcatDataset([ds, ds]), batch_size=16)))
+    assert torch.equal(xc, torch.cat([xb, xb]))
     assert ds.__getstate__()["_native_recipe"][0] == "svhn"
     back = pickle.loads(pickle.dumps(ds))
     np.testing.assert_array_equal(back.data, ds.data)
