@@ -22,6 +22,8 @@ __all__ = [
     "resolve_amp",
     "cpu_native_bf16",
     "decode_images",
+    "load_idx",
+    "load_svhn",
     "NativeModel",
     "save_safetensors",
     "load_safetensors",
@@ -207,6 +209,13 @@ def cpu_native_bf16() -> str | None:
 
 def decode_images(paths: Sequence[str | PathLike], size: tuple[int, int]) -> np.ndarray:
     """Decodes PNG / JPEG files to uint8 (N, H, W, 3), resized (bilinear) to size = (h, w)."""
+
+def load_idx(root: str | PathLike, folder: str, train: bool, classes: Sequence[str]) -> tuple[NativeDataset, str]:
+    """One split of an MNIST-style IDX data set (``root/<folder>/raw/`` or the files in ``root``,
+    plain or gzipped), and the folder read."""
+
+def load_svhn(root: str | PathLike, file: str, classes: Sequence[str]) -> tuple[NativeDataset, str]:
+    """SVHN's ``root/<file>`` (a level-5 MAT-file, compressed or not), and the path read."""
 
 # A node argument: ("x", 0) the input, ("v", i) node i, ("p", i) tensor i, a list, or a constant.
 PlanArg = Any

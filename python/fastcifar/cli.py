@@ -330,7 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--width", type=_positive_int, default=32, action=_Noted, help="small_cnn width")
     t.add_argument("--epochs", type=_positive_int, help="epochs to train (default: 50), or the recipe's with --recipe")
     t.add_argument(
-        "--batch-size", type=_positive_int, help="images per batch, per rank under torchrun (default: 128), or the recipe's with --recipe"
+        "--batch-size",
+        type=_positive_int,
+        help="images per batch, per rank under torchrun (default: 128), or the recipe's with --recipe",
     )
     t.add_argument(
         "--lr", type=_positive_float, default=1e-3, action=_Noted, help="learning rate (the peak with onecycle)"

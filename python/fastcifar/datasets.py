@@ -13,7 +13,7 @@ import numpy as np
 
 from . import _native as _rs
 
-__all__ = ["Dataset", "CIFAR10", "CIFAR100", "ImageFolder", "download_url"]
+__all__ = ["Dataset", "CIFAR10", "CIFAR100", "ImageFolder", "MNIST", "FashionMNIST", "SVHN", "download_url"]
 
 
 class Dataset:
@@ -58,7 +58,9 @@ class Dataset:
     def _native(self) -> _rs.NativeDataset:
         """The Rust data set, rebuilt first if .data or .targets were assigned."""
         if self._pending_data is not None or self._pending_targets is not None:
-            data, targets = self.data, self.targets
+            # The stored forms, not the properties: a subclass may show .data in another layout.
+            data = self._pending_data if self._pending_data is not None else _hwc_view(self._native_ds)
+            targets = self._pending_targets if self._pending_targets is not None else self._native_ds.targets.tolist()
             if len(data) != len(targets):
                 raise ValueError(
                     f"data has {len(data)} images but targets has {len(targets)} labels; "
@@ -75,8 +77,7 @@ class Dataset:
         """(N, H, W, C) uint8: a read-only view of the Rust buffer (torchvision's layout)."""
         if self._pending_data is not None:
             return self._pending_data
-        c, h, w = self._native_ds.shape
-        return self._native_ds.buffer().reshape(len(self._native_ds), c, h, w).transpose(0, 2, 3, 1)
+        return _hwc_view(self._native_ds)
 
     @data.setter
     def data(self, images) -> None:
@@ -93,6 +94,11 @@ class Dataset:
     @targets.setter
     def targets(self, labels) -> None:
         self._pending_targets = [int(v) for v in labels]
+
+    def _hwc(self) -> np.ndarray:
+        """The images as (N, H, W, C) uint8, whatever layout ``.data`` shows (torchvision's MNIST and
+        SVHN use others): what the loader, plots and items read."""
+        return _hwc_view(self._native)
 
     @property
     def classes(self) -> list:
@@ -126,17 +132,17 @@ class Dataset:
         if not -n <= index < n:
             raise IndexError(f"index {index} is out of range for {n} images")
         index = int(index) % n
-        target = self.targets[index]
+        target = int(self.targets[index])
         from . import transforms
 
         if self.transform is None:
-            img = transforms.pil_from_hwc(self.data[index])
+            img = transforms.pil_from_hwc(self._hwc()[index])
         else:
             plan = transforms.Plan(self.transform)
             if plan.ops:
                 img = plan.finish(transforms._run_ops(self._native, index, plan.ops))
             else:
-                img = plan.run_rest(transforms.pil_from_hwc(self.data[index]))
+                img = plan.run_rest(transforms.pil_from_hwc(self._hwc()[index]))
         if self.target_transform is not None:
             target = self.target_transform(target)
         return img, target
@@ -144,8 +150,7 @@ class Dataset:
     # pickling (DataLoader workers started with spawn or forkserver) --------------------------
     def _recipe(self) -> tuple:
         """How a worker rebuilds the Rust data set: by value here, by source in the subclasses."""
-        c, h, w = self._native_ds.shape
-        images = self._native_ds.buffer().reshape(len(self._native_ds), c, h, w).transpose(0, 2, 3, 1)
+        images = _hwc_view(self._native_ds)
         return ("numpy", np.ascontiguousarray(images), self._native_ds.targets, self._native_ds.classes)
 
     def __getstate__(self) -> dict:
@@ -190,6 +195,12 @@ class Dataset:
         if self.transform is not None:
             lines.append("    Transform: " + repr(self.transform).replace("\n", "\n    "))
         return "\n".join(lines)
+
+
+def _hwc_view(native: _rs.NativeDataset) -> np.ndarray:
+    """A read-only (N, H, W, C) view of the Rust buffer (N, C, H, W)."""
+    c, h, w = native.shape
+    return native.buffer().reshape(len(native), c, h, w).transpose(0, 2, 3, 1)
 
 
 # Without `classes`, labels up to max(len(labels), this) - 1 name their own classes.
@@ -393,3 +404,7 @@ class ImageFolder(Dataset):
 
     def _recipe(self) -> tuple:
         return super()._recipe() if self._rebuilt else ("folder", os.path.abspath(self.root), self._size)
+
+
+# torchvision's digit data sets live in their own module, on the classes above.
+from ._digits import MNIST, SVHN, FashionMNIST  # noqa: E402

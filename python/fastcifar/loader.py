@@ -62,7 +62,7 @@ def _resolve(dataset) -> Dataset | None:
         targets = [t for p in parts for t in p.targets]
         same = all(p.classes == first.classes for p in parts)
         classes = first.classes if same else [str(i) for i in range(max(targets) + 1)]
-        data = np.concatenate([p.data for p in parts])
+        data = np.concatenate([p._hwc() for p in parts])
         return Dataset.from_numpy(data, targets, classes, first.transform, first.target_transform)
     return None
 

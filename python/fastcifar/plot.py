@@ -56,7 +56,7 @@ def show_predictions(model, dataset, n: int = 8, transform=None, cols: int = 4, 
         if seed is not None
         else np.arange(min(n, len(dataset)))
     )
-    images = dataset.data[idx]
+    images = dataset._hwc()[idx] if hasattr(dataset, "_hwc") else dataset.data[idx]
     if trainer is not None:
         pred = trainer.predict(images, transform=transform).cpu().numpy()
     else:

@@ -6,8 +6,13 @@
 //! this same buffer, as torchvision's is a transposed view of its own.
 pub mod cifar;
 pub mod folder;
+pub mod guard;
+pub mod idx;
 pub mod mapped;
+pub mod mat;
+pub mod mnist;
 pub mod pickle;
+pub mod svhn;
 
 use crate::error::{Error, Result};
 
@@ -371,6 +376,23 @@ mod fuzz {
         let _ = cifar::decode_batch_bytes(bytes.to_vec(), true, classes());
     }
 
+    fn valid_idx(gzip: bool) -> Vec<u8> {
+        let file = idx::tests::idx(&[3, 4, 5], &[9u8; 60]);
+        if gzip {
+            idx::tests::gz(&file)
+        } else {
+            file
+        }
+    }
+
+    fn check_idx(bytes: Vec<u8>) {
+        let p = std::path::Path::new("fuzz");
+        let _ = idx::read_images(idx::Source::bytes(bytes.clone()), p);
+        let _ = idx::read_labels(idx::Source::bytes(bytes.clone()), p);
+        let labels = idx::Source::bytes(idx::tests::idx(&[3], &[1, 2, 3]));
+        let _ = mnist::decode(idx::Source::bytes(bytes), p, labels, p, classes());
+    }
+
     fn check_archive(bytes: &[u8]) {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(bytes).unwrap();
@@ -393,6 +415,16 @@ mod fuzz {
         #[test]
         fn records_random_and_mutated(bytes in prop_oneof![prop::collection::vec(any::<u8>(), 0..7000), mutate(valid_records())]) {
             let _ = cifar::decode_batch_bytes(bytes, false, classes());
+        }
+
+        #[test]
+        fn idx_random_and_mutated(bytes in prop_oneof![prop::collection::vec(any::<u8>(), 0..128), mutate(valid_idx(false)), mutate(valid_idx(true))]) {
+            check_idx(bytes);
+        }
+
+        #[test]
+        fn mat_random_and_mutated(bytes in prop_oneof![prop::collection::vec(any::<u8>(), 0..512), mutate(svhn::tests::svhn(3, &[1, 10, 4], false)), mutate(svhn::tests::svhn(3, &[1, 10, 4], true))]) {
+            let _ = svhn::decode(&bytes, std::path::Path::new("fuzz"), svhn::tests::classes());
         }
 
         #[test]
@@ -423,6 +455,13 @@ mod fuzz {
             3
         );
         assert!(folder::decode_bytes(std::path::Path::new("p"), &valid_png(), None).is_ok());
+        for gzip in [false, true] {
+            let im = idx::read_images(idx::Source::bytes(valid_idx(gzip)), std::path::Path::new("i")).unwrap();
+            assert_eq!((im.n, im.h, im.w), (3, 4, 5));
+            let mat = svhn::tests::svhn(3, &[1, 10, 4], gzip);
+            let ds = svhn::decode(&mat, std::path::Path::new("m"), svhn::tests::classes()).unwrap();
+            assert_eq!(ds.labels, vec![1, 0, 4]);
+        }
         assert!(folder::decode_bytes(std::path::Path::new("j"), &valid_jpeg(), None).is_ok());
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(&valid_targz()).unwrap();

@@ -2,7 +2,7 @@
 //! long call. Python-side conveniences live in `python/fastcifar/`. One job per file:
 //! - `mod.rs`: error translation, GIL release, module registration;
 //! - `convert.rs`: Python values into core types (the one device parser, dtypes, counts);
-//! - `dataset.rs`: `NativeDataset` (and `decode_images`);
+//! - `dataset.rs`: `NativeDataset` (and `decode_images`); `digits.rs`: MNIST-style IDX and SVHN files;
 //! - `transforms.rs`: `TransformOp`, the transform steps;
 //! - `loader.rs`: `NativeLoader` and its `BatchIter`;
 //! - `model.rs`: graphs and modules; `locks.rs`: locks without the GIL;
@@ -17,6 +17,7 @@ use crate::error::Error;
 
 mod convert;
 mod dataset;
+mod digits;
 mod distributed;
 mod eval;
 mod hooks;
@@ -78,6 +79,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(convert::cuda_is_available, m)?)?;
     m.add_function(wrap_pyfunction!(convert::resolve_device, m)?)?;
     m.add_function(wrap_pyfunction!(dataset::decode_images, m)?)?;
+    digits::register(m)?;
     model::register(m)?;
     settings::register(m)?;
     trainer::register(m)?;
