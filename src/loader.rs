@@ -227,7 +227,14 @@ impl Loader {
             // Checked before the device sees them: a CUDA index out of range is a device-side assert.
             check_indices(indices, self.dataset.len())?;
             let (x, y) = r.batch(&self.pipeline, self.opts.seed, epoch, indices, self.opts.kind)?;
-            return Ok((if self.opts.channels_last { to_channels_last(&x)? } else { x }, y));
+            return Ok((
+                if self.opts.channels_last {
+                    to_channels_last(&x)?
+                } else {
+                    x
+                },
+                y,
+            ));
         }
         let [c, h, w] = self.pipeline.out_shape();
         let b = indices.len();
@@ -263,8 +270,14 @@ impl Loader {
         let mut buf = self.host.take(numel * size_of::<T>())?;
         let hwc = self.opts.channels_last;
         self.pool.install(|| {
-            self.pipeline
-                .apply_batch_in(&self.dataset, indices, self.opts.seed, epoch, hwc, buf.as_mut_slice::<T>())
+            self.pipeline.apply_batch_in(
+                &self.dataset,
+                indices,
+                self.opts.seed,
+                epoch,
+                hwc,
+                buf.as_mut_slice::<T>(),
+            )
         })??;
         if hwc {
             let [b, c, h, w] = shape;

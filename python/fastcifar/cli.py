@@ -127,9 +127,7 @@ def cmd_train_recipe(a) -> int:
         train = train.subset(range(min(a.subset, len(train))))
     if a.test_subset:
         test = test.subset(range(min(a.test_subset, len(test))))
-    kw = {
-        k: v for k, v in (("epochs", a.epochs), ("batch_size", a.batch_size), ("amp", a.amp)) if v is not None
-    }
+    kw = {k: v for k, v in (("epochs", a.epochs), ("batch_size", a.batch_size), ("amp", a.amp)) if v is not None}
     t0 = time.perf_counter()
     r = recipes.RECIPES[a.recipe](train=train, test=test, device=a.device, seed=a.seed, **kw)
     if r.trainer.is_main:

@@ -128,7 +128,9 @@ class Trainer:
         if channels_last is not None and not isinstance(channels_last, bool):
             raise TypeError(f"channels_last: expected True, False or None (automatic), got {channels_last!r}")
         #: Whether the graph runs on channels_last activations (batches written so by the loader).
-        self.channels_last = _auto_channels_last(self.device, self.precision) if channels_last is None else channels_last
+        self.channels_last = (
+            _auto_channels_last(self.device, self.precision) if channels_last is None else channels_last
+        )
         # The core checks the loop's settings (grad_accum_steps, log_every, label_smoothing, grad_clip).
         train_config = _rs.TrainConfig(
             label_smoothing=float(label_smoothing),

@@ -7,10 +7,10 @@ use pyo3::types::PyDict;
 
 use super::convert::Device;
 use super::to_py;
+use crate::torch_state::{self, Amp, Precision};
 use crate::train::lookahead;
 use crate::train::optim::OptKind;
 use crate::train::sched::{self, Warmup};
-use crate::torch_state::{self, Amp, Precision};
 use crate::train::{GroupSettings, TrainConfig};
 
 /// A count from Python (an int) for the core, which counts in unsigned integers.

@@ -659,7 +659,10 @@ impl TrainState {
                 break;
             }
         }
-        let (mut loss_sum, mut correct_n) = (readback::read::<f64>(&loss_sum)?, readback::read::<i64>(&correct)? as f64);
+        let (mut loss_sum, mut correct_n) = (
+            readback::read::<f64>(&loss_sum)?,
+            readback::read::<i64>(&correct)? as f64,
+        );
         if let Some(d) = &mut self.dist {
             // The epoch's loss and accuracy over all ranks' samples.
             let t = Tensor::from_slice(&[loss_sum, correct_n, images as f64]).to_device(dev);

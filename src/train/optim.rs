@@ -510,7 +510,11 @@ pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> Result<()> {
     let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
     let total = Tensor::f_stack(&norms, 0)?.f_norm()?;
     // torch: `max_norm / (total_norm + 1e-6)` is Tensor.__rtruediv__, `reciprocal() * max_norm`.
-    let coef = total.f_add_scalar(1e-6)?.f_reciprocal()?.f_mul_scalar(max_norm)?.f_clamp_max(1.0)?;
+    let coef = total
+        .f_add_scalar(1e-6)?
+        .f_reciprocal()?
+        .f_mul_scalar(max_norm)?
+        .f_clamp_max(1.0)?;
     crate::torch_state::no_grad(|| -> Result<()> {
         for g in grads {
             let _ = g.shallow_clone().f_mul_(&coef)?;
