@@ -12,20 +12,26 @@
 namespace {
 
 // Autocast on one device type with one dtype, for the guard's lifetime (as torch.autocast's
-// __enter__ / __exit__: the previous state comes back, and the cast cache is cleared when the
-// outermost autocast region ends).
+// __enter__ / __exit__: the previous state comes back). The cast cache (the low-precision copies
+// of the weights) is cleared when an enabled region ends, not only the outermost one as torch
+// does: each of the engine's regions is one forward, and the weights change before the next, so
+// copies kept under an enclosing region (the loop's own, or a caller's) would be stale.
 struct AutocastGuard {
   at::DeviceType device;
+  bool enabled;
   bool prev_enabled;
   at::ScalarType prev_dtype;
-  AutocastGuard(at::DeviceType d, bool enabled, at::ScalarType dtype)
-      : device(d), prev_enabled(at::autocast::is_autocast_enabled(d)), prev_dtype(at::autocast::get_autocast_dtype(d)) {
-    at::autocast::set_autocast_enabled(d, enabled);
+  AutocastGuard(at::DeviceType d, bool on, at::ScalarType dtype)
+      : device(d),
+        enabled(on),
+        prev_enabled(at::autocast::is_autocast_enabled(d)),
+        prev_dtype(at::autocast::get_autocast_dtype(d)) {
+    at::autocast::set_autocast_enabled(d, on);
     at::autocast::set_autocast_dtype(d, dtype);
     at::autocast::increment_nesting();
   }
   ~AutocastGuard() {
-    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    if (at::autocast::decrement_nesting() == 0 || enabled) at::autocast::clear_cache();
     at::autocast::set_autocast_enabled(device, prev_enabled);
     at::autocast::set_autocast_dtype(device, prev_dtype);
   }
@@ -39,7 +45,7 @@ at::ScalarType scalar_type(int32_t t) { return t == 1 ? at::kHalf : at::kBFloat1
 extern "C" {
 
 // Runs `body(ctx)` with grad mode `grad` (0 off, 1 on; on also leaves inference mode, as
-// `torch.inference_mode(False)` does) and, when `autocast_device` >= 0 (0 CPU, 1 CUDA), autocast
+// `torch.inference_mode(False)` does; -1 keeps the caller's) and, when `autocast_device` >= 0 (0 CPU, 1 CUDA), autocast
 // there in `autocast_dtype` (0 bfloat16, 1 float16) or explicitly off (`autocast_enabled` 0).
 // Returns body's value, or -1 if a C++ exception escaped (the state is restored either way).
 // `body` must not unwind: the Rust side catches its panics.
@@ -48,9 +54,9 @@ int32_t fastcifar_scoped(int32_t grad, int32_t autocast_device, int32_t autocast
   try {
     std::optional<c10::InferenceMode> inference;
     std::optional<c10::AutoGradMode> grad_mode;
-    if (grad) {
+    if (grad == 1) {
       inference.emplace(false);  // grad on, inference mode off
-    } else {
+    } else if (grad == 0) {
       grad_mode.emplace(false);
     }
     std::optional<AutocastGuard> cast;

@@ -45,6 +45,9 @@ pub struct LoaderOptions {
     /// Labels to emit instead of the data set's, one per sample (the data set's `target_transform`
     /// applied once): the images stay shared, only the labels differ.
     pub labels: Option<Arc<Vec<i64>>>,
+    /// Batches in channels_last memory: shape (N, C, H, W) with strides (HWC, 1, WC, C), written
+    /// so by the fused pass (no copy per step), as the trainer asks when its convolutions prefer it.
+    pub channels_last: bool,
 }
 
 impl Default for LoaderOptions {
@@ -63,6 +66,7 @@ impl Default for LoaderOptions {
             world_size: 1,
             pad_shards: true,
             labels: None,
+            channels_last: false,
         }
     }
 }
@@ -222,7 +226,15 @@ impl Loader {
         if let Some(r) = &self.resident {
             // Checked before the device sees them: a CUDA index out of range is a device-side assert.
             check_indices(indices, self.dataset.len())?;
-            return r.batch(&self.pipeline, self.opts.seed, epoch, indices, self.opts.kind);
+            let (x, y) = r.batch(&self.pipeline, self.opts.seed, epoch, indices, self.opts.kind)?;
+            return Ok((
+                if self.opts.channels_last {
+                    to_channels_last(&x)?
+                } else {
+                    x
+                },
+                y,
+            ));
         }
         let [c, h, w] = self.pipeline.out_shape();
         let b = indices.len();
@@ -256,11 +268,30 @@ impl Loader {
     fn fill<T: Element + Plain>(&self, kind: Kind, shape: [usize; 4], epoch: u64, indices: &[usize]) -> Result<Tensor> {
         let numel: usize = shape.iter().product();
         let mut buf = self.host.take(numel * size_of::<T>())?;
+        let hwc = self.opts.channels_last;
         self.pool.install(|| {
-            self.pipeline
-                .apply_batch(&self.dataset, indices, self.opts.seed, epoch, buf.as_mut_slice::<T>())
+            self.pipeline.apply_batch_in(
+                &self.dataset,
+                indices,
+                self.opts.seed,
+                epoch,
+                hwc,
+                buf.as_mut_slice::<T>(),
+            )
         })??;
+        if hwc {
+            let [b, c, h, w] = shape;
+            // (N, H, W, C) memory seen as (N, C, H, W): torch's channels_last strides.
+            return Ok(buf.into_tensor(&[b, h, w, c], kind)?.f_permute([0, 3, 1, 2])?);
+        }
         buf.into_tensor(&shape, kind)
+    }
+
+    /// This loader with batches in channels_last memory (or not); shares the data and the pools.
+    pub fn with_channels_last(&self, on: bool) -> Loader {
+        let mut l = self.clone();
+        l.opts.channels_last = on;
+        l
     }
 
     /// Iterates one epoch with a background producer thread.
@@ -305,6 +336,22 @@ impl Loader {
         it.start();
         it
     }
+}
+
+/// `x` (N, C, H, W) in channels_last memory, as `x.contiguous(memory_format=torch.channels_last)`
+/// (tch has no memory formats: a permuted contiguous copy has exactly those strides). A tensor
+/// already so laid out is returned as it is.
+pub fn to_channels_last(x: &Tensor) -> Result<Tensor> {
+    if x.dim() != 4 || is_channels_last(x) {
+        return Ok(x.shallow_clone());
+    }
+    Ok(x.f_permute([0, 2, 3, 1])?.f_contiguous()?.f_permute([0, 3, 1, 2])?)
+}
+
+/// Whether `x` (N, C, H, W) has channels_last strides (HWC, 1, WC, C).
+pub fn is_channels_last(x: &Tensor) -> bool {
+    let (s, st) = (x.size(), x.stride());
+    s.len() == 4 && st == [s[1] * s[2] * s[3], 1, s[3] * s[1], s[1]]
 }
 
 pub fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {

@@ -36,18 +36,31 @@ pub struct Autocast {
 /// The state one engine call runs under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Scope {
-    /// Gradients recorded (and inference mode left), or not.
-    pub grad: bool,
+    /// Gradients recorded (and inference mode left), or not; None keeps the caller's mode.
+    pub grad: Option<bool>,
     /// None keeps the caller's autocast state.
     pub autocast: Option<Autocast>,
 }
 
 impl Scope {
     pub fn train(autocast: Option<Autocast>) -> Scope {
-        Scope { grad: true, autocast }
+        Scope {
+            grad: Some(true),
+            autocast,
+        }
     }
     pub fn inference(autocast: Option<Autocast>) -> Scope {
-        Scope { grad: false, autocast }
+        Scope {
+            grad: Some(false),
+            autocast,
+        }
+    }
+    /// Autocast alone, grad mode as the caller has it.
+    pub fn cast(autocast: Autocast) -> Scope {
+        Scope {
+            grad: None,
+            autocast: Some(autocast),
+        }
     }
 }
 
@@ -84,7 +97,7 @@ pub fn scoped<T, F: FnOnce() -> T>(scope: Scope, f: F) -> T {
     // it catches every panic, so nothing unwinds through the C++ frames.
     unsafe {
         fastcifar_scoped(
-            i32::from(scope.grad),
+            scope.grad.map_or(-1, i32::from),
             dev,
             enabled,
             dtype,
@@ -159,13 +172,56 @@ pub enum Amp {
     Fp16,
 }
 
+/// The precision a step runs in, once a request meets a device: autocast in one dtype, or float32.
+/// Master weights, optimizer state, losses and BatchNorm statistics stay float32 in every case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    Float32,
+    Bf16,
+    Fp16,
+}
+
+impl Precision {
+    pub fn parse(s: &str) -> Result<Precision> {
+        Ok(match s {
+            "float32" => Precision::Float32,
+            "bf16" => Precision::Bf16,
+            "fp16" => Precision::Fp16,
+            other => {
+                return Err(Error::invalid(
+                    "precision",
+                    format!("'{other}' is not 'float32', 'bf16' or 'fp16'"),
+                ))
+            }
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Float32 => "float32",
+            Precision::Bf16 => "bf16",
+            Precision::Fp16 => "fp16",
+        }
+    }
+
+    /// The autocast dtype, None for float32.
+    pub fn autocast_kind(self) -> Option<Kind> {
+        match self {
+            Precision::Float32 => None,
+            Precision::Bf16 => Some(Kind::BFloat16),
+            Precision::Fp16 => Some(Kind::Half),
+        }
+    }
+}
+
 impl Amp {
     pub fn parse(s: &str) -> Result<Amp> {
         Ok(match s {
-            "off" | "false" | "fp32" | "float32" => Amp::Off,
-            "auto" | "true" => Amp::Auto,
-            "bf16" | "bfloat16" => Amp::Bf16,
-            "fp16" | "float16" | "half" => Amp::Fp16,
+            "off" => Amp::Off,
+            "auto" => Amp::Auto,
+            "bf16" => Amp::Bf16,
+            "fp16" => Amp::Fp16,
             other => {
                 return Err(Error::invalid(
                     "amp",
@@ -175,34 +231,31 @@ impl Amp {
         })
     }
 
-    pub fn name(self) -> &'static str {
-        match self {
-            Amp::Off => "off",
-            Amp::Auto => "auto",
-            Amp::Bf16 => "bf16",
-            Amp::Fp16 => "fp16",
-        }
-    }
-
-    /// The autocast dtype on `device`, and a note when `Auto` falls back to float32 (the caller
-    /// warns with it). Refuses what the device cannot do as asked.
-    pub fn resolve(self, device: Device) -> Result<(Option<Kind>, Option<String>)> {
+    /// The precision on `device` (`cuda_bf16`: the GPU has bfloat16 tensor cores), and a note
+    /// when `Auto` falls back to float32 (the caller warns with it). Refuses what the device
+    /// cannot do as asked.
+    pub fn resolve(self, device: Device, cuda_bf16: bool) -> Result<(Precision, Option<String>)> {
         match (self, device.is_cuda()) {
-            (Amp::Off, _) => Ok((None, None)),
-            // torch.autocast('cuda')'s default, with GradScaler's loss scaling.
-            (Amp::Auto | Amp::Fp16, true) => Ok((Some(Kind::Half), None)),
-            (Amp::Bf16, true) => Ok((Some(Kind::BFloat16), None)),
+            (Amp::Off, _) => Ok((Precision::Float32, None)),
+            // bfloat16 needs no loss scaling, so no step waits on the device to check for inf;
+            // float16 with torch's GradScaler where the GPU lacks bfloat16.
+            (Amp::Auto, true) => Ok((if cuda_bf16 { Precision::Bf16 } else { Precision::Fp16 }, None)),
+            (Amp::Fp16, true) => Ok((Precision::Fp16, None)),
+            (Amp::Bf16, true) if !cuda_bf16 => Err(Error::invalid(
+                "amp",
+                "'bf16' needs a GPU with bfloat16 (compute capability 8.0 or later); pass amp='fp16' or amp=True",
+            )),
+            (Amp::Bf16, _) => Ok((Precision::Bf16, None)),
             (Amp::Fp16, false) => Err(Error::invalid(
                 "amp",
                 "'fp16' needs CUDA: CPUs have no fast float16 convolutions, and torch's CPU autocast uses bfloat16; pass amp='bf16' (or amp=True, which picks it where the CPU has native bf16)",
             )),
-            (Amp::Bf16, false) => Ok((Some(Kind::BFloat16), None)),
             (Amp::Auto, false) => Ok(match cpu_native_bf16() {
-                Some(_) => (Some(Kind::BFloat16), None),
+                Some(_) => (Precision::Bf16, None),
                 None => (
-                    None,
+                    Precision::Float32,
                     Some(
-                        "amp=True on this CPU trains in float32: it has neither avx512_bf16 nor amx_bf16, and emulated bfloat16 is many times slower (pass amp='bf16' to use it anyway)"
+                        "amp=True trains in float32 on this CPU: it has neither avx512_bf16 nor amx_bf16, so bfloat16 would be emulated, many times slower (amp='bf16' uses it anyway)"
                             .to_string(),
                     ),
                 ),
@@ -255,14 +308,14 @@ mod tests {
 
     #[test]
     fn amp_requests_resolve_by_device() {
-        assert_eq!(Amp::Off.resolve(Device::Cpu).unwrap(), (None, None));
-        assert!(Amp::Fp16
-            .resolve(Device::Cpu)
-            .unwrap_err()
-            .to_string()
-            .contains("needs CUDA"));
-        assert_eq!(Amp::Bf16.resolve(Device::Cpu).unwrap().0, Some(Kind::BFloat16));
-        assert_eq!(Amp::Fp16.resolve(Device::Cuda(0)).unwrap().0, Some(Kind::Half));
+        let cpu = |a: Amp| a.resolve(Device::Cpu, false);
+        assert_eq!(cpu(Amp::Off).unwrap(), (Precision::Float32, None));
+        assert!(cpu(Amp::Fp16).unwrap_err().to_string().contains("needs CUDA"));
+        assert_eq!(cpu(Amp::Bf16).unwrap().0, Precision::Bf16);
+        assert_eq!(Amp::Auto.resolve(Device::Cuda(0), true).unwrap().0, Precision::Bf16);
+        assert_eq!(Amp::Auto.resolve(Device::Cuda(0), false).unwrap().0, Precision::Fp16);
+        assert!(Amp::Bf16.resolve(Device::Cuda(0), false).is_err());
         assert!(Amp::parse("fp8").is_err());
+        assert_eq!(Precision::parse("bf16").unwrap().autocast_kind(), Some(Kind::BFloat16));
     }
 }

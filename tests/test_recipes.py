@@ -437,7 +437,7 @@ def test_recipe_settings_are_airbench_units(real_data):
     te = fastcifar.CIFAR10(real_data, train=False).subset(range(256))
     r = recipes.airbench94(train=tr, test=te, device="cpu", batch_size=512, epochs=2.5, widths=(8, 16, 16))
     assert len(r.train_loader) == 4 and r.max_steps == 10 and r.epochs == 3
-    assert not r.train_loader.resident and r.trainer.config["amp"] is False  # on CUDA: both on
+    assert not r.train_loader.resident and r.trainer.config["amp"] == "auto"  # resident on CUDA only
     # airbench: SGD on a summed loss with lr = 11.5 / (1024 * (1 + 1 / 0.15)); on the mean loss, x batch size.
     lr = 11.5 / (1024 * (1 + 1 / 0.15))
     groups = r.trainer.optimizer.param_groups
@@ -470,6 +470,7 @@ def test_recipe_learns_side_by_side_with_a_plain_loop(real_data):
         test_batch_size=256,
         whiten_images=256,
         log_every=1,
+        amp=False,  # the plain loop below is float32
     )
     ref = ref_net(widths)
     ref.load_state_dict(r.model.state_dict())

@@ -409,13 +409,15 @@ def test_a_checkpoint_with_float_flags_and_counters_still_loads(tmp_path):
     tr.load_state_dict(ck)  # into a trainer built with boolean settings: the same settings
 
 
-def test_cuda_device_without_cuda_and_amp_warning():
+def test_cuda_device_without_cuda_and_amp_warning(monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         fastcifar.Trainer(models.small_cnn(), device="cuda")
-    with pytest.warns(UserWarning, match="amp"):
-        fastcifar.Trainer(models.small_cnn(), device="cpu", amp=True)
+    monkeypatch.setenv("FASTCIFAR_CPU_BF16", "0")  # as on a CPU without native bf16
+    with pytest.warns(UserWarning, match="amp=True trains in float32 on this CPU: it has neither avx512_bf16"):
+        tr = fastcifar.Trainer(models.small_cnn(), device="cpu", amp=True)
+    assert tr.precision == "float32"
 
 
 def test_labels_beyond_the_model_classes_are_named():

@@ -19,6 +19,8 @@ __all__ = [
     "DeviceError",
     "cuda_is_available",
     "resolve_device",
+    "resolve_amp",
+    "cpu_native_bf16",
     "decode_images",
     "load_idx",
     "load_svhn",
@@ -37,6 +39,7 @@ __all__ = [
     "evaluate",
     "evaluate_batches",
     "predict_logits",
+    "host_reads",
 ]
 
 @final
@@ -177,6 +180,8 @@ class NativeLoader:
     def epoch(self, epoch: int) -> BatchIter: ...
     def epoch_batches(self, *, epoch: int, batches: Sequence[Sequence[int]]) -> BatchIter:
         """These batches of data set indices (a sampler's), with the randomness of ``epoch``."""
+    def channels_last(self, on: bool = True) -> NativeLoader:
+        """The same loader with batches in channels_last memory (or not): the same values."""
     def resident(self) -> NativeLoader:
         """The same loader with the data set on its output device and batches built there (the same
         batches). ValueError when the transform has steps the device path lacks."""
@@ -192,6 +197,15 @@ def resolve_device(device: _Device) -> str:
     """ "cpu", "cuda" or "cuda:N" for 'cpu', 'cuda', 'cuda:N', 'auto' (CUDA when present), an int N,
     a torch.device, or None (torch's default device). Raises ``DeviceError`` for another device,
     RuntimeError when CUDA is asked for but absent, ValueError for a CUDA index that does not exist."""
+
+def resolve_amp(amp: str, device: _Device, *, cuda_bf16: bool = False) -> tuple[str, str | None]:
+    """The precision ("float32", "bf16" or "fp16") that ``amp`` ("off", "auto", "bf16", "fp16") gives
+    on ``device`` (``cuda_bf16``: the GPU has bfloat16), and a note to warn with when "auto" falls back
+    to float32. Raises ValueError for what the device cannot honour (fp16 on a CPU)."""
+
+def cpu_native_bf16() -> str | None:
+    """ "amx_bf16" or "avx512_bf16" when this CPU computes bf16 natively (libtorch's cpuinfo), else None
+    (also when FASTCIFAR_CPU_BF16=0)."""
 
 def decode_images(paths: Sequence[str | PathLike], size: tuple[int, int]) -> np.ndarray:
     """Decodes PNG / JPEG files to uint8 (N, H, W, 3), resized (bilinear) to size = (h, w)."""
@@ -235,6 +249,10 @@ class NativeModel:
     @property
     def is_graph(self) -> bool: ...
     training: bool
+    #: "float32", "bf16" or "fp16": the autocast dtype of every forward.
+    precision: str
+    #: The graph runs on channels_last activations (the loader writes batches so).
+    channels_last: bool
 
 def save_safetensors(items: Sequence[tuple[str, torch.Tensor]], path: str | PathLike) -> None: ...
 def load_safetensors(path: str | PathLike) -> list[tuple[str, torch.Tensor]]: ...
@@ -324,7 +342,7 @@ class TrainConfig:
         cls,
         *,
         label_smoothing: float = 0.0,
-        amp: bool = False,
+        precision: str = "float32",
         grad_accum_steps: int = 1,
         grad_clip: float | None = None,
         log_every: int = 20,
@@ -486,3 +504,7 @@ def evaluate_batches(
 
 def predict_logits(model: NativeModel, x: torch.Tensor, *, batch_size: int = 256, tta: int = 0) -> torch.Tensor:
     """Eval-mode logits of a float batch, ``batch_size`` at a time, at TTA level ``tta`` (as ``evaluate``)."""
+
+def host_reads() -> int:
+    """How many tensor values the engine has read back to the host in this process (on CUDA each is
+    a wait for the device): at metric reports (``log_every``), epoch ends and results, never per step."""

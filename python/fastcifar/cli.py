@@ -127,9 +127,7 @@ def cmd_train_recipe(a) -> int:
         train = train.subset(range(min(a.subset, len(train))))
     if a.test_subset:
         test = test.subset(range(min(a.test_subset, len(test))))
-    kw = {
-        k: v for k, v in (("epochs", a.epochs), ("batch_size", a.batch_size), ("amp", a.amp or None)) if v is not None
-    }
+    kw = {k: v for k, v in (("epochs", a.epochs), ("batch_size", a.batch_size), ("amp", a.amp)) if v is not None}
     t0 = time.perf_counter()
     r = recipes.RECIPES[a.recipe](train=train, test=test, device=a.device, seed=a.seed, **kw)
     if r.trainer.is_main:
@@ -203,7 +201,7 @@ def cmd_train(a) -> int:
     # Under torchrun every rank runs this; the trainer shards the loaders (--batch-size is per rank)
     # and only rank 0 prints and writes.
     trainer = fastcifar.Trainer(
-        model, optimizer=opt, scheduler=sched, device=a.device, amp=a.amp, seed=a.seed, sync_bn=a.sync_bn
+        model, optimizer=opt, scheduler=sched, device=a.device, amp=a.amp or "off", seed=a.seed, sync_bn=a.sync_bn
     )
     main = trainer.is_main
     if main:
@@ -353,7 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="learning-rate schedule",
     )
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    t.add_argument("--amp", action="store_true", help="mixed precision on CUDA (a recipe's default there)")
+    t.add_argument(
+        "--amp",
+        nargs="?",
+        const="auto",
+        choices=("auto", "bf16", "fp16", "off"),
+        help="mixed precision: auto (what --amp alone means: bf16 where the CPU or GPU has it, fp16 on older "
+        "GPUs), bf16, fp16 or off (default: off, or the recipe's with --recipe: auto)",
+    )
     t.add_argument("--sync-bn", action=_NotedFlag, help="under torchrun: BatchNorm statistics over the global batch")
     t.add_argument("--seed", type=int, default=0, help="seed of the weights, shuffle and augmentation")
     t.add_argument("--subset", type=_positive_int, help="train on the first N training images")

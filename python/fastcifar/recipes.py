@@ -224,7 +224,7 @@ def airbench94(
     test=None,
     device="auto",
     seed: int = 0,
-    amp: bool | None = None,
+    amp: bool | str = True,
     epochs: float = AIRBENCH94["epochs"],
     batch_size: int = AIRBENCH94["batch_size"],
     lr: float = AIRBENCH94["lr"],
@@ -250,8 +250,9 @@ def airbench94(
     ``lr`` and ``weight_decay`` per 1024 examples of a summed loss, with Nesterov momentum's step
     growth divided out. They are converted here to the Trainer's mean loss (rate times batch size,
     decay divided by it), which gives the same updates. ``epochs`` may be fractional: training stops
-    after ceil(steps per epoch * epochs) optimizer steps. ``amp`` defaults to True on CUDA (fp16
-    autocast; airbench trains in fp16). ``alternating_flip=False`` draws flips afresh each epoch
+    after ceil(steps per epoch * epochs) optimizer steps. ``amp`` (the Trainer's) defaults to True: bf16
+    autocast on GPUs that have it and on CPUs with native bf16, fp16 on older GPUs (airbench trains
+    in fp16), float32 with a warning on a CPU without bf16. ``alternating_flip=False`` draws flips afresh each epoch
     instead of airbench's alternation. ``resident`` (default: on CUDA) keeps the data sets on the
     device and builds the batches there, as airbench does.
     """
@@ -282,7 +283,6 @@ def airbench94(
     tf_test = T.Compose([T.ToTensor(), T.Normalize(CIFAR_MEAN, CIFAR_STD)])
     device = fastcifar._native.resolve_device(device)
     on_cuda = device.startswith("cuda")
-    amp = on_cuda if amp is None else bool(amp)
     # On CUDA the data sets live on the GPU and batches are built there (as airbench does).
     resident = on_cuda if resident is None else bool(resident)
     pin = on_cuda and not resident

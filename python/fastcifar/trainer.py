@@ -57,8 +57,12 @@ class Trainer:
     ``state_dict()`` is its own. A module that fx cannot capture runs its own forward in eager
     PyTorch instead (a one-time warning names the cause); everything else stays the same.
 
-    ``device="auto"`` picks CUDA when present. ``amp=True`` on CUDA trains in mixed precision
-    (fp16 autocast with dynamic loss scaling); on CPU it warns and trains in float32.
+    ``device="auto"`` picks CUDA when present. ``amp=True`` trains in mixed precision: bf16
+    autocast on a CPU with native bf16 (AMX or AVX512-BF16; elsewhere it warns and trains in
+    float32) and on GPUs that have it, fp16 with dynamic loss scaling on older GPUs.
+    ``amp="bf16"`` / ``amp="fp16"`` (or the torch dtypes) ask for one dtype, honoured or refused by
+    name. Master weights, optimizer state, the loss and BatchNorm statistics stay float32; evaluate,
+    predict and TTA run in the same precision (``trainer.precision``).
     ``seed`` seeds torch's generator (weight init of models built afterwards, dropout).
 
     Data-parallel: under torchrun (or with ``distributed=True``) the trainer joins
@@ -82,7 +86,8 @@ class Trainer:
         loss: str = "cross_entropy",
         label_smoothing: float = 0.0,
         device="auto",
-        amp: bool = False,
+        amp: bool | str | torch.dtype = False,
+        channels_last: bool | None = None,
         grad_accum_steps: int = 1,
         grad_clip: float | None = None,
         seed: int | None = None,
@@ -100,14 +105,7 @@ class Trainer:
         if loss != "cross_entropy":
             raise ValueError(f"loss: '{loss}' is not supported (only 'cross_entropy')")
         optimizer = optimizer if optimizer is not None else _optim.Adam()
-        # The core checks the loop's settings (grad_accum_steps, log_every, label_smoothing, grad_clip).
-        train_config = _rs.TrainConfig(
-            label_smoothing=float(label_smoothing),
-            amp=bool(amp),
-            grad_accum_steps=grad_accum_steps,
-            grad_clip=None if grad_clip is None else float(grad_clip),
-            log_every=log_every,
-        )
+        amp = _amp_request(amp)
         if distributed is None:
             distributed = _dist.launched() or _dist.active()
         if sync_bn and not distributed:
@@ -122,8 +120,25 @@ class Trainer:
             torch.manual_seed(seed + self.rank)  # different dropout masks per rank; weights come from rank 0
         # The core's one device parser: 'cpu', 'cuda', 'cuda:N', 'auto', an int, a torch.device, None.
         self.device = _rs.resolve_device(device)
-        if amp and not self.device.startswith("cuda"):
-            warnings.warn("amp=True needs a CUDA device; training in float32 on CPU", stacklevel=2)
+        cuda_bf16 = self.device.startswith("cuda") and torch.cuda.is_bf16_supported()
+        #: The precision every forward runs in: "float32", "bf16" or "fp16" (what ``amp`` gives on this device).
+        self.precision, note = _rs.resolve_amp(amp, self.device, cuda_bf16=cuda_bf16)
+        if note:
+            warnings.warn(note, stacklevel=2)
+        if channels_last is not None and not isinstance(channels_last, bool):
+            raise TypeError(f"channels_last: expected True, False or None (automatic), got {channels_last!r}")
+        #: Whether the graph runs on channels_last activations (batches written so by the loader).
+        self.channels_last = (
+            _auto_channels_last(self.device, self.precision) if channels_last is None else channels_last
+        )
+        # The core checks the loop's settings (grad_accum_steps, log_every, label_smoothing, grad_clip).
+        train_config = _rs.TrainConfig(
+            label_smoothing=float(label_smoothing),
+            precision=self.precision,
+            grad_accum_steps=grad_accum_steps,
+            grad_clip=None if grad_clip is None else float(grad_clip),
+            log_every=log_every,
+        )
         self.model = model.to(self.device)
         self._compiled = _graph.compile(self.model)
         self._fingerprint = _graph.fingerprint(self.model)
@@ -138,7 +153,8 @@ class Trainer:
         self.scheduler = scheduler
         self.config: dict[str, Any] = {
             "label_smoothing": float(label_smoothing),
-            "amp": bool(amp),
+            "amp": amp,
+            "channels_last": channels_last,
             "grad_accum_steps": grad_accum_steps,
             "grad_clip": None if grad_clip is None else float(grad_clip),
             "log_every": log_every,
@@ -414,6 +430,8 @@ class Trainer:
         else:
             self._compiled.rebind(*_graph.module_tensors(self.model))
         shape = shape or self.input_shape or _builtin_shape(self.model)
+        # The check compares with the module's own forward: float32, (N, C, H, W).
+        self._compiled.precision, self._compiled.channels_last = "float32", False
         if not _graph.verify(self.model, self._compiled, shape):
             # Something the forward reads changed in a way the fingerprint cannot see: capture
             # again, and if the graph still disagrees, run the module's own forward.
@@ -425,6 +443,8 @@ class Trainer:
                     eager_because="its captured graph does not give what its own forward gives on a sample "
                     "(its forward reads state that the trace cannot follow, or draws random numbers in eval mode)",
                 )
+        self._compiled.precision, self._compiled.channels_last = self.precision, self.channels_last
+        _note_caller_autocast(self.device, self.precision)
         return self._compiled
 
     @contextlib.contextmanager
@@ -657,6 +677,56 @@ def _native_loader(loader):
                 f"fastcifar: the trainer pulls this loader's batches through Python (slower): {why}", stacklevel=4
             )
         return None
+
+
+def _auto_channels_last(device: str, precision: str) -> bool:
+    """channels_last where it was measured to pay (README, "CPU training"): bf16 convolutions on a
+    CPU (oneDNN's AMX / AVX512 kernels take it without reorders) and every convolution on CUDA."""
+    return device.startswith("cuda") or precision == "bf16"
+
+
+_AMP = {True: "auto", False: "off", None: "off", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "off"}
+
+
+def _amp_request(amp) -> str:
+    """``amp`` as the core's resolver reads it: True (the device's fast dtype), False, "bf16",
+    "fp16", or those dtypes as torch writes them; the core refuses what a device cannot honour."""
+    if isinstance(amp, str):
+        return {"float32": "off", "bfloat16": "bf16", "float16": "fp16"}.get(amp, amp)
+    if isinstance(amp, (bool, torch.dtype)) or amp is None:
+        if amp in _AMP:
+            return _AMP[amp]
+        raise ValueError(f"amp: {amp} is not torch.bfloat16 or torch.float16")
+    raise TypeError(f"amp: expected True, False, 'bf16', 'fp16' or a torch dtype, got {type(amp).__name__}")
+
+
+_autocast_noted: set = set()
+
+
+def _note_caller_autocast(device: str, precision: str) -> None:
+    """A ``torch.autocast`` around a call is honoured as torch honours it (the forward runs under
+    it) unless the trainer's own ``amp`` says otherwise (the inner setting wins, as nested autocast
+    regions do). Either way, say once which precision ran."""
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    if not torch.is_autocast_enabled(kind):
+        return
+    dtype = str(torch.get_autocast_dtype(kind)).replace("torch.", "")
+    ours = {"bf16": "bfloat16", "fp16": "float16"}.get(precision)
+    if ours == dtype:
+        return
+    if ours is None:
+        msg = (
+            f"fastcifar: the forward runs in {dtype} under the torch.autocast('{kind}') around this call "
+            f"(the trainer's amp is off); pass amp={dtype!r} to the Trainer to say so"
+        )
+    else:
+        msg = (
+            f"fastcifar: the trainer's amp ({ours}) is used, not the surrounding torch.autocast('{kind}', {dtype}) "
+            "(the innermost setting wins, as in nested autocast regions)"
+        )
+    if msg not in _autocast_noted:
+        _autocast_noted.add(msg)
+        warnings.warn(msg, stacklevel=4)
 
 
 def _input_shape(loader) -> tuple | None:

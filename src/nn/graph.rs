@@ -157,8 +157,10 @@ impl Graph {
         })
     }
 
-    /// Runs the program on `x` with the module's `tensors`.
-    pub fn run(&self, x: &Tensor, tensors: &[Tensor], bn: &BnSync) -> Result<Tensor> {
+    /// Runs the program on `x` with the module's `tensors`. `relaxed_views`: a `view` of memory
+    /// that is not contiguous (channels_last activations) is taken as `reshape`, which gives the
+    /// values the user's `view` gives on contiguous (N, C, H, W) memory.
+    pub fn run(&self, x: &Tensor, tensors: &[Tensor], bn: &BnSync, relaxed_views: bool) -> Result<Tensor> {
         let mut vals: Vec<Value> = Vec::with_capacity(self.nodes.len());
         for (i, n) in self.nodes.iter().enumerate() {
             let args = n
@@ -166,7 +168,7 @@ impl Graph {
                 .iter()
                 .map(|a| resolve(a, x, tensors, &vals))
                 .collect::<Result<Vec<_>>>()?;
-            let v = eval(n, args, bn).map_err(|e| at_node(n, e))?;
+            let v = eval(n, args, bn, relaxed_views).map_err(|e| at_node(n, e))?;
             vals.push(v);
             for (j, v) in vals.iter_mut().enumerate().take(i) {
                 if self.last_use[j] == i {
@@ -399,7 +401,7 @@ fn unary(
     Ok(if inplace { inp(&mut x.shallow_clone())? } else { out(x)? })
 }
 
-fn eval(node: &Node, v: Vec<Value>, bn: &BnSync) -> Result<Value> {
+fn eval(node: &Node, v: Vec<Value>, bn: &BnSync, relaxed_views: bool) -> Result<Value> {
     let a = Args { node, v };
     let t = |x: Tensor| Ok(Value::T(x));
     match node.op {
@@ -541,7 +543,14 @@ fn eval(node: &Node, v: Vec<Value>, bn: &BnSync) -> Result<Value> {
             }
         }
         Op::Flatten => t(a.t(0)?.f_flatten(a.i(1)?, a.i(2)?)?),
-        Op::View => t(a.t(0)?.f_view_(a.ints(1)?)?),
+        Op::View => {
+            let x = a.t(0)?;
+            if relaxed_views && !x.is_contiguous() {
+                t(x.f_reshape(a.ints(1)?)?)
+            } else {
+                t(x.f_view_(a.ints(1)?)?)
+            }
+        }
         Op::Reshape => t(a.t(0)?.f_reshape(a.ints(1)?)?),
         Op::Permute => t(a.t(0)?.f_permute(a.ints(1)?)?),
         Op::Transpose => t(a.t(0)?.f_transpose(a.i(1)?, a.i(2)?)?),

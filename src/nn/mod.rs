@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::torch_state::{self, Autocast, Precision, Scope};
 pub use graph::{Arg, Graph, Node, Op};
 
 /// Batch statistics shared across data-parallel processes (SyncBatchNorm). The core cannot talk to
@@ -81,6 +82,15 @@ pub struct Model {
     bn_sync: BnSync,
     device: Device,
     pub training: bool,
+    /// Mixed precision for every forward (training, evaluation, prediction, TTA, the eager
+    /// fallback alike): autocast on the model's device in this dtype. Float32 leaves the caller's
+    /// own autocast state as it is.
+    pub precision: Precision,
+    /// Run the graph on channels_last activations (its input converted if not already so, its
+    /// `view`s taken as `reshape` where the memory is not contiguous, as for the user's
+    /// `x.view(x.size(0), -1)` after a convolution). The eager fallback keeps the module's own
+    /// layout: its `view`s are the user's code.
+    pub channels_last: bool,
 }
 
 /// A device as PyTorch writes it ("cpu", "cuda:0").
@@ -156,6 +166,8 @@ impl Model {
             bn_sync: BnSync::default(),
             device,
             training: true,
+            precision: Precision::Float32,
+            channels_last: false,
         })
     }
 
@@ -181,6 +193,11 @@ impl Model {
 
     pub fn is_graph(&self) -> bool {
         matches!(self.exec, Exec::Graph { .. })
+    }
+
+    /// Whether batches should come in channels_last memory (the graph runs so; see `channels_last`).
+    pub fn wants_channels_last(&self) -> bool {
+        self.channels_last && self.is_graph()
     }
 
     /// Checks a batch before it reaches libtorch, so mistakes get a message, not a C++ trace.
@@ -227,6 +244,24 @@ impl Model {
 
     /// Logits. `train` selects batch statistics, active dropout and the train-mode graph.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_in(x, train, self.precision)
+    }
+
+    /// Logits in `precision` (the training loop's, which may differ from the model's own).
+    pub fn forward_in(&self, x: &Tensor, train: bool, precision: Precision) -> Result<Tensor> {
+        match precision.autocast_kind() {
+            None => self.forward_exact(x, train),
+            Some(kind) => {
+                let cast = Autocast {
+                    device: self.device,
+                    dtype: Some(kind),
+                };
+                torch_state::scoped(Scope::cast(cast), || self.forward_exact(x, train))
+            }
+        }
+    }
+
+    fn forward_exact(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.check_input(x)?;
         let y = match &self.exec {
             Exec::Graph { train: g, eval } => {
@@ -235,7 +270,12 @@ impl Model {
                 } else {
                     x.to_kind(Kind::Float)
                 };
-                (if train { g } else { eval }).run(&x, &self.tensors, &self.bn_sync)
+                let x = if self.channels_last {
+                    crate::loader::to_channels_last(&x)?
+                } else {
+                    x
+                };
+                (if train { g } else { eval }).run(&x, &self.tensors, &self.bn_sync, self.channels_last)
             }
             Exec::Eager(f) => f.forward(x, train),
         };

@@ -74,7 +74,15 @@ fn predict_logits(py: Python<'_>, model: &PyModel, x: PyTensor, batch_size: i64,
     Ok(PyTensor(y))
 }
 
+/// How many tensor values the engine has read back to the host in this process (each one a wait
+/// for the device on CUDA): reads happen where a metric is reported, never once per step.
+#[pyfunction]
+fn host_reads() -> u64 {
+    engine::readback::count()
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(host_reads, m)?)?;
     m.add_class::<PyEvalStats>()?;
     m.add_function(wrap_pyfunction!(evaluate, m)?)?;
     m.add_function(wrap_pyfunction!(evaluate_batches, m)?)?;

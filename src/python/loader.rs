@@ -70,6 +70,7 @@ impl PyLoader {
             world_size: count("world_size", world_size)?,
             pad_shards,
             labels: labels.map(Arc::new),
+            channels_last: false,
         };
         let ds = dataset.inner.clone();
         let ops = ops.into_iter().map(|o| o.op).collect();
@@ -117,6 +118,14 @@ impl PyLoader {
     #[getter]
     fn is_resident(&self) -> bool {
         self.inner.is_resident()
+    }
+
+    /// The same loader with batches in channels_last memory (or not): the same values.
+    #[pyo3(signature = (on = true))]
+    fn channels_last(&self, on: bool) -> PyLoader {
+        PyLoader {
+            inner: Arc::new(self.inner.with_channels_last(on)),
+        }
     }
 
     /// Iterates the given batches of data set indices (from a sampler), with `epoch`'s randomness.

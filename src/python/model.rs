@@ -11,6 +11,7 @@ use pyo3_tch::PyTensor;
 use super::{lock, release, to_py};
 use crate::error::Error;
 use crate::nn::{device_name, Arg, BatchNormSync, Forward, Model, Node, Op};
+use crate::torch_state::Precision;
 
 /// A node argument as `_graph.py` writes it: `("x", 0)` the input, `("v", i)` node i, `("p", i)`
 /// tensor i, a list, or a constant (bool, int, float, str, None).
@@ -183,6 +184,39 @@ impl PyModel {
     fn is_graph(&self, py: Python<'_>) -> PyResult<bool> {
         let m = self.inner.clone();
         release(py, move || Ok(lock(&m)?.is_graph()))
+    }
+
+    /// The precision of every forward: "float32", "bf16" or "fp16" (autocast on the model's device).
+    #[getter]
+    fn precision(&self, py: Python<'_>) -> PyResult<String> {
+        let m = self.inner.clone();
+        release(py, move || Ok(lock(&m)?.precision.name().to_string()))
+    }
+
+    #[setter]
+    fn set_precision(&self, py: Python<'_>, v: &str) -> PyResult<()> {
+        let p = Precision::parse(v).map_err(to_py)?;
+        let m = self.inner.clone();
+        release(py, move || {
+            lock(&m)?.precision = p;
+            Ok(())
+        })
+    }
+
+    /// Whether the graph runs on channels_last activations (batches written so by the loader).
+    #[getter]
+    fn channels_last(&self, py: Python<'_>) -> PyResult<bool> {
+        let m = self.inner.clone();
+        release(py, move || Ok(lock(&m)?.channels_last))
+    }
+
+    #[setter]
+    fn set_channels_last(&self, py: Python<'_>, v: bool) -> PyResult<()> {
+        let m = self.inner.clone();
+        release(py, move || {
+            lock(&m)?.channels_last = v;
+            Ok(())
+        })
     }
 
     #[getter]

@@ -5,7 +5,9 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use super::convert::Device;
 use super::to_py;
+use crate::torch_state::{self, Amp, Precision};
 use crate::train::lookahead;
 use crate::train::optim::OptKind;
 use crate::train::sched::{self, Warmup};
@@ -437,17 +439,18 @@ pub struct PyTrainConfig {
 #[pymethods]
 impl PyTrainConfig {
     #[new]
-    #[pyo3(signature = (*, label_smoothing = 0.0, amp = false, grad_accum_steps = 1, grad_clip = None, log_every = 20))]
+    /// `precision`: "float32", "bf16" or "fp16", as `resolve_amp` gives it for the device.
+    #[pyo3(signature = (*, label_smoothing = 0.0, precision = "float32", grad_accum_steps = 1, grad_clip = None, log_every = 20))]
     fn new(
         label_smoothing: f64,
-        amp: bool,
+        precision: &str,
         grad_accum_steps: i64,
         grad_clip: Option<f64>,
         log_every: i64,
     ) -> PyResult<Self> {
         let cfg = TrainConfig {
             label_smoothing,
-            amp,
+            precision: Precision::parse(precision).map_err(to_py)?,
             grad_accum: count("grad_accum_steps", grad_accum_steps)? as usize,
             grad_clip,
             log_every: count("log_every", log_every)? as usize,
@@ -461,7 +464,26 @@ impl PyTrainConfig {
     }
 }
 
+/// The precision that `amp` (True / False / "bf16" / "fp16" as "auto" / "off" / ...) gives on
+/// `device`, and a note to warn with when amp=True falls back to float32.
+#[pyfunction]
+#[pyo3(signature = (amp, device, *, cuda_bf16 = false))]
+fn resolve_amp(amp: &str, device: Device, cuda_bf16: bool) -> PyResult<(String, Option<String>)> {
+    let (p, note) = Amp::parse(amp)
+        .and_then(|a| a.resolve(device.device, cuda_bf16))
+        .map_err(to_py)?;
+    Ok((p.name().to_string(), note))
+}
+
+/// The bf16 feature this CPU has natively (libtorch's cpuinfo: "amx_bf16" or "avx512_bf16"), or None.
+#[pyfunction]
+fn cpu_native_bf16() -> Option<&'static str> {
+    torch_state::cpu_native_bf16()
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(resolve_amp, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_native_bf16, m)?)?;
     m.add_class::<PyOptimizerConfig>()?;
     m.add_class::<PyScheduleConfig>()?;
     m.add_class::<PyTrainConfig>()?;

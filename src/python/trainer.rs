@@ -221,7 +221,7 @@ impl PyTrainer {
         let d = hold(py, &model.inner)?.device();
         let mut st = hold(py, &self.state)?;
         st.opt.to_device(d);
-        if st.cfg.amp && d.is_cuda() && st.scaler.is_none() {
+        if st.cfg.needs_scaler(d) && st.scaler.is_none() {
             st.scaler = Some(engine::GradScaler::default());
         }
         Ok(())

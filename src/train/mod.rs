@@ -4,6 +4,7 @@
 pub mod dist;
 pub mod lookahead;
 pub mod optim;
+pub mod readback;
 pub mod sched;
 pub mod tta;
 
@@ -14,7 +15,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 use crate::error::{Error, Result};
 use crate::loader::{Batch, Loader};
 use crate::nn::Model;
-use crate::torch_state::{self, Autocast, Scope};
+use crate::torch_state::{self, Autocast, Precision, Scope};
 use dist::DistState;
 use lookahead::Lookahead;
 use optim::{OptKind, Optimizer};
@@ -23,8 +24,9 @@ use sched::Scheduler;
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
     pub label_smoothing: f64,
-    /// Mixed precision on CUDA: fp16 autocast with dynamic loss scaling.
-    pub amp: bool,
+    /// Mixed precision (autocast in bf16 or fp16; fp16 adds dynamic loss scaling), resolved for
+    /// the device from the user's request (`torch_state::Amp::resolve`).
+    pub precision: Precision,
     pub grad_accum: usize,
     pub grad_clip: Option<f64>,
     /// Steps between progress callbacks (and loss finiteness checks).
@@ -35,7 +37,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             label_smoothing: 0.0,
-            amp: false,
+            precision: Precision::Float32,
             grad_accum: 1,
             grad_clip: None,
             log_every: 20,
@@ -44,6 +46,11 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// float16 needs loss scaling against underflow (torch's GradScaler); bfloat16 does not.
+    pub fn needs_scaler(&self, device: Device) -> bool {
+        self.precision == Precision::Fp16 && device.is_cuda()
+    }
+
     pub fn validate(&self) -> Result<()> {
         if !(0.0..1.0).contains(&self.label_smoothing) {
             return Err(Error::invalid(
@@ -96,7 +103,7 @@ impl GradScaler {
                 let _ = g.shallow_clone().f_mul_scalar_(1.0 / self.scale)?;
                 bad.push(g.f_isfinite()?.f_logical_not()?.f_any()?);
             }
-            Ok(bool::try_from(Tensor::f_stack(&bad, 0)?.f_any()?)?)
+            readback::read::<bool>(&Tensor::f_stack(&bad, 0)?.f_any()?)
         })
     }
 
@@ -329,11 +336,15 @@ impl Source<'_> {
     }
 }
 
+/// A batch onto the model's device. To CUDA the copy is queued without waiting (from pinned
+/// memory it overlaps the step; from pageable memory CUDA stages it first, so the source may be
+/// freed at once either way).
 fn to_device(t: Tensor, d: Device) -> Tensor {
     if t.device() == d {
         t
     } else {
-        t.to_device(d)
+        let kind = t.kind();
+        t.to_device_(d, kind, d.is_cuda(), false)
     }
 }
 
@@ -378,7 +389,7 @@ impl Trainable {
 impl TrainState {
     pub fn new(opt: Optimizer, sched: Option<Scheduler>, cfg: TrainConfig, device: Device) -> Result<TrainState> {
         cfg.validate()?;
-        let scaler = (cfg.amp && device.is_cuda()).then(GradScaler::default);
+        let scaler = cfg.needs_scaler(device).then(GradScaler::default);
         Ok(TrainState {
             opt,
             sched,
@@ -432,6 +443,7 @@ impl TrainState {
         // On CPU the model keeps every core busy: build batches on one thread (measured about 4% more
         // images/s than a pool contending with libtorch's OpenMP threads, at the edge of this VM's
         // noise). On CUDA the loader keeps its pool.
+        let loader = &loader.with_channels_last(model.wants_channels_last());
         let mut it = if model.device().is_cuda() {
             loader.iter(epoch)
         } else {
@@ -456,8 +468,19 @@ impl TrainState {
         epoch: u64,
         hooks: &mut dyn Hooks,
     ) -> Result<EpochStats> {
-        torch_state::scoped(Scope::train(None), || {
-            self.run_batches(model, batches, source, epoch, hooks)
+        // A torch.autocast around fit is taken as amp would be (the forward in its dtype), and off
+        // for the rest of the step: backward and the update run outside autocast, as torch advises.
+        let precision = match (self.cfg.precision, torch_state::user_autocast(model.device())) {
+            (Precision::Float32, Some(Kind::BFloat16)) => Precision::Bf16,
+            (Precision::Float32, Some(Kind::Half)) => Precision::Fp16,
+            (p, _) => p,
+        };
+        let no_cast = Autocast {
+            device: model.device(),
+            dtype: None,
+        };
+        torch_state::scoped(Scope::train(Some(no_cast)), || {
+            self.run_batches(model, batches, source, epoch, precision, hooks)
         })
     }
 
@@ -467,13 +490,13 @@ impl TrainState {
         batches: &mut dyn Iterator<Item = Result<Batch>>,
         source: Source<'_>,
         epoch: u64,
+        precision: Precision,
         hooks: &mut dyn Hooks,
     ) -> Result<EpochStats> {
         model.training = true;
         let dev = model.device();
         let steps = source.steps;
         let accum = self.cfg.grad_accum;
-        let autocast = self.cfg.amp && dev.is_cuda();
         let t0 = Instant::now();
         let loss_sum = Tensor::zeros([], (Kind::Float, dev));
         let correct = Tensor::zeros([], (Kind::Int64, dev));
@@ -515,16 +538,7 @@ impl TrainState {
             let (x, y_host) = batch?;
             let n = x.size().first().copied().unwrap_or(0);
             let (x, y) = (to_device(x, dev), to_device(y_host.shallow_clone(), dev));
-            let logits = if autocast {
-                let cast = Autocast {
-                    device: dev,
-                    dtype: Some(Kind::Half),
-                };
-                torch_state::scoped(Scope::train(Some(cast)), || model.forward_t(&x, true))?
-            } else {
-                model.forward_t(&x, true)?
-            }
-            .to_kind(Kind::Float);
+            let logits = model.forward_in(&x, true, precision)?.to_kind(Kind::Float);
             if i == 0 {
                 source.check_labels(logits.size()[1])?;
             }
@@ -615,12 +629,12 @@ impl TrainState {
             if (i + 1) % self.cfg.log_every == 0 || i + 1 == steps || done {
                 info.step = i + 1;
                 info.images = images;
-                info.loss = f64::try_from(&loss_sum)? / images as f64;
-                info.accuracy = i64::try_from(&correct)? as f64 / images as f64;
+                info.loss = readback::read::<f64>(&loss_sum)? / images as f64;
+                info.accuracy = readback::read::<i64>(&correct)? as f64 / images as f64;
                 info.seconds = t0.elapsed().as_secs_f64();
                 info.lr = hooks.outer_lr().unwrap_or(lr_used);
                 info.momentum = self.opt.momentum();
-                info.batch_loss = f64::try_from(&batch_loss)?;
+                info.batch_loss = readback::read::<f64>(&batch_loss)?;
                 let mut bad = !info.loss.is_finite();
                 let mut stop = !bad && (!hooks.progress(&info)? || stop_asked);
                 if let Some(d) = &mut self.dist {
@@ -645,12 +659,15 @@ impl TrainState {
                 break;
             }
         }
-        let (mut loss_sum, mut correct_n) = (f64::try_from(&loss_sum)?, i64::try_from(&correct)? as f64);
+        let (mut loss_sum, mut correct_n) = (
+            readback::read::<f64>(&loss_sum)?,
+            readback::read::<i64>(&correct)? as f64,
+        );
         if let Some(d) = &mut self.dist {
             // The epoch's loss and accuracy over all ranks' samples.
             let t = Tensor::from_slice(&[loss_sum, correct_n, images as f64]).to_device(dev);
             d.comm.all_reduce_sum(std::slice::from_ref(&t))?;
-            let v: Vec<f64> = Vec::try_from(t.to_device(Device::Cpu))?;
+            let v: Vec<f64> = readback::read(&t.to_device(Device::Cpu))?;
             (loss_sum, correct_n, images) = (v[0], v[1], v[2] as u64);
         }
         let seconds = t0.elapsed().as_secs_f64();
@@ -703,6 +720,7 @@ pub fn evaluate(
         labels: Some(loader.labels()),
         steps: loader.len(),
     };
+    let loader = &loader.with_channels_last(model.wants_channels_last());
     evaluate_batches(
         model,
         &mut loader.iter(0),
@@ -758,13 +776,13 @@ pub fn evaluate_batches(
             }
         }
         let (nc, confusion) = match conf {
-            Some((nc, cm)) => (nc as usize, Vec::<i64>::try_from(cm.to_device(Device::Cpu))?),
+            Some((nc, cm)) => (nc as usize, readback::read::<Vec<i64>>(&cm.to_device(Device::Cpu))?),
             None => (num_classes, vec![0; num_classes * num_classes]),
         };
         let correct: i64 = (0..nc).map(|c| confusion[c * nc + c]).sum();
         let n = count.max(1) as f64;
         Ok(EvalReport {
-            loss: f64::try_from(&loss_sum)? / n,
+            loss: readback::read::<f64>(&loss_sum)? / n,
             accuracy: correct as f64 / n,
             count,
             confusion,

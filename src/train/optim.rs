@@ -500,23 +500,27 @@ unsafe fn addcmul_kernel(v: &mut [f32], g: &[f32], value: f32) {
     }
 }
 
-/// Scales gradients so that their global 2-norm is at most `max_norm` (torch.nn.utils.clip_grad_norm_).
-/// Returns the norm before clipping.
-pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> Result<f64> {
+/// Scales gradients so that their global 2-norm is at most `max_norm`, as
+/// torch.nn.utils.clip_grad_norm_ does it: the coefficient `min(max_norm / (norm + 1e-6), 1)` is a
+/// tensor on the device that every gradient is multiplied by, so no step waits to read the norm.
+pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> Result<()> {
     if grads.is_empty() {
-        return Ok(0.0);
+        return Ok(());
     }
     let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
-    let total = f64::try_from(Tensor::stack(&norms, 0).norm())?;
-    let coef = max_norm / (total + 1e-6);
-    if coef < 1.0 {
-        crate::torch_state::no_grad(|| {
-            for g in grads {
-                let _ = g.shallow_clone().f_mul_scalar_(coef);
-            }
-        });
-    }
-    Ok(total)
+    let total = Tensor::f_stack(&norms, 0)?.f_norm()?;
+    // torch: `max_norm / (total_norm + 1e-6)` is Tensor.__rtruediv__, `reciprocal() * max_norm`.
+    let coef = total
+        .f_add_scalar(1e-6)?
+        .f_reciprocal()?
+        .f_mul_scalar(max_norm)?
+        .f_clamp_max(1.0)?;
+    crate::torch_state::no_grad(|| -> Result<()> {
+        for g in grads {
+            let _ = g.shallow_clone().f_mul_(&coef)?;
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]

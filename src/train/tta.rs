@@ -1,5 +1,5 @@
 //! Test-time augmentation: logits averaged over views of each image, as airbench weighs them.
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::nn::Model;
@@ -21,13 +21,13 @@ pub fn check_level(level: u8) -> Result<()> {
 /// Eval-mode logits of `x` (N, C, H, W) at TTA `level`. 1: the mean of the image's and its
 /// horizontal mirror's logits. 2: half of level 1, plus half the mean of level 1 over the image
 /// translated by one pixel up-left and down-right (reflect-padded).
+/// The views are averaged in float32, whatever precision the forward runs in.
 pub fn logits(model: &Model, x: &Tensor, level: u8) -> Result<Tensor> {
     check_level(level)?;
-    let mirror = |v: &Tensor| -> Result<Tensor> {
-        Ok((model.forward_t(v, false)? + model.forward_t(&v.f_flip([3])?, false)?) * 0.5)
-    };
+    let view = |v: &Tensor| -> Result<Tensor> { Ok(model.forward_t(v, false)?.f_to_kind(Kind::Float)?) };
+    let mirror = |v: &Tensor| -> Result<Tensor> { Ok((view(v)? + view(&v.f_flip([3])?)?) * 0.5) };
     match level {
-        0 => model.forward_t(x, false),
+        0 => view(x),
         1 => mirror(x),
         _ => {
             let (h, w) = (x.size()[2], x.size()[3]);

@@ -40,6 +40,21 @@ pub(super) struct Scratch {
     bytes: Vec<u8>,
 }
 
+/// Rewrites one sample from (C, H, W) to (H, W, C) order in place. The sample is a few KB, so
+/// the copy and the scatter stay in cache: a small cost next to the gather and the conversion.
+fn to_hwc<T: Element>(d: &mut [T], [c, h, w]: [usize; 3]) {
+    if c == 1 {
+        return; // one channel: both orders are the same memory
+    }
+    let planar = d.to_vec();
+    let hw = h * w;
+    for (p, px) in d.chunks_exact_mut(c).enumerate() {
+        for (ch, v) in px.iter_mut().enumerate() {
+            *v = planar[ch * hw + p];
+        }
+    }
+}
+
 impl Pipeline {
     /// Writes the transformed images `indices` of `ds` into `out` (B * C * H * W elements), one
     /// sample per task across the current rayon pool. Sample `i`'s randomness is keyed by
@@ -50,6 +65,20 @@ impl Pipeline {
         indices: &[usize],
         seed: u64,
         epoch: u64,
+        out: &mut [T],
+    ) -> Result<()> {
+        self.apply_batch_in(ds, indices, seed, epoch, false, out)
+    }
+
+    /// `apply_batch`, each sample written channels-last (H, W, C) when `hwc`: the memory of a
+    /// channels_last batch, which convolutions on oneDNN and cuDNN read without a reorder.
+    pub fn apply_batch_in<T: Element>(
+        &self,
+        ds: &Dataset,
+        indices: &[usize],
+        seed: u64,
+        epoch: u64,
+        hwc: bool,
         out: &mut [T],
     ) -> Result<()> {
         if ds.shape != self.in_shape {
@@ -91,6 +120,9 @@ impl Pipeline {
                             index: i as u64,
                         };
                         self.apply_one(ds.image(i), key, s, d);
+                        if hwc {
+                            to_hwc(d, self.out_shape);
+                        }
                     }
                 },
             );
