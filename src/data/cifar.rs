@@ -323,8 +323,9 @@ pub fn load(root: &Path, variant: Variant, train: bool, mmap: bool) -> Result<(D
 
 fn pickle_classes(source: &mut Source, spec: &Spec) -> Result<Vec<String>> {
     let (p, bytes) = source.read_one(spec.py_meta)?;
-    let v = pickle::parse(&bytes).map_err(|m| Error::format(&p, format!("malformed pickle: {m}")))?;
-    let names = v
+    let pk = pickle::parse(&bytes).map_err(|m| Error::format(&p, format!("malformed pickle: {m}")))?;
+    let names = pk
+        .root()
         .get(spec.py_meta_key)
         .and_then(|n| n.items())
         .ok_or_else(|| Error::format(&p, format!("no '{}' list in the meta pickle", spec.py_meta_key)))?;
@@ -422,7 +423,8 @@ fn decode_pickles(files: &[(PathBuf, Bytes)], spec: &Spec, classes: Vec<String>,
             .par_iter()
             .map(|(path, bytes)| {
                 let bad = |m: String| Error::format(path, m);
-                let v = pickle::parse(bytes).map_err(|m| bad(format!("malformed pickle: {m}")))?;
+                let pk = pickle::parse(bytes).map_err(|m| bad(format!("malformed pickle: {m}")))?;
+                let v = pk.root();
                 let data = v
                     .get("data")
                     .ok_or_else(|| bad("no 'data' entry in the batch".into()))?;

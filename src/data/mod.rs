@@ -361,9 +361,9 @@ mod fuzz {
     }
 
     fn check_pickle(bytes: &[u8]) {
-        if let Ok(v) = pickle::parse(bytes) {
+        if let Ok(pk) = pickle::parse(bytes) {
             for key in ["data", "labels"] {
-                if let Some(x) = v.get(key) {
+                if let Some(x) = pk.root().get(key) {
                     let _ = x.ndarray_u8();
                 }
             }
@@ -399,6 +399,124 @@ mod fuzz {
         fn images_mutated(bytes in prop_oneof![mutate(valid_png()), mutate(valid_jpeg()), prop::collection::vec(any::<u8>(), 0..256)]) {
             let _ = folder::decode_bytes(std::path::Path::new("fuzz"), &bytes, None);
             let _ = folder::decode_bytes(std::path::Path::new("fuzz"), &bytes, Some((4, 4)));
+        }
+    }
+
+    /// Counts the bytes each thread asks the allocator for, so that a property can bound what one
+    /// call allocates (a 198-byte pickle of nested memo GETs once asked for gigabytes).
+    struct Counting;
+
+    thread_local! {
+        static ASKED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+        /// While `asked_by` runs: the most this thread may ask for, so that a reader that blows up
+        /// fails the property with "memory allocation of N bytes failed" instead of exhausting the
+        /// machine.
+        static CAP: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+    }
+
+    /// Counts `n` bytes; false once the thread is past its cap (the allocation then fails).
+    fn count(n: usize) -> bool {
+        // `try_with`: the allocator also runs while thread-locals are torn down.
+        ASKED
+            .try_with(|c| {
+                c.set(c.get().saturating_add(n));
+                c.get() <= CAP.try_with(|m| m.get()).unwrap_or(usize::MAX)
+            })
+            .unwrap_or(true)
+    }
+
+    // SAFETY: every call is forwarded unchanged to the system allocator; the wrapper only counts.
+    unsafe impl std::alloc::GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            if !count(layout.size()) {
+                return std::ptr::null_mut();
+            }
+            // SAFETY: the caller's contract for `alloc` is passed on unchanged.
+            unsafe { std::alloc::System.alloc(layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+            if !count(layout.size()) {
+                return std::ptr::null_mut();
+            }
+            // SAFETY: as for `alloc`.
+            unsafe { std::alloc::System.alloc_zeroed(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+            // SAFETY: `ptr` came from `System` through this wrapper, with this layout.
+            unsafe { std::alloc::System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+            if !count(new_size) {
+                return std::ptr::null_mut();
+            }
+            // SAFETY: as for `dealloc`; the caller guarantees `new_size` is valid for the layout's alignment.
+            unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: Counting = Counting;
+
+    /// Bytes this thread asked for while `f` ran, which may ask for at most `cap`.
+    fn asked_by(cap: usize, f: impl FnOnce()) -> usize {
+        let before = ASKED.with(|c| c.get());
+        CAP.with(|m| m.set(before.saturating_add(cap)));
+        f();
+        CAP.with(|m| m.set(usize::MAX));
+        ASKED.with(|c| c.get()) - before
+    }
+
+    /// Pieces of pickles that make, share and grow values through the memo and the stack, and
+    /// that decode text: what the size bounds are about. Each leaves a list on top of the stack
+    /// (four lists are memoised first), so that sequences of them run long; a few raw opcodes mix
+    /// errors in. DUP + APPEND, and a list of two GETs memoised again, double a value's logical
+    /// size: a reader that copies on GET or DUP blows up within a few of them.
+    fn memo_piece() -> impl Strategy<Value = Vec<u8>> {
+        let key = || 0u8..4;
+        let cat = |parts: &[&[u8]]| parts.concat();
+        prop_oneof![
+            4 => Just(b"2a".to_vec()),
+            4 => key().prop_map(move |k| cat(&[b"(h", &[k], b"h", &[k], b"lq", &[k], b"a"])),
+            2 => key().prop_map(move |k| cat(&[b"0h", &[k]])),
+            2 => key().prop_map(move |k| cat(&[b"q", &[k]])),
+            1 => key().prop_map(move |k| cat(&[b"0j", &(k as u32).to_le_bytes()])),
+            1 => key().prop_map(move |k| cat(&[b"r", &(k as u32).to_le_bytes()])),
+            1 => key().prop_map(move |k| cat(&[b"}U\x03keyh", &[k], b"sa"])),
+            1 => key().prop_map(move |k| cat(&[b"h", &[k], b"\x85a"])),
+            1 => Just(vec![0x94]),
+            1 => Just(b"]".to_vec()),
+            1 => Just(b"K\x07a".to_vec()),
+            1 => Just(b"c_codecs\nencode\nX\x04\x00\x00\x00text\x8c\x06latin1\x86Ra".to_vec()),
+            1 => Just(b"Vraw\\u00e9text\na".to_vec()),
+            1 => Just(b"S'esc\\x41ped'\na".to_vec()),
+            1 => Just(b"\x8c\x05numpy\x8c\x05dtype\x93)\x81N\x85ba".to_vec()),
+            1 => prop::sample::select(b"]})(ltae2su0NRb\x86\x85\x93".to_vec()).prop_map(|c| vec![c]),
+        ]
+    }
+
+    fn memo_pickle() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(memo_piece(), 1..120).prop_map(|pieces| {
+            let mut p = b"\x80\x02]q\x00]q\x01]q\x02]q\x03".to_vec();
+            p.extend(pieces.concat());
+            p.push(b'.');
+            p
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(1000), failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// What a parse allocates is linear in the pickle's size, whatever it shares through the
+        /// memo, DUPs or decodes; the values it returns can be read without walking shared parts again.
+        #[test]
+        fn pickle_memo_and_sizes_stay_bounded(bytes in memo_pickle()) {
+            let asked = asked_by(256 << 20, || {
+                if let Ok(pk) = pickle::parse(&bytes) {
+                    let root = pk.root();
+                    let _ = (root.get("key"), root.ndarray_u8(), root.items().map(|i| i.len()));
+                }
+            });
+            prop_assert!(asked <= 256 * bytes.len() + (64 << 10), "{asked} bytes asked for by a {}-byte pickle", bytes.len());
         }
     }
 
