@@ -85,7 +85,7 @@ impl Dataset {
                 format!("{} labels for {n} images", labels.len()),
             ));
         }
-        let mut images = ImageBuf::zeroed(hwc.len());
+        let mut images = ImageBuf::zeroed(hwc.len(), "images")?;
         let per = h * w * c;
         if per > 0 {
             use rayon::prelude::*;
@@ -135,7 +135,11 @@ impl Dataset {
                 format!("index {bad} is out of range for {} images", self.len()),
             ));
         }
-        let mut images = ImageBuf::zeroed(indices.len() * s);
+        let bytes = indices
+            .len()
+            .checked_mul(s)
+            .ok_or_else(|| Error::invalid("indices", "too many"))?;
+        let mut images = ImageBuf::zeroed(bytes, "images")?;
         for (dst, &i) in images.chunks_exact_mut(s.max(1)).zip(indices) {
             dst.copy_from_slice(self.image(i));
         }
@@ -161,16 +165,36 @@ pub enum ImageBuf {
 }
 
 impl ImageBuf {
-    pub fn zeroed(len: usize) -> ImageBuf {
+    /// `len` zero bytes for `what` (named in the error). Fallible: the sizes come from files, so a
+    /// failed allocation, or one larger than this machine's memory and swap (which would succeed
+    /// under overcommit and then get the process killed as the pages are written), is
+    /// `Error::OutOfMemory` (Python's MemoryError), never an abort.
+    pub fn zeroed(len: usize, what: &str) -> Result<ImageBuf> {
+        let oom = |reason: String| Error::OutOfMemory {
+            what: what.to_string(),
+            bytes: len,
+            reason,
+        };
+        if let Some(total) = memory_and_swap() {
+            if len as u64 > total {
+                return Err(oom(format!(
+                    "more than this machine's memory and swap ({})",
+                    crate::error::human_bytes(total as usize)
+                )));
+            }
+        }
         if len >= 4 << 20 {
             if let Ok(m) = memmap2::MmapOptions::new().len(len).map_anon() {
                 // Advice only: without THP the mapping still works, just with small pages.
                 #[cfg(target_os = "linux")]
                 let _ = m.advise(memmap2::Advice::HugePage);
-                return ImageBuf::Anon(m);
+                return Ok(ImageBuf::Anon(m));
             }
         }
-        ImageBuf::Heap(vec![0u8; len])
+        let mut v = Vec::new();
+        v.try_reserve_exact(len).map_err(|e| oom(e.to_string()))?;
+        v.resize(len, 0);
+        Ok(ImageBuf::Heap(v))
     }
 
     /// Whether the bytes are (mostly) the files' pages rather than a copy.
@@ -211,11 +235,31 @@ impl std::ops::DerefMut for ImageBuf {
 }
 
 impl Clone for ImageBuf {
+    /// A copy of a buffer that exists already (its size was checked when it was made); `Clone`
+    /// cannot fail, so an allocation failure here aborts as any Rust allocation does.
     fn clone(&self) -> Self {
-        let mut b = ImageBuf::zeroed(self.len());
+        let anon = (self.len() >= 4 << 20)
+            .then(|| memmap2::MmapOptions::new().len(self.len()).map_anon().ok())
+            .flatten();
+        let mut b = anon.map_or_else(|| ImageBuf::Heap(vec![0u8; self.len()]), ImageBuf::Anon);
         b.copy_from_slice(self);
         b
     }
+}
+
+/// Total memory plus swap, where the system says (Linux); None elsewhere.
+fn memory_and_swap() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `sysinfo` only writes the struct it is given, which is plain data.
+        let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a valid, writable sysinfo struct.
+        if unsafe { libc::sysinfo(&mut info) } == 0 {
+            let unit = u64::from(info.mem_unit.max(1));
+            return Some((info.totalram as u64 + info.totalswap as u64).saturating_mul(unit));
+        }
+    }
+    None
 }
 
 impl PartialEq for ImageBuf {
@@ -397,8 +441,9 @@ mod fuzz {
 
         #[test]
         fn images_mutated(bytes in prop_oneof![mutate(valid_png()), mutate(valid_jpeg()), prop::collection::vec(any::<u8>(), 0..256)]) {
-            let _ = folder::decode_bytes(std::path::Path::new("fuzz"), &bytes, None);
-            let _ = folder::decode_bytes(std::path::Path::new("fuzz"), &bytes, Some((4, 4)));
+            let limit = Some(folder::DEFAULT_MAX_PIXELS);
+            let _ = folder::decode_bytes(std::path::Path::new("fuzz"), &bytes, None, limit);
+            let _ = folder::decode_bytes(std::path::Path::new("fuzz"), &bytes, Some((4, 4)), limit);
         }
     }
 
@@ -540,8 +585,8 @@ mod fuzz {
                 .len(),
             3
         );
-        assert!(folder::decode_bytes(std::path::Path::new("p"), &valid_png(), None).is_ok());
-        assert!(folder::decode_bytes(std::path::Path::new("j"), &valid_jpeg(), None).is_ok());
+        assert!(folder::decode_bytes(std::path::Path::new("p"), &valid_png(), None, None).is_ok());
+        assert!(folder::decode_bytes(std::path::Path::new("j"), &valid_jpeg(), None, None).is_ok());
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(&valid_targz()).unwrap();
         assert_eq!(cifar::read_archive(f.path(), &["test_batch.bin"]).unwrap().len(), 1);
