@@ -28,7 +28,7 @@ if torch.__version__.split("+")[0] != TORCH_VERSION:
 
 # After the torch check (E402 is ignored for this file in pyproject.toml).
 from . import _native, distributed, models, optim, plot, transforms
-from .datasets import CIFAR10, CIFAR100, Dataset, ImageFolder
+from .datasets import CIFAR10, CIFAR100, Dataset, DecompressionBombError, ImageFolder
 from .loader import DataLoader
 from .trainer import EvalReport, History, Trainer
 
@@ -42,6 +42,7 @@ __all__ = [
     "CIFAR100",
     "ImageFolder",
     "Dataset",
+    "DecompressionBombError",
     "DataLoader",
     "Trainer",
     "History",
