@@ -184,7 +184,7 @@ def to_batch(images, transform, channels: int | None, size: tuple[int, int] | No
     return _through_loader(_arrays(images, channels), transform, size)
 
 
-def _without_pil(images: list, transform, channels: int | None, size: tuple[int, int] | None) -> torch.Tensor:
+def _without_pil(images: Sequence, transform, channels: int | None, size: tuple[int, int] | None) -> torch.Tensor:
     """Image files without Pillow: decoded in Rust, resized to the model's input, then the transform
     as for arrays."""
     from . import _native

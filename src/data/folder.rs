@@ -163,8 +163,8 @@ fn check_size_pixels((h, w): (usize, usize), max_pixels: Option<u64>) -> Result<
 /// (N, H, W, 3) bytes. Used for prediction on loose files.
 pub fn decode_files(paths: &[PathBuf], size: (usize, usize), max_pixels: Option<u64>) -> Result<Vec<u8>> {
     check_size_pixels(size, max_pixels)?;
-    let per = size.0 * size.1 * 3;
-    let len = paths.len().checked_mul(per).unwrap_or(usize::MAX);
+    let per = size.0.saturating_mul(size.1).saturating_mul(3);
+    let len = paths.len().saturating_mul(per);
     let mut out = Vec::new();
     crate::error::try_reserve(&mut out, len, "images")?;
     out.resize(len, 0);
@@ -199,7 +199,7 @@ pub fn load(root: &Path, size: Option<(usize, usize)>, max_pixels: Option<u64>) 
         }
     };
     let per = 3 * h * w;
-    let len = files.len().checked_mul(per).unwrap_or(usize::MAX);
+    let len = files.len().saturating_mul(per);
     let mut images = super::ImageBuf::zeroed(len, "images")?;
     let decode_all = || {
         images
