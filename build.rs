@@ -1,10 +1,12 @@
-//! Compiles csrc/host_tensor.cpp against the libtorch that torch-sys links (the installed torch's
-//! with LIBTORCH_USE_PYTORCH=1, as the Makefile sets it; else $LIBTORCH), with its C++ ABI.
+//! Compiles csrc/host_tensor.cpp and csrc/torch_state.cpp (what torch-sys lacks) against the libtorch
+//! that torch-sys links (the installed torch's with LIBTORCH_USE_PYTORCH=1, as the Makefile sets it;
+//! else $LIBTORCH), with its C++ ABI.
 use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=csrc/host_tensor.cpp");
+    println!("cargo:rerun-if-changed=csrc/torch_state.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     let (includes, abi) = if std::env::var_os("LIBTORCH_USE_PYTORCH").is_some() {
@@ -42,5 +44,6 @@ fn main() {
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .file("csrc/host_tensor.cpp")
+        .file("csrc/torch_state.cpp")
         .compile("fastcifar_host");
 }

@@ -42,6 +42,13 @@ pub enum Error {
     /// callback calling the model): waiting for it would never end.
     #[error("{0}")]
     Busy(String),
+    /// What torch refuses with an IndexError (a class label outside the model's outputs).
+    #[error("{0}")]
+    OutOfRange(String),
+    /// What torch refuses with a RuntimeError, in its words plus the fix (labels of the wrong
+    /// dtype or shape, a loss that reaches no trainable parameter).
+    #[error("{0}")]
+    Runtime(String),
     /// The user asked to stop (Ctrl-C) or a consumer went away.
     #[error("interrupted")]
     Interrupted,

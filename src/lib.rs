@@ -8,6 +8,7 @@ pub mod loader;
 pub mod nn;
 pub mod pool;
 pub mod rng;
+pub mod torch_state;
 pub mod train;
 pub mod transforms;
 

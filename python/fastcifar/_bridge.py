@@ -156,6 +156,10 @@ class Bridge:
         if grads is not None:
             if self.rust_schedule is not None:  # a fastcifar schedule drives the rate of a torch optimizer
                 self.optimizer.param_groups[0]["lr"] = lr
+            # zero_grad(set_to_none=True): a parameter frozen since the last step, or one no gradient
+            # reached, has no .grad, so the optimizer skips it as it would in a plain loop.
+            for p in self.params:
+                p.grad = None
             for i, g in zip(active, grads):
                 self.params[i].grad = g
             self.optimizer.step()

@@ -22,13 +22,14 @@ tensor i, lists, constants):
     avg_pool2d(x, kernel[2], stride[2], padding[2], ceil_mode, count_include_pad, divisor_override?)
     adaptive_avg_pool2d | adaptive_max_pool2d(x, size[2])      dropout | dropout2d(x, p, train, inplace)
     flatten(x, start, end)   view | reshape | permute(x, ints)   transpose(x, a, b)   unsqueeze(x, d)
-    contiguous(x)   mean | sum(x, dims?, keepdim)   cat(tensors, dim)   matmul(a, b)
+    contiguous(x)   detach(x)   mean | sum(x, dims?, keepdim)   cat(tensors, dim)   matmul(a, b)
     add | sub | mul | div | floordiv(a, b)   neg(a)   size(x, dim?)   getitem(list, i)   identity(x)
 """
 
 from __future__ import annotations
 
 import operator
+import types
 import warnings
 from typing import Any, Callable
 
@@ -60,11 +61,14 @@ def module_tensors(module: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
     return names, tensors
 
 
-def compile(module: nn.Module) -> _rs.NativeModel:
-    """The native model for ``module``: its graphs, or its own forward when they cannot be had."""
+def compile(module: nn.Module, eager_because: str | None = None) -> _rs.NativeModel:
+    """The native model for ``module``: its graphs, or its own forward when they cannot be had
+    (or when ``eager_because`` says why not to use them)."""
     names, tensors = module_tensors(module)
     name = type(module).__name__
     try:
+        if eager_because is not None:
+            raise Unsupported(eager_because)
         _no_hooks(module)
         plans = {mode: _Capture(module, mode, tensors).plan() for mode in (True, False)}
         return _rs.NativeModel.graph(name, names, tensors, train=plans[True], eval=plans[False])
@@ -611,6 +615,7 @@ _FUNCTIONS.update(
         torch.permute: (["input", "dims"], lambda a: ("permute", [a["input"], _ints(a["dims"])])),
         torch.transpose: (["input", "dim0", "dim1"], lambda a: ("transpose", [a["input"], a["dim0"], a["dim1"]])),
         torch.unsqueeze: (["input", "dim"], lambda a: ("unsqueeze", [a["input"], a["dim"]])),
+        torch.detach: (["input"], lambda a: ("detach", [a["input"]])),
         torch.mean: _reduce("mean"),
         torch.sum: _reduce("sum"),
         torch.cat: (["tensors", ("dim", 0)], lambda a: ("cat", [a["tensors"], a["dim"]])),
@@ -663,6 +668,7 @@ _METHODS: dict[str, tuple] = {
     "transpose": _method(["dim0", "dim1"], lambda a: ("transpose", [a["input"], a["dim0"], a["dim1"]])),
     "unsqueeze": _method(["dim"], lambda a: ("unsqueeze", [a["input"], a["dim"]])),
     "contiguous": _method([], lambda a: ("contiguous", [a["input"]])),
+    "detach": _method([], lambda a: ("detach", [a["input"]])),
     "mean": _reduce("mean"),
     "sum": _reduce("sum"),
     "relu": _method([], lambda a: ("relu", [a["input"], False])),
@@ -680,21 +686,92 @@ _METHODS: dict[str, tuple] = {
 }
 
 
-_SETTINGS = (bool, int, float, str, type(None), tuple, list)
+_SETTINGS = (bool, int, float, str, type(None), tuple, list, dict, set, frozenset)
+
+
+def _value_key(v) -> Any:
+    """A value as a capture depends on it: settings by content (a dict read in forward included),
+    anything else (a function attribute such as ``self.act = torch.tanh``, an object) by identity."""
+    if isinstance(v, (torch.Tensor, nn.Module)):
+        return None  # tensors are re-bound, modules fingerprinted by themselves
+    if isinstance(v, _SETTINGS):
+        return repr(v)
+    return (type(v).__qualname__, id(v))
+
+
+def _code_names(code: types.CodeType) -> frozenset:
+    """Every name the code (and the functions and comprehensions inside it) looks up."""
+    names = set(code.co_names)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            names |= _code_names(c)
+    return frozenset(names)
+
+
+def _globals_read(fn) -> tuple:
+    """The module-level values a forward reads as it runs (a flag, a config dict, a function), and
+    for a module object it reads (``cfg.ACT``) the attributes named in the code. A trace records the
+    values these had; a later change must capture again."""
+    code, g = getattr(fn, "__code__", None), getattr(fn, "__globals__", None)
+    if code is None or g is None:
+        return ()
+    names = _code_names(code)
+    out = []
+    for n in sorted(names & g.keys()):
+        v = g[n]
+        if isinstance(v, types.ModuleType):
+            if v.__name__.split(".")[0] in ("torch", "builtins", "math", "operator"):
+                continue  # libraries, whose functions the graph rules name
+            out.append((n, tuple((a, _value_key(getattr(v, a))) for a in sorted(names) if hasattr(v, a))))
+        else:
+            out.append((n, _value_key(v)))
+    return tuple(out)
 
 
 def fingerprint(module: nn.Module) -> tuple:
     """What a capture depends on besides the tensors: each submodule (by identity and class), its
-    settings (kernel sizes, dropout p, momentum, ...), its hooks and a forward replaced on the instance.
-    ``training`` is left out: both modes are captured."""
+    attributes (settings by value: kernel sizes, dropout p, a dict read in forward; functions and
+    other objects by identity), its hooks, its forward (replaced on the instance or on the class),
+    and the module-level values that forward reads. ``training`` is left out: both modes are
+    captured. What this cannot see (a value read by a helper in another module, a random draw) is
+    caught by ``verify``."""
     parts = []
     for name, m in module.named_modules():
         settings = tuple(
             sorted(
-                (k, repr(v))
+                (k, _value_key(v))
                 for k, v in vars(m).items()
-                if not k.startswith("_") and k != "training" and isinstance(v, _SETTINGS)
+                if not k.startswith("_") and k != "training" and k != "forward"
             )
         )
-        parts.append((name, id(m), type(m), id(vars(m).get("forward")), _hooks(m), settings))
+        forward = vars(m).get("forward") or type(m).forward
+        own = not type(m).__module__.startswith("torch.")
+        reads = _globals_read(getattr(forward, "__func__", forward)) if own else ()
+        parts.append((name, id(m), type(m), id(forward), _hooks(m), settings, reads))
     return tuple(parts)
+
+
+def verify(module: nn.Module, native: _rs.NativeModel, shape: tuple | None) -> bool:
+    """Whether the eval graph still answers as the module's own forward does, on one sample of
+    ``shape`` (C, H, W) drawn from a private generator (the caller's random stream is untouched).
+    True when there is nothing to compare (the eager fallback, or no known input shape)."""
+    if shape is None or not native.is_graph:
+        return True
+    p = next(iter(module.parameters()), None)
+    device = p.device if p is not None else torch.device("cpu")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((1, *shape), generator=g).to(device)
+    was = {m: m.training for m in module.modules()}
+    try:
+        module.eval()
+        with torch.no_grad():
+            want = module(x)
+            got = native.forward(x, train=False)
+    except Exception:
+        return True  # a forward that fails on this sample is judged on real data, as before
+    finally:
+        for m, mode in was.items():
+            m.training = mode
+    if not isinstance(want, torch.Tensor) or want.shape != got.shape:
+        return False
+    return bool(torch.allclose(want.float(), got.float(), rtol=1e-4, atol=1e-5))

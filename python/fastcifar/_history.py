@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from typing import overload
 
 import numpy as np
 
@@ -33,7 +34,21 @@ class History:
             keys += [k for k in r if k not in keys]
         return {k: [r.get(k) for r in self.epochs] for k in keys}
 
-    def __getitem__(self, key: str) -> list:
+    @overload
+    def __getitem__(self, key: str) -> list: ...
+    @overload
+    def __getitem__(self, key: int) -> dict: ...
+    @overload
+    def __getitem__(self, key: slice) -> list[dict]: ...
+    def __getitem__(self, key):
+        """``history["loss"]``: that value for every epoch (None where an epoch lacks it);
+        ``history[-1]``, ``history[1:3]``: the epochs' records, as a list indexes."""
+        if isinstance(key, (int, slice)) and not isinstance(key, bool):
+            return self.epochs[key]
+        if not isinstance(key, str):
+            raise TypeError(f"History indices must be str (a metric), int or slice, not {type(key).__name__}")
+        if self.epochs and not any(key in r for r in self.epochs):
+            raise KeyError(f"{key!r}: no epoch recorded it (recorded: {', '.join(self.history)})")
         return [r.get(key) for r in self.epochs]
 
     def __len__(self) -> int:

@@ -196,7 +196,7 @@ class Trainer:
                 self.eval_transform = T.deterministic_part(src.transform)
         self._learn_data(train_loader)
         progress = progress and self.is_main
-        native = self._native_model()
+        native = self._native_model(_input_shape(train_loader))
         self.model.train()
         bridge = self._bridge
         bridge.import_state(self._native)
@@ -321,7 +321,7 @@ class Trainer:
                 bar.refresh()
 
         try:
-            with self._in_eval() as native:
+            with self._in_eval(_input_shape(loader)) as native:
                 fast = _native_loader(loader)
                 if fast is not None:
                     r = _rs.evaluate(native, fast, callback=cb)
@@ -349,10 +349,11 @@ class Trainer:
         return EvalReport(loss, acc, count, classes, cm, per_class)
 
     # --- the module on the engine -------------------------------------------------------------
-    def _native_model(self):
+    def _native_model(self, shape: tuple | None = None):
         """The compiled module, brought up to date: the same graph over the module's current
         tensors (after ``.to()``, which replaces buffers), or a fresh capture when the module's
-        structure or settings changed since the last one."""
+        structure or settings changed since the last one. ``shape`` (C, H, W) is the input about
+        to be used, for the check that the graph still answers as the module does."""
         p = next(iter(self.model.parameters()), None)
         if (
             p is not None
@@ -365,20 +366,33 @@ class Trainer:
                 f"with model.to('{self.device}') (or build a Trainer with device='{p.device}')"
             )
         fp = _graph.fingerprint(self.model)
-        if fp != self._fingerprint:
+        fresh = fp != self._fingerprint
+        if fresh:
             self._compiled = _graph.compile(self.model)
             self._fingerprint = fp
         else:
             self._compiled.rebind(*_graph.module_tensors(self.model))
+        shape = shape or self.input_shape or _builtin_shape(self.model)
+        if not _graph.verify(self.model, self._compiled, shape):
+            # Something the forward reads changed in a way the fingerprint cannot see: capture
+            # again, and if the graph still disagrees, run the module's own forward.
+            if not fresh:
+                self._compiled = _graph.compile(self.model)
+            if not _graph.verify(self.model, self._compiled, shape):
+                self._compiled = _graph.compile(
+                    self.model,
+                    eager_because="its captured graph does not give what its own forward gives on a sample "
+                    "(its forward reads state that the trace cannot follow, or draws random numbers in eval mode)",
+                )
         return self._compiled
 
     @contextlib.contextmanager
-    def _in_eval(self):
+    def _in_eval(self, shape: tuple | None = None):
         """The compiled module, with the module's own mode flags in eval for the call (the
         engine runs the eval graph; the flags say so too) and restored after it."""
         was = self.model.training
         try:
-            native = self._native_model()
+            native = self._native_model(shape)
             self.model.eval()
             yield native
         finally:
@@ -427,7 +441,7 @@ class Trainer:
 
     def predict_logits(self, images, transform=None, tta: bool = False, batch_size: int = 256) -> torch.Tensor:
         x = self._as_batch(images, transform)
-        with self._in_eval() as native:
+        with self._in_eval(tuple(x.shape[1:])) as native:
             return _rs.predict_logits(native, x, batch_size=batch_size, tta=tta)
 
     def predict_proba(self, images, transform=None, tta: bool = False, batch_size: int = 256) -> torch.Tensor:
@@ -589,6 +603,13 @@ def _native_loader(loader):
                 f"fastcifar: the trainer pulls this loader's batches through Python (slower): {why}", stacklevel=4
             )
         return None
+
+
+def _input_shape(loader) -> tuple | None:
+    """The (C, H, W) of a fastcifar loader's batches (None for torch's, known only from a batch)."""
+    if isinstance(loader, DataLoader) and _native_loader(loader) is not None:
+        return tuple(int(v) for v in loader.image_shape)
+    return None
 
 
 def _builtin_shape(model) -> tuple | None:

@@ -45,7 +45,7 @@ ops! {
     LogSoftmax = "log_softmax", MaxPool2d = "max_pool2d", AvgPool2d = "avg_pool2d",
     AdaptiveAvgPool2d = "adaptive_avg_pool2d", AdaptiveMaxPool2d = "adaptive_max_pool2d", Dropout = "dropout",
     Dropout2d = "dropout2d", Flatten = "flatten", View = "view", Reshape = "reshape", Permute = "permute",
-    Transpose = "transpose", Unsqueeze = "unsqueeze", Contiguous = "contiguous", Mean = "mean", Sum = "sum",
+    Transpose = "transpose", Unsqueeze = "unsqueeze", Contiguous = "contiguous", Detach = "detach", Mean = "mean", Sum = "sum",
     Cat = "cat", Add = "add", Sub = "sub", Mul = "mul", Div = "div", FloorDiv = "floordiv", Neg = "neg",
     Matmul = "matmul", Size = "size", GetItem = "getitem", Identity = "identity",
 }
@@ -423,7 +423,7 @@ fn eval(node: &Node, v: Vec<Value>, bn: &BnSync) -> Result<Value> {
             }
             if training {
                 if let Some(n) = nbt {
-                    let _ = tch::no_grad(|| n.shallow_clone().f_add_scalar_(1))?;
+                    let _ = crate::torch_state::no_grad(|| n.shallow_clone().f_add_scalar_(1))?;
                 }
                 if let (Some(hook), Some(w), Some(b), Some(rm), Some(rv)) = (bn.hook(), w, b, rm, rv) {
                     let mut parked = bn.error_slot();
@@ -547,6 +547,7 @@ fn eval(node: &Node, v: Vec<Value>, bn: &BnSync) -> Result<Value> {
         Op::Transpose => t(a.t(0)?.f_transpose(a.i(1)?, a.i(2)?)?),
         Op::Unsqueeze => t(a.t(0)?.f_unsqueeze(a.i(1)?)?),
         Op::Contiguous => t(a.t(0)?.f_contiguous()?),
+        Op::Detach => t(a.t(0)?.f_detach()?),
         Op::Mean => t(a.t(0)?.f_mean_dim(a.opt_ints(1)?, a.b(2)?, None::<Kind>)?),
         Op::Sum => t(a.t(0)?.f_sum_dim_intlist(a.opt_ints(1)?, a.b(2)?, None::<Kind>)?),
         Op::Cat => {

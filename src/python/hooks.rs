@@ -156,13 +156,13 @@ impl Hooks for PyHooks {
     fn outer_step(
         &mut self,
         active: &[usize],
-        grads: Option<Vec<tch::Tensor>>,
+        grads: Option<Vec<Option<tch::Tensor>>>,
         lr: f64,
         momentum: f64,
     ) -> Result<Option<GroupSettings>, Error> {
         let Some(outer) = &self.outer else { return Ok(None) };
         Python::with_gil(|py| {
-            let grads: Option<Vec<PyTensor>> = grads.map(|g| g.into_iter().map(PyTensor).collect());
+            let grads: Option<Vec<Option<PyTensor>>> = grads.map(|g| g.into_iter().map(|g| g.map(PyTensor)).collect());
             let r = outer
                 .call1(py, (active.to_vec(), grads, lr, momentum))
                 .map_err(external)?;

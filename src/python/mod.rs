@@ -8,7 +8,9 @@
 //! - `model.rs`: graphs and modules; `locks.rs`: locks without the GIL;
 //! - training: `settings.rs` (typed configs), `trainer.rs`, `hooks.rs` (calls into Python),
 //!   `state.rs` (results and optimizer state by name), `eval.rs`, `distributed.rs`.
-use pyo3::exceptions::{PyFileNotFoundError, PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{
+    PyFileNotFoundError, PyIndexError, PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyValueError,
+};
 use pyo3::prelude::*;
 
 use crate::error::Error;
@@ -52,7 +54,8 @@ pub(crate) fn to_py(e: Error) -> PyErr {
         Error::Format { .. } | Error::Invalid { .. } => PyValueError::new_err(msg),
         Error::TooLarge { .. } => DecompressionBombError::new_err(msg),
         Error::OutOfMemory { .. } => pyo3::exceptions::PyMemoryError::new_err(msg),
-        Error::Torch(_) | Error::Distributed(_) | Error::Busy(_) => PyRuntimeError::new_err(msg),
+        Error::Torch(_) | Error::Distributed(_) | Error::Busy(_) | Error::Runtime(_) => PyRuntimeError::new_err(msg),
+        Error::OutOfRange(_) => PyIndexError::new_err(msg),
         Error::Interrupted => PyKeyboardInterrupt::new_err(msg),
         Error::NonFinite(_) => pyo3::exceptions::PyFloatingPointError::new_err(msg),
         Error::External(inner) => match inner.downcast::<PyErr>() {

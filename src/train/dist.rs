@@ -87,7 +87,7 @@ impl GradBuckets {
                 ),
             ));
         }
-        tch::no_grad(|| -> Result<Vec<Tensor>> {
+        crate::torch_state::no_grad(|| -> Result<Vec<Tensor>> {
             for b in &self.buckets {
                 for (i, off, n, _) in &b.members {
                     b.flat.narrow(0, *off, *n).f_copy_(&grads[*i].reshape([-1]))?;

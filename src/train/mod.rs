@@ -12,6 +12,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 use crate::error::{Error, Result};
 use crate::loader::{Batch, Loader};
 use crate::nn::Model;
+use crate::torch_state::{self, Autocast, Scope};
 use dist::DistState;
 use optim::{OptKind, Optimizer};
 use sched::Scheduler;
@@ -82,7 +83,7 @@ impl GradScaler {
     /// Unscales the gradients in place; true if any is inf or NaN (then the step is skipped).
     fn unscale(&self, grads: &[Tensor]) -> Result<bool> {
         let mut found = false;
-        tch::no_grad(|| -> Result<()> {
+        torch_state::no_grad(|| -> Result<()> {
             for g in grads {
                 let _ = g.shallow_clone().f_mul_scalar_(1.0 / self.scale)?;
                 found |= !bool::try_from(g.isfinite().all())?;
@@ -184,13 +185,14 @@ pub trait Hooks {
     fn owns_optimizer(&self) -> bool {
         false
     }
-    /// After each optimizer step: with `grads` (of the parameters at `active`), the update itself
+    /// After each optimizer step: with `grads` (of the parameters at `active`; None where no
+    /// gradient reached one, whose `.grad` is then None), the update itself
     /// at the engine's `lr` and `momentum` (set by a fastcifar schedule); then a per-batch
     /// schedule, if any. Returns the settings now in effect, if they changed.
     fn outer_step(
         &mut self,
         _active: &[usize],
-        _grads: Option<Vec<Tensor>>,
+        _grads: Option<Vec<Option<Tensor>>>,
         _lr: f64,
         _momentum: f64,
     ) -> Result<Option<GroupSettings>> {
@@ -254,6 +256,54 @@ pub struct Source<'a> {
     pub steps: usize,
 }
 
+/// Labels of one batch from elsewhere (a Python loader), checked as torch's cross_entropy checks
+/// them but before libtorch sees them: its errors carry C++ frames, and on CUDA an out-of-range
+/// target is a device-side assert that ends the process's CUDA context. The range is read only from
+/// CPU labels (all torch's DataLoader gives), so no step waits on the device for it.
+fn check_batch_labels(y: &Tensor, batch: i64, num_outputs: i64, ignore_index: bool) -> Result<()> {
+    if y.dim() != 1 {
+        let fix = if y.dim() == 2 && y.size()[1] == 1 {
+            "; these are (B, 1): squeeze them (labels.squeeze(1), or a target_transform)"
+        } else {
+            ""
+        };
+        return Err(Error::Runtime(format!(
+            "labels: 0D or 1D target tensor expected, multi-target not supported (got shape {:?}{fix})",
+            y.size()
+        )));
+    }
+    if !matches!(y.kind(), Kind::Int64 | Kind::Uint8) {
+        return Err(Error::Runtime(format!(
+            "labels: expected scalar type Long but found {:?}: class labels are integer indices (labels.long())",
+            y.kind()
+        )));
+    }
+    if y.size()[0] != batch {
+        return Err(Error::invalid(
+            "labels",
+            format!(
+                "Expected input batch_size ({batch}) to match target batch_size ({})",
+                y.size()[0]
+            ),
+        ));
+    }
+    if y.device() == Device::Cpu && batch > 0 {
+        // -100 is cross_entropy's ignore_index: torch's training loss skips it, so does the engine's.
+        let counted = y.to_kind(Kind::Int64);
+        let mut bad = counted.lt(0).logical_or(&counted.ge(num_outputs));
+        if ignore_index {
+            bad = bad.logical_and(&counted.ne(-100));
+        }
+        if bool::try_from(bad.any())? {
+            let v = i64::try_from(counted.masked_select(&bad).get(0))?;
+            return Err(Error::OutOfRange(format!(
+                "Target {v} is out of bounds: the model outputs {num_outputs} classes (labels must be in 0..{num_outputs})"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Source<'_> {
     fn check_labels(&self, num_outputs: i64) -> Result<()> {
         let Some(labels) = self.labels else { return Ok(()) };
@@ -273,6 +323,44 @@ fn to_device(t: Tensor, d: Device) -> Tensor {
         t
     } else {
         t.to_device(d)
+    }
+}
+
+/// The optimizer's parameters that require gradients now, by index, and their flags as last seen.
+struct Trainable {
+    active: Vec<usize>,
+    params: Vec<Tensor>,
+    flags: Vec<bool>,
+}
+
+impl Trainable {
+    fn of(opt: &Optimizer) -> Trainable {
+        let (active, params) = opt.trainable();
+        Trainable {
+            active,
+            params,
+            flags: opt.requires_grad_flags(),
+        }
+    }
+
+    /// Takes a change of `requires_grad` since the last look (one flag read per parameter).
+    fn refresh(&mut self, opt: &Optimizer) {
+        let flags = opt.requires_grad_flags();
+        if flags != self.flags {
+            *self = Trainable::of(opt);
+        }
+    }
+
+    /// The active parameters with a gradient each (zeros where none reached them).
+    fn dense(&self, grads: &[Option<Tensor>]) -> (Vec<Tensor>, Vec<Tensor>) {
+        let params: Vec<Tensor> = self.params.iter().map(Tensor::shallow_clone).collect();
+        let local = self
+            .active
+            .iter()
+            .zip(&self.params)
+            .map(|(&k, p)| grads[k].as_ref().map_or_else(|| p.zeros_like(), Tensor::shallow_clone))
+            .collect();
+        (params, local)
     }
 }
 
@@ -345,7 +433,22 @@ impl TrainState {
     }
 
     /// One epoch over `batches` (a loader's, or batches from elsewhere: a Python iterable).
+    /// Gradients are recorded whatever the caller's grad mode (a `torch.no_grad()` or
+    /// `inference_mode()` around `fit`), and that mode is the caller's again on every exit path.
     pub fn train_batches(
+        &mut self,
+        model: &mut Model,
+        batches: &mut dyn Iterator<Item = Result<Batch>>,
+        source: Source<'_>,
+        epoch: u64,
+        hooks: &mut dyn Hooks,
+    ) -> Result<EpochStats> {
+        torch_state::scoped(Scope::train(None), || {
+            self.run_batches(model, batches, source, epoch, hooks)
+        })
+    }
+
+    fn run_batches(
         &mut self,
         model: &mut Model,
         batches: &mut dyn Iterator<Item = Result<Batch>>,
@@ -374,8 +477,12 @@ impl TrainState {
         let mut lr_used = self.opt.lr;
         // Gradients come back from autograd as fresh tensors (torch.autograd.grad), so nothing is
         // zeroed or accumulated into `.grad` between steps: torch's zero_grad(set_to_none=True).
-        let (active, params) = self.opt.trainable();
-        let mut acc: Option<Vec<Tensor>> = None;
+        // The trainable set is looked at before every backward: a callback may freeze or unfreeze a
+        // layer mid-epoch (`requires_grad_(False)`), as it may in a plain loop.
+        let mut trainable = Trainable::of(&self.opt);
+        // Per optimizer parameter; None where no gradient reached it (an unused or frozen layer),
+        // which the update then skips, as torch.optim skips a `.grad` of None.
+        let mut acc: Vec<Option<Tensor>> = (0..self.opt.len()).map(|_| None).collect();
         // The schedule sets the rate when it moves (here, after each step it moves at, and at epoch
         // ends); a rate written by the user in between holds until then, as with torch's.
         self.apply_schedule();
@@ -392,16 +499,28 @@ impl TrainState {
                 break;
             }
             let Some(batch) = batches.next() else { break };
-            let (x, y) = batch?;
-            let (x, y) = (to_device(x, dev), to_device(y, dev));
-            let n = y.size()[0];
-            let logits = tch::autocast(autocast, || model.forward_t(&x, true))?.to_kind(Kind::Float);
+            let (x, y_host) = batch?;
+            let n = x.size().first().copied().unwrap_or(0);
+            let (x, y) = (to_device(x, dev), to_device(y_host.shallow_clone(), dev));
+            let logits = if autocast {
+                let cast = Autocast {
+                    device: dev,
+                    dtype: Some(Kind::Half),
+                };
+                torch_state::scoped(Scope::train(Some(cast)), || model.forward_t(&x, true))?
+            } else {
+                model.forward_t(&x, true)?
+            }
+            .to_kind(Kind::Float);
             if i == 0 {
                 source.check_labels(logits.size()[1])?;
             }
+            if source.labels.is_none() {
+                check_batch_labels(&y_host, n, logits.size()[1], true)?;
+            }
             let loss =
                 logits.f_cross_entropy_loss(&y, None::<Tensor>, Reduction::Mean, -100, self.cfg.label_smoothing)?;
-            tch::no_grad(|| {
+            torch_state::no_grad(|| {
                 let _ = loss_sum.shallow_clone().f_add_(&(loss.detach() * n as f64));
                 let _ = correct
                     .shallow_clone()
@@ -414,39 +533,53 @@ impl TrainState {
                 // Not `*=`: that would scale in place the loss whose value `batch_loss` shares.
                 scaled = &scaled * s.scale;
             }
-            let grads = if params.is_empty() {
-                Vec::new()
-            } else {
-                Tensor::f_run_backward(&[&scaled], &params, false, false)?
-            };
-            acc = Some(match acc.take() {
-                None => grads,
-                Some(prev) => prev.iter().zip(&grads).map(|(a, g)| a + g).collect(),
-            });
+            trainable.refresh(&self.opt);
+            if !trainable.params.is_empty() {
+                if !scaled.requires_grad() {
+                    return Err(Error::Runtime(
+                        "element 0 of tensors does not require grad and does not have a grad_fn: the loss depends on no trainable parameter (are they all detached or frozen?)".into(),
+                    ));
+                }
+                // Undefined where a parameter does not reach the loss (an unused layer, an aux head,
+                // a detached branch).
+                let grads = Tensor::f_run_backward(&[&scaled], &trainable.params, false, false)?;
+                for (&k, g) in trainable.active.iter().zip(grads) {
+                    if g.defined() {
+                        acc[k] = Some(match acc[k].take() {
+                            None => g,
+                            Some(prev) => prev + g,
+                        });
+                    }
+                }
+            }
             if (i + 1) % accum == 0 || i + 1 == steps {
                 lr_used = self.opt.lr;
                 // Micro-steps only accumulate locally; the collective runs once per optimizer step.
-                let mut grads = acc.take().unwrap_or_default();
+                let mut grads: Vec<Option<Tensor>> =
+                    std::mem::replace(&mut acc, (0..self.opt.len()).map(|_| None).collect());
                 if let Some(d) = &mut self.dist {
-                    grads = d.average(&params, &grads)?;
+                    // Every rank takes part in every bucket: a parameter no gradient reached here
+                    // counts as zero (DDP's find_unused_parameters=True).
+                    let (params, local) = trainable.dense(&grads);
+                    for (&k, g) in trainable.active.iter().zip(d.average(&params, &local)?) {
+                        grads[k] = Some(g);
+                    }
                 }
+                let present: Vec<Tensor> = grads.iter().flatten().map(Tensor::shallow_clone).collect();
                 let mut skip = false;
                 if let Some(s) = &mut self.scaler {
-                    skip = s.unscale(&grads)?;
+                    skip = s.unscale(&present)?;
                     s.update(skip);
                 }
                 if !skip {
                     if let Some(c) = self.cfg.grad_clip {
-                        optim::clip_grad_norm(&grads, c)?;
+                        optim::clip_grad_norm(&present, c)?;
                     }
                     if hooks.owns_optimizer() {
-                        hooks.outer_step(&active, Some(grads), self.opt.lr, self.opt.momentum())?;
+                        let of_active = trainable.active.iter().map(|&k| grads[k].take()).collect();
+                        hooks.outer_step(&trainable.active, Some(of_active), self.opt.lr, self.opt.momentum())?;
                     } else {
-                        let mut all: Vec<Option<Tensor>> = (0..self.opt.len()).map(|_| None).collect();
-                        for (&k, g) in active.iter().zip(grads) {
-                            all[k] = Some(g);
-                        }
-                        self.opt.step_grads(&all)?;
+                        self.opt.step_grads(&grads)?;
                     }
                 }
                 self.global_step += 1;
@@ -457,7 +590,7 @@ impl TrainState {
                     }
                 }
                 if !hooks.owns_optimizer() {
-                    if let Some(s) = hooks.outer_step(&active, None, self.opt.lr, self.opt.momentum())? {
+                    if let Some(s) = hooks.outer_step(&trainable.active, None, self.opt.lr, self.opt.momentum())? {
                         self.apply_settings(s)?;
                     }
                 }
@@ -567,16 +700,20 @@ pub fn evaluate_batches(
 ) -> Result<EvalReport> {
     let dev = model.device();
     let steps = source.steps;
-    tch::no_grad(|| -> Result<EvalReport> {
+    torch_state::no_grad(|| -> Result<EvalReport> {
         let loss_sum = Tensor::zeros([], (Kind::Double, dev));
         // The class count is the logits' width, known after the first batch.
         let mut conf: Option<(i64, Tensor)> = None;
         let mut count = 0u64;
         for (i, batch) in batches.enumerate() {
-            let (x, y) = batch?;
+            let (x, y_host) = batch?;
             // No NaN check here: loader batches come from uint8 pixels through a finite affine.
-            let (x, y) = (to_device(x, dev), to_device(y, dev));
+            let (x, y) = (to_device(x, dev), to_device(y_host.shallow_clone(), dev));
             let logits = model.forward_t(&x, false)?.to_kind(Kind::Float);
+            if source.labels.is_none() {
+                // Every label counts in the confusion matrix: no ignore_index here.
+                check_batch_labels(&y_host, x.size()[0], logits.size()[1], false)?;
+            }
             let (nc, cm) = match &mut conf {
                 Some((nc, cm)) => (*nc, cm),
                 None => {
@@ -619,7 +756,7 @@ pub fn predict(model: &Model, x: &Tensor, batch_size: i64, tta: bool) -> Result<
     }
     model.check_input(x)?;
     model.check_finite(x)?;
-    tch::no_grad(|| -> Result<Tensor> {
+    torch_state::no_grad(|| -> Result<Tensor> {
         let n = x.size()[0];
         let mut outs = Vec::new();
         let mut s = 0;

@@ -157,6 +157,11 @@ impl Optimizer {
             .unzip()
     }
 
+    /// Each parameter's `requires_grad`, in order.
+    pub fn requires_grad_flags(&self) -> Vec<bool> {
+        self.params.iter().map(Tensor::requires_grad).collect()
+    }
+
     /// One update from the parameters' `.grad` fields (as after `loss.backward()`).
     pub fn step(&mut self) -> Result<()> {
         let grads: Vec<Option<Tensor>> = self
@@ -173,7 +178,7 @@ impl Optimizer {
     /// trajectories match PyTorch's bit for bit on the same kernels.
     pub fn step_grads(&mut self, grads: &[Option<Tensor>]) -> Result<()> {
         let lr = self.lr;
-        tch::no_grad(|| -> Result<()> {
+        crate::torch_state::no_grad(|| -> Result<()> {
             for ((p, st), g) in self.params.iter_mut().zip(self.state.iter_mut()).zip(grads) {
                 let Some(g) = g else { continue };
                 let g = g.shallow_clone();
@@ -393,7 +398,7 @@ pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> Result<f64> {
     let total = f64::try_from(Tensor::stack(&norms, 0).norm())?;
     let coef = max_norm / (total + 1e-6);
     if coef < 1.0 {
-        tch::no_grad(|| {
+        crate::torch_state::no_grad(|| {
             for g in grads {
                 let _ = g.shallow_clone().f_mul_scalar_(coef);
             }
