@@ -460,8 +460,15 @@ def test_python_steps_run_ahead_on_one_thread_that_stops_and_reports_errors():
         ahead = epoch(fastcifar.DataLoader(ds, batch_size=8, num_workers=2, seed=5))
     assert torch.equal(serial[0], ahead[0]) and len(calls) == 128
 
+    def comm(tid):  # "" for a thread that ended between the listing and the read (just joined)
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            return ""
+
     def ours():  # our threads only: torch may start its own pool threads meanwhile
-        names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+        names = [comm(t) for t in os.listdir("/proc/self/task")]
         return sum(n.startswith("fastcifar-prefe") for n in names), [
             t.name for t in threading.enumerate() if t.name == "fastcifar-python-steps"
         ]

@@ -28,7 +28,7 @@ if torch.__version__.split("+")[0] != TORCH_VERSION:
 
 # After the torch check (E402 is ignored for this file in pyproject.toml).
 from . import _native, distributed, models, optim, plot, recipes, transforms
-from .datasets import CIFAR10, CIFAR100, MNIST, SVHN, Dataset, FashionMNIST, ImageFolder
+from .datasets import CIFAR10, CIFAR100, MNIST, SVHN, Dataset, DecompressionBombError, FashionMNIST, ImageFolder
 from .loader import DataLoader
 from .trainer import EvalReport, History, Trainer
 
@@ -45,6 +45,7 @@ __all__ = [
     "FashionMNIST",
     "SVHN",
     "Dataset",
+    "DecompressionBombError",
     "DataLoader",
     "Trainer",
     "History",

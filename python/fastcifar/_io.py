@@ -4,6 +4,7 @@ import errno
 import os
 import re
 import secrets
+import stat
 import time
 
 # A temporary file whose writer is gone (killed) is removed by the next write to the same target;
@@ -139,4 +140,20 @@ def check_writable(path, need_bytes: int = 0) -> None:
             errno.ENOSPC,
             f"No space left on device: {path} needs at least {need_bytes / 1e6:.1f} MB, {free / 1e6:.1f} MB free",
             path,
+        )
+
+
+def check_regular(path) -> None:
+    """Refuses a path that exists but is not a regular file, before anything opens it: opening a
+    FIFO blocks until a writer comes (forever). The Python twin of the core's ``open_regular``,
+    with its message."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing: the caller's own open says so
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, f"{os.fspath(path)}: a folder: only regular files are read", path)
+    if not stat.S_ISREG(mode):
+        raise ValueError(
+            f"{os.fspath(path)}: not a regular file (a FIFO, socket or device?): only regular files are read"
         )

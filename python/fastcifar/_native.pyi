@@ -17,6 +17,8 @@ __all__ = [
     "NativeLoader",
     "BatchIter",
     "DeviceError",
+    "DecompressionBombError",
+    "DEFAULT_MAX_IMAGE_PIXELS",
     "cuda_is_available",
     "resolve_device",
     "resolve_amp",
@@ -53,7 +55,10 @@ class NativeDataset:
         """Loads CIFAR-10 (``"cifar10"``) or CIFAR-100 (``"cifar100"``, label ``"fine"``/``"coarse"``).
         ``mmap``: keep an extracted pickle folder's images in the page cache instead of copying them."""
     @staticmethod
-    def image_folder(root: str | PathLike, size: tuple[int, int] | None = None) -> NativeDataset: ...
+    def image_folder(
+        root: str | PathLike, size: tuple[int, int] | None = None, *, max_pixels: int | None = ...
+    ) -> NativeDataset:
+        """An image folder; images of more than ``max_pixels`` pixels are refused (None: no limit)."""
     @staticmethod
     def from_numpy(images: np.ndarray, labels: Sequence[int], classes: Sequence[str]) -> NativeDataset:
         """From a C-contiguous uint8 (N, H, W, C) array."""
@@ -193,6 +198,13 @@ def cuda_is_available() -> bool: ...
 class DeviceError(ValueError, RuntimeError):
     """A device fastcifar does not know: a ValueError, and a RuntimeError as ``torch.device`` raises."""
 
+class DecompressionBombError(ValueError):
+    """A file declares more than its kind may hold: an image of more pixels than
+    fastcifar.datasets.MAX_IMAGE_PIXELS (as PIL's DecompressionBombError), or an archive member larger
+    than any CIFAR batch. A ValueError."""
+
+DEFAULT_MAX_IMAGE_PIXELS: int
+
 def resolve_device(device: _Device) -> str:
     """ "cpu", "cuda" or "cuda:N" for 'cpu', 'cuda', 'cuda:N', 'auto' (CUDA when present), an int N,
     a torch.device, or None (torch's default device). Raises ``DeviceError`` for another device,
@@ -207,8 +219,11 @@ def cpu_native_bf16() -> str | None:
     """ "amx_bf16" or "avx512_bf16" when this CPU computes bf16 natively (libtorch's cpuinfo), else None
     (also when FASTCIFAR_CPU_BF16=0)."""
 
-def decode_images(paths: Sequence[str | PathLike], size: tuple[int, int]) -> np.ndarray:
-    """Decodes PNG / JPEG files to uint8 (N, H, W, 3), resized (bilinear) to size = (h, w)."""
+def decode_images(
+    paths: Sequence[str | PathLike], size: tuple[int, int], *, max_pixels: int | None = ...
+) -> np.ndarray:
+    """Decodes PNG / JPEG files to uint8 (N, H, W, 3), resized (bilinear) to size = (h, w); images of
+    more than ``max_pixels`` pixels are refused (None: no limit)."""
 
 def load_idx(root: str | PathLike, folder: str, train: bool, classes: Sequence[str]) -> tuple[NativeDataset, str]:
     """One split of an MNIST-style IDX data set (``root/<folder>/raw/`` or the files in ``root``,

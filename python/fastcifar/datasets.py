@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import operator
 import os
 import urllib.error
 import urllib.request
@@ -12,8 +13,31 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _native as _rs
+from ._io import check_regular
 
-__all__ = ["Dataset", "CIFAR10", "CIFAR100", "ImageFolder", "MNIST", "FashionMNIST", "SVHN", "download_url"]
+__all__ = [
+    "Dataset",
+    "CIFAR10",
+    "CIFAR100",
+    "ImageFolder",
+    "MNIST",
+    "FashionMNIST",
+    "SVHN",
+    "download_url",
+    "MAX_IMAGE_PIXELS",
+    "DecompressionBombError",
+]
+
+#: The most pixels an image file that fastcifar decodes may have (ImageFolder; ``predict``'s files
+#: when Pillow is missing): larger ones raise ``DecompressionBombError``, as PIL refuses them (this
+#: is PIL's threshold: twice its ``Image.MAX_IMAGE_PIXELS``, which governs the files Pillow opens
+#: for ``predict``). A small file can declare a huge image (a 760 KB PNG of 16000x16000 pixels
+#: decodes to 768 MB). Raise it, or set it to None (no limit), for files you trust.
+MAX_IMAGE_PIXELS: int | None = _rs.DEFAULT_MAX_IMAGE_PIXELS
+
+#: An image of more than ``MAX_IMAGE_PIXELS`` pixels, or an archive member larger than any CIFAR
+#: batch (a ValueError).
+DecompressionBombError = _rs.DecompressionBombError
 
 
 class Dataset:
@@ -118,8 +142,9 @@ class Dataset:
         return dict(zip(self.classes, self._native.class_counts()))
 
     def subset(self, indices) -> Dataset:
-        """A new data set of these indices (copies their images), keeping the transforms."""
-        idx = [int(i) for i in np.asarray(indices).reshape(-1)]
+        """A new data set of these indices (copies their images), keeping the transforms. Negative
+        indices count from the end, as in Python (and ``torch.utils.data.Subset``)."""
+        idx = positions(np.asarray(indices).reshape(-1).tolist(), len(self), "indices")
         return Dataset._wrap(self._native.select(idx), self.transform, self.target_transform)
 
     def __len__(self) -> int:
@@ -168,7 +193,8 @@ class Dataset:
             root, variant, train, label, mmap = args
             native = _rs.NativeDataset.cifar(root, variant=variant, train=train, label=label, mmap=mmap).dataset
         else:
-            native = _rs.NativeDataset.image_folder(*args)
+            root, size, max_pixels = args
+            native = _rs.NativeDataset.image_folder(root, size, max_pixels=max_pixels)
         self.__dict__.update(state)
         self._native_ds = native
 
@@ -201,6 +227,24 @@ def _hwc_view(native: _rs.NativeDataset) -> np.ndarray:
     """A read-only (N, H, W, C) view of the Rust buffer (N, C, H, W)."""
     c, h, w = native.shape
     return native.buffer().reshape(len(native), c, h, w).transpose(0, 2, 3, 1)
+
+
+def positions(indices, n: int, what: str) -> list[int]:
+    """Indices into ``n`` images as Python indexes a sequence: integers only (a float is an
+    IndexError, as numpy's indexing of torchvision's ``.data`` raises), negative ones from the end,
+    out of range an IndexError. Checked in one place for subsets, Subset and samplers."""
+    out = []
+    for i in indices:
+        try:
+            k = operator.index(i)
+        except TypeError:
+            raise IndexError(
+                f"{what}: {i!r} is not an integer index (only integers are valid indices, as in numpy and Python)"
+            ) from None
+        if not -n <= k < n:
+            raise IndexError(f"{what}: index {k} is out of range for {n} images")
+        out.append(k % n if n else k)
+    return out
 
 
 # Without `classes`, labels up to max(len(labels), this) - 1 name their own classes.
@@ -243,6 +287,8 @@ def download_url(url: str, dest: str, md5: str | None = None, progress: bool = T
     """Downloads ``url`` to ``dest`` atomically (``dest.part`` then rename), checking ``md5``."""
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     part = dest + ".part"
+    for p in (dest, part):
+        check_regular(p)  # a FIFO there would block the write (or the rename) forever
     digest = hashlib.md5()
     try:
         with urllib.request.urlopen(url, timeout=30) as r, open(part, "wb") as f:
@@ -391,7 +437,8 @@ class ImageFolder(Dataset):
     """A ``root/<class>/<image>.(png|jpg|jpeg)`` tree, decoded in parallel in Rust as RGB.
 
     Classes are the sorted folder names. ``size`` (int or (h, w)) resizes every image (bilinear);
-    without it all images must have the size of the first.
+    without it all images must have the size of the first. An image of more than
+    ``fastcifar.datasets.MAX_IMAGE_PIXELS`` pixels raises ``DecompressionBombError``.
     """
 
     def __init__(self, root, size=None, transform=None, target_transform=None):
@@ -399,11 +446,14 @@ class ImageFolder(Dataset):
         if isinstance(size, int):
             size = (size, size)
         self._size = tuple(size) if size is not None else None
-        native = _rs.NativeDataset.image_folder(self.root, self._size)
+        self._max_pixels = MAX_IMAGE_PIXELS  # as set when the folder was read (its workers read it so)
+        native = _rs.NativeDataset.image_folder(self.root, self._size, max_pixels=self._max_pixels)
         super().__init__(native, transform, target_transform)
 
     def _recipe(self) -> tuple:
-        return super()._recipe() if self._rebuilt else ("folder", os.path.abspath(self.root), self._size)
+        if self._rebuilt:
+            return super()._recipe()
+        return ("folder", os.path.abspath(self.root), self._size, self._max_pixels)
 
 
 # torchvision's digit data sets live in their own module, on the classes above.

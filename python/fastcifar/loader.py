@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import operator
 import os
 import queue
 import threading
@@ -17,7 +18,7 @@ from torch.utils.data._utils.collate import default_collate
 
 from . import _native as _rs
 from . import transforms as T
-from .datasets import Dataset
+from .datasets import Dataset, positions
 
 __all__ = ["DataLoader"]
 
@@ -40,12 +41,7 @@ def _resolve(dataset) -> Dataset | None:
         base = _resolve(dataset.dataset)
         if base is None:
             return None
-        n = len(base)
-        idx = [int(i) for i in dataset.indices]
-        bad = [i for i in idx if not -n <= i < n]
-        if bad:
-            raise IndexError(f"Subset: index {bad[0]} is out of range for {n} images")
-        return base.subset([i % n for i in idx])
+        return base.subset(positions(dataset.indices, len(base), "Subset"))
     if isinstance(dataset, ConcatDataset):
         resolved = [_resolve(d) for d in dataset.datasets]
         parts = [p for p in resolved if p is not None]
@@ -86,11 +82,14 @@ def _is_int_label(v) -> bool:
     )
 
 
-def _in_background(gen: Iterator, depth: int) -> Iterator:
-    """Runs ``gen`` on a background thread, ``depth`` items ahead; errors re-raise here, and
-    dropping the iterator stops the thread."""
+def _in_background(make: Callable[[threading.Event], Iterator], depth: int) -> Iterator:
+    """Runs the generator ``make(stop)`` on a background thread, ``depth`` items ahead; errors
+    re-raise here. Dropping the iterator (a break, Ctrl-C) sets ``stop`` and waits for the thread,
+    which the generator must check often (per image: torch's workers stop at once, and waiting for
+    a whole batch of Python steps took 14 s)."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
+    gen = make(stop)
 
     def put(item) -> bool:
         while not stop.is_set():
@@ -460,19 +459,14 @@ class DataLoader:
     def _batches(self) -> list[list[int]]:
         n = len(self.dataset)
         if self.batch_sampler is not None:
-            batches = [[int(i) for i in b] for b in self.batch_sampler]
-        else:
-            assert self.sampler is not None  # _batches runs only with a sampler or a batch_sampler
-            idx = [int(i) for i in self.sampler]
-            b = self.batch_size or 1
-            batches = [idx[k : k + b] for k in range(0, len(idx), b)]
-            if self.drop_last and batches and len(batches[-1]) < b:
-                batches.pop()
-        for batch in batches:
-            for i in batch:
-                if not -n <= i < n:
-                    raise IndexError(f"sampler: index {i} is out of range for {n} images")
-        return [[i % n for i in b] for b in batches]
+            return [positions(b, n, "batch_sampler") for b in self.batch_sampler]
+        assert self.sampler is not None  # _batches runs only with a sampler or a batch_sampler
+        idx = positions(self.sampler, n, "sampler")
+        b = self.batch_size or 1
+        batches = [idx[k : k + b] for k in range(0, len(idx), b)]
+        if self.drop_last and batches and len(batches[-1]) < b:
+            batches.pop()
+        return batches
 
     def __len__(self) -> int:
         if self._torch is not None:
@@ -492,9 +486,13 @@ class DataLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Sets the epoch the next iteration uses (its shuffle and augmentations)."""
+        try:
+            epoch = operator.index(epoch)
+        except TypeError:
+            raise TypeError(f"epoch: must be an int, got {epoch!r}") from None
         if epoch < 0:
             raise ValueError(f"epoch: must be >= 0, got {epoch}")
-        self.epoch = int(epoch)
+        self.epoch = epoch
         for s in (self.sampler, self.batch_sampler):
             if s is not None and hasattr(s, "set_epoch"):
                 s.set_epoch(self.epoch)
@@ -525,17 +523,23 @@ class DataLoader:
             return it
         if self._slow and self.num_workers != 0:
             # As torch's workers do: the Python steps of the next batches run while this one is used.
-            return _in_background(self._finish(it), self._kwargs["prefetch"])
+            return _in_background(lambda stop: self._finish(it, stop), self._kwargs["prefetch"])
         return self._finish(it)
 
-    def _finish(self, it) -> Iterator:
+    def _finish(self, it, stop: threading.Event | None = None) -> Iterator:
         """Batches through what torch does in Python: the Python steps of the transform, the
-        target_transform, the collate_fn, and unbatched items for batch_size=None."""
+        target_transform, the collate_fn, and unbatched items for batch_size=None. ``stop`` (set
+        when a background consumer goes away) is checked before each image."""
         plan, tt = self._plan, self.target_transform
         for x, y in it:
             labels = [tt(v) for v in y.tolist()] if tt is not None else None
-            # _slow is only set with a plan (that has Python steps)
-            images = [plan.run_rest(img) for img in x] if self._slow and plan is not None else None
+            images = None
+            if self._slow and plan is not None:  # _slow is only set with a plan (that has Python steps)
+                images = []
+                for img in x:
+                    if stop is not None and stop.is_set():
+                        return
+                    images.append(plan.run_rest(img))
             if self.batch_size is None:  # torch: no batching, samples as the data set gives them
                 img = images[0] if images is not None else x[0]
                 yield self._to_device(img), (labels[0] if labels is not None else int(y[0]))
@@ -559,6 +563,25 @@ class DataLoader:
                 xb = xb.float()
             yb = y if labels is None else default_collate(labels)
             yield self._to_device(xb), self._to_device(yb)
+
+    # Pickling and copying, as torch's DataLoader allows (even mid-iteration: iterators are separate
+    # objects): the Rust loaders are left out and rebuilt from the same data set, ops and settings.
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        for k in ("_core", "_trainer_loader", "_args"):
+            state.pop(k, None)
+        if self._torch is None:
+            state["_ops"] = self._args[1]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        ops = state.pop("_ops", None)
+        self.__dict__.update(state)
+        if self._torch is None:
+            self._args = (self.dataset._native, ops)
+            self._core = _rs.NativeLoader(*self._args, **self._kwargs)
+            self._trainer_loader = None
 
     def _to_device(self, v):
         if self._slow and isinstance(v, torch.Tensor) and v.device != self.device:

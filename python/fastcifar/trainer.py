@@ -494,19 +494,11 @@ class Trainer:
 
     def _as_batch(self, images, transform) -> torch.Tensor:
         from . import _inputs
-        from .datasets import Dataset
 
         shape = self.input_shape or _builtin_shape(self.model)
         channels, size = (shape[0], tuple(shape[1:])) if shape else (None, None)
-        arr = _inputs.to_images(images, channels, size)
-        if isinstance(arr, torch.Tensor):
-            return arr.to(self.device)
         t = transform if transform is not None else (self.eval_transform or T.ToTensor())
-        ds = Dataset.from_numpy(arr, [0] * len(arr), classes=["_"])
-        loader = DataLoader(ds, batch_size=len(arr), transform=t, seed=0)
-        _inputs.check_size(loader.image_shape, size)
-        x, _ = loader._native.batch(list(range(len(arr))), 0)
-        return x.to(self.device)
+        return _inputs.to_batch(images, t, channels, size).to(self.device)
 
     def predict_logits(self, images, transform=None, tta: bool | int = False, batch_size: int = 256) -> torch.Tensor:
         """Eval-mode logits (N, num_classes) of ``images`` (as ``predict_proba`` takes them)."""

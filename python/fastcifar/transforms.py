@@ -431,10 +431,47 @@ def _resize_hw(size, h: int, w: int, max_size=None) -> tuple:
 _PIL_FILTERS = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1, "box": 4, "hamming": 5}
 
 
+def _resize_tensor(x: torch.Tensor, oh: int, ow: int, interpolation, antialias, v2: bool) -> torch.Tensor:
+    """A (..., C, H, W) tensor resized as torchvision resizes tensors (not PIL images): with
+    ``torch.nn.functional.interpolate``, uint8 cast to float32 and rounded back, except that
+    transforms.v2 interpolates uint8 itself where torch has the kernel (nearest; bicubic and, on
+    AVX2 CPUs, bilinear), which rounds differently."""
+    if (oh, ow) == tuple(x.shape[-2:]):
+        return x
+    mode = _interp_name(interpolation)
+    mode = mode if mode in ("nearest", "nearest-exact", "bilinear", "bicubic") else "bilinear"
+    smooth = mode in ("bilinear", "bicubic")
+    native = x.is_floating_point() or (
+        v2
+        and x.dtype == torch.uint8
+        and (
+            mode.startswith("nearest")
+            or (
+                x.device.type == "cpu"
+                and (mode == "bicubic" or torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"))
+            )
+        )
+    )
+    y = x.reshape(-1, *x.shape[-3:])
+    y = y if native else y.to(torch.float32)
+    kw = dict(align_corners=False, antialias=bool(antialias)) if smooth else {}
+    y = torch.nn.functional.interpolate(y, size=(oh, ow), mode=mode, **kw)
+    if not native:
+        if mode == "bicubic" and x.dtype == torch.uint8:
+            y = y.clamp_(0, 255)
+        y = y.round_().to(x.dtype)
+    return y.reshape(*x.shape[:-2], oh, ow)
+
+
 class Resize(Transform):
     """Resize as torchvision does a PIL image: an int resizes the shorter side. Bilinear (the
     default) is fused and gives Pillow's pixels exactly; other interpolations and ``max_size``
-    run through Pillow in Python."""
+    run through Pillow in Python. A tensor (a uint8 one after ToImage / PILToTensor, or a float
+    one) is resized as torchvision resizes tensors, with torch's interpolate (``antialias`` applies
+    there): as ``torchvision.transforms`` does, or as ``transforms.v2`` does for v2's twin."""
+
+    # Set on the twin of a transforms.v2 object: v2 resizes uint8 tensors without a float round trip.
+    _v2 = False
 
     def __init__(self, size, interpolation="bilinear", max_size=None, antialias=True):
         self.size, self.interpolation, self.max_size, self.antialias = size, interpolation, max_size, antialias
@@ -458,20 +495,23 @@ class Resize(Transform):
         out = pil.resize((ow, oh), _PIL_FILTERS.get(_interp_name(self.interpolation), 2))
         return out if kind == "pil" else torch.from_numpy(np.array(out)).reshape(oh, ow, -1).permute(2, 0, 1)
 
+    def __call__(self, img):
+        if isinstance(img, torch.Tensor):
+            return self._float(img)
+        return super().__call__(img)
+
     def _float(self, x):
         oh, ow = _resize_hw(self.size, *x.shape[-2:], self.max_size)
-        mode = _interp_name(self.interpolation)
-        mode = mode if mode in ("nearest", "bilinear", "bicubic") else "bilinear"
-        y = x[None] if x.dim() == 3 else x
-        kw = dict(align_corners=False, antialias=bool(self.antialias)) if mode != "nearest" else {}
-        y = torch.nn.functional.interpolate(y, size=(oh, ow), mode=mode, **kw)
-        return y[0] if x.dim() == 3 else y
+        return _resize_tensor(x, oh, ow, self.interpolation, self.antialias, self._v2)
 
 
 class RandomResizedCrop(Transform):
     """torchvision's RandomResizedCrop: a box of area fraction in ``scale`` and aspect ratio in
     ``ratio`` (log-uniform; 10 tries, then the centred fallback), resized to ``size``. Bilinear is
-    fused (Pillow's pixels); other interpolations run in Python."""
+    fused (Pillow's pixels); other interpolations run in Python. Tensors are resized as Resize
+    resizes them."""
+
+    _v2 = False  # as Resize's
 
     def __init__(self, size, scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0), interpolation="bilinear", antialias=True):
         self.size = _pair("size", size)
@@ -521,9 +561,15 @@ class RandomResizedCrop(Transform):
         )
         return out if kind == "pil" else torch.from_numpy(np.array(out)).reshape(*self.size, -1).permute(2, 0, 1)
 
+    def __call__(self, img):
+        if isinstance(img, torch.Tensor):
+            return self._float(img)
+        return super().__call__(img)
+
     def _float(self, x):
         i, j, bh, bw = self.get_params(*x.shape[-2:])
-        return Resize(self.size, self.interpolation, antialias=self.antialias)._float(x[..., i : i + bh, j : j + bw])
+        box = x[..., i : i + bh, j : j + bw]
+        return _resize_tensor(box, self.size[0], self.size[1], self.interpolation, self.antialias, self._v2)
 
 
 class ToTensor(Transform):
@@ -940,6 +986,12 @@ def _tv_size(size):
     return size[0] if isinstance(size, (list, tuple)) and len(size) == 1 else size
 
 
+def _as_v2(t, twin):
+    """``twin``, resizing tensors as transforms.v2 does when ``t`` is a v2 object."""
+    twin._v2 = ".v2." in type(t).__module__
+    return twin
+
+
 _TORCHVISION = {
     "Compose": lambda t: Compose([from_torchvision(s) for s in t.transforms]),
     "RandomHorizontalFlip": lambda t: RandomHorizontalFlip(t.p),
@@ -947,8 +999,8 @@ _TORCHVISION = {
     "RandomCrop": lambda t: RandomCrop(t.size, _tv_padding(t), t.pad_if_needed, _tv_fill(t), t.padding_mode),
     "CenterCrop": lambda t: CenterCrop(t.size),
     "Pad": lambda t: Pad(_tv_padding(t), _tv_fill(t), t.padding_mode),
-    "Resize": lambda t: Resize(_tv_size(t.size), t.interpolation, t.max_size, t.antialias),
-    "RandomResizedCrop": lambda t: RandomResizedCrop(t.size, t.scale, t.ratio, t.interpolation, t.antialias),
+    "Resize": lambda t: _as_v2(t, Resize(_tv_size(t.size), t.interpolation, t.max_size, t.antialias)),
+    "RandomResizedCrop": lambda t: _as_v2(t, RandomResizedCrop(t.size, t.scale, t.ratio, t.interpolation, t.antialias)),
     "ToTensor": lambda t: ToTensor(),
     "PILToTensor": lambda t: PILToTensor(),
     "ToImage": lambda t: ToImage(),

@@ -14,9 +14,31 @@ use rayon::prelude::*;
 use super::mapped::{FileImages, Segment};
 use super::pickle;
 use super::{Dataset, ImageBuf};
-use crate::error::{Error, Result};
+use crate::error::{human_bytes, open_regular, try_reserve, Error, Result};
 
 pub const IMAGE_BYTES: usize = 3 * 32 * 32;
+
+/// The most bytes one load reads, in one file or in all together: the whole data set (60,000
+/// images) as CIFAR-100's records or pickled with file names and labels (about 3,100 bytes an
+/// image), with room to spare. A file or archive member that declares more is no CIFAR batch (a
+/// 9 MB archive can hold a 2 GB member of zeros), and is refused before it is read.
+pub const MAX_DATA_BYTES: u64 = 60_000 * 3_200 + (1 << 20);
+
+/// Refuses `len` bytes more when `total` bytes were read already (see `MAX_DATA_BYTES`).
+fn check_size(path: &Path, what: &str, len: u64, total: u64) -> Result<()> {
+    if len > MAX_DATA_BYTES || total.saturating_add(len) > MAX_DATA_BYTES {
+        return Err(Error::TooLarge {
+            path: path.to_path_buf(),
+            msg: format!(
+                "{what} of {} ({} read before it) is more than all of CIFAR can be ({}): not a CIFAR file",
+                human_bytes(len as usize),
+                human_bytes(total as usize),
+                human_bytes(MAX_DATA_BYTES as usize)
+            ),
+        });
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
@@ -158,7 +180,14 @@ impl Source {
     fn read_all(&mut self, names: &[&str]) -> Result<Vec<(PathBuf, Bytes)>> {
         match self {
             Source::Dir(dir) => {
-                crate::pool::shared().install(|| names.par_iter().map(|n| map_file(&dir.join(n))).collect())?
+                let files: Vec<(PathBuf, Bytes)> = crate::pool::shared()
+                    .install(|| names.par_iter().map(|n| map_file(&dir.join(n))).collect::<Result<_>>())??;
+                let mut total = 0u64;
+                for (p, b) in &files {
+                    check_size(p, "the files together", b.len() as u64, total)?;
+                    total += b.len() as u64;
+                }
+                Ok(files)
             }
             Source::Archive { path, members } => names
                 .iter()
@@ -195,8 +224,9 @@ impl std::ops::Deref for Bytes {
 /// faults than the decode itself; mapping reuses the page cache. (As with numpy.memmap, a file
 /// truncated by another process while it is being read is not supported.)
 fn map_file(path: &Path) -> Result<(PathBuf, Bytes)> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = open_regular(path)?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    check_size(path, "a file", len, 0)?;
     if len == 0 {
         return Ok((path.to_path_buf(), Bytes::Owned(Vec::new())));
     }
@@ -207,12 +237,15 @@ fn map_file(path: &Path) -> Result<(PathBuf, Bytes)> {
 
 /// Reads the members named `wanted` out of a `.tar.gz`, in one streaming pass, into memory.
 /// Members match by file name under any folder, so re-packed archives load too.
+/// A member's declared size is checked before it is read (the tar reader then reads exactly that
+/// many bytes), and so is the sum of the members read (`MAX_DATA_BYTES`).
 pub fn read_archive(path: &Path, wanted: &[&str]) -> Result<HashMap<String, Vec<u8>>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = open_regular(path)?;
     let gz = flate2::read::GzDecoder::new(std::io::BufReader::with_capacity(1 << 20, file));
     let mut tar = tar::Archive::new(gz);
     let corrupt = |e: std::io::Error| Error::format(path, format!("corrupt or truncated archive: {e}"));
     let mut out = HashMap::new();
+    let mut total = 0u64;
     for entry in tar.entries().map_err(corrupt)? {
         let mut entry = entry.map_err(corrupt)?;
         if !entry.header().entry_type().is_file() {
@@ -223,9 +256,12 @@ pub fn read_archive(path: &Path, wanted: &[&str]) -> Result<HashMap<String, Vec<
             continue;
         };
         if let Some(&w) = wanted.iter().find(|&&w| w == name) {
-            // The header's size can lie in a corrupt file: cap the up-front allocation.
-            let size = entry.size().min(256 << 20) as usize;
-            let mut buf = Vec::with_capacity(size);
+            let size = entry.size();
+            let member = PathBuf::from(format!("{}:{}", path.display(), entry_path.display()));
+            check_size(&member, "a member", size, total)?;
+            total += size;
+            let mut buf = Vec::new();
+            try_reserve(&mut buf, size as usize, member.display())?;
             entry.read_to_end(&mut buf).map_err(corrupt)?;
             out.insert(w.to_string(), buf);
             if out.len() == wanted.len() {
@@ -261,7 +297,8 @@ fn locate(root: &Path, spec: &Spec) -> Result<(Layout, PathBuf)> {
         let p = root.join(name);
         let ok = match layout {
             Layout::PythonDir | Layout::BinaryDir => p.is_dir(),
-            _ => p.is_file(),
+            // Anything but a folder: a FIFO of that name is then refused by name when it is read.
+            _ => std::fs::metadata(&p).is_ok_and(|m| !m.is_dir()),
         };
         if ok {
             return Ok((layout, p));
@@ -323,8 +360,9 @@ pub fn load(root: &Path, variant: Variant, train: bool, mmap: bool) -> Result<(D
 
 fn pickle_classes(source: &mut Source, spec: &Spec) -> Result<Vec<String>> {
     let (p, bytes) = source.read_one(spec.py_meta)?;
-    let v = pickle::parse(&bytes).map_err(|m| Error::format(&p, format!("malformed pickle: {m}")))?;
-    let names = v
+    let pk = pickle::parse(&bytes).map_err(|m| Error::format(&p, format!("malformed pickle: {m}")))?;
+    let names = pk
+        .root()
         .get(spec.py_meta_key)
         .and_then(|n| n.items())
         .ok_or_else(|| Error::format(&p, format!("no '{}' list in the meta pickle", spec.py_meta_key)))?;
@@ -381,7 +419,7 @@ fn decode_records(files: &[(PathBuf, Bytes)], spec: &Spec, classes: Vec<String>)
     }
     // One parallel pass copies each image and reads its label, so the mapped files are paged in
     // by all cores at once.
-    let mut images = ImageBuf::zeroed(records.len() * IMAGE_BYTES);
+    let mut images = ImageBuf::zeroed(records.len() * IMAGE_BYTES, "images")?;
     let mut raw = vec![0u8; records.len()];
     images
         .par_chunks_mut(IMAGE_BYTES * 64)
@@ -422,7 +460,8 @@ fn decode_pickles(files: &[(PathBuf, Bytes)], spec: &Spec, classes: Vec<String>,
             .par_iter()
             .map(|(path, bytes)| {
                 let bad = |m: String| Error::format(path, m);
-                let v = pickle::parse(bytes).map_err(|m| bad(format!("malformed pickle: {m}")))?;
+                let pk = pickle::parse(bytes).map_err(|m| bad(format!("malformed pickle: {m}")))?;
+                let v = pk.root();
                 let data = v
                     .get("data")
                     .ok_or_else(|| bad("no 'data' entry in the batch".into()))?;
@@ -459,7 +498,7 @@ fn decode_pickles(files: &[(PathBuf, Bytes)], spec: &Spec, classes: Vec<String>,
         Some(m) => ImageBuf::Files(m),
         None => {
             let records: Vec<&[u8]> = parsed.iter().flat_map(|(px, _)| px.chunks_exact(IMAGE_BYTES)).collect();
-            gather(&records)
+            gather(&records)?
         }
     };
     Dataset::new(images, labels, classes, [3, 32, 32])
@@ -502,11 +541,11 @@ pub fn decode_batch_bytes(bytes: Vec<u8>, python: bool, classes: Vec<String>) ->
 }
 
 /// Copies same-sized records into one contiguous buffer, split across cores.
-fn gather(records: &[&[u8]]) -> ImageBuf {
+fn gather(records: &[&[u8]]) -> Result<ImageBuf> {
     let Some(size) = records.first().map(|r| r.len()) else {
-        return ImageBuf::Heap(Vec::new());
+        return Ok(ImageBuf::Heap(Vec::new()));
     };
-    let mut out = ImageBuf::zeroed(records.len() * size);
+    let mut out = ImageBuf::zeroed(records.len() * size, "images")?;
     out.par_chunks_mut(size * 64)
         .zip(records.par_chunks(64))
         .for_each(|(dst, src)| {
@@ -514,7 +553,7 @@ fn gather(records: &[&[u8]]) -> ImageBuf {
                 d.copy_from_slice(s);
             }
         });
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -568,6 +607,60 @@ mod tests {
         write_bin(&d, "data_batch_3.bin", &[1, 10]);
         let e = load(t.path(), Variant::Cifar10, true, false).unwrap_err().to_string();
         assert!(e.contains("record 1 has label 10"), "{e}");
+    }
+
+    #[cfg(unix)]
+    fn mkfifo(path: &Path) {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: `c` is a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn fifos_are_refused_by_name_instead_of_blocking() {
+        // A batch, the meta file, and an archive: each a FIFO, each an error naming it (opening
+        // one for reading would block until a writer comes, forever).
+        let t = tempfile::tempdir().unwrap();
+        let d = cifar10_bin(t.path());
+        for name in ["data_batch_2.bin", "batches.meta.txt"] {
+            let f = d.join(name);
+            let keep = std::fs::read(&f).unwrap();
+            std::fs::remove_file(&f).unwrap();
+            mkfifo(&f);
+            let e = load(t.path(), Variant::Cifar10, true, false).unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains("not a regular file"), "{e}");
+            std::fs::remove_file(&f).unwrap();
+            std::fs::write(&f, keep).unwrap();
+        }
+        let t = tempfile::tempdir().unwrap();
+        mkfifo(&t.path().join("cifar-10-python.tar.gz"));
+        let e = load(t.path(), Variant::Cifar10, true, false).unwrap_err().to_string();
+        assert!(
+            e.contains("cifar-10-python.tar.gz") && e.contains("not a regular file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_archive_member_larger_than_cifar_is_refused_before_it_is_read() {
+        // The header declares 2 GB (a 9 MB archive of zeros can); only its first bytes follow.
+        let mut h = tar::Header::new_gnu();
+        h.set_path("cifar-10-batches-py/data_batch_1").unwrap();
+        h.set_size(2 << 30);
+        h.set_cksum();
+        let mut raw = h.as_bytes().to_vec();
+        raw.extend([0u8; 4096]);
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("cifar-10-python.tar.gz");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &raw).unwrap();
+        std::fs::write(&path, gz.finish().unwrap()).unwrap();
+        let e = load(t.path(), Variant::Cifar10, true, false).unwrap_err();
+        assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+        let e = e.to_string();
+        assert!(e.contains("data_batch_1") && e.contains("2.1 GB"), "{e}");
     }
 
     #[test]

@@ -11,9 +11,14 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use super::{hwc_to_chw, Dataset};
-use crate::error::{read_file, Error, Result};
+use crate::error::{check_regular, read_file, Error, Result};
 
 const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
+
+/// The most pixels an image may have unless the caller says otherwise: PIL's own threshold for
+/// `DecompressionBombError` (twice its `Image.MAX_IMAGE_PIXELS` of 89,478,485). A 760 KB PNG can
+/// declare 16000x16000 pixels, 768 MB decoded; twelve of them asked for 9.2 GB.
+pub const DEFAULT_MAX_PIXELS: u64 = 2 * 89_478_485;
 
 fn is_image(p: &Path) -> bool {
     p.extension()
@@ -45,13 +50,8 @@ fn walk(dir: &Path, above: &mut Vec<PathBuf>, out: &mut Vec<PathBuf>) -> Result<
         if p.is_dir() {
             walk(&p, above, out)?;
         } else if is_image(&p) {
-            let meta = std::fs::metadata(&p).map_err(|e| Error::io(&p, e))?;
-            if !meta.is_file() {
-                return Err(Error::format(
-                    &p,
-                    "not a regular file (a FIFO, socket or device?): ImageFolder reads only regular files",
-                ));
-            }
+            // Refused by name now, not as a hang when it is read (which goes through open_regular).
+            check_regular(&p, &std::fs::metadata(&p).map_err(|e| Error::io(&p, e))?)?;
             out.push(p);
         }
     }
@@ -98,23 +98,42 @@ pub fn scan(root: &Path) -> Result<Scan> {
     Ok((classes, files))
 }
 
-fn decode(path: &Path, size: Option<(usize, usize)>) -> Result<image::RgbImage> {
-    decode_bytes(path, &read_file(path)?, size)
+fn decode(path: &Path, size: Option<(usize, usize)>, max_pixels: Option<u64>) -> Result<image::RgbImage> {
+    decode_bytes(path, &read_file(path)?, size, max_pixels)
 }
 
 /// Decodes PNG / JPEG bytes as RGB (resized when `size` differs); `path` names them in errors.
-pub fn decode_bytes(path: &Path, bytes: &[u8], size: Option<(usize, usize)>) -> Result<image::RgbImage> {
-    // A corrupt header can claim a gigantic image: refuse before allocating it.
+/// An image of more than `max_pixels` pixels (None: no limit) is refused from its header, before
+/// anything its size is allocated, as PIL refuses a decompression bomb.
+pub fn decode_bytes(
+    path: &Path,
+    bytes: &[u8],
+    size: Option<(usize, usize)>,
+    max_pixels: Option<u64>,
+) -> Result<image::RgbImage> {
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::format(path, format!("cannot read image: {e}")))?;
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(1 << 14);
-    limits.max_image_height = Some(1 << 14);
-    limits.max_alloc = Some(1 << 30);
+    // The decoders' own allocations stay within what the largest image allowed needs (8 bytes a
+    // pixel: 16-bit RGBA); the pixel count itself is checked below, from the header.
+    let mut limits = image::Limits::no_limits();
+    limits.max_alloc = max_pixels.map(|p| p.saturating_mul(8).max(64 << 20));
     reader.limits(limits);
-    let img = reader
-        .decode()
+    let decoder = reader
+        .into_decoder()
+        .map_err(|e| Error::format(path, format!("cannot decode image: {e}")))?;
+    let (w, h) = image::ImageDecoder::dimensions(&decoder);
+    let pixels = u64::from(w) * u64::from(h);
+    if let Some(limit) = max_pixels.filter(|&l| pixels > l) {
+        return Err(Error::TooLarge {
+            path: path.to_path_buf(),
+            msg: format!(
+                "image is {w}x{h} = {pixels} pixels, more than the limit of {limit} (a decompression bomb?, as \
+                 PIL refuses it); if you trust the file, raise fastcifar.datasets.MAX_IMAGE_PIXELS (None: no limit)"
+            ),
+        });
+    }
+    let img = image::DynamicImage::from_decoder(decoder)
         .map_err(|e| Error::format(path, format!("cannot decode image: {e}")))?;
     let img = img.into_rgb8();
     Ok(match size {
@@ -125,16 +144,35 @@ pub fn decode_bytes(path: &Path, bytes: &[u8], size: Option<(usize, usize)>) -> 
     })
 }
 
+/// The images asked for are images too: `size` may not exceed `max_pixels` either.
+fn check_size_pixels((h, w): (usize, usize), max_pixels: Option<u64>) -> Result<()> {
+    let pixels = (h as u64).saturating_mul(w as u64);
+    match max_pixels {
+        Some(limit) if pixels > limit => Err(Error::invalid(
+            "size",
+            format!(
+                "({h}, {w}) is {pixels} pixels an image, more than the limit of {limit} \
+                 (fastcifar.datasets.MAX_IMAGE_PIXELS; None: no limit)"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Decodes image files (PNG / JPEG) as RGB, resized to `size` (h, w) where they differ; returns
 /// (N, H, W, 3) bytes. Used for prediction on loose files.
-pub fn decode_files(paths: &[PathBuf], size: (usize, usize)) -> Result<Vec<u8>> {
-    let per = size.0 * size.1 * 3;
-    let mut out = vec![0u8; paths.len() * per];
+pub fn decode_files(paths: &[PathBuf], size: (usize, usize), max_pixels: Option<u64>) -> Result<Vec<u8>> {
+    check_size_pixels(size, max_pixels)?;
+    let per = size.0.saturating_mul(size.1).saturating_mul(3);
+    let len = paths.len().saturating_mul(per);
+    let mut out = Vec::new();
+    crate::error::try_reserve(&mut out, len, "images")?;
+    out.resize(len, 0);
     crate::pool::shared().install(|| {
         out.par_chunks_mut(per.max(1))
             .zip(paths.par_iter())
             .try_for_each(|(dst, p)| {
-                let img = decode(p, Some(size))?;
+                let img = decode(p, Some(size), max_pixels)?;
                 dst.copy_from_slice(img.as_raw());
                 Ok::<(), Error>(())
             })
@@ -143,30 +181,33 @@ pub fn decode_files(paths: &[PathBuf], size: (usize, usize)) -> Result<Vec<u8>> 
 }
 
 /// Decodes every image as RGB. With `size = Some((h, w))` each is resized (bilinear); without it all
-/// images must share the first image's size.
-pub fn load(root: &Path, size: Option<(usize, usize)>) -> Result<Dataset> {
+/// images must share the first image's size. Each image may have at most `max_pixels` pixels
+/// (see `decode_bytes`), and the buffer of all of them is allocated fallibly.
+pub fn load(root: &Path, size: Option<(usize, usize)>, max_pixels: Option<u64>) -> Result<Dataset> {
     if let Some((h, w)) = size {
         if h == 0 || w == 0 {
             return Err(Error::invalid("size", format!("({h}, {w}) is empty")));
         }
+        check_size_pixels((h, w), max_pixels)?;
     }
     let (classes, files) = scan(root)?;
     let (h, w) = match size {
         Some(s) => s,
         None => {
-            let first = decode(&files[0].0, None)?;
+            let first = decode(&files[0].0, None, max_pixels)?;
             (first.height() as usize, first.width() as usize)
         }
     };
     let per = 3 * h * w;
-    let mut images = super::ImageBuf::zeroed(files.len() * per);
+    let len = files.len().saturating_mul(per);
+    let mut images = super::ImageBuf::zeroed(len, "images")?;
     let decode_all = || {
         images
             .par_chunks_mut(per)
             .zip(files.par_iter())
             .with_min_len(16)
             .try_for_each(|(dst, (path, _))| {
-                let img = decode(path, size)?;
+                let img = decode(path, size, max_pixels)?;
                 if (img.height() as usize, img.width() as usize) != (h, w) {
                     return Err(Error::format(
                         path,
@@ -201,21 +242,67 @@ mod tests {
                 img.save(d.join(format!("{i}.{ext}"))).unwrap();
             }
         }
-        let ds = load(t.path(), None).unwrap();
+        let ds = load(t.path(), None, Some(DEFAULT_MAX_PIXELS)).unwrap();
         assert_eq!(ds.classes, vec!["cat", "dog"]);
         assert_eq!(ds.labels, vec![0, 0, 0, 1, 1, 1]);
         assert_eq!(ds.shape, [3, 2, 4]);
         // PNG is lossless: R plane of image 0 is x*10.
         assert_eq!(&ds.image(0)[..4], &[0, 10, 20, 30]);
-        let small = load(t.path(), Some((1, 2))).unwrap();
+        let small = load(t.path(), Some((1, 2)), Some(DEFAULT_MAX_PIXELS)).unwrap();
         assert_eq!(small.shape, [3, 1, 2]);
         // A differently sized image without `size` is an error naming the file.
         image::RgbImage::new(5, 5).save(t.path().join("cat/9.png")).unwrap();
-        let e = load(t.path(), None).unwrap_err().to_string();
+        let e = load(t.path(), None, Some(DEFAULT_MAX_PIXELS)).unwrap_err().to_string();
         assert!(e.contains("9.png") && e.contains("size="), "{e}");
         std::fs::write(t.path().join("cat/9.png"), b"not a png").unwrap();
-        let e = load(t.path(), None).unwrap_err().to_string();
+        let e = load(t.path(), None, Some(DEFAULT_MAX_PIXELS)).unwrap_err().to_string();
         assert!(e.contains("cannot decode"), "{e}");
+    }
+
+    /// A PNG whose header declares `w` x `h` RGB pixels, followed by no image data (a bomb's
+    /// header: its real data would be a few hundred KB of compressed zeros).
+    fn png_header(w: u32, h: u32) -> Vec<u8> {
+        let mut ihdr = b"IHDR".to_vec();
+        ihdr.extend(w.to_be_bytes());
+        ihdr.extend(h.to_be_bytes());
+        ihdr.extend([8, 2, 0, 0, 0]); // 8 bits, RGB, deflate, no filter, no interlace
+        let mut p = b"\x89PNG\r\n\x1a\n".to_vec();
+        for chunk in [&ihdr[..], b"IDAT", b"IEND"] {
+            let mut crc = flate2::Crc::new();
+            crc.update(chunk);
+            p.extend((chunk.len() as u32 - 4).to_be_bytes());
+            p.extend(chunk);
+            p.extend(crc.sum().to_be_bytes());
+        }
+        p
+    }
+
+    #[test]
+    fn images_above_the_pixel_limit_are_refused_from_their_header() {
+        let e = decode_bytes(
+            Path::new("bomb.png"),
+            &png_header(16_000, 16_000),
+            None,
+            Some(DEFAULT_MAX_PIXELS),
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+        let e = e.to_string();
+        assert!(
+            e.contains("bomb.png") && e.contains("16000x16000") && e.contains("MAX_IMAGE_PIXELS"),
+            "{e}"
+        );
+        // Without a limit, a header gets as far as its (missing) data.
+        let e = decode_bytes(Path::new("b.png"), &png_header(2_000, 2_000), None, None).unwrap_err();
+        assert!(e.to_string().contains("cannot decode"), "{e}");
+        // The limit is the caller's: a 4x2 image against a limit of 7 pixels, and a size asked for.
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("a")).unwrap();
+        image::RgbImage::new(4, 2).save(t.path().join("a/0.png")).unwrap();
+        assert!(matches!(load(t.path(), None, Some(7)), Err(Error::TooLarge { .. })));
+        assert_eq!(load(t.path(), None, Some(8)).unwrap().shape, [3, 2, 4]);
+        let e = load(t.path(), Some((3, 3)), Some(8)).unwrap_err().to_string();
+        assert!(e.starts_with("size: (3, 3) is 9 pixels"), "{e}");
     }
 
     #[cfg(unix)]

@@ -1,9 +1,8 @@
 //! What the IDX and MAT readers (MNIST, Fashion-MNIST, SVHN) do before they trust a file: open only
-//! regular files, bound every size a header declares, and allocate fallibly.
+//! regular files (the core's one check), bound every size a header declares, and allocate fallibly.
 //!
 //! A FIFO named `train-images-idx3-ubyte` would block `open` until a writer came, and a header can
 //! claim any size: a named error beats a hang, an abort or an out-of-memory kill.
-use std::fs::File;
 use std::path::Path;
 
 use super::ImageBuf;
@@ -16,56 +15,19 @@ pub const MAX_IMAGE_BYTES: usize = 4 << 30;
 /// The most labels one file may declare (EMNIST, the largest IDX set, has 814,255).
 pub const MAX_LABELS: usize = 1 << 25;
 
-/// Opens `path` for reading if it is a regular file (symlinks followed), refusing anything else by
-/// name. The open itself does not block: on Unix it is non-blocking, and the check is on the opened
-/// file, so nothing can swap the file between the check and the read.
-pub fn open_regular(path: &Path, what: &str) -> Result<File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        // O_NONBLOCK: opening a FIFO for reading would wait for a writer. Reads of a regular file
-        // ignore the flag.
-        options.custom_flags(libc::O_NONBLOCK);
-    }
-    let file = options.open(path).map_err(|e| Error::io(path, e))?;
-    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
-    if !meta.is_file() {
-        return Err(Error::format(
-            path,
-            format!("not a regular file (a FIFO, socket or device?): {what} are read only from regular files"),
-        ));
-    }
-    Ok(file)
-}
-
-/// A zeroed image buffer of `len` bytes, or a named error when the system cannot give it.
+/// A zeroed image buffer of `len` bytes (`ImageBuf::zeroed`: fallible, checked against memory).
 pub fn image_buf(len: usize, path: &Path) -> Result<ImageBuf> {
-    let oom = || {
-        Error::format(
-            path,
-            format!("cannot allocate {len} bytes for its images: out of memory"),
-        )
-    };
-    if len >= 4 << 20 {
-        let map = memmap2::MmapOptions::new().len(len).map_anon().map_err(|_| oom())?;
-        // Advice only, as in `ImageBuf::zeroed`: without transparent huge pages the map still works.
-        #[cfg(target_os = "linux")]
-        let _ = map.advise(memmap2::Advice::HugePage);
-        return Ok(ImageBuf::Anon(map));
-    }
-    let mut v = Vec::new();
-    v.try_reserve_exact(len).map_err(|_| oom())?;
-    v.resize(len, 0);
-    Ok(ImageBuf::Heap(v))
+    ImageBuf::zeroed(len, &format!("the images of {}", path.display()))
 }
 
-/// An empty vector with room for `n` items, or a named error.
+/// An empty vector with room for `n` items, or `OutOfMemory` naming them.
 pub fn vec_with_capacity<T>(n: usize, path: &Path, what: &str) -> Result<Vec<T>> {
     let mut v = Vec::new();
-    v.try_reserve_exact(n)
-        .map_err(|_| Error::format(path, format!("cannot allocate {n} {what}: out of memory")))?;
+    v.try_reserve_exact(n).map_err(|_| Error::OutOfMemory {
+        what: format!("{n} {what} of {}", path.display()),
+        bytes: n.saturating_mul(size_of::<T>()),
+        reason: String::new(),
+    })?;
     Ok(v)
 }
 
@@ -142,13 +104,13 @@ mod tests {
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        let e = open_regular(&fifo, "IDX files").unwrap_err().to_string();
+        let e = crate::error::open_regular(&fifo).unwrap_err().to_string();
         assert!(
             e.contains("not a regular file") && e.contains("train-images-idx3-ubyte"),
             "{e}"
         );
-        assert!(open_regular(dir.path(), "IDX files").is_err());
-        let e = open_regular(&dir.path().join("nope"), "IDX files").unwrap_err();
+        assert!(crate::error::open_regular(dir.path()).is_err());
+        let e = crate::error::open_regular(&dir.path().join("nope")).unwrap_err();
         assert!(matches!(e, Error::NotFound { .. }));
     }
 

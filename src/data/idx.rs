@@ -46,7 +46,7 @@ pub struct Source {
 impl Source {
     /// Opens a regular file, gzipped or not.
     pub fn open(path: &Path) -> Result<Source> {
-        let file = guard::open_regular(path, "IDX files")?;
+        let file = crate::error::open_regular(path)?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let mut reader = BufReader::with_capacity(1 << 20, file);
         let head = std::io::BufRead::fill_buf(&mut reader).map_err(|e| Error::io(path, e))?;

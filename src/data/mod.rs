@@ -90,7 +90,7 @@ impl Dataset {
                 format!("{} labels for {n} images", labels.len()),
             ));
         }
-        let mut images = ImageBuf::zeroed(hwc.len());
+        let mut images = ImageBuf::zeroed(hwc.len(), "images")?;
         let per = h * w * c;
         if per > 0 {
             use rayon::prelude::*;
@@ -140,7 +140,11 @@ impl Dataset {
                 format!("index {bad} is out of range for {} images", self.len()),
             ));
         }
-        let mut images = ImageBuf::zeroed(indices.len() * s);
+        let bytes = indices
+            .len()
+            .checked_mul(s)
+            .ok_or_else(|| Error::invalid("indices", "too many"))?;
+        let mut images = ImageBuf::zeroed(bytes, "images")?;
         for (dst, &i) in images.chunks_exact_mut(s.max(1)).zip(indices) {
             dst.copy_from_slice(self.image(i));
         }
@@ -166,16 +170,36 @@ pub enum ImageBuf {
 }
 
 impl ImageBuf {
-    pub fn zeroed(len: usize) -> ImageBuf {
+    /// `len` zero bytes for `what` (named in the error). Fallible: the sizes come from files, so a
+    /// failed allocation, or one larger than this machine's memory and swap (which would succeed
+    /// under overcommit and then get the process killed as the pages are written), is
+    /// `Error::OutOfMemory` (Python's MemoryError), never an abort.
+    pub fn zeroed(len: usize, what: &str) -> Result<ImageBuf> {
+        let oom = |reason: String| Error::OutOfMemory {
+            what: what.to_string(),
+            bytes: len,
+            reason,
+        };
+        if let Some(total) = memory_and_swap() {
+            if len as u64 > total {
+                return Err(oom(format!(
+                    "more than this machine's memory and swap ({})",
+                    crate::error::human_bytes(total as usize)
+                )));
+            }
+        }
         if len >= 4 << 20 {
             if let Ok(m) = memmap2::MmapOptions::new().len(len).map_anon() {
                 // Advice only: without THP the mapping still works, just with small pages.
                 #[cfg(target_os = "linux")]
                 let _ = m.advise(memmap2::Advice::HugePage);
-                return ImageBuf::Anon(m);
+                return Ok(ImageBuf::Anon(m));
             }
         }
-        ImageBuf::Heap(vec![0u8; len])
+        let mut v = Vec::new();
+        v.try_reserve_exact(len).map_err(|e| oom(e.to_string()))?;
+        v.resize(len, 0);
+        Ok(ImageBuf::Heap(v))
     }
 
     /// Whether the bytes are (mostly) the files' pages rather than a copy.
@@ -216,11 +240,31 @@ impl std::ops::DerefMut for ImageBuf {
 }
 
 impl Clone for ImageBuf {
+    /// A copy of a buffer that exists already (its size was checked when it was made); `Clone`
+    /// cannot fail, so an allocation failure here aborts as any Rust allocation does.
     fn clone(&self) -> Self {
-        let mut b = ImageBuf::zeroed(self.len());
+        let anon = (self.len() >= 4 << 20)
+            .then(|| memmap2::MmapOptions::new().len(self.len()).map_anon().ok())
+            .flatten();
+        let mut b = anon.map_or_else(|| ImageBuf::Heap(vec![0u8; self.len()]), ImageBuf::Anon);
         b.copy_from_slice(self);
         b
     }
+}
+
+/// Total memory plus swap, where the system says (Linux); None elsewhere.
+fn memory_and_swap() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `sysinfo` only writes the struct it is given, which is plain data.
+        let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a valid, writable sysinfo struct.
+        if unsafe { libc::sysinfo(&mut info) } == 0 {
+            let unit = u64::from(info.mem_unit.max(1));
+            return Some((info.totalram as u64 + info.totalswap as u64).saturating_mul(unit));
+        }
+    }
+    None
 }
 
 impl PartialEq for ImageBuf {
@@ -366,9 +410,9 @@ mod fuzz {
     }
 
     fn check_pickle(bytes: &[u8]) {
-        if let Ok(v) = pickle::parse(bytes) {
+        if let Ok(pk) = pickle::parse(bytes) {
             for key in ["data", "labels"] {
-                if let Some(x) = v.get(key) {
+                if let Some(x) = pk.root().get(key) {
                     let _ = x.ndarray_u8();
                 }
             }
@@ -429,8 +473,127 @@ mod fuzz {
 
         #[test]
         fn images_mutated(bytes in prop_oneof![mutate(valid_png()), mutate(valid_jpeg()), prop::collection::vec(any::<u8>(), 0..256)]) {
-            let _ = folder::decode_bytes(std::path::Path::new("fuzz"), &bytes, None);
-            let _ = folder::decode_bytes(std::path::Path::new("fuzz"), &bytes, Some((4, 4)));
+            let limit = Some(folder::DEFAULT_MAX_PIXELS);
+            let _ = folder::decode_bytes(std::path::Path::new("fuzz"), &bytes, None, limit);
+            let _ = folder::decode_bytes(std::path::Path::new("fuzz"), &bytes, Some((4, 4)), limit);
+        }
+    }
+
+    /// Counts the bytes each thread asks the allocator for, so that a property can bound what one
+    /// call allocates (a 198-byte pickle of nested memo GETs once asked for gigabytes).
+    struct Counting;
+
+    thread_local! {
+        static ASKED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+        /// While `asked_by` runs: the most this thread may ask for, so that a reader that blows up
+        /// fails the property with "memory allocation of N bytes failed" instead of exhausting the
+        /// machine.
+        static CAP: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+    }
+
+    /// Counts `n` bytes; false once the thread is past its cap (the allocation then fails).
+    fn count(n: usize) -> bool {
+        // `try_with`: the allocator also runs while thread-locals are torn down.
+        ASKED
+            .try_with(|c| {
+                c.set(c.get().saturating_add(n));
+                c.get() <= CAP.try_with(|m| m.get()).unwrap_or(usize::MAX)
+            })
+            .unwrap_or(true)
+    }
+
+    // SAFETY: every call is forwarded unchanged to the system allocator; the wrapper only counts.
+    unsafe impl std::alloc::GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            if !count(layout.size()) {
+                return std::ptr::null_mut();
+            }
+            // SAFETY: the caller's contract for `alloc` is passed on unchanged.
+            unsafe { std::alloc::System.alloc(layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+            if !count(layout.size()) {
+                return std::ptr::null_mut();
+            }
+            // SAFETY: as for `alloc`.
+            unsafe { std::alloc::System.alloc_zeroed(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+            // SAFETY: `ptr` came from `System` through this wrapper, with this layout.
+            unsafe { std::alloc::System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+            if !count(new_size) {
+                return std::ptr::null_mut();
+            }
+            // SAFETY: as for `dealloc`; the caller guarantees `new_size` is valid for the layout's alignment.
+            unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: Counting = Counting;
+
+    /// Bytes this thread asked for while `f` ran, which may ask for at most `cap`.
+    fn asked_by(cap: usize, f: impl FnOnce()) -> usize {
+        let before = ASKED.with(|c| c.get());
+        CAP.with(|m| m.set(before.saturating_add(cap)));
+        f();
+        CAP.with(|m| m.set(usize::MAX));
+        ASKED.with(|c| c.get()) - before
+    }
+
+    /// Pieces of pickles that make, share and grow values through the memo and the stack, and
+    /// that decode text: what the size bounds are about. Each leaves a list on top of the stack
+    /// (four lists are memoised first), so that sequences of them run long; a few raw opcodes mix
+    /// errors in. DUP + APPEND, and a list of two GETs memoised again, double a value's logical
+    /// size: a reader that copies on GET or DUP blows up within a few of them.
+    fn memo_piece() -> impl Strategy<Value = Vec<u8>> {
+        let key = || 0u8..4;
+        let cat = |parts: &[&[u8]]| parts.concat();
+        prop_oneof![
+            4 => Just(b"2a".to_vec()),
+            4 => key().prop_map(move |k| cat(&[b"(h", &[k], b"h", &[k], b"lq", &[k], b"a"])),
+            2 => key().prop_map(move |k| cat(&[b"0h", &[k]])),
+            2 => key().prop_map(move |k| cat(&[b"q", &[k]])),
+            1 => key().prop_map(move |k| cat(&[b"0j", &(k as u32).to_le_bytes()])),
+            1 => key().prop_map(move |k| cat(&[b"r", &(k as u32).to_le_bytes()])),
+            1 => key().prop_map(move |k| cat(&[b"}U\x03keyh", &[k], b"sa"])),
+            1 => key().prop_map(move |k| cat(&[b"h", &[k], b"\x85a"])),
+            1 => Just(vec![0x94]),
+            1 => Just(b"]".to_vec()),
+            1 => Just(b"K\x07a".to_vec()),
+            1 => Just(b"c_codecs\nencode\nX\x04\x00\x00\x00text\x8c\x06latin1\x86Ra".to_vec()),
+            1 => Just(b"Vraw\\u00e9text\na".to_vec()),
+            1 => Just(b"S'esc\\x41ped'\na".to_vec()),
+            1 => Just(b"\x8c\x05numpy\x8c\x05dtype\x93)\x81N\x85ba".to_vec()),
+            1 => prop::sample::select(b"]})(ltae2su0NRb\x86\x85\x93".to_vec()).prop_map(|c| vec![c]),
+        ]
+    }
+
+    fn memo_pickle() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(memo_piece(), 1..120).prop_map(|pieces| {
+            let mut p = b"\x80\x02]q\x00]q\x01]q\x02]q\x03".to_vec();
+            p.extend(pieces.concat());
+            p.push(b'.');
+            p
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(1000), failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// What a parse allocates is linear in the pickle's size, whatever it shares through the
+        /// memo, DUPs or decodes; the values it returns can be read without walking shared parts again.
+        #[test]
+        fn pickle_memo_and_sizes_stay_bounded(bytes in memo_pickle()) {
+            let asked = asked_by(256 << 20, || {
+                if let Ok(pk) = pickle::parse(&bytes) {
+                    let root = pk.root();
+                    let _ = (root.get("key"), root.ndarray_u8(), root.items().map(|i| i.len()));
+                }
+            });
+            prop_assert!(asked <= 256 * bytes.len() + (64 << 10), "{asked} bytes asked for by a {}-byte pickle", bytes.len());
         }
     }
 
@@ -454,7 +617,7 @@ mod fuzz {
                 .len(),
             3
         );
-        assert!(folder::decode_bytes(std::path::Path::new("p"), &valid_png(), None).is_ok());
+        assert!(folder::decode_bytes(std::path::Path::new("p"), &valid_png(), None, None).is_ok());
         for gzip in [false, true] {
             let im = idx::read_images(idx::Source::bytes(valid_idx(gzip)), std::path::Path::new("i")).unwrap();
             assert_eq!((im.n, im.h, im.w), (3, 4, 5));
@@ -462,7 +625,7 @@ mod fuzz {
             let ds = svhn::decode(&mat, std::path::Path::new("m"), svhn::tests::classes()).unwrap();
             assert_eq!(ds.labels, vec![1, 0, 4]);
         }
-        assert!(folder::decode_bytes(std::path::Path::new("j"), &valid_jpeg(), None).is_ok());
+        assert!(folder::decode_bytes(std::path::Path::new("j"), &valid_jpeg(), None, None).is_ok());
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(&valid_targz()).unwrap();
         assert_eq!(cifar::read_archive(f.path(), &["test_batch.bin"]).unwrap().len(), 1);

@@ -3,121 +3,203 @@
 //! (up to protocol 5) so that a user's re-pickled batch loads too.
 //!
 //! It is a stack machine that builds plain values and never calls anything: `GLOBAL` + `REDUCE`
-//! make an inert `Value::Object` that `ndarray_u8` later recognises. Byte strings borrow from the
-//! file buffer, so the 30 MB image block of a batch is not copied until it goes into the data set.
+//! make an inert object that `ndarray_u8` later recognises. Byte strings borrow from the file
+//! buffer, so the 30 MB image block of a batch is not copied until it goes into the data set.
 //! No general-purpose crate reads numpy's `_reconstruct` objects without running Python.
+//!
+//! Values live in one arena and refer to each other by index, as Python objects refer to each other:
+//! a memo GET or a DUP pushes the same value again instead of a copy (copying made a 198-byte pickle
+//! of nested GETs cost gigabytes), a list appended to after it was memoised is the same list
+//! everywhere, and a value that contains itself is no problem. Nothing walks the values recursively,
+//! so there is no nesting limit, and dropping them is one flat free. What one parse may build is
+//! bounded by what a CIFAR batch can need: `MAX_ITEMS` values and references, and owned bytes
+//! (decoded text) of at most twice the pickle's size.
 use std::borrow::Cow;
+use std::collections::HashMap;
 
-/// Nesting deeper than this is no CIFAR file; refusing it keeps `Drop` from overflowing the stack.
-const MAX_DEPTH: u16 = 64;
+/// The most values and references (stack pushes and marks) one pickle may make. CIFAR-100's train
+/// batch, the largest official pickle, makes about 100,000 (50,000 file names and label lists); a
+/// re-pickled batch of all 60,000 images as lists is well inside. A pickle of 150 MB of one-byte
+/// opcodes would otherwise build 150 million values (gigabytes).
+pub const MAX_ITEMS: usize = 1 << 22;
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value<'a> {
+/// Owned bytes (decoded text, Python 3's latin-1 byte strings) are at most this many times the
+/// pickle's size, plus `OWNED_SLACK`: every legitimate decoding yields at most two bytes per input
+/// byte, once, while memo GETs of a REDUCE could otherwise decode the same text again and again.
+const OWNED_PER_BYTE: usize = 2;
+const OWNED_SLACK: usize = 64 << 10;
+
+/// A value's index in the arena.
+type Id = u32;
+
+enum Node<'a> {
     None,
     Bool(bool),
     Int(i64),
-    Float(f64),
+    /// A float: its value is never needed (no CIFAR field is one), only that it is not an int.
+    Float,
     /// Python 2 `str`, Python 3 `bytes` / `bytearray`.
     Bytes(Cow<'a, [u8]>),
     /// Python `unicode` / Python 3 `str`.
     Str(Cow<'a, str>),
-    List(Vec<Value<'a>>, u16),
-    Tuple(Vec<Value<'a>>, u16),
-    Dict(Vec<(Value<'a>, Value<'a>)>, u16),
-    Global(String, String),
+    List(Vec<Id>),
+    Tuple(Vec<Id>),
+    /// Pairs in assignment order; a later pair with an equal key wins (see `Value::get`).
+    Dict(Vec<(Id, Id)>),
+    /// `module.name`, both text values.
+    Global(Id, Id),
     /// `callable(*args)` followed by an optional `__setstate__(state)`, kept unevaluated.
-    Object {
-        callable: Box<Value<'a>>,
-        args: Box<Value<'a>>,
-        state: Option<Box<Value<'a>>>,
-        depth: u16,
-    },
+    Object(Box<Object>),
 }
 
-impl<'a> Value<'a> {
-    fn depth(&self) -> u16 {
-        match self {
-            Value::List(_, d) | Value::Tuple(_, d) | Value::Dict(_, d) => *d,
-            Value::Object { depth, .. } => *depth,
-            _ => 0,
-        }
+struct Object {
+    callable: Id,
+    args: Id,
+    state: Option<Id>,
+}
+
+/// A parsed pickle: its values, and the one `STOP` returned.
+pub struct Pickle<'a> {
+    nodes: Vec<Node<'a>>,
+    root: Id,
+}
+
+impl<'a> Pickle<'a> {
+    /// The value the pickle returns.
+    pub fn root(&self) -> Value<'_, 'a> {
+        self.value(self.root)
+    }
+
+    fn value(&self, id: Id) -> Value<'_, 'a> {
+        Value { pickle: self, id }
+    }
+}
+
+/// One value of a parsed pickle.
+#[derive(Clone, Copy)]
+pub struct Value<'p, 'a> {
+    pickle: &'p Pickle<'a>,
+    id: Id,
+}
+
+/// The items of a list or tuple.
+#[derive(Clone, Copy)]
+pub struct Items<'p, 'a> {
+    pickle: &'p Pickle<'a>,
+    ids: &'p [Id],
+}
+
+impl<'p, 'a> Items<'p, 'a> {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub fn get(&self, i: usize) -> Option<Value<'p, 'a>> {
+        self.ids.get(i).map(|&id| self.pickle.value(id))
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = Value<'p, 'a>> + 'p {
+        let pickle = self.pickle;
+        self.ids.iter().map(move |&id| pickle.value(id))
+    }
+}
+
+impl<'p, 'a> Value<'p, 'a> {
+    fn node(&self) -> &'p Node<'a> {
+        &self.pickle.nodes[self.id as usize]
     }
 
     /// Text of a `str`/`bytes`/`unicode` value (CIFAR keys are ASCII either way).
-    pub fn as_text(&self) -> Option<Cow<'_, str>> {
-        match self {
-            Value::Bytes(b) => Some(String::from_utf8_lossy(b)),
-            Value::Str(s) => Some(Cow::Borrowed(s.as_ref())),
+    pub fn as_text(&self) -> Option<Cow<'p, str>> {
+        match self.node() {
+            Node::Bytes(b) => Some(String::from_utf8_lossy(b)),
+            Node::Str(s) => Some(Cow::Borrowed(s.as_ref())),
             _ => None,
         }
     }
 
     pub fn as_int(&self) -> Option<i64> {
-        match self {
-            Value::Int(i) => Some(*i),
-            Value::Bool(b) => Some(*b as i64),
+        match self.node() {
+            Node::Int(i) => Some(*i),
+            Node::Bool(b) => Some(*b as i64),
             _ => None,
         }
     }
 
-    pub fn items(&self) -> Option<&[Value<'a>]> {
-        match self {
-            Value::List(v, _) | Value::Tuple(v, _) => Some(v),
+    pub fn items(&self) -> Option<Items<'p, 'a>> {
+        match self.node() {
+            Node::List(v) | Node::Tuple(v) => Some(Items {
+                pickle: self.pickle,
+                ids: v,
+            }),
             _ => None,
         }
     }
 
-    /// Looks a key up in a dict whose keys are text.
-    pub fn get(&self, key: &str) -> Option<&Value<'a>> {
-        match self {
-            Value::Dict(kv, _) => kv
+    /// Looks a key up in a dict whose keys are text; the last assignment to a key wins, as in Python.
+    pub fn get(&self, key: &str) -> Option<Value<'p, 'a>> {
+        match self.node() {
+            Node::Dict(kv) => kv
                 .iter()
-                .find(|(k, _)| k.as_text().as_deref() == Some(key))
-                .map(|(_, v)| v),
+                .rev()
+                .find(|(k, _)| self.pickle.value(*k).as_text().as_deref() == Some(key))
+                .map(|(_, v)| self.pickle.value(*v)),
             _ => None,
         }
+    }
+
+    fn is_true(&self) -> bool {
+        matches!(self.node(), Node::Bool(true) | Node::Int(1))
     }
 
     /// Reads a numpy uint8 array: `(shape, raw bytes)`. Accepts the `_reconstruct` + `BUILD` form
     /// that every numpy writes for protocols 0-4 and the `_frombuffer` form of protocol 5.
     pub fn ndarray_u8(&self) -> Result<(Vec<usize>, Cow<'a, [u8]>), String> {
-        let Value::Object {
-            callable, args, state, ..
-        } = self
-        else {
+        let p = self.pickle;
+        let Node::Object(obj) = self.node() else {
             return Err("expected a numpy array".into());
         };
-        let Value::Global(module, name) = callable.as_ref() else {
+        let Node::Global(module, name) = p.value(obj.callable).node() else {
+            return Err("expected a numpy array".into());
+        };
+        let (module, name) = (p.value(*module).as_text(), p.value(*name).as_text());
+        let (Some(module), Some(name)) = (module, name) else {
             return Err("expected a numpy array".into());
         };
         if !module.starts_with("numpy") {
             return Err(format!("expected a numpy array, found {module}.{name}"));
         }
-        let (shape, dtype, data) = match name.as_str() {
+        let (shape, dtype, data) = match name.as_ref() {
             "_reconstruct" => {
-                let st = state
-                    .as_deref()
-                    .and_then(Value::items)
+                let st = obj
+                    .state
+                    .and_then(|s| p.value(s).items())
                     .ok_or("numpy array without state")?;
                 // (version, shape, dtype, is_fortran, data); version 0 omits itself.
-                let st = if st.len() == 5 { &st[1..] } else { st };
-                if st.len() != 4 {
+                let skip = if st.len() == 5 { 1 } else { 0 };
+                if st.len() - skip != 4 {
                     return Err("numpy array state has an unexpected length".into());
                 }
-                if st[2] == Value::Bool(true) || st[2] == Value::Int(1) {
+                let at = |i: usize| st.get(i + skip).expect("length checked above");
+                if at(2).is_true() {
                     return Err("Fortran-ordered arrays are not supported".into());
                 }
-                (&st[0], &st[1], &st[3])
+                (at(0), at(1), at(3))
             }
             "_frombuffer" => {
-                let a = args.items().ok_or("numpy array without arguments")?;
+                let a = p.value(obj.args).items().ok_or("numpy array without arguments")?;
                 if a.len() != 4 {
                     return Err("numpy _frombuffer call has an unexpected length".into());
                 }
-                if a[3].as_text().as_deref() != Some("C") {
+                let at = |i: usize| a.get(i).expect("length checked above");
+                if at(3).as_text().as_deref() != Some("C") {
                     return Err("only C-ordered arrays are supported".into());
                 }
-                (&a[2], &a[1], &a[0])
+                (at(2), at(1), at(0))
             }
             other => return Err(format!("expected a numpy array, found numpy {other}")),
         };
@@ -132,19 +214,19 @@ impl<'a> Value<'a> {
                     .ok_or("numpy shape holds a non-integer")
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let dtype_name = match dtype {
-            Value::Object { args, .. } => args
+        let dtype_name = match dtype.node() {
+            Node::Object(o) => p
+                .value(o.args)
                 .items()
-                .and_then(|a| a.first())
-                .and_then(Value::as_text)
-                .map(|s| s.into_owned()),
+                .and_then(|a| a.get(0))
+                .and_then(|v| v.as_text().map(|s| s.into_owned())),
             _ => None,
         }
         .ok_or("numpy dtype is unreadable")?;
         if dtype_name != "u1" && dtype_name != "b1" && dtype_name != "uint8" {
             return Err(format!("numpy array has dtype {dtype_name}, expected uint8"));
         }
-        let Value::Bytes(data) = data else {
+        let Node::Bytes(data) = data.node() else {
             return Err("numpy array data is not a byte string".into());
         };
         let expected = shape
@@ -159,17 +241,6 @@ impl<'a> Value<'a> {
         }
         Ok((shape, data.clone()))
     }
-}
-
-fn container_depth<'a>(items: impl IntoIterator<Item = &'a Value<'a>>) -> Result<u16, String>
-where
-    Value<'a>: 'a,
-{
-    let d = items.into_iter().map(Value::depth).max().unwrap_or(0) + 1;
-    if d > MAX_DEPTH {
-        return Err(format!("nesting deeper than {MAX_DEPTH}"));
-    }
-    Ok(d)
 }
 
 /// The opcodes this reader knows, named as in CPython's `pickletools` (protocol in brackets where
@@ -239,13 +310,17 @@ mod op {
 struct Machine<'a> {
     data: &'a [u8],
     pos: usize,
-    stack: Vec<Value<'a>>,
+    nodes: Vec<Node<'a>>,
+    stack: Vec<Id>,
     marks: Vec<usize>,
-    /// Indexed by memo key: picklers number their entries 0, 1, 2, ..., so a vector beats a hash
-    /// map (a CIFAR batch memoizes 10,000 file names).
-    memo: Vec<Option<Value<'a>>>,
-    /// Entries stored, for MEMOIZE (which uses len(memo) as its key).
-    memo_count: u32,
+    /// Memo key to value. A hash map: a key costs an entry only when it is stored, whatever its
+    /// number (picklers count 0, 1, 2, ..., but a 5-byte LONG_BINPUT can name key 4 billion).
+    memo: HashMap<u32, Id>,
+    /// Stack pushes and marks so far, bounded by `MAX_ITEMS`.
+    items: usize,
+    /// Bytes decoded into owned buffers so far, bounded by `owned_limit`.
+    owned: usize,
+    owned_limit: usize,
 }
 
 impl<'a> Machine<'a> {
@@ -295,16 +370,69 @@ impl<'a> Machine<'a> {
     fn line_str(&mut self) -> Result<&'a str, String> {
         std::str::from_utf8(self.line()?).map_err(|_| "text argument is not UTF-8".to_string())
     }
-    fn pop(&mut self) -> Result<Value<'a>, String> {
+
+    /// Counts one stack push or mark against `MAX_ITEMS`.
+    fn spend(&mut self) -> Result<(), String> {
+        self.items += 1;
+        if self.items > MAX_ITEMS {
+            return Err(format!(
+                "more than {MAX_ITEMS} values and references: far more than any CIFAR batch holds"
+            ));
+        }
+        Ok(())
+    }
+    /// Counts `n` decoded bytes against the owned-bytes budget.
+    fn own(&mut self, n: usize) -> Result<(), String> {
+        self.owned = self.owned.saturating_add(n);
+        if self.owned > self.owned_limit {
+            return Err(format!(
+                "decodes to more than {} bytes of text, more than the pickle's own {} bytes can hold",
+                self.owned_limit,
+                self.data.len()
+            ));
+        }
+        Ok(())
+    }
+    /// Pushes a value that is already in the arena (a GET, a DUP).
+    fn push_id(&mut self, id: Id) -> Result<(), String> {
+        self.spend()?;
+        self.stack.push(id);
+        Ok(())
+    }
+    /// Adds a new value to the arena and pushes it.
+    fn push(&mut self, node: Node<'a>) -> Result<(), String> {
+        let id = self.add(node);
+        self.push_id(id)
+    }
+    /// Adds a value to the arena (its push is what counts against `MAX_ITEMS`, so the arena holds at
+    /// most three values per push: GLOBAL's two texts and itself).
+    fn add(&mut self, node: Node<'a>) -> Id {
+        self.nodes.push(node);
+        (self.nodes.len() - 1) as Id
+    }
+    fn node(&self, id: Id) -> &Node<'a> {
+        &self.nodes[id as usize]
+    }
+    fn node_mut(&mut self, id: Id) -> &mut Node<'a> {
+        &mut self.nodes[id as usize]
+    }
+    fn text(&self, id: Id) -> Option<&str> {
+        match self.node(id) {
+            Node::Str(s) => Some(s),
+            Node::Bytes(b) => std::str::from_utf8(b).ok(),
+            _ => None,
+        }
+    }
+    fn pop(&mut self) -> Result<Id, String> {
         if self.marks.last().is_some_and(|&m| m >= self.stack.len()) {
             return Err("stack underflow past a mark".into());
         }
         self.stack.pop().ok_or_else(|| "stack underflow".to_string())
     }
-    fn top(&mut self) -> Result<&mut Value<'a>, String> {
-        self.stack.last_mut().ok_or_else(|| "stack underflow".to_string())
+    fn top(&self) -> Result<Id, String> {
+        self.stack.last().copied().ok_or_else(|| "stack underflow".to_string())
     }
-    fn pop_mark(&mut self) -> Result<Vec<Value<'a>>, String> {
+    fn pop_mark(&mut self) -> Result<Vec<Id>, String> {
         let m = self.marks.pop().ok_or("no mark on the stack")?;
         if m > self.stack.len() {
             return Err("corrupt mark".into());
@@ -314,108 +442,123 @@ impl<'a> Machine<'a> {
     fn push_bytes(&mut self, n: u64) -> Result<(), String> {
         let n = usize::try_from(n).map_err(|_| "byte string too long")?;
         let b = self.take(n)?;
-        self.stack.push(Value::Bytes(Cow::Borrowed(b)));
-        Ok(())
+        self.push(Node::Bytes(Cow::Borrowed(b)))
     }
     fn push_unicode(&mut self, n: u64) -> Result<(), String> {
         let n = usize::try_from(n).map_err(|_| "string too long")?;
         let b = self.take(n)?;
         let s = std::str::from_utf8(b).map_err(|_| "string is not UTF-8")?;
-        self.stack.push(Value::Str(Cow::Borrowed(s)));
+        self.push(Node::Str(Cow::Borrowed(s)))
+    }
+    fn put(&mut self, key: u32) -> Result<(), String> {
+        let id = *self.stack.last().ok_or("memo put on an empty stack")?;
+        self.memo.insert(key, id);
         Ok(())
     }
-    fn put(&mut self, idx: u32) -> Result<(), String> {
-        let v = self.stack.last().ok_or("memo put on an empty stack")?.clone();
-        let i = idx as usize;
-        if i >= self.memo.len() {
-            // Each PUT takes at least 2 bytes, so a key beyond the pickle's length is not a real one.
-            if i > self.data.len() {
-                return Err(format!("memo key {idx} is larger than the pickle"));
-            }
-            self.memo.resize(i + 1, None);
-        }
-        if self.memo[i].replace(v).is_none() {
-            self.memo_count += 1;
-        }
-        Ok(())
-    }
-    fn get(&mut self, idx: u32) -> Result<(), String> {
-        let v = self
+    fn get(&mut self, key: u32) -> Result<(), String> {
+        let id = *self
             .memo
-            .get(idx as usize)
-            .and_then(|v| v.clone())
-            .ok_or_else(|| format!("memo key {idx} was never stored"))?;
-        self.stack.push(v);
-        Ok(())
+            .get(&key)
+            .ok_or_else(|| format!("memo key {key} was never stored"))?;
+        self.push_id(id)
     }
-    fn tuple(&mut self, items: Vec<Value<'a>>) -> Result<(), String> {
-        let d = container_depth(&items)?;
-        self.stack.push(Value::Tuple(items, d));
-        Ok(())
-    }
-    fn extend_list(&mut self, items: Vec<Value<'a>>) -> Result<(), String> {
-        let d = container_depth(&items)?;
-        match self.top()? {
-            Value::List(v, depth) => {
-                *depth = (*depth).max(d);
+    fn extend_list(&mut self, items: Vec<Id>) -> Result<(), String> {
+        let top = self.top()?;
+        match self.node_mut(top) {
+            Node::List(v) => {
                 v.extend(items);
                 Ok(())
             }
             _ => Err("APPEND to something that is not a list".into()),
         }
     }
-    fn set_items(&mut self, items: Vec<Value<'a>>) -> Result<(), String> {
+    fn set_items(&mut self, items: Vec<Id>) -> Result<(), String> {
         if !items.len().is_multiple_of(2) {
             return Err("SETITEMS with an odd number of items".into());
         }
-        let d = container_depth(&items)?;
-        match self.top()? {
-            Value::Dict(kv, depth) => {
-                *depth = (*depth).max(d);
-                let mut it = items.into_iter();
-                while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    // A later assignment to the same key wins, as in Python.
-                    if let Some(slot) = kv.iter_mut().find(|(key, _)| *key == k) {
-                        slot.1 = v;
-                    } else {
-                        kv.push((k, v));
-                    }
-                }
+        let top = self.top()?;
+        match self.node_mut(top) {
+            // Appended, not searched: a dict of a million keys must not cost a million squared
+            // comparisons; lookups take the last pair with the key (`Value::get`).
+            Node::Dict(kv) => {
+                kv.extend(items.chunks_exact(2).map(|p| (p[0], p[1])));
                 Ok(())
             }
             _ => Err("SETITEM on something that is not a dict".into()),
         }
     }
-    fn object(&mut self, callable: Value<'a>, args: Value<'a>) -> Result<(), String> {
-        if let Some(b) = py3_bytes(&callable, &args) {
-            self.stack.push(Value::Bytes(Cow::Owned(b?)));
-            return Ok(());
+    fn object(&mut self, callable: Id, args: Id) -> Result<(), String> {
+        if let Some(b) = self.py3_bytes(callable, args) {
+            let b = b?;
+            return self.push(Node::Bytes(Cow::Owned(b)));
         }
-        let depth = container_depth([&callable, &args])?;
-        self.stack.push(Value::Object {
-            callable: Box::new(callable),
-            args: Box::new(args),
+        self.push(Node::Object(Box::new(Object {
+            callable,
+            args,
             state: None,
-            depth,
-        });
-        Ok(())
+        })))
+    }
+
+    /// Python 3 writes `bytes` at protocols 0-2 as `_codecs.encode(text, 'latin1')` (and `b''` as
+    /// `bytes()`), since those protocols have no bytes opcode: the byte string is rebuilt here, as
+    /// unpickling would. None: some other call.
+    fn py3_bytes(&mut self, callable: Id, args: Id) -> Option<Result<Vec<u8>, String>> {
+        let Some(text) = self.bytes_call(callable, args)? else {
+            return Some(Ok(Vec::new()));
+        };
+        let n = self.str_of(text).map_or(0, str::len);
+        Some(self.own(n).and_then(|()| latin1(self.str_of(text).unwrap_or_default())))
+    }
+
+    /// Whether `callable(*args)` makes Python 3 bytes: `Some(Some(text))` for
+    /// `_codecs.encode(text, 'latin1')`, `Some(None)` for `bytes()`, None for any other call.
+    fn bytes_call(&self, callable: Id, args: Id) -> Option<Option<Id>> {
+        let Node::Global(module, name) = *self.node(callable) else {
+            return None;
+        };
+        let Node::Tuple(args) = self.node(args) else {
+            return None;
+        };
+        match (self.text(module)?, self.text(name)?, args.as_slice()) {
+            ("_codecs", "encode", &[text, enc])
+                if self.str_of(text).is_some()
+                    && matches!(self.str_of(enc), Some("latin1" | "latin-1" | "iso-8859-1")) =>
+            {
+                Some(Some(text))
+            }
+            ("__builtin__" | "builtins", "bytes" | "bytearray", []) => Some(None),
+            _ => None,
+        }
+    }
+
+    fn str_of(&self, id: Id) -> Option<&str> {
+        match self.node(id) {
+            Node::Str(s) => Some(s),
+            _ => None,
+        }
     }
 
     /// Runs opcodes until STOP. Each group of opcodes has its own helper; an opcode no group takes
     /// (persistent ids, extension registry, sets, out-of-band buffers) is refused by name and offset.
-    fn run(mut self) -> Result<Value<'a>, String> {
+    fn run(mut self) -> Result<Pickle<'a>, String> {
         use op::*;
         loop {
             let at = self.pos;
             let code = self.u8()?;
             let known = match code {
-                STOP => return self.pop(),
+                STOP => {
+                    let root = self.pop()?;
+                    return Ok(Pickle {
+                        nodes: self.nodes,
+                        root,
+                    });
+                }
                 PROTO | FRAME => self.header(code)?,
                 MARK | POP | POP_MARK | DUP => self.stack_op(code)?,
                 NONE | NEWTRUE | NEWFALSE | INT | LONG | BININT | BININT1 | BININT2 | LONG1 | LONG4 | FLOAT
                 | BINFLOAT => self.number(code)?,
                 STRING | BINSTRING | SHORT_BINSTRING | BINBYTES | SHORT_BINBYTES | BINBYTES8 | BYTEARRAY8 | UNICODE
-                | BINUNICODE | SHORT_BINUNICODE | BINUNICODE8 => self.text(code)?,
+                | BINUNICODE | SHORT_BINUNICODE | BINUNICODE8 => self.string(code)?,
                 EMPTY_TUPLE | EMPTY_LIST | EMPTY_DICT | TUPLE | TUPLE1 | TUPLE2 | TUPLE3 | LIST | DICT | APPEND
                 | APPENDS | SETITEM | SETITEMS => self.container(code)?,
                 GLOBAL | STACK_GLOBAL | REDUCE | NEWOBJ | BUILD => self.call(code)?,
@@ -447,7 +590,10 @@ impl<'a> Machine<'a> {
 
     fn stack_op(&mut self, code: u8) -> Result<bool, String> {
         match code {
-            op::MARK => self.marks.push(self.stack.len()),
+            op::MARK => {
+                self.spend()?;
+                self.marks.push(self.stack.len());
+            }
             op::POP => {
                 self.pop()?;
             }
@@ -455,8 +601,8 @@ impl<'a> Machine<'a> {
                 self.pop_mark()?;
             }
             op::DUP => {
-                let v = self.stack.last().ok_or("DUP on an empty stack")?.clone();
-                self.stack.push(v);
+                let id = *self.stack.last().ok_or("DUP on an empty stack")?;
+                self.push_id(id)?; // the same object again, as in Python
             }
             _ => return Ok(false),
         }
@@ -467,12 +613,12 @@ impl<'a> Machine<'a> {
     /// where "01" / "00" mean True / False) and floats (big-endian binary or text).
     fn number(&mut self, code: u8) -> Result<bool, String> {
         let v = match code {
-            op::NONE => Value::None,
-            op::NEWTRUE => Value::Bool(true),
-            op::NEWFALSE => Value::Bool(false),
-            op::BININT => Value::Int(self.u32()? as i32 as i64),
-            op::BININT1 => Value::Int(self.u8()? as i64),
-            op::BININT2 => Value::Int(self.u16()? as i64),
+            op::NONE => Node::None,
+            op::NEWTRUE => Node::Bool(true),
+            op::NEWFALSE => Node::Bool(false),
+            op::BININT => Node::Int(self.u32()? as i32 as i64),
+            op::BININT1 => Node::Int(self.u8()? as i64),
+            op::BININT2 => Node::Int(self.u16()? as i64),
             op::LONG1 | op::LONG4 => {
                 let n = if code == op::LONG1 {
                     self.u8()? as usize
@@ -489,33 +635,35 @@ impl<'a> Machine<'a> {
                     [0; 8]
                 };
                 buf[..n].copy_from_slice(b);
-                Value::Int(i64::from_le_bytes(buf))
+                Node::Int(i64::from_le_bytes(buf))
             }
             op::INT | op::LONG => {
                 let s = self.line_str()?;
                 let s = s.trim_end_matches('L');
                 match s {
-                    "01" => Value::Bool(true),
-                    "00" => Value::Bool(false),
-                    _ => Value::Int(s.parse().map_err(|_| format!("bad integer literal {s:?}"))?),
+                    "01" => Node::Bool(true),
+                    "00" => Node::Bool(false),
+                    _ => Node::Int(s.parse().map_err(|_| format!("bad integer literal {s:?}"))?),
                 }
             }
-            op::BINFLOAT => Value::Float(f64::from_be_bytes(
-                self.take(8)?.try_into().expect("take(8) gives 8 bytes"),
-            )),
+            op::BINFLOAT => {
+                self.take(8)?;
+                Node::Float
+            }
             op::FLOAT => {
                 let s = self.line_str()?;
-                Value::Float(s.parse().map_err(|_| format!("bad float literal {s:?}"))?)
+                s.parse::<f64>().map_err(|_| format!("bad float literal {s:?}"))?;
+                Node::Float
             }
             _ => return Ok(false),
         };
-        self.stack.push(v);
+        self.push(v)?;
         Ok(true)
     }
 
     /// Byte strings (Python 2 `str`, Python 3 `bytes` / `bytearray`) and unicode text; the binary
-    /// forms borrow from the file buffer.
-    fn text(&mut self, code: u8) -> Result<bool, String> {
+    /// forms borrow from the file buffer, the text forms are decoded (and count as owned bytes).
+    fn string(&mut self, code: u8) -> Result<bool, String> {
         match code {
             op::SHORT_BINSTRING | op::SHORT_BINBYTES => {
                 let n = self.u8()? as u64;
@@ -531,8 +679,9 @@ impl<'a> Machine<'a> {
             }
             op::STRING => {
                 let line = self.line()?;
+                self.own(line.len())?;
                 let b = unquote_py2(line).ok_or("bad STRING literal")?;
-                self.stack.push(Value::Bytes(Cow::Owned(b)));
+                self.push(Node::Bytes(Cow::Owned(b)))?;
             }
             op::SHORT_BINUNICODE => {
                 let n = self.u8()? as u64;
@@ -547,8 +696,10 @@ impl<'a> Machine<'a> {
                 self.push_unicode(n)?;
             }
             op::UNICODE => {
-                let s = raw_unicode_escape(self.line()?).ok_or("bad raw-unicode-escape text in UNICODE")?;
-                self.stack.push(Value::Str(Cow::Owned(s)));
+                let line = self.line()?;
+                self.own(2 * line.len())?; // a Latin-1 byte is at most 2 bytes of UTF-8
+                let s = raw_unicode_escape(line).ok_or("bad raw-unicode-escape text in UNICODE")?;
+                self.push(Node::Str(Cow::Owned(s)))?;
             }
             _ => return Ok(false),
         }
@@ -556,15 +707,16 @@ impl<'a> Machine<'a> {
     }
 
     /// Tuples, lists and dicts: made empty, from the items above a mark, or (TUPLE1-3) from the
-    /// top one to three items; then appended to or assigned into.
+    /// top one to three items; then appended to or assigned into (the same object wherever it
+    /// was pushed or memoised).
     fn container(&mut self, code: u8) -> Result<bool, String> {
         match code {
-            op::EMPTY_TUPLE => self.stack.push(Value::Tuple(Vec::new(), 1)),
-            op::EMPTY_LIST => self.stack.push(Value::List(Vec::new(), 1)),
-            op::EMPTY_DICT => self.stack.push(Value::Dict(Vec::new(), 1)),
+            op::EMPTY_TUPLE => self.push(Node::Tuple(Vec::new()))?,
+            op::EMPTY_LIST => self.push(Node::List(Vec::new()))?,
+            op::EMPTY_DICT => self.push(Node::Dict(Vec::new()))?,
             op::TUPLE => {
                 let items = self.pop_mark()?;
-                self.tuple(items)?;
+                self.push(Node::Tuple(items))?;
             }
             op::TUPLE1 | op::TUPLE2 | op::TUPLE3 => {
                 let n = (code - op::TUPLE1 + 1) as usize;
@@ -572,16 +724,15 @@ impl<'a> Machine<'a> {
                     return Err("stack underflow".into());
                 }
                 let items = self.stack.split_off(self.stack.len() - n);
-                self.tuple(items)?;
+                self.push(Node::Tuple(items))?;
             }
             op::LIST => {
                 let items = self.pop_mark()?;
-                let d = container_depth(&items)?;
-                self.stack.push(Value::List(items, d));
+                self.push(Node::List(items))?;
             }
             op::DICT => {
                 let items = self.pop_mark()?;
-                self.stack.push(Value::Dict(Vec::new(), 1));
+                self.push(Node::Dict(Vec::new()))?;
                 self.set_items(items)?;
             }
             op::APPEND => {
@@ -610,40 +761,35 @@ impl<'a> Machine<'a> {
     fn call(&mut self, code: u8) -> Result<bool, String> {
         match code {
             op::GLOBAL => {
-                let module = self.line_str()?.to_string();
-                let name = self.line_str()?.to_string();
-                self.stack.push(Value::Global(module, name));
+                let module = self.line_str()?;
+                let name = self.line_str()?;
+                let (module, name) = (
+                    self.add(Node::Str(Cow::Borrowed(module))),
+                    self.add(Node::Str(Cow::Borrowed(name))),
+                );
+                self.push(Node::Global(module, name))?;
             }
             op::STACK_GLOBAL => {
                 let name = self.pop()?;
                 let module = self.pop()?;
-                match (module.as_text(), name.as_text()) {
-                    (Some(m), Some(n)) => {
-                        let g = Value::Global(m.into_owned(), n.into_owned());
-                        self.stack.push(g);
-                    }
-                    _ => return Err("STACK_GLOBAL needs two strings".into()),
+                if self.text(module).is_none() || self.text(name).is_none() {
+                    return Err("STACK_GLOBAL needs two strings".into());
                 }
+                self.push(Node::Global(module, name))?;
             }
             op::REDUCE | op::NEWOBJ => {
                 let args = self.pop()?;
                 let callable = self.pop()?;
-                if !matches!(args, Value::Tuple(..)) {
+                if !matches!(self.node(args), Node::Tuple(..)) {
                     return Err("REDUCE arguments are not a tuple".into());
                 }
                 self.object(callable, args)?;
             }
             op::BUILD => {
                 let st = self.pop()?;
-                let d = st.depth() + 1;
-                match self.top()? {
-                    Value::Object { state, depth, .. } => {
-                        *depth = (*depth).max(d);
-                        if *depth > MAX_DEPTH {
-                            return Err(format!("nesting deeper than {MAX_DEPTH}"));
-                        }
-                        *state = Some(Box::new(st));
-                    }
+                let top = self.top()?;
+                match self.node_mut(top) {
+                    Node::Object(obj) => obj.state = Some(st),
                     _ => return Err("BUILD on something that is not an object".into()),
                 }
             }
@@ -653,7 +799,7 @@ impl<'a> Machine<'a> {
     }
 
     /// The memo: PUT stores the top of the stack under a key (text, 1 or 4 bytes, or MEMOIZE's
-    /// next number), GET pushes it back.
+    /// next number), GET pushes that same value again.
     fn memo_op(&mut self, code: u8) -> Result<bool, String> {
         match code {
             op::PUT => {
@@ -669,7 +815,7 @@ impl<'a> Machine<'a> {
                 self.put(idx)?;
             }
             op::MEMOIZE => {
-                let idx = self.memo_count;
+                let idx = u32::try_from(self.memo.len()).map_err(|_| "memo overflows")?;
                 self.put(idx)?;
             }
             op::GET => {
@@ -690,30 +836,11 @@ impl<'a> Machine<'a> {
     }
 }
 
-/// Python 3 writes `bytes` at protocols 0-2 as `_codecs.encode(text, 'latin1')` (and `b''` as
-/// `bytes()`), since those protocols have no bytes opcode: the byte string is rebuilt here, as
-/// unpickling would. None: some other call.
-fn py3_bytes(callable: &Value<'_>, args: &Value<'_>) -> Option<Result<Vec<u8>, String>> {
-    let Value::Global(module, name) = callable else {
-        return None;
-    };
-    let args = args.items()?;
-    match (module.as_str(), name.as_str(), args) {
-        ("_codecs", "encode", [Value::Str(text), Value::Str(enc)])
-            if matches!(enc.as_ref(), "latin1" | "latin-1" | "iso-8859-1") =>
-        {
-            Some(
-                text.chars()
-                    .map(|c| {
-                        u8::try_from(c as u32)
-                            .map_err(|_| "a latin1 byte string holds a character above 255".to_string())
-                    })
-                    .collect(),
-            )
-        }
-        ("__builtin__" | "builtins", "bytes" | "bytearray", []) => Some(Ok(Vec::new())),
-        _ => None,
-    }
+/// Python 3's `bytes` from the text of `_codecs.encode(text, 'latin1')`.
+fn latin1(text: &str) -> Result<Vec<u8>, String> {
+    text.chars()
+        .map(|c| u8::try_from(c as u32).map_err(|_| "a latin1 byte string holds a character above 255".to_string()))
+        .collect()
 }
 
 /// Decodes a protocol-0 `UNICODE` argument (raw-unicode-escape): bytes are Latin-1 characters,
@@ -775,14 +902,17 @@ fn unquote_py2(line: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Parses one pickle. Errors are plain sentences; the caller adds the file name.
-pub fn parse(data: &[u8]) -> Result<Value<'_>, String> {
+pub fn parse(data: &[u8]) -> Result<Pickle<'_>, String> {
     Machine {
         data,
         pos: 0,
+        nodes: Vec::new(),
         stack: Vec::new(),
         marks: Vec::new(),
-        memo: Vec::new(),
-        memo_count: 0,
+        memo: HashMap::new(),
+        items: 0,
+        owned: 0,
+        owned_limit: data.len().saturating_mul(OWNED_PER_BYTE).saturating_add(OWNED_SLACK),
     }
     .run()
 }
@@ -790,6 +920,10 @@ pub fn parse(data: &[u8]) -> Result<Value<'_>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ints(v: Value<'_, '_>) -> Vec<i64> {
+        v.items().unwrap().iter().map(|x| x.as_int().unwrap()).collect()
+    }
 
     #[test]
     fn python2_dict_with_ndarray() {
@@ -800,16 +934,9 @@ mod tests {
         p.extend(b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R(K\x01K\x02K\x02\x86");
         p.extend(b"cnumpy\ndtype\nU\x02u1K\x00K\x01\x87R(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb");
         p.extend(b"\x89U\x04\x01\x02\x03\x04tbu.");
-        let v = parse(&p).unwrap();
-        let labels: Vec<i64> = v
-            .get("labels")
-            .unwrap()
-            .items()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_int().unwrap())
-            .collect();
-        assert_eq!(labels, vec![3, 300]);
+        let pk = parse(&p).unwrap();
+        let v = pk.root();
+        assert_eq!(ints(v.get("labels").unwrap()), vec![3, 300]);
         let (shape, data) = v.get("data").unwrap().ndarray_u8().unwrap();
         assert_eq!(shape, vec![2, 2]);
         assert_eq!(data.as_ref(), &[1, 2, 3, 4]);
@@ -822,23 +949,106 @@ mod tests {
         for n in 0..p.len() - 1 {
             assert!(parse(&p[..n]).is_err(), "prefix of {n} bytes parsed");
         }
-        assert!(parse(b"\xff").unwrap_err().contains("opcode"));
+        assert!(parse(b"\xff").err().unwrap().contains("opcode"));
         assert!(parse(b"a.").is_err());
-        assert!(parse(b"h\x05.").unwrap_err().contains("memo"));
+        assert!(parse(b"h\x05.").err().unwrap().contains("memo"));
     }
 
     #[test]
-    fn deep_nesting_is_refused() {
-        let mut p = vec![b']'; 1000];
-        p.extend([b'a'; 999]);
+    fn deep_nesting_is_built_and_dropped_without_recursion() {
+        // Nothing walks values recursively, so a 100,000-deep list neither overflows the stack while
+        // it is built nor when it is dropped.
+        let mut p = vec![b']'; 100_000];
+        p.extend([b'a'; 99_999]);
         p.push(b'.');
-        assert!(parse(&p).unwrap_err().contains("nesting"));
+        let pk = parse(&p).unwrap();
+        assert_eq!(pk.root().items().unwrap().len(), 1);
     }
 
     #[test]
     fn protocol0_text_opcodes() {
-        let v = parse(b"(dp0\nS'key'\np1\nI42\nsS'b'\nI01\ns.").unwrap();
-        assert_eq!(v.get("key"), Some(&Value::Int(42)));
-        assert_eq!(v.get("b"), Some(&Value::Bool(true)));
+        let pk = parse(b"(dp0\nS'key'\np1\nI42\nsS'b'\nI01\ns.").unwrap();
+        assert_eq!(pk.root().get("key").and_then(|v| v.as_int()), Some(42));
+        assert_eq!(pk.root().get("b").and_then(|v| v.as_int()), Some(1));
+    }
+
+    /// Nested memo GETs of a list: each level is a list holding the previous one twice, so the
+    /// logical tree has 2^levels leaves in a pickle of a few bytes per level.
+    fn memo_bomb(levels: u32) -> Vec<u8> {
+        let mut p = vec![0x80, 2, b']', b'r'];
+        p.extend(0u32.to_le_bytes());
+        for k in 0..levels {
+            p.push(b'(');
+            for _ in 0..2 {
+                p.push(b'j');
+                p.extend(k.to_le_bytes());
+            }
+            p.extend([b'2', b'0']); // DUP then POP: a copy in the old reader
+            p.push(b'l');
+            p.push(b'r');
+            p.extend((k + 1).to_le_bytes());
+        }
+        p.push(b'.');
+        p
+    }
+
+    #[test]
+    fn memo_gets_share_the_value_instead_of_copying_it() {
+        // 64 levels: 2^64 leaves if each GET copied (the old reader took 2.3 GB at 22 levels).
+        let p = memo_bomb(64);
+        let pk = parse(&p).unwrap();
+        assert!(pk.nodes.len() < 200, "{} values for {} bytes", pk.nodes.len(), p.len());
+        let top = pk.root().items().unwrap();
+        assert_eq!(top.len(), 2);
+        assert_eq!(
+            top.get(0).unwrap().id,
+            top.get(1).unwrap().id,
+            "one list, referenced twice"
+        );
+    }
+
+    #[test]
+    fn a_list_filled_after_it_was_memoised_is_the_same_list() {
+        // [L, L] where L = [] is memoised before its items are appended, as picklers write it.
+        let pk = parse(b"](]q\x00(K\x01K\x02eh\x00e.").unwrap();
+        let outer = pk.root().items().unwrap();
+        assert_eq!(outer.len(), 2);
+        assert_eq!(ints(outer.get(1).unwrap()), vec![1, 2]);
+        // A list that contains itself is fine too: nothing recurses.
+        let pk = parse(b"]q\x00h\x00a.").unwrap();
+        assert_eq!(pk.root().items().unwrap().get(0).unwrap().id, pk.root().id);
+    }
+
+    #[test]
+    fn later_assignment_to_a_key_wins() {
+        let pk = parse(b"}(U\x01aK\x01U\x01aK\x02u.").unwrap();
+        assert_eq!(pk.root().get("a").and_then(|v| v.as_int()), Some(2));
+    }
+
+    #[test]
+    fn what_one_pickle_may_build_is_bounded() {
+        // MAX_ITEMS pushes, the next one is refused: DUP a value again and again.
+        let mut p = vec![b'N'];
+        p.extend(std::iter::repeat_n(b'2', MAX_ITEMS));
+        p.push(b'.');
+        let e = parse(&p).err().unwrap();
+        assert!(e.contains("values and references"), "{e}");
+        // Memo GETs of one REDUCE decoding the same text again and again: refused once the decoded
+        // bytes pass twice the pickle's size.
+        let text = "x".repeat(60_000);
+        let mut p = b"c_codecs\nencode\nq\x00X".to_vec();
+        p.extend((text.len() as u32).to_le_bytes());
+        p.extend(text.as_bytes());
+        p.extend(b"X\x06\x00\x00\x00latin1\x86q\x01");
+        for _ in 0..100 {
+            p.extend(b"h\x00h\x01R0");
+        }
+        p.push(b'N');
+        p.push(b'.');
+        let e = parse(&p).err().unwrap();
+        assert!(e.contains("more than the pickle's own"), "{e}");
+        // A memo key of 4 billion is one map entry (the fuzz tests bound what a parse allocates).
+        let pk = parse(b"Nr\xff\xff\xff\xffj\xff\xff\xff\xff.").unwrap();
+        assert!(matches!(pk.root().node(), Node::None));
     }
 }

@@ -28,7 +28,7 @@ pub fn load(root: &Path, file: &str, classes: Vec<String>) -> Result<(Dataset, P
         };
         return Err(Error::not_found(&path, msg));
     }
-    let f = guard::open_regular(&path, "MAT files")?;
+    let f = crate::error::open_regular(&path)?;
     let len = f.metadata().map_err(|e| Error::io(&path, e))?.len();
     let ds = if len == 0 {
         decode(&[], &path, classes)?

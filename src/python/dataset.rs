@@ -72,10 +72,16 @@ impl PyDataset {
         })
     }
 
+    /// An image folder; images of more than `max_pixels` pixels are refused (None: no limit).
     #[staticmethod]
-    #[pyo3(signature = (root, size = None))]
-    fn image_folder(py: Python<'_>, root: PathBuf, size: Option<(usize, usize)>) -> PyResult<Self> {
-        let ds = release(py, || folder::load(&root, size))?;
+    #[pyo3(signature = (root, size = None, *, max_pixels = Some(folder::DEFAULT_MAX_PIXELS)))]
+    fn image_folder(
+        py: Python<'_>,
+        root: PathBuf,
+        size: Option<(usize, usize)>,
+        max_pixels: Option<u64>,
+    ) -> PyResult<Self> {
+        let ds = release(py, || folder::load(&root, size, max_pixels))?;
         Ok(PyDataset { inner: Arc::new(ds) })
     }
 
@@ -148,18 +154,21 @@ impl PyDataset {
     }
 }
 
-/// Decodes PNG / JPEG files to a uint8 (N, H, W, 3) array, resized to `size` = (h, w).
+/// Decodes PNG / JPEG files to a uint8 (N, H, W, 3) array, resized to `size` = (h, w); images of
+/// more than `max_pixels` pixels are refused (None: no limit).
 #[pyfunction]
+#[pyo3(signature = (paths, size, *, max_pixels = Some(folder::DEFAULT_MAX_PIXELS)))]
 pub(crate) fn decode_images<'py>(
     py: Python<'py>,
     paths: Vec<PathBuf>,
     size: (usize, usize),
+    max_pixels: Option<u64>,
 ) -> PyResult<Bound<'py, numpy::PyArray4<u8>>> {
     if size.0 == 0 || size.1 == 0 {
         return Err(PyValueError::new_err("size: must be positive"));
     }
     let n = paths.len();
-    let bytes = release(py, move || folder::decode_files(&paths, size))?;
+    let bytes = release(py, move || folder::decode_files(&paths, size, max_pixels))?;
     let arr = numpy::ndarray::Array4::from_shape_vec((n, size.0, size.1, 3), bytes)
         .map_err(|e| PyValueError::new_err(e.to_string()))?;
     Ok(numpy::PyArray4::from_owned_array(py, arr))

@@ -34,6 +34,15 @@ pub(crate) use loader::PyLoader;
 pub(crate) use locks::{hold, lock, Held};
 pub(crate) use transforms::PyOp;
 
+pyo3::create_exception!(
+    fastcifar._native,
+    DecompressionBombError,
+    PyValueError,
+    "A file declares more than its kind may hold: an image of more pixels than \
+     fastcifar.datasets.MAX_IMAGE_PIXELS (as PIL's DecompressionBombError), or an archive member larger \
+     than any CIFAR batch. A ValueError."
+);
+
 pub(crate) fn to_py(e: Error) -> PyErr {
     let msg = e.to_string();
     match e {
@@ -44,6 +53,8 @@ pub(crate) fn to_py(e: Error) -> PyErr {
             None => PyOSError::new_err(msg),
         },
         Error::Format { .. } | Error::Invalid { .. } => PyValueError::new_err(msg),
+        Error::TooLarge { .. } => DecompressionBombError::new_err(msg),
+        Error::OutOfMemory { .. } => pyo3::exceptions::PyMemoryError::new_err(msg),
         Error::Torch(_) | Error::Distributed(_) | Error::Busy(_) | Error::Runtime(_) => PyRuntimeError::new_err(msg),
         Error::OutOfRange(_) => PyIndexError::new_err(msg),
         Error::Interrupted => PyKeyboardInterrupt::new_err(msg),
@@ -76,6 +87,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyLoader>()?;
     m.add_class::<loader::PyBatchIter>()?;
     m.add("DeviceError", convert::device_error(m.py())?)?;
+    m.add("DecompressionBombError", m.py().get_type::<DecompressionBombError>())?;
+    m.add("DEFAULT_MAX_IMAGE_PIXELS", crate::data::folder::DEFAULT_MAX_PIXELS)?;
     m.add_function(wrap_pyfunction!(convert::cuda_is_available, m)?)?;
     m.add_function(wrap_pyfunction!(convert::resolve_device, m)?)?;
     m.add_function(wrap_pyfunction!(dataset::decode_images, m)?)?;
