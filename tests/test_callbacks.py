@@ -12,21 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+# The labelled synthetic images (a learnable corner patch) and the usual normalisation.
+from test_torch_optim import NORM, synthetic
+
 import fastcifar
 from fastcifar import models
-from fastcifar import transforms as T
 from fastcifar.callbacks import EPOCH_KEYS, VAL_KEYS, EarlyStopping, ModelCheckpoint
 from fastcifar.optim import SGD, Adam
-
-NORM = T.Compose([T.ToTensor(), T.Normalize((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))])
-
-
-def synthetic(n=64, seed=0):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 10, n)
-    x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-    x[np.arange(n), :8, :8, :] = (y * 25)[:, None, None, None].astype(np.uint8)
-    return fastcifar.Dataset.from_numpy(x, y, classes=[f"c{i}" for i in range(10)])
 
 
 def loader(n=64, seed=1, shuffle=True):
@@ -39,7 +31,9 @@ def net(seed=0):
 
 
 def trainer(model=None, optimizer=None, **kw):
-    return fastcifar.Trainer(model if model is not None else net(), optimizer=optimizer or Adam(lr=1e-3), device="cpu", **kw)
+    return fastcifar.Trainer(
+        model if model is not None else net(), optimizer=optimizer or Adam(lr=1e-3), device="cpu", **kw
+    )
 
 
 def epoch(**record):
@@ -126,11 +120,11 @@ def test_early_stopping_stops_fit(capsys):
     # patience=2 stops after epoch 3.
     tr = trainer(optimizer=SGD(lr=0.0))
     es = EarlyStopping(monitor="val_loss", patience=2, min_delta=0.05, verbose=True)
-    h = tr.fit(loader(), loader(32, 2, shuffle=False), epochs=10, progress=False, callbacks=[es])
+    h = tr.fit(loader(32), loader(16, 2, shuffle=False), epochs=10, progress=False, callbacks=[es])
     assert len(h) == 3 and tr.epoch == 3 and es.stopped_epoch == 3
     assert "stopping after epoch 3" in capsys.readouterr().out
     # A second fit counts its own patience.
-    h = tr.fit(loader(), loader(32, 2, shuffle=False), epochs=10, progress=False, callbacks=[es])
+    h = tr.fit(loader(32), loader(16, 2, shuffle=False), epochs=10, progress=False, callbacks=[es])
     assert len(h) == 6 and es.stopped_epoch == 6
 
 
@@ -275,9 +269,9 @@ def test_lr_find_stops_when_the_loss_diverges_and_leaves_torch_state_alone():
     tr = trainer(optimizer=SGD(lr=0.1))
     threads = torch.get_num_threads()
     with torch.no_grad():
-        r = tr.lr_find(loader(), start_lr=1e-3, end_lr=1e4, num_training=60, progress=False)
+        r = tr.lr_find(loader(), start_lr=1e-2, end_lr=1e5, num_training=30, progress=False)
         assert not torch.is_grad_enabled()
-    assert r.diverged and len(r.lrs) < 60
+    assert r.diverged and len(r.lrs) < 30
     best = min(r.smoothed[:-1])
     assert r.smoothed[-1] > 4.0 * best or not math.isfinite(r.smoothed[-1])
     assert torch.get_num_threads() == threads and not torch.is_autocast_enabled("cpu")

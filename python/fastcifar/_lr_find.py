@@ -74,7 +74,7 @@ class LRFinder:
         from . import plot as _plot
 
         plt = _plot._plt()
-        fig, ax = (plt.subplots(figsize=(6, 4)) if ax is None else (ax.figure, ax))
+        fig, ax = plt.subplots(figsize=(6, 4)) if ax is None else (ax.figure, ax)
         ax.plot(self.lrs, self.losses, color="0.75", linewidth=0.8, label="batch loss")
         ax.plot(self.lrs, self.smoothed, color="C0", label="smoothed loss")
         if self.mode == "exponential":
@@ -98,9 +98,11 @@ class LRFinder:
             warnings.simplefilter("ignore")
             s = self.suggestion()
         shown = "None" if s is None else f"{s:.3g}"
-        return f"LRFinder({len(self.lrs)} steps, lr {self.lrs[0]:.3g}..{self.lrs[-1]:.3g}, suggestion={shown})" if (
-            self.lrs
-        ) else "LRFinder(0 steps)"
+        return (
+            f"LRFinder({len(self.lrs)} steps, lr {self.lrs[0]:.3g}..{self.lrs[-1]:.3g}, suggestion={shown})"
+            if (self.lrs)
+            else "LRFinder(0 steps)"
+        )
 
 
 def _positive(name: str, v) -> float:
@@ -145,7 +147,9 @@ def run(trainer, loader, start_lr, end_lr, num_training, mode, early_stop_thresh
     from .trainer import _bar, _check_loader, _cudnn_benchmark, _input_shape, _native_loader
 
     _check_loader("train_loader", loader)
-    start_lr, end_lr, early_stop_threshold, beta = check(start_lr, end_lr, num_training, mode, early_stop_threshold, beta)
+    start_lr, end_lr, early_stop_threshold, beta = check(
+        start_lr, end_lr, num_training, mode, early_stop_threshold, beta
+    )
 
     tr = trainer
     if tr.process_group is not None:
@@ -173,9 +177,9 @@ def run(trainer, loader, start_lr, end_lr, num_training, mode, early_stop_thresh
         native,
         params=bridge.params,
         optimizer=cfg,
-        schedule=_rs.ScheduleConfig("PiecewiseLinear", milestones=list(range(num_training)), factors=[
-            lr / end_lr for lr in lrs
-        ]),
+        schedule=_rs.ScheduleConfig(
+            "PiecewiseLinear", milestones=list(range(num_training)), factors=[lr / end_lr for lr in lrs]
+        ),
         config=_rs.TrainConfig(
             label_smoothing=c["label_smoothing"],
             precision=tr.precision,
@@ -218,7 +222,9 @@ def run(trainer, loader, start_lr, end_lr, num_training, mode, early_stop_thresh
             bar.n = k + 1
             bar.set_postfix(lr=f"{info['lr']:.2e}", loss=f"{s:.4f}", refresh=False)
             bar.refresh()
-        if not math.isfinite(s) or (early_stop_threshold is not None and k > 0 and s > early_stop_threshold * state["best"]):
+        if not math.isfinite(s) or (
+            early_stop_threshold is not None and k > 0 and s > early_stop_threshold * state["best"]
+        ):
             state["diverged"] = True
             return False
         state["best"] = min(state["best"], s)
@@ -236,7 +242,9 @@ def run(trainer, loader, start_lr, end_lr, num_training, mode, early_stop_thresh
         outside.step()
         return lr
 
-    hooks = _rs.TrainHooks(progress=on_step, outer=outer if outside is not None else None, owns_optimizer=outside is not None)
+    hooks = _rs.TrainHooks(
+        progress=on_step, outer=outer if outside is not None else None, owns_optimizer=outside is not None
+    )
     try:
         model.train()
         fast = _native_loader(loader)
@@ -271,4 +279,4 @@ def run(trainer, loader, start_lr, end_lr, num_training, mode, early_stop_thresh
             torch.cuda.set_rng_state_all(cuda_rng)
         if loader_epoch is not None:
             loader.set_epoch(loader_epoch)
-    return LRFinder(run_lrs, losses, smoothed, mode, state["diverged"])
+    return LRFinder(run_lrs, losses, smoothed, mode, bool(state["diverged"]))

@@ -278,7 +278,9 @@ class ModelCheckpoint(Callback):
                 "monitor to rank them by; pass monitor='val_loss' (or another history metric), or save_top_k=-1 "
                 "to keep every epoch's"
             )
-        self.every_n_epochs = 1 if every_n_epochs is None else _count("ModelCheckpoint", "every_n_epochs", every_n_epochs, 1)
+        self.every_n_epochs = (
+            1 if every_n_epochs is None else _count("ModelCheckpoint", "every_n_epochs", every_n_epochs, 1)
+        )
         self.dirpath = os.fspath(dirpath) if dirpath is not None else "checkpoints"
         self.filename, self.monitor, self.mode = filename, monitor, mode
         self.verbose, self.save_last = bool(verbose), bool(save_last)

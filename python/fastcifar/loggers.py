@@ -129,7 +129,11 @@ class TensorBoardLogger(Callback):
             m = {f"step/{k}": info[k] for k in ("batch_loss", "loss", "accuracy", "lr") if k in info}
             self.log_metrics(m, x)
         elif phase == "epoch":
-            m = {k: v for k, v in info.items() if k not in ("phase", "epoch") and not (isinstance(v, float) and math.isnan(v))}
+            m = {
+                k: v
+                for k, v in info.items()
+                if k not in ("phase", "epoch") and not (isinstance(v, float) and math.isnan(v))
+            }
             self.log_metrics(m, int(info["epoch"]))
             self.experiment.flush()
         return None

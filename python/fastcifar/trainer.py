@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from . import _bridge, _graph, _lr_find
-from . import callbacks as _callbacks
 from . import _native as _rs
+from . import callbacks as _callbacks
 from . import distributed as _dist
 from . import optim as _optim
 from . import transforms as T
