@@ -314,6 +314,13 @@ def test_lr_find_bad_arguments_are_named(kw, match):
         trainer().lr_find(loader(), progress=False, **kw)
 
 
+def test_lr_find_refuses_data_parallel_training():
+    tr = trainer()
+    tr.process_group = object()  # what __init__ sets under torchrun (one process cannot launch one)
+    with pytest.raises(ValueError, match="lr_find: runs in one process"):
+        tr.lr_find(loader(), progress=False)
+
+
 # --- TensorBoardLogger ----------------------------------------------------------------------------------
 @pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed")
 def test_tensorboard_logger_without_tensorboard_names_the_fix(tmp_path):
