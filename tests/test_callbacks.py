@@ -182,6 +182,16 @@ def test_model_checkpoint_without_monitor_every_n_epochs_max_mode_and_full_check
     assert os.listdir(tmp_path / "e") == ["last.pth"] and ck.best_model_path == ""
 
 
+def test_every_callback_sees_the_epoch_at_which_one_stops(tmp_path):
+    tr = trainer(optimizer=SGD(lr=0.0))
+    ck = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    es = EarlyStopping(monitor="loss", patience=1, min_delta=1.0)
+    h = tr.fit(loader(32), epochs=5, progress=False, callbacks=[es, ck])
+    assert len(h) == 2 and es.stopped_epoch == 2
+    assert os.path.basename(ck.best_model_path) == f"epoch=2-step={2 * len(loader(32))}.pth"
+    assert os.path.exists(ck.last_model_path)
+
+
 def test_model_checkpoint_outside_fit_says_how_to_use_it():
     with pytest.raises(RuntimeError, match="Trainer.fit\\(callbacks"):
         ModelCheckpoint()(epoch(epoch=1, loss=1.0))

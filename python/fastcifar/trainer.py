@@ -361,7 +361,9 @@ class Trainer:
                 self.best_accuracy = acc
             if checkpoint is not None and (improved or val_loader is None):
                 self.save(checkpoint)
-            if any(cb(dict(record, phase="epoch")) is False for cb in callbacks) or stop_requested:
+            # Every callback sees the epoch, also after one asks to stop (a checkpoint of the last epoch).
+            stops = [cb(dict(record, phase="epoch")) is False for cb in callbacks]
+            if any(stops) or stop_requested:
                 break
         return self.history
 
