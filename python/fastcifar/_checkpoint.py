@@ -200,7 +200,8 @@ def check_same_optimizer(ckpt: dict, optimizer, scheduler) -> None:
         if _kind(saved) != _kind(mine):
             raise ValueError(f"checkpoint: optimizer is {_kind(saved)}, this trainer's is {_kind(mine)}; {fix}")
         assert mine is not None  # the trainer's optimizer: never None (Bridge refuses it)
-        _same_settings("optimizer", _kind(mine), _hyper(saved), _hyper(mine), fix)
+        moving = _cycled(meta.get("scheduler"))
+        _same_settings("optimizer", _kind(mine), _hyper(saved, moving), _hyper(mine, moving), fix)
         _same_settings("optimizer", _kind(mine), _group_shape(saved), _group_shape(mine), fix)
     else:
         # A checkpoint without fastcifar's entry (torch's format): its param group tells the kind.
@@ -254,10 +255,19 @@ def _kind(desc: dict | None) -> str | None:
     return None if desc is None else desc.get("name", desc.get("torch"))
 
 
-def _hyper(desc: dict) -> dict:
-    """A description's hyper-parameters, the learning rate left out (it is state)."""
+def _cycled(schedule: dict | None) -> tuple:
+    """The optimizer settings that a fastcifar OneCycleLR moves every step (momentum, or Adam's
+    beta1, with ``cycle_momentum``): state, like the learning rate, not settings to compare."""
+    if schedule and schedule.get("name") == "OneCycleLR" and (schedule.get("settings") or {}).get("cycle_momentum"):
+        return ("momentum", "beta1")
+    return ()
+
+
+def _hyper(desc: dict, moving: tuple = ()) -> dict:
+    """A description's hyper-parameters, the learning rate (and what the schedule moves) left
+    out: they are state."""
     d = desc.get("settings", desc.get("defaults", {})) or {}
-    return {k: v for k, v in d.items() if k not in ("lr", "initial_lr")}
+    return {k: v for k, v in d.items() if k not in ("lr", "initial_lr", *moving)}
 
 
 def checkpoint_paths(path) -> tuple[str, str]:

@@ -728,7 +728,9 @@ class Trainer:
         ``fit(checkpoint=...)``'s ``.ckpt.pth``), ready to evaluate, predict or resume ``fit``.
 
         The model: a built-in from its settings; your own class imported from the
-        ``module:qualname`` recorded at save time and built without arguments. Pass ``model=``
+        ``module:qualname`` recorded at save time, built with ``num_classes``, ``in_channels``
+        and ``input_size`` from the training data where its constructor takes them (none
+        otherwise). Pass ``model=``
         when it cannot be (a class in ``__main__`` or a function, or one that needs arguments).
         torch.optim optimizers (with their parameter groups) and torch's schedules are built
         again from the arguments recorded at save time, then loaded with their state; pass
@@ -744,7 +746,12 @@ class Trainer:
             if meta.get("model"):
                 model = Module.from_config(meta["model"])
             elif meta.get("model_class"):
-                model = import_model(meta["model_class"], path)
+                # Given what the data told (as the CLI builds --model module:Class), where it takes them.
+                shape, classes = meta.get("input_shape"), meta.get("classes")
+                known = {"num_classes": len(classes)} if classes else {}
+                if shape:
+                    known.update(in_channels=int(shape[0]), input_size=int(shape[1]))
+                model = import_model(meta["model_class"], path, **known)
             else:
                 raise ValueError(
                     f"{path}: holds the weights of your own module, whose class was defined in __main__ or a "
