@@ -445,6 +445,8 @@ class Trainer:
             steps = min(steps, max(0, max_steps - self._native.global_step))
         if isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR):
             total, taken = int(self.scheduler.total_steps), int(self.scheduler.last_epoch)
+            if not self._bridge.per_step_schedule:  # scheduler_interval="epoch": one step per epoch
+                steps = epochs
         elif isinstance(self.scheduler, _optim.lr_scheduler.OneCycleLR) or (
             getattr(self.scheduler, "name", None) == "OneCycleLR"
         ):
