@@ -462,7 +462,7 @@ def _load_trainer(path, device):
     path = os.fspath(path)
     try:
         if not os.path.exists(path):
-            raise FileNotFoundError(f"{path}: no such file")
+            raise FileNotFoundError(f"{path}: no such checkpoint or weights file")
         weights = _weights(path)
         if weights is None:
             return fastcifar.Trainer.load(path, device=device)
