@@ -38,14 +38,28 @@ dev: venv
 # sets the tag they allow. libtorch's libraries (libtorch*.so, libc10*.so) are left out: the installed
 # torch provides them (fastcifar/__init__.py imports torch first). Anything else that needed grafting
 # would fail here (`--patcher none` may not patch), so the wheel never carries a copied library.
-wheel: venv
+# The wheel is a file target: `make test` after `make demo` (or a second `make test`) reuses the wheel
+# and its installation when no source changed. The stamp stands for the wheel (its name carries the
+# platform tag, known only once built); it depends on everything that goes into the wheel.
+WHEEL_SOURCES := Cargo.toml Cargo.lock build.rs pyproject.toml README.md LICENSE \
+	$(shell find src csrc python -type f -not -name '*.so' -not -name '*.pyc' 2>/dev/null)
+WHEEL_STAMP := dist/.built
+INSTALL_STAMP := $(VENV)/.fastcifar-installed
+
+$(WHEEL_STAMP): $(WHEEL_SOURCES) $(VENV)/.ready
 	rm -rf dist
 	$(VENV)/bin/maturin build --release --quiet --compatibility linux -o dist/raw -i $(PY)
 	$(VENV)/bin/auditwheel repair --patcher none --exclude 'libtorch*.so' --exclude 'libc10*.so' -w dist dist/raw/fastcifar-*.whl
 	rm -rf dist/raw
+	touch $@
 
-install: wheel
+wheel: $(WHEEL_STAMP)
+
+$(INSTALL_STAMP): $(WHEEL_STAMP)
 	$(PY) -m pip install -q --force-reinstall --no-deps dist/fastcifar-*.whl
+	touch $@
+
+install: $(INSTALL_STAMP)
 
 # Real CIFAR-10 in both official layouts and archives, built from ../shared/datasets (never committed).
 $(DATA)/.ready:
@@ -55,8 +69,11 @@ $(DATA)/.ready:
 data: venv $(DATA)/.ready
 
 # cargo test needs no Python at run time, but its build does: torch-sys links the venv's torch.
+# The release profile and tch's python-extension feature are the wheel's (and `make dev`'s), so the
+# test build reuses their torch-sys (the libtorch bindings, minutes of C++) instead of compiling it
+# again for the test profile; only the fastcifar crate is compiled for the tests.
 test-rust: venv
-	LD_LIBRARY_PATH=$(TORCH_LIB) cargo test --quiet
+	LD_LIBRARY_PATH=$(TORCH_LIB) cargo test --release --features tch/python-extension --quiet
 
 # Runs from tests/ so that `import fastcifar` is the installed wheel, not python/ in the tree;
 # tests/test_wheel.py inspects that wheel file too.

@@ -99,7 +99,10 @@ def test_data_is_found_through_the_environment(tiny_run):
     "args,match",
     [
         (["train", "--epochs", "0"], "must be a positive integer"),
-        (["train", "--model", "vgg"], "invalid choice: 'vgg'"),
+        (
+            ["train", "--model", "vgg"],
+            "'vgg' is not one of image_classifier, resnet9, resnet18, small_cnn nor module:Class",
+        ),
         (["train", "--lr", "-1"], "must be a positive number"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),
@@ -115,7 +118,7 @@ def test_missing_data_and_checkpoint_are_plain_errors(tmp_path):
     r = run("train", "--data", str(tmp_path), "--epochs", "1", env={"FASTCIFAR_DATA": ""})
     assert r.returncode != 0 and "no CIFAR-10 found" in r.stderr + r.stdout and "Traceback" not in r.stderr
     r = run("evaluate", str(tmp_path / "nope.pth"), "--data", str(tmp_path))
-    assert r.returncode != 0 and "no such checkpoint" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode != 0 and "no such checkpoint or weights file" in r.stderr and "Traceback" not in r.stderr
     bad = tmp_path / "bad"
     (bad / "cifar-10-batches-bin").mkdir(parents=True)
     (bad / "cifar-10-batches-bin" / "test_batch.bin").write_bytes(b"short")

@@ -275,11 +275,14 @@ def test_a_residual_network_trains_with_the_whole_engine_and_resumes(tmp_path):
     assert h["loss"][-1] < h["loss"][0]
     rep = tr.evaluate(loader, progress=False)
     assert rep.accuracy > 0.3 and rep.count == 256
-    with pytest.raises(ValueError, match="pass it: Trainer.load\\(path, model="):
-        fastcifar.Trainer.load(tmp_path / "ckpt.pth")
-    back = fastcifar.Trainer.load(tmp_path / "ckpt.pth", model=Residual(), device="cpu")
+    # The class is importable (test_own_module:Residual, recorded at save time): no model= needed.
+    imported = fastcifar.Trainer.load(tmp_path / "ckpt.ckpt.pth", device="cpu")
+    assert type(imported.model) is Residual and imported.epoch == 4
+    back = fastcifar.Trainer.load(tmp_path / "ckpt.ckpt.pth", model=Residual(), device="cpu")
     x, _ = loader._native.batch(list(range(16)), 0)
-    best = torch.load(tmp_path / "ckpt.pth", weights_only=False)["model_state_dict"]
+    assert torch.equal(back.predict_logits(x), imported.predict_logits(x))
+    assert set(torch.load(tmp_path / "ckpt.pth", weights_only=True)) == set(net.state_dict())  # best weights
+    best = torch.load(tmp_path / "ckpt.ckpt.pth", weights_only=True)["model_state_dict"]  # the last epoch's
     assert set(best) == set(net.state_dict())
     assert torch.equal(back.predict_logits(x), fastcifar.Trainer(_loaded(best), device="cpu").predict_logits(x))
 

@@ -87,7 +87,7 @@ def test_resume_after_an_interrupted_fit_continues_exactly(tmp_path):
     tr = make()
     first = losses(tr, 4, stop_at=(2, 3))  # interrupted in the third epoch (0-based 2)
     assert len(first) == 2 * 6 + 2 and tr.history.interrupted["epoch"] == 3 and len(tr.history) == tr.epoch == 2
-    resumed = fastcifar.Trainer.load(tmp_path / "c.pth", device="cpu")  # the end of epoch 2
+    resumed = fastcifar.Trainer.load(tmp_path / "c.ckpt.pth", device="cpu")  # the end of epoch 2
     assert resumed.epoch == 2
     rest = losses(resumed, 2)
     assert full[:12] + rest == full

@@ -233,10 +233,14 @@ def test_best_checkpoint_by_validation_accuracy(tmp_path):
     ds = synthetic(128)
     loader = fastcifar.DataLoader(ds, batch_size=32, shuffle=True, transform=NORM, seed=0)
     tr = fastcifar.Trainer(models.small_cnn(width=8), optimizer=Adam(lr=3e-3), device="cpu")
-    h = tr.fit(loader, loader, epochs=3, checkpoint=tmp_path / "best.pth", progress=False)
-    ck = torch.load(tmp_path / "best.pth", weights_only=True)
-    assert ck["accuracy"] == max(h["val_accuracy"]) == tr.best_accuracy
-    assert h["val_accuracy"][ck["epoch"] - 1] == ck["accuracy"]
+    h = tr.fit(loader, loader, epochs=3, checkpoint=tmp_path / "best.pth", progress=False, restore_best=True)
+    # best.pth: the best epoch's state_dict, which the module now holds (restore_best); best.ckpt.pth:
+    # the full checkpoint of the last epoch, with the best accuracy.
+    best = torch.load(tmp_path / "best.pth", weights_only=True)
+    assert set(best) == set(tr.model.state_dict())
+    assert all(torch.equal(best[k], v.cpu()) for k, v in tr.model.state_dict().items())
+    ck = torch.load(tmp_path / "best.ckpt.pth", weights_only=True)
+    assert ck["accuracy"] == max(h["val_accuracy"]) == tr.best_accuracy and ck["epoch"] == 3
     h.to_csv(tmp_path / "h.csv")
     h.to_json(tmp_path / "h.json")
     assert open(tmp_path / "h.csv").readline().startswith("epoch,loss,accuracy,lr")
@@ -301,7 +305,8 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path):
     with pytest.raises(FloatingPointError, match="loss became"):
         tr2.fit(loader, epochs=2, checkpoint=tmp_path / "c.pth", progress=False)
     assert open(tmp_path / "c.pth", "rb").read() == before
-    fastcifar.Trainer.load(tmp_path / "c.pth", device="cpu")
+    assert torch.load(tmp_path / "c.pth", weights_only=True).keys() == tr.model.state_dict().keys()
+    fastcifar.Trainer.load(tmp_path / "c.ckpt.pth", device="cpu")
 
 
 @pytest.mark.parametrize(

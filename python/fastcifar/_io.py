@@ -73,6 +73,18 @@ def _named(e: BaseException, path: str, d: str) -> BaseException:
     return e
 
 
+def _check_folder(path: str, d: str) -> None:
+    """A missing folder is refused, as ``torch.save`` and ``open`` refuse it (creating one from a
+    mistyped path would hide the typo)."""
+    if not os.path.isdir(d):
+        raise FileNotFoundError(
+            errno.ENOENT,
+            f"{path}: the folder {d} does not exist (torch.save does not create it either); "
+            f"create it first: os.makedirs({d!r}, exist_ok=True)",
+            path,
+        )
+
+
 def atomic_write(path: str, write) -> None:
     """Calls ``write(tmp_path)`` for a temporary file beside ``path``, fsyncs it, then renames it
     over ``path``. If anything fails (or the process dies), ``path`` keeps its previous content.
@@ -81,8 +93,8 @@ def atomic_write(path: str, write) -> None:
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
+    _check_folder(path, d)
     try:
-        os.makedirs(d, exist_ok=True)
         _remove_stale(d, base)
         tmp = os.path.join(d, _temp_name(base))
         _create(tmp)
@@ -119,8 +131,8 @@ def check_writable(path, need_bytes: int = 0) -> None:
         raise IsADirectoryError(errno.EISDIR, f"checkpoint: {path!r} names a folder, not a file", path)
     if os.path.isdir(path):
         raise IsADirectoryError(errno.EISDIR, f"checkpoint: {path} is a folder", path)
+    _check_folder(path, d)
     try:
-        os.makedirs(d, exist_ok=True)
         _remove_stale(d, base)
         probe = os.path.join(d, _temp_name(base))
         _create(probe)

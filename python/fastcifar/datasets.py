@@ -145,7 +145,9 @@ class Dataset:
         """A new data set of these indices (copies their images), keeping the transforms. Negative
         indices count from the end, as in Python (and ``torch.utils.data.Subset``)."""
         idx = positions(np.asarray(indices).reshape(-1).tolist(), len(self), "indices")
-        return Dataset._wrap(self._native.select(idx), self.transform, self.target_transform)
+        sub = Dataset._wrap(self._native.select(idx), self.transform, self.target_transform)
+        sub._title = f"{self._name()} (subset)"
+        return sub
 
     def __len__(self) -> int:
         return len(self._native)
@@ -213,8 +215,16 @@ class Dataset:
             new.__dict__[k] = v if k == "_native_ds" else copy.deepcopy(v, memo)
         return new
 
+    # What __repr__ calls a data set that is no torchvision class: a subset says whose.
+    _title: str | None = None
+
+    def _name(self) -> str:
+        if self._title:
+            return self._title
+        return type(self).__name__ if type(self) is not Dataset else "(from arrays)"
+
     def __repr__(self) -> str:
-        lines = [f"Dataset {type(self).__name__}", f"    Number of datapoints: {len(self)}"]
+        lines = [f"Dataset {self._name()}", f"    Number of datapoints: {len(self)}"]
         for k in ("root", "split", "source"):
             if hasattr(self, k):
                 lines.append(f"    {k.capitalize()}: {getattr(self, k)}")

@@ -302,6 +302,14 @@ class DataLoader:
         )  # "auto" resolved; checked as the native loader checks it
         self.dataset = ds
         self.transform = transform if transform is not None else ds.transform
+        if self.transform is None and dtype == torch.float32:
+            # torch's DataLoader raises on such a data set's PIL images; this one converts them, so say how.
+            _warn_once(
+                "no-transform",
+                "fastcifar.DataLoader: the data set has no transform, so its PIL images are batched as "
+                "ToTensor() would give them (float32 in [0, 1]), where torch's DataLoader raises on PIL images; "
+                "pass transform=transforms.ToTensor() to say so (or dtype=torch.uint8 for the raw bytes)",
+            )
         self.target_transform = ds.target_transform
         if pin_memory and not torch.cuda.is_available():
             _warn_once(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from typing import Any, Callable
@@ -27,7 +28,10 @@ from . import transforms as T
 from ._checkpoint import (
     CHECKPOINT_VERSION,
     check_same_optimizer,
+    checkpoint_paths,
     describe,
+    import_model,
+    model_class,
     read_checkpoint,
     rebuild_optimizer,
     rebuild_schedule,
@@ -38,10 +42,27 @@ from ._io import atomic_write, check_writable
 from .loader import DataLoader
 from .models import Module
 
-__all__ = ["Trainer", "History", "EvalReport"]
+__all__ = ["Trainer", "History", "EvalReport", "ScheduleHorizonError"]
+
+
+def _interactive() -> bool:
+    """Whether a progress bar has somewhere to redraw itself: a terminal, or a notebook kernel
+    (tqdm's widget). In a log file or a pipe each redraw would be a line of its own."""
+    try:
+        if sys.stderr.isatty():
+            return True
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        pass
+    shell = sys.modules.get("IPython")
+    ip = shell.get_ipython() if shell is not None and hasattr(shell, "get_ipython") else None
+    return ip is not None and "IPKernelApp" in getattr(ip, "config", {})
 
 
 def _bar(total, desc, enabled):
+    """A tqdm bar when ``enabled`` is True, none when False; None (the default) means a bar only
+    where it can redraw itself (a terminal or a notebook), so logs get one plain line per epoch."""
+    if enabled is None:
+        enabled = _interactive()
     if not enabled:
         return None
     from tqdm.auto import tqdm
@@ -191,6 +212,8 @@ class Trainer:
         self.classes: list[str] | None = None
         #: (C, H, W) of the training batches; predict converts and resizes images to it.
         self.input_shape: tuple | None = None
+        # The last fit's ``progress``: evaluate's default follows it.
+        self._progress: bool | None = None
 
     def _set_lookahead(self, lookahead) -> None:
         """Binds a ``fastcifar.optim.Lookahead`` (or its settings, from a checkpoint) to the module's
@@ -213,19 +236,33 @@ class Trainer:
         epochs: int = 1,
         checkpoint=None,
         callbacks: Sequence[Callable[[dict], bool | None]] = (),
-        progress: bool = True,
+        progress: bool | None = None,
         max_steps: int | None = None,
+        restore_best: bool = False,
     ) -> History:
         """Trains ``epochs`` more epochs; returns the history.
 
         Epoch e draws its shuffle and augmentations from ``train_loader``'s seed and e, so a fit
-        resumed from a checkpoint continues exactly. With ``checkpoint``, the full checkpoint is
-        written (atomically) whenever validation accuracy improves (every epoch without
-        ``val_loader``). ``callbacks`` get a dict every ``log_every`` steps and at each epoch end;
-        one returning False stops training. Ctrl-C stops at the next step boundary and returns the
-        history so far, with the model usable. ``max_steps`` ends training once the trainer has
-        taken that many optimizer steps in all (mid-epoch: that epoch ends there and is recorded as
-        usual), e.g. airbench's 9.9 epochs.
+        resumed from a checkpoint continues exactly.
+
+        ``checkpoint="best_model.pth"`` writes two files (atomically): ``best_model.pth``, the best
+        epoch's ``model.state_dict()`` (what the tutorial's ``torch.save(model.state_dict(),
+        'best_model.pth')`` writes, read back by ``model.load_state_dict(torch.load(path))``),
+        rewritten whenever validation accuracy improves (every epoch without ``val_loader``); and
+        ``best_model.ckpt.pth``, the full checkpoint of the last finished epoch (model, optimizer,
+        schedule, history: ``Trainer.load`` resumes from it), rewritten after every epoch.
+
+        After ``fit`` the module holds the **last** epoch's weights, as a torch loop leaves it;
+        ``restore_best=True`` loads the best epoch's weights into it at the end (it needs
+        ``val_loader``; the optimizer, schedule and ``trainer.epoch`` stay the last epoch's).
+
+        ``callbacks`` get a dict every ``log_every`` steps and at each epoch end; one returning
+        False stops training. Ctrl-C stops at the next step boundary and returns the history so
+        far, with the model usable. ``max_steps`` ends training once the trainer has taken that
+        many optimizer steps in all (mid-epoch: that epoch ends there and is recorded as usual),
+        e.g. airbench's 9.9 epochs. ``progress``: None (the default) shows a bar in a terminal or
+        notebook and one plain line per epoch elsewhere (logs); True always a bar; False nothing.
+        ``evaluate``'s default then follows it.
         """
         if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0):
             raise ValueError(f"max_steps: must be a non-negative int or None, got {max_steps!r}")
@@ -234,6 +271,15 @@ class Trainer:
             _check_loader("val_loader", val_loader)
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"epochs: must be a non-negative int, got {epochs!r}")
+        if not isinstance(restore_best, bool):
+            raise TypeError(f"restore_best: expected True or False, got {restore_best!r}")
+        if restore_best and val_loader is None:
+            raise ValueError(
+                "restore_best: the best epoch is the one with the best validation accuracy; pass val_loader "
+                "(without it the module keeps the last epoch's weights: leave restore_best=False)"
+            )
+        if progress is not None and not isinstance(progress, bool):
+            raise TypeError(f"progress: expected True, False or None (a bar where it can redraw), got {progress!r}")
         # fastcifar.callbacks' objects check their monitor against what this fit records, now.
         _callbacks.fit_start(callbacks, self, validating=val_loader is not None)
         if isinstance(train_loader, DataLoader) and train_loader.dtype != torch.float32:
@@ -243,7 +289,10 @@ class Trainer:
             if isinstance(src, DataLoader):
                 self.eval_transform = T.deterministic_part(src.transform)
         self._learn_data(train_loader)
-        progress = progress and self.is_main
+        self._progress = progress
+        progress = progress if self.is_main else False
+        # The epoch's plain line: printed unless progress=False (and by rank 0 only).
+        report_epochs = progress is not False
         native = self._native_model(_input_shape(train_loader))
         if self.lookahead is not None and [id(t) for t in _float_state(self.model)] != self._lookahead_ids:
             # The module's tensors were replaced (.to(), a new layer): average those. Its average
@@ -260,11 +309,14 @@ class Trainer:
                     f"{name}: yields no batch per epoch ({len(ld.dataset)} images, batch_size={ld.batch_size}, "
                     f"drop_last={ld.drop_last}): lower batch_size or set drop_last=False"
                 )
-        if epochs and checkpoint is not None and self.is_main:
-            # A full disk or a read-only folder is found now, not after the first epoch.
-            check_writable(
-                checkpoint, need_bytes=sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
-            )
+        best_file, full_file = checkpoint_paths(checkpoint) if checkpoint is not None else (None, None)
+        if epochs and best_file is not None and self.is_main:
+            # A full disk, a read-only or missing folder is found now, not after the first epoch.
+            need = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+            check_writable(best_file, need_bytes=2 * need)
+        if epochs:
+            self._check_horizon(len(train_loader), epochs, max_steps)
+        best_state: dict | None = None
         final = self.epoch + epochs
         for _ in range(epochs):
             if max_steps is not None and self._native.global_step >= max_steps:
@@ -350,7 +402,7 @@ class Trainer:
             bridge.epoch_end(metric)
             self.epoch = e + 1
             self.history.append(record)
-            if progress:
+            if report_epochs:
                 msg = f"Epoch [{e + 1}/{final}] loss {record['loss']:.4f} acc {100 * record['accuracy']:.2f}%"
                 if "val_accuracy" in record:
                     msg += f"  val_loss {record['val_loss']:.4f} val_acc {100 * record['val_accuracy']:.2f}%"
@@ -359,12 +411,18 @@ class Trainer:
             improved = acc is not None and (self.best_accuracy is None or acc > self.best_accuracy)
             if improved:
                 self.best_accuracy = acc
-            if checkpoint is not None and (improved or val_loader is None):
-                self.save(checkpoint)
+                if restore_best:
+                    best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            if best_file is not None and full_file is not None:
+                if improved or val_loader is None:
+                    self.save_weights(best_file)
+                self.save(full_file)
             # Every callback sees the epoch, also after one asks to stop (a checkpoint of the last epoch).
             stops = [cb(dict(record, phase="epoch")) is False for cb in callbacks]
             if any(stops) or stop_requested:
                 break
+        if restore_best:
+            self._restore_best(best_state, best_file)
         return self.history
 
     def lr_find(
@@ -377,7 +435,7 @@ class Trainer:
         mode: str = "exponential",
         early_stop_threshold: float | None = 4.0,
         beta: float = 0.98,
-        progress: bool = True,
+        progress: bool | None = None,
     ) -> _lr_find.LRFinder:
         """The learning-rate range test (fastai's ``lr_find``, Lightning's ``Tuner.lr_find``): trains
         ``num_training`` optimizer steps with the rate rising from ``start_lr`` to ``end_lr``
@@ -392,15 +450,63 @@ class Trainer:
             self, train_loader, start_lr, end_lr, num_training, mode, early_stop_threshold, beta, progress
         )
 
+    def _restore_best(self, best_state: dict | None, best_file: str | None) -> None:
+        """Loads the best epoch's weights into the module (``fit(restore_best=True)``): this fit's,
+        or an earlier fit's from the best-weights file when this one did not improve on it."""
+        if best_state is None and best_file is not None and os.path.exists(best_file):
+            best_state = torch.load(best_file, map_location=self.device, weights_only=True)
+        if best_state is None:
+            warnings.warn(
+                "fit(restore_best=True): no epoch of this fit beat the best validation accuracy of an earlier "
+                f"fit ({self.best_accuracy}), whose weights were not kept (pass the same checkpoint= to keep "
+                "them on disk); the module keeps the last epoch's weights",
+                stacklevel=3,
+            )
+            return
+        with torch.no_grad():
+            self.model.load_state_dict(best_state)
+
+    def _check_horizon(self, batches_per_epoch: int, epochs: int, max_steps: int | None) -> None:
+        """Refuses, before training, a fit that would step a OneCycleLR past the steps it was
+        built for (torch's and the core's raise mid-epoch, when it is too late to choose)."""
+        accum = int(self.config["grad_accum_steps"])
+        steps = epochs * -(-batches_per_epoch // accum)
+        if max_steps is not None:
+            steps = min(steps, max(0, max_steps - self._native.global_step))
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR):
+            total, taken = int(self.scheduler.total_steps), int(self.scheduler.last_epoch)
+            if not self._bridge.per_step_schedule:  # scheduler_interval="epoch": one step per epoch
+                steps = epochs
+        elif isinstance(self.scheduler, _optim.lr_scheduler.OneCycleLR) or (
+            getattr(self.scheduler, "name", None) == "OneCycleLR"
+        ):
+            total = int(self.scheduler.settings()["total_steps"])
+            taken = int((self._native.scheduler_state() or {}).get("step", 0))
+        else:
+            return
+        if taken + steps > total:
+            left = total - taken
+            raise ScheduleHorizonError(
+                f"OneCycleLR was built for {total} steps and has taken {taken}; fit(epochs={epochs}) would take "
+                f"{steps} more ({-(-batches_per_epoch // accum)} per epoch), {taken + steps} in all. Build a new "
+                "schedule for the extra epochs (OneCycleLR(..., total_steps=...) given to a new Trainer, or "
+                "Trainer.load(path, scheduler=...)), or stop where this one ends: "
+                f"fit(..., max_steps={self._native.global_step + max(left, 0)})"
+            )
+
     # --- evaluation and prediction ---------------------------------------------------------
-    def evaluate(self, loader: DataLoader, progress: bool = True, tta: int = 0) -> EvalReport:
+    def evaluate(self, loader: DataLoader, progress: bool | None = None, tta: int = 0) -> EvalReport:
         """Loss (mean over images), accuracy, per-class accuracy and the confusion matrix.
         ``tta`` (test-time augmentation, as airbench's): 0 none, 1 (or True) the mean of the logits
-        of each image and its mirror, 2 also those of one-pixel translations (reflect-padded)."""
+        of each image and its mirror, 2 also those of one-pixel translations (reflect-padded).
+        ``progress`` defaults to the last ``fit``'s (a bar only in a terminal or notebook unless
+        that fit said True or False)."""
         tta = _tta_level(tta)
         _check_loader("loader", loader)
         loader = self._shard(loader, pad=False)
-        bar = _bar(len(loader), "Evaluate", progress and self.is_main)
+        if progress is None:
+            progress = self._progress
+        bar = _bar(len(loader), "Evaluate", progress if self.is_main else False)
 
         def cb(i, n):
             if bar is not None:
@@ -551,8 +657,13 @@ class Trainer:
         idx = self.predict_logits(images, transform, tta, batch_size).argmax(1)
         if not names:
             return idx
-        classes = self.classes or [str(i) for i in range(int(idx.max()) + 1 if len(idx) else 0)]
-        return [classes[i] for i in idx.tolist()]
+        if not self.classes:
+            raise ValueError(
+                "names=True: this trainer knows no class names yet (they come from the training data set's "
+                ".classes at fit, or from a checkpoint); fit first, or set trainer.classes = [...] "
+                "(or use predict(...) without names for the indices)"
+            )
+        return [self.classes[i] for i in idx.tolist()]
 
     # --- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -572,7 +683,8 @@ class Trainer:
             "fastcifar": {
                 "version": CHECKPOINT_VERSION,
                 "model": self.model.config if isinstance(self.model, Module) else None,
-                "optimizer": describe(self.optimizer),
+                "model_class": model_class(self.model),
+                "optimizer": describe(self.optimizer, self.model),
                 "lookahead_ema": to_cpu(self._native.lookahead_state()),
                 "scheduler": describe(self.scheduler),
                 "trainer": dict(self.config),
@@ -583,6 +695,15 @@ class Trainer:
                 "input_shape": list(self.input_shape) if self.input_shape else None,
             },
         }
+
+    def save_weights(self, path) -> None:
+        """Writes ``model.state_dict()`` alone (CPU tensors), atomically: the tutorial's
+        ``torch.save(model.state_dict(), path)``, which ``model.load_state_dict(torch.load(path))``
+        reads. When training data-parallel, only rank 0 writes."""
+        if not self.is_main:
+            return
+        sd = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        atomic_write(os.fspath(path), lambda tmp: torch.save(sd, tmp))
 
     def save(self, path) -> None:
         """Writes the checkpoint with ``torch.save``, atomically (temporary file, then rename).
@@ -635,11 +756,18 @@ class Trainer:
 
     @classmethod
     def load(cls, path, device="auto", model: torch.nn.Module | None = None, optimizer=None, scheduler=None) -> Trainer:
-        """Rebuilds model, optimizer, schedule and trainer from a checkpoint written by ``save``,
-        ready to evaluate, predict or resume ``fit``. A checkpoint of your own module needs that
-        module: ``Trainer.load(path, model=MyNet())`` (its weights are then loaded into it). A
-        torch.optim optimizer is rebuilt from its class and defaults (one parameter group); pass
-        ``optimizer=`` (and ``scheduler=``, for a torch schedule) to give your own."""
+        """Rebuilds model, optimizer, schedule and trainer from a checkpoint written by ``save`` (or
+        ``fit(checkpoint=...)``'s ``.ckpt.pth``), ready to evaluate, predict or resume ``fit``.
+
+        The model: a built-in from its settings; your own class imported from the
+        ``module:qualname`` recorded at save time, built with ``num_classes``, ``in_channels``
+        and ``input_size`` from the training data where its constructor takes them (none
+        otherwise). Pass ``model=``
+        when it cannot be (a class in ``__main__`` or a function, or one that needs arguments).
+        torch.optim optimizers (with their parameter groups) and torch's schedules are built
+        again from the arguments recorded at save time, then loaded with their state; pass
+        ``optimizer=`` / ``scheduler=`` for what cannot be (your own optimizer class, LambdaLR's
+        function, SequentialLR's parts)."""
         ckpt = read_checkpoint(path)
         meta = ckpt.get("fastcifar")
         if not meta:
@@ -647,16 +775,24 @@ class Trainer:
                 f"{path}: not a fastcifar checkpoint (no 'fastcifar' entry); load weights with model.load_state_dict()"
             )
         if model is None:
-            if not meta.get("model"):
+            if meta.get("model"):
+                model = Module.from_config(meta["model"])
+            elif meta.get("model_class"):
+                # Given what the data told (as the CLI builds --model module:Class), where it takes them.
+                shape, classes = meta.get("input_shape"), meta.get("classes")
+                known = {"num_classes": len(classes)} if classes else {}
+                if shape:
+                    known.update(in_channels=int(shape[0]), input_size=int(shape[1]))
+                model = import_model(meta["model_class"], path, **known)
+            else:
                 raise ValueError(
-                    f"{path}: holds the weights of your own module, which a checkpoint cannot rebuild; "
-                    f"pass it: Trainer.load(path, model=YourModule(...))"
+                    f"{path}: holds the weights of your own module, whose class was defined in __main__ or a "
+                    f"function (no import can find it); pass it: Trainer.load(path, model=YourModule(...))"
                 )
-            model = Module.from_config(meta["model"])
         if optimizer is None:
             optimizer = rebuild_optimizer(meta.get("optimizer"), model, path)
         if scheduler is None and meta.get("scheduler"):
-            scheduler = rebuild_schedule(meta["scheduler"], path)
+            scheduler = rebuild_schedule(meta["scheduler"], path, optimizer)
         tr = cls(model, optimizer, scheduler, device=device, **meta["trainer"])
         tr.load_state_dict(ckpt)
         return tr
@@ -665,11 +801,18 @@ class Trainer:
         n = sum(p.numel() for p in self.model.parameters())
         engine = "graph" if self._compiled.is_graph else "eager forward"
         opt = f"{type(self.optimizer).__name__}(lr={self._bridge.optimizer.param_groups[0]['lr']:g})"
-        sched = f", scheduler={type(self.scheduler).__name__}" if self.scheduler is not None else ""
+        # fastcifar's schedules name themselves (one restored from a checkpoint is a plain _Schedule).
+        name = getattr(self.scheduler, "name", None) or type(self.scheduler).__name__
+        sched = f", scheduler={name}" if self.scheduler is not None else ""
         return (
             f"Trainer(model={type(self.model).__name__} ({n:,} parameters, {engine}), device={self.device}, "
             f"optimizer={opt}{sched}, epoch={self.epoch})"
         )
+
+
+class ScheduleHorizonError(ValueError):
+    """A fit would step a OneCycleLR past the ``total_steps`` it was built for (raised before
+    training, with the fix)."""
 
 
 _slow_warned: set = set()

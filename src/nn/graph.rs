@@ -370,6 +370,17 @@ fn arith(op: Op, a: Num<'_>, b: Num<'_>) -> Result<Value> {
     Ok(Value::T(v))
 }
 
+/// The fix for images with another channel count than the first convolution's: build the model for
+/// them, or convert the images (grayscale <-> RGB are the cases that occur).
+fn channel_fix(expected: i64, got: i64) -> String {
+    let convert = match (expected, got) {
+        (3, 1) => ", or convert the images to RGB: transforms.Grayscale(num_output_channels=3)",
+        (1, 3) => ", or convert the images to grayscale: transforms.Grayscale()",
+        _ => "",
+    };
+    format!("; build the model for them (e.g. in_channels={got}){convert}")
+}
+
 fn check_channels(a: &Args<'_>, x: &Tensor, expected: i64, what: &str) -> Result<()> {
     let s = x.size();
     if s.len() < 3 {
@@ -383,8 +394,9 @@ fn check_channels(a: &Args<'_>, x: &Tensor, expected: i64, what: &str) -> Result
         return Err(Error::invalid(
             "x",
             format!(
-                "{} ({what}) expects {expected} input channels, got {got} (input shape {s:?})",
-                a.node.name
+                "{} ({what}) expects {expected} input channels, got {got} (input shape {s:?}){}",
+                a.node.name,
+                channel_fix(expected, got)
             ),
         ));
     }

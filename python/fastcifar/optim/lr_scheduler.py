@@ -280,7 +280,11 @@ class LinearWarmup(_Schedule):
 
 def _restore(name: str, settings: dict) -> _Schedule:
     """A schedule from the name and settings a checkpoint holds."""
-    s = object.__new__(_Schedule)
+    # Its own class where the name is one (repr and isinstance then say OneCycleLR, not _Schedule).
+    known = {c.name: c for c in (StepLR, CosineAnnealingLR, OneCycleLR, ReduceLROnPlateau, PiecewiseLinear)}
+    s = object.__new__(known.get(name, _Schedule))
     settings = {k: bool(v) if k in _FLAGS else v for k, v in settings.items()}
     s.name, s._config, s.optimizer = name, _rs.ScheduleConfig(name, **settings), None
+    if isinstance(s, ReduceLROnPlateau):
+        s.mode = "min" if settings.get("mode_min", True) else "max"
     return s
