@@ -3,6 +3,7 @@
     fastcifar train --data DIR --model image_classifier --epochs 50 --batch-size 128 --lr 1e-3 \\
                     --device auto --out runs/NAME
     fastcifar train --recipe airbench94 --out runs/a94     # a whole recipe (fastcifar.recipes)
+    fastcifar train --recipe airbench94_muon --out runs/m  # its Muon successor: 8 epochs at batch 2000
     fastcifar evaluate runs/NAME/best.pth --data DIR
     fastcifar predict runs/NAME/best.pth cat.png dog.jpg
     fastcifar info --data DIR
@@ -148,10 +149,13 @@ def cmd_train_recipe(a) -> int:
     history.to_csv(os.path.join(a.out, "history.csv"))
     with open(os.path.join(a.out, "report.json"), "w") as f:
         json.dump(dict(report.to_dict(), tta=r.tta, seconds=seconds, recipe=a.recipe), f, indent=2)
+    net = recipes.NETWORKS[a.recipe].__name__
+    # A checkpoint rebuilds torch.optim's optimizers, not the recipe's own MuonSGD.
+    opt = "" if r.trainer._bridge.on_engine else ", optimizer=..."
     print(
         f"\n{report}\n\n{a.recipe}: test accuracy {100 * report.accuracy:.2f}% (TTA level {r.tta}) in {seconds:.1f}s "
         f"from data on disk. Wrote checkpoint.pth, model_weights.pth, history.json, history.csv, report.json to "
-        f"{a.out}/ (reload: fastcifar.Trainer.load(path, model=fastcifar.recipes.Airbench94()))"
+        f"{a.out}/ (reload: fastcifar.Trainer.load(path, model=fastcifar.recipes.{net}(){opt}))"
     )
     return 0
 
@@ -310,6 +314,9 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # The package (and so torch and the recipes) is imported already when this module is.
+    from fastcifar.recipes import RECIPES
+
     p = _Parser(prog="fastcifar", description="Fast CIFAR-10 training for PyTorch, with the hot loops in Rust.")
     p.add_argument("--version", action="version", version=f"fastcifar {_version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -319,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--download", action="store_true", help="fetch CIFAR-10 if it is not there")
     t.add_argument(
         "--recipe",
-        choices=("airbench94",),
+        choices=tuple(RECIPES),
         help="a whole training recipe (fastcifar.recipes): network, optimizer, schedule, augmentation and TTA; "
         "--model, --width, --lr, --weight-decay, --optimizer, --scheduler and --sync-bn do not apply",
     )
