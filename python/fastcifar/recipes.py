@@ -244,7 +244,8 @@ def newton_schulz(g: torch.Tensor, steps: int = 3, eps: float = 1e-7, dtype: tor
         x = x.T
     for _ in range(steps):
         gram = x @ x.T
-        x = a * x + (b * gram + c * (gram @ gram)) @ x
+        # Two fused multiply-adds: b A + c A A, then a X + (b A + c A A) X.
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return (x.T if tall else x).to(g.dtype)
 
 
@@ -259,9 +260,9 @@ class MuonSGD(torch.optim.Optimizer):
     renormalisation, which makes the fixed-size step below a fixed fraction of the weights); then
     p <- p - lr * newton_schulz(u), reshaped back. No weight decay: the renormalisation holds the
     norm. ``torch.optim.Muon`` (torch >= 2.10) takes 2-D parameters only and has no
-    renormalisation, hence this class. The iteration runs in bf16 on CUDA (as airbench) and in the
-    parameters' dtype on a CPU (float32 matrix products are faster there than bf16 ones without
-    native bf16 units).
+    renormalisation, hence this class. The iteration runs in bf16 (as airbench's and torch's):
+    it only needs the singular values roughly, and bf16 matrix products are the fast ones on GPUs
+    and on CPUs with bf16 units.
 
     SGD groups take ``lr``, ``momentum``, ``weight_decay``, ``nesterov`` (and run through
     ``torch.optim.sgd.sgd``, the functional form of torch.optim.SGD, so their update is torch's).
@@ -353,7 +354,7 @@ class MuonSGD(torch.optim.Optimizer):
                 g = g.add(buf, alpha=m) if group["nesterov"] else buf
             if group["normalize"]:
                 p.mul_(math.sqrt(p.shape[0]) / p.norm())
-            dtype = torch.bfloat16 if p.is_cuda else None
+            dtype = torch.bfloat16
             update = newton_schulz(g.reshape(len(g), -1), group["ns_steps"], dtype=dtype)
             p.add_(update.reshape(p.shape), alpha=-lr)
 
