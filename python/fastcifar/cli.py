@@ -149,13 +149,16 @@ def cmd_train_recipe(a) -> int:
     history.to_csv(os.path.join(a.out, "history.csv"))
     with open(os.path.join(a.out, "report.json"), "w") as f:
         json.dump(dict(report.to_dict(), tta=r.tta, seconds=seconds, recipe=a.recipe), f, indent=2)
-    net = recipes.NETWORKS[a.recipe].__name__
-    # A checkpoint rebuilds torch.optim's optimizers, not the recipe's own MuonSGD.
-    opt = "" if r.trainer._bridge.on_engine else ", optimizer=..."
+    # A checkpoint rebuilds the engine's optimizers and schedules; the recipe's own (MuonSGD and its
+    # LambdaLR) come back by building the recipe again and loading the checkpoint into its trainer.
+    if r.trainer._bridge.on_engine:
+        reload = f"fastcifar.Trainer.load(path, model=fastcifar.recipes.{recipes.NETWORKS[a.recipe].__name__}())"
+    else:
+        reload = f"fastcifar.recipes.{a.recipe}(...).trainer.load_checkpoint(path)"
     print(
         f"\n{report}\n\n{a.recipe}: test accuracy {100 * report.accuracy:.2f}% (TTA level {r.tta}) in {seconds:.1f}s "
         f"from data on disk. Wrote checkpoint.pth, model_weights.pth, history.json, history.csv, report.json to "
-        f"{a.out}/ (reload: fastcifar.Trainer.load(path, model=fastcifar.recipes.{net}(){opt}))"
+        f"{a.out}/ (reload: {reload})"
     )
     return 0
 

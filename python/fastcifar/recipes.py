@@ -260,9 +260,9 @@ class MuonSGD(torch.optim.Optimizer):
     renormalisation, which makes the fixed-size step below a fixed fraction of the weights); then
     p <- p - lr * newton_schulz(u), reshaped back. No weight decay: the renormalisation holds the
     norm. ``torch.optim.Muon`` (torch >= 2.10) takes 2-D parameters only and has no
-    renormalisation, hence this class. The iteration runs in bf16 (as airbench's and torch's):
-    it only needs the singular values roughly, and bf16 matrix products are the fast ones on GPUs
-    and on CPUs with bf16 units.
+    renormalisation, hence this class. The iteration runs in ``ns_dtype``: bf16 by default (as
+    airbench's and torch's), as it needs the singular values only roughly and bf16 matrix products
+    are the fast ones on GPUs and on CPUs with bf16 units; None runs it in the parameters' dtype.
 
     SGD groups take ``lr``, ``momentum``, ``weight_decay``, ``nesterov`` (and run through
     ``torch.optim.sgd.sgd``, the functional form of torch.optim.SGD, so their update is torch's).
@@ -278,6 +278,7 @@ class MuonSGD(torch.optim.Optimizer):
         muon: bool = False,
         ns_steps: int = 3,
         normalize: bool = True,
+        ns_dtype: torch.dtype | None = torch.bfloat16,
     ):
         if not lr >= 0:
             raise ValueError(f"lr: {lr} must be >= 0")
@@ -293,6 +294,7 @@ class MuonSGD(torch.optim.Optimizer):
             muon=muon,
             ns_steps=ns_steps,
             normalize=normalize,
+            ns_dtype=ns_dtype,
         )
         super().__init__(params, defaults)
         for i, group in enumerate(self.param_groups):
@@ -304,6 +306,12 @@ class MuonSGD(torch.optim.Optimizer):
                 raise ValueError(f"param_groups[{i}]: a Muon group takes no weight_decay (normalize holds the norm)")
             if isinstance(group["ns_steps"], bool) or not isinstance(group["ns_steps"], int) or group["ns_steps"] < 1:
                 raise ValueError(f"param_groups[{i}]: ns_steps must be a positive int, got {group['ns_steps']!r}")
+            if group["ns_dtype"] is not None and not (
+                isinstance(group["ns_dtype"], torch.dtype) and group["ns_dtype"].is_floating_point
+            ):
+                raise ValueError(
+                    f"param_groups[{i}]: ns_dtype must be a floating-point torch.dtype or None, got {group['ns_dtype']!r}"
+                )
             flat = [tuple(p.shape) for p in group["params"] if p.dim() < 2]
             if flat:
                 raise ValueError(
@@ -354,8 +362,7 @@ class MuonSGD(torch.optim.Optimizer):
                 g = g.add(buf, alpha=m) if group["nesterov"] else buf
             if group["normalize"]:
                 p.mul_(math.sqrt(p.shape[0]) / p.norm())
-            dtype = torch.bfloat16
-            update = newton_schulz(g.reshape(len(g), -1), group["ns_steps"], dtype=dtype)
+            update = newton_schulz(g.reshape(len(g), -1), group["ns_steps"], dtype=group["ns_dtype"])
             p.add_(update.reshape(p.shape), alpha=-lr)
 
 
