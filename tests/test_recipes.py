@@ -705,6 +705,8 @@ def test_muon_recipe_settings_are_airbench_units(real_data):
     assert [f(6) for f in sched.lr_lambdas] == pytest.approx([0.5, 0.4, 0.4, 0.4])
     with pytest.raises(ValueError, match="batch_size: 4096 is more than the 2048 training images"):
         recipes.airbench94_muon(train=tr, test=te, device="cpu", batch_size=4096)
+    with pytest.raises(ValueError, match="whiten_bias_epochs: must be >= 0, got -1"):
+        recipes.airbench94_muon(train=tr, test=te, device="cpu", batch_size=512, whiten_bias_epochs=-1)
     assert set(recipes.RECIPES) == set(recipes.NETWORKS) == {"airbench94", "airbench94_muon"}
 
 
