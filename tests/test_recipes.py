@@ -675,7 +675,7 @@ def test_muon_sgd_groups_are_torch_sgd_and_bad_groups_are_refused():
         recipes.MuonSGD([{"params": [w], "muon": True, "ns_steps": 0}])
     with pytest.raises(ValueError, match="nesterov needs momentum > 0"):
         recipes.MuonSGD([w], nesterov=True)
-    with pytest.raises(ValueError, match="ns_dtype must be a floating-point torch.dtype or None, got 'bf16'"):
+    with pytest.raises(ValueError, match="ns_dtype must be a floating torch.dtype or None, not 'bf16'"):
         recipes.MuonSGD([{"params": [w], "muon": True, "ns_dtype": "bf16"}])
     with pytest.raises(ValueError, match="lr: -1 must be >= 0"):
         recipes.MuonSGD([w], lr=-1)

@@ -309,9 +309,8 @@ class MuonSGD(torch.optim.Optimizer):
             if group["ns_dtype"] is not None and not (
                 isinstance(group["ns_dtype"], torch.dtype) and group["ns_dtype"].is_floating_point
             ):
-                raise ValueError(
-                    f"param_groups[{i}]: ns_dtype must be a floating-point torch.dtype or None, got {group['ns_dtype']!r}"
-                )
+                dt = group["ns_dtype"]
+                raise ValueError(f"param_groups[{i}]: ns_dtype must be a floating torch.dtype or None, not {dt!r}")
             flat = [tuple(p.shape) for p in group["params"] if p.dim() < 2]
             if flat:
                 raise ValueError(
