@@ -92,7 +92,14 @@ def plain_epochs_muon(r, initial, n_epochs, bf16):
     )
     lin = lambda k: max(0.0, 1 - k / total)  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(opt, [lambda k: max(0.0, 1 - k / ws) if ws else 0.0, lin, lin, lin])
-    seconds = []
+    return timed_loop(r, model, opt, sched, n_epochs, bf16)
+
+
+def timed_loop(r, model, opt, sched, n_epochs, bf16, after_step=None):
+    """The plain loop over the recipe's batches (summed loss, the whitening bias trained for its
+    epochs); ``after_step(step)`` after each step. The seconds of each epoch's loop."""
+    s = r.settings
+    seconds, step = [], 0
     for e in range(n_epochs):
         model.whiten.bias.requires_grad_(e < s["whiten_bias_epochs"])
         model.train()
@@ -106,6 +113,9 @@ def plain_epochs_muon(r, initial, n_epochs, bf16):
             loss.backward()
             opt.step()
             sched.step()
+            step += 1
+            if after_step is not None:
+                after_step(step)
         seconds.append(time.perf_counter() - t)
     return seconds
 
@@ -140,32 +150,21 @@ def plain_epochs(r, initial, n_epochs, bf16):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     la = recipes.AIRBENCH94["lookahead"]
     state = [t for t in model.state_dict().values() if t.is_floating_point()]
-    ema, step, seconds = None, 0, []
-    for e in range(n_epochs):
-        model[0].bias.requires_grad_(e < s["whiten_bias_epochs"])
-        model.train()
-        batches = list(r.train_loader._native.epoch(e))  # outside the clock: only the loop is timed
-        t = time.perf_counter()
-        for x, y in batches:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                out = model(x)
-            loss = F.cross_entropy(out.float(), y, label_smoothing=s["label_smoothing"], reduction="none").sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            if step % la["every"] == 0:
-                rho = la["decay"] ** la["every"] * (step / total) ** la["power"]
-                with torch.no_grad():
-                    if ema is None:
-                        ema = [t.clone() for t in state]
-                    else:
-                        for a, w in zip(ema, state):
-                            a.lerp_(w, 1 - rho)
-                            w.copy_(a)
-        seconds.append(time.perf_counter() - t)
-    return seconds
+    ema: list = []
+
+    def lookahead(step):
+        if step % la["every"]:
+            return
+        rho = la["decay"] ** la["every"] * (step / total) ** la["power"]
+        with torch.no_grad():
+            if not ema:
+                ema.extend(t.clone() for t in state)
+                return
+            for a, w in zip(ema, state):
+                a.lerp_(w, 1 - rho)
+                w.copy_(a)
+
+    return timed_loop(r, model, opt, sched, n_epochs, bf16, after_step=lookahead)
 
 
 def main():

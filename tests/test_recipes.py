@@ -70,6 +70,23 @@ def randomise(model, seed=0):
                 t.copy_(torch.rand(t.shape, generator=g) * (0.5 if var else 0.2) + (0.75 if var else -0.1))
 
 
+def same_logits(ours, ref):
+    """With random values in every parameter and buffer: the same logits as the plain network in
+    train and eval mode, and through the Rust engine (its fx graph) in eval mode."""
+    randomise(ours)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(8, 3, 32, 32)
+    for train in (False, True):
+        ours.train(train), ref.train(train)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+    tr = fastcifar.Trainer(ours, optimizer=SGD(lr=0.1), device="cpu")
+    assert tr._compiled.is_graph
+    ref.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(tr.predict_logits(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
 def test_network_matches_the_plain_pytorch_one():
     ours, ref = recipes.Airbench94(), ref_net()
     assert ours.num_parameters() == sum(p.numel() for p in ref.parameters()) == 1_972_792
@@ -81,19 +98,7 @@ def test_network_matches_the_plain_pytorch_one():
     # Identity-initialised 3x3 convs: the first c_in filters pass their channel through.
     w = ours[2].conv1.weight
     assert torch.equal(w[:24, :, 1, 1], torch.eye(24)) and w[:24].abs().sum() == 24
-    randomise(ours)
-    ref.load_state_dict(ours.state_dict())
-    x = torch.randn(8, 3, 32, 32)
-    for train in (False, True):
-        ours.train(train), ref.train(train)
-        with torch.no_grad():
-            torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
-    # ...and through the Rust engine (its fx graph), in eval mode.
-    tr = fastcifar.Trainer(ours, optimizer=SGD(lr=0.1), device="cpu")
-    assert tr._compiled.is_graph
-    ref.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(tr.predict_logits(x), ref(x), rtol=1e-5, atol=1e-5)
+    same_logits(ours, ref)
 
 
 def ref_whitening(images, k=2, eps=5e-4):
@@ -456,16 +461,13 @@ def test_recipe_settings_are_airbench_units(real_data):
     assert r.trainer.scheduler.milestones == [0, 2, 10] and r.trainer.scheduler.factors == [0.2, 1.0, 0.07]
 
 
-def test_recipe_learns_side_by_side_with_a_plain_loop(real_data):
-    """The whole recipe (groups, triangle schedule, label smoothing, lookahead, whitening bias
-    freeze, alternating flip, step limit) on 256 CPU images, and the same written as a plain
-    PyTorch loop over the same batches: the losses agree step by step within float noise, and
-    both learn."""
-    tr = fastcifar.CIFAR10(real_data, train=True).subset(range(256))
+def tiny_recipe(make, real_data):
+    """A recipe on 256 CPU images, 8-16-16 wide, batch 32, 4.5 epochs (36 steps), float32 (as the
+    plain loops that it is compared with), logging every step. (recipe, test set, widths, batch)."""
     te = fastcifar.CIFAR10(real_data, train=False).subset(range(256))
     widths, bs = (8, 16, 16), 32
-    r = recipes.airbench94(
-        train=tr,
+    r = make(
+        train=fastcifar.CIFAR10(real_data, train=True).subset(range(256)),
         test=te,
         device="cpu",
         batch_size=bs,
@@ -474,8 +476,17 @@ def test_recipe_learns_side_by_side_with_a_plain_loop(real_data):
         test_batch_size=256,
         whiten_images=256,
         log_every=1,
-        amp=False,  # the plain loop below is float32
+        amp=False,
     )
+    return r, te, widths, bs
+
+
+def test_recipe_learns_side_by_side_with_a_plain_loop(real_data):
+    """The whole recipe (groups, triangle schedule, label smoothing, lookahead, whitening bias
+    freeze, alternating flip, step limit) on 256 CPU images, and the same written as a plain
+    PyTorch loop over the same batches: the losses agree step by step within float noise, and
+    both learn."""
+    r, te, widths, bs = tiny_recipe(recipes.airbench94, real_data)
     ref = ref_net(widths)
     ref.load_state_dict(r.model.state_dict())
     ours = []
@@ -571,18 +582,7 @@ def test_muon_network_matches_the_plain_pytorch_one():
     assert abs(ours[7].weight.std().item() - 1) < 1e-5 and recipes.Airbench94()[7].weight.std() < 0.05
     w = ours[4].conv2.weight  # identity-initialised like airbench94's
     assert torch.equal(w[:, :, 1, 1][:, :256].diagonal(), torch.ones(256))
-    randomise(ours)
-    ref.load_state_dict(ours.state_dict())
-    x = torch.randn(8, 3, 32, 32)
-    for train in (False, True):
-        ours.train(train), ref.train(train)
-        with torch.no_grad():
-            torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-6)
-    tr = fastcifar.Trainer(ours, optimizer=SGD(lr=0.1), device="cpu")
-    assert tr._compiled.is_graph
-    ref.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(tr.predict_logits(x), ref(x), rtol=1e-5, atol=1e-6)
+    same_logits(ours, ref)
 
 
 def plain_newton_schulz(g, steps=3):
@@ -715,21 +715,7 @@ def test_muon_recipe_learns_side_by_side_with_a_plain_loop(real_data):
     smoothing, the whitening bias freeze, alternating flip, step limit) on 256 CPU images, and the
     same as a plain PyTorch loop (torch.optim.SGD and the Muon written above) over the same
     batches: the losses agree step by step within the bf16 orthogonalisation's noise, and both learn."""
-    tr = fastcifar.CIFAR10(real_data, train=True).subset(range(256))
-    te = fastcifar.CIFAR10(real_data, train=False).subset(range(256))
-    widths, bs = (8, 16, 16), 32
-    r = recipes.airbench94_muon(
-        train=tr,
-        test=te,
-        device="cpu",
-        batch_size=bs,
-        epochs=4.5,
-        widths=widths,
-        test_batch_size=256,
-        whiten_images=256,
-        log_every=1,
-        amp=False,  # the plain loop below is float32
-    )
+    r, te, widths, bs = tiny_recipe(recipes.airbench94_muon, real_data)
     ref = ref_net(widths, div=16)
     ref.load_state_dict(r.model.state_dict())
     # float32 orthogonalisation, as the plain loop's (bf16 rounding would make the runs drift apart).

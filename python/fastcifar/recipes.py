@@ -352,6 +352,7 @@ class MuonSGD(torch.optim.Optimizer):
         m, lr = group["momentum"], group["lr"]
         for p in params:
             g = p.grad
+            assert g is not None  # step() passes the parameters that have a gradient
             if m:
                 state = self.state[p]
                 if "momentum_buffer" not in state:
@@ -436,8 +437,10 @@ def _positive_int(name: str, v) -> int:
     return v
 
 
-def _data(root, train, test, *, epochs, batch_size: int, test_batch_size: int, whiten_images: int):
-    """The recipe's data sets (CIFAR-10 under ``root`` unless given) once its sizes are checked."""
+def _prepare(root, train, test, *, seed: int, epochs, batch_size: int, test_batch_size: int, whiten_images: int, **kw):
+    """The recipe's data sets (CIFAR-10 under ``root`` unless given), once its sizes are checked,
+    torch's seed, and its loaders (``_loaders``'s ``kw``): (train set, train loader, test loader,
+    the resolved device, resident)."""
     import fastcifar
 
     if train is None or test is None:
@@ -456,7 +459,9 @@ def _data(root, train, test, *, epochs, batch_size: int, test_batch_size: int, w
             f"batch_size: {batch_size} is more than the {len(train)} training images "
             "(airbench drops the last partial batch)"
         )
-    return train, test
+    torch.manual_seed(seed)
+    loaders = _loaders(train, test, batch_size=batch_size, test_batch_size=test_batch_size, seed=seed, **kw)
+    return (train, *loaders)
 
 
 def _loaders(train, test, *, batch_size, test_batch_size, translate, alternating_flip, seed, device, resident):
@@ -507,6 +512,22 @@ def _whiten_bias_freeze(model: Airbench94, epochs: int) -> Callable[[dict], bool
     return freeze_whitening_bias
 
 
+def _recipe(model, trainer, train_loader, test_loader, epochs, total_steps, tta, whiten_bias_epochs, settings):
+    """The Recipe: fit for ceil(epochs) epochs, stopped after ``total_steps`` (fractional epochs),
+    with the whitening bias frozen after its epochs."""
+    return Recipe(
+        model=model,
+        trainer=trainer,
+        train_loader=train_loader,
+        test_loader=test_loader,
+        epochs=math.ceil(epochs),
+        max_steps=total_steps,
+        tta=tta,
+        callbacks=[_whiten_bias_freeze(model, whiten_bias_epochs)],
+        settings=settings,
+    )
+
+
 def airbench94(
     root=None,
     *,
@@ -549,24 +570,17 @@ def airbench94(
     import fastcifar
     from fastcifar import optim
 
-    train, test = _data(
+    train, train_loader, test_loader, device, resident = _prepare(
         root,
         train,
         test,
+        seed=seed,
         epochs=epochs,
         batch_size=batch_size,
         test_batch_size=test_batch_size,
         whiten_images=whiten_images,
-    )
-    torch.manual_seed(seed)
-    train_loader, test_loader, device, resident = _loaders(
-        train,
-        test,
-        batch_size=batch_size,
-        test_batch_size=test_batch_size,
         translate=translate,
         alternating_flip=alternating_flip,
-        seed=seed,
         device=device,
         resident=resident,
     )
@@ -627,17 +641,7 @@ def airbench94(
         amp=amp,
         device=device,
     )
-    return Recipe(
-        model=model,
-        trainer=trainer,
-        train_loader=train_loader,
-        test_loader=test_loader,
-        epochs=math.ceil(epochs),
-        max_steps=total_steps,
-        tta=tta,
-        callbacks=[_whiten_bias_freeze(model, whiten_bias_epochs)],
-        settings=settings,
-    )
+    return _recipe(model, trainer, train_loader, test_loader, epochs, total_steps, tta, whiten_bias_epochs, settings)
 
 
 _MUON = AIRBENCH94_MUON
@@ -686,26 +690,19 @@ def airbench94_muon(
     """
     import fastcifar
 
-    train, test = _data(
+    if whiten_bias_epochs < 0:
+        raise ValueError(f"whiten_bias_epochs: must be >= 0, got {whiten_bias_epochs!r}")
+    train, train_loader, test_loader, device, resident = _prepare(
         root,
         train,
         test,
+        seed=seed,
         epochs=epochs,
         batch_size=batch_size,
         test_batch_size=test_batch_size,
         whiten_images=whiten_images,
-    )
-    if whiten_bias_epochs < 0:
-        raise ValueError(f"whiten_bias_epochs: must be >= 0, got {whiten_bias_epochs!r}")
-    torch.manual_seed(seed)
-    train_loader, test_loader, device, resident = _loaders(
-        train,
-        test,
-        batch_size=batch_size,
-        test_batch_size=test_batch_size,
         translate=translate,
         alternating_flip=alternating_flip,
-        seed=seed,
         device=device,
         resident=resident,
     )
@@ -777,17 +774,7 @@ def airbench94_muon(
         amp=amp,
         device=device,
     )
-    return Recipe(
-        model=model,
-        trainer=trainer,
-        train_loader=train_loader,
-        test_loader=test_loader,
-        epochs=math.ceil(epochs),
-        max_steps=total_steps,
-        tta=tta,
-        callbacks=[_whiten_bias_freeze(model, whiten_bias_epochs)],
-        settings=settings,
-    )
+    return _recipe(model, trainer, train_loader, test_loader, epochs, total_steps, tta, whiten_bias_epochs, settings)
 
 
 #: The recipes by name (``fastcifar train --recipe NAME`` offers these).
