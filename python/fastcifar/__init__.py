@@ -27,7 +27,7 @@ if torch.__version__.split("+")[0] != TORCH_VERSION:
     )
 
 # After the torch check (E402 is ignored for this file in pyproject.toml).
-from . import _native, distributed, models, optim, plot, recipes, transforms
+from . import _native, callbacks, distributed, loggers, models, optim, plot, recipes, transforms
 from .datasets import CIFAR10, CIFAR100, MNIST, SVHN, Dataset, DecompressionBombError, FashionMNIST, ImageFolder
 from .loader import DataLoader
 from .trainer import EvalReport, History, Trainer
@@ -52,6 +52,8 @@ __all__ = [
     "EvalReport",
     "models",
     "optim",
+    "callbacks",
+    "loggers",
     "plot",
     "recipes",
     "transforms",

@@ -18,8 +18,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import _bridge, _graph
+from . import _bridge, _graph, _lr_find
 from . import _native as _rs
+from . import callbacks as _callbacks
 from . import distributed as _dist
 from . import optim as _optim
 from . import transforms as T
@@ -233,6 +234,8 @@ class Trainer:
             _check_loader("val_loader", val_loader)
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"epochs: must be a non-negative int, got {epochs!r}")
+        # fastcifar.callbacks' objects check their monitor against what this fit records, now.
+        _callbacks.fit_start(callbacks, self, validating=val_loader is not None)
         if isinstance(train_loader, DataLoader) and train_loader.dtype != torch.float32:
             raise ValueError("train_loader: yields uint8 batches; the trainer needs float32 (dtype=torch.float32)")
         if self.eval_transform is None:
@@ -358,9 +361,36 @@ class Trainer:
                 self.best_accuracy = acc
             if checkpoint is not None and (improved or val_loader is None):
                 self.save(checkpoint)
-            if any(cb(dict(record, phase="epoch")) is False for cb in callbacks) or stop_requested:
+            # Every callback sees the epoch, also after one asks to stop (a checkpoint of the last epoch).
+            stops = [cb(dict(record, phase="epoch")) is False for cb in callbacks]
+            if any(stops) or stop_requested:
                 break
         return self.history
+
+    def lr_find(
+        self,
+        train_loader: DataLoader,
+        *,
+        start_lr: float = 1e-7,
+        end_lr: float = 10.0,
+        num_training: int = 100,
+        mode: str = "exponential",
+        early_stop_threshold: float | None = 4.0,
+        beta: float = 0.98,
+        progress: bool = True,
+    ) -> _lr_find.LRFinder:
+        """The learning-rate range test (fastai's ``lr_find``, Lightning's ``Tuner.lr_find``): trains
+        ``num_training`` optimizer steps with the rate rising from ``start_lr`` to ``end_lr``
+        (``mode``: "exponential" or "linear"), recording each step's loss and its moving average
+        (``beta``), and stops early once that average exceeds ``early_stop_threshold`` times its
+        best (None: never) or the loss overflows. Runs on the Rust loop, from fresh optimizer
+        state; the module's weights, buffers, ``.grad``, mode and torch's random state are
+        restored exactly afterwards, and the trainer's optimizer, schedule and history are not
+        touched. Returns an ``LRFinder``: ``lrs``, ``losses``, ``smoothed``, ``suggestion()``
+        (the steepest descent of the smoothed loss, as Lightning's) and ``plot()``."""
+        return _lr_find.run(
+            self, train_loader, start_lr, end_lr, num_training, mode, early_stop_threshold, beta, progress
+        )
 
     # --- evaluation and prediction ---------------------------------------------------------
     def evaluate(self, loader: DataLoader, progress: bool = True, tta: int = 0) -> EvalReport:

@@ -104,6 +104,17 @@ def _fill(fill) -> list[float]:
     return _floats("fill", 0 if fill is None else fill)
 
 
+def _dtype(v) -> torch.dtype:
+    """A torch dtype, from a dtype or its name as checkpoints keep it ("float32")."""
+    if isinstance(v, str) and isinstance(getattr(torch, v.removeprefix("torch."), None), torch.dtype):
+        return getattr(torch, v.removeprefix("torch."))
+    return v
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def _interp_name(interpolation) -> str:
     """'bilinear', 'nearest', ... from torchvision's InterpolationMode, a string or a PIL constant."""
     v = getattr(interpolation, "value", interpolation)
@@ -207,6 +218,17 @@ class Transform:
 
     _takes = ("pil",)
     _gives: str | None = None
+    #: Whether the step draws randomness: evaluation leaves it out (``deterministic_part``).
+    _random = False
+
+    def _config(self) -> dict | None:
+        """The JSON-able constructor keywords that rebuild this step from a checkpoint (classes in
+        ``_SAVED``), or None where it cannot be saved (a function of the user's, say)."""
+        return None
+
+    @classmethod
+    def _from_config(cls, cfg: dict) -> Transform:
+        return cls(**cfg)
 
     def _ops(self) -> list:
         raise _NotNative(type(self).__name__)
@@ -311,6 +333,8 @@ class RandomCrop(Transform):
     """Pads (``padding``: int, (lr, tb) or (l, t, r, b)) then crops ``size`` at a uniform offset.
     ``padding_mode``: 'constant' (with ``fill``), 'edge', 'reflect' or 'symmetric'."""
 
+    _random = True
+
     def __init__(self, size, padding=None, pad_if_needed: bool = False, fill=0, padding_mode: str = "constant"):
         # The native op is made at once: the core checks size, padding, fill and padding_mode here.
         self.size, self._pad = _pair("size", size), _ltrb(padding)
@@ -348,6 +372,9 @@ class CenterCrop(Transform):
         self.size = _pair("size", size)
         self._op = _rs.TransformOp.center_crop(size=self.size)
 
+    def _config(self):
+        return {"size": list(self.size)}
+
     def _ops(self):
         return [self._op]
 
@@ -374,6 +401,9 @@ class Pad(Transform):
         self._op = _rs.TransformOp.pad(padding=self._pad, fill=_fill(fill), padding_mode=padding_mode)
         self.padding, self.fill, self.padding_mode = padding, fill, padding_mode
 
+    def _config(self):
+        return {"padding": list(self._pad), "fill": _fill(self.fill), "padding_mode": self.padding_mode}
+
     def _ops(self):
         return [self._op]
 
@@ -383,6 +413,7 @@ class Pad(Transform):
 
 class _Flip(Transform):
     _dim = -1
+    _random = True
 
     def __init__(self, p: float = 0.5):
         self.p = p
@@ -408,6 +439,8 @@ class AlternatingHorizontalFlip(Transform):
     loader's seed and the image's index) and is mirrored when that coin and the epoch's parity
     disagree. So half the images are mirrored each epoch, as with RandomHorizontalFlip, but each
     image is seen mirrored in exactly one of any two consecutive epochs."""
+
+    _random = True
 
     def __init__(self):
         self._op = _rs.TransformOp.alternating_horizontal_flip()
@@ -482,6 +515,24 @@ class Resize(Transform):
             self._op = _rs.TransformOp.resize(exact=_pair("size", size))
         self._native = _interp_name(interpolation) == "bilinear" and max_size is None
 
+    def _config(self):
+        size = self.size if isinstance(self.size, numbers.Integral) else list(self.size)
+        return {
+            "size": size,
+            "interpolation": _interp_name(self.interpolation),
+            "max_size": self.max_size,
+            "antialias": self.antialias,
+            "v2": self._v2,
+        }
+
+    @classmethod
+    def _from_config(cls, cfg: dict) -> Transform:
+        cfg = dict(cfg)
+        v2 = cfg.pop("v2", False)
+        t = cls(**cfg)
+        t._v2 = v2
+        return t
+
     def _ops(self):
         if not self._native:
             raise _NotNative("Resize")
@@ -510,6 +561,8 @@ class RandomResizedCrop(Transform):
     ``ratio`` (log-uniform; 10 tries, then the centred fallback), resized to ``size``. Bilinear is
     fused (Pillow's pixels); other interpolations run in Python. Tensors are resized as Resize
     resizes them."""
+
+    _random = True
 
     _v2 = False  # as Resize's
 
@@ -577,6 +630,9 @@ class ToTensor(Transform):
 
     _gives = "float"
 
+    def _config(self):
+        return {}
+
     def _ops(self):
         return [_rs.TransformOp.to_tensor()]
 
@@ -595,6 +651,9 @@ class PILToTensor(Transform):
     """A PIL image (or HWC uint8 array) as a CHW uint8 tensor, values unchanged."""
 
     _gives = "uint8"
+
+    def _config(self):
+        return {}
 
     def _ops(self):
         return []
@@ -618,7 +677,10 @@ class ToDtype(Transform):
     _gives = "float"
 
     def __init__(self, dtype=torch.float32, scale: bool = False):
-        self.dtype, self.scale = dtype, scale
+        self.dtype, self.scale = _dtype(dtype), scale
+
+    def _config(self):
+        return {"dtype": _dtype_name(self.dtype), "scale": self.scale}
 
     def _ops(self):
         if self.dtype != torch.float32 or not self.scale:
@@ -641,6 +703,9 @@ class ConvertImageDtype(ToDtype):
     def __init__(self, dtype=torch.float32):
         super().__init__(dtype, scale=True)
 
+    def _config(self):
+        return {"dtype": _dtype_name(self.dtype)}
+
     def _ops(self):
         if self.dtype != torch.float32:
             raise _NotNative("ConvertImageDtype")
@@ -661,6 +726,9 @@ class Normalize(Transform):
         self.mean, self.std = tuple(_floats("mean", mean)), tuple(_floats("std", std))
         self.inplace = inplace
         self._op = _rs.TransformOp.normalize(mean=list(self.mean), std=list(self.std))
+
+    def _config(self):
+        return {"mean": list(self.mean), "std": list(self.std), "inplace": self.inplace}
 
     def _ops(self):
         return [self._op]
@@ -689,6 +757,8 @@ def _erase_value(value, c: int, h: int, w: int, dtype) -> torch.Tensor:
 class RandomErasing(Transform):
     """torchvision's RandomErasing (after ToTensor); ``value`` in the units at its position, or
     ``'random'`` (normal noise per pixel, which runs in Python)."""
+
+    _random = True
 
     _takes = ("float",)
 
@@ -743,6 +813,8 @@ class RandomErasing(Transform):
 
 class Cutout(Transform):
     """A ``size`` x ``size`` square centred on a uniform pixel (clipped at the border) set to ``value``."""
+
+    _random = True
 
     _takes = ("float",)
 
@@ -818,6 +890,8 @@ class ColorJitter(Transform):
     images through Pillow's ImageEnhance and HSV hue shift, as torchvision does them; tensors (uint8
     or float, (..., 3, H, W)) through blends with black, the mean grey and the greyscale image, and
     a rotation of the hue in HSV. Runs per image in Python."""
+
+    _random = True
 
     def __init__(self, brightness=0, contrast=0, saturation=0, hue=0):
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
@@ -923,6 +997,8 @@ class RandomRotation(Transform):
     """torchvision's RandomRotation on PIL images: an angle uniform in ``degrees``, Pillow's
     rotate (nearest by default, ``expand``, ``center``, ``fill``). Runs per image in Python; float
     tensors are rotated channel by channel as Pillow float images."""
+
+    _random = True
 
     def __init__(self, degrees, interpolation="nearest", expand: bool = False, center=None, fill=0):
         if isinstance(degrees, numbers.Number):
@@ -1091,7 +1167,8 @@ class Plan:
     def run_one(self, img):
         """The whole transform on one image (PIL, HWC uint8 array or CHW uint8 tensor)."""
         if not self.ops:
-            x = img
+            # No fused work, but the prefix may still have changed the image's kind (ToImage).
+            x = img if self.state == "pil" or isinstance(img, torch.Tensor) else PILToTensor()(img)
             for s in self.rest:
                 x = s(x)
             return x
@@ -1114,42 +1191,87 @@ def ops_of(transform, dtype: str) -> list:
     return plan.ops
 
 
-_DETERMINISTIC = (ToTensor, Normalize, Resize, CenterCrop, Pad, ToImage, PILToTensor, ToDtype)
+# The steps a checkpoint can rebuild: each one's ``_config()`` gives its constructor keywords. This one
+# list serves ``to_config`` and ``from_config``; ``Transform._random`` says what evaluation leaves out.
+_SAVED: dict[str, type[Transform]] = {
+    c.__name__: c
+    for c in (ToTensor, PILToTensor, ToImage, ToDtype, ConvertImageDtype, Normalize, Resize, CenterCrop, Pad)
+}
+# torchvision's random transforms that have no fastcifar twin (they stay torchvision objects), besides
+# those named Random*.
+_TORCHVISION_RANDOM = frozenset(
+    {
+        "ColorJitter",
+        "AutoAugment",
+        "RandAugment",
+        "TrivialAugmentWide",
+        "AugMix",
+        "GaussianBlur",
+        "GaussianNoise",
+        "ElasticTransform",
+        "ScaleJitter",
+        "JPEG",
+        "MixUp",
+        "CutMix",
+    }
+)
+# A step that a checkpoint could not keep (a function of the user's, a torchvision object without a twin).
+_UNSAVED = "unsaved"
+
+
+def _is_random(step) -> bool:
+    if isinstance(step, Transform):
+        return step._random
+    name = type(step).__name__
+    return name.startswith("Random") or name in _TORCHVISION_RANDOM
 
 
 def deterministic_part(transform) -> Transform:
-    """The steps of ``transform`` that evaluation should repeat (ToTensor, Normalize, Resize,
-    CenterCrop, Pad), dropping random augmentation; ToTensor alone if there is none."""
-    steps = [t for t in _flatten(transform) if isinstance(t, _DETERMINISTIC)]
+    """What evaluation repeats of ``transform``: every step except the random ones (augmentation),
+    in order; ToTensor alone if nothing is left. Steps that run in Python (a torchvision object
+    without a fused twin, a Lambda) are kept, so ``predict`` gives what ``evaluate`` gives."""
+    steps = [t for t in _flatten(transform) if not _is_random(t)]
     return Compose(steps) if steps else ToTensor()
 
 
 def to_config(transform) -> list:
-    """A JSON-able description of a deterministic transform (for checkpoints)."""
+    """A JSON-able description of a deterministic transform (for checkpoints). A step that cannot
+    be described is recorded by its repr, and ``from_config`` rebuilds it as a step that refuses
+    to run, naming it (never silently left out)."""
     out: list[dict[str, Any]] = []
     for t in _flatten(transform):
-        if isinstance(t, ToTensor):
-            out.append({"type": "ToTensor"})
-        elif isinstance(t, Normalize):
-            out.append({"type": "Normalize", "mean": list(t.mean), "std": list(t.std)})
-        elif isinstance(t, Resize):
-            out.append({"type": "Resize", "size": t.size})
-        elif isinstance(t, CenterCrop):
-            out.append({"type": "CenterCrop", "size": list(t.size)})
-        elif isinstance(t, Pad):
-            out.append({"type": "Pad", "padding": t._pad, "fill": t.fill, "padding_mode": t.padding_mode})
+        cfg = t._config() if _SAVED.get(type(t).__name__) is type(t) else None
+        out.append({"type": type(t).__name__, **cfg} if cfg is not None else {"type": _UNSAVED, "repr": repr(t)})
     return out
 
 
+class _Unsaved(Transform):
+    """Stands, in a loaded trainer's eval transform, for a step its checkpoint could not keep."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def _python(self, img):
+        raise ValueError(
+            f"the checkpoint's eval transform has a step that a checkpoint cannot keep ({self.what}); "
+            "pass it again: predict(images, transform=...), or set trainer.eval_transform"
+        )
+
+    _float = _python
+
+
 def from_config(cfg: list) -> Transform:
-    kinds = {
-        "ToTensor": lambda c: ToTensor(),
-        "Normalize": lambda c: Normalize(c["mean"], c["std"]),
-        "Resize": lambda c: Resize(c["size"]),
-        "CenterCrop": lambda c: CenterCrop(c["size"]),
-        "Pad": lambda c: Pad(c["padding"], c["fill"], c["padding_mode"]),
-    }
-    return Compose([kinds[c["type"]](c) for c in cfg])
+    steps: list[Transform] = []
+    for c in cfg:
+        c = dict(c)
+        kind = c.pop("type")
+        if kind == _UNSAVED:
+            steps.append(_Unsaved(c.get("repr", "?")))
+        elif kind in _SAVED:
+            steps.append(_SAVED[kind]._from_config(c))
+        else:
+            raise ValueError(f"eval_transform: unknown step {kind!r} in the checkpoint")
+    return Compose(steps)
 
 
 def _native_op(ctor: str, kwargs: dict):
