@@ -1,9 +1,11 @@
-"""Time to accuracy on a CPU: the airbench94 recipe (fastcifar.recipes) with amp, from data on disk,
-against a plain PyTorch loop of the same recipe written here (the same network, batches, optimizer
-groups, schedule, label smoothing, lookahead and whitening-bias freeze), in float32 and in bf16
-autocast, timed over the same epochs.
+"""Time to accuracy on a CPU: an airbench recipe (fastcifar.recipes: ``--recipe airbench94``, the
+default, or ``airbench94_muon``) with amp, from data on disk, against a plain PyTorch loop of the
+same recipe written here (the same network, batches, optimizer groups, schedule, label smoothing,
+lookahead for airbench94 and whitening-bias freeze; airbench94_muon's loop steps the same
+``recipes.MuonSGD``, which is a torch optimizer), in float32 and in bf16 autocast, timed over the
+same epochs.
 
-    python benches/bench_recipe_cpu.py --data DATA_DIR [--plain-epochs 1] [--epochs 9.9]
+    python benches/bench_recipe_cpu.py --data DATA_DIR [--recipe airbench94] [--plain-epochs 1] [--epochs 9.9]
 
 fastcifar's row: wall time from data on disk (loading CIFAR-10, whitening, the fit) to the end of
 the first epoch whose test accuracy (no TTA) reaches 90%, 93% and 94%, and the final accuracy with
@@ -30,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import table  # noqa: E402
 
 
-def ours(root, epochs, seed, subset=None, batch_size=None):
+def ours(name, root, epochs, seed, subset=None, batch_size=None):
     t0 = time.perf_counter()
     kw = {}
     if subset:  # a smoke test: part of the data, small batches
@@ -38,7 +40,9 @@ def ours(root, epochs, seed, subset=None, batch_size=None):
         kw["test"] = fastcifar.CIFAR10(root, train=False).subset(range(subset))
     if batch_size:
         kw["batch_size"] = batch_size
-    r = recipes.airbench94(root, device="cpu", seed=seed, epochs=epochs, amp=True, **kw)
+    if epochs:
+        kw["epochs"] = epochs
+    r = recipes.RECIPES[name](root, device="cpu", seed=seed, amp=True, **kw)
     initial = {k: v.clone() for k, v in r.model.state_dict().items()}  # where the plain loops start
     setup = time.perf_counter() - t0
     paused, curve = [0.0], []
@@ -61,9 +65,66 @@ def ours(root, epochs, seed, subset=None, batch_size=None):
     return r, initial, res
 
 
+def plain_epochs_muon(r, initial, n_epochs, bf16):
+    """airbench94_muon as a plain PyTorch loop over the recipe's own batches, from its initial state:
+    MuonSGD on a summed loss (airbench's units), each group's linear decay, the whitening-bias freeze."""
+    s = r.settings
+    model = recipes.Airbench94Muon(widths=s["widths"])
+    model.load_state_dict(initial)
+    bs, total, ws = s["batch_size"], s["total_steps"], s["whiten_steps"]
+    wd = s["weight_decay"] * bs
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    opt = recipes.MuonSGD(
+        [
+            {"params": [model.whiten.bias], "lr": s["bias_lr"], "weight_decay": wd / s["bias_lr"]},
+            {"params": [p for n, p in named if "norm" in n], "lr": s["bias_lr"], "weight_decay": wd / s["bias_lr"]},
+            {"params": [model[7].weight], "lr": s["head_lr"], "weight_decay": wd / s["head_lr"]},
+            {
+                "params": [p for _, p in named if p.dim() == 4],
+                "muon": True,
+                "lr": s["filter_lr"],
+                "momentum": s["filter_momentum"],
+                "ns_steps": s["ns_steps"],
+            },
+        ],
+        momentum=s["momentum"],
+        nesterov=True,
+    )
+    lin = lambda k: max(0.0, 1 - k / total)  # noqa: E731
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, [lambda k: max(0.0, 1 - k / ws) if ws else 0.0, lin, lin, lin])
+    return timed_loop(r, model, opt, sched, n_epochs, bf16)
+
+
+def timed_loop(r, model, opt, sched, n_epochs, bf16, after_step=None):
+    """The plain loop over the recipe's batches (summed loss, the whitening bias trained for its
+    epochs); ``after_step(step)`` after each step. The seconds of each epoch's loop."""
+    s = r.settings
+    seconds, step = [], 0
+    for e in range(n_epochs):
+        model.whiten.bias.requires_grad_(e < s["whiten_bias_epochs"])
+        model.train()
+        batches = list(r.train_loader._native.epoch(e))  # outside the clock: only the loop is timed
+        t = time.perf_counter()
+        for x, y in batches:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = model(x)
+            loss = F.cross_entropy(out.float(), y, label_smoothing=s["label_smoothing"], reduction="none").sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            if after_step is not None:
+                after_step(step)
+        seconds.append(time.perf_counter() - t)
+    return seconds
+
+
 def plain_epochs(r, initial, n_epochs, bf16):
     """The recipe as a plain PyTorch loop over the recipe's own batches, from its initial state."""
     s = r.settings
+    if "filter_lr" in s:
+        return plain_epochs_muon(r, initial, n_epochs, bf16)
     model = recipes.Airbench94(widths=s["widths"])
     model.load_state_dict(initial)
     bs, total = s["batch_size"], s["total_steps"]
@@ -89,38 +150,28 @@ def plain_epochs(r, initial, n_epochs, bf16):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     la = recipes.AIRBENCH94["lookahead"]
     state = [t for t in model.state_dict().values() if t.is_floating_point()]
-    ema, step, seconds = None, 0, []
-    for e in range(n_epochs):
-        model[0].bias.requires_grad_(e < s["whiten_bias_epochs"])
-        model.train()
-        batches = list(r.train_loader._native.epoch(e))  # outside the clock: only the loop is timed
-        t = time.perf_counter()
-        for x, y in batches:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                out = model(x)
-            loss = F.cross_entropy(out.float(), y, label_smoothing=s["label_smoothing"], reduction="none").sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            if step % la["every"] == 0:
-                rho = la["decay"] ** la["every"] * (step / total) ** la["power"]
-                with torch.no_grad():
-                    if ema is None:
-                        ema = [t.clone() for t in state]
-                    else:
-                        for a, w in zip(ema, state):
-                            a.lerp_(w, 1 - rho)
-                            w.copy_(a)
-        seconds.append(time.perf_counter() - t)
-    return seconds
+    ema: list = []
+
+    def lookahead(step):
+        if step % la["every"]:
+            return
+        rho = la["decay"] ** la["every"] * (step / total) ** la["power"]
+        with torch.no_grad():
+            if not ema:
+                ema.extend(t.clone() for t in state)
+                return
+            for a, w in zip(ema, state):
+                a.lerp_(w, 1 - rho)
+                w.copy_(a)
+
+    return timed_loop(r, model, opt, sched, n_epochs, bf16, after_step=lookahead)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=os.environ.get("FASTCIFAR_DATA", "data"))
-    ap.add_argument("--epochs", type=float, default=recipes.AIRBENCH94["epochs"])
+    ap.add_argument("--recipe", choices=tuple(recipes.RECIPES), default="airbench94")
+    ap.add_argument("--epochs", type=float, help="the recipe's own by default (9.9 for airbench94, 8 for the Muon one)")
     ap.add_argument(
         "--plain-epochs",
         type=int,
@@ -134,7 +185,7 @@ def main():
     a = ap.parse_args()
     print(f"torch threads: {torch.get_num_threads()}, CPU bf16: {fastcifar._native.cpu_native_bf16()}", flush=True)
 
-    r, initial, res = ours(os.path.abspath(a.data), a.epochs, a.seed, a.subset, a.batch_size)
+    r, initial, res = ours(a.recipe, os.path.abspath(a.data), a.epochs, a.seed, a.subset, a.batch_size)
     ends = [res["setup_s"]] + [t for _, t, _ in res["curve"]]
     k = a.plain_epochs - 1  # the epoch compared: the first ones pay oneDNN's kernel creation
     ours_epoch = [b - e for e, b in zip(ends, ends[1:])][k]
@@ -151,7 +202,7 @@ def main():
         ["training time (setup, whitening and data loading excluded)", f"{res['train_s'] / 60:.1f} min"],
         ["precision", res["precision"]],
     ]
-    print(table(["fastcifar airbench94 recipe, amp=True", ""], rows))
+    print(table([f"fastcifar {a.recipe} recipe, amp=True", ""], rows))
     m, f32, b16 = ours_epoch, res["plain_float32_s"][k], res["plain_bf16_s"][k]
     print()
     print(

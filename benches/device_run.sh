@@ -9,13 +9,13 @@
 #
 #     bash benches/device_run.sh checks   # CUDA smoke checks, amp, world-size-1 NCCL overhead (~4 min)
 #     bash benches/device_run.sh recipe   # the seed's recipe: fastcifar vs seed script vs expert loop
-#     bash benches/device_run.sh recipe94 # airbench94: fastcifar.recipes vs the airbench package,
+#     bash benches/device_run.sh recipe94 # airbench94 and airbench94_muon (fastcifar.recipes) vs the airbench package,
 #                                         # SEEDS runs each (default 5), then the seed recipe for
 #                                         # EPOCHS epochs (default 3) against SEED_EPOCHS (default 3)
 #
 # EPOCHS (default 50) and SEED_EPOCHS (default 3: the seed script is slow, its time per epoch is
 # what is compared) size the recipe run to the device time available. recipe94 fits in 10 minutes
-# of device time: each of its two airbench94 contenders stops after BUDGET94 seconds (default 150)
+# of device time: each of its three airbench94 contenders stops after BUDGET94 seconds (default 120)
 # and the seed recipe after SEED_BUDGET (default 120), keeping what ran by then. The airbench
 # reference is the `airbench` package from the package index, never vendored: `make device-bundle`
 # puts its wheel in .device/ (the GPU machine has no internet); without it that row says it was
@@ -112,7 +112,7 @@ elif [ "$PHASE" = recipe94 ]; then
         echo "no .device/airbench-*.whl: the airbench reference row will be skipped" | tee "$OUT/recipe94.txt"
     fi
     # shellcheck disable=SC2086
-    python3 benches/gpu_recipe94.py --data "$DATA" --seeds "${SEEDS:-5}" --budget "${BUDGET94:-150}" \
+    python3 benches/gpu_recipe94.py --data "$DATA" --seeds "${SEEDS:-5}" --budget "${BUDGET94:-120}" \
         --json "$OUT/recipe94.json" ${RECIPE94_ARGS:-} 2>&1 | tee -a "$OUT/recipe94.txt"
     # shellcheck disable=SC2086
     timeout "${SEED_BUDGET:-120}" python3 benches/gpu_seed_recipe.py --data "$DATA" --epochs "${EPOCHS:-3}" \

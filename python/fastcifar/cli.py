@@ -5,6 +5,7 @@
     fastcifar train --dataset fashionmnist --model mypkg.nets:Net --out runs/f   # any data set, any model
     fastcifar train --resume runs/NAME/best.ckpt.pth --epochs 60     # continue a run
     fastcifar train --recipe airbench94 --out runs/a94     # a whole recipe (fastcifar.recipes)
+    fastcifar train --recipe airbench94_muon --out runs/m  # its Muon successor: 8 epochs at batch 2000
     fastcifar evaluate runs/NAME/best.pth --data DIR      # any file train wrote
     fastcifar predict runs/NAME/best.pth cat.png dog.jpg
     fastcifar info --data DIR
@@ -264,10 +265,16 @@ def cmd_train_recipe(a) -> int:
     history.to_csv(os.path.join(a.out, "history.csv"))
     with open(os.path.join(a.out, "report.json"), "w") as f:
         json.dump(dict(report.to_dict(), tta=r.tta, seconds=seconds, recipe=a.recipe), f, indent=2)
+    # A checkpoint rebuilds the engine's optimizers and schedules; the recipe's own (MuonSGD and its
+    # LambdaLR) come back by building the recipe again and loading the checkpoint into its trainer.
+    if r.trainer._bridge.on_engine:
+        reload = f"fastcifar.Trainer.load(path, model=fastcifar.recipes.{recipes.NETWORKS[a.recipe].__name__}())"
+    else:
+        reload = f"fastcifar.recipes.{a.recipe}(...).trainer.load_checkpoint(path)"
     print(
         f"\n{report}\n\n{a.recipe}: test accuracy {100 * report.accuracy:.2f}% (TTA level {r.tta}) in {seconds:.1f}s "
         f"from data on disk. Wrote checkpoint.pth, model_weights.pth, history.json, history.csv, report.json to "
-        f"{a.out}/ (reload: fastcifar.Trainer.load(path, model=fastcifar.recipes.Airbench94()))"
+        f"{a.out}/ (reload: {reload})"
     )
     return 0
 
@@ -545,6 +552,9 @@ _DATASET_HELP = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # The package (and so torch and the recipes) is imported already when this module is.
+    from fastcifar.recipes import RECIPES
+
     p = _Parser(prog="fastcifar", description="Fast CIFAR-10 training for PyTorch, with the hot loops in Rust.")
     p.add_argument("--version", action="version", version=f"fastcifar {_version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -564,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--recipe",
-        choices=("airbench94",),
+        choices=tuple(RECIPES),
         help="a whole training recipe (fastcifar.recipes): network, optimizer, schedule, augmentation and TTA; "
         "--model, --width, --lr, --weight-decay, --optimizer, --scheduler and --sync-bn do not apply",
     )
