@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from test_own_module import ImageClassifier, losses_of, plain_loop
 
 import fastcifar
-from fastcifar import _graph, models
+from fastcifar import models
+from fastcifar.engine import capture as _graph
 from fastcifar import transforms as T
 
 needs_bf16 = pytest.mark.skipif(
@@ -64,7 +65,7 @@ def test_bf16_forward_and_backward_equal_torch_cpu_autocast(net):
     torch.manual_seed(0)
     ours, theirs = net(), net()
     theirs.load_state_dict(ours.state_dict())
-    native = _graph.compile(ours)
+    native = _graph.compile_module(ours)
     assert native.is_graph == (net is ImageClassifier)
     native.precision = "bf16"
     x = torch.randn(8, 3, 32, 32)

@@ -117,7 +117,7 @@ def test_other_callables_run_per_image_in_python_with_one_warning():
         ]
     )
     ds = random_ds(20, transform=t)
-    T._warned.clear()
+    __import__("fastcifar._warn")._warn.forget()
     with pytest.warns(UserWarning, match="ColorJitter"):
         loader = fastcifar.DataLoader(ds, batch_size=8)
     with warnings.catch_warnings():
@@ -392,7 +392,7 @@ def test_worker_arguments_and_pin_memory_say_what_they_do():
     x, _ = next(iter(fastcifar.DataLoader(ds, batch_size=None)))
     assert x.shape == (3, 32, 32)
     if not torch.cuda.is_available():
-        fastcifar.loader._warned.discard("pin")
+        fastcifar.data.loader._warned.discard("pin")
         with pytest.warns(UserWarning, match="nothing was pinned"):
             dl = fastcifar.DataLoader(ds, batch_size=4, pin_memory=True)
         assert not next(iter(dl))[0].is_pinned()

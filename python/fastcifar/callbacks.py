@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ._io import atomic_write
+from ._files import atomic_write
 
 __all__ = ["Callback", "EarlyStopping", "ModelCheckpoint"]
 

@@ -32,7 +32,7 @@ _FLAGS = ("cycle_momentum", "mode_min", "threshold_abs")
 
 
 def _is_optimizer(o) -> bool:
-    from . import Optimizer
+    from .optimizers import Optimizer
 
     return isinstance(o, (Optimizer, torch.optim.Optimizer))
 

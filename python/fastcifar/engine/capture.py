@@ -1,6 +1,6 @@
 """Any ``torch.nn.Module`` on the Rust engine: capture with ``torch.fx``, run in Rust.
 
-``compile(module)`` traces the module twice, in train and in eval mode (fx records
+``compile_module(module)`` traces the module twice, in train and in eval mode (fx records
 ``self.training`` and each layer's mode as constants), and writes each graph as a straight-line
 program of canonical ops: one node per libtorch call, with positional arguments. The Rust engine
 (``src/nn/graph.rs``) runs those programs over the module's own parameter and buffer tensors,
@@ -38,9 +38,9 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import _native as _rs
+from .. import _native as _rs
 
-__all__ = ["compile", "Unsupported"]
+__all__ = ["compile_module", "Unsupported"]
 
 
 class Unsupported(Exception):
@@ -61,7 +61,7 @@ def module_tensors(module: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
     return names, tensors
 
 
-def compile(module: nn.Module, eager_because: str | None = None) -> _rs.NativeModel:
+def compile_module(module: nn.Module, eager_because: str | None = None) -> _rs.NativeModel:
     """The native model for ``module``: its graphs, or its own forward when they cannot be had
     (or when ``eager_because`` says why not to use them)."""
     names, tensors = module_tensors(module)

@@ -16,8 +16,10 @@ import torch
 from torch.utils.data import ConcatDataset, Subset
 from torch.utils.data._utils.collate import default_collate
 
-from . import _native as _rs
-from . import transforms as T
+from .. import _native as _rs
+from .. import transforms as T
+from ..transforms.base import _is_pil as is_pil
+from ..transforms.plan import warn_python
 from .datasets import Dataset, positions
 
 __all__ = ["DataLoader"]
@@ -326,7 +328,7 @@ class DataLoader:
         # "float32" goes as its repr, so that it is refused as torch's dtype argument would be).
         kind = str(dtype) if isinstance(dtype, torch.dtype) else repr(dtype)
         if self._plan is not None and self._plan.rest:
-            T._warn_python(self._plan.rest[0], self._plan.why)
+            warn_python(self._plan.rest[0], self._plan.why)
             if dtype in (torch.float32, torch.uint8):  # the fused part gives what the Python steps take
                 kind = "float32" if self._plan.float_out else "uint8"
             ops = self._plan.ops
@@ -557,11 +559,7 @@ class DataLoader:
                 yield self.collate_fn(list(zip(imgs, labels if labels is not None else y.tolist())))
                 continue
             # torch's default_collate takes no PIL images; a transform without ToTensor gives tensors here.
-            xb = (
-                x
-                if images is None
-                else default_collate([T.PILToTensor()(im) if T._is_pil(im) else im for im in images])
-            )
+            xb = x if images is None else default_collate([T.PILToTensor()(im) if is_pil(im) else im for im in images])
             if (
                 isinstance(xb, torch.Tensor)
                 and images is not None

@@ -18,10 +18,11 @@ import warnings
 import numpy as np
 import torch
 
-from . import _graph
-from . import _native as _rs
-from . import optim as _optim
-from .loader import DataLoader
+from .. import _native as _rs
+from .. import optim as _optim
+from ..optim.optimizers import _engine_config
+from ..data.loader import DataLoader
+from . import capture
 
 __all__ = ["LRFinder"]
 
@@ -71,7 +72,7 @@ class LRFinder:
     def plot(self, suggest: bool = True, show: bool = False, ax=None):
         """The smoothed loss (and, faint, each step's) against the rate, log-scaled for the
         exponential sweep; ``suggest`` marks ``suggestion()``. Returns the matplotlib Figure."""
-        from . import plot as _plot
+        from .. import plot as _plot
 
         plt = _plot._plt()
         fig, ax = plt.subplots(figsize=(6, 4)) if ax is None else (ax.figure, ax)
@@ -168,7 +169,7 @@ def run(trainer, loader, start_lr, end_lr, num_training, mode, early_stop_thresh
     if bridge.on_engine:
         opt = tr.optimizer
         shared = opt._shared() if isinstance(opt, _optim.Optimizer) else opt.param_groups[0]
-        cfg = _optim._engine_config(bridge.name, {**shared, "lr": end_lr})
+        cfg = _engine_config(bridge.name, {**shared, "lr": end_lr})
         outside = None
     else:
         cfg = _rs.OptimizerConfig("SGD", lr=end_lr)  # a container for the rate (the optimizer steps itself)
@@ -194,7 +195,7 @@ def run(trainer, loader, start_lr, end_lr, num_training, mode, early_stop_thresh
         engine.set_param_groups(*groups)
     engine.set_max_steps(num_training)
 
-    _, tensors = _graph.module_tensors(model)
+    _, tensors = capture.module_tensors(model)
     saved = [t.detach().clone() for t in tensors]
     params = list(model.parameters())
     grads = [p.grad for p in params]
