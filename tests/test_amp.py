@@ -11,8 +11,8 @@ from test_own_module import ImageClassifier, losses_of, plain_loop
 
 import fastcifar
 from fastcifar import models
-from fastcifar.engine import capture as _graph
 from fastcifar import transforms as T
+from fastcifar.engine import capture as _graph
 
 needs_bf16 = pytest.mark.skipif(
     fastcifar._native.cpu_native_bf16() is None, reason="this CPU has no native bf16 (amp=True trains in float32)"

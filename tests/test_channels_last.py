@@ -12,8 +12,8 @@ from test_amp import Clamped, loader
 from test_own_module import ImageClassifier, losses_of
 
 import fastcifar
-from fastcifar.engine import capture as _graph
 from fastcifar import transforms as T
+from fastcifar.engine import capture as _graph
 
 AUG = T.Compose(
     [T.RandomHorizontalFlip(), T.RandomCrop(32, padding=4), T.ToTensor(), T.Normalize((0.5,) * 3, (0.25,) * 3)]

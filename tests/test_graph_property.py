@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastcifar
-from fastcifar.engine import capture as _graph
 from fastcifar import transforms as T
+from fastcifar.engine import capture as _graph
 
 ACTS = {
     "relu": lambda: nn.ReLU(),

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 import fastcifar
 from fastcifar import models
-from fastcifar.engine import capture as _graph
 from fastcifar import transforms as T
+from fastcifar.engine import capture as _graph
 from fastcifar.optim import SGD, Adam, lr_scheduler
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)

@@ -20,8 +20,8 @@ import torch
 
 from .. import _native as _rs
 from .. import optim as _optim
-from ..optim.optimizers import _engine_config
 from ..data.loader import DataLoader
+from ..optim.optimizers import _engine_config
 from . import capture
 
 __all__ = ["LRFinder"]
