@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fastcifar
-from fastcifar import models
+from fastcifar import _warn, models
 from fastcifar import transforms as T
 from fastcifar.engine import capture as _graph
 from fastcifar.optim import SGD, Adam, lr_scheduler
@@ -328,7 +328,7 @@ def test_a_network_outside_the_graph_trains_in_eager_with_one_warning_naming_the
     torch.manual_seed(0)
     ours, theirs = cls(), cls()
     theirs.load_state_dict(ours.state_dict())
-    __import__("fastcifar._warn")._warn.forget()
+    _warn.forget()
     with pytest.warns(UserWarning, match=f"eager PyTorch because .*{cause}"):
         tr = fastcifar.Trainer(ours, optimizer=Adam(lr=1e-2), device="cpu", log_every=1)
     assert not tr._compiled.is_graph

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import operator
 import types
-import warnings
 from typing import Any, Callable
 
 import torch
@@ -39,15 +38,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import _native as _rs
+from .._warn import warn_once
 
 __all__ = ["compile_module", "Unsupported"]
 
 
 class Unsupported(Exception):
     """What sends a module to the eager fallback (the message names the op or the trace error)."""
-
-
-_warned: set = set()
 
 
 def module_tensors(module: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
@@ -73,14 +70,12 @@ def compile_module(module: nn.Module, eager_because: str | None = None) -> _rs.N
         plans = {mode: _Capture(module, mode, tensors).plan() for mode in (True, False)}
         return _rs.NativeModel.graph(name, names, tensors, train=plans[True], eval=plans[False])
     except Unsupported as e:
-        key = (name, str(e))
-        if key not in _warned:
-            _warned.add(key)
-            warnings.warn(
-                f"fastcifar: {name} runs its forward in eager PyTorch because {e}; the data, loss, backward "
-                f"and optimizer still run in Rust (see the README, 'Your own network')",
-                stacklevel=3,
-            )
+        warn_once(
+            ("capture", name, str(e)),
+            f"fastcifar: {name} runs its forward in eager PyTorch because {e}; the data, loss, backward "
+            f"and optimizer still run in Rust (see the README, 'Your own network')",
+            stacklevel=3,
+        )
         return _rs.NativeModel.eager(name, names, tensors, forward=_eager_forward(module))
 
 

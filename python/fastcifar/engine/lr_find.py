@@ -20,6 +20,7 @@ import torch
 
 from .. import _native as _rs
 from .. import optim as _optim
+from .._args import whole
 from ..data.loader import DataLoader
 from ..optim.optimizers import _engine_config
 from . import capture
@@ -57,8 +58,7 @@ class LRFinder:
         and last ``skip_end`` steps (Lightning's defaults); None, with a warning, when fewer
         than two steps remain (raise ``num_training`` or give more batches)."""
         for name, v in (("skip_begin", skip_begin), ("skip_end", skip_end)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"suggestion({name}={v!r}): expected an int >= 0")
+            whole(name, v, 0, owner="suggestion")
         i = self._index(skip_begin, skip_end)
         if i is None:
             warnings.warn(
@@ -124,8 +124,7 @@ def check(start_lr, end_lr, num_training, mode, early_stop_threshold, beta) -> t
     start_lr, end_lr = _positive("start_lr", start_lr), _positive("end_lr", end_lr)
     if end_lr <= start_lr:
         raise ValueError(f"lr_find(start_lr={start_lr:g}, end_lr={end_lr:g}): end_lr must be above start_lr")
-    if isinstance(num_training, bool) or not isinstance(num_training, int) or num_training < 2:
-        raise ValueError(f"lr_find(num_training={num_training!r}): expected an int >= 2 (optimizer steps)")
+    whole("num_training", num_training, 2, owner="lr_find", unit="optimizer steps")
     if mode not in ("exponential", "linear"):
         raise ValueError(f"lr_find(mode={mode!r}): expected 'exponential' or 'linear'")
     if early_stop_threshold is not None:

@@ -25,6 +25,7 @@ from .. import distributed as _dist
 from .. import optim as _optim
 from .. import transforms as T
 from .._files import atomic_write, check_writable
+from .._warn import warn_once
 from ..data.loader import DataLoader
 from ..models import Module
 from . import capture
@@ -817,9 +818,6 @@ class ScheduleHorizonError(ValueError):
     training, with the fix)."""
 
 
-_slow_warned: set = set()
-
-
 def _check_loader(name: str, loader) -> None:
     if not isinstance(loader, (DataLoader, torch.utils.data.DataLoader)):
         raise TypeError(
@@ -838,11 +836,11 @@ def _native_loader(loader):
             if isinstance(e, TypeError)
             else f"{type(loader).__module__}.{type(loader).__name__} is torch's loader"
         )
-        if why not in _slow_warned:
-            _slow_warned.add(why)
-            warnings.warn(
-                f"fastcifar: the trainer pulls this loader's batches through Python (slower): {why}", stacklevel=4
-            )
+        warn_once(
+            ("slow loader", why),
+            f"fastcifar: the trainer pulls this loader's batches through Python (slower): {why}",
+            stacklevel=4,
+        )
         return None
 
 
