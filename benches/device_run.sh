@@ -86,7 +86,7 @@ for name, t in (("seed", tf), ("airbench", tfa)):
 # benchmark mode on during fit and the user's setting back after.
 torch.manual_seed(0)
 m = fastcifar.models.small_cnn(10, width=16)
-from fastcifar.reference import SmallCNN
+from fastcifar.models import SmallCNN
 ref = SmallCNN(10, width=16).cuda()
 ref.load_state_dict(m.state_dict())
 torch.backends.cudnn.benchmark = False

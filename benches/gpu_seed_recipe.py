@@ -60,7 +60,7 @@ SEED = (
     HEAD
     + """
 import torch.nn as nn, torchvision.transforms as transforms, torchvision.datasets.cifar as c
-from fastcifar.reference import ImageClassifier
+from fastcifar.models import ImageClassifier
 c.check_integrity = lambda *a, **k: True  # the shared files are re-packed: md5s differ
 device = torch.device(DEVICE)
 transform_train = transforms.Compose([transforms.RandomHorizontalFlip(), transforms.RandomCrop(32, padding=4),
@@ -108,7 +108,7 @@ EXPERT = (
     HEAD
     + """
 import torch.nn.functional as F, fastcifar
-from fastcifar.reference import ImageClassifier
+from fastcifar.models import ImageClassifier
 device = torch.device(DEVICE)
 def on_device(train):
     ds = fastcifar.CIFAR10(ROOT, train=train)

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from test_own_module import ImageClassifier, losses_of, plain_loop
 
 import fastcifar
-from fastcifar import _graph, models
+from fastcifar import models
 from fastcifar import transforms as T
+from fastcifar.engine import capture as _graph
 
 needs_bf16 = pytest.mark.skipif(
     fastcifar._native.cpu_native_bf16() is None, reason="this CPU has no native bf16 (amp=True trains in float32)"
@@ -64,7 +65,7 @@ def test_bf16_forward_and_backward_equal_torch_cpu_autocast(net):
     torch.manual_seed(0)
     ours, theirs = net(), net()
     theirs.load_state_dict(ours.state_dict())
-    native = _graph.compile(ours)
+    native = _graph.compile_module(ours)
     assert native.is_graph == (net is ImageClassifier)
     native.precision = "bf16"
     x = torch.randn(8, 3, 32, 32)

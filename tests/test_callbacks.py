@@ -289,7 +289,7 @@ def test_lr_find_stops_when_the_loss_diverges_and_leaves_torch_state_alone():
 
 
 def test_lr_find_suggestion_is_the_steepest_descent_and_plot_returns_a_figure():
-    from fastcifar._lr_find import LRFinder
+    from fastcifar.engine.lr_find import LRFinder
 
     lrs = [10 ** (-5 + i / 4) for i in range(24)]
     curve = [2.0 - math.tanh((i - 15) / 2) for i in range(24)]  # falls fastest at index 15

@@ -12,8 +12,8 @@ from test_amp import Clamped, loader
 from test_own_module import ImageClassifier, losses_of
 
 import fastcifar
-from fastcifar import _graph
 from fastcifar import transforms as T
+from fastcifar.engine import capture as _graph
 
 AUG = T.Compose(
     [T.RandomHorizontalFlip(), T.RandomCrop(32, padding=4), T.ToTensor(), T.Normalize((0.5,) * 3, (0.25,) * 3)]
@@ -34,7 +34,7 @@ def test_the_seeds_view_after_a_convolution_works_and_matches_nchw_within_roundi
     torch.manual_seed(0)
     a, b = ImageClassifier(), ImageClassifier()
     b.load_state_dict(a.state_dict())
-    na, nb = _graph.compile(a), _graph.compile(b)
+    na, nb = _graph.compile_module(a), _graph.compile_module(b)
     nb.channels_last = True
     x = torch.randn(8, 3, 32, 32)
     ya, yb = na.forward(x, train=False), nb.forward(x, train=False)

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import fastcifar
+from fastcifar import _warn
 from fastcifar import transforms as T
 
 tv = pytest.importorskip("torchvision")
@@ -117,7 +118,7 @@ def test_other_callables_run_per_image_in_python_with_one_warning():
         ]
     )
     ds = random_ds(20, transform=t)
-    T._warned.clear()
+    _warn.forget()
     with pytest.warns(UserWarning, match="ColorJitter"):
         loader = fastcifar.DataLoader(ds, batch_size=8)
     with warnings.catch_warnings():
@@ -128,9 +129,8 @@ def test_other_callables_run_per_image_in_python_with_one_warning():
     img, label = ds[0]
     assert img.shape == (3, 32, 32) and label == ds.targets[0]
     # The Trainer takes this loader too: its batches come through Python, with a warning saying why.
-    import fastcifar.trainer as trainer_module
 
-    trainer_module._slow_warned.clear()
+    _warn.forget()
     tr = fastcifar.Trainer(fastcifar.models.small_cnn(width=4), device="cpu")
     with pytest.warns(UserWarning, match="through Python.*ColorJitter.*runs in Python"):
         h = tr.fit(loader, epochs=1, progress=False)
@@ -392,7 +392,7 @@ def test_worker_arguments_and_pin_memory_say_what_they_do():
     x, _ = next(iter(fastcifar.DataLoader(ds, batch_size=None)))
     assert x.shape == (3, 32, 32)
     if not torch.cuda.is_available():
-        fastcifar.loader._warned.discard("pin")
+        _warn.forget(("loader", "pin"))
         with pytest.warns(UserWarning, match="nothing was pinned"):
             dl = fastcifar.DataLoader(ds, batch_size=4, pin_memory=True)
         assert not next(iter(dl))[0].is_pinned()

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastcifar
-from fastcifar import _graph
 from fastcifar import transforms as T
+from fastcifar.engine import capture as _graph
 
 ACTS = {
     "relu": lambda: nn.ReLU(),
@@ -102,7 +102,7 @@ def twins(spec, seed):
 @given(spec=networks(), seed=st.integers(0, 2**16), train=st.booleans())
 def test_graph_forward_and_backward_equal_eager(spec, seed, train):
     eager, ours = twins(spec, seed)
-    native = _graph.compile(ours)
+    native = _graph.compile_module(ours)
     assert native.is_graph, "every operator drawn here is covered"
     x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
     eager.train(train)

@@ -249,6 +249,11 @@ def test_invalid_transform_parameters_name_themselves(make, match):
         (dict(batch_size=2.5), ValueError, "^batch_size"),
         (dict(prefetch=0), ValueError, "^prefetch"),
         (dict(num_threads=0), ValueError, "^num_threads"),
+        # Python checks the type, the core the range (each rule in one place), both by name.
+        (dict(batch_size=-4), ValueError, r"^batch_size: -4 must not be negative"),
+        (dict(prefetch=-1), ValueError, r"^prefetch: -1 must not be negative"),
+        (dict(rank=-1, world_size=2), ValueError, r"^rank: -1 must not be negative"),
+        (dict(num_threads=True), ValueError, r"^num_threads=True: expected an int$"),
         (dict(dtype=torch.float64), ValueError, "^dtype"),
         (dict(device="tpu"), RuntimeError, "tpu"),
         (dict(sampler=[0, 1], shuffle=True), ValueError, "sampler option is mutually exclusive with shuffle"),

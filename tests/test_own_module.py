@@ -10,8 +10,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fastcifar
-from fastcifar import _graph, models
+from fastcifar import _warn, models
 from fastcifar import transforms as T
+from fastcifar.engine import capture as _graph
 from fastcifar.optim import SGD, Adam, lr_scheduler
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -207,7 +208,7 @@ def test_every_listed_operator_matches_eager_pytorch_forward_and_backward():
     m = Everything()
     twin = Everything()
     twin.load_state_dict(m.state_dict())
-    native = _graph.compile(m)
+    native = _graph.compile_module(m)
     x = torch.randn(4, 3, 16, 16)
     for train in (True, False):
         m.train(train), twin.train(train)
@@ -226,7 +227,7 @@ def test_every_listed_operator_matches_eager_pytorch_forward_and_backward():
 
 
 def test_everything_is_on_the_graph_not_the_fallback(recwarn):
-    assert _graph.compile(Everything()).is_graph
+    assert _graph.compile_module(Everything()).is_graph
     assert not [w for w in recwarn if "eager" in str(w.message)]
 
 
@@ -327,7 +328,7 @@ def test_a_network_outside_the_graph_trains_in_eager_with_one_warning_naming_the
     torch.manual_seed(0)
     ours, theirs = cls(), cls()
     theirs.load_state_dict(ours.state_dict())
-    _graph._warned.clear()
+    _warn.forget()
     with pytest.warns(UserWarning, match=f"eager PyTorch because .*{cause}"):
         tr = fastcifar.Trainer(ours, optimizer=Adam(lr=1e-2), device="cpu", log_every=1)
     assert not tr._compiled.is_graph

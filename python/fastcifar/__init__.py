@@ -27,10 +27,20 @@ if torch.__version__.split("+")[0] != TORCH_VERSION:
     )
 
 # After the torch check (E402 is ignored for this file in pyproject.toml).
+import sys
+
 from . import _native, callbacks, distributed, loggers, models, optim, plot, recipes, transforms
-from .datasets import CIFAR10, CIFAR100, MNIST, SVHN, Dataset, DecompressionBombError, FashionMNIST, ImageFolder
-from .loader import DataLoader
-from .trainer import EvalReport, History, Trainer
+from .data import datasets
+from .data.datasets import CIFAR10, CIFAR100, MNIST, SVHN, Dataset, DecompressionBombError, FashionMNIST, ImageFolder
+from .data.loader import DataLoader
+from .engine import trainer
+from .engine.trainer import EvalReport, History, ScheduleHorizonError, Trainer
+
+# Public module paths the README shows for modules that live in a sub-package
+# (``fastcifar.datasets.MAX_IMAGE_PIXELS``, ``fastcifar.trainer.ScheduleHorizonError``): importable by
+# those names too.
+sys.modules[f"{__name__}.datasets"] = datasets
+sys.modules[f"{__name__}.trainer"] = trainer
 
 # Cargo.toml's version, compiled into the extension: the same as the wheel's metadata (pyproject.toml
 # takes it from Cargo.toml), and right in a source tree too.
@@ -50,6 +60,7 @@ __all__ = [
     "Trainer",
     "History",
     "EvalReport",
+    "ScheduleHorizonError",
     "models",
     "optim",
     "callbacks",

@@ -244,7 +244,7 @@ class NativeModel:
     def graph(
         name: str, names: Sequence[str], tensors: Sequence[torch.Tensor], *, train: Plan, eval: Plan
     ) -> NativeModel:
-        """Runs the train / eval programs (fastcifar._graph) over ``tensors`` (shared)."""
+        """Runs the train / eval programs (fastcifar.engine.capture) over ``tensors`` (shared)."""
     @staticmethod
     def eager(
         name: str,

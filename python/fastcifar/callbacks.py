@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from ._io import atomic_write
+from ._args import whole
+from ._files import atomic_write
 
 __all__ = ["Callback", "EarlyStopping", "ModelCheckpoint"]
 
@@ -95,12 +96,6 @@ def _number(owner: str, name: str, v, allow_none: bool = False) -> float | None:
     return float(v)
 
 
-def _count(owner: str, name: str, v, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ValueError(f"{owner}({name}={v!r}): expected an int >= {lo}")
-    return v
-
-
 class EarlyStopping(Callback):
     """Stops ``fit`` when ``monitor`` has not improved for ``patience`` epochs in a row (Lightning's
     ``EarlyStopping``; one check per epoch, after validation). An improvement is a change of more
@@ -136,7 +131,7 @@ class EarlyStopping(Callback):
         _check_mode("EarlyStopping", mode)
         self.monitor, self.mode = monitor, mode
         self.min_delta = abs(_number("EarlyStopping", "min_delta", min_delta) or 0.0)
-        self.patience = _count("EarlyStopping", "patience", patience, 0)
+        self.patience = whole("patience", patience, 0, owner="EarlyStopping")
         self.verbose, self.strict, self.check_finite = bool(verbose), bool(strict), bool(check_finite)
         self.stopping_threshold = _number("EarlyStopping", "stopping_threshold", stopping_threshold, True)
         self.divergence_threshold = _number("EarlyStopping", "divergence_threshold", divergence_threshold, True)
@@ -271,7 +266,7 @@ class ModelCheckpoint(Callback):
             raise TypeError(f"ModelCheckpoint(filename={filename!r}): expected a str.format template, e.g. '{{epoch}}'")
         if save_last not in (None, True, False):
             raise ValueError(f"ModelCheckpoint(save_last={save_last!r}): expected True, False or None")
-        self.save_top_k = _count("ModelCheckpoint", "save_top_k", save_top_k, -1)
+        self.save_top_k = whole("save_top_k", save_top_k, -1, owner="ModelCheckpoint")
         if monitor is None and self.save_top_k not in (-1, 0, 1):
             raise ValueError(
                 f"ModelCheckpoint(save_top_k={save_top_k}, monitor=None): keeping the top {save_top_k} needs a "
@@ -279,7 +274,7 @@ class ModelCheckpoint(Callback):
                 "to keep every epoch's"
             )
         self.every_n_epochs = (
-            1 if every_n_epochs is None else _count("ModelCheckpoint", "every_n_epochs", every_n_epochs, 1)
+            1 if every_n_epochs is None else whole("every_n_epochs", every_n_epochs, 1, owner="ModelCheckpoint")
         )
         self.dirpath = os.fspath(dirpath) if dirpath is not None else "checkpoints"
         self.filename, self.monitor, self.mode = filename, monitor, mode

@@ -177,7 +177,7 @@ def _build_model(name: str, num_classes: int, shape: tuple, width: int):
     """A built-in for ``num_classes`` classes and (C, H, W) images, or your ``module:Class``
     (given num_classes / in_channels / input_size where its constructor takes them)."""
     from fastcifar import models
-    from fastcifar._checkpoint import import_model
+    from fastcifar.engine.checkpoint import import_model
 
     c, h, _ = shape
     if ":" in name:

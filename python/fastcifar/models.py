@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from . import _native as _rs
-from ._io import atomic_write
+from ._files import atomic_write
 
 __all__ = [
     "Module",

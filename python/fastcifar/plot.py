@@ -22,9 +22,10 @@ def _plt():
 def _unnormalize(x: torch.Tensor, transform) -> np.ndarray:
     """(C, H, W) float in the transform's normalised units -> (H, W, C) in [0, 1]."""
     from . import transforms as T
+    from .transforms.plan import flatten
 
     x = x.detach().cpu().float()
-    for t in reversed(T._flatten(transform)):
+    for t in reversed(flatten(transform)):
         if isinstance(t, T.Normalize):
             x = x * torch.tensor(t.std).view(-1, 1, 1) + torch.tensor(t.mean).view(-1, 1, 1)
     if x.max() > 1.5:  # raw 0..255 values
@@ -47,7 +48,7 @@ def _cmap(img) -> str | None:
 def show_predictions(model, dataset, n: int = 8, transform=None, cols: int = 4, seed: int | None = 0):
     """A grid of ``n`` images of ``dataset`` titled "Pred: x / True: y", wrong ones in red.
     ``model`` is a fastcifar Trainer (preferred: it knows the eval transform) or an ``nn.Module``."""
-    from .trainer import Trainer
+    from .engine.trainer import Trainer
 
     plt = _plt()
     trainer = model if isinstance(model, Trainer) else None
@@ -61,13 +62,9 @@ def show_predictions(model, dataset, n: int = 8, transform=None, cols: int = 4, 
         pred = trainer.predict(images, transform=transform).cpu().numpy()
     else:
         from . import transforms as T
-        from .datasets import Dataset
-        from .loader import DataLoader
+        from .transforms.plan import transform_batch
 
-        ds = Dataset.from_numpy(np.ascontiguousarray(images), [0] * len(images), classes=["_"])
-        x, _ = DataLoader(ds, batch_size=len(images), transform=transform or T.ToTensor())._native.batch(
-            list(range(len(images))), 0
-        )
+        x = transform_batch(images, transform or T.ToTensor())
         device = next(iter(model.parameters()), torch.zeros(())).device
         with torch.no_grad():
             pred = model.eval()(x.to(device)).argmax(1).cpu().numpy()

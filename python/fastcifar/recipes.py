@@ -38,6 +38,8 @@ import torch
 from torch import nn
 from torch.optim.sgd import sgd as _sgd  # torch.optim.SGD's update, as a function (MuonSGD's SGD groups)
 
+from ._args import whole
+
 __all__ = [
     "Airbench94",
     "Airbench94Muon",
@@ -431,12 +433,6 @@ class Recipe:
         return history, report
 
 
-def _positive_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name}: must be a positive int, got {v!r}")
-    return v
-
-
 def _prepare(root, train, test, *, seed: int, epochs, batch_size: int, test_batch_size: int, whiten_images: int, **kw):
     """The recipe's data sets (CIFAR-10 under ``root`` unless given), once its sizes are checked,
     torch's seed, and its loaders (``_loaders``'s ``kw``): (train set, train loader, test loader,
@@ -451,7 +447,7 @@ def _prepare(root, train, test, *, seed: int, epochs, batch_size: int, test_batc
         train = train if train is not None else fastcifar.CIFAR10(root, train=True)
         test = test if test is not None else fastcifar.CIFAR10(root, train=False)
     for name, v in (("batch_size", batch_size), ("test_batch_size", test_batch_size), ("whiten_images", whiten_images)):
-        _positive_int(name, v)
+        whole(name, v, 1)
     if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not epochs > 0:
         raise ValueError(f"epochs: must be a positive number, got {epochs!r}")
     if len(train) < batch_size:

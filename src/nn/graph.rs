@@ -1,5 +1,5 @@
 //! A network as a straight-line program of libtorch calls: what `torch.fx` captures from an
-//! `nn.Module`, normalised in Python (`fastcifar/_graph.py`) to one canonical op per node with
+//! `nn.Module`, normalised in Python (`fastcifar/engine/capture.py`) to one canonical op per node with
 //! positional arguments. Running it here keeps the whole training step in Rust (no Python per op)
 //! while calling the very ATen functions eager PyTorch calls, so the numbers are the same.
 use tch::{Kind, Tensor};
@@ -24,7 +24,7 @@ pub enum Arg {
 
 macro_rules! ops {
     ($($v:ident = $s:literal),* $(,)?) => {
-        /// The canonical ops; the argument lists are documented in `fastcifar/_graph.py`.
+        /// The canonical ops; the argument lists are documented in `fastcifar/engine/capture.py`.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         pub enum Op { $($v),* }
         impl Op {
@@ -486,7 +486,7 @@ fn eval(node: &Node, v: Vec<Value>, bn: &BnSync, relaxed_views: bool) -> Result<
         }
         Op::Gelu => t(a.t(0)?.f_gelu(a.s(1)?)?),
         Op::Silu => t(unary(a.t(0)?, a.b(1)?, |x| x.f_silu(), |x| x.f_silu_())?),
-        // (x, inplace): alpha 1 only; `_graph.py` sends other alphas to eager PyTorch.
+        // (x, inplace): alpha 1 only; `engine/capture.py` sends other alphas to eager PyTorch.
         Op::Elu => t(unary(a.t(0)?, a.b(1)?, |x| x.f_elu(), |x| x.f_elu_())?),
         Op::Hardswish => t(unary(a.t(0)?, a.b(1)?, |x| x.f_hardswish(), |x| x.f_hardswish_())?),
         Op::Tanh => t(a.t(0)?.f_tanh()?),

@@ -1,4 +1,4 @@
-//! Bindings for models: a Python `nn.Module` captured as graphs (`fastcifar/_graph.py`) or run
+//! Bindings for models: a Python `nn.Module` captured as graphs (`fastcifar/engine/capture.py`) or run
 //! through its own forward, over the module's own tensors.
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::nn::{device_name, Arg, BatchNormSync, Forward, Model, Node, Op};
 use crate::torch_state::Precision;
 
-/// A node argument as `_graph.py` writes it: `("x", 0)` the input, `("v", i)` node i, `("p", i)`
+/// A node argument as `engine/capture.py` writes it: `("x", 0)` the input, `("v", i)` node i, `("p", i)`
 /// tensor i, a list, or a constant (bool, int, float, str, None).
 struct PyArg(Arg);
 

@@ -15,16 +15,9 @@ from __future__ import annotations
 import torch
 
 from .. import _native as _rs
+from .._args import whole
 
 __all__ = ["StepLR", "CosineAnnealingLR", "OneCycleLR", "ReduceLROnPlateau", "PiecewiseLinear", "LinearWarmup"]
-
-
-def _count(name, v, lo=1):
-    """epochs and steps_per_epoch: torch's way to give OneCycleLR's total_steps (the core sees only
-    their product, so they are checked here)."""
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ValueError(f"{name}: {v!r} must be an int >= {lo}")
-    return v
 
 
 # Flags that checkpoints written before they crossed as booleans hold as 0.0 / 1.0.
@@ -32,7 +25,7 @@ _FLAGS = ("cycle_momentum", "mode_min", "threshold_abs")
 
 
 def _is_optimizer(o) -> bool:
-    from . import Optimizer
+    from .optimizers import Optimizer
 
     return isinstance(o, (Optimizer, torch.optim.Optimizer))
 
@@ -183,7 +176,8 @@ class OneCycleLR(_Schedule):
         if total_steps is None:
             if epochs is None or steps_per_epoch is None:
                 raise ValueError("total_steps: give total_steps, or epochs and steps_per_epoch")
-            total_steps = _count("epochs", epochs) * _count("steps_per_epoch", steps_per_epoch)
+            per_epoch = whole("steps_per_epoch", steps_per_epoch, 1, owner="OneCycleLR")
+            total_steps = whole("epochs", epochs, 1, owner="OneCycleLR") * per_epoch
         return {
             "max_lr": max_lr,
             "total_steps": total_steps,

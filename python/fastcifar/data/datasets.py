@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import _native as _rs
-from ._io import check_regular
+from .. import _native as _rs
+from .._files import check_regular
 
 __all__ = [
     "Dataset",
@@ -160,16 +160,17 @@ class Dataset:
             raise IndexError(f"index {index} is out of range for {n} images")
         index = int(index) % n
         target = int(self.targets[index])
-        from . import transforms
+        from ..transforms.base import pil_from_hwc
+        from ..transforms.plan import Plan, run_ops
 
         if self.transform is None:
-            img = transforms.pil_from_hwc(self._hwc()[index])
+            img = pil_from_hwc(self._hwc()[index])
         else:
-            plan = transforms.Plan(self.transform)
+            plan = Plan(self.transform)
             if plan.ops:
-                img = plan.finish(transforms._run_ops(self._native, index, plan.ops))
+                img = plan.finish(run_ops(self._native, index, plan.ops))
             else:
-                img = plan.run_rest(transforms.pil_from_hwc(self._hwc()[index]))
+                img = plan.run_rest(pil_from_hwc(self._hwc()[index]))
         if self.target_transform is not None:
             target = self.target_transform(target)
         return img, target
@@ -467,4 +468,4 @@ class ImageFolder(Dataset):
 
 
 # torchvision's digit data sets live in their own module, on the classes above.
-from ._digits import MNIST, SVHN, FashionMNIST  # noqa: E402
+from .digits import MNIST, SVHN, FashionMNIST  # noqa: E402

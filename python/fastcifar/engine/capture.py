@@ -1,6 +1,6 @@
 """Any ``torch.nn.Module`` on the Rust engine: capture with ``torch.fx``, run in Rust.
 
-``compile(module)`` traces the module twice, in train and in eval mode (fx records
+``compile_module(module)`` traces the module twice, in train and in eval mode (fx records
 ``self.training`` and each layer's mode as constants), and writes each graph as a straight-line
 program of canonical ops: one node per libtorch call, with positional arguments. The Rust engine
 (``src/nn/graph.rs``) runs those programs over the module's own parameter and buffer tensors,
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import operator
 import types
-import warnings
 from typing import Any, Callable
 
 import torch
@@ -38,16 +37,14 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import _native as _rs
+from .. import _native as _rs
+from .._warn import warn_once
 
-__all__ = ["compile", "Unsupported"]
+__all__ = ["compile_module", "Unsupported"]
 
 
 class Unsupported(Exception):
     """What sends a module to the eager fallback (the message names the op or the trace error)."""
-
-
-_warned: set = set()
 
 
 def module_tensors(module: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
@@ -61,7 +58,7 @@ def module_tensors(module: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
     return names, tensors
 
 
-def compile(module: nn.Module, eager_because: str | None = None) -> _rs.NativeModel:
+def compile_module(module: nn.Module, eager_because: str | None = None) -> _rs.NativeModel:
     """The native model for ``module``: its graphs, or its own forward when they cannot be had
     (or when ``eager_because`` says why not to use them)."""
     names, tensors = module_tensors(module)
@@ -73,14 +70,12 @@ def compile(module: nn.Module, eager_because: str | None = None) -> _rs.NativeMo
         plans = {mode: _Capture(module, mode, tensors).plan() for mode in (True, False)}
         return _rs.NativeModel.graph(name, names, tensors, train=plans[True], eval=plans[False])
     except Unsupported as e:
-        key = (name, str(e))
-        if key not in _warned:
-            _warned.add(key)
-            warnings.warn(
-                f"fastcifar: {name} runs its forward in eager PyTorch because {e}; the data, loss, backward "
-                f"and optimizer still run in Rust (see the README, 'Your own network')",
-                stacklevel=3,
-            )
+        warn_once(
+            ("capture", name, str(e)),
+            f"fastcifar: {name} runs its forward in eager PyTorch because {e}; the data, loss, backward "
+            f"and optimizer still run in Rust (see the README, 'Your own network')",
+            stacklevel=3,
+        )
         return _rs.NativeModel.eager(name, names, tensors, forward=_eager_forward(module))
 
 

@@ -52,7 +52,7 @@ def _checked_pil(img, channels: int | None, where: str):
 def _open(path, channels):
     from PIL import Image
 
-    from ._io import check_regular
+    from .._files import check_regular
 
     p = os.fspath(path)
     if not os.path.exists(p):
@@ -68,7 +68,7 @@ def _open(path, channels):
 def _item_pil(x, i: int, channels: int | None):
     """One item of a list as a PIL image: a path, a PIL image, a uint8 array (H, W[, C]) or a uint8
     tensor ([C,] H, W)."""
-    from . import transforms as T
+    from .. import transforms as T
 
     where = f"item {i}"
     if _is_path(x):
@@ -92,7 +92,7 @@ def _item_pil(x, i: int, channels: int | None):
 
 def _as_float(x) -> torch.Tensor:
     """A transform's result as a float (C, H, W) tensor: what the model takes."""
-    from . import transforms as T
+    from .. import transforms as T
 
     if _is_pil(x) or isinstance(x, np.ndarray):
         return T.ToTensor()(x)
@@ -154,13 +154,9 @@ def _arrays(images, channels: int | None) -> np.ndarray:
 def _through_loader(arr: np.ndarray, transform, size: tuple[int, int] | None) -> torch.Tensor:
     """The transform over uint8 images as the loader runs it (fused, then any Python steps in this
     thread), as ``evaluate`` would run it."""
-    from .datasets import Dataset
-    from .loader import DataLoader
+    from ..transforms.plan import transform_batch
 
-    ds = Dataset.from_numpy(arr, [0] * len(arr), classes=["_"])
-    loader = DataLoader(ds, batch_size=len(arr), transform=transform, seed=0, num_workers=0)
-    x, _ = next(iter(loader))
-    x = _as_float(x)
+    x = _as_float(transform_batch(arr, transform))
     check_size(x.shape[1:], size)
     return x
 
@@ -187,8 +183,8 @@ def to_batch(images, transform, channels: int | None, size: tuple[int, int] | No
 def _without_pil(images: Sequence, transform, channels: int | None, size: tuple[int, int] | None) -> torch.Tensor:
     """Image files without Pillow: decoded in Rust, resized to the model's input, then the transform
     as for arrays."""
-    from . import _native
-    from .datasets import MAX_IMAGE_PIXELS
+    from .. import _native
+    from ..data.datasets import MAX_IMAGE_PIXELS
 
     if (channels or 3) != 3 or size is None or not all(_is_path(x) for x in images):
         raise ImportError("reading image files and PIL images for predict needs Pillow here: pip install pillow")

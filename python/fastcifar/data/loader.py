@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 import operator
 import os
 import queue
@@ -16,19 +15,15 @@ import torch
 from torch.utils.data import ConcatDataset, Subset
 from torch.utils.data._utils.collate import default_collate
 
-from . import _native as _rs
-from . import transforms as T
+from .. import _native as _rs
+from .. import transforms as T
+from .._args import whole
+from .._warn import warn_once
+from ..transforms.base import _is_pil as is_pil
+from ..transforms.plan import warn_python
 from .datasets import Dataset, positions
 
 __all__ = ["DataLoader"]
-
-_warned: set = set()
-
-
-def _warn_once(key: str, msg: str) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        warnings.warn(msg, stacklevel=3)
 
 
 def _resolve(dataset) -> Dataset | None:
@@ -61,17 +56,6 @@ def _resolve(dataset) -> Dataset | None:
         data = np.concatenate([p._hwc() for p in parts])
         return Dataset.from_numpy(data, targets, classes, first.transform, first.target_transform)
     return None
-
-
-def _count(name: str, v) -> int:
-    """An int argument as the core takes it: a bool, a float or a string is refused here (the core
-    would not tell True from 1); the core checks the range (``batch_size: must be at least 1``, ...)."""
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise ValueError(f"{name}: must be a positive int, got {v!r}")
-    n = int(v)  # typeshed's Integral declares no comparisons: compare its int value
-    if not -(2**63) <= n < 2**63:
-        raise ValueError(f"{name}: {v} does not fit in 64 bits")
-    return n
 
 
 def _is_int_label(v) -> bool:
@@ -241,12 +225,12 @@ class DataLoader:
         # Converted here; their ranges (and dtype, device) are checked by the core when the native
         # loader is made below, with its messages.
         prefetch, world_size, rank = (
-            _count("prefetch", prefetch),
-            _count("world_size", world_size),
-            _count("rank", rank),
+            whole("prefetch", prefetch, None),
+            whole("world_size", world_size, None),
+            whole("rank", rank, None),
         )
-        batch_size = _count("batch_size", batch_size) if batch_size is not None else None
-        num_threads = _count("num_threads", num_threads) if num_threads is not None else None
+        batch_size = whole("batch_size", batch_size, None) if batch_size is not None else None
+        num_threads = whole("num_threads", num_threads, None) if num_threads is not None else None
         if prefetch_factor is not None and (
             isinstance(prefetch_factor, bool)
             or not isinstance(prefetch_factor, int)
@@ -304,16 +288,16 @@ class DataLoader:
         self.transform = transform if transform is not None else ds.transform
         if self.transform is None and dtype == torch.float32:
             # torch's DataLoader raises on such a data set's PIL images; this one converts them, so say how.
-            _warn_once(
-                "no-transform",
+            warn_once(
+                ("loader", "no-transform"),
                 "fastcifar.DataLoader: the data set has no transform, so its PIL images are batched as "
                 "ToTensor() would give them (float32 in [0, 1]), where torch's DataLoader raises on PIL images; "
                 "pass transform=transforms.ToTensor() to say so (or dtype=torch.uint8 for the raw bytes)",
             )
         self.target_transform = ds.target_transform
         if pin_memory and not torch.cuda.is_available():
-            _warn_once(
-                "pin",
+            warn_once(
+                ("loader", "pin"),
                 "fastcifar.DataLoader: pin_memory=True, but CUDA is not available here, so nothing was pinned: "
                 "batches are in ordinary memory (as torch's DataLoader does without an accelerator)",
             )
@@ -326,7 +310,7 @@ class DataLoader:
         # "float32" goes as its repr, so that it is refused as torch's dtype argument would be).
         kind = str(dtype) if isinstance(dtype, torch.dtype) else repr(dtype)
         if self._plan is not None and self._plan.rest:
-            T._warn_python(self._plan.rest[0], self._plan.why)
+            warn_python(self._plan.rest[0], self._plan.why)
             if dtype in (torch.float32, torch.uint8):  # the fused part gives what the Python steps take
                 kind = "float32" if self._plan.float_out else "uint8"
             ops = self._plan.ops
@@ -383,8 +367,8 @@ class DataLoader:
                 "(CIFAR10, ImageFolder, Dataset.from_numpy, "
                 f"or a Subset / ConcatDataset of them), got {type(dataset).__name__}"
             )
-        _warn_once(
-            "torch:" + type(dataset).__name__,
+        warn_once(
+            ("loader", "torch", type(dataset).__name__),
             f"fastcifar.DataLoader: {type(dataset).__name__} is not a fastcifar data set, "
             "so torch.utils.data.DataLoader "
             f"iterates it (no fused Rust pass)",
@@ -557,11 +541,7 @@ class DataLoader:
                 yield self.collate_fn(list(zip(imgs, labels if labels is not None else y.tolist())))
                 continue
             # torch's default_collate takes no PIL images; a transform without ToTensor gives tensors here.
-            xb = (
-                x
-                if images is None
-                else default_collate([T.PILToTensor()(im) if T._is_pil(im) else im for im in images])
-            )
+            xb = x if images is None else default_collate([T.PILToTensor()(im) if is_pil(im) else im for im in images])
             if (
                 isinstance(xb, torch.Tensor)
                 and images is not None

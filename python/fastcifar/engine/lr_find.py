@@ -18,10 +18,12 @@ import warnings
 import numpy as np
 import torch
 
-from . import _graph
-from . import _native as _rs
-from . import optim as _optim
-from .loader import DataLoader
+from .. import _native as _rs
+from .. import optim as _optim
+from .._args import whole
+from ..data.loader import DataLoader
+from ..optim.optimizers import _engine_config
+from . import capture
 
 __all__ = ["LRFinder"]
 
@@ -56,8 +58,7 @@ class LRFinder:
         and last ``skip_end`` steps (Lightning's defaults); None, with a warning, when fewer
         than two steps remain (raise ``num_training`` or give more batches)."""
         for name, v in (("skip_begin", skip_begin), ("skip_end", skip_end)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"suggestion({name}={v!r}): expected an int >= 0")
+            whole(name, v, 0, owner="suggestion")
         i = self._index(skip_begin, skip_end)
         if i is None:
             warnings.warn(
@@ -71,7 +72,7 @@ class LRFinder:
     def plot(self, suggest: bool = True, show: bool = False, ax=None):
         """The smoothed loss (and, faint, each step's) against the rate, log-scaled for the
         exponential sweep; ``suggest`` marks ``suggestion()``. Returns the matplotlib Figure."""
-        from . import plot as _plot
+        from .. import plot as _plot
 
         plt = _plot._plt()
         fig, ax = plt.subplots(figsize=(6, 4)) if ax is None else (ax.figure, ax)
@@ -123,8 +124,7 @@ def check(start_lr, end_lr, num_training, mode, early_stop_threshold, beta) -> t
     start_lr, end_lr = _positive("start_lr", start_lr), _positive("end_lr", end_lr)
     if end_lr <= start_lr:
         raise ValueError(f"lr_find(start_lr={start_lr:g}, end_lr={end_lr:g}): end_lr must be above start_lr")
-    if isinstance(num_training, bool) or not isinstance(num_training, int) or num_training < 2:
-        raise ValueError(f"lr_find(num_training={num_training!r}): expected an int >= 2 (optimizer steps)")
+    whole("num_training", num_training, 2, owner="lr_find", unit="optimizer steps")
     if mode not in ("exponential", "linear"):
         raise ValueError(f"lr_find(mode={mode!r}): expected 'exponential' or 'linear'")
     if early_stop_threshold is not None:
@@ -168,7 +168,7 @@ def run(trainer, loader, start_lr, end_lr, num_training, mode, early_stop_thresh
     if bridge.on_engine:
         opt = tr.optimizer
         shared = opt._shared() if isinstance(opt, _optim.Optimizer) else opt.param_groups[0]
-        cfg = _optim._engine_config(bridge.name, {**shared, "lr": end_lr})
+        cfg = _engine_config(bridge.name, {**shared, "lr": end_lr})
         outside = None
     else:
         cfg = _rs.OptimizerConfig("SGD", lr=end_lr)  # a container for the rate (the optimizer steps itself)
@@ -194,7 +194,7 @@ def run(trainer, loader, start_lr, end_lr, num_training, mode, early_stop_thresh
         engine.set_param_groups(*groups)
     engine.set_max_steps(num_training)
 
-    _, tensors = _graph.module_tensors(model)
+    _, tensors = capture.module_tensors(model)
     saved = [t.detach().clone() for t in tensors]
     params = list(model.parameters())
     grads = [p.grad for p in params]

@@ -9,7 +9,7 @@ from typing import overload
 
 import numpy as np
 
-from ._io import atomic_write
+from .._files import atomic_write
 
 __all__ = ["History", "EvalReport"]
 

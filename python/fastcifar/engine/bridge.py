@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import torch
 
-from . import _native as _rs
-from . import optim as _optim
+from .. import _native as _rs
+from .. import optim as _optim
+from ..optim.optimizers import _engine_config, _momentum
 
 _ENGINE = {torch.optim.SGD: "SGD", torch.optim.Adam: "Adam", torch.optim.AdamW: "AdamW"}
 _UNSUPPORTED_FLAGS = ("maximize", "amsgrad", "differentiable", "capturable", "fused")
@@ -126,7 +127,7 @@ class Bridge:
         if isinstance(self.optimizer, _optim.Optimizer):
             return self.optimizer._written(written=False)
         if self.name is not None:  # on_engine
-            return _optim._engine_config(self.name, self.optimizer.param_groups[0])
+            return _engine_config(self.name, self.optimizer.param_groups[0])
         return _rs.OptimizerConfig("SGD", lr=_f(self.optimizer.param_groups[0]["lr"]))
 
     def engine_groups(self):
@@ -169,7 +170,7 @@ class Bridge:
         self._synced = s
         if isinstance(self.optimizer, _optim.Optimizer):
             return self.optimizer._written()
-        return _optim._engine_config(self.name, self.optimizer.param_groups[0], written=True)
+        return _engine_config(self.name, self.optimizer.param_groups[0], written=True)
 
     def outer(self, active, grads, lr, momentum):
         """After each optimizer step: the outside optimizer's step (returns the rate it used), then a
@@ -217,7 +218,7 @@ class Bridge:
             return
         states = [self.optimizer.state.get(p) or None for p in self.params]
         g = self.optimizer.param_groups[0]
-        native.load_optimizer_state(lr=float(_f(g["lr"])), momentum=_optim._momentum(g), states=states)
+        native.load_optimizer_state(lr=float(_f(g["lr"])), momentum=_momentum(g), states=states)
 
     def export_state(self, native) -> None:
         """Writes the engine's state into the torch optimizer's ``state`` (the same tensors)."""

@@ -19,13 +19,19 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import _bridge, _graph, _lr_find
-from . import _native as _rs
-from . import callbacks as _callbacks
-from . import distributed as _dist
-from . import optim as _optim
-from . import transforms as T
-from ._checkpoint import (
+from .. import _native as _rs
+from .. import callbacks as _callbacks
+from .. import distributed as _dist
+from .. import optim as _optim
+from .. import transforms as T
+from .._files import atomic_write, check_writable
+from .._warn import warn_once
+from ..data.loader import DataLoader
+from ..models import Module
+from . import capture
+from . import lr_find as _lr_find
+from .bridge import Bridge
+from .checkpoint import (
     CHECKPOINT_VERSION,
     check_same_optimizer,
     checkpoint_paths,
@@ -37,10 +43,7 @@ from ._checkpoint import (
     rebuild_schedule,
     to_cpu,
 )
-from ._history import EvalReport, History
-from ._io import atomic_write, check_writable
-from .loader import DataLoader
-from .models import Module
+from .history import EvalReport, History
 
 __all__ = ["Trainer", "History", "EvalReport", "ScheduleHorizonError"]
 
@@ -162,15 +165,15 @@ class Trainer:
             log_every=log_every,
         )
         self.model = model.to(self.device)
-        self._compiled = _graph.compile(self.model)
-        self._fingerprint = _graph.fingerprint(self.model)
+        self._compiled = capture.compile_module(self.model)
+        self._fingerprint = capture.fingerprint(self.model)
         if sync_bn and not self._compiled.is_graph:
             raise ValueError(
                 f"sync_bn: needs the model on the Rust graph, but {type(model).__name__} runs in eager PyTorch "
                 "(see the warning above); convert its BatchNorm layers with "
                 "torch.nn.SyncBatchNorm.convert_sync_batchnorm instead"
             )
-        self._bridge = _bridge.Bridge(optimizer, scheduler, self.model, scheduler_interval)
+        self._bridge = Bridge(optimizer, scheduler, self.model, scheduler_interval)
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.config: dict[str, Any] = {
@@ -558,23 +561,23 @@ class Trainer:
                 "move the model back "
                 f"with model.to('{self.device}') (or build a Trainer with device='{p.device}')"
             )
-        fp = _graph.fingerprint(self.model)
+        fp = capture.fingerprint(self.model)
         fresh = fp != self._fingerprint
         if fresh:
-            self._compiled = _graph.compile(self.model)
+            self._compiled = capture.compile_module(self.model)
             self._fingerprint = fp
         else:
-            self._compiled.rebind(*_graph.module_tensors(self.model))
+            self._compiled.rebind(*capture.module_tensors(self.model))
         shape = shape or self.input_shape or _builtin_shape(self.model)
         # The check compares with the module's own forward: float32, (N, C, H, W).
         self._compiled.precision, self._compiled.channels_last = "float32", False
-        if not _graph.verify(self.model, self._compiled, shape):
+        if not capture.verify(self.model, self._compiled, shape):
             # Something the forward reads changed in a way the fingerprint cannot see: capture
             # again, and if the graph still disagrees, run the module's own forward.
             if not fresh:
-                self._compiled = _graph.compile(self.model)
-            if not _graph.verify(self.model, self._compiled, shape):
-                self._compiled = _graph.compile(
+                self._compiled = capture.compile_module(self.model)
+            if not capture.verify(self.model, self._compiled, shape):
+                self._compiled = capture.compile_module(
                     self.model,
                     eager_because="its captured graph does not give what its own forward gives on a sample "
                     "(its forward reads state that the trace cannot follow, or draws random numbers in eval mode)",
@@ -629,7 +632,7 @@ class Trainer:
             self.input_shape = tuple(int(v) for v in loader.image_shape)
 
     def _as_batch(self, images, transform) -> torch.Tensor:
-        from . import _inputs
+        from . import inputs as _inputs
 
         shape = self.input_shape or _builtin_shape(self.model)
         channels, size = (shape[0], tuple(shape[1:])) if shape else (None, None)
@@ -815,9 +818,6 @@ class ScheduleHorizonError(ValueError):
     training, with the fix)."""
 
 
-_slow_warned: set = set()
-
-
 def _check_loader(name: str, loader) -> None:
     if not isinstance(loader, (DataLoader, torch.utils.data.DataLoader)):
         raise TypeError(
@@ -836,11 +836,11 @@ def _native_loader(loader):
             if isinstance(e, TypeError)
             else f"{type(loader).__module__}.{type(loader).__name__} is torch's loader"
         )
-        if why not in _slow_warned:
-            _slow_warned.add(why)
-            warnings.warn(
-                f"fastcifar: the trainer pulls this loader's batches through Python (slower): {why}", stacklevel=4
-            )
+        warn_once(
+            ("slow loader", why),
+            f"fastcifar: the trainer pulls this loader's batches through Python (slower): {why}",
+            stacklevel=4,
+        )
         return None
 
 

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import _native as _rs
+from .. import _native as _rs
 from .datasets import Dataset, _from_numpy, download_url
 
 __all__ = ["MNIST", "FashionMNIST", "SVHN"]

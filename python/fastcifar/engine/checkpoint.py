@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from . import optim as _optim
+from .. import optim as _optim
 
 CHECKPOINT_VERSION = 1
 
