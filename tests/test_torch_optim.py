@@ -194,9 +194,9 @@ def test_fastcifar_schedules_take_torchs_positional_arguments():
     assert lr_scheduler.StepLR(2, 0.5).settings() == {"step_size": 2, "gamma": 0.5}
     assert lr_scheduler.CosineAnnealingLR(opt, 10, 0.01).settings() == {"T_max": 10, "eta_min": 0.01}
     s = lr_scheduler.ReduceLROnPlateau(opt, "max", 0.5, 2).settings()
-    assert (s["mode_min"], s["factor"], s["patience"]) == (0.0, 0.5, 2)
+    assert (s["mode"], s["factor"], s["patience"]) == ("max", 0.5, 2)
     s = lr_scheduler.ReduceLROnPlateau(Adam(lr=0.1), threshold_mode="abs", eps=0.5).settings()
-    assert (s["threshold_abs"], s["eps"]) == (1.0, 0.5)
+    assert (s["threshold_mode"], s["eps"]) == ("abs", 0.5)
     assert lr_scheduler.OneCycleLR(opt, 0.1, 10).settings()["total_steps"] == 10
     from fastcifar.optim.lr_scheduler import StepLR  # a real module
 

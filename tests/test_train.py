@@ -392,28 +392,6 @@ def test_state_crosses_by_name():
     assert SGD(momentum=0.9, nesterov=True).settings()["nesterov"] is True
 
 
-def test_a_checkpoint_with_float_flags_and_counters_still_loads(tmp_path):
-    """Checkpoints written when flags and counters crossed as floats (nesterov 1.0, mode_min 1.0,
-    epoch 2.0) load as before."""
-    loader = fastcifar.DataLoader(synthetic(32), batch_size=16, transform=NORM)
-    tr = fastcifar.Trainer(
-        models.small_cnn(width=4),
-        SGD(lr=0.1, momentum=0.9, nesterov=True),
-        lr_scheduler.ReduceLROnPlateau(patience=0),
-        device="cpu",
-    )
-    tr.fit(loader, epochs=2, progress=False)
-    ck = tr.state_dict()
-    ck["fastcifar"]["optimizer"]["settings"]["nesterov"] = 1.0
-    ck["fastcifar"]["scheduler"]["settings"].update(mode_min=1.0, threshold_abs=0.0)
-    ck["scheduler_state_dict"] = {k: float(v) for k, v in ck["scheduler_state_dict"].items()}
-    torch.save(ck, tmp_path / "old.pth")
-    back = fastcifar.Trainer.load(tmp_path / "old.pth", device="cpu")
-    assert back._native.scheduler_state() == tr._native.scheduler_state()
-    assert back.optimizer.settings() == tr.optimizer.settings() and back.scheduler.settings() == tr.scheduler.settings()
-    tr.load_state_dict(ck)  # into a trainer built with boolean settings: the same settings
-
-
 def test_cuda_device_without_cuda_and_amp_warning(monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("CUDA present")

@@ -2,7 +2,7 @@
 
 from collections.abc import Iterable, Iterator, Sequence
 from os import PathLike
-from typing import Any, Callable, final
+from typing import Any, Callable, Literal, Union, final
 
 import numpy as np
 import torch
@@ -27,12 +27,14 @@ __all__ = [
     "load_idx",
     "load_svhn",
     "NativeModel",
+    "graph_ops",
     "save_safetensors",
     "load_safetensors",
     "OptimizerConfig",
     "ScheduleConfig",
     "TrainConfig",
     "LookaheadConfig",
+    "defaults",
     "NativeTrainer",
     "TrainHooks",
     "EpochStats",
@@ -232,9 +234,15 @@ def load_idx(root: str | PathLike, folder: str, train: bool, classes: Sequence[s
 def load_svhn(root: str | PathLike, file: str, classes: Sequence[str]) -> tuple[NativeDataset, str]:
     """SVHN's ``root/<file>`` (a level-5 MAT-file, compressed or not), and the path read."""
 
-# A node argument: ("x", 0) the input, ("v", i) node i, ("p", i) tensor i, a list, or a constant.
-PlanArg = Any
-Plan = tuple[list[tuple[str, list[PlanArg], str]], PlanArg]
+# A node argument: ("x", 0) the input, ("v", i) node i, ("p", i) tensor i, a constant, or a list.
+ProgramRef = tuple[Literal["x", "v", "p"], int]
+ProgramArg = Union[ProgramRef, bool, int, float, str, None, list["ProgramArg"]]
+# One program: [(op, args, name), ...] and its output; each op's args as graph_ops() lays them out.
+Program = tuple[list[tuple[str, list[ProgramArg], str]], ProgramArg]
+
+def graph_ops() -> list[tuple[str, list[tuple[str, str]]]]:
+    """Every canonical op's arguments by name and kind, ``[(op, [(name, kind), ...]), ...]``: the
+    layout of a program's nodes, defined once in the core (``src/nn/graph.rs``)."""
 
 @final
 class NativeModel:
@@ -242,9 +250,10 @@ class NativeModel:
 
     @staticmethod
     def graph(
-        name: str, names: Sequence[str], tensors: Sequence[torch.Tensor], *, train: Plan, eval: Plan
+        name: str, names: Sequence[str], tensors: Sequence[torch.Tensor], *, train: Program, eval: Program
     ) -> NativeModel:
-        """Runs the train / eval programs (fastcifar.engine.capture) over ``tensors`` (shared)."""
+        """Runs the train / eval programs (fastcifar.engine.capture) over ``tensors`` (shared).
+        ValueError ``graph: node i (name, op): ...`` for a node that does not fit its op's layout."""
     @staticmethod
     def eager(
         name: str,
@@ -276,13 +285,13 @@ def load_safetensors(path: str | PathLike) -> list[tuple[str, torch.Tensor]]: ..
 class OptimizerConfig:
     """An optimizer's kind ("SGD", "Adam", "AdamW"), rate and hyper-parameters, checked by the
     core as torch's constructors check them (ValueError naming the setting). A setting the kind
-    does not read is refused; absent ones take torch's defaults."""
+    does not read is refused; absent ones take the core's defaults (torch's: see ``defaults()``)."""
 
     def __new__(
         cls,
         kind: str,
         *,
-        lr: float = 0.001,
+        lr: float | None = None,
         momentum: float | None = None,
         dampening: float | None = None,
         nesterov: bool | None = None,
@@ -308,6 +317,8 @@ class OptimizerConfig:
     def kind(self) -> str: ...
     @property
     def lr(self) -> float: ...
+    def settings(self) -> dict[str, Any]:
+        """The settings by name, as torch's constructors take them (``betas`` a pair)."""
 
 @final
 class ScheduleConfig:
@@ -315,35 +326,10 @@ class ScheduleConfig:
     or "Constant") with an optional linear warm-up, checked by the core. A setting the kind does not
     read is refused."""
 
-    def __new__(
-        cls,
-        kind: str,
-        *,
-        step_size: int | None = None,
-        gamma: float | None = None,
-        T_max: int | None = None,
-        eta_min: float | None = None,
-        max_lr: float | None = None,
-        total_steps: int | None = None,
-        pct_start: float | None = None,
-        div_factor: float | None = None,
-        final_div_factor: float | None = None,
-        cycle_momentum: bool | None = None,
-        base_momentum: float | None = None,
-        max_momentum: float | None = None,
-        mode_min: bool | None = None,
-        factor: float | None = None,
-        patience: int | None = None,
-        threshold: float | None = None,
-        threshold_abs: bool | None = None,
-        cooldown: int | None = None,
-        min_lr: float | None = None,
-        eps: float | None = None,
-        milestones: Sequence[int] | None = None,
-        factors: Sequence[float] | None = None,
-        warmup_steps: int | None = None,
-        warmup_start_factor: float | None = None,
-    ) -> ScheduleConfig: ...
+    def __new__(cls, kind: str, **settings: Any) -> ScheduleConfig:
+        """``settings``: the kind's, by torch's names (``T_max``, ``mode="min"``,
+        ``threshold_mode="rel"``, ...), and ``warmup_steps`` / ``warmup_start_factor``; None is
+        "not given"; absent ones take the core's defaults (see ``defaults()``)."""
     @property
     def kind(self) -> str: ...
     def settings(self) -> dict[str, Any]:
@@ -356,22 +342,28 @@ class TrainConfig:
     def __new__(
         cls,
         *,
-        label_smoothing: float = 0.0,
-        precision: str = "float32",
-        grad_accum_steps: int = 1,
+        label_smoothing: float | None = None,
+        precision: str | None = None,
+        grad_accum_steps: int | None = None,
         grad_clip: float | None = None,
-        log_every: int = 20,
-    ) -> TrainConfig: ...
+        log_every: int | None = None,
+    ) -> TrainConfig:
+        """Absent settings take the core's defaults (``defaults()["Trainer"]``)."""
 
 @final
 class LookaheadConfig:
     """airbench's lookahead (see fastcifar.optim.Lookahead), checked by the core."""
 
     def __new__(
-        cls, *, total_steps: int, every: int = 5, decay: float = 0.95, power: float = 3.0
+        cls, *, total_steps: int, every: int | None = None, decay: float | None = None, power: float | None = None
     ) -> LookaheadConfig: ...
     def settings(self) -> dict[str, Any]:
         """The settings by name, as the constructor takes them."""
+
+def defaults() -> dict[str, dict[str, Any]]:
+    """The default of every setting the core checks, by constructor ("SGD", "Adam", "AdamW",
+    "StepLR", "CosineAnnealingLR", "OneCycleLR", "ReduceLROnPlateau", "Lookahead", "Trainer"), from
+    the core's ``impl Default``s; settings torch requires are left out."""
 
 @final
 class TrainHooks:
@@ -434,6 +426,8 @@ class OptimizerState:
     def kind(self) -> str: ...
     @property
     def lr(self) -> float: ...
+    def settings(self) -> dict[str, Any]:
+        """The settings by name, as torch's constructors take them (``betas`` a pair)."""
     @property
     def initial_lr(self) -> float: ...
     @property

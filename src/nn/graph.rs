@@ -1,6 +1,6 @@
 //! A network as a straight-line program of libtorch calls: what `torch.fx` captures from an
 //! `nn.Module`, normalised in Python (`fastcifar/engine/capture.py`) to one canonical op per node with
-//! positional arguments. Running it here keeps the whole training step in Rust (no Python per op)
+//! positional arguments, laid out as `Op::layout` says. Running it here keeps the whole training step in Rust (no Python per op)
 //! while calling the very ATen functions eager PyTorch calls, so the numbers are the same.
 use tch::{Kind, Tensor};
 
@@ -22,32 +22,151 @@ pub enum Arg {
     List(Vec<Arg>),
 }
 
+/// The kind of value an op's argument takes: the program's layout, checked when a program is
+/// built (`Graph::new`) for what is known then (constants, tensors), and when it runs for the
+/// values of earlier nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    Tensor,
+    OptTensor,
+    Int,
+    OptInt,
+    Ints,
+    OptInts,
+    /// Output sizes: ints, None keeping the input's (adaptive pooling).
+    Sizes,
+    /// Ints, or the string 'same' / 'valid' (a convolution's padding).
+    Padding,
+    Float,
+    Bool,
+    Str,
+    Tensors,
+    /// A tensor or a number (arithmetic).
+    Number,
+    List,
+    Any,
+}
+
+impl Slot {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Slot::Tensor => "a tensor",
+            Slot::OptTensor => "a tensor or None",
+            Slot::Int => "an int",
+            Slot::OptInt => "an int or None",
+            Slot::Ints => "a list of ints",
+            Slot::OptInts => "a list of ints or None",
+            Slot::Sizes => "a list of sizes (ints or None)",
+            Slot::Padding => "a list of ints, or 'same' / 'valid'",
+            Slot::Float => "a number",
+            Slot::Bool => "a bool",
+            Slot::Str => "a string",
+            Slot::Tensors => "a list of tensors",
+            Slot::Number => "a tensor or a number",
+            Slot::List => "a list",
+            Slot::Any => "any value",
+        }
+    }
+
+    /// Whether `a` can be this kind: an earlier node's value is known only when the program runs.
+    fn admits(self, a: &Arg) -> bool {
+        use Slot::*;
+        let tensor = matches!(a, Arg::Input | Arg::Tensor(_) | Arg::Node(_));
+        let int = matches!(a, Arg::Int(_) | Arg::Node(_));
+        let all = |f: fn(&Arg) -> bool| matches!(a, Arg::List(v) if v.iter().all(f));
+        match self {
+            Any => true,
+            _ if matches!(a, Arg::Node(_)) => true,
+            Tensor => tensor,
+            OptTensor => tensor || *a == Arg::None,
+            Int => int || matches!(a, Arg::Bool(_)),
+            OptInt => int || matches!(a, Arg::Bool(_) | Arg::None),
+            Ints => int || all(|x| matches!(x, Arg::Int(_) | Arg::Node(_))),
+            OptInts => *a == Arg::None || Ints.admits(a),
+            Sizes => int || all(|x| matches!(x, Arg::Int(_) | Arg::None | Arg::Node(_))),
+            Padding => matches!(a, Arg::Str(_)) || Ints.admits(a),
+            Float => matches!(a, Arg::Float(_) | Arg::Int(_)),
+            Bool => matches!(a, Arg::Bool(_)),
+            Str => matches!(a, Arg::Str(_)),
+            Tensors => all(|x| matches!(x, Arg::Input | Arg::Tensor(_) | Arg::Node(_))),
+            Number => tensor || matches!(a, Arg::Int(_) | Arg::Float(_) | Arg::Bool(_)),
+            List => matches!(a, Arg::List(_)),
+        }
+    }
+}
+
 macro_rules! ops {
-    ($($v:ident = $s:literal),* $(,)?) => {
-        /// The canonical ops; the argument lists are documented in `fastcifar/engine/capture.py`.
+    ($($v:ident = $s:literal ($($arg:ident: $slot:ident),*)),* $(,)?) => {
+        /// The canonical ops, each with its arguments by name and kind: the one definition of the
+        /// program's layout (`engine/capture.py` writes it; `_native.graph_ops()` shows it).
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         pub enum Op { $($v),* }
         impl Op {
+            pub const ALL: &'static [Op] = &[$(Op::$v),*];
             pub fn from_name(name: &str) -> Option<Op> {
                 match name { $($s => Some(Op::$v),)* _ => None }
             }
             pub fn name(&self) -> &'static str {
                 match self { $(Op::$v => $s),* }
             }
+            /// The positional arguments, by name and kind.
+            pub fn layout(&self) -> &'static [(&'static str, Slot)] {
+                match self { $(Op::$v => &[$((stringify!($arg), Slot::$slot)),*]),* }
+            }
         }
     };
 }
 
 ops! {
-    Conv2d = "conv2d", BatchNorm = "batch_norm", GroupNorm = "group_norm", LayerNorm = "layer_norm",
-    Linear = "linear", Relu = "relu", Relu6 = "relu6", LeakyRelu = "leaky_relu", Gelu = "gelu", Silu = "silu",
-    Elu = "elu", Hardswish = "hardswish", Tanh = "tanh", Sigmoid = "sigmoid", Softmax = "softmax",
-    LogSoftmax = "log_softmax", MaxPool2d = "max_pool2d", AvgPool2d = "avg_pool2d",
-    AdaptiveAvgPool2d = "adaptive_avg_pool2d", AdaptiveMaxPool2d = "adaptive_max_pool2d", Dropout = "dropout",
-    Dropout2d = "dropout2d", Flatten = "flatten", View = "view", Reshape = "reshape", Permute = "permute",
-    Transpose = "transpose", Unsqueeze = "unsqueeze", Contiguous = "contiguous", Detach = "detach", Mean = "mean", Sum = "sum",
-    Cat = "cat", Add = "add", Sub = "sub", Mul = "mul", Div = "div", FloorDiv = "floordiv", Neg = "neg",
-    Matmul = "matmul", Size = "size", GetItem = "getitem", Identity = "identity",
+    Conv2d = "conv2d" (x: Tensor, weight: Tensor, bias: OptTensor, stride: Ints, padding: Padding, dilation: Ints, groups: Int),
+    BatchNorm = "batch_norm" (
+        x: Tensor, weight: OptTensor, bias: OptTensor, running_mean: OptTensor, running_var: OptTensor,
+        num_batches_tracked: OptTensor, use_batch_stats: Bool, momentum: Float, eps: Float
+    ),
+    GroupNorm = "group_norm" (x: Tensor, groups: Int, weight: OptTensor, bias: OptTensor, eps: Float),
+    LayerNorm = "layer_norm" (x: Tensor, shape: Ints, weight: OptTensor, bias: OptTensor, eps: Float),
+    Linear = "linear" (x: Tensor, weight: Tensor, bias: OptTensor),
+    Relu = "relu" (x: Tensor, inplace: Bool),
+    Relu6 = "relu6" (x: Tensor, inplace: Bool),
+    LeakyRelu = "leaky_relu" (x: Tensor, slope: Float, inplace: Bool),
+    Gelu = "gelu" (x: Tensor, approximate: Str),
+    Silu = "silu" (x: Tensor, inplace: Bool),
+    Elu = "elu" (x: Tensor, inplace: Bool),
+    Hardswish = "hardswish" (x: Tensor, inplace: Bool),
+    Tanh = "tanh" (x: Tensor),
+    Sigmoid = "sigmoid" (x: Tensor),
+    Softmax = "softmax" (x: Tensor, dim: Int),
+    LogSoftmax = "log_softmax" (x: Tensor, dim: Int),
+    MaxPool2d = "max_pool2d" (x: Tensor, kernel: Ints, stride: Ints, padding: Ints, dilation: Ints, ceil_mode: Bool),
+    AvgPool2d = "avg_pool2d" (
+        x: Tensor, kernel: Ints, stride: Ints, padding: Ints, ceil_mode: Bool, count_include_pad: Bool,
+        divisor_override: OptInt
+    ),
+    AdaptiveAvgPool2d = "adaptive_avg_pool2d" (x: Tensor, size: Sizes),
+    AdaptiveMaxPool2d = "adaptive_max_pool2d" (x: Tensor, size: Sizes),
+    Dropout = "dropout" (x: Tensor, p: Float, train: Bool, inplace: Bool),
+    Dropout2d = "dropout2d" (x: Tensor, p: Float, train: Bool, inplace: Bool),
+    Flatten = "flatten" (x: Tensor, start: Int, end: Int),
+    View = "view" (x: Tensor, shape: Ints),
+    Reshape = "reshape" (x: Tensor, shape: Ints),
+    Permute = "permute" (x: Tensor, dims: Ints),
+    Transpose = "transpose" (x: Tensor, dim0: Int, dim1: Int),
+    Unsqueeze = "unsqueeze" (x: Tensor, dim: Int),
+    Contiguous = "contiguous" (x: Tensor),
+    Detach = "detach" (x: Tensor),
+    Mean = "mean" (x: Tensor, dims: OptInts, keepdim: Bool),
+    Sum = "sum" (x: Tensor, dims: OptInts, keepdim: Bool),
+    Cat = "cat" (tensors: Tensors, dim: Int),
+    Add = "add" (a: Number, b: Number),
+    Sub = "sub" (a: Number, b: Number),
+    Mul = "mul" (a: Number, b: Number),
+    Div = "div" (a: Number, b: Number),
+    FloorDiv = "floordiv" (a: Number, b: Number),
+    Neg = "neg" (a: Number),
+    Matmul = "matmul" (a: Tensor, b: Tensor),
+    Size = "size" (x: Tensor, dim: OptInt),
+    GetItem = "getitem" (list: List, index: Int),
+    Identity = "identity" (x: Any),
 }
 
 #[derive(Debug, Clone)]
@@ -123,6 +242,7 @@ impl Graph {
     pub fn new(nodes: Vec<Node>, output: Arg, num_tensors: usize) -> Result<Graph> {
         let mut last_use: Vec<usize> = (0..nodes.len()).collect();
         for (i, n) in nodes.iter().enumerate() {
+            check_layout(i, n)?;
             let (r, t) = reads(&n.args);
             if let Some(&bad) = r.iter().find(|&&j| j >= i) {
                 return Err(Error::invalid(
@@ -186,6 +306,35 @@ impl Graph {
     }
 }
 
+/// Node `i`'s arguments against its op's layout: their number, and the kind of each that is known
+/// before the program runs.
+fn check_layout(i: usize, n: &Node) -> Result<()> {
+    let layout = n.op.layout();
+    let at = || format!("node {i} ({}, {})", n.name, n.op.name());
+    if n.args.len() != layout.len() {
+        let names: Vec<&str> = layout.iter().map(|(name, _)| *name).collect();
+        return Err(Error::invalid(
+            "graph",
+            format!(
+                "{}: takes {} arguments ({}), got {}",
+                at(),
+                layout.len(),
+                names.join(", "),
+                n.args.len()
+            ),
+        ));
+    }
+    for (j, (a, (name, slot))) in n.args.iter().zip(layout).enumerate() {
+        if !slot.admits(a) {
+            return Err(Error::invalid(
+                "graph",
+                format!("{}: argument {j} ({name}) should be {}, got {a:?}", at(), slot.describe()),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// libtorch's messages carry a C++ backtrace after the first line; the node's name says where.
 fn at_node(n: &Node, e: Error) -> Error {
     match e {
@@ -228,10 +377,11 @@ struct Args<'a> {
 
 impl Args<'_> {
     fn bad(&self, i: usize, want: &str) -> Error {
+        let name = self.node.op.layout().get(i).map_or("?", |(n, _)| *n);
         Error::invalid(
             "graph",
             format!(
-                "{} ({}): argument {i} should be {want}, got {:?}",
+                "{} ({}): argument {i} ({name}) should be {want}, got {:?}",
                 self.node.name,
                 self.node.op.name(),
                 self.v.get(i)

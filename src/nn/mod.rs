@@ -11,7 +11,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::torch_state::{self, Autocast, Precision, Scope};
-pub use graph::{Arg, Graph, Node, Op};
+pub use graph::{Arg, Graph, Node, Op, Slot};
 
 /// Batch statistics shared across data-parallel processes (SyncBatchNorm). The core cannot talk to
 /// other processes itself: the Python bindings implement this on torch.distributed. `forward` must

@@ -58,10 +58,11 @@ impl<'py> FromPyObject<'py> for PyArg {
     }
 }
 
-/// One program: `[(op, args, name), ...]` and its output.
-type PyPlan = (Vec<(String, Vec<PyArg>, String)>, PyArg);
+/// One program: `[(op, args, name), ...]` and its output; each op's arguments as `Op::layout`
+/// lays them out (checked by `Graph::new`).
+type PyProgram = (Vec<(String, Vec<PyArg>, String)>, PyArg);
 
-fn plan(p: PyPlan) -> PyResult<(Vec<Node>, Arg)> {
+fn program(p: PyProgram) -> PyResult<(Vec<Node>, Arg)> {
     let nodes =
         p.0.into_iter()
             .map(|(op, args, name)| {
@@ -112,10 +113,10 @@ impl PyModel {
         name: String,
         names: Vec<String>,
         tensors: Vec<PyTensor>,
-        train: PyPlan,
-        eval: PyPlan,
+        train: PyProgram,
+        eval: PyProgram,
     ) -> PyResult<Self> {
-        let (train, eval) = (plan(train)?, plan(eval)?);
+        let (train, eval) = (program(train)?, program(eval)?);
         let ts = self::tensors(tensors);
         let m = release(py, move || Model::graph(name, names, ts, train, eval))?;
         Ok(PyModel {
@@ -312,8 +313,19 @@ fn load_safetensors(py: Python<'_>, path: PathBuf) -> PyResult<Vec<(String, PyTe
     Ok(sd.into_iter().map(|(k, v)| (k, PyTensor(v))).collect())
 }
 
+/// Every canonical op's arguments, by name and kind: `{op: [(name, kind), ...]}`, the layout a
+/// program's nodes must follow (`crate::nn::Op::layout`, the one definition).
+#[pyfunction]
+fn graph_ops() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
+    Op::ALL
+        .iter()
+        .map(|op| (op.name(), op.layout().iter().map(|(n, s)| (*n, s.describe())).collect()))
+        .collect()
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyModel>()?;
+    m.add_function(wrap_pyfunction!(graph_ops, m)?)?;
     m.add_function(wrap_pyfunction!(save_safetensors, m)?)?;
     m.add_function(wrap_pyfunction!(load_safetensors, m)?)?;
     Ok(())

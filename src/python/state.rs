@@ -183,22 +183,17 @@ pub(crate) fn schedule_state<'py>(py: Python<'py>, s: &Scheduler) -> PyResult<Bo
     Ok(d)
 }
 
-/// The inverse of `schedule_state`. Counters may come as floats (checkpoints written before
-/// they were ints).
+/// The inverse of `schedule_state`.
 pub(crate) fn load_schedule_state(s: &mut Scheduler, d: &Bound<'_, PyDict>) -> PyResult<()> {
-    let g = |k: &str| -> PyResult<f64> {
+    let item = |k: &str| {
         d.get_item(k)?
-            .ok_or_else(|| PyValueError::new_err(format!("scheduler_state_dict: missing '{k}'")))?
-            .extract()
+            .ok_or_else(|| PyValueError::new_err(format!("scheduler_state_dict: missing '{k}'")))
     };
+    let g = |k: &str| -> PyResult<f64> { item(k)?.extract() };
     let n = |k: &str| -> PyResult<u64> {
-        let v = g(k)?;
-        if !(v >= 0.0 && v.fract() == 0.0) {
-            return Err(PyValueError::new_err(format!(
-                "scheduler_state_dict: '{k}' is {v}, not a count"
-            )));
-        }
-        Ok(v as u64)
+        let v = item(k)?;
+        v.extract::<u64>()
+            .map_err(|_| PyValueError::new_err(format!("scheduler_state_dict: '{k}' is {v}, not a count")))
     };
     let (epoch, step, num_bad, cooldown_counter) = (n("epoch")?, n("step")?, n("num_bad")?, n("cooldown_counter")?);
     let (plateau_lr, best, base_lr) = (g("plateau_lr")?, g("best")?, g("base_lr")?);

@@ -25,6 +25,18 @@ pub struct Config {
     pub power: f64,
 }
 
+impl Default for Config {
+    /// airbench94's settings. `total_steps` (the run's length) has no default: 0 is refused.
+    fn default() -> Self {
+        Config {
+            total_steps: 0,
+            every: 5,
+            decay: 0.95,
+            power: 3.0,
+        }
+    }
+}
+
 impl Config {
     pub fn new(total_steps: u64, every: u64, decay: f64, power: f64) -> Result<Config> {
         if every == 0 {

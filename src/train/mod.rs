@@ -168,6 +168,16 @@ pub struct GroupSettings {
     pub kind: OptKind,
 }
 
+impl Default for GroupSettings {
+    /// torch.optim.SGD's (its lr, 1e-3, is Adam's and AdamW's too).
+    fn default() -> Self {
+        GroupSettings {
+            lr: 1e-3,
+            kind: OptKind::Sgd(optim::Sgd::default()),
+        }
+    }
+}
+
 impl GroupSettings {
     /// Settings for a new optimizer, checked as torch's constructors check them.
     pub fn new(kind: OptKind, lr: f64) -> Result<GroupSettings> {
@@ -386,6 +396,49 @@ impl Trainable {
     }
 }
 
+/// What one epoch holds while it runs: the running sums, on the device (read back only at log
+/// steps), and the gradients of the micro-steps since the last optimizer step.
+struct Epoch {
+    epoch: u64,
+    steps: usize,
+    t0: Instant,
+    loss_sum: Tensor,
+    correct: Tensor,
+    images: u64,
+    info: StepInfo,
+    /// The rate of the last optimizer step (what progress reports), before a schedule moves it.
+    lr_used: f64,
+    /// Looked at before every backward: a callback may freeze or unfreeze a layer mid-epoch
+    /// (`requires_grad_(False)`), as it may in a plain loop.
+    trainable: Trainable,
+    /// Per optimizer parameter; None where no gradient reached it (an unused or frozen layer),
+    /// which the update then skips, as torch.optim skips a `.grad` of None. Gradients come back
+    /// from autograd as fresh tensors (torch.autograd.grad), so nothing is zeroed or accumulated
+    /// into `.grad` between steps: torch's zero_grad(set_to_none=True).
+    acc: Vec<Option<Tensor>>,
+}
+
+impl Epoch {
+    fn start(opt: &Optimizer, epoch: u64, steps: usize, dev: Device) -> Epoch {
+        Epoch {
+            epoch,
+            steps,
+            t0: Instant::now(),
+            loss_sum: Tensor::zeros([], (Kind::Float, dev)),
+            correct: Tensor::zeros([], (Kind::Int64, dev)),
+            images: 0,
+            info: StepInfo {
+                epoch,
+                steps,
+                ..Default::default()
+            },
+            lr_used: opt.lr,
+            trainable: Trainable::of(opt),
+            acc: (0..opt.len()).map(|_| None).collect(),
+        }
+    }
+}
+
 impl TrainState {
     pub fn new(opt: Optimizer, sched: Option<Scheduler>, cfg: TrainConfig, device: Device) -> Result<TrainState> {
         cfg.validate()?;
@@ -494,35 +547,14 @@ impl TrainState {
         hooks: &mut dyn Hooks,
     ) -> Result<EpochStats> {
         model.training = true;
-        let dev = model.device();
-        let steps = source.steps;
-        let accum = self.cfg.grad_accum;
-        let t0 = Instant::now();
-        let loss_sum = Tensor::zeros([], (Kind::Float, dev));
-        let correct = Tensor::zeros([], (Kind::Int64, dev));
-        let mut images = 0u64;
-        let mut info = StepInfo {
-            epoch,
-            steps,
-            ..Default::default()
-        };
+        let mut ep = Epoch::start(&self.opt, epoch, source.steps, model.device());
         let mut stopped = false;
         // A stop asked for on one rank waits for the next log step, where all ranks agree on it.
         let mut stop_asked = false;
-        // The rate of the last optimizer step (what progress reports), before a schedule moves it.
-        let mut lr_used = self.opt.lr;
-        // Gradients come back from autograd as fresh tensors (torch.autograd.grad), so nothing is
-        // zeroed or accumulated into `.grad` between steps: torch's zero_grad(set_to_none=True).
-        // The trainable set is looked at before every backward: a callback may freeze or unfreeze a
-        // layer mid-epoch (`requires_grad_(False)`), as it may in a plain loop.
-        let mut trainable = Trainable::of(&self.opt);
-        // Per optimizer parameter; None where no gradient reached it (an unused or frozen layer),
-        // which the update then skips, as torch.optim skips a `.grad` of None.
-        let mut acc: Vec<Option<Tensor>> = (0..self.opt.len()).map(|_| None).collect();
         // The schedule sets the rate when it moves (here, after each step it moves at, and at epoch
         // ends); a rate written by the user in between holds until then, as with torch's.
         self.apply_schedule();
-        for i in 0..steps {
+        for i in 0..ep.steps {
             let mut settings = None;
             if !stop_asked && hooks.poll(&mut settings)? {
                 stop_asked = true;
@@ -535,163 +567,208 @@ impl TrainState {
                 break;
             }
             let Some(batch) = batches.next() else { break };
-            let (x, y_host) = batch?;
-            let n = x.size().first().copied().unwrap_or(0);
-            let (x, y) = (to_device(x, dev), to_device(y_host.shallow_clone(), dev));
-            let logits = model.forward_in(&x, true, precision)?.to_kind(Kind::Float);
-            if i == 0 {
-                source.check_labels(logits.size()[1])?;
-            }
-            if source.labels.is_none() {
-                check_batch_labels(&y_host, n, logits.size()[1], true)?;
-            }
-            let loss =
-                logits.f_cross_entropy_loss(&y, None::<Tensor>, Reduction::Mean, -100, self.cfg.label_smoothing)?;
-            torch_state::no_grad(|| {
-                let _ = loss_sum.shallow_clone().f_add_(&(loss.detach() * n as f64));
-                let _ = correct
-                    .shallow_clone()
-                    .f_add_(&logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64));
-            });
-            images += n as u64;
-            let batch_loss = loss.detach();
-            let mut scaled = if accum > 1 { &loss / accum as f64 } else { loss };
-            if let Some(s) = &self.scaler {
-                // Not `*=`: that would scale in place the loss whose value `batch_loss` shares.
-                scaled = &scaled * s.scale;
-            }
-            trainable.refresh(&self.opt);
-            if !trainable.params.is_empty() {
-                if !scaled.requires_grad() {
-                    return Err(Error::Runtime(
-                        "element 0 of tensors does not require grad and does not have a grad_fn: the loss depends on no trainable parameter (are they all detached or frozen?)".into(),
-                    ));
-                }
-                // Undefined where a parameter does not reach the loss (an unused layer, an aux head,
-                // a detached branch).
-                let grads = Tensor::f_run_backward(&[&scaled], &trainable.params, false, false)?;
-                for (&k, g) in trainable.active.iter().zip(grads) {
-                    if g.defined() {
-                        acc[k] = Some(match acc[k].take() {
-                            None => g,
-                            Some(prev) => prev + g,
-                        });
-                    }
-                }
-            }
-            if (i + 1) % accum == 0 || i + 1 == steps {
-                lr_used = self.opt.lr;
-                // Micro-steps only accumulate locally; the collective runs once per optimizer step.
-                let mut grads: Vec<Option<Tensor>> =
-                    std::mem::replace(&mut acc, (0..self.opt.len()).map(|_| None).collect());
-                if let Some(d) = &mut self.dist {
-                    // Every rank takes part in every bucket: a parameter no gradient reached here
-                    // counts as zero (DDP's find_unused_parameters=True).
-                    let (params, local) = trainable.dense(&grads);
-                    for (&k, g) in trainable.active.iter().zip(d.average(&params, &local)?) {
-                        grads[k] = Some(g);
-                    }
-                }
-                let present: Vec<Tensor> = grads.iter().flatten().map(Tensor::shallow_clone).collect();
-                let mut skip = false;
-                if let Some(s) = &mut self.scaler {
-                    skip = s.unscale(&present)?;
-                    s.update(skip);
-                }
-                if !skip {
-                    if let Some(c) = self.cfg.grad_clip {
-                        optim::clip_grad_norm(&present, c)?;
-                    }
-                    if hooks.owns_optimizer() {
-                        let of_active = trainable.active.iter().map(|&k| grads[k].take()).collect();
-                        hooks.outer_step(&trainable.active, Some(of_active), self.opt.lr, self.opt.momentum())?;
-                    } else {
-                        self.opt.step_grads(&grads)?;
-                    }
-                }
-                self.global_step += 1;
-                if let Some(s) = &mut self.sched {
-                    s.on_step()?;
-                    if s.per_step() || s.step == s.warmup_steps {
-                        self.apply_schedule();
-                    }
-                }
-                if !hooks.owns_optimizer() {
-                    if let Some(s) = hooks.outer_step(&trainable.active, None, self.opt.lr, self.opt.momentum())? {
-                        self.apply_settings(s)?;
-                    }
-                }
-                if let Some(l) = &mut self.lookahead {
-                    l.on_step(self.global_step)?;
-                }
+            let batch_loss = self.micro_step(model, batch?, i, &source, precision, &mut ep)?;
+            if (i + 1) % self.cfg.grad_accum == 0 || i + 1 == ep.steps {
+                self.optimizer_step(&mut ep, hooks)?;
             }
             let done = self.max_steps.is_some_and(|m| self.global_step >= m);
-            if (i + 1) % self.cfg.log_every == 0 || i + 1 == steps || done {
-                info.step = i + 1;
-                info.images = images;
-                info.loss = readback::read::<f64>(&loss_sum)? / images as f64;
-                info.accuracy = readback::read::<i64>(&correct)? as f64 / images as f64;
-                info.seconds = t0.elapsed().as_secs_f64();
-                info.lr = hooks.outer_lr().unwrap_or(lr_used);
-                info.momentum = self.opt.momentum();
-                info.batch_loss = readback::read::<f64>(&batch_loss)?;
-                let mut bad = !info.loss.is_finite();
-                let mut stop = !bad && (!hooks.progress(&info)? || stop_asked);
-                if let Some(d) = &mut self.dist {
-                    // Every rank must stop (or fail) at the same step, or the others would wait in
-                    // the next all-reduce until the timeout.
-                    let f = d.comm.any(&[bad, stop])?;
-                    (bad, stop) = (f[0], f[1]);
-                }
-                if bad {
-                    return Err(Error::NonFinite(format!(
-                        "the training loss became {} at epoch {epoch}, step {}; stopped (try a lower learning rate or grad_clip)",
-                        if info.loss.is_finite() { "NaN or inf on another rank".to_string() } else { info.loss.to_string() },
-                        i + 1
-                    )));
-                }
-                if stop {
-                    stopped = true;
-                    break;
-                }
+            if ((i + 1) % self.cfg.log_every == 0 || i + 1 == ep.steps || done)
+                && self.report(&mut ep, i, &batch_loss, stop_asked, hooks)?
+            {
+                stopped = true;
+                break;
             }
             if done {
                 break;
             }
         }
-        let (mut loss_sum, mut correct_n) = (
-            readback::read::<f64>(&loss_sum)?,
-            readback::read::<i64>(&correct)? as f64,
+        self.epoch_stats(ep, stopped, hooks)
+    }
+
+    /// The forward, the loss and the backward of batch `i`: its gradients join those of the
+    /// micro-steps since the last optimizer step. The batch's loss comes back (detached).
+    fn micro_step(
+        &mut self,
+        model: &mut Model,
+        (x, y_host): Batch,
+        i: usize,
+        source: &Source<'_>,
+        precision: Precision,
+        ep: &mut Epoch,
+    ) -> Result<Tensor> {
+        let dev = model.device();
+        let n = x.size().first().copied().unwrap_or(0);
+        let (x, y) = (to_device(x, dev), to_device(y_host.shallow_clone(), dev));
+        let logits = model.forward_in(&x, true, precision)?.to_kind(Kind::Float);
+        if i == 0 {
+            source.check_labels(logits.size()[1])?;
+        }
+        if source.labels.is_none() {
+            check_batch_labels(&y_host, n, logits.size()[1], true)?;
+        }
+        let loss = logits.f_cross_entropy_loss(&y, None::<Tensor>, Reduction::Mean, -100, self.cfg.label_smoothing)?;
+        torch_state::no_grad(|| {
+            let _ = ep.loss_sum.shallow_clone().f_add_(&(loss.detach() * n as f64));
+            let _ = ep
+                .correct
+                .shallow_clone()
+                .f_add_(&logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64));
+        });
+        ep.images += n as u64;
+        let batch_loss = loss.detach();
+        let accum = self.cfg.grad_accum;
+        let mut scaled = if accum > 1 { &loss / accum as f64 } else { loss };
+        if let Some(s) = &self.scaler {
+            // Not `*=`: that would scale in place the loss whose value `batch_loss` shares.
+            scaled = &scaled * s.scale;
+        }
+        ep.trainable.refresh(&self.opt);
+        if ep.trainable.params.is_empty() {
+            return Ok(batch_loss);
+        }
+        if !scaled.requires_grad() {
+            return Err(Error::Runtime(
+                "element 0 of tensors does not require grad and does not have a grad_fn: the loss depends on no trainable parameter (are they all detached or frozen?)".into(),
+            ));
+        }
+        // Undefined where a parameter does not reach the loss (an unused layer, an aux head, a
+        // detached branch).
+        let grads = Tensor::f_run_backward(&[&scaled], &ep.trainable.params, false, false)?;
+        for (&k, g) in ep.trainable.active.iter().zip(grads) {
+            if g.defined() {
+                ep.acc[k] = Some(match ep.acc[k].take() {
+                    None => g,
+                    Some(prev) => prev + g,
+                });
+            }
+        }
+        Ok(batch_loss)
+    }
+
+    /// One optimizer step on the gradients accumulated since the last: averaged over the ranks,
+    /// unscaled (fp16), clipped, applied (here or by the outer optimizer), then the schedule and
+    /// the lookahead move.
+    fn optimizer_step(&mut self, ep: &mut Epoch, hooks: &mut dyn Hooks) -> Result<()> {
+        ep.lr_used = self.opt.lr;
+        let trainable = &ep.trainable;
+        // Micro-steps only accumulate locally; the collective runs once per optimizer step.
+        let mut grads: Vec<Option<Tensor>> = std::mem::replace(&mut ep.acc, (0..self.opt.len()).map(|_| None).collect());
+        if let Some(d) = &mut self.dist {
+            // Every rank takes part in every bucket: a parameter no gradient reached here counts as
+            // zero (DDP's find_unused_parameters=True).
+            let (params, local) = trainable.dense(&grads);
+            for (&k, g) in trainable.active.iter().zip(d.average(&params, &local)?) {
+                grads[k] = Some(g);
+            }
+        }
+        let present: Vec<Tensor> = grads.iter().flatten().map(Tensor::shallow_clone).collect();
+        let mut skip = false;
+        if let Some(s) = &mut self.scaler {
+            skip = s.unscale(&present)?;
+            s.update(skip);
+        }
+        if !skip {
+            if let Some(c) = self.cfg.grad_clip {
+                optim::clip_grad_norm(&present, c)?;
+            }
+            if hooks.owns_optimizer() {
+                let of_active = trainable.active.iter().map(|&k| grads[k].take()).collect();
+                hooks.outer_step(&trainable.active, Some(of_active), self.opt.lr, self.opt.momentum())?;
+            } else {
+                self.opt.step_grads(&grads)?;
+            }
+        }
+        self.global_step += 1;
+        if let Some(s) = &mut self.sched {
+            s.on_step()?;
+            if s.per_step() || s.step == s.warmup_steps {
+                self.apply_schedule();
+            }
+        }
+        if !hooks.owns_optimizer() {
+            if let Some(s) = hooks.outer_step(&trainable.active, None, self.opt.lr, self.opt.momentum())? {
+                self.apply_settings(s)?;
+            }
+        }
+        if let Some(l) = &mut self.lookahead {
+            l.on_step(self.global_step)?;
+        }
+        Ok(())
+    }
+
+    /// A log step after batch `i`: the running loss and accuracy are read back, checked for
+    /// finiteness and reported. Returns whether to stop (a callback, or a stop asked for earlier);
+    /// data-parallel ranks agree on it, and on a non-finite loss, so none waits for the others.
+    fn report(
+        &mut self,
+        ep: &mut Epoch,
+        i: usize,
+        batch_loss: &Tensor,
+        stop_asked: bool,
+        hooks: &mut dyn Hooks,
+    ) -> Result<bool> {
+        let info = &mut ep.info;
+        info.step = i + 1;
+        info.images = ep.images;
+        info.loss = readback::read::<f64>(&ep.loss_sum)? / ep.images as f64;
+        info.accuracy = readback::read::<i64>(&ep.correct)? as f64 / ep.images as f64;
+        info.seconds = ep.t0.elapsed().as_secs_f64();
+        info.lr = hooks.outer_lr().unwrap_or(ep.lr_used);
+        info.momentum = self.opt.momentum();
+        info.batch_loss = readback::read::<f64>(batch_loss)?;
+        let mut bad = !info.loss.is_finite();
+        let mut stop = !bad && (!hooks.progress(info)? || stop_asked);
+        if let Some(d) = &mut self.dist {
+            let f = d.comm.any(&[bad, stop])?;
+            (bad, stop) = (f[0], f[1]);
+        }
+        if bad {
+            return Err(Error::NonFinite(format!(
+                "the training loss became {} at epoch {}, step {}; stopped (try a lower learning rate or grad_clip)",
+                if info.loss.is_finite() { "NaN or inf on another rank".to_string() } else { info.loss.to_string() },
+                ep.epoch,
+                i + 1
+            )));
+        }
+        Ok(stop)
+    }
+
+    /// The epoch's loss and accuracy (over all ranks' samples).
+    fn epoch_stats(&mut self, ep: Epoch, stopped: bool, hooks: &mut dyn Hooks) -> Result<EpochStats> {
+        let (mut loss_sum, mut correct_n, mut images) = (
+            readback::read::<f64>(&ep.loss_sum)?,
+            readback::read::<i64>(&ep.correct)? as f64,
+            ep.images,
         );
         if let Some(d) = &mut self.dist {
-            // The epoch's loss and accuracy over all ranks' samples.
-            let t = Tensor::from_slice(&[loss_sum, correct_n, images as f64]).to_device(dev);
+            let t = Tensor::from_slice(&[loss_sum, correct_n, images as f64]).to_device(ep.loss_sum.device());
             d.comm.all_reduce_sum(std::slice::from_ref(&t))?;
             let v: Vec<f64> = readback::read(&t.to_device(Device::Cpu))?;
             (loss_sum, correct_n, images) = (v[0], v[1], v[2] as u64);
         }
-        let seconds = t0.elapsed().as_secs_f64();
+        let seconds = ep.t0.elapsed().as_secs_f64();
+        let lr = hooks.outer_lr().unwrap_or(ep.lr_used);
         if images == 0 {
             return Ok(EpochStats {
                 seconds,
                 stopped,
-                lr: hooks.outer_lr().unwrap_or(lr_used),
+                lr,
                 ..Default::default()
             });
         }
         let loss = loss_sum / images as f64;
         if !loss.is_finite() {
             return Err(Error::NonFinite(format!(
-                "the training loss became {loss} in epoch {epoch}; stopped"
+                "the training loss became {loss} in epoch {}; stopped",
+                ep.epoch
             )));
         }
-        let accuracy = correct_n / images as f64;
         Ok(EpochStats {
             loss,
-            accuracy,
+            accuracy: correct_n / images as f64,
             images,
             seconds,
-            lr: hooks.outer_lr().unwrap_or(lr_used),
+            lr,
             stopped,
         })
     }

@@ -5,65 +5,83 @@ use tch::{Kind, Tensor};
 use super::sched::Kind as Schedule;
 use crate::error::{Error, Result};
 
+/// torch.optim.SGD's settings; `Default` gives torch's defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sgd {
+    pub momentum: f64,
+    pub dampening: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+}
+
+impl Default for Sgd {
+    fn default() -> Self {
+        Sgd {
+            momentum: 0.0,
+            dampening: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+/// torch.optim.Adam's settings; `Default` gives torch's defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Adam {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for Adam {
+    fn default() -> Self {
+        Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+/// torch.optim.AdamW's settings: Adam's, with AdamW's own default weight decay.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamW(pub Adam);
+
+impl Default for AdamW {
+    fn default() -> Self {
+        AdamW(Adam {
+            weight_decay: 1e-2,
+            ..Adam::default()
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum OptKind {
-    Sgd {
-        momentum: f64,
-        dampening: f64,
-        nesterov: bool,
-        weight_decay: f64,
-    },
+    Sgd(Sgd),
     /// Adam with L2 weight decay added to the gradient (torch.optim.Adam).
-    Adam {
-        beta1: f64,
-        beta2: f64,
-        eps: f64,
-        weight_decay: f64,
-    },
+    Adam(Adam),
     /// Adam with decoupled weight decay (torch.optim.AdamW).
-    AdamW {
-        beta1: f64,
-        beta2: f64,
-        eps: f64,
-        weight_decay: f64,
-    },
+    AdamW(AdamW),
 }
 
 impl OptKind {
     /// The same optimizer with a parameter group's weight decay in place of its own.
     pub fn with_weight_decay(self, w: f64) -> OptKind {
         match self {
-            OptKind::Sgd {
-                momentum,
-                dampening,
-                nesterov,
-                ..
-            } => OptKind::Sgd {
-                momentum,
-                dampening,
-                nesterov,
-                weight_decay: w,
-            },
-            OptKind::Adam { beta1, beta2, eps, .. } => OptKind::Adam {
-                beta1,
-                beta2,
-                eps,
-                weight_decay: w,
-            },
-            OptKind::AdamW { beta1, beta2, eps, .. } => OptKind::AdamW {
-                beta1,
-                beta2,
-                eps,
-                weight_decay: w,
-            },
+            OptKind::Sgd(s) => OptKind::Sgd(Sgd { weight_decay: w, ..s }),
+            OptKind::Adam(a) => OptKind::Adam(Adam { weight_decay: w, ..a }),
+            OptKind::AdamW(AdamW(a)) => OptKind::AdamW(AdamW(Adam { weight_decay: w, ..a })),
         }
     }
 
     pub fn name(&self) -> &'static str {
         match self {
-            OptKind::Sgd { .. } => "SGD",
-            OptKind::Adam { .. } => "Adam",
-            OptKind::AdamW { .. } => "AdamW",
+            OptKind::Sgd(_) => "SGD",
+            OptKind::Adam(_) => "Adam",
+            OptKind::AdamW(_) => "AdamW",
         }
     }
 
@@ -75,12 +93,12 @@ impl OptKind {
             return bad("lr", format!("{lr} must be a finite number >= 0"));
         }
         match *self {
-            OptKind::Sgd {
+            OptKind::Sgd(Sgd {
                 momentum,
                 dampening,
                 nesterov,
                 weight_decay,
-            } => {
+            }) => {
                 if below(momentum, 0.0) {
                     return bad("momentum", format!("{momentum} must be >= 0"));
                 }
@@ -91,18 +109,18 @@ impl OptKind {
                     return bad("nesterov", "needs momentum > 0 and dampening = 0".into());
                 }
             }
-            OptKind::Adam {
+            OptKind::Adam(Adam {
                 beta1,
                 beta2,
                 eps,
                 weight_decay,
-            }
-            | OptKind::AdamW {
+            })
+            | OptKind::AdamW(AdamW(Adam {
                 beta1,
                 beta2,
                 eps,
                 weight_decay,
-            } => {
+            })) => {
                 if !(0.0..1.0).contains(&beta1) || !(0.0..1.0).contains(&beta2) {
                     return bad("betas", format!("({beta1}, {beta2}) must be in [0, 1)"));
                 }
@@ -221,15 +239,15 @@ impl Optimizer {
     /// Sets SGD's momentum or Adam's beta1 (OneCycleLR cycles it).
     pub fn set_momentum(&mut self, m: f64) {
         match &mut self.kind {
-            OptKind::Sgd { momentum, .. } => *momentum = m,
-            OptKind::Adam { beta1, .. } | OptKind::AdamW { beta1, .. } => *beta1 = m,
+            OptKind::Sgd(s) => s.momentum = m,
+            OptKind::Adam(a) | OptKind::AdamW(AdamW(a)) => a.beta1 = m,
         }
     }
 
     pub fn momentum(&self) -> f64 {
         match self.kind {
-            OptKind::Sgd { momentum, .. } => momentum,
-            OptKind::Adam { beta1, .. } | OptKind::AdamW { beta1, .. } => beta1,
+            OptKind::Sgd(s) => s.momentum,
+            OptKind::Adam(a) | OptKind::AdamW(AdamW(a)) => a.beta1,
         }
     }
 
@@ -289,12 +307,12 @@ impl Optimizer {
                 let kind = self.weight_decay[i].map_or(self.kind, |w| self.kind.with_weight_decay(w));
                 let fast = self.fast_math.unwrap_or(p.device() != tch::Device::Cpu);
                 match kind {
-                    OptKind::Sgd {
+                    OptKind::Sgd(Sgd {
                         momentum,
                         dampening,
                         nesterov,
                         weight_decay,
-                    } => {
+                    }) => {
                         // grad = grad.add(param, alpha=weight_decay)
                         let mut d = if weight_decay != 0.0 {
                             add_alpha(&g, p, weight_decay, fast)?
@@ -326,19 +344,19 @@ impl Optimizer {
                             p.f_copy_(&add_alpha(p, &d, -lr, false)?)?;
                         }
                     }
-                    OptKind::Adam {
+                    OptKind::Adam(Adam {
                         beta1,
                         beta2,
                         eps,
                         weight_decay,
-                    }
-                    | OptKind::AdamW {
+                    })
+                    | OptKind::AdamW(AdamW(Adam {
                         beta1,
                         beta2,
                         eps,
                         weight_decay,
-                    } => {
-                        let decoupled = matches!(kind, OptKind::AdamW { .. });
+                    })) => {
+                        let decoupled = matches!(kind, OptKind::AdamW(_));
                         if decoupled && weight_decay != 0.0 {
                             let _ = p.f_mul_scalar_(1.0 - lr * weight_decay)?;
                         }
@@ -386,7 +404,7 @@ impl Optimizer {
     /// Names of the state buffers, as torch.optim writes them.
     pub fn buffer_names(&self) -> (&'static str, Option<&'static str>) {
         match self.kind {
-            OptKind::Sgd { .. } => ("momentum_buffer", None),
+            OptKind::Sgd(_) => ("momentum_buffer", None),
             _ => ("exp_avg", Some("exp_avg_sq")),
         }
     }
@@ -532,12 +550,10 @@ mod tests {
     fn sgd_momentum_matches_hand_computation() {
         let p = Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true);
         let mut o = Optimizer::new(
-            OptKind::Sgd {
+            OptKind::Sgd(Sgd {
                 momentum: 0.9,
-                dampening: 0.0,
-                nesterov: false,
-                weight_decay: 0.0,
-            },
+                ..Sgd::default()
+            }),
             0.1,
             vec![p.shallow_clone()],
         )
@@ -556,19 +572,15 @@ mod tests {
 
     #[test]
     fn invalid_hyperparameters_are_named() {
-        let k = OptKind::Adam {
+        let k = OptKind::Adam(Adam {
             beta1: 1.0,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        };
+            ..Adam::default()
+        });
         assert!(k.validate(1e-3).unwrap_err().to_string().starts_with("betas"));
-        assert!(OptKind::Sgd {
-            momentum: 0.0,
-            dampening: 0.0,
+        assert!(OptKind::Sgd(Sgd {
             nesterov: true,
-            weight_decay: 0.0
-        }
+            ..Sgd::default()
+        })
         .validate(0.1)
         .is_err());
         let e = Optimizer::new(k, -1.0, vec![Tensor::zeros([1], (Kind::Float, Device::Cpu))])

@@ -5,39 +5,147 @@ use std::f64::consts::PI;
 
 use crate::error::{Error, Result};
 
+/// torch.optim.lr_scheduler.StepLR's settings. `step_size` has no default (torch requires it):
+/// `Default` leaves it 0, which `Config::new` refuses by name.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Step {
+    pub step_size: u64,
+    pub gamma: f64,
+}
+
+impl Default for Step {
+    fn default() -> Self {
+        Step {
+            step_size: 0,
+            gamma: 0.1,
+        }
+    }
+}
+
+/// CosineAnnealingLR's settings. `t_max` (torch's `T_max`) has no default: 0 is refused.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cosine {
+    pub t_max: u64,
+    pub eta_min: f64,
+}
+
+impl Default for Cosine {
+    fn default() -> Self {
+        Cosine { t_max: 0, eta_min: 0.0 }
+    }
+}
+
+/// OneCycleLR's settings (two phases, cosine). `max_lr` and `total_steps` have no default: 0 is
+/// refused for both.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OneCycle {
+    pub max_lr: f64,
+    pub total_steps: u64,
+    pub pct_start: f64,
+    pub div_factor: f64,
+    pub final_div_factor: f64,
+    pub cycle_momentum: bool,
+    pub base_momentum: f64,
+    pub max_momentum: f64,
+}
+
+impl Default for OneCycle {
+    fn default() -> Self {
+        OneCycle {
+            max_lr: 0.0,
+            total_steps: 0,
+            pct_start: 0.3,
+            div_factor: 25.0,
+            final_div_factor: 1e4,
+            cycle_momentum: true,
+            base_momentum: 0.85,
+            max_momentum: 0.95,
+        }
+    }
+}
+
+/// ReduceLROnPlateau's `mode`: whether a lower or a higher metric is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Min,
+    Max,
+}
+
+/// ReduceLROnPlateau's `threshold_mode`: a relative or an absolute improvement counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThresholdMode {
+    Rel,
+    Abs,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Result<Mode> {
+        match s {
+            "min" => Ok(Mode::Min),
+            "max" => Ok(Mode::Max),
+            o => Err(Error::invalid("mode", format!("'{o}' is not 'min' or 'max'"))),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Min => "min",
+            Mode::Max => "max",
+        }
+    }
+}
+
+impl ThresholdMode {
+    pub fn parse(s: &str) -> Result<ThresholdMode> {
+        match s {
+            "rel" => Ok(ThresholdMode::Rel),
+            "abs" => Ok(ThresholdMode::Abs),
+            o => Err(Error::invalid("threshold_mode", format!("'{o}' is not 'rel' or 'abs'"))),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            ThresholdMode::Rel => "rel",
+            ThresholdMode::Abs => "abs",
+        }
+    }
+}
+
+/// ReduceLROnPlateau's settings; a reduction smaller than `eps` is not made. All have torch's
+/// defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Plateau {
+    pub mode: Mode,
+    pub factor: f64,
+    pub patience: u64,
+    pub threshold: f64,
+    pub threshold_mode: ThresholdMode,
+    pub cooldown: u64,
+    pub min_lr: f64,
+    pub eps: f64,
+}
+
+impl Default for Plateau {
+    fn default() -> Self {
+        Plateau {
+            mode: Mode::Min,
+            factor: 0.1,
+            patience: 10,
+            threshold: 1e-4,
+            threshold_mode: ThresholdMode::Rel,
+            cooldown: 0,
+            min_lr: 0.0,
+            eps: 1e-8,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Kind {
     Constant,
-    Step {
-        step_size: u64,
-        gamma: f64,
-    },
-    Cosine {
-        t_max: u64,
-        eta_min: f64,
-    },
-    OneCycle {
-        max_lr: f64,
-        total_steps: u64,
-        pct_start: f64,
-        div_factor: f64,
-        final_div_factor: f64,
-        cycle_momentum: bool,
-        base_momentum: f64,
-        max_momentum: f64,
-    },
-    /// ReduceLROnPlateau; `min_mode` = mode "min", `abs_threshold` = threshold_mode "abs"; a reduction
-    /// smaller than `eps` is not made.
-    Plateau {
-        min_mode: bool,
-        factor: f64,
-        patience: u64,
-        threshold: f64,
-        abs_threshold: bool,
-        cooldown: u64,
-        min_lr: f64,
-        eps: f64,
-    },
+    Step(Step),
+    Cosine(Cosine),
+    OneCycle(OneCycle),
+    Plateau(Plateau),
     /// Per optimizer step, `lr * factor(step)`: the factor linear between (step, factor) points
     /// and the last factor after the last point (torch's LambdaLR over a piecewise-linear lambda,
     /// e.g. airbench's triangle).
@@ -90,7 +198,7 @@ impl Config {
         };
         match &kind {
             Kind::Constant => {}
-            Kind::Step { step_size, gamma } => {
+            Kind::Step(Step { step_size, gamma }) => {
                 if *step_size == 0 {
                     return Err(bad("step_size", "must be at least 1".into()));
                 }
@@ -98,13 +206,13 @@ impl Config {
                     return Err(bad("gamma", format!("{gamma} must be > 0")));
                 }
             }
-            Kind::Cosine { t_max, eta_min } => {
+            Kind::Cosine(Cosine { t_max, eta_min }) => {
                 if *t_max == 0 {
                     return Err(bad("T_max", "must be at least 1".into()));
                 }
                 non_negative("eta_min", *eta_min)?;
             }
-            Kind::OneCycle {
+            Kind::OneCycle(OneCycle {
                 max_lr,
                 total_steps,
                 pct_start,
@@ -113,7 +221,7 @@ impl Config {
                 base_momentum,
                 max_momentum,
                 ..
-            } => {
+            }) => {
                 if *total_steps < 2 {
                     return Err(bad("total_steps", format!("{total_steps} must be at least 2")));
                 }
@@ -128,13 +236,13 @@ impl Config {
                 non_negative("base_momentum", *base_momentum)?;
                 non_negative("max_momentum", *max_momentum)?;
             }
-            Kind::Plateau {
+            Kind::Plateau(Plateau {
                 factor,
                 threshold,
                 min_lr,
                 eps,
                 ..
-            } => {
+            }) => {
                 if !(0.0..1.0).contains(factor) {
                     return Err(bad("factor", format!("{factor} must be in [0, 1)")));
                 }
@@ -174,10 +282,10 @@ impl Kind {
     pub fn name(&self) -> &'static str {
         match self {
             Kind::Constant => "Constant",
-            Kind::Step { .. } => "StepLR",
-            Kind::Cosine { .. } => "CosineAnnealingLR",
-            Kind::OneCycle { .. } => "OneCycleLR",
-            Kind::Plateau { .. } => "ReduceLROnPlateau",
+            Kind::Step(_) => "StepLR",
+            Kind::Cosine(_) => "CosineAnnealingLR",
+            Kind::OneCycle(_) => "OneCycleLR",
+            Kind::Plateau(_) => "ReduceLROnPlateau",
             Kind::Piecewise { .. } => "PiecewiseLinear",
         }
     }
@@ -188,10 +296,10 @@ impl Kind {
     /// plateau's `min_lr` is one floor for all groups: those are not.
     pub fn scales_rate(&self) -> bool {
         match self {
-            Kind::Constant | Kind::Step { .. } | Kind::Piecewise { .. } => true,
-            Kind::Cosine { eta_min, .. } => *eta_min == 0.0,
-            Kind::Plateau { min_lr, .. } => *min_lr == 0.0,
-            Kind::OneCycle { .. } => false,
+            Kind::Constant | Kind::Step(_) | Kind::Piecewise { .. } => true,
+            Kind::Cosine(c) => c.eta_min == 0.0,
+            Kind::Plateau(p) => p.min_lr == 0.0,
+            Kind::OneCycle(_) => false,
         }
     }
 }
@@ -201,7 +309,7 @@ impl Scheduler {
     pub fn new(cfg: Config, base_lr: f64) -> Scheduler {
         let Config { kind, warmup } = cfg;
         let best = match kind {
-            Kind::Plateau { min_mode: true, .. } => f64::INFINITY,
+            Kind::Plateau(Plateau { mode: Mode::Min, .. }) => f64::INFINITY,
             _ => f64::NEG_INFINITY,
         };
         let (warmup_steps, warmup_start) = warmup.map_or((0, 0.0), |w| (w.steps, w.start_factor));
@@ -233,9 +341,9 @@ impl Scheduler {
 
     fn one_cycle_pos(&self) -> Option<(f64, f64, f64)> {
         // (start, end, pct) of the current phase, torch's two-phase OneCycleLR.
-        let Kind::OneCycle {
+        let Kind::OneCycle(OneCycle {
             total_steps, pct_start, ..
-        } = self.kind
+        }) = self.kind
         else {
             return None;
         };
@@ -256,16 +364,16 @@ impl Scheduler {
     pub fn lr(&self) -> f64 {
         let lr = match self.kind {
             Kind::Constant => self.base_lr,
-            Kind::Step { step_size, gamma } => self.base_lr * gamma.powi((self.epoch / step_size) as i32),
-            Kind::Cosine { t_max, eta_min } => {
+            Kind::Step(Step { step_size, gamma }) => self.base_lr * gamma.powi((self.epoch / step_size) as i32),
+            Kind::Cosine(Cosine { t_max, eta_min }) => {
                 eta_min + (self.base_lr - eta_min) * (1.0 + (PI * self.epoch as f64 / t_max as f64).cos()) / 2.0
             }
-            Kind::OneCycle {
+            Kind::OneCycle(OneCycle {
                 max_lr,
                 div_factor,
                 final_div_factor,
                 ..
-            } => {
+            }) => {
                 let initial = max_lr / div_factor;
                 let min_lr = initial / final_div_factor;
                 let (_, _, pct) = self.one_cycle_pos().expect("a OneCycle schedule has a position");
@@ -275,7 +383,7 @@ impl Scheduler {
                     Self::cos_anneal(max_lr, min_lr, pct)
                 }
             }
-            Kind::Plateau { .. } => self.plateau_lr,
+            Kind::Plateau(_) => self.plateau_lr,
             Kind::Piecewise { ref points } => self.base_lr * piecewise(points, self.step),
         };
         if self.step < self.warmup_steps {
@@ -288,21 +396,21 @@ impl Scheduler {
 
     fn in_first_phase(&self) -> bool {
         match self.kind {
-            Kind::OneCycle {
+            Kind::OneCycle(OneCycle {
                 total_steps, pct_start, ..
-            } => (self.step.min(total_steps - 1) as f64) <= pct_start * total_steps as f64 - 1.0,
+            }) => (self.step.min(total_steps - 1) as f64) <= pct_start * total_steps as f64 - 1.0,
             _ => false,
         }
     }
 
     /// OneCycleLR's cycled momentum for the next step, if it cycles one.
     pub fn momentum(&self) -> Option<f64> {
-        let Kind::OneCycle {
+        let Kind::OneCycle(OneCycle {
             cycle_momentum: true,
             base_momentum,
             max_momentum,
             ..
-        } = self.kind
+        }) = self.kind
         else {
             return None;
         };
@@ -317,7 +425,7 @@ impl Scheduler {
     /// After an optimizer step. OneCycleLR refuses to go past `total_steps`, as torch's does.
     pub fn on_step(&mut self) -> Result<()> {
         self.step += 1;
-        if let Kind::OneCycle { total_steps, .. } = self.kind {
+        if let Kind::OneCycle(OneCycle { total_steps, .. }) = self.kind {
             if self.step > total_steps {
                 return Err(Error::invalid(
                     "OneCycleLR",
@@ -330,29 +438,29 @@ impl Scheduler {
 
     /// Whether the rate moves at every optimizer step (not only at epoch ends).
     pub fn per_step(&self) -> bool {
-        matches!(self.kind, Kind::OneCycle { .. } | Kind::Piecewise { .. }) || self.step < self.warmup_steps
+        matches!(self.kind, Kind::OneCycle(_) | Kind::Piecewise { .. }) || self.step < self.warmup_steps
     }
 
     /// End of an epoch. ReduceLROnPlateau needs `metric` (validation loss in the seed).
     pub fn on_epoch(&mut self, metric: Option<f64>) -> Result<()> {
         self.epoch += 1;
-        if let Kind::Plateau {
-            min_mode,
+        if let Kind::Plateau(Plateau {
+            mode,
             factor,
             patience,
             threshold,
-            abs_threshold,
+            threshold_mode,
             cooldown,
             min_lr,
             eps,
-        } = self.kind
+        }) = self.kind
         {
             let m = metric.ok_or_else(|| Error::invalid("metric", "ReduceLROnPlateau needs a metric each epoch"))?;
-            let better = match (min_mode, abs_threshold) {
-                (true, false) => m < self.best * (1.0 - threshold),
-                (true, true) => m < self.best - threshold,
-                (false, false) => m > self.best * (1.0 + threshold),
-                (false, true) => m > self.best + threshold,
+            let better = match (mode, threshold_mode) {
+                (Mode::Min, ThresholdMode::Rel) => m < self.best * (1.0 - threshold),
+                (Mode::Min, ThresholdMode::Abs) => m < self.best - threshold,
+                (Mode::Max, ThresholdMode::Rel) => m > self.best * (1.0 + threshold),
+                (Mode::Max, ThresholdMode::Abs) => m > self.best + threshold,
             };
             if better {
                 self.best = m;
@@ -397,10 +505,10 @@ mod tests {
     fn step_cosine_and_plateau() {
         let mut s = Scheduler::new(
             Config::new(
-                Kind::Step {
+                Kind::Step(Step {
                     step_size: 2,
                     gamma: 0.5,
-                },
+                }),
                 None,
             )
             .unwrap(),
@@ -412,21 +520,18 @@ mod tests {
             s.on_epoch(None).unwrap();
         }
         assert_eq!(lrs, vec![1.0, 1.0, 0.5, 0.5, 0.25]);
-        let mut c = Scheduler::new(Config::new(Kind::Cosine { t_max: 4, eta_min: 0.0 }, None).unwrap(), 1.0);
+        let mut c = Scheduler::new(Config::new(Kind::Cosine(Cosine {
+                    t_max: 4,
+                    ..Cosine::default()
+                }), None).unwrap(), 1.0);
         c.epoch = 2;
         assert!((c.lr() - 0.5).abs() < 1e-12);
         let mut p = Scheduler::new(
             Config::new(
-                Kind::Plateau {
-                    min_mode: true,
-                    factor: 0.1,
+                Kind::Plateau(Plateau {
                     patience: 1,
-                    threshold: 1e-4,
-                    abs_threshold: false,
-                    cooldown: 0,
-                    min_lr: 0.0,
-                    eps: 1e-8,
-                },
+                    ..Plateau::default()
+                }),
                 None,
             )
             .unwrap(),
@@ -441,16 +546,11 @@ mod tests {
 
     #[test]
     fn one_cycle_endpoints_and_warmup() {
-        let k = Kind::OneCycle {
+        let k = Kind::OneCycle(OneCycle {
             max_lr: 1.0,
             total_steps: 100,
-            pct_start: 0.3,
-            div_factor: 25.0,
-            final_div_factor: 1e4,
-            cycle_momentum: true,
-            base_momentum: 0.85,
-            max_momentum: 0.95,
-        };
+            ..OneCycle::default()
+        });
         let mut s = Scheduler::new(Config::new(k, None).unwrap(), 1.0);
         assert!((s.lr() - 0.04).abs() < 1e-12);
         assert!((s.momentum().unwrap() - 0.95).abs() < 1e-12);
@@ -483,39 +583,30 @@ mod tests {
     fn every_rule_names_its_setting() {
         let name = |k: Kind, w: Option<Warmup>| Config::new(k, w).unwrap_err().to_string();
         assert!(name(
-            Kind::Step {
-                step_size: 0,
-                gamma: 0.1
-            },
+            Kind::Step(Step::default()),
             None
         )
         .starts_with("step_size"));
         assert!(name(
-            Kind::Step {
+            Kind::Step(Step {
                 step_size: 1,
                 gamma: 0.0
-            },
+            }),
             None
         )
         .starts_with("gamma"));
         assert!(name(
-            Kind::Cosine {
+            Kind::Cosine(Cosine {
                 t_max: 3,
                 eta_min: -1.0
-            },
+            }),
             None
         )
         .starts_with("eta_min"));
-        let plateau = Kind::Plateau {
-            min_mode: true,
-            factor: 0.1,
-            patience: 0,
+        let plateau = Kind::Plateau(Plateau {
             threshold: f64::NAN,
-            abs_threshold: false,
-            cooldown: 0,
-            min_lr: 0.0,
-            eps: 0.0,
-        };
+            ..Plateau::default()
+        });
         assert!(name(plateau, None).starts_with("threshold"));
         assert!(name(
             Kind::Constant,

@@ -6,24 +6,14 @@ program of canonical ops: one node per libtorch call, with positional arguments.
 (``src/nn/graph.rs``) runs those programs over the module's own parameter and buffer tensors,
 shared, not copied, calling the same ATen functions eager PyTorch calls.
 
-A module that fx cannot trace, or that uses an op outside the list below, still trains on the
+A module that fx cannot trace, or that uses an op outside the core's list, still trains on the
 same engine: its own ``forward`` runs in eager PyTorch (the loop, loss, backward, optimizer and
 data stay in Rust). A one-time warning names the cause.
 
-Argument lists of the canonical ops (``("x", 0)`` the input, ``("v", i)`` node i, ``("p", i)``
-tensor i, lists, constants):
-
-    conv2d(x, weight, bias?, stride[2], padding[2] | 'same' | 'valid', dilation[2], groups)
-    batch_norm(x, weight?, bias?, running_mean?, running_var?, num_batches_tracked?, use_batch_stats, momentum, eps)
-    group_norm(x, groups, weight?, bias?, eps)      layer_norm(x, shape, weight?, bias?, eps)
-    linear(x, weight, bias?)                        relu | relu6 | silu | hardswish | elu(x, inplace)
-    leaky_relu(x, slope, inplace)   gelu(x, approximate)   tanh | sigmoid(x)   softmax | log_softmax(x, dim)
-    max_pool2d(x, kernel[2], stride[2], padding[2], dilation[2], ceil_mode)
-    avg_pool2d(x, kernel[2], stride[2], padding[2], ceil_mode, count_include_pad, divisor_override?)
-    adaptive_avg_pool2d | adaptive_max_pool2d(x, size[2])      dropout | dropout2d(x, p, train, inplace)
-    flatten(x, start, end)   view | reshape | permute(x, ints)   transpose(x, a, b)   unsqueeze(x, d)
-    contiguous(x)   detach(x)   mean | sum(x, dims?, keepdim)   cat(tensors, dim)   matmul(a, b)
-    add | sub | mul | div | floordiv(a, b)   neg(a)   size(x, dim?)   getitem(list, i)   identity(x)
+Each node is ``(op, args, name)``; an argument is ``("x", 0)`` the input, ``("v", i)`` node i,
+``("p", i)`` tensor i, a list or a constant. The argument layout of every canonical op (names,
+order and kinds) is the core's, defined once in ``src/nn/graph.rs`` (``Op::layout``) and shown by
+``fastcifar._native.graph_ops()``; the core checks every node against it when a program is built.
 """
 
 from __future__ import annotations

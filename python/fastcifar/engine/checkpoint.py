@@ -114,11 +114,7 @@ def rebuild_optimizer(meta: dict | None, model: torch.nn.Module, src):
         if meta.get("group_params"):
             params = [{"params": ps} for ps in _group_tensors(model, meta["group_params"], src)]
         return cls(params, **meta.get("defaults", {}))
-    s = dict(meta["settings"])
-    if "beta1" in s:
-        s["betas"] = (s.pop("beta1"), s.pop("beta2"))
-    if "nesterov" in s:
-        s["nesterov"] = bool(s["nesterov"])
+    s = dict(meta["settings"])  # by the names the constructor takes (``settings()``)
     if meta.get("groups"):
         # Parameter groups by parameter name: each group's rate is its multiple of the optimizer's.
         tensors = _group_tensors(model, [names for names, _, _ in meta["groups"]], src)
@@ -255,19 +251,22 @@ def _kind(desc: dict | None) -> str | None:
     return None if desc is None else desc.get("name", desc.get("torch"))
 
 
-def _cycled(schedule: dict | None) -> tuple:
-    """The optimizer settings that a fastcifar OneCycleLR moves every step (momentum, or Adam's
-    beta1, with ``cycle_momentum``): state, like the learning rate, not settings to compare."""
-    if schedule and schedule.get("name") == "OneCycleLR" and (schedule.get("settings") or {}).get("cycle_momentum"):
-        return ("momentum", "beta1")
-    return ()
+def _cycled(schedule: dict | None) -> bool:
+    """Whether a fastcifar OneCycleLR moves the momentum (SGD's, or Adam's first beta) every step
+    (``cycle_momentum``): then it is state, like the learning rate, not a setting to compare."""
+    return bool(
+        schedule and schedule.get("name") == "OneCycleLR" and (schedule.get("settings") or {}).get("cycle_momentum")
+    )
 
 
-def _hyper(desc: dict, moving: tuple = ()) -> dict:
-    """A description's hyper-parameters, the learning rate (and what the schedule moves) left
-    out: they are state."""
+def _hyper(desc: dict, moving: bool = False) -> dict:
+    """A description's hyper-parameters, the learning rate (and the momentum a schedule moves)
+    left out: they are state."""
     d = desc.get("settings", desc.get("defaults", {})) or {}
-    return {k: v for k, v in d.items() if k not in ("lr", "initial_lr", *moving)}
+    d = {k: v for k, v in d.items() if k not in ("lr", "initial_lr") and not (moving and k == "momentum")}
+    if moving and isinstance(d.get("betas"), (list, tuple)):
+        d["betas"] = tuple(d["betas"])[1:]  # the second beta stays a setting
+    return d
 
 
 def checkpoint_paths(path) -> tuple[str, str]:

@@ -24,6 +24,7 @@ from .. import callbacks as _callbacks
 from .. import distributed as _dist
 from .. import optim as _optim
 from .. import transforms as T
+from .._defaults import TRAINER
 from .._files import atomic_write, check_writable
 from .._warn import warn_once
 from ..data.loader import DataLoader
@@ -109,14 +110,14 @@ class Trainer:
         optimizer=None,
         scheduler=None,
         loss: str = "cross_entropy",
-        label_smoothing: float = 0.0,
+        label_smoothing: float = TRAINER["label_smoothing"],
         device="auto",
         amp: bool | str | torch.dtype = False,
         channels_last: bool | None = None,
-        grad_accum_steps: int = 1,
-        grad_clip: float | None = None,
+        grad_accum_steps: int = TRAINER["grad_accum_steps"],
+        grad_clip: float | None = TRAINER["grad_clip"],
         seed: int | None = None,
-        log_every: int = 20,
+        log_every: int = TRAINER["log_every"],
         distributed: bool | None = None,
         sync_bn: bool = False,
         bucket_cap_mb: float = 25.0,

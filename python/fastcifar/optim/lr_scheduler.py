@@ -12,16 +12,15 @@ of your own use ``torch.optim.lr_scheduler``, whose objects ``fastcifar.Trainer`
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from .. import _native as _rs
 from .._args import whole
+from .._defaults import COSINE, ONE_CYCLE, PLATEAU, STEP_LR
 
 __all__ = ["StepLR", "CosineAnnealingLR", "OneCycleLR", "ReduceLROnPlateau", "PiecewiseLinear", "LinearWarmup"]
-
-
-# Flags that checkpoints written before they crossed as booleans hold as 0.0 / 1.0.
-_FLAGS = ("cycle_momentum", "mode_min", "threshold_abs")
 
 
 def _is_optimizer(o) -> bool:
@@ -61,6 +60,18 @@ class _Schedule:
 
     name = ""
     _names: list = []
+
+    def __init_subclass__(cls, **kw):
+        # help() and inspect.signature show torch's signature, with the core's defaults.
+        super().__init_subclass__(**kw)
+        P = inspect.Parameter
+        params = [P("optimizer", P.POSITIONAL_OR_KEYWORD, default=None)]
+        params += [
+            P(n, P.POSITIONAL_OR_KEYWORD, **({} if d is _REQUIRED else {"default": d})) for n, d in cls._names
+        ]
+        if any(d is _REQUIRED for _, d in cls._names):
+            params[0] = params[0].replace(default=P.empty)  # a required argument may not follow one with a default
+        cls.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
 
     def __init__(self, *args, **kwargs):
         a = _bind(type(self).__name__, self._names, args, kwargs)
@@ -108,7 +119,7 @@ class StepLR(_Schedule):
     """lr * gamma ** (epoch // step_size)."""
 
     name = "StepLR"
-    _names = [("step_size", _REQUIRED), ("gamma", 0.1), ("last_epoch", -1)]
+    _names = [("step_size", _REQUIRED), ("gamma", STEP_LR["gamma"]), ("last_epoch", -1)]
 
     def _configure(self, step_size, gamma):
         return {"step_size": step_size, "gamma": gamma}
@@ -116,7 +127,7 @@ class StepLR(_Schedule):
 
 class CosineAnnealingLR(_Schedule):
     name = "CosineAnnealingLR"
-    _names = [("T_max", _REQUIRED), ("eta_min", 0.0), ("last_epoch", -1)]
+    _names = [("T_max", _REQUIRED), ("eta_min", COSINE["eta_min"]), ("last_epoch", -1)]
 
     def _configure(self, T_max, eta_min):
         return {"T_max": T_max, "eta_min": eta_min}
@@ -132,13 +143,13 @@ class OneCycleLR(_Schedule):
         ("total_steps", None),
         ("epochs", None),
         ("steps_per_epoch", None),
-        ("pct_start", 0.3),
+        ("pct_start", ONE_CYCLE["pct_start"]),
         ("anneal_strategy", "cos"),
-        ("cycle_momentum", True),
-        ("base_momentum", 0.85),
-        ("max_momentum", 0.95),
-        ("div_factor", 25.0),
-        ("final_div_factor", 1e4),
+        ("cycle_momentum", ONE_CYCLE["cycle_momentum"]),
+        ("base_momentum", ONE_CYCLE["base_momentum"]),
+        ("max_momentum", ONE_CYCLE["max_momentum"]),
+        ("div_factor", ONE_CYCLE["div_factor"]),
+        ("final_div_factor", ONE_CYCLE["final_div_factor"]),
         ("three_phase", False),
         ("last_epoch", -1),
     ]
@@ -196,37 +207,32 @@ class ReduceLROnPlateau(_Schedule):
 
     name = "ReduceLROnPlateau"
     _names = [
-        ("mode", "min"),
-        ("factor", 0.1),
-        ("patience", 10),
-        ("threshold", 1e-4),
-        ("threshold_mode", "rel"),
-        ("cooldown", 0),
-        ("min_lr", 0.0),
-        ("eps", 1e-8),
+        (k, PLATEAU[k])
+        for k in ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr", "eps")
     ]
 
     def _configure(self, mode, factor, patience, threshold, threshold_mode, cooldown, min_lr, eps):
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode: {mode!r} is not 'min' or 'max'")
-        if threshold_mode not in ("rel", "abs"):
-            raise ValueError(f"threshold_mode: {threshold_mode!r} is not 'rel' or 'abs'")
         if isinstance(min_lr, (list, tuple)):
             raise ValueError(
                 "min_lr: one value per parameter group is for torch.optim.lr_scheduler.ReduceLROnPlateau "
                 "(fastcifar's optimizers have one group)"
             )
-        self.mode = mode
         return {
-            "mode_min": mode == "min",
+            "mode": mode,
             "factor": factor,
             "patience": patience,
             "threshold": threshold,
-            "threshold_abs": threshold_mode == "abs",
+            "threshold_mode": threshold_mode,
             "cooldown": cooldown,
             "min_lr": min_lr,
             "eps": eps,
         }
+
+
+    @property
+    def mode(self) -> str:
+        """'min' or 'max', as torch's attribute."""
+        return self._config.settings()["mode"]
 
 
 class PiecewiseLinear(_Schedule):
@@ -277,8 +283,5 @@ def _restore(name: str, settings: dict) -> _Schedule:
     # Its own class where the name is one (repr and isinstance then say OneCycleLR, not _Schedule).
     known = {c.name: c for c in (StepLR, CosineAnnealingLR, OneCycleLR, ReduceLROnPlateau, PiecewiseLinear)}
     s = object.__new__(known.get(name, _Schedule))
-    settings = {k: bool(v) if k in _FLAGS else v for k, v in settings.items()}
     s.name, s._config, s.optimizer = name, _rs.ScheduleConfig(name, **settings), None
-    if isinstance(s, ReduceLROnPlateau):
-        s.mode = "min" if settings.get("mode_min", True) else "max"
     return s

@@ -7,6 +7,8 @@ import math
 import torch
 
 from .. import _native as _rs
+from .._defaults import ADAM, ADAMW, LOOKAHEAD
+from .._defaults import SGD as _SGD
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Lookahead"]
 
@@ -19,19 +21,27 @@ def _f(v):
 def _engine_config(name: str, group: dict, written: bool = False) -> _rs.OptimizerConfig:
     """A torch-style param group's settings for the Rust update. The core checks them (as torch's
     constructor does; settings ``written`` between steps are checked when the loop applies them)."""
+    # A setting the group lacks is None: the core takes its default.
     make = _rs.OptimizerConfig.written if written else _rs.OptimizerConfig
-    lr, wd = _f(group["lr"]), _f(group.get("weight_decay", 0.0))
+    lr, wd = _f(group["lr"]), _f(group.get("weight_decay"))
     if name == "SGD":
+        nesterov = group.get("nesterov")
         return make(
             name,
             lr=lr,
-            momentum=_f(group.get("momentum", 0.0)),
-            dampening=_f(group.get("dampening", 0.0)),
+            momentum=_f(group.get("momentum")),
+            dampening=_f(group.get("dampening")),
             weight_decay=wd,
-            nesterov=bool(group.get("nesterov", False)),
+            nesterov=None if nesterov is None else bool(nesterov),
         )
-    b1, b2 = group.get("betas", (0.9, 0.999))
-    return make(name, lr=lr, betas=(_f(b1), _f(b2)), eps=_f(group.get("eps", 1e-8)), weight_decay=wd)
+    betas = group.get("betas")
+    return make(
+        name,
+        lr=lr,
+        betas=None if betas is None else (_f(betas[0]), _f(betas[1])),
+        eps=_f(group.get("eps")),
+        weight_decay=wd,
+    )
 
 
 def _float(v):
@@ -42,7 +52,7 @@ def _float(v):
 
 def _momentum(group: dict) -> float:
     """SGD's momentum or Adam's beta1 in a param group."""
-    return float(_f(group["betas"][0] if "betas" in group else group.get("momentum", 0.0)))
+    return float(_f(group["betas"][0] if "betas" in group else group.get("momentum", _SGD["momentum"])))
 
 
 def _refuse(name: str, value, default, why: str = ""):
@@ -290,11 +300,11 @@ class SGD(Optimizer):
     def __init__(
         self,
         params=None,
-        lr: float = 1e-3,
-        momentum: float = 0.0,
-        dampening: float = 0.0,
-        weight_decay: float = 0.0,
-        nesterov: bool = False,
+        lr: float = _SGD["lr"],
+        momentum: float = _SGD["momentum"],
+        dampening: float = _SGD["dampening"],
+        weight_decay: float = _SGD["weight_decay"],
+        nesterov: bool = _SGD["nesterov"],
         *,
         maximize: bool = False,
         foreach: bool | None = None,
@@ -337,14 +347,14 @@ class Adam(Optimizer):
     """torch.optim.Adam's signature and update: L2 weight decay added to the gradient."""
 
     name = "Adam"
-    _default_wd = 0.0
+    _default_wd = ADAM["weight_decay"]
 
     def __init__(
         self,
         params=None,
-        lr: float = 1e-3,
-        betas=(0.9, 0.999),
-        eps: float = 1e-8,
+        lr: float = ADAM["lr"],
+        betas=ADAM["betas"],
+        eps: float = ADAM["eps"],
         weight_decay: float | None = None,
         amsgrad: bool = False,
         *,
@@ -395,8 +405,7 @@ class Adam(Optimizer):
         g = self._shared()
         return {
             "lr": self.lr,
-            "beta1": float(g["betas"][0]),
-            "beta2": float(g["betas"][1]),
+            "betas": (float(g["betas"][0]), float(g["betas"][1])),
             "eps": float(g["eps"]),
             "weight_decay": float(g["weight_decay"]),
         }
@@ -406,15 +415,15 @@ class AdamW(Adam):
     """torch.optim.AdamW's signature and update: decoupled weight decay (default 1e-2)."""
 
     name = "AdamW"
-    _default_wd = 1e-2
+    _default_wd = ADAMW["weight_decay"]
 
     def __init__(
         self,
         params=None,
-        lr: float = 1e-3,
-        betas=(0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
+        lr: float = ADAMW["lr"],
+        betas=ADAMW["betas"],
+        eps: float = ADAMW["eps"],
+        weight_decay: float = ADAMW["weight_decay"],
         amsgrad: bool = False,
         *,
         maximize: bool = False,
@@ -450,7 +459,13 @@ class Lookahead:
     Rust loop, on the device, and checkpoints keep the average.
     """
 
-    def __init__(self, total_steps: int, every: int = 5, decay: float = 0.95, power: float = 3.0):
+    def __init__(
+        self,
+        total_steps: int,
+        every: int = LOOKAHEAD["every"],
+        decay: float = LOOKAHEAD["decay"],
+        power: float = LOOKAHEAD["power"],
+    ):
         for name, v in (("total_steps", total_steps), ("every", every)):
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ValueError(f"{name}: {v!r} must be an int >= 1 (Lookahead)")
