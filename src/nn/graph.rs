@@ -328,7 +328,11 @@ fn check_layout(i: usize, n: &Node) -> Result<()> {
         if !slot.admits(a) {
             return Err(Error::invalid(
                 "graph",
-                format!("{}: argument {j} ({name}) should be {}, got {a:?}", at(), slot.describe()),
+                format!(
+                    "{}: argument {j} ({name}) should be {}, got {a:?}",
+                    at(),
+                    slot.describe()
+                ),
             ));
         }
     }

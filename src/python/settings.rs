@@ -462,7 +462,8 @@ impl PyTrainConfig {
         log_every: Option<i64>,
     ) -> PyResult<Self> {
         let d = TrainConfig::default();
-        let whole = |name: &str, v: Option<i64>, default: usize| v.map_or(Ok(default), |v| count(name, v).map(|c| c as usize));
+        let whole =
+            |name: &str, v: Option<i64>, default: usize| v.map_or(Ok(default), |v| count(name, v).map(|c| c as usize));
         let cfg = TrainConfig {
             label_smoothing: label_smoothing.unwrap_or(d.label_smoothing),
             precision: precision.map_or(Ok(d.precision), Precision::parse).map_err(to_py)?,

@@ -652,7 +652,8 @@ impl TrainState {
         ep.lr_used = self.opt.lr;
         let trainable = &ep.trainable;
         // Micro-steps only accumulate locally; the collective runs once per optimizer step.
-        let mut grads: Vec<Option<Tensor>> = std::mem::replace(&mut ep.acc, (0..self.opt.len()).map(|_| None).collect());
+        let mut grads: Vec<Option<Tensor>> =
+            std::mem::replace(&mut ep.acc, (0..self.opt.len()).map(|_| None).collect());
         if let Some(d) = &mut self.dist {
             // Every rank takes part in every bucket: a parameter no gradient reached here counts as
             // zero (DDP's find_unused_parameters=True).
@@ -725,7 +726,11 @@ impl TrainState {
         if bad {
             return Err(Error::NonFinite(format!(
                 "the training loss became {} at epoch {}, step {}; stopped (try a lower learning rate or grad_clip)",
-                if info.loss.is_finite() { "NaN or inf on another rank".to_string() } else { info.loss.to_string() },
+                if info.loss.is_finite() {
+                    "NaN or inf on another rank".to_string()
+                } else {
+                    info.loss.to_string()
+                },
                 ep.epoch,
                 i + 1
             )));

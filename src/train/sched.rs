@@ -520,10 +520,17 @@ mod tests {
             s.on_epoch(None).unwrap();
         }
         assert_eq!(lrs, vec![1.0, 1.0, 0.5, 0.5, 0.25]);
-        let mut c = Scheduler::new(Config::new(Kind::Cosine(Cosine {
+        let mut c = Scheduler::new(
+            Config::new(
+                Kind::Cosine(Cosine {
                     t_max: 4,
                     ..Cosine::default()
-                }), None).unwrap(), 1.0);
+                }),
+                None,
+            )
+            .unwrap(),
+            1.0,
+        );
         c.epoch = 2;
         assert!((c.lr() - 0.5).abs() < 1e-12);
         let mut p = Scheduler::new(
@@ -582,11 +589,7 @@ mod tests {
     #[test]
     fn every_rule_names_its_setting() {
         let name = |k: Kind, w: Option<Warmup>| Config::new(k, w).unwrap_err().to_string();
-        assert!(name(
-            Kind::Step(Step::default()),
-            None
-        )
-        .starts_with("step_size"));
+        assert!(name(Kind::Step(Step::default()), None).starts_with("step_size"));
         assert!(name(
             Kind::Step(Step {
                 step_size: 1,
