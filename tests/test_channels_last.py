@@ -72,7 +72,8 @@ def _eager_layout_noise(model: nn.Module, batches) -> dict:
             loss.backward()
             opt.step()
         ends.append(m.state_dict())
-    return {k: ((ends[1][k] - start[k]) - (ends[0][k] - start[k])).norm() for k in start if start[k].is_floating_point()}
+    floats = [k for k in start if start[k].is_floating_point()]
+    return {k: ((ends[1][k] - start[k]) - (ends[0][k] - start[k])).norm() for k in floats}
 
 
 def test_training_in_channels_last_follows_nchw_training_within_rounding():

@@ -65,7 +65,8 @@ def test_every_python_signature_shows_the_cores_default(name):
 
 
 def test_absent_settings_take_the_cores_defaults_and_settings_use_the_constructors_names():
-    assert _native.OptimizerConfig("Adam").settings() == {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0}
+    adam = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0}
+    assert _native.OptimizerConfig("Adam").settings() == adam
     assert _native.OptimizerConfig("AdamW").settings()["weight_decay"] == 1e-2
     assert fo.Adam(lr=0.1).settings()["betas"] == (0.9, 0.999)
     s = _native.ScheduleConfig("ReduceLROnPlateau", mode="max", threshold_mode="abs").settings()

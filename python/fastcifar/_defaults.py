@@ -8,8 +8,9 @@ schedule's ``step_size``, ``max_lr``, ...) have no entry.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from . import _native
 

@@ -2,7 +2,7 @@
 
 from collections.abc import Iterable, Iterator, Sequence
 from os import PathLike
-from typing import Any, Callable, Literal, Union, final
+from typing import Any, Callable, Literal, final
 
 import numpy as np
 import torch
@@ -236,7 +236,7 @@ def load_svhn(root: str | PathLike, file: str, classes: Sequence[str]) -> tuple[
 
 # A node argument: ("x", 0) the input, ("v", i) node i, ("p", i) tensor i, a constant, or a list.
 ProgramRef = tuple[Literal["x", "v", "p"], int]
-ProgramArg = Union[ProgramRef, bool, int, float, str, None, list["ProgramArg"]]
+ProgramArg = ProgramRef | bool | int | float | str | None | list["ProgramArg"]
 # One program: [(op, args, name), ...] and its output; each op's args as graph_ops() lays them out.
 Program = tuple[list[tuple[str, list[ProgramArg], str]], ProgramArg]
 
@@ -426,8 +426,6 @@ class OptimizerState:
     def kind(self) -> str: ...
     @property
     def lr(self) -> float: ...
-    def settings(self) -> dict[str, Any]:
-        """The settings by name, as torch's constructors take them (``betas`` a pair)."""
     @property
     def initial_lr(self) -> float: ...
     @property

@@ -66,12 +66,10 @@ class _Schedule:
         super().__init_subclass__(**kw)
         P = inspect.Parameter
         params = [P("optimizer", P.POSITIONAL_OR_KEYWORD, default=None)]
-        params += [
-            P(n, P.POSITIONAL_OR_KEYWORD, **({} if d is _REQUIRED else {"default": d})) for n, d in cls._names
-        ]
+        params += [P(n, P.POSITIONAL_OR_KEYWORD, **({} if d is _REQUIRED else {"default": d})) for n, d in cls._names]
         if any(d is _REQUIRED for _, d in cls._names):
             params[0] = params[0].replace(default=P.empty)  # a required argument may not follow one with a default
-        cls.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        cls.__signature__ = inspect.Signature(params)
 
     def __init__(self, *args, **kwargs):
         a = _bind(type(self).__name__, self._names, args, kwargs)
@@ -227,7 +225,6 @@ class ReduceLROnPlateau(_Schedule):
             "min_lr": min_lr,
             "eps": eps,
         }
-
 
     @property
     def mode(self) -> str:
