@@ -38,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import _native as _rs
+from .._args import BindError, bind, signature
 from .._warn import warn_once
 
 __all__ = ["compile_module", "Unsupported"]
@@ -222,8 +223,8 @@ class _Capture:
     def call(self, n: torch.fx.Node, rule, fname: str):
         if rule is None:
             raise Unsupported(f"of {fname} ({n.name})")
-        spec, build = rule
-        a = _bind(spec, n.args, n.kwargs, fname, n.name)
+        sig, build = rule
+        a = _bind(sig, n.args, n.kwargs, fname, n.name)
         op, args = build({k: self.arg(v) for k, v in a.items()})
         self.emit(op, args, n.name, n)
 
@@ -242,36 +243,19 @@ def _fname(f) -> str:
     return f"{mod}.{getattr(f, '__name__', repr(f))}".lstrip(".")
 
 
-_NO = object()
-
-
-def _bind(spec: list, args: tuple, kwargs: dict, fname: str, where: str) -> dict:
-    """Binds positional and keyword arguments to ``spec`` ([name, (name, default), '*name'])."""
-    out, names = {}, []
-    for s in spec:
-        name, default = (s, _NO) if isinstance(s, str) else s
-        names.append(name)
-        if default is not _NO:
-            out[name] = default
-    rest = list(args)
-    for name in names:
-        if not rest:
-            break
-        if name.startswith("*"):
-            out[name] = rest
-            rest = []
-        else:
-            out[name] = rest.pop(0)
-    if rest:
-        raise Unsupported(f"{fname} with {len(rest)} more positional arguments than fastcifar knows ({where})")
-    for k, v in kwargs.items():
-        if k not in names:
-            raise Unsupported(f"{fname} with argument {k}= ({where})")
-        out[k] = v
-    missing = [k for k in names if k not in out and not k.startswith("*")]
-    if missing:
-        raise Unsupported(f"{fname} without {missing[0]} ({where})")
-    return out
+def _bind(sig, args: tuple, kwargs: dict, fname: str, where: str) -> dict:
+    """An fx node's positional and keyword arguments bound to its rule's signature (``_args.bind``);
+    what does not bind is Unsupported, naming the function and the node."""
+    try:
+        return bind(sig, args, kwargs)
+    except BindError as e:
+        why = {
+            "positional": f"with {e.given - e.limit} more positional arguments than fastcifar knows",
+            "unexpected": f"with argument {e.name}=",
+            "twice": f"with {e.name} given both by position and by keyword",
+            "missing": f"without {e.name}",
+        }[e.kind]
+        raise Unsupported(f"{fname} {why} ({where})") from None
 
 
 def _need(cond: bool, what: str):
@@ -399,7 +383,7 @@ _MODULES: dict[type, Callable] = {
 }
 
 
-# --- function rules: (spec, build(bound args) -> (op, args)) ---------------------------------------
+# --- function rules: (spec, build(bound args) -> (op, args)); the specs become signatures below -----
 def _no(cond: bool, what: str):
     _need(not cond, what)
 
@@ -487,7 +471,7 @@ def _binary(op):
 
 def _shape_args(a):
     """view(2, -1), view((2, -1)) and view([2, -1]) alike."""
-    s = a["*shape"]
+    s = a["shape"]
     return s[0] if len(s) == 1 and (isinstance(s[0], list) or _is_ref(s[0])) else list(s)
 
 
@@ -679,6 +663,11 @@ _METHODS: dict[str, tuple] = {
     "neg": _method([], lambda a: ("neg", [a["input"]])),
     "matmul": _method(["other"], lambda a: ("matmul", [a["input"], a["other"]])),
 }
+
+
+# Each rule's argument list ([name, (name, default), "*name"]) as a signature, made once.
+_FUNCTIONS = {k: (signature(spec), build) for k, (spec, build) in _FUNCTIONS.items()}
+_METHODS = {k: (signature(spec), build) for k, (spec, build) in _METHODS.items()}
 
 
 _SETTINGS = (bool, int, float, str, type(None), tuple, list, dict, set, frozenset)

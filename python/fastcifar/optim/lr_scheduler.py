@@ -12,10 +12,12 @@ of your own use ``torch.optim.lr_scheduler``, whose objects ``fastcifar.Trainer`
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from .. import _native as _rs
-from .._args import whole
+from .._args import BindError, bind, signature, whole
 
 __all__ = ["StepLR", "CosineAnnealingLR", "OneCycleLR", "ReduceLROnPlateau", "PiecewiseLinear", "LinearWarmup"]
 
@@ -30,43 +32,45 @@ def _is_optimizer(o) -> bool:
     return isinstance(o, (Optimizer, torch.optim.Optimizer))
 
 
-def _bind(cls_name: str, names: list, args: tuple, kwargs: dict) -> dict:
+_REQUIRED = inspect.Parameter.empty
+
+
+def _bind(cls_name: str, sig: inspect.Signature, args: tuple, kwargs: dict) -> dict:
     """torch's signature ``(optimizer, *names)``: positional in that order, or by keyword. The
-    optimizer may be left out (a first positional that is not an optimizer is the next argument)."""
-    if args and not _is_optimizer(args[0]) and args[0] is not None:
+    optimizer may be left out (a first positional that is not an optimizer is the next argument):
+    it is then None. What does not bind is a TypeError worded as Python's."""
+    if "optimizer" not in kwargs and not (args and (_is_optimizer(args[0]) or args[0] is None)):
         args = (None,) + tuple(args)
-    full = ["optimizer"] + [n for n, _ in names]
-    if len(args) > len(full):
-        raise TypeError(f"{cls_name}() takes at most {len(full)} positional arguments ({len(args)} given)")
-    out = {n: d for n, d in names}
-    out["optimizer"] = None
-    for n, v in zip(full, args):
-        out[n] = v
-    for k, v in kwargs.items():
-        if k not in out:
-            raise TypeError(f"{cls_name}() got an unexpected keyword argument '{k}'")
-        if k in full[: len(args)]:
-            raise TypeError(f"{cls_name}() got multiple values for argument '{k}'")
-        out[k] = v
+    try:
+        out = bind(sig, args, kwargs)
+    except BindError as e:
+        raise TypeError(
+            {
+                "positional": f"{cls_name}() takes at most {e.limit} positional arguments ({e.given} given)",
+                "unexpected": f"{cls_name}() got an unexpected keyword argument '{e.name}'",
+                "twice": f"{cls_name}() got multiple values for argument '{e.name}'",
+                "missing": f"{cls_name}() missing required argument: '{e.name}'",
+            }[e.kind]
+        ) from None
     if out["optimizer"] is not None and not _is_optimizer(out["optimizer"]):
         raise TypeError(f"optimizer: expected an optimizer, got {type(out['optimizer']).__name__}")
     return out
-
-
-_REQUIRED = object()
 
 
 class _Schedule:
     """A schedule's settings for the Rust loop; ``Trainer`` binds it to the optimizer."""
 
     name = ""
+    # torch's arguments after the optimizer: (name, default), _REQUIRED for none.
     _names: list = []
+    _signature: inspect.Signature = signature(["optimizer"])
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        cls._signature = signature([("optimizer", _REQUIRED)] + list(cls._names))
 
     def __init__(self, *args, **kwargs):
-        a = _bind(type(self).__name__, self._names, args, kwargs)
-        missing = [n for n, d in self._names if a[n] is _REQUIRED]
-        if missing:
-            raise TypeError(f"{type(self).__name__}() missing required argument: '{missing[0]}'")
+        a = _bind(type(self).__name__, self._signature, args, kwargs)
         self.optimizer = a.pop("optimizer")
         if a.pop("last_epoch", -1) != -1:
             raise ValueError(
