@@ -68,8 +68,8 @@ def compile_module(module: nn.Module, eager_because: str | None = None) -> _rs.N
         if eager_because is not None:
             raise Unsupported(eager_because)
         _no_hooks(module)
-        plans = {mode: _Capture(module, mode, tensors).plan() for mode in (True, False)}
-        return _rs.NativeModel.graph(name, names, tensors, train=plans[True], eval=plans[False])
+        programs = {mode: _Capture(module, mode, tensors).program() for mode in (True, False)}
+        return _rs.NativeModel.graph(name, names, tensors, train=programs[True], eval=programs[False])
     except Unsupported as e:
         warn_once(
             ("capture", name, str(e)),
@@ -136,7 +136,7 @@ def _ints(v):
 
 
 class _Capture:
-    """One fx trace of ``module`` in one mode, written as a plan."""
+    """One fx trace of ``module`` in one mode, written as a program (its nodes and its output)."""
 
     def __init__(self, module: nn.Module, training: bool, tensors: list[torch.Tensor]):
         self.root = module
@@ -145,17 +145,17 @@ class _Capture:
         self.nodes: list[tuple] = []
         self.env: dict[torch.fx.Node, Any] = {}
 
-    def plan(self) -> tuple:
+    def program(self) -> tuple:
         # Every layer reads its mode while its node is written, so the mode holds until the end.
         modes = {m: m.training for m in self.root.modules()}
         self.root.train(self.training)
         try:
-            return self._plan()
+            return self._program()
         finally:
             for m, mode in modes.items():
                 m.training = mode
 
-    def _plan(self) -> tuple:
+    def _program(self) -> tuple:
         try:
             graph = torch.fx.Tracer().trace(self.root)
         except Exception as e:
