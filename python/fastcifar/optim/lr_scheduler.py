@@ -44,6 +44,8 @@ def _bind(cls_name: str, sig: inspect.Signature, args: tuple, kwargs: dict) -> d
     try:
         out = bind(sig, args, kwargs)
     except BindError as e:
+        if e.kind == "missing":  # a wrong optimizer is named first, as before a missing setting
+            _check_optimizer(kwargs["optimizer"] if "optimizer" in kwargs else args[0])
         raise TypeError(
             {
                 "positional": f"{cls_name}() takes at most {e.limit} positional arguments ({e.given} given)",
@@ -52,9 +54,13 @@ def _bind(cls_name: str, sig: inspect.Signature, args: tuple, kwargs: dict) -> d
                 "missing": f"{cls_name}() missing required argument: '{e.name}'",
             }[e.kind]
         ) from None
-    if out["optimizer"] is not None and not _is_optimizer(out["optimizer"]):
-        raise TypeError(f"optimizer: expected an optimizer, got {type(out['optimizer']).__name__}")
+    _check_optimizer(out["optimizer"])
     return out
+
+
+def _check_optimizer(o) -> None:
+    if o is not None and not _is_optimizer(o):
+        raise TypeError(f"optimizer: expected an optimizer, got {type(o).__name__}")
 
 
 class _Schedule:
