@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import operator
 import os
 import queue
@@ -114,6 +116,109 @@ def _in_background(make: Callable[[threading.Event], Iterator], depth: int) -> I
     return consume()
 
 
+@dataclasses.dataclass(frozen=True)
+class _Arguments:
+    """A DataLoader's arguments (all but the data set), as given; after the checks, the counts as
+    ints. The record a fallback to torch's loader passes on, and ``shard`` builds shards from."""
+
+    batch_size: int | None
+    shuffle: bool | None
+    sampler: Iterable | None
+    batch_sampler: Iterable | None
+    num_workers: int | None
+    collate_fn: Callable | None
+    pin_memory: bool
+    drop_last: bool
+    timeout: float
+    worker_init_fn: Callable[[int], Any] | None
+    multiprocessing_context: Any
+    generator: torch.Generator | None
+    prefetch_factor: int | None
+    persistent_workers: bool
+    pin_memory_device: str
+    in_order: bool
+    transform: Any
+    seed: int | None
+    device: Any
+    prefetch: int
+    dtype: torch.dtype
+    num_threads: int | None
+    rank: int
+    world_size: int
+    pad_shards: bool
+    resident: bool
+
+
+# The arguments a shard is built with as they were given (shard() passes the rest itself).
+_SHARD_KEEPS = (
+    "pin_memory",
+    "prefetch",
+    "num_threads",
+    "num_workers",
+    "prefetch_factor",
+    "persistent_workers",
+    "timeout",
+    "worker_init_fn",
+    "collate_fn",
+    "generator",
+)
+
+
+def _check_torch_arguments(a: _Arguments) -> None:
+    """torch's own checks, with torch's messages."""
+    if a.sampler is not None and a.shuffle:
+        raise ValueError("sampler option is mutually exclusive with shuffle")
+    if a.batch_sampler is not None and (a.batch_size != 1 or a.shuffle or a.sampler is not None or a.drop_last):
+        raise ValueError("batch_sampler option is mutually exclusive with batch_size, shuffle, sampler, and drop_last")
+    n = a.num_workers
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise ValueError(f"num_workers option should be non-negative, got {n!r}")
+    if not isinstance(a.timeout, (int, float)) or a.timeout < 0:
+        raise ValueError(f"timeout option should be non-negative, got {a.timeout!r}")
+    if n == 0 and a.prefetch_factor is not None:
+        raise ValueError(
+            "prefetch_factor option could only be specified in multiprocessing. "
+            "let num_workers > 0 to enable multiprocessing, otherwise set prefetch_factor to None."
+        )
+    if n == 0 and a.persistent_workers:
+        raise ValueError("persistent_workers option needs num_workers > 0")
+    if a.worker_init_fn is not None and not callable(a.worker_init_fn):
+        raise TypeError(f"worker_init_fn: {a.worker_init_fn!r} is not callable")
+    if a.collate_fn is not None and not callable(a.collate_fn):
+        raise TypeError(f"collate_fn: {a.collate_fn!r} is not callable")
+
+
+def _check_fastcifar_arguments(a: _Arguments) -> _Arguments:
+    """The counts as ints (their ranges, and dtype and device, are checked by the core when the
+    native loader is made, with its messages), prefetch_factor, the shards, the seed."""
+    a = dataclasses.replace(
+        a,
+        prefetch=whole("prefetch", a.prefetch, None),
+        world_size=whole("world_size", a.world_size, None),
+        rank=whole("rank", a.rank, None),
+        batch_size=whole("batch_size", a.batch_size, None) if a.batch_size is not None else None,
+        num_threads=whole("num_threads", a.num_threads, None) if a.num_threads is not None else None,
+    )
+    pf = a.prefetch_factor
+    if pf is not None and (isinstance(pf, bool) or not isinstance(pf, int) or not 1 <= pf < 2**63):
+        raise ValueError(f"prefetch_factor: must be a positive int or None, got {pf!r}")
+    if a.world_size > 1 and (a.sampler is not None or a.batch_sampler is not None):
+        raise ValueError(
+            "rank / world_size: give either a sampler (e.g. DistributedSampler) or rank and world_size, not both"
+        )
+    s = a.seed
+    if s is not None and (isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**64):
+        raise ValueError(f"seed: must be an int in [0, 2**64) or None, got {s!r}")
+    return a
+
+
+def _draw_seed(seed: int | None, generator: torch.Generator | None) -> int:
+    """The seed given, or one drawn from ``generator`` (torch's default one when None)."""
+    if seed is None:
+        return int(torch.randint(0, 2**62, (), generator=generator).item())
+    return seed
+
+
 class DataLoader:
     """Iterates ``(images, labels)`` batches: float32 (B, C, H, W) (or uint8 with ``dtype=torch.uint8``)
     and int64 (B,).
@@ -198,169 +303,147 @@ class DataLoader:
         pad_shards: bool = True,
         resident: bool = False,
     ) -> None:
-        # torch's own checks, with torch's messages.
-        if sampler is not None and shuffle:
-            raise ValueError("sampler option is mutually exclusive with shuffle")
-        if batch_sampler is not None and (batch_size != 1 or shuffle or sampler is not None or drop_last):
-            raise ValueError(
-                "batch_sampler option is mutually exclusive with batch_size, shuffle, sampler, and drop_last"
-            )
-        if num_workers is not None and (
-            isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0
-        ):
-            raise ValueError(f"num_workers option should be non-negative, got {num_workers!r}")
-        if not isinstance(timeout, (int, float)) or timeout < 0:
-            raise ValueError(f"timeout option should be non-negative, got {timeout!r}")
-        if num_workers == 0 and prefetch_factor is not None:
-            raise ValueError(
-                "prefetch_factor option could only be specified in multiprocessing. "
-                "let num_workers > 0 to enable multiprocessing, otherwise set prefetch_factor to None."
-            )
-        if num_workers == 0 and persistent_workers:
-            raise ValueError("persistent_workers option needs num_workers > 0")
-        if worker_init_fn is not None and not callable(worker_init_fn):
-            raise TypeError(f"worker_init_fn: {worker_init_fn!r} is not callable")
-        if collate_fn is not None and not callable(collate_fn):
-            raise TypeError(f"collate_fn: {collate_fn!r} is not callable")
-        # Converted here; their ranges (and dtype, device) are checked by the core when the native
-        # loader is made below, with its messages.
-        prefetch, world_size, rank = (
-            whole("prefetch", prefetch, None),
-            whole("world_size", world_size, None),
-            whole("rank", rank, None),
-        )
-        batch_size = whole("batch_size", batch_size, None) if batch_size is not None else None
-        num_threads = whole("num_threads", num_threads, None) if num_threads is not None else None
-        if prefetch_factor is not None and (
-            isinstance(prefetch_factor, bool)
-            or not isinstance(prefetch_factor, int)
-            or not 1 <= prefetch_factor < 2**63
-        ):
-            raise ValueError(f"prefetch_factor: must be a positive int or None, got {prefetch_factor!r}")
-        if world_size > 1 and (sampler is not None or batch_sampler is not None):
-            raise ValueError(
-                "rank / world_size: give either a sampler (e.g. DistributedSampler) or rank and world_size, not both"
-            )
-        seed_given = seed
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (), generator=generator).item())
-        elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
-            raise ValueError(f"seed: must be an int in [0, 2**64) or None, got {seed!r}")
-
-        self.batch_size, self.shuffle, self.drop_last = batch_size, bool(shuffle), drop_last
-        self.sampler, self.batch_sampler, self.collate_fn = sampler, batch_sampler, collate_fn
-        self.num_workers, self.pin_memory, self.timeout = num_workers, pin_memory, timeout
-        self.worker_init_fn, self.multiprocessing_context, self.generator = (
-            worker_init_fn,
-            multiprocessing_context,
-            generator,
-        )
-        self.prefetch_factor, self.persistent_workers = prefetch_factor, persistent_workers
-        self.pin_memory_device, self.in_order = pin_memory_device, in_order
-        self.seed, self.dtype = seed, dtype
-        self.rank, self.world_size, self.pad_shards = rank, world_size, bool(pad_shards)
-        self.epoch = 0
-        self._inits_done = False
-        self._options: dict[str, Any] = dict(
-            pin_memory=pin_memory,
-            prefetch=prefetch,
-            num_threads=num_threads,
+        a = _Arguments(
+            batch_size=batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            batch_sampler=batch_sampler,
             num_workers=num_workers,
-            prefetch_factor=prefetch_factor,
-            persistent_workers=persistent_workers,
+            collate_fn=collate_fn,
+            pin_memory=pin_memory,
+            drop_last=drop_last,
             timeout=timeout,
             worker_init_fn=worker_init_fn,
-            collate_fn=collate_fn,
+            multiprocessing_context=multiprocessing_context,
             generator=generator,
+            prefetch_factor=prefetch_factor,
+            persistent_workers=persistent_workers,
+            pin_memory_device=pin_memory_device,
+            in_order=in_order,
+            transform=transform,
+            seed=seed,
+            device=device,
+            prefetch=prefetch,
+            dtype=dtype,
+            num_threads=num_threads,
+            rank=rank,
+            world_size=world_size,
+            pad_shards=pad_shards,
+            resident=resident,
         )
-
+        _check_torch_arguments(a)
+        a = _check_fastcifar_arguments(a)
+        self._keep_settings(a, _draw_seed(a.seed, a.generator))
         ds = _resolve(dataset)
-        self.resident = False  # set below once the batches are built on the device
+        self.resident = False  # set by _make_resident once the batches are built on the device
         self._torch: torch.utils.data.DataLoader | None = None
         if ds is None:
             self.device = torch.device("cpu")  # torch's loader moves nothing (any other device is refused there)
-            self._fall_back_to_torch(dataset, transform, dict(locals(), seed=seed_given))
+            self._fall_back_to_torch(dataset, a)
             return
-        self.device = torch.device(
-            _rs.resolve_device(device)
-        )  # "auto" resolved; checked as the native loader checks it
+        self._take_dataset(ds, a)
+        self._build_native(ds, a)
+        self._trainer_loader: _rs.NativeLoader | None = None
+        if resident:
+            self._make_resident()
+
+    def _keep_settings(self, a: _Arguments, seed: int) -> None:
+        """The settings as torch's DataLoader shows them (attributes), and those a shard is built with."""
+        self.batch_size, self.shuffle, self.drop_last = a.batch_size, bool(a.shuffle), a.drop_last
+        self.sampler, self.batch_sampler, self.collate_fn = a.sampler, a.batch_sampler, a.collate_fn
+        self.num_workers, self.pin_memory, self.timeout = a.num_workers, a.pin_memory, a.timeout
+        self.worker_init_fn, self.multiprocessing_context, self.generator = (
+            a.worker_init_fn,
+            a.multiprocessing_context,
+            a.generator,
+        )
+        self.prefetch_factor, self.persistent_workers = a.prefetch_factor, a.persistent_workers
+        self.pin_memory_device, self.in_order = a.pin_memory_device, a.in_order
+        self.seed, self.dtype = seed, a.dtype
+        self.rank, self.world_size, self.pad_shards = a.rank, a.world_size, bool(a.pad_shards)
+        self.epoch = 0
+        self._inits_done = False
+        self._options: dict[str, Any] = {k: getattr(a, k) for k in _SHARD_KEEPS}
+
+    def _take_dataset(self, ds: Dataset, a: _Arguments) -> None:
+        """The fastcifar data set, its transform (the one given, or else its own) and target
+        transform, and the device; warns where torch's loader would have done otherwise."""
+        # "auto" resolved; checked as the native loader checks it.
+        self.device = torch.device(_rs.resolve_device(a.device))
         self.dataset = ds
-        self.transform = transform if transform is not None else ds.transform
-        if self.transform is None and dtype == torch.float32:
+        self.transform = a.transform if a.transform is not None else ds.transform
+        if self.transform is None and a.dtype == torch.float32:
             # torch's DataLoader raises on such a data set's PIL images; this one converts them, so say how.
             warn_once(
                 ("loader", "no-transform"),
                 "fastcifar.DataLoader: the data set has no transform, so its PIL images are batched as "
                 "ToTensor() would give them (float32 in [0, 1]), where torch's DataLoader raises on PIL images; "
                 "pass transform=transforms.ToTensor() to say so (or dtype=torch.uint8 for the raw bytes)",
+                stacklevel=3,
             )
         self.target_transform = ds.target_transform
-        if pin_memory and not torch.cuda.is_available():
+        if a.pin_memory and not torch.cuda.is_available():
             warn_once(
                 ("loader", "pin"),
                 "fastcifar.DataLoader: pin_memory=True, but CUDA is not available here, so nothing was pinned: "
                 "batches are in ordinary memory (as torch's DataLoader does without an accelerator)",
+                stacklevel=3,
             )
-        if num_threads is None and num_workers is not None:
-            num_threads = max(1, num_workers)
-        if prefetch_factor is not None:
-            prefetch = prefetch_factor * (num_threads or os.cpu_count() or 1)
+
+    def _build_native(self, ds: Dataset, a: _Arguments) -> None:
+        """The transform split into its fused Rust part and its Python steps (warned about), and
+        the Rust loader over the data set (which checks the ranges, dtype and device)."""
+        num_threads, prefetch = a.num_threads, a.prefetch
+        if num_threads is None and a.num_workers is not None:
+            num_threads = max(1, a.num_workers)
+        if a.prefetch_factor is not None:
+            prefetch = a.prefetch_factor * (num_threads or os.cpu_count() or 1)
         self._plan: T.Plan | None = T.Plan(self.transform) if self.transform is not None else None
         # "torch.float32" or "torch.uint8": the core checks it and names anything else (a string such as
         # "float32" goes as its repr, so that it is refused as torch's dtype argument would be).
+        dtype = a.dtype
         kind = str(dtype) if isinstance(dtype, torch.dtype) else repr(dtype)
         if self._plan is not None and self._plan.rest:
-            warn_python(self._plan.rest[0], self._plan.why)
+            warn_python(self._plan.rest[0], self._plan.why, stacklevel=4)  # the caller of DataLoader()
             if dtype in (torch.float32, torch.uint8):  # the fused part gives what the Python steps take
                 kind = "float32" if self._plan.float_out else "uint8"
             ops = self._plan.ops
         else:
             ops = T.ops_of(self.transform, kind)
         self._slow = bool(self._plan and self._plan.rest)
-        # Python steps run on CPU tensors; their batches move to the device afterwards.
-        native_device = "cpu" if self._slow else str(self.device)
         self._args = (ds._native, ops)
         self._kwargs: dict[str, Any] = dict(
-            batch_size=1 if batch_size is None else batch_size,
-            shuffle=bool(shuffle),
-            drop_last=bool(drop_last),
-            seed=seed,
+            batch_size=1 if a.batch_size is None else a.batch_size,
+            shuffle=bool(a.shuffle),
+            drop_last=bool(a.drop_last),
+            seed=self.seed,
             prefetch=prefetch,
             dtype=kind,
-            device=native_device,
-            pin_memory=bool(pin_memory) and not self._slow,
+            # Python steps run on CPU tensors; their batches move to the device afterwards.
+            device="cpu" if self._slow else str(self.device),
+            pin_memory=bool(a.pin_memory) and not self._slow,
             num_threads=num_threads,
-            rank=rank,
-            world_size=world_size,
-            pad_shards=bool(pad_shards),
+            rank=a.rank,
+            world_size=a.world_size,
+            pad_shards=bool(a.pad_shards),
         )
         self._core = _rs.NativeLoader(*self._args, **self._kwargs)
-        self._trainer_loader: _rs.NativeLoader | None = None
-        if resident:
-            why = "some transform steps run in Python" if self._slow else None
-            if why is None:
-                try:
-                    self._core = self._core.resident()
-                    self.resident = True
-                except ValueError as e:  # a step the device path lacks: the batches come from the host
-                    why = str(e)
-            if why is not None:
-                warnings.warn(f"DataLoader(resident=True): {why}; building batches on the host instead", stacklevel=2)
 
-    def _fall_back_to_torch(self, dataset, transform, given: dict) -> None:
-        ours = {
-            "transform": None,
-            "seed": None,
-            "device": "cpu",
-            "prefetch": 2,
-            "dtype": torch.float32,
-            "num_threads": None,
-            "rank": 0,
-            "world_size": 1,
-            "pad_shards": True,
-            "resident": False,
-        }
-        changed = [k for k, v in ours.items() if not (given[k] is v or given[k] == v)]
+    def _make_resident(self) -> None:
+        """``resident=True``: the data set on the device and the batches built there, or a warning
+        saying why the host builds them."""
+        why = "some transform steps run in Python" if self._slow else None
+        if why is None:
+            try:
+                self._core = self._core.resident()
+                self.resident = True
+            except ValueError as e:  # a step the device path lacks: the batches come from the host
+                why = str(e)
+        if why is not None:
+            warnings.warn(f"DataLoader(resident=True): {why}; building batches on the host instead", stacklevel=3)
+
+    def _fall_back_to_torch(self, dataset, a: _Arguments) -> None:
+        changed = [k for k in _FASTCIFAR_ONLY if not (getattr(a, k) is _DEFAULTS[k] or getattr(a, k) == _DEFAULTS[k])]
         if changed:
             raise TypeError(
                 f"fastcifar.DataLoader: {', '.join(changed)} need a fastcifar data set "
@@ -373,29 +456,25 @@ class DataLoader:
             "so torch.utils.data.DataLoader "
             f"iterates it (no fused Rust pass)",
         )
-        g = given
-        kw: dict[str, Any] = dict(
-            prefetch_factor=g["prefetch_factor"],
-            persistent_workers=g["persistent_workers"],
-            pin_memory_device=g["pin_memory_device"],
-            in_order=g["in_order"],
-        )
         self.dataset, self.transform, self.target_transform = dataset, None, None
         self._torch = torch.utils.data.DataLoader(
             dataset,
-            g["batch_size"],
-            g["shuffle"],
-            g["sampler"],
-            g["batch_sampler"],
-            g["num_workers"] or 0,
-            g["collate_fn"],
-            g["pin_memory"],
-            g["drop_last"],
-            g["timeout"],
-            g["worker_init_fn"],
-            g["multiprocessing_context"],
-            g["generator"],
-            **kw,
+            a.batch_size,
+            a.shuffle,
+            a.sampler,
+            a.batch_sampler,
+            a.num_workers or 0,
+            a.collate_fn,
+            a.pin_memory,
+            a.drop_last,
+            a.timeout,
+            a.worker_init_fn,
+            a.multiprocessing_context,
+            a.generator,
+            prefetch_factor=a.prefetch_factor,
+            persistent_workers=a.persistent_workers,
+            pin_memory_device=a.pin_memory_device,
+            in_order=a.in_order,
         )
 
     def shard(self, rank: int, world_size: int, pad_shards: bool | None = None, seed: int | None = None) -> DataLoader:
@@ -583,3 +662,19 @@ class DataLoader:
             f"DataLoader(batches={len(self)}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
             f"drop_last={self.drop_last}, device={self.device}, dtype={self.dtype})"
         )
+
+
+# fastcifar's own arguments: refused (when not at their defaults) over a data set that torch's loader iterates.
+_FASTCIFAR_ONLY = (
+    "transform",
+    "seed",
+    "device",
+    "prefetch",
+    "dtype",
+    "num_threads",
+    "rank",
+    "world_size",
+    "pad_shards",
+    "resident",
+)
+_DEFAULTS = {k: p.default for k, p in inspect.signature(DataLoader.__init__).parameters.items()}

@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import _native as _rs
+from .._args import BindError, bind, signature
 from .._warn import warn_once
 
 __all__ = ["compile_module", "Unsupported"]
@@ -57,8 +58,8 @@ def compile_module(module: nn.Module, eager_because: str | None = None) -> _rs.N
         if eager_because is not None:
             raise Unsupported(eager_because)
         _no_hooks(module)
-        plans = {mode: _Capture(module, mode, tensors).plan() for mode in (True, False)}
-        return _rs.NativeModel.graph(name, names, tensors, train=plans[True], eval=plans[False])
+        programs = {mode: _Capture(module, mode, tensors).program() for mode in (True, False)}
+        return _rs.NativeModel.graph(name, names, tensors, train=programs[True], eval=programs[False])
     except Unsupported as e:
         warn_once(
             ("capture", name, str(e)),
@@ -125,7 +126,7 @@ def _ints(v):
 
 
 class _Capture:
-    """One fx trace of ``module`` in one mode, written as a plan."""
+    """One fx trace of ``module`` in one mode, written as a program (its nodes and its output)."""
 
     def __init__(self, module: nn.Module, training: bool, tensors: list[torch.Tensor]):
         self.root = module
@@ -134,17 +135,17 @@ class _Capture:
         self.nodes: list[tuple] = []
         self.env: dict[torch.fx.Node, Any] = {}
 
-    def plan(self) -> tuple:
+    def program(self) -> tuple:
         # Every layer reads its mode while its node is written, so the mode holds until the end.
         modes = {m: m.training for m in self.root.modules()}
         self.root.train(self.training)
         try:
-            return self._plan()
+            return self._program()
         finally:
             for m, mode in modes.items():
                 m.training = mode
 
-    def _plan(self) -> tuple:
+    def _program(self) -> tuple:
         try:
             graph = torch.fx.Tracer().trace(self.root)
         except Exception as e:
@@ -212,8 +213,8 @@ class _Capture:
     def call(self, n: torch.fx.Node, rule, fname: str):
         if rule is None:
             raise Unsupported(f"of {fname} ({n.name})")
-        spec, build = rule
-        a = _bind(spec, n.args, n.kwargs, fname, n.name)
+        sig, build = rule
+        a = _bind(sig, n.args, n.kwargs, fname, n.name)
         op, args = build({k: self.arg(v) for k, v in a.items()})
         self.emit(op, args, n.name, n)
 
@@ -232,36 +233,19 @@ def _fname(f) -> str:
     return f"{mod}.{getattr(f, '__name__', repr(f))}".lstrip(".")
 
 
-_NO = object()
-
-
-def _bind(spec: list, args: tuple, kwargs: dict, fname: str, where: str) -> dict:
-    """Binds positional and keyword arguments to ``spec`` ([name, (name, default), '*name'])."""
-    out, names = {}, []
-    for s in spec:
-        name, default = (s, _NO) if isinstance(s, str) else s
-        names.append(name)
-        if default is not _NO:
-            out[name] = default
-    rest = list(args)
-    for name in names:
-        if not rest:
-            break
-        if name.startswith("*"):
-            out[name] = rest
-            rest = []
-        else:
-            out[name] = rest.pop(0)
-    if rest:
-        raise Unsupported(f"{fname} with {len(rest)} more positional arguments than fastcifar knows ({where})")
-    for k, v in kwargs.items():
-        if k not in names:
-            raise Unsupported(f"{fname} with argument {k}= ({where})")
-        out[k] = v
-    missing = [k for k in names if k not in out and not k.startswith("*")]
-    if missing:
-        raise Unsupported(f"{fname} without {missing[0]} ({where})")
-    return out
+def _bind(sig, args: tuple, kwargs: dict, fname: str, where: str) -> dict:
+    """An fx node's positional and keyword arguments bound to its rule's signature (``_args.bind``);
+    what does not bind is Unsupported, naming the function and the node."""
+    try:
+        return bind(sig, args, kwargs)
+    except BindError as e:
+        why = {
+            "positional": f"with {e.given - e.limit} more positional arguments than fastcifar knows",
+            "unexpected": f"with argument {e.name}=",
+            "twice": f"with {e.name} given both by position and by keyword",
+            "missing": f"without {e.name}",
+        }[e.kind]
+        raise Unsupported(f"{fname} {why} ({where})") from None
 
 
 def _need(cond: bool, what: str):
@@ -389,7 +373,7 @@ _MODULES: dict[type, Callable] = {
 }
 
 
-# --- function rules: (spec, build(bound args) -> (op, args)) ---------------------------------------
+# --- function rules: (spec, build(bound args) -> (op, args)); the specs become signatures below -----
 def _no(cond: bool, what: str):
     _need(not cond, what)
 
@@ -477,7 +461,7 @@ def _binary(op):
 
 def _shape_args(a):
     """view(2, -1), view((2, -1)) and view([2, -1]) alike."""
-    s = a["*shape"]
+    s = a["shape"]
     return s[0] if len(s) == 1 and (isinstance(s[0], list) or _is_ref(s[0])) else list(s)
 
 
@@ -669,6 +653,11 @@ _METHODS: dict[str, tuple] = {
     "neg": _method([], lambda a: ("neg", [a["input"]])),
     "matmul": _method(["other"], lambda a: ("matmul", [a["input"], a["other"]])),
 }
+
+
+# Each rule's argument list ([name, (name, default), "*name"]) as a signature, made once.
+_FUNCTIONS = {k: (signature(spec), build) for k, (spec, build) in _FUNCTIONS.items()}
+_METHODS = {k: (signature(spec), build) for k, (spec, build) in _METHODS.items()}
 
 
 _SETTINGS = (bool, int, float, str, type(None), tuple, list, dict, set, frozenset)

@@ -268,6 +268,45 @@ class Trainer:
         notebook and one plain line per epoch elsewhere (logs); True always a bar; False nothing.
         ``evaluate``'s default then follows it.
         """
+        self._check_fit_arguments(train_loader, val_loader, epochs, max_steps, restore_best, progress)
+        # fastcifar.callbacks' objects check their monitor against what this fit records, now.
+        _callbacks.fit_start(callbacks, self, validating=val_loader is not None)
+        native = self._prepare_fit(train_loader, val_loader, progress, max_steps)
+        source, train_loader = train_loader, self._shard(train_loader, pad=True)
+        best_file, full_file = self._check_before_training(train_loader, val_loader, epochs, max_steps, checkpoint)
+        shown = progress if self.is_main else False  # rank 0 alone shows progress
+        best_state: dict | None = None
+        final = self.epoch + epochs
+        for _ in range(epochs):
+            if max_steps is not None and self._native.global_step >= max_steps:
+                break
+            e = self.epoch
+            stats, stop_requested = self._train_epoch(
+                native, train_loader, e, f"Epoch {e + 1}/{final}", shown, callbacks
+            )
+            record = _epoch_record(e, stats)
+            if stats.interrupted or stats.stopped:
+                self._keep_unfinished_epoch(record, interrupted=stats.interrupted)
+                break
+            source.epoch = train_loader.epoch = e + 1
+            self._finish_epoch(record, val_loader)
+            if shown is not False:  # the epoch's plain line, unless progress=False
+                _print_epoch(record, final)
+            improved = self._note_best(record)
+            if improved and restore_best:
+                best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            if best_file is not None and full_file is not None:
+                self._write_checkpoints(best_file, full_file, best=improved or val_loader is None)
+            # Every callback sees the epoch, also after one asks to stop (a checkpoint of the last epoch).
+            stops = [cb(dict(record, phase="epoch")) is False for cb in callbacks]
+            if any(stops) or stop_requested:
+                break
+        if restore_best:
+            self._restore_best(best_state, best_file)
+        return self.history
+
+    def _check_fit_arguments(self, train_loader, val_loader, epochs, max_steps, restore_best, progress) -> None:
+        """``fit``'s arguments, checked before anything is touched."""
         if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0):
             raise ValueError(f"max_steps: must be a non-negative int or None, got {max_steps!r}")
         _check_loader("train_loader", train_loader)
@@ -284,8 +323,10 @@ class Trainer:
             )
         if progress is not None and not isinstance(progress, bool):
             raise TypeError(f"progress: expected True, False or None (a bar where it can redraw), got {progress!r}")
-        # fastcifar.callbacks' objects check their monitor against what this fit records, now.
-        _callbacks.fit_start(callbacks, self, validating=val_loader is not None)
+
+    def _prepare_fit(self, train_loader, val_loader, progress, max_steps):
+        """What a fit learns from its data (eval transform, classes, input shape), the compiled
+        module brought up to date (returned), the lookahead, step limit and modes set for training."""
         if isinstance(train_loader, DataLoader) and train_loader.dtype != torch.float32:
             raise ValueError("train_loader: yields uint8 batches; the trainer needs float32 (dtype=torch.float32)")
         if self.eval_transform is None:
@@ -294,9 +335,6 @@ class Trainer:
                 self.eval_transform = T.deterministic_part(src.transform)
         self._learn_data(train_loader)
         self._progress = progress
-        progress = progress if self.is_main else False
-        # The epoch's plain line: printed unless progress=False (and by rank 0 only).
-        report_epochs = progress is not False
         native = self._native_model(_input_shape(train_loader))
         if self.lookahead is not None and [id(t) for t in _float_state(self.model)] != self._lookahead_ids:
             # The module's tensors were replaced (.to(), a new layer): average those. Its average
@@ -304,9 +342,15 @@ class Trainer:
             self._set_lookahead(self.lookahead)
         self._native.set_max_steps(max_steps)
         self.model.train()
-        bridge = self._bridge
-        bridge.import_state(self._native)
-        source, train_loader = train_loader, self._shard(train_loader, pad=True)
+        self._bridge.import_state(self._native)
+        return native
+
+    def _check_before_training(
+        self, train_loader, val_loader, epochs: int, max_steps: int | None, checkpoint
+    ) -> tuple[str | None, str | None]:
+        """What would fail later, found before the first step: a loader without a batch, a
+        checkpoint folder that cannot be written, a OneCycleLR too short. Returns the checkpoint's
+        two files (best weights, full checkpoint), or Nones."""
         for name, ld in (("train_loader", train_loader), ("val_loader", val_loader)):
             if epochs and ld is not None and len(ld) == 0:
                 raise ValueError(
@@ -320,114 +364,86 @@ class Trainer:
             check_writable(best_file, need_bytes=2 * need)
         if epochs:
             self._check_horizon(len(train_loader), epochs, max_steps)
-        best_state: dict | None = None
-        final = self.epoch + epochs
-        for _ in range(epochs):
-            if max_steps is not None and self._native.global_step >= max_steps:
-                break
-            e = self.epoch
-            bar = _bar(len(train_loader), f"Epoch {e + 1}/{final}", progress)
-            stop_requested = False
+        return best_file, full_file
 
-            def on_step(info, bar=bar):
-                nonlocal stop_requested
-                bridge.show(info["lr"], info["momentum"])
-                if bar is not None:
-                    bar.n = info["step"]
-                    bar.set_postfix(
-                        loss=f"{info['loss']:.4f}",
-                        acc=f"{100 * info['accuracy']:.2f}%",
-                        img_s=f"{info['images'] / max(info['seconds'], 1e-9):,.0f}",
-                        refresh=False,
+    def _train_epoch(self, native, train_loader, e: int, desc: str, progress, callbacks):
+        """Epoch ``e``'s pass over ``train_loader`` on the Rust loop (the progress bar and step
+        callbacks in its hooks); the optimizer's state is brought back to Python on every exit.
+        Returns the epoch's statistics and whether a step callback asked to stop."""
+        bridge = self._bridge
+        bar = _bar(len(train_loader), desc, progress)
+        on_step = _OnStep(bridge, bar, callbacks)
+        if self.sync_bn:
+            assert self.process_group is not None  # sync_bn needs distributed (__init__ checks it)
+            self._compiled.set_sync_bn(_dist.sync_batch_norm(self.process_group))
+        hooks = _rs.TrainHooks(
+            progress=on_step,
+            poll=bridge.poll if bridge.on_engine else None,
+            outer=bridge.outer if (not bridge.on_engine or bridge.per_step_schedule) else None,
+            owns_optimizer=not bridge.on_engine,
+        )
+        try:
+            fast = _native_loader(train_loader)
+            # cuDNN's benchmark mode for the pass (the shapes are fixed), the user's setting back after.
+            with _cudnn_benchmark(self.device.startswith("cuda")):
+                if fast is not None:
+                    stats = self._native.train_epoch(native, fast, epoch=e, hooks=hooks)
+                else:
+                    if isinstance(train_loader, DataLoader):
+                        train_loader.set_epoch(e)
+                    stats = self._native.train_batches(
+                        native, iter(train_loader), steps=len(train_loader), epoch=e, hooks=hooks
                     )
-                    bar.refresh()
-                for cb in callbacks:
-                    if cb(dict(info, phase="step")) is False:
-                        stop_requested = True
-                        return False
-                return True
-
+        finally:
             if self.sync_bn:
-                assert self.process_group is not None  # sync_bn needs distributed (__init__ checks it)
-                self._compiled.set_sync_bn(_dist.sync_batch_norm(self.process_group))
-            hooks = _rs.TrainHooks(
-                progress=on_step,
-                poll=bridge.poll if bridge.on_engine else None,
-                outer=bridge.outer if (not bridge.on_engine or bridge.per_step_schedule) else None,
-                owns_optimizer=not bridge.on_engine,
-            )
-            try:
-                fast = _native_loader(train_loader)
-                # cuDNN's benchmark mode for the pass (the shapes are fixed), the user's setting back after.
-                with _cudnn_benchmark(self.device.startswith("cuda")):
-                    if fast is not None:
-                        stats = self._native.train_epoch(native, fast, epoch=e, hooks=hooks)
-                    else:
-                        if isinstance(train_loader, DataLoader):
-                            train_loader.set_epoch(e)
-                        stats = self._native.train_batches(
-                            native, iter(train_loader), steps=len(train_loader), epoch=e, hooks=hooks
-                        )
-            finally:
-                if self.sync_bn:
-                    self._compiled.set_sync_bn(None)
-                if bar is not None:
-                    bar.close()
-                bridge.export_state(self._native)
-                bridge.show(self._native.lr, self._native.momentum)
-            if self.process_group is not None and not self.sync_bn:
-                self.process_group.broadcast(list(self.model.buffers()))
-            record = {
-                "epoch": e + 1,
-                "loss": stats.loss,
-                "accuracy": stats.accuracy,
-                "lr": stats.lr,
-                "seconds": stats.seconds,
-                "images_per_s": stats.images / max(stats.seconds, 1e-9),
-            }
-            if stats.interrupted or stats.stopped:
-                # Not a finished epoch: trainer.epoch and the history's epochs stay as they were, and a
-                # continued fit runs this epoch again from its start (its record then replaces this).
-                self.history.interrupted = record
-                if stats.interrupted and self.is_main:
-                    print(
-                        f"Interrupted during epoch {e + 1}: stopped at a step boundary; "
-                        "the model and history are usable "
-                        f"(trainer.epoch = {self.epoch}; fit again to run epoch {e + 1} from its start)."
-                    )
-                break
-            source.epoch = train_loader.epoch = e + 1
-            if val_loader is not None:
-                rep = self.evaluate(val_loader, progress=False)
-                record["val_loss"], record["val_accuracy"] = rep.loss, rep.accuracy
-            metric = record.get("val_loss", record["loss"])
-            self._native.end_epoch(metric)
+                self._compiled.set_sync_bn(None)
+            if bar is not None:
+                bar.close()
+            bridge.export_state(self._native)
             bridge.show(self._native.lr, self._native.momentum)
-            bridge.epoch_end(metric)
-            self.epoch = e + 1
-            self.history.append(record)
-            if report_epochs:
-                msg = f"Epoch [{e + 1}/{final}] loss {record['loss']:.4f} acc {100 * record['accuracy']:.2f}%"
-                if "val_accuracy" in record:
-                    msg += f"  val_loss {record['val_loss']:.4f} val_acc {100 * record['val_accuracy']:.2f}%"
-                print(msg + f"  ({record['seconds']:.1f}s, {record['images_per_s']:,.0f} img/s)")
-            acc = record.get("val_accuracy")
-            improved = acc is not None and (self.best_accuracy is None or acc > self.best_accuracy)
-            if improved:
-                self.best_accuracy = acc
-                if restore_best:
-                    best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            if best_file is not None and full_file is not None:
-                if improved or val_loader is None:
-                    self.save_weights(best_file)
-                self.save(full_file)
-            # Every callback sees the epoch, also after one asks to stop (a checkpoint of the last epoch).
-            stops = [cb(dict(record, phase="epoch")) is False for cb in callbacks]
-            if any(stops) or stop_requested:
-                break
-        if restore_best:
-            self._restore_best(best_state, best_file)
-        return self.history
+        if self.process_group is not None and not self.sync_bn:
+            self.process_group.broadcast(list(self.model.buffers()))
+        return stats, on_step.stop_requested
+
+    def _keep_unfinished_epoch(self, record: dict, interrupted: bool) -> None:
+        """An epoch cut short (Ctrl-C, or a step callback's stop) is not a finished epoch:
+        trainer.epoch and the history's epochs stay as they were, and a continued fit runs this
+        epoch again from its start (its record then replaces this one)."""
+        self.history.interrupted = record
+        if interrupted and self.is_main:
+            n = record["epoch"]
+            print(
+                f"Interrupted during epoch {n}: stopped at a step boundary; "
+                "the model and history are usable "
+                f"(trainer.epoch = {self.epoch}; fit again to run epoch {n} from its start)."
+            )
+
+    def _finish_epoch(self, record: dict, val_loader) -> None:
+        """A finished epoch: validation (into ``record``), the schedule's epoch step on the
+        validation loss (the training loss without validation), and the history."""
+        if val_loader is not None:
+            rep = self.evaluate(val_loader, progress=False)
+            record["val_loss"], record["val_accuracy"] = rep.loss, rep.accuracy
+        metric = record.get("val_loss", record["loss"])
+        self._native.end_epoch(metric)
+        self._bridge.show(self._native.lr, self._native.momentum)
+        self._bridge.epoch_end(metric)
+        self.epoch = record["epoch"]
+        self.history.append(record)
+
+    def _note_best(self, record: dict) -> bool:
+        """Whether the epoch's validation accuracy beats the best so far (then it is the best)."""
+        acc = record.get("val_accuracy")
+        improved = acc is not None and (self.best_accuracy is None or acc > self.best_accuracy)
+        if improved:
+            self.best_accuracy = acc
+        return improved
+
+    def _write_checkpoints(self, best_file: str, full_file: str, best: bool) -> None:
+        """``fit(checkpoint=...)``'s files: the best weights when ``best``, the full checkpoint always."""
+        if best:
+            self.save_weights(best_file)
+        self.save(full_file)
 
     def lr_find(
         self,
@@ -817,6 +833,53 @@ class Trainer:
 class ScheduleHorizonError(ValueError):
     """A fit would step a OneCycleLR past the ``total_steps`` it was built for (raised before
     training, with the fix)."""
+
+
+class _OnStep:
+    """The Rust loop's progress hook during ``fit`` (every ``log_every`` steps): the rate into
+    param_groups, the bar, then the callbacks; one returning False stops training at that step."""
+
+    def __init__(self, bridge: Bridge, bar, callbacks):
+        self.bridge, self.bar, self.callbacks = bridge, bar, callbacks
+        self.stop_requested = False
+
+    def __call__(self, info: dict) -> bool:
+        self.bridge.show(info["lr"], info["momentum"])
+        bar = self.bar
+        if bar is not None:
+            bar.n = info["step"]
+            bar.set_postfix(
+                loss=f"{info['loss']:.4f}",
+                acc=f"{100 * info['accuracy']:.2f}%",
+                img_s=f"{info['images'] / max(info['seconds'], 1e-9):,.0f}",
+                refresh=False,
+            )
+            bar.refresh()
+        for cb in self.callbacks:
+            if cb(dict(info, phase="step")) is False:
+                self.stop_requested = True
+                return False
+        return True
+
+
+def _epoch_record(e: int, stats) -> dict:
+    """The history's record of epoch ``e``'s pass (validation adds its loss and accuracy)."""
+    return {
+        "epoch": e + 1,
+        "loss": stats.loss,
+        "accuracy": stats.accuracy,
+        "lr": stats.lr,
+        "seconds": stats.seconds,
+        "images_per_s": stats.images / max(stats.seconds, 1e-9),
+    }
+
+
+def _print_epoch(record: dict, final: int) -> None:
+    """The epoch's plain line (logs get it where a bar cannot redraw)."""
+    msg = f"Epoch [{record['epoch']}/{final}] loss {record['loss']:.4f} acc {100 * record['accuracy']:.2f}%"
+    if "val_accuracy" in record:
+        msg += f"  val_loss {record['val_loss']:.4f} val_acc {100 * record['val_accuracy']:.2f}%"
+    print(msg + f"  ({record['seconds']:.1f}s, {record['images_per_s']:,.0f} img/s)")
 
 
 def _check_loader(name: str, loader) -> None:

@@ -17,7 +17,7 @@ import inspect
 import torch
 
 from .. import _native as _rs
-from .._args import whole
+from .._args import BindError, bind, signature, whole
 from .._defaults import COSINE, ONE_CYCLE, PLATEAU, STEP_LR
 
 __all__ = ["StepLR", "CosineAnnealingLR", "OneCycleLR", "ReduceLROnPlateau", "PiecewiseLinear", "LinearWarmup"]
@@ -29,53 +29,54 @@ def _is_optimizer(o) -> bool:
     return isinstance(o, (Optimizer, torch.optim.Optimizer))
 
 
-def _bind(cls_name: str, names: list, args: tuple, kwargs: dict) -> dict:
+_REQUIRED = inspect.Parameter.empty
+
+
+def _bind(cls_name: str, sig: inspect.Signature, args: tuple, kwargs: dict) -> dict:
     """torch's signature ``(optimizer, *names)``: positional in that order, or by keyword. The
-    optimizer may be left out (a first positional that is not an optimizer is the next argument)."""
-    if args and not _is_optimizer(args[0]) and args[0] is not None:
+    optimizer may be left out (a first positional that is not an optimizer is the next argument):
+    it is then None. What does not bind is a TypeError worded as Python's."""
+    if "optimizer" not in kwargs and not (args and (_is_optimizer(args[0]) or args[0] is None)):
         args = (None,) + tuple(args)
-    full = ["optimizer"] + [n for n, _ in names]
-    if len(args) > len(full):
-        raise TypeError(f"{cls_name}() takes at most {len(full)} positional arguments ({len(args)} given)")
-    out = {n: d for n, d in names}
-    out["optimizer"] = None
-    for n, v in zip(full, args):
-        out[n] = v
-    for k, v in kwargs.items():
-        if k not in out:
-            raise TypeError(f"{cls_name}() got an unexpected keyword argument '{k}'")
-        if k in full[: len(args)]:
-            raise TypeError(f"{cls_name}() got multiple values for argument '{k}'")
-        out[k] = v
-    if out["optimizer"] is not None and not _is_optimizer(out["optimizer"]):
-        raise TypeError(f"optimizer: expected an optimizer, got {type(out['optimizer']).__name__}")
+    try:
+        out = bind(sig, args, kwargs)
+    except BindError as e:
+        if e.kind == "missing":  # a wrong optimizer is named first, as before a missing setting
+            _check_optimizer(kwargs["optimizer"] if "optimizer" in kwargs else args[0])
+        raise TypeError(
+            {
+                "positional": f"{cls_name}() takes at most {e.limit} positional arguments ({e.given} given)",
+                "unexpected": f"{cls_name}() got an unexpected keyword argument '{e.name}'",
+                "twice": f"{cls_name}() got multiple values for argument '{e.name}'",
+                "missing": f"{cls_name}() missing required argument: '{e.name}'",
+            }[e.kind]
+        ) from None
+    _check_optimizer(out["optimizer"])
     return out
 
 
-_REQUIRED = object()
+def _check_optimizer(o) -> None:
+    if o is not None and not _is_optimizer(o):
+        raise TypeError(f"optimizer: expected an optimizer, got {type(o).__name__}")
 
 
 class _Schedule:
     """A schedule's settings for the Rust loop; ``Trainer`` binds it to the optimizer."""
 
     name = ""
+    # torch's arguments after the optimizer: (name, default), _REQUIRED for none.
     _names: list = []
+    _signature: inspect.Signature = signature(["optimizer"])
 
     def __init_subclass__(cls, **kw):
-        # help() and inspect.signature show torch's signature, with the core's defaults.
         super().__init_subclass__(**kw)
-        P = inspect.Parameter
-        params = [P("optimizer", P.POSITIONAL_OR_KEYWORD, default=None)]
-        params += [P(n, P.POSITIONAL_OR_KEYWORD, **({} if d is _REQUIRED else {"default": d})) for n, d in cls._names]
-        if any(d is _REQUIRED for _, d in cls._names):
-            params[0] = params[0].replace(default=P.empty)  # a required argument may not follow one with a default
-        cls.__signature__ = inspect.Signature(params)
+        # One signature binds the arguments and is what help() and inspect.signature show: torch's,
+        # with the core's defaults.
+        cls._signature = signature([("optimizer", _REQUIRED)] + list(cls._names))
+        cls.__signature__ = cls._signature
 
     def __init__(self, *args, **kwargs):
-        a = _bind(type(self).__name__, self._names, args, kwargs)
-        missing = [n for n, d in self._names if a[n] is _REQUIRED]
-        if missing:
-            raise TypeError(f"{type(self).__name__}() missing required argument: '{missing[0]}'")
+        a = _bind(type(self).__name__, self._signature, args, kwargs)
         self.optimizer = a.pop("optimizer")
         if a.pop("last_epoch", -1) != -1:
             raise ValueError(

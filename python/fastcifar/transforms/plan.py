@@ -13,14 +13,16 @@ from .tensor import PILToTensor
 from .torchvision import from_torchvision
 
 
-def warn_python(step, why: str = "is not one of the transforms fused in Rust") -> None:
+def warn_python(step, why: str = "is not one of the transforms fused in Rust", stacklevel: int = 3) -> None:
+    """Warns once per step that it runs in Python; ``stacklevel`` counts as ``warn_once``'s does
+    (3: the caller of the function that calls this)."""
     name = getattr(step, "__name__", None) or type(step).__name__
     warn_once(
         ("python-step", name),
         f"fastcifar: {name} {why}, so from it on the pipeline runs per "
         f"image in Python (as torchvision would run it, on a PIL image before ToTensor, a tensor after); "
         f"batches are slower. fastcifar.transforms lists the fused ones.",
-        stacklevel=3,
+        stacklevel=stacklevel,
     )
 
 
