@@ -14,6 +14,7 @@ MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 tv = pytest.importorskip("torchvision")
 import torchvision.transforms as TV  # noqa: E402
 import torchvision.transforms.functional as TF  # noqa: E402
+from _internals import native_dataset, native_loader  # noqa: E402
 
 
 def random_ds(n=64, h=32, w=32, c=3, seed=0, transform=None):
@@ -62,10 +63,10 @@ def test_shuffle_covers_each_sample_once_and_changes_per_epoch():
     ds = random_ds(100)
     dl = fastcifar.DataLoader(ds, batch_size=7, shuffle=True, seed=3)
     _, y0 = one_epoch(dl)
-    idx0 = dl._native.indices(0)
+    idx0 = native_loader(dl).indices(0)
     assert sorted(idx0) == list(range(100))
     assert y0.tolist() == [ds.targets[i] for i in idx0]
-    assert dl._native.indices(1) != idx0
+    assert native_loader(dl).indices(1) != idx0
 
 
 def _offsets(out, img, pad, mode="constant", fill=0):
@@ -392,7 +393,7 @@ def test_one_device_parser_for_every_entry_point():
 def test_native_loader_takes_keywords_only_and_checks_in_the_core():
     from fastcifar import _native
 
-    ds = random_ds(6)._native
+    ds = native_dataset(random_ds(6))
     ops = [_native.TransformOp.to_tensor()]
     with pytest.raises(TypeError):
         _native.NativeLoader(ds, ops, 2)  # batch_size is keyword-only
