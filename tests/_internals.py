@@ -46,3 +46,26 @@ def native_dataset(ds):
 def fused(transform) -> bool:
     """Whether a Resize-like step runs in the fused Rust pass (its settings decide it)."""
     return transform._native
+
+
+def stored_native_dataset(ds):
+    """A data set's Rust side as it is stored now (no rebuild for pending assignments), to check
+    that copies share it."""
+    return ds._native_ds
+
+
+def iteration_loader(loader):
+    """The Rust loader a DataLoader iterates (its target_transform not applied), to know an epoch's order."""
+    return loader._core
+
+
+def native_op(transform):
+    """A fused transform's Rust op, to check that it pickles (spawn workers receive it so)."""
+    return transform._op
+
+
+def cudnn_benchmark(on: bool):
+    """The trainer's context manager for cuDNN's benchmark mode, to check it restores the user's setting."""
+    from fastcifar.engine.trainer import _cudnn_benchmark
+
+    return _cudnn_benchmark(on)

@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 import pytest
-from _internals import native_dataset
+from _internals import native_dataset, stored_native_dataset
 
 HEADER = textwrap.dedent("""
     import os, sys, threading, time
@@ -332,7 +332,9 @@ def test_copies_share_the_immutable_native_data_set_and_pickles_round_trip():
         transform=T.Compose([T.RandomCrop(4, padding=1), T.ToTensor()]),
     )
     shallow, deep = copy.copy(ds), copy.deepcopy(ds)
-    assert shallow._native_ds is ds._native_ds and deep._native_ds is ds._native_ds
+    assert stored_native_dataset(shallow) is stored_native_dataset(ds) and stored_native_dataset(
+        deep
+    ) is stored_native_dataset(ds)
     assert deep.transform is not ds.transform and repr(deep.transform) == repr(ds.transform)
     deep.targets = [0] * 5
     assert (

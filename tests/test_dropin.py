@@ -19,7 +19,7 @@ tv = pytest.importorskip("torchvision")
 import torchvision.transforms as TV  # noqa: E402
 import torchvision.transforms.functional as TF  # noqa: E402
 import torchvision.transforms.v2 as V2  # noqa: E402
-from _internals import native_loader  # noqa: E402
+from _internals import iteration_loader, native_loader  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
@@ -48,7 +48,7 @@ def test_loader_batches_carry_target_transform_of_the_raw_labels():
     assert ds[3][1] == raw[3] + 100 and ds.targets == raw  # .targets stays raw, as torchvision's
     loader = fastcifar.DataLoader(ds, batch_size=16, shuffle=True, seed=1)
     _, y = epoch(loader)
-    order = loader._core.indices(0)
+    order = iteration_loader(loader).indices(0)
     assert y.tolist() == [raw[i] + 100 for i in order]
     # The Rust trainer's loader gets the same labels, transformed once.
     x2, y2 = native_loader(loader).batch(list(range(5)), 0)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _internals import is_graph, native_loader, native_trainer, on_engine
+from _internals import cudnn_benchmark, is_graph, native_loader, native_op, native_trainer, on_engine
 from test_train import NORM, paired, step_losses, synthetic, torch_loop
 from torch import nn
 
@@ -416,19 +416,17 @@ def test_alternating_flip_mirrors_each_image_in_one_of_two_epochs():
     assert fastcifar.transforms.to_config(fastcifar.transforms.deterministic_part(tf)) == [{"type": "ToTensor"}]
     import pickle
 
-    assert pickle.loads(pickle.dumps(tf._op)).name == "AlternatingHorizontalFlip"
+    assert pickle.loads(pickle.dumps(native_op(tf))).name == "AlternatingHorizontalFlip"
 
 
 def test_cudnn_benchmark_is_the_users_after_fit():
     """On CUDA fit turns cuDNN's benchmark mode on for its passes; whatever it was is restored, on
     CPU untouched (and the context manager restores it on an error too)."""
-    from fastcifar.trainer import _cudnn_benchmark
-
     was = torch.backends.cudnn.benchmark
     try:
         torch.backends.cudnn.benchmark = False
         with pytest.raises(RuntimeError, match="inside"):
-            with _cudnn_benchmark(True):
+            with cudnn_benchmark(True):
                 assert torch.backends.cudnn.benchmark
                 raise RuntimeError("inside")
         assert torch.backends.cudnn.benchmark is False
