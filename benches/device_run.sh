@@ -42,6 +42,7 @@ if [ "$PHASE" = checks ]; then
     python3 - <<'EOF' 2>&1 | tee "$OUT/checks.txt"
 import os, time, torch, fastcifar
 from fastcifar import transforms as T
+from fastcifar.data.loader import fast_path
 assert torch.cuda.is_available()
 root = os.environ["FASTCIFAR_DATA"]
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -96,7 +97,7 @@ dl = fastcifar.DataLoader(train.subset(range(2048)), batch_size=256, shuffle=Tru
 tr.fit(dl, epochs=2, progress=False, callbacks=[lambda i: seen.append(torch.backends.cudnn.benchmark)])
 opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
 for e in range(2):
-    for x, y in dl._native.epoch(e):
+    for x, y in fast_path(dl).epoch(e):
         opt.zero_grad(); torch.nn.functional.cross_entropy(ref(x), y).backward(); opt.step()
 diff = max((a - b).abs().max().item() for a, b in zip(m.state_dict().values(), ref.state_dict().values()) if a.is_floating_point())
 print(f"float32 SGD on CUDA vs torch.optim after 16 steps: max abs weight diff {diff:.2e}; cudnn.benchmark during fit "

@@ -7,15 +7,16 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from _internals import core, native_loader
 from test_own_module import ImageClassifier, losses_of, plain_loop
 
 import fastcifar
 from fastcifar import models
 from fastcifar import transforms as T
-from fastcifar.engine import capture as _graph
+from fastcifar.engine import capture
 
 needs_bf16 = pytest.mark.skipif(
-    fastcifar._native.cpu_native_bf16() is None, reason="this CPU has no native bf16 (amp=True trains in float32)"
+    core().cpu_native_bf16() is None, reason="this CPU has no native bf16 (amp=True trains in float32)"
 )
 NORM = T.Compose([T.ToTensor(), T.Normalize((0.5,) * 3, (0.25,) * 3)])
 
@@ -48,7 +49,7 @@ def autocast_loop(model, opt, ld, epochs=1):
     crit, out = nn.CrossEntropyLoss(), []
     for e in range(epochs):
         model.train()
-        for x, y in ld._native.epoch(e):
+        for x, y in native_loader(ld).epoch(e):
             opt.zero_grad()
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 logits = model(x)
@@ -65,7 +66,7 @@ def test_bf16_forward_and_backward_equal_torch_cpu_autocast(net):
     torch.manual_seed(0)
     ours, theirs = net(), net()
     theirs.load_state_dict(ours.state_dict())
-    native = _graph.compile_module(ours)
+    native = capture.compile_module(ours)
     assert native.is_graph == (net is ImageClassifier)
     native.precision = "bf16"
     x = torch.randn(8, 3, 32, 32)
@@ -221,13 +222,13 @@ def test_the_engine_reads_values_back_only_where_a_metric_is_reported(opts):
         sched = optim.lr_scheduler.OneCycleLR(max_lr=0.01, total_steps=steps)
         tr = fastcifar.Trainer(m, optim.SGD(lr=0.01, momentum=0.9), sched, device="cpu", log_every=10_000, **kw)
         ld = loader(16 * steps, 16)
-        before = fastcifar._native.host_reads()
+        before = core().host_reads()
         tr.fit(ld, epochs=1, progress=False)
-        return fastcifar._native.host_reads() - before
+        return core().host_reads() - before
 
     assert reads_for(4) == reads_for(12) > 0
     m = models.small_cnn(width=4)
     tr = fastcifar.Trainer(m, device="cpu", log_every=1)
-    before = fastcifar._native.host_reads()
+    before = core().host_reads()
     tr.fit(loader(16 * 6, 16), epochs=1, progress=False)
-    assert fastcifar._native.host_reads() - before >= 6 * 3, "each metric report reads loss, accuracy, batch loss"
+    assert core().host_reads() - before >= 6 * 3, "each metric report reads loss, accuracy, batch loss"

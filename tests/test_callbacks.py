@@ -208,8 +208,8 @@ def snapshot(tr):
             else v
             for k, v in tr.optimizer.state_dict().items()
         },
-        "step": tr._native.global_step,
-        "lr": tr._native.lr,
+        "step": tr.global_step,
+        "lr": tr.engine.current_lr(),
         "epoch": tr.epoch,
         "history": [dict(r) for r in tr.history],
         "rng": torch.get_rng_state(),

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from _internals import core, native_loader
 from test_amp import Clamped, loader
 from test_own_module import ImageClassifier, losses_of
 
 import fastcifar
 from fastcifar import transforms as T
-from fastcifar.engine import capture as _graph
+from fastcifar.engine import capture
 
 AUG = T.Compose(
     [T.RandomHorizontalFlip(), T.RandomCrop(32, padding=4), T.ToTensor(), T.Normalize((0.5,) * 3, (0.25,) * 3)]
@@ -24,7 +25,7 @@ def test_the_fused_pass_writes_channels_last_batches_with_the_same_values():
     rng = np.random.default_rng(0)
     ds = fastcifar.Dataset.from_numpy(rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 40))
     ld = fastcifar.DataLoader(ds, batch_size=16, shuffle=True, seed=1, transform=AUG)
-    native = ld._native
+    native = native_loader(ld)
     for (a, ya), (b, yb) in zip(native.epoch(2), native.channels_last().epoch(2)):
         assert b.is_contiguous(memory_format=torch.channels_last) and not b.is_contiguous()
         assert a.is_contiguous() and torch.equal(a, b) and torch.equal(ya, yb)
@@ -34,7 +35,7 @@ def test_the_seeds_view_after_a_convolution_works_and_matches_nchw_within_roundi
     torch.manual_seed(0)
     a, b = ImageClassifier(), ImageClassifier()
     b.load_state_dict(a.state_dict())
-    na, nb = _graph.compile_module(a), _graph.compile_module(b)
+    na, nb = capture.compile_module(a), capture.compile_module(b)
     nb.channels_last = True
     x = torch.randn(8, 3, 32, 32)
     ya, yb = na.forward(x, train=False), nb.forward(x, train=False)
@@ -133,7 +134,7 @@ def test_a_python_fed_batch_is_converted_for_a_channels_last_graph():
 def test_channels_last_is_automatic_with_bf16_and_refuses_other_values():
     tr = fastcifar.Trainer(ImageClassifier(), device="cpu")
     assert tr.channels_last is False
-    if fastcifar._native.cpu_native_bf16() is not None:
+    if core().cpu_native_bf16() is not None:
         assert fastcifar.Trainer(ImageClassifier(), device="cpu", amp=True).channels_last is True
     with pytest.raises(TypeError, match="channels_last: expected True, False or None"):
         fastcifar.Trainer(ImageClassifier(), device="cpu", channels_last="yes")

@@ -2,11 +2,13 @@
 in forked, spawned and forkserver children (torch DataLoader workers). A hang must fail a test,
 not stall the suite, so every scenario runs in a subprocess with a time limit."""
 
+import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
+from _internals import native_dataset, stored_native_dataset
 
 HEADER = textwrap.dedent("""
     import os, sys, threading, time
@@ -29,6 +31,9 @@ HEADER = textwrap.dedent("""
         os.kill(pid, 9)
         raise SystemExit("the forked child hung")
 """)
+# The scripts reach the trainer's and data sets' insides through the tests' one helper module.
+HEADER += f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
+HEADER += "from _internals import native_dataset, native_trainer\n"
 
 
 def run_bounded(body: str, timeout: float = 90.0, args=()) -> str:
@@ -61,7 +66,7 @@ HAMMER = """
         lambda: repr(model), lambda: model.train(model.training), lambda: model.to("cpu"),
         lambda: tr.state_dict(), lambda: tr.save(path), lambda: tr.optimizer.state_dict(),
         lambda: tr.optimizer.param_groups, lambda: tr.predict(IMAGES[:4]), lambda: tr.evaluate(loader, progress=False),
-        lambda: tr._native.lr, lambda: tr._native.global_step, lambda: tr._native.scheduler_state(),
+        lambda: tr.engine.current_lr(), lambda: tr.global_step, lambda: native_trainer(tr).scheduler_state(),
     ]
     errors, done = [], threading.Event()
 
@@ -305,7 +310,7 @@ def test_cifar_pickles_by_path_and_assigned_arrays_by_value(real_data):
     c.targets = [1] * len(c)
     c.classes                                    # rebuilds the native data set from the new targets
     c3 = pickle.loads(pickle.dumps(c))
-    assert set(c3.targets) == {1} and set(c3._native.targets.tolist()) == {1}
+    assert set(c3.targets) == {1} and set(native_dataset(c3).targets.tolist()) == {1}
     print("DONE")
     """,
         args=[real_data],
@@ -327,11 +332,15 @@ def test_copies_share_the_immutable_native_data_set_and_pickles_round_trip():
         transform=T.Compose([T.RandomCrop(4, padding=1), T.ToTensor()]),
     )
     shallow, deep = copy.copy(ds), copy.deepcopy(ds)
-    assert shallow._native_ds is ds._native_ds and deep._native_ds is ds._native_ds
+    assert stored_native_dataset(shallow) is stored_native_dataset(ds) and stored_native_dataset(
+        deep
+    ) is stored_native_dataset(ds)
     assert deep.transform is not ds.transform and repr(deep.transform) == repr(ds.transform)
     deep.targets = [0] * 5
     assert (
-        ds.targets == [0, 1, 2, 0, 1] and deep.classes == ["0", "1", "2"] and set(deep._native.targets.tolist()) == {0}
+        ds.targets == [0, 1, 2, 0, 1]
+        and deep.classes == ["0", "1", "2"]
+        and set(native_dataset(deep).targets.tolist()) == {0}
     )
     back = pickle.loads(pickle.dumps(ds))
     assert (

@@ -15,6 +15,7 @@ import fastcifar
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import dist_worker  # noqa: E402
+from _internals import native_loader, native_trainer  # noqa: E402
 
 
 def _env(**extra):
@@ -123,18 +124,18 @@ def test_shards_are_disjoint_and_cover_the_data_set(n, world):
     ds = fastcifar.Dataset.from_numpy(np.zeros((n, 4, 4, 3), np.uint8), [0] * n, classes=["a"])
     loader = fastcifar.DataLoader(ds, batch_size=3, shuffle=True, seed=11)
     for epoch in (0, 1):
-        padded = [loader.shard(r, world)._native.indices(epoch) for r in range(world)]
+        padded = [native_loader(loader.shard(r, world)).indices(epoch) for r in range(world)]
         assert len({len(s) for s in padded}) == 1  # equal steps on every rank
         flat = sorted(i for s in padded for i in s)
         assert sorted(set(flat)) == list(range(n))  # covers everything
         assert len(flat) == -(-n // world) * world  # only the documented padding repeats
-        exact = [loader.shard(r, world, pad_shards=False)._native.indices(epoch) for r in range(world)]
+        exact = [native_loader(loader.shard(r, world, pad_shards=False)).indices(epoch) for r in range(world)]
         assert sorted(i for s in exact for i in s) == list(range(n))  # a partition: each sample once
         # Shards follow DistributedSampler: one permutation, rank r takes every world-th from r.
-        perm = loader._native.indices(epoch)
+        perm = native_loader(loader).indices(epoch)
         assert exact == [perm[r::world] for r in range(world)]
     assert (
-        loader.shard(0, world)._native.indices(0) != loader.shard(0, world)._native.indices(1) or n < 2
+        native_loader(loader.shard(0, world)).indices(0) != native_loader(loader.shard(0, world)).indices(1) or n < 2
     )  # set_epoch reshuffles
 
 
@@ -151,7 +152,7 @@ def test_distributed_options_are_checked():
     tr = fastcifar.Trainer(model, device="cpu", distributed=False)
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="bucket_cap_mb"):
-            tr._native.set_process_group(_CountingGroup(), bad)
+            native_trainer(tr).set_process_group(_CountingGroup(), bad)
     ds = fastcifar.Dataset.from_numpy(np.zeros((4, 4, 4, 3), np.uint8), [0] * 4, classes=["a"])
     with pytest.raises(ValueError, match="rank"):
         fastcifar.DataLoader(ds, rank=2, world_size=2)
@@ -234,7 +235,7 @@ def test_one_collective_per_bucket_per_optimizer_step(accum):
             distributed=False,
         )
         if group is not None:
-            tr._native.set_process_group(group, 0.01)  # 10 KiB buckets: several for this model
+            native_trainer(tr).set_process_group(group, 0.01)  # 10 KiB buckets: several for this model
         return model, tr
 
     loader = fastcifar.DataLoader(

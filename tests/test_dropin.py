@@ -19,6 +19,7 @@ tv = pytest.importorskip("torchvision")
 import torchvision.transforms as TV  # noqa: E402
 import torchvision.transforms.functional as TF  # noqa: E402
 import torchvision.transforms.v2 as V2  # noqa: E402
+from _internals import iteration_loader, native_loader  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
@@ -47,17 +48,17 @@ def test_loader_batches_carry_target_transform_of_the_raw_labels():
     assert ds[3][1] == raw[3] + 100 and ds.targets == raw  # .targets stays raw, as torchvision's
     loader = fastcifar.DataLoader(ds, batch_size=16, shuffle=True, seed=1)
     _, y = epoch(loader)
-    order = loader._core.indices(0)
+    order = iteration_loader(loader).indices(0)
     assert y.tolist() == [raw[i] + 100 for i in order]
     # The Rust trainer's loader gets the same labels, transformed once.
-    x2, y2 = loader._native.batch(list(range(5)), 0)
+    x2, y2 = native_loader(loader).batch(list(range(5)), 0)
     assert y2.tolist() == [v + 100 for v in raw[:5]]
     # Non-integer labels come out as torch collates them.
     ds.target_transform = lambda y: torch.nn.functional.one_hot(torch.tensor(y), 10).float()
     _, y = next(iter(fastcifar.DataLoader(ds, batch_size=8)))
     assert y.shape == (8, 10) and y.argmax(1).tolist() == raw[:8]
     with pytest.raises(TypeError, match="integer class labels"):
-        _ = fastcifar.DataLoader(ds, batch_size=8)._native
+        _ = native_loader(fastcifar.DataLoader(ds, batch_size=8))
 
 
 # --- torchvision objects compile into the fused pass --------------------------------------------

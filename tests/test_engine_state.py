@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from _internals import is_graph, native_loader
 from test_own_module import losses_of, plain_loop
 
 import fastcifar
@@ -184,7 +185,7 @@ def test_freezing_a_layer_from_a_step_callback_goes_on_as_a_plain_loop_does(opt)
     )
     # the plain loop freezes at the same point (after its second step)
     crit, want, o = nn.CrossEntropyLoss(), [], make(theirs)
-    for s, (x, y) in enumerate(loader()._native.epoch(0)):
+    for s, (x, y) in enumerate(native_loader(loader()).epoch(0)):
         o.zero_grad()
         loss = crit(theirs(x), y)
         loss.backward()
@@ -330,7 +331,7 @@ def test_a_module_random_in_eval_mode_falls_back_to_its_own_forward_with_a_warni
     tr = fastcifar.Trainer(m, torch.optim.SGD(m.parameters(), lr=0.1), device="cpu")
     with pytest.warns(UserWarning, match="does not give what its own forward gives"):
         tr.predict(torch.randn(2, 3, 32, 32))
-    assert not tr._compiled.is_graph
+    assert not is_graph(tr)
 
 
 # --- grad mode after every public entry point --------------------------------------------------------------

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 hypothesis = pytest.importorskip("hypothesis")
+from _internals import native_loader  # noqa: E402
 from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -84,7 +85,7 @@ def test_loader_options_give_a_correct_epoch_or_a_named_error(
         return
     event("epoch")
     # A correct epoch: this shard's indices in order, cut into batches.
-    order = loader._native.indices(epoch)
+    order = native_loader(loader).indices(epoch)
     if batch_size is None:  # torch's "no automatic batching": one sample at a time, no batch dimension
         assert len(batches) == len(order) == len(loader)
         assert [int(y) for _, y in batches] == [int(LABELS[i]) for i in order]

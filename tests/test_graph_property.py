@@ -5,12 +5,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from _internals import native_loader
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastcifar
 from fastcifar import transforms as T
-from fastcifar.engine import capture as _graph
+from fastcifar.engine import capture
 
 ACTS = {
     "relu": lambda: nn.ReLU(),
@@ -102,7 +103,7 @@ def twins(spec, seed):
 @given(spec=networks(), seed=st.integers(0, 2**16), train=st.booleans())
 def test_graph_forward_and_backward_equal_eager(spec, seed, train):
     eager, ours = twins(spec, seed)
-    native = _graph.compile_module(ours)
+    native = capture.compile_module(ours)
     assert native.is_graph, "every operator drawn here is covered"
     x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
     eager.train(train)
@@ -142,7 +143,7 @@ def test_one_optimizer_step_on_the_engine_equals_eager(spec, seed, adam):
     torch.manual_seed(seed)
     fastcifar.Trainer(ours, opt(ours), device="cpu").fit(ld, epochs=1, progress=False)
     o = opt(eager)
-    (x, y) = next(iter(ld._native.epoch(0)))
+    (x, y) = next(iter(native_loader(ld).epoch(0)))
     torch.manual_seed(seed)
     eager.train()
     o.zero_grad()

@@ -14,6 +14,7 @@ MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 tv = pytest.importorskip("torchvision")
 import torchvision.transforms as TV  # noqa: E402
 import torchvision.transforms.functional as TF  # noqa: E402
+from _internals import core, native_dataset, native_loader  # noqa: E402
 
 
 def random_ds(n=64, h=32, w=32, c=3, seed=0, transform=None):
@@ -62,10 +63,10 @@ def test_shuffle_covers_each_sample_once_and_changes_per_epoch():
     ds = random_ds(100)
     dl = fastcifar.DataLoader(ds, batch_size=7, shuffle=True, seed=3)
     _, y0 = one_epoch(dl)
-    idx0 = dl._native.indices(0)
+    idx0 = native_loader(dl).indices(0)
     assert sorted(idx0) == list(range(100))
     assert y0.tolist() == [ds.targets[i] for i in idx0]
-    assert dl._native.indices(1) != idx0
+    assert native_loader(dl).indices(1) != idx0
 
 
 def _offsets(out, img, pad, mode="constant", fill=0):
@@ -368,21 +369,21 @@ def test_real_data_seed_pipeline(real_data):
 
 
 def test_one_device_parser_for_every_entry_point():
-    from fastcifar import _native
+    rs = core()
 
-    assert _native.resolve_device("cpu") == _native.resolve_device(torch.device("cpu")) == "cpu"
-    assert _native.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert _native.resolve_device(None) == str(torch.get_default_device())
+    assert rs.resolve_device("cpu") == rs.resolve_device(torch.device("cpu")) == "cpu"
+    assert rs.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert rs.resolve_device(None) == str(torch.get_default_device())
     # An unknown device is both what fastcifar raised (ValueError) and what torch.device raises.
-    with pytest.raises(_native.DeviceError, match="device: 'tpu' is not 'cpu', 'cuda', 'cuda:N' or 'auto'") as e:
-        _native.resolve_device("tpu")
+    with pytest.raises(rs.DeviceError, match="device: 'tpu' is not 'cpu', 'cuda', 'cuda:N' or 'auto'") as e:
+        rs.resolve_device("tpu")
     assert isinstance(e.value, ValueError) and isinstance(e.value, RuntimeError)
     with pytest.raises(TypeError, match="device: expected a str, an int, a torch.device or None, got list"):
-        _native.resolve_device(["cpu"])
+        rs.resolve_device(["cpu"])
     if not torch.cuda.is_available():
         for d in ("cuda", "cuda:1", torch.device("cuda", 0), 0):
             with pytest.raises(RuntimeError, match="CUDA is not available"):
-                _native.resolve_device(d)
+                rs.resolve_device(d)
     # The loader goes through the same parser: torch.device objects and "auto" are taken as given.
     assert fastcifar.DataLoader(random_ds(4), device=torch.device("cpu")).device == torch.device("cpu")
     auto = fastcifar.DataLoader(random_ds(4), device="auto").device
@@ -390,13 +391,13 @@ def test_one_device_parser_for_every_entry_point():
 
 
 def test_native_loader_takes_keywords_only_and_checks_in_the_core():
-    from fastcifar import _native
+    rs = core()
 
-    ds = random_ds(6)._native
-    ops = [_native.TransformOp.to_tensor()]
+    ds = native_dataset(random_ds(6))
+    ops = [rs.TransformOp.to_tensor()]
     with pytest.raises(TypeError):
-        _native.NativeLoader(ds, ops, 2)  # batch_size is keyword-only
-    loader = _native.NativeLoader(ds, ops, batch_size=4, dtype="torch.uint8", device=None)
+        rs.NativeLoader(ds, ops, 2)  # batch_size is keyword-only
+    loader = rs.NativeLoader(ds, ops, batch_size=4, dtype="torch.uint8", device=None)
     x, _ = next(iter(loader.epoch(0)))
     assert len(loader) == 2 and x.shape == (4, 3, 32, 32) and x.dtype == torch.uint8
     for kw, match in [
@@ -407,4 +408,4 @@ def test_native_loader_takes_keywords_only_and_checks_in_the_core():
         (dict(batch_size=1, dtype="float64"), "^dtype: float64 is not torch.float32 or torch.uint8"),
     ]:
         with pytest.raises(ValueError, match=match):
-            _native.NativeLoader(ds, ops, **kw)
+            rs.NativeLoader(ds, ops, **kw)

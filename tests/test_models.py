@@ -9,7 +9,7 @@ import torch
 
 import fastcifar
 from fastcifar import models
-from fastcifar.engine import capture as _graph
+from fastcifar.engine import capture
 
 tv_models = pytest.importorskip("torchvision.models")
 
@@ -35,7 +35,7 @@ def test_engine_logits_are_eager_pytorchs_bit_for_bit(name, make, size):
     m = make()
     twin = make()
     twin.load_state_dict(m.state_dict())
-    native = _graph.compile_module(m)
+    native = capture.compile_module(m)
     assert native.is_graph
     x = torch.randn(3, channels(m), size, size)
     m.eval(), twin.eval()
@@ -60,7 +60,7 @@ def test_resnet18_is_torchvisions_key_for_key_and_logit_for_logit():
     x = torch.randn(2, 3, 64, 64)
     m.eval(), tv.eval()
     with torch.no_grad():
-        assert torch.equal(_graph.compile_module(m).forward(x, train=False), tv(x))
+        assert torch.equal(capture.compile_module(m).forward(x, train=False), tv(x))
 
 
 def test_parameter_counts_and_in_channels():
@@ -100,7 +100,7 @@ def test_autograd_from_the_engine_reaches_the_modules_own_parameters():
     m = models.small_cnn(10, width=8)
     twin = models.small_cnn(10, width=8)
     twin.load_state_dict(m.state_dict())
-    native = _graph.compile_module(m)
+    native = capture.compile_module(m)
     x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
     runs = []
     for net, fwd in ((m, lambda x: native.forward(x, train=True)), (twin, twin)):
@@ -192,7 +192,7 @@ def test_pretrained_offline_creates_the_hub_folder_and_says_where_to_put_the_fil
     ],
 )
 def test_input_the_network_does_not_fit_is_named(x, exc, match):
-    native = _graph.compile_module(models.ImageClassifier())
+    native = capture.compile_module(models.ImageClassifier())
     with pytest.raises(exc, match=match):
         native.forward(x, train=False)
     if x.device.type == "cpu":  # the trainer's predict reaches the same check

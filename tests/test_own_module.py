@@ -8,11 +8,12 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from _internals import is_graph, native_loader
 
 import fastcifar
 from fastcifar import _warn, models
 from fastcifar import transforms as T
-from fastcifar.engine import capture as _graph
+from fastcifar.engine import capture
 from fastcifar.optim import SGD, Adam, lr_scheduler
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -103,7 +104,7 @@ def plain_loop(model, opt, loader, epochs=1):
     crit, out = nn.CrossEntropyLoss(), []
     for e in range(epochs):
         model.train()
-        for x, y in loader._native.epoch(e):
+        for x, y in native_loader(loader).epoch(e):
             opt.zero_grad()
             loss = crit(model(x), y)
             loss.backward()
@@ -121,7 +122,7 @@ def test_the_seed_class_trains_on_the_engine_bit_identically_to_the_seed_loop(tm
     theirs = ImageClassifier()
     theirs.load_state_dict(ours.state_dict())
     tr = fastcifar.Trainer(ours, optimizer=Adam(lr=1e-3, weight_decay=1e-4), device="cpu", log_every=1)
-    assert tr._compiled.is_graph
+    assert is_graph(tr)
     torch.manual_seed(42)  # dropout masks come from torch's generator in both
     a = losses_of(tr, loader)
     torch.manual_seed(42)
@@ -133,7 +134,7 @@ def test_the_seed_class_trains_on_the_engine_bit_identically_to_the_seed_loop(tm
     torch.save(ours.state_dict(), tmp_path / "best_model.pth")
     back = ImageClassifier()
     back.load_state_dict(torch.load(tmp_path / "best_model.pth", weights_only=True))
-    x, _ = loader._native.batch(list(range(8)), 0)
+    x, _ = native_loader(loader).batch(list(range(8)), 0)
     back.eval(), ours.eval()
     with torch.no_grad():
         assert torch.equal(back(x), ours(x))
@@ -208,7 +209,7 @@ def test_every_listed_operator_matches_eager_pytorch_forward_and_backward():
     m = Everything()
     twin = Everything()
     twin.load_state_dict(m.state_dict())
-    native = _graph.compile_module(m)
+    native = capture.compile_module(m)
     x = torch.randn(4, 3, 16, 16)
     for train in (True, False):
         m.train(train), twin.train(train)
@@ -227,7 +228,7 @@ def test_every_listed_operator_matches_eager_pytorch_forward_and_backward():
 
 
 def test_everything_is_on_the_graph_not_the_fallback(recwarn):
-    assert _graph.compile_module(Everything()).is_graph
+    assert capture.compile_module(Everything()).is_graph
     assert not [w for w in recwarn if "eager" in str(w.message)]
 
 
@@ -280,7 +281,7 @@ def test_a_residual_network_trains_with_the_whole_engine_and_resumes(tmp_path):
     imported = fastcifar.Trainer.load(tmp_path / "ckpt.ckpt.pth", device="cpu")
     assert type(imported.model) is Residual and imported.epoch == 4
     back = fastcifar.Trainer.load(tmp_path / "ckpt.ckpt.pth", model=Residual(), device="cpu")
-    x, _ = loader._native.batch(list(range(16)), 0)
+    x, _ = native_loader(loader).batch(list(range(16)), 0)
     assert torch.equal(back.predict_logits(x), imported.predict_logits(x))
     assert set(torch.load(tmp_path / "ckpt.pth", weights_only=True)) == set(net.state_dict())  # best weights
     best = torch.load(tmp_path / "ckpt.ckpt.pth", weights_only=True)["model_state_dict"]  # the last epoch's
@@ -331,7 +332,7 @@ def test_a_network_outside_the_graph_trains_in_eager_with_one_warning_naming_the
     _warn.forget()
     with pytest.warns(UserWarning, match=f"eager PyTorch because .*{cause}"):
         tr = fastcifar.Trainer(ours, optimizer=Adam(lr=1e-2), device="cpu", log_every=1)
-    assert not tr._compiled.is_graph
+    assert not is_graph(tr)
     a = losses_of(tr, loader, epochs=2)
     b = plain_loop(theirs, torch.optim.Adam(theirs.parameters(), lr=1e-2), loader, epochs=2)
     assert a == b and a[-1] < a[0]
@@ -442,12 +443,12 @@ def test_module_hooks_run_because_a_hooked_module_runs_eagerly():
     torch.manual_seed(0)
     m = Residual()
     tr = fastcifar.Trainer(m, device="cpu")
-    assert tr._compiled.is_graph
+    assert is_graph(tr)
     seen = []
     h = m.fc.register_forward_hook(lambda mod, i, o: seen.append(o.shape))
     with pytest.warns(UserWarning, match="fc has forward or backward hooks"):
         tr.predict_logits(torch.randn(2, 3, 32, 32))
-    assert seen == [(2, 10)] and not tr._compiled.is_graph
+    assert seen == [(2, 10)] and not is_graph(tr)
     h.remove()
     tr.predict_logits(torch.randn(2, 3, 32, 32))
-    assert tr._compiled.is_graph and len(seen) == 1
+    assert is_graph(tr) and len(seen) == 1

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _internals import cudnn_benchmark, is_graph, native_loader, native_op, native_trainer, on_engine
 from test_train import NORM, paired, step_losses, synthetic, torch_loop
 from torch import nn
 
@@ -81,7 +82,7 @@ def same_logits(ours, ref):
         with torch.no_grad():
             torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
     tr = fastcifar.Trainer(ours, optimizer=SGD(lr=0.1), device="cpu")
-    assert tr._compiled.is_graph
+    assert is_graph(tr)
     ref.eval()
     with torch.no_grad():
         torch.testing.assert_close(tr.predict_logits(x), ref(x), rtol=1e-5, atol=1e-5)
@@ -155,7 +156,7 @@ def test_tta_levels_match_plain_pytorch():
     ds = synthetic(40)
     loader = fastcifar.DataLoader(ds, batch_size=16, transform=NORM)
     tr = fastcifar.Trainer(model, optimizer=SGD(lr=0.1), device="cpu")
-    x = torch.cat([b[0] for b in loader._native.epoch(0)])
+    x = torch.cat([b[0] for b in native_loader(loader).epoch(0)])
     y = torch.tensor(ds.targets)
     with torch.no_grad():
         want = {0: ref(x), 1: (ref(x) + ref(x.flip(3))) / 2, 2: ref_tta(ref, x)}
@@ -286,7 +287,7 @@ def test_float32_update_path_matches_torch_optim(ours, theirs):
     trajectory within float32 rounding (the default CPU path is bit-exact, tests/test_train.py)."""
     loader, m, ref = paired(96, seed=1, width=8)
     tr = fastcifar.Trainer(m, optimizer=ours(), device="cpu", log_every=1)
-    tr._native.set_fast_math(True)
+    native_trainer(tr).set_fast_math(True)
     a = step_losses(tr, loader, epochs=2)
     b, _ = torch_loop(ref, theirs(ref.parameters()), loader, epochs=2)
     np.testing.assert_allclose(a, b, rtol=1e-4)
@@ -338,7 +339,7 @@ def test_lookahead_and_max_steps_match_a_plain_loop():
     la = Lookahead(total_steps=14, every=3, decay=0.9, power=1.0)
     tr = fastcifar.Trainer(m, optimizer=SGD(lr=0.05, momentum=0.9), device="cpu", log_every=1, lookahead=la)
     h = tr.fit(loader, epochs=5, max_steps=14, progress=False)
-    assert len(h) == 3 and tr._native.global_step == 14 and tr.epoch == 3 and h.interrupted is None
+    assert len(h) == 3 and tr.global_step == 14 and tr.epoch == 3 and h.interrupted is None
 
     opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
     crit = nn.CrossEntropyLoss()
@@ -346,7 +347,7 @@ def test_lookahead_and_max_steps_match_a_plain_loop():
     state = [t for t in ref.state_dict().values() if t.is_floating_point()]
     for e in range(3):
         ref.train()
-        for x, y in loader._native.epoch(e):
+        for x, y in native_loader(loader).epoch(e):
             opt.zero_grad()
             crit(ref(x), y).backward()
             opt.step()
@@ -361,7 +362,7 @@ def test_lookahead_and_max_steps_match_a_plain_loop():
     for k, v in ref.state_dict().items():
         torch.testing.assert_close(m.state_dict()[k], v, rtol=1e-4, atol=1e-5, msg=k)
     # Already there: a further fit with the same limit takes no step.
-    assert len(tr.fit(loader, epochs=2, max_steps=14, progress=False)) == 3 and tr._native.global_step == 14
+    assert len(tr.fit(loader, epochs=2, max_steps=14, progress=False)) == 3 and tr.global_step == 14
     with pytest.raises(ValueError, match="max_steps: must be a non-negative int or None"):
         tr.fit(loader, epochs=1, max_steps=-1, progress=False)
     with pytest.raises(ValueError, match="every: must be at least 1 \\(Lookahead\\)"):
@@ -380,17 +381,17 @@ def test_lookahead_average_is_checkpointed_and_resume_is_exact(tmp_path):
     whole.fit(loader, epochs=3, progress=False)
     loader, first = trainer()
     first.fit(loader, epochs=2, progress=False)
-    ema = first._native.lookahead_state()
+    ema = native_trainer(first).lookahead_state()
     assert ema is not None
     first.save(tmp_path / "c.pth")
     back = fastcifar.Trainer.load(tmp_path / "c.pth", device="cpu")
     assert back.lookahead.settings() == first.lookahead.settings()
-    assert all(torch.equal(a, b) for a, b in zip(back._native.lookahead_state(), ema))
+    assert all(torch.equal(a, b) for a, b in zip(native_trainer(back).lookahead_state(), ema))
     back.fit(loader, epochs=1, progress=False)
     for k, v in whole.model.state_dict().items():
         assert torch.equal(back.model.state_dict()[k], v), k
     with pytest.raises(ValueError, match="do not match the model's"):
-        back._native.load_lookahead_state(ema[:-1])
+        native_trainer(back).load_lookahead_state(ema[:-1])
 
 
 def test_alternating_flip_mirrors_each_image_in_one_of_two_epochs():
@@ -402,7 +403,7 @@ def test_alternating_flip_mirrors_each_image_in_one_of_two_epochs():
 
     def mirrored(seed, epoch):
         loader = fastcifar.DataLoader(ds, batch_size=400, transform=tf, seed=seed, dtype=torch.uint8)
-        b = next(iter(loader._native.epoch(epoch)))[0]
+        b = next(iter(native_loader(loader).epoch(epoch)))[0]
         same, flip = (b == plain).flatten(1).all(1), (b == plain.flip(3)).flatten(1).all(1)
         assert bool((same ^ flip).all())  # every image is either as it is or mirrored
         return flip
@@ -415,19 +416,17 @@ def test_alternating_flip_mirrors_each_image_in_one_of_two_epochs():
     assert fastcifar.transforms.to_config(fastcifar.transforms.deterministic_part(tf)) == [{"type": "ToTensor"}]
     import pickle
 
-    assert pickle.loads(pickle.dumps(tf._op)).name == "AlternatingHorizontalFlip"
+    assert pickle.loads(pickle.dumps(native_op(tf))).name == "AlternatingHorizontalFlip"
 
 
 def test_cudnn_benchmark_is_the_users_after_fit():
     """On CUDA fit turns cuDNN's benchmark mode on for its passes; whatever it was is restored, on
     CPU untouched (and the context manager restores it on an error too)."""
-    from fastcifar.trainer import _cudnn_benchmark
-
     was = torch.backends.cudnn.benchmark
     try:
         torch.backends.cudnn.benchmark = False
         with pytest.raises(RuntimeError, match="inside"):
-            with _cudnn_benchmark(True):
+            with cudnn_benchmark(True):
                 assert torch.backends.cudnn.benchmark
                 raise RuntimeError("inside")
         assert torch.backends.cudnn.benchmark is False
@@ -492,7 +491,7 @@ def test_recipe_learns_side_by_side_with_a_plain_loop(real_data):
     ours = []
     r.callbacks.append(lambda i: ours.append(i["batch_loss"]) if i["phase"] == "step" else None)
     hist, rep = r.run()
-    assert r.trainer._native.global_step == 36 and len(ours) == 36 and len(hist) == 5
+    assert r.trainer.global_step == 36 and len(ours) == 36 and len(hist) == 5
 
     # The plain loop: airbench's optimizer, schedule and lookahead, on a summed loss.
     lr = 11.5 / (1024 * (1 + 1 / 0.15))
@@ -513,7 +512,7 @@ def test_recipe_learns_side_by_side_with_a_plain_loop(real_data):
     for e in range(5):
         ref[0].bias.requires_grad_(e < 3)
         ref.train()
-        for x, y in r.train_loader._native.epoch(e):
+        for x, y in native_loader(r.train_loader).epoch(e):
             loss = F.cross_entropy(ref(x), y, label_smoothing=0.2, reduction="none").sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -536,7 +535,7 @@ def test_recipe_learns_side_by_side_with_a_plain_loop(real_data):
     print("largest relative weight difference", max(drift.items(), key=lambda kv: kv[1]))
     assert max(drift.values()) < 0.15, drift
     ref.eval()
-    x = torch.cat([b[0] for b in r.test_loader._native.epoch(0)])
+    x = torch.cat([b[0] for b in native_loader(r.test_loader).epoch(0)])
     y = torch.tensor(te.targets)
     with torch.no_grad():
         ref_acc = (ref_tta(ref, x).argmax(1) == y).float().mean().item()
@@ -565,7 +564,7 @@ def test_cli_trains_the_recipe(real_data, tmp_path):
     assert report["count"] == 64 and report["tta"] == 2 and report["recipe"] == "airbench94"
     assert os.path.exists(out / "model_weights.pth")
     back = fastcifar.Trainer.load(out / "checkpoint.pth", device="cpu", model=recipes.Airbench94())
-    assert back._native.global_step == 2 and back.lookahead.total_steps == 2
+    assert back.global_step == 2 and back.lookahead.total_steps == 2
     lrs = [g["lr"] for g in back.optimizer.param_groups]
     assert lrs[0] == pytest.approx(64 * lrs[1])
 
@@ -687,7 +686,7 @@ def test_muon_recipe_settings_are_airbench_units(real_data):
     r = recipes.airbench94_muon(train=tr, test=te, device="cpu", batch_size=512, epochs=2.5, widths=(8, 16, 16))
     assert len(r.train_loader) == 4 and r.max_steps == 10 and r.epochs == 3 and r.trainer.lookahead is None
     assert r.settings["whiten_steps"] == 12 and r.trainer.config["amp"] == "auto" and r.tta == 2
-    assert not r.trainer._bridge.on_engine  # MuonSGD runs its own step()
+    assert not on_engine(r.trainer)  # MuonSGD runs its own step()
     whiten, norm, head, filt = r.trainer.optimizer.param_groups
     # airbench94_muon: SGD on a summed loss, rates 0.053 / 0.053 / 0.67, decay 2e-6 * batch over each rate.
     assert [whiten["lr"], norm["lr"], head["lr"]] == pytest.approx([0.053 * 512, 0.053 * 512, 0.67 * 512])
@@ -724,7 +723,7 @@ def test_muon_recipe_learns_side_by_side_with_a_plain_loop(real_data):
     ours = []
     r.callbacks.append(lambda i: ours.append(i["batch_loss"]) if i["phase"] == "step" else None)
     hist, rep = r.run()
-    assert r.trainer._native.global_step == 36 and len(ours) == 36 and len(hist) == 5
+    assert r.trainer.global_step == 36 and len(ours) == 36 and len(hist) == 5
 
     wd = 2e-6 * bs
     named = dict(ref.named_parameters())
@@ -741,7 +740,7 @@ def test_muon_recipe_learns_side_by_side_with_a_plain_loop(real_data):
     theirs, step, total, whiten_steps = [], 0, 36, 24
     for e in range(5):
         ref.train()
-        for x, y in r.train_loader._native.epoch(e):
+        for x, y in native_loader(r.train_loader).epoch(e):
             named["0.bias"].requires_grad_(step < whiten_steps)
             loss = F.cross_entropy(ref(x), y, label_smoothing=0.2, reduction="none").sum()
             opt.zero_grad(set_to_none=True)
@@ -771,7 +770,7 @@ def test_muon_recipe_learns_side_by_side_with_a_plain_loop(real_data):
     assert max(drift.values()) < 0.15, drift
     assert np.mean(ours[-8:]) < 0.9 * np.mean(ours[:4]) and np.mean(theirs[-8:]) < 0.9 * np.mean(theirs[:4])
     ref.eval()
-    x = torch.cat([b[0] for b in r.test_loader._native.epoch(0)])
+    x = torch.cat([b[0] for b in native_loader(r.test_loader).epoch(0)])
     y = torch.tensor(te.targets)
     with torch.no_grad():
         ref_acc = (ref_tta(ref, x).argmax(1) == y).float().mean().item()
@@ -795,7 +794,7 @@ def test_cli_trains_the_muon_recipe(real_data, tmp_path):
     te = fastcifar.CIFAR10(real_data, train=False).subset(range(64))
     back = recipes.airbench94_muon(train=tr, test=te, device="cpu", batch_size=64, epochs=1)
     back.trainer.load_checkpoint(out / "checkpoint.pth")
-    assert back.trainer._native.global_step == 2
+    assert back.trainer.global_step == 2
     weights = torch.load(out / "model_weights.pth")
     for k, v in back.model.state_dict().items():
         assert torch.equal(v, weights[k]), k

@@ -316,7 +316,9 @@ def test_a_checkpoint_of_another_optimizer_or_schedule_is_refused_by_name(tmp_pa
     # The learning rate is state (a schedule moves it), not a setting: the checkpoint's is taken.
     other_lr = trainer(Adam(lr=1e-2), lr_scheduler.StepLR(step_size=2))
     other_lr.load_state_dict(ckpt)
-    assert other_lr.optimizer.param_groups[0]["lr"] == src.optimizer.param_groups[0]["lr"] == other_lr._native.lr
+    assert (
+        other_lr.optimizer.param_groups[0]["lr"] == src.optimizer.param_groups[0]["lr"] == other_lr.engine.current_lr()
+    )
 
 
 def test_derived_classes_are_bounded_by_the_input():

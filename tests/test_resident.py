@@ -5,6 +5,7 @@ with tensor ops. Written device-agnostically, so the CPU device checks it here: 
 import numpy as np
 import pytest
 import torch
+from _internals import native_loader
 
 import fastcifar
 from fastcifar import transforms as T
@@ -50,9 +51,9 @@ def test_resident_batches_equal_the_rust_pass(name, dtype):
     kw = dict(batch_size=64, shuffle=True, transform=TRANSFORMS[name], seed=11, dtype=dtype)
     host = fastcifar.DataLoader(ds, **kw)
     dev = fastcifar.DataLoader(ds, resident=True, **kw)
-    assert dev.resident and dev._native.is_resident and not host.resident
+    assert dev.resident and native_loader(dev).is_resident and not host.resident
     for epoch in (0, 1, 2):
-        pairs = list(zip(host._native.epoch(epoch), dev._native.epoch(epoch)))
+        pairs = list(zip(native_loader(host).epoch(epoch), native_loader(dev).epoch(epoch)))
         assert len(pairs) == len(host) == 5
         for (xa, ya), (xb, yb) in pairs:
             assert xb.dtype == dtype and xb.shape == xa.shape
@@ -60,17 +61,19 @@ def test_resident_batches_equal_the_rust_pass(name, dtype):
             # The same draws and the same per-byte float values: identical batches.
             assert torch.equal(xa, xb), (name, epoch, (xa.float() - xb.float()).abs().max())
     # Explicit indices (a sampler's) too, and an index out of range is refused before the device sees it.
-    torch.testing.assert_close(dev._native.batch([5, 0, 299], 3), host._native.batch([5, 0, 299], 3), rtol=0, atol=0)
+    torch.testing.assert_close(
+        native_loader(dev).batch([5, 0, 299], 3), native_loader(host).batch([5, 0, 299], 3), rtol=0, atol=0
+    )
     with pytest.raises(ValueError, match="index: 300 is out of range for 300 images"):
-        dev._native.batch([1, 300], 0)
+        native_loader(dev).batch([1, 300], 0)
 
 
 def test_resident_follows_target_transform_and_shards():
     ds = data(100)
     ds.target_transform = lambda y: 9 - y
     dl = fastcifar.DataLoader(ds, batch_size=50, shuffle=True, seed=2, resident=True)
-    _, y = next(iter(dl._native.epoch(0)))
-    assert torch.equal(y, torch.tensor([9 - ds.targets[i] for i in dl._native.indices(0)[:50]]))
+    _, y = next(iter(native_loader(dl).epoch(0)))
+    assert torch.equal(y, torch.tensor([9 - ds.targets[i] for i in native_loader(dl).indices(0)[:50]]))
     assert dl.shard(0, 2).resident and len(dl.shard(1, 2)) == 1  # shards stay resident
 
 

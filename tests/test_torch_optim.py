@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from _internals import native_loader, on_engine
 
 import fastcifar
 from fastcifar import _warn, models
@@ -57,7 +58,7 @@ def torch_loop(model, opt, ld, epochs, sched=None, per_step=False, metric=False)
     for e in range(epochs):
         model.train()
         tot, cnt = 0.0, 0
-        for x, y in ld._native.epoch(e):
+        for x, y in native_loader(ld).epoch(e):
             lr = opt.param_groups[0]["lr"]
             opt.zero_grad()
             loss = crit(model(x), y)
@@ -87,7 +88,7 @@ def test_the_seeds_own_optimizer_and_schedule_lines_run_on_the_engine():
     optimizer = torch.optim.Adam(ours.parameters(), lr=0.001, weight_decay=1e-4)  # the seed's lines, verbatim
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "min", patience=0, factor=0.5)
     tr = fastcifar.Trainer(ours, optimizer, scheduler, device="cpu", log_every=1)
-    assert tr._bridge.on_engine  # Adam runs in Rust
+    assert on_engine(tr)  # Adam runs in Rust
     ld = loader()
     a = fit_losses(tr, ld, 3)
     opt2 = torch.optim.Adam(theirs.parameters(), lr=0.001, weight_decay=1e-4)
@@ -241,7 +242,7 @@ def test_one_cycle_past_its_end_raises_before_training_with_the_fix():
     # torch's (and the core's) OneCycleLR raise at step 7, mid-epoch; the trainer says so before training.
     with pytest.raises(fastcifar.trainer.ScheduleHorizonError, match="built for 6 steps and has taken 6.*max_steps=6"):
         tr.fit(loader(96), epochs=1, progress=False)
-    assert tr._native.global_step == 6 and tr.epoch == 1
+    assert tr.global_step == 6 and tr.epoch == 1
 
 
 def test_param_group_writes_take_effect_at_the_next_step():

@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from _internals import core, native_loader, native_trainer
 
 import fastcifar
 from fastcifar import models
@@ -55,7 +56,7 @@ def torch_loop(ref, opt, loader, epochs=1, sched=None, per_step=False, metric=Fa
     for e in range(epochs):
         ref.train()
         total, count = 0.0, 0
-        for x, y in loader._native.epoch(e):
+        for x, y in native_loader(loader).epoch(e):
             lrs.append(opt.param_groups[0]["lr"])
             opt.zero_grad()
             loss = crit(ref(x), y)
@@ -86,7 +87,7 @@ def test_seed_recipe_parity_20_steps():
     theirs, _ = torch_loop(ref, torch.optim.Adam(ref.parameters(), lr=1e-3, weight_decay=1e-4), loader)
     assert len(ours) == len(theirs) == 20
     np.testing.assert_allclose(ours, theirs, rtol=1e-4)
-    x, _ = loader._native.batch(list(range(32)), 0)
+    x, _ = native_loader(loader).batch(list(range(32)), 0)
     m.eval(), ref.eval()
     with torch.no_grad():
         # The optimizers reproduce torch.optim's rounding (fused multiply-adds included), so the
@@ -256,7 +257,7 @@ def test_evaluate_report_and_predict():
     assert abs(rep.accuracy - np.trace(rep.confusion_matrix) / 200) < 1e-12
     assert set(rep.per_class) == set(ds.classes) and "Per-class accuracy" in str(rep)
     # predict on uint8 images goes through the same ToTensor + Normalize as the loader.
-    x, _ = loader._native.batch(list(range(8)), 0)
+    x, _ = native_loader(loader).batch(list(range(8)), 0)
     tr.eval_transform = NORM
     p_img = tr.predict_proba(ds.data[:8])
     p_t = tr.predict_proba(x)
@@ -292,7 +293,7 @@ def test_grad_accumulation_and_clipping_run():
     loader = fastcifar.DataLoader(synthetic(64), batch_size=8, transform=NORM)
     tr = fastcifar.Trainer(models.small_cnn(width=4), device="cpu", grad_accum_steps=4, grad_clip=0.5)
     tr.fit(loader, epochs=1, progress=False)
-    assert tr._native.global_step == 2
+    assert tr.global_step == 2
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path):
@@ -344,17 +345,17 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path):
         (lambda: lr_scheduler.LinearWarmup(0), ValueError, "^warmup_steps"),
         (lambda: lr_scheduler.LinearWarmup(2, start_factor=1.5), ValueError, "^warmup_start_factor"),
         (
-            lambda: fastcifar._native.OptimizerConfig("SGD", betas=(0.9, 0.99)),
+            lambda: core().OptimizerConfig("SGD", betas=(0.9, 0.99)),
             ValueError,
             "betas: not a setting of SGD",
         ),
         (
-            lambda: fastcifar._native.ScheduleConfig("StepLR", step_size=2, T_max=3),
+            lambda: core().ScheduleConfig("StepLR", step_size=2, T_max=3),
             ValueError,
             "T_max: not a setting of StepLR",
         ),
-        (lambda: fastcifar._native.ScheduleConfig("StepLR"), ValueError, "step_size: StepLR needs it"),
-        (lambda: fastcifar._native.OptimizerConfig("SGD", lr=0.1, nesterov=1.0), TypeError, "nesterov"),
+        (lambda: core().ScheduleConfig("StepLR"), ValueError, "step_size: StepLR needs it"),
+        (lambda: core().OptimizerConfig("SGD", lr=0.1, nesterov=1.0), TypeError, "nesterov"),
     ],
 )
 def test_bad_trainer_arguments(make, exc, match):
@@ -383,11 +384,11 @@ def test_state_crosses_by_name():
     m = models.small_cnn(width=4)
     tr = fastcifar.Trainer(m, Adam(lr=1e-3), lr_scheduler.StepLR(step_size=1, gamma=0.5), device="cpu")
     tr.fit(fastcifar.DataLoader(synthetic(32), batch_size=16, transform=NORM), progress=False)
-    st = tr._native.optimizer_state()
+    st = tr.engine.optimizer_state()
     assert (st.kind, st.lr, st.initial_lr, st.momentum) == ("Adam", 5e-4, 1e-3, 0.9)
     assert len(st.params) == len(list(m.parameters()))
     assert all(set(p) == {"step", "exp_avg", "exp_avg_sq"} and p["step"] == 2.0 for p in st.params)
-    assert tr._native.scheduler_state()["epoch"] == 1 and tr._native.global_step == 2
+    assert native_trainer(tr).scheduler_state()["epoch"] == 1 and tr.global_step == 2
     assert lr_scheduler.StepLR(step_size=3).settings() == {"step_size": 3, "gamma": 0.1}
     assert SGD(momentum=0.9, nesterov=True).settings()["nesterov"] is True
 

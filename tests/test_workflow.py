@@ -211,12 +211,12 @@ def test_one_cycle_horizon_is_named_before_training_with_the_fix(tmp_path, kind)
     back = fastcifar.Trainer.load(tmp_path / "c.ckpt.pth", device="cpu")
     with pytest.raises(ScheduleHorizonError, match=r"OneCycleLR was built for 8 steps and has taken 8.*max_steps=8"):
         back.fit(train, epochs=1, progress=False)
-    assert back.epoch == 2 and back._native.global_step == 8
+    assert back.epoch == 2 and back.global_step == 8
     fresh = fastcifar.Trainer(*_one_cycle(kind), device="cpu")
     with pytest.raises(ScheduleHorizonError, match=r"has taken 0; fit\(epochs=3\) would take 12 more"):
         fresh.fit(train, epochs=3, progress=False)
     fresh.fit(train, epochs=3, progress=False, max_steps=8)  # the fix it names: stop where the cycle ends
-    assert fresh._native.global_step == 8 and fresh.epoch == 2
+    assert fresh.global_step == 8 and fresh.epoch == 2
 
 
 # --- 3: the CLI on any data set and model, and every file it writes -------------------------
@@ -278,7 +278,7 @@ def test_cli_resume_continues_a_run(cli_run, capsys, tmp_path):
     assert "resuming" in text and "Trained 2 epochs" in text and "(3 epochs in all)" in text
     back = fastcifar.Trainer.load(run / "checkpoint.pth", device="cpu")
     assert back.epoch == 3 and len(back.history) == 3 and type(back.model) is models.SmallCNN
-    assert back._native.global_step == 3 * 4
+    assert back.global_step == 3 * 4
     with pytest.raises(SystemExit, match="--lr: not with --resume"):
         cli.main(["train", "--resume", str(run / "checkpoint.pth"), "--lr", "0.1"])
 

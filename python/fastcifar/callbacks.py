@@ -335,7 +335,7 @@ class ModelCheckpoint(Callback):
         if epoch % self.every_n_epochs != 0:
             return None
         metrics = {k: v for k, v in info.items() if k != "phase"}
-        metrics["step"] = tr._native.global_step
+        metrics["step"] = tr.global_step
         main = bool(getattr(tr, "is_main", True))
         if self.save_top_k != 0:
             path = self.format_checkpoint_name(metrics)

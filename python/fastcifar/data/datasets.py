@@ -8,12 +8,15 @@ import os
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from .. import _native as _rs
 from .._files import check_regular
+
+if TYPE_CHECKING:
+    from ..transforms.plan import ItemPass
 
 __all__ = [
     "Dataset",
@@ -55,6 +58,8 @@ class Dataset:
     _pending_data: np.ndarray | None = None
     _pending_targets: list | None = None
     transform = None
+    # The fused pass of items (one loader, reused): never pickled or deep-copied, built again on use.
+    _item_pass: ItemPass | None = None
 
     def __init__(self, native: _rs.NativeDataset, transform=None, target_transform=None):
         self._native_ds = native
@@ -161,14 +166,16 @@ class Dataset:
         index = int(index) % n
         target = int(self.targets[index])
         from ..transforms.base import pil_from_hwc
-        from ..transforms.plan import Plan, run_ops
+        from ..transforms.plan import ItemPass, Plan
 
         if self.transform is None:
             img = pil_from_hwc(self._hwc()[index])
         else:
             plan = Plan(self.transform)
             if plan.ops:
-                img = plan.finish(run_ops(self._native, index, plan.ops))
+                if self._item_pass is None:
+                    self._item_pass = ItemPass()
+                img = plan.finish(self._item_pass.run(self._native, index, plan.ops))
             else:
                 img = plan.run_rest(pil_from_hwc(self._hwc()[index]))
         if self.target_transform is not None:
@@ -184,6 +191,7 @@ class Dataset:
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         del state["_native_ds"]
+        state.pop("_item_pass", None)
         state["_native_recipe"] = self._recipe()
         return state
 
@@ -213,7 +221,8 @@ class Dataset:
         new = type(self).__new__(type(self))
         memo[id(self)] = new
         for k, v in self.__dict__.items():
-            new.__dict__[k] = v if k == "_native_ds" else copy.deepcopy(v, memo)
+            if k != "_item_pass":
+                new.__dict__[k] = v if k == "_native_ds" else copy.deepcopy(v, memo)
         return new
 
     # What __repr__ calls a data set that is no torchvision class: a subset says whose.

@@ -25,7 +25,7 @@ from ..transforms.base import _is_pil as is_pil
 from ..transforms.plan import warn_python
 from .datasets import Dataset, positions
 
-__all__ = ["DataLoader"]
+__all__ = ["DataLoader", "fast_path"]
 
 
 def _resolve(dataset) -> Dataset | None:
@@ -498,35 +498,6 @@ class DataLoader:
             **o,
         )
 
-    @property
-    def _native(self):
-        """The Rust loader for ``Trainer`` (whose loop then never enters Python): only when
-        everything this loader does happens in Rust; labels through ``target_transform`` applied
-        once. Otherwise a TypeError says why, and the Trainer pulls the batches through Python."""
-        if self._torch is not None:
-            raise TypeError(
-                f"it iterates a {type(self.dataset).__name__}, not a fastcifar data set, with torch's DataLoader"
-            )
-        if self._slow:
-            raise TypeError(
-                f"{self._plan.rest[0]!r} runs in Python (the transforms fastcifar.transforms lists stay in Rust)"
-            )
-        for name in ("sampler", "batch_sampler", "collate_fn"):
-            if getattr(self, name) is not None:
-                raise TypeError(f"it has a {name}= (batches drawn in Python)")
-        if self.target_transform is None:
-            return self._core
-        if self._trainer_loader is None:
-            labels = [self.target_transform(int(y)) for y in self.dataset.targets]
-            if not all(_is_int_label(v) for v in labels):
-                raise TypeError(
-                    "its target_transform returns "
-                    f"{type(next(v for v in labels if not _is_int_label(v))).__name__}, not integer class labels"
-                )
-            core = _rs.NativeLoader(*self._args, **self._kwargs, labels=[int(v) for v in labels])
-            self._trainer_loader = core.resident() if self.resident else core
-        return self._trainer_loader
-
     def _batches(self) -> list[list[int]]:
         n = len(self.dataset)
         if self.batch_sampler is not None:
@@ -678,3 +649,30 @@ _FASTCIFAR_ONLY = (
     "resident",
 )
 _DEFAULTS = {k: p.default for k, p in inspect.signature(DataLoader.__init__).parameters.items()}
+
+
+def fast_path(loader) -> _rs.NativeLoader | str:
+    """The Rust loader ``Trainer`` runs ``loader`` through (its loop then never enters Python), or
+    the reason why not, a sentence (the trainer then pulls the batches through Python, once per step,
+    and warns once with it). Only when everything the loader does happens in Rust; labels through
+    ``target_transform`` are applied once, here (the first time: the result is kept)."""
+    if not isinstance(loader, DataLoader):
+        return f"{type(loader).__module__}.{type(loader).__name__} is torch's loader"
+    if loader._torch is not None:
+        return f"it iterates a {type(loader.dataset).__name__}, not a fastcifar data set, with torch's DataLoader"
+    if loader._slow:
+        assert loader._plan is not None  # _slow is only set with a plan (that has Python steps)
+        return f"{loader._plan.rest[0]!r} runs in Python (the transforms fastcifar.transforms lists stay in Rust)"
+    for name in ("sampler", "batch_sampler", "collate_fn"):
+        if getattr(loader, name) is not None:
+            return f"it has a {name}= (batches drawn in Python)"
+    if loader.target_transform is None:
+        return loader._core
+    if loader._trainer_loader is None:
+        labels = [loader.target_transform(int(y)) for y in loader.dataset.targets]
+        wrong = [v for v in labels if not _is_int_label(v)]
+        if wrong:
+            return f"its target_transform returns {type(wrong[0]).__name__}, not integer class labels"
+        core = _rs.NativeLoader(*loader._args, **loader._kwargs, labels=[int(v) for v in labels])
+        loader._trainer_loader = core.resident() if loader.resident else core
+    return loader._trainer_loader

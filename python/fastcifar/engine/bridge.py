@@ -22,7 +22,7 @@ import torch
 
 from .. import _native as _rs
 from .. import optim as _optim
-from ..optim.optimizers import _engine_config, _momentum
+from ..optim.engine_settings import engine_config, momentum_of
 
 _ENGINE = {torch.optim.SGD: "SGD", torch.optim.Adam: "Adam", torch.optim.AdamW: "AdamW"}
 _UNSUPPORTED_FLAGS = ("maximize", "amsgrad", "differentiable", "capturable", "fused")
@@ -31,7 +31,8 @@ _PER_STEP = tuple(
 )
 
 
-def _f(v) -> float:
+def _as_float(v) -> float:
+    """A number, or a tensor holding one, as a float."""
     return float(v.item() if isinstance(v, torch.Tensor) else v)
 
 
@@ -127,8 +128,8 @@ class Bridge:
         if isinstance(self.optimizer, _optim.Optimizer):
             return self.optimizer._written(written=False)
         if self.name is not None:  # on_engine
-            return _engine_config(self.name, self.optimizer.param_groups[0])
-        return _rs.OptimizerConfig("SGD", lr=_f(self.optimizer.param_groups[0]["lr"]))
+            return engine_config(self.name, self.optimizer.param_groups[0])
+        return _rs.OptimizerConfig("SGD", lr=_as_float(self.optimizer.param_groups[0]["lr"]))
 
     def engine_groups(self):
         """fastcifar.optim's parameter groups for NativeTrainer.set_param_groups (per parameter: the
@@ -170,7 +171,7 @@ class Bridge:
         self._synced = s
         if isinstance(self.optimizer, _optim.Optimizer):
             return self.optimizer._written()
-        return _engine_config(self.name, self.optimizer.param_groups[0], written=True)
+        return engine_config(self.name, self.optimizer.param_groups[0], written=True)
 
     def outer(self, active, grads, lr, momentum):
         """After each optimizer step: the outside optimizer's step (returns the rate it used), then a
@@ -186,7 +187,7 @@ class Bridge:
             for i, g in zip(active, grads):
                 self.params[i].grad = g
             self.optimizer.step()
-            used = _f(self.optimizer.param_groups[0]["lr"])
+            used = _as_float(self.optimizer.param_groups[0]["lr"])
         if self.per_step_schedule:
             self._step_schedule()
         return used if grads is not None else self.poll()
@@ -218,7 +219,7 @@ class Bridge:
             return
         states = [self.optimizer.state.get(p) or None for p in self.params]
         g = self.optimizer.param_groups[0]
-        native.load_optimizer_state(lr=float(_f(g["lr"])), momentum=_momentum(g), states=states)
+        native.load_optimizer_state(lr=_as_float(g["lr"]), momentum=momentum_of(g), states=states)
 
     def export_state(self, native) -> None:
         """Writes the engine's state into the torch optimizer's ``state`` (the same tensors)."""

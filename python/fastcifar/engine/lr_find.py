@@ -22,7 +22,7 @@ from .. import _native as _rs
 from .. import optim as _optim
 from .._args import whole
 from ..data.loader import DataLoader
-from ..optim.optimizers import _engine_config
+from ..optim.engine_settings import engine_config
 from . import capture
 
 __all__ = ["LRFinder"]
@@ -168,7 +168,7 @@ def run(trainer, loader, start_lr, end_lr, num_training, mode, early_stop_thresh
     if bridge.on_engine:
         opt = tr.optimizer
         shared = opt._shared() if isinstance(opt, _optim.Optimizer) else opt.param_groups[0]
-        cfg = _engine_config(bridge.name, {**shared, "lr": end_lr})
+        cfg = engine_config(bridge.name, {**shared, "lr": end_lr})
         outside = None
     else:
         cfg = _rs.OptimizerConfig("SGD", lr=end_lr)  # a container for the rate (the optimizer steps itself)

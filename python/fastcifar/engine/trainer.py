@@ -27,7 +27,7 @@ from .. import transforms as T
 from .._defaults import TRAINER
 from .._files import atomic_write, check_writable
 from .._warn import warn_once
-from ..data.loader import DataLoader
+from ..data.loader import DataLoader, fast_path
 from ..models import Module
 from . import capture
 from . import lr_find as _lr_find
@@ -45,6 +45,7 @@ from .checkpoint import (
     to_cpu,
 )
 from .history import EvalReport, History
+from .seam import Engine
 
 __all__ = ["Trainer", "History", "EvalReport", "ScheduleHorizonError"]
 
@@ -194,9 +195,10 @@ class Trainer:
             schedule=rs._config if rs is not None else None,
             config=train_config,
         )
+        #: What fastcifar.optim's optimizer and schedules ask of the loop (their rate, state, parameters).
+        self.engine = Engine(self._native, self.model)
         if isinstance(optimizer, _optim.Optimizer):
-            # optim declares _trainer by its first value (None), not as Trainer | None.
-            optimizer._trainer = self  # type: ignore[assignment]
+            optimizer.attach(self.engine)
         groups = self._bridge.engine_groups()
         if groups is not None:
             self._native.set_param_groups(*groups)
@@ -615,6 +617,11 @@ class Trainer:
         finally:
             self.model.train(was)
 
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps taken so far, over every fit (a checkpoint keeps the count)."""
+        return self._native.global_step
+
     # --- data-parallel ---------------------------------------------------------------------
     @property
     def is_main(self) -> bool:
@@ -892,20 +899,15 @@ def _check_loader(name: str, loader) -> None:
 def _native_loader(loader):
     """The loader's Rust side when all its work is in Rust; else None (the trainer then pulls its
     batches through Python, once per step, with a one-time warning saying why)."""
-    try:
-        return loader._native
-    except (TypeError, AttributeError) as e:
-        why = (
-            str(e)
-            if isinstance(e, TypeError)
-            else f"{type(loader).__module__}.{type(loader).__name__} is torch's loader"
-        )
+    fast = fast_path(loader)
+    if isinstance(fast, str):
         warn_once(
-            ("slow loader", why),
-            f"fastcifar: the trainer pulls this loader's batches through Python (slower): {why}",
+            ("slow loader", fast),
+            f"fastcifar: the trainer pulls this loader's batches through Python (slower): {fast}",
             stacklevel=4,
         )
         return None
+    return fast
 
 
 def _auto_channels_last(device: str, precision: str) -> bool:

@@ -21,6 +21,8 @@ hyper-parameters are the optimizer's), also run in Rust:
 A group's rate is a fixed multiple of the optimizer's ``lr`` (0.64 is 64 times 0.01 here): schedules
 and ``optimizer.lr = x`` move every group together, as torch's schedules scale each group's rate.
 ``Lookahead`` is airbench's moving average of the weights, for ``Trainer(..., lookahead=...)``.
+``engine_settings`` turns a torch-style parameter group into the Rust update's settings (the seam
+the trainer uses for torch.optim's optimizers too).
 """
 
 from . import lr_scheduler

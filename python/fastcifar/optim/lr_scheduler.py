@@ -103,9 +103,11 @@ class _Schedule:
 
     def get_last_lr(self) -> list:
         """The learning rate of the last step (the trainer's, once bound to one)."""
-        tr = getattr(self.optimizer, "_trainer", None) if self.optimizer is not None else None
-        if tr is not None:
-            return [tr._native.lr]
+        from .optimizers import Optimizer
+
+        engine = self.optimizer.engine if isinstance(self.optimizer, Optimizer) else None
+        if engine is not None:
+            return [engine.current_lr()]
         lr = getattr(self.optimizer, "lr", None)
         return [lr] if lr is not None else []
 

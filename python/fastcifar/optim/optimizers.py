@@ -3,56 +3,25 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
 from .. import _native as _rs
 from .._defaults import ADAM, ADAMW, LOOKAHEAD
 from .._defaults import SGD as _SGD
+from .engine_settings import engine_config, hyper_value, momentum_of
+
+if TYPE_CHECKING:
+    from ..engine.seam import Engine
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Lookahead"]
-
-
-def _f(v):
-    """torch takes 1-element tensors for hyper-parameters: their value."""
-    return v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v
-
-
-def _engine_config(name: str, group: dict, written: bool = False) -> _rs.OptimizerConfig:
-    """A torch-style param group's settings for the Rust update. The core checks them (as torch's
-    constructor does; settings ``written`` between steps are checked when the loop applies them)."""
-    # A setting the group lacks is None: the core takes its default.
-    make = _rs.OptimizerConfig.written if written else _rs.OptimizerConfig
-    lr, wd = _f(group["lr"]), _f(group.get("weight_decay"))
-    if name == "SGD":
-        nesterov = group.get("nesterov")
-        return make(
-            name,
-            lr=lr,
-            momentum=_f(group.get("momentum")),
-            dampening=_f(group.get("dampening")),
-            weight_decay=wd,
-            nesterov=None if nesterov is None else bool(nesterov),
-        )
-    betas = group.get("betas")
-    return make(
-        name,
-        lr=lr,
-        betas=None if betas is None else (_f(betas[0]), _f(betas[1])),
-        eps=_f(group.get("eps")),
-        weight_decay=wd,
-    )
 
 
 def _float(v):
     """A number as float once the core accepted it (anything else is passed on for the core's
     TypeError, which names the setting)."""
     return float(v) if isinstance(v, (int, float)) else v
-
-
-def _momentum(group: dict) -> float:
-    """SGD's momentum or Adam's beta1 in a param group."""
-    return float(_f(group["betas"][0] if "betas" in group else group.get("momentum", _SGD["momentum"])))
 
 
 def _refuse(name: str, value, default, why: str = ""):
@@ -95,7 +64,7 @@ def _parse_groups(name: str, groups: list) -> list:
         if any(id(p) in seen for p in ps):
             raise ValueError("params: some parameters appear in more than one group")
         seen.update(id(p) for p in ps)
-        out.append((ps, {k: _f(g[k]) for k in ("lr", "weight_decay") if k in g}))
+        out.append((ps, {k: hyper_value(g[k]) for k in ("lr", "weight_decay") if k in g}))
     return out
 
 
@@ -116,9 +85,9 @@ class Optimizer:
             if not params or not all(isinstance(p, torch.Tensor) for p in params):
                 raise TypeError("params: expected a non-empty iterable of tensors from model.parameters()")
         self.params = params
-        self._trainer = None
-        group = {"lr": _f(lr), **self._group()}
-        _engine_config(self.name, group)  # raises now, as torch's constructor does, naming the setting
+        self._engine: Engine | None = None
+        group = {"lr": hyper_value(lr), **self._group()}
+        engine_config(self.name, group)  # raises now, as torch's constructor does, naming the setting
         # Without groups: None, and param_groups[0] holds every setting. With groups: each group's
         # rate as a multiple of the optimizer's (_base), and the optimizer's own weight decay.
         self._scales: list[float] | None = None
@@ -130,7 +99,7 @@ class Optimizer:
         self.param_groups = []
         for ps, own in groups:
             g = {**group, **own}
-            _engine_config(self.name, g)  # the group's own lr and weight_decay, named as torch names them
+            engine_config(self.name, g)  # the group's own lr and weight_decay, named as torch names them
             self.param_groups.append({**g, "lr": float(g["lr"]), "params": ps})
         if self._base == 0 and any(g["lr"] for g in self.param_groups):
             raise ValueError(
@@ -138,7 +107,17 @@ class Optimizer:
                 "optimizer's lr (the one schedules move), so give the optimizer a rate above 0"
             )
         self._scales = [g["lr"] / self._base if self._base else 1.0 for g in self.param_groups]
-        self._wds = [float(_f(g["weight_decay"])) for g in self.param_groups]
+        self._wds = [float(hyper_value(g["weight_decay"])) for g in self.param_groups]
+
+    def attach(self, engine: Engine) -> None:
+        """Binds the optimizer to the training loop that runs it (``fastcifar.Trainer`` calls this
+        with its ``fastcifar.engine.seam.Engine``): its state and rate are then the engine's."""
+        self._engine = engine
+
+    @property
+    def engine(self) -> Engine | None:
+        """The ``Engine`` a Trainer attached (see ``attach``); None before a Trainer binds it."""
+        return self._engine
 
     @property
     def lr(self) -> float:
@@ -149,8 +128,8 @@ class Optimizer:
     def lr(self, value: float) -> None:
         """The same as ``param_groups[0]["lr"] = value`` (checked): the next step of a fit uses it.
         With parameter groups, every group's rate moves, keeping its multiple."""
-        _engine_config(self.name, {**self._shared(), "lr": _f(value)})
-        self._set_rate(float(_f(value)))
+        engine_config(self.name, {**self._shared(), "lr": hyper_value(value)})
+        self._set_rate(float(hyper_value(value)))
 
     def _set_rate(self, lr: float) -> None:
         """Writes the optimizer's rate now (what the engine runs) into ``param_groups``."""
@@ -181,9 +160,9 @@ class Optimizer:
     def _group_spec(self):
         """The groups as checkpoints hold them: ([param names], lr multiple, weight decay) per
         group, the names from ``model``; None without groups."""
-        if self._scales is None or self._trainer is None:
+        if self._scales is None or self._engine is None:
             return None
-        name_of = {id(p): n for n, p in self._trainer.model.named_parameters()}
+        name_of = {id(p): n for n, p in self._engine.named_parameters()}
         return [
             [[name_of.get(id(p), "?") for p in g["params"]], s, wd]
             for g, s, wd in zip(self.param_groups, self._scales, self._wds)
@@ -194,7 +173,7 @@ class Optimizer:
         groups, every setting but the rate and weight decay is shared, each group keeps its
         multiple of the rate, and weight decays stay: a write that breaks that is refused."""
         if self._scales is None:
-            return _engine_config(self.name, self.param_groups[0], written)
+            return engine_config(self.name, self.param_groups[0], written)
         first = self.param_groups[0]
         fix = f"use torch.optim.{self.name} with these groups (fastcifar.Trainer runs its own step())"
         for i, g in enumerate(self.param_groups[1:], 1):
@@ -204,7 +183,7 @@ class Optimizer:
                         f"param_groups[{i}]['{k}']: {v!r}, group 0's is {first.get(k)!r}; fastcifar's optimizers "
                         f"share every setting but lr and weight_decay across groups: set them in every group, or {fix}"
                     )
-        lrs = [float(_f(g["lr"])) for g in self.param_groups]
+        lrs = [float(hyper_value(g["lr"])) for g in self.param_groups]
         scales = self._scales
 
         def fits(base: float) -> list[bool]:
@@ -221,12 +200,12 @@ class Optimizer:
                 f"or {fix}"
             )
         for i, g in enumerate(self.param_groups):
-            if float(_f(g["weight_decay"])) != self._wds[i]:
+            if float(hyper_value(g["weight_decay"])) != self._wds[i]:
                 raise ValueError(
                     f"param_groups[{i}]['weight_decay']: a group's weight decay is fixed when the optimizer is "
                     f"made (it was {self._wds[i]!r}); {fix}"
                 )
-        return _engine_config(self.name, {**first, "lr": base, "weight_decay": self._default_wd}, written)
+        return engine_config(self.name, {**first, "lr": base, "weight_decay": self._default_wd}, written)
 
     def _group(self) -> dict:
         return {}
@@ -247,9 +226,9 @@ class Optimizer:
 
     def state_dict(self) -> dict:
         """The state in torch.optim's format (``state`` / ``param_groups``)."""
-        if self._trainer is None:
+        if self._engine is None:
             raise RuntimeError(f"{self.name} has no state before a Trainer binds it to a model")
-        st = self._trainer._native.optimizer_state()
+        st = self._engine.optimizer_state()
         state = {i: {**s, "step": torch.tensor(s["step"])} for i, s in enumerate(st.params) if s is not None}
         groups, start = [], 0
         for g, scale in zip(self.param_groups, self._scales or [1.0]):
@@ -261,13 +240,13 @@ class Optimizer:
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, sd: dict) -> None:
-        if self._trainer is None:
+        if self._engine is None:
             raise RuntimeError(f"{self.name} has no state before a Trainer binds it to a model")
         try:
             groups = list(sd["param_groups"])
             sizes = [len(g["params"]) for g in groups]
             state = sd["state"]
-            lrs = [float(_f(g["lr"])) for g in groups]
+            lrs = [float(hyper_value(g["lr"])) for g in groups]
         except (KeyError, IndexError, TypeError, ValueError) as e:
             raise ValueError(f"optimizer_state_dict: not an optimizer state dict ({e!r})") from None
         scales = self._scales or [1.0]
@@ -281,7 +260,7 @@ class Optimizer:
         k = next((i for i, s in enumerate(scales) if s), 0) if self._scales is not None else 0
         lr = lrs[k] / (scales[k] or 1.0)
         states = [state.get(i, state.get(str(i))) for i in range(sum(sizes))]
-        self._trainer._native.load_optimizer_state(lr=lr, momentum=_momentum(groups[0]), states=states)
+        self._engine.load_optimizer_state(lr=lr, momentum=momentum_of(groups[0]), states=states)
         for mine, theirs in zip(self.param_groups, groups):
             for key, v in theirs.items():
                 if key in mine and key != "params":
@@ -314,7 +293,7 @@ class SGD(Optimizer):
         _refuse("maximize", maximize, False)
         _refuse("differentiable", differentiable, False)
         _refuse("fused", bool(fused), False, " (its rounding differs from the single-tensor update)")
-        self._args = (_f(momentum), _f(dampening), _f(weight_decay), bool(nesterov))
+        self._args = (hyper_value(momentum), hyper_value(dampening), hyper_value(weight_decay), bool(nesterov))
         super().__init__(params, lr)
         for g in self.param_groups:
             g["foreach"] = foreach  # how torch would vectorise: the Rust update does not need it
@@ -374,9 +353,9 @@ class Adam(Optimizer):
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
             raise ValueError(f"betas: expected a pair, got {betas!r}")
         self._args = (
-            (_f(betas[0]), _f(betas[1])),
-            _f(eps),
-            _f(self._default_wd if weight_decay is None else weight_decay),
+            (hyper_value(betas[0]), hyper_value(betas[1])),
+            hyper_value(eps),
+            hyper_value(self._default_wd if weight_decay is None else weight_decay),
         )
         super().__init__(params, lr)
         for g in self.param_groups:
@@ -470,7 +449,9 @@ class Lookahead:
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ValueError(f"{name}: {v!r} must be an int >= 1 (Lookahead)")
         # The core checks every setting, with its messages.
-        self._config = _rs.LookaheadConfig(total_steps=total_steps, every=every, decay=_f(decay), power=_f(power))
+        self._config = _rs.LookaheadConfig(
+            total_steps=total_steps, every=every, decay=hyper_value(decay), power=hyper_value(power)
+        )
         self.total_steps, self.every, self.decay, self.power = total_steps, every, float(decay), float(power)
 
     def settings(self) -> dict:

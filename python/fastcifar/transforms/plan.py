@@ -50,6 +50,27 @@ def run_ops(native_ds, index: int, ops: list, seed: int | None = None) -> torch.
     return x[0]
 
 
+class ItemPass:
+    """The fused pass on single items of one data set (``Dataset.__getitem__``): one one-thread
+    loader, built for the data set and ops of the first item and reused while they stay the same
+    (ops compare by their settings). Each item draws fresh randomness from torch's generator, as the
+    key the loader's draws are made from (the "epoch"); deterministic ops give what a fresh loader
+    gives."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._loader: _rs.NativeLoader | None = None
+
+    def run(self, native_ds, index: int, ops: list) -> torch.Tensor:
+        """Image ``index`` of ``native_ds`` through ``ops`` (a CHW tensor)."""
+        key = (native_ds, tuple(repr(o) for o in ops))
+        if self._loader is None or self._key is None or self._key[0] is not native_ds or self._key[1] != key[1]:
+            self._loader, self._key = item_loader(native_ds, ops, seed=0), key
+        epoch = int(torch.randint(0, 2**62, ()).item())
+        x, _ = self._loader.batch([index], epoch)
+        return x[0]
+
+
 def run_on_image(img, ops: list) -> tuple[torch.Tensor, str]:
     """One image (PIL, HWC uint8 array or CHW uint8 tensor) through ``ops``: the CHW result and
     the kind of image it came as."""
