@@ -452,3 +452,50 @@ def test_module_hooks_run_because_a_hooked_module_runs_eagerly():
     h.remove()
     tr.predict_logits(torch.randn(2, 3, 32, 32))
     assert is_graph(tr) and len(seen) == 1
+
+
+class _FrozenStem(nn.Module):
+    """A forward with a `with torch.no_grad():` region: torch.fx would drop it from the graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3)
+        self.head = nn.Linear(4, 10)
+
+    def forward(self, x):
+        with torch.no_grad():
+            y = self.stem(x)
+        return self.head(y.mean((2, 3)))
+
+
+class _AutocastHead(nn.Module):
+    """A forward with its own `torch.autocast` region."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(3 * 32 * 32, 10)
+
+    def forward(self, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = self.head(x.flatten(1))
+        return y.float()
+
+
+@pytest.mark.parametrize(
+    "cls, region", [(_FrozenStem, "torch.no_grad"), (_AutocastHead, "torch.autocast")], ids=["no_grad", "autocast"]
+)
+def test_a_region_fx_would_drop_runs_the_forward_eagerly_and_is_honoured(cls, region):
+    _warn.forget()
+    torch.manual_seed(0)
+    model = cls()
+    x = torch.randn(4, 3, 32, 32)
+    with pytest.warns(UserWarning, match=f"enters {region}, a region torch.fx does not record"):
+        tr = fastcifar.Trainer(model, SGD(lr=0.1), device="cpu")
+    assert not is_graph(tr) and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(tr.predict_logits(x), model(x))  # the region in its dtype, as eager
+    stem = [p.detach().clone() for p in model.parameters()]
+    tr.fit(fastcifar.DataLoader(synthetic(32), batch_size=16, transform=T.ToTensor()), epochs=1, progress=False)
+    if cls is _FrozenStem:  # no gradient reaches the stem, as in eager PyTorch
+        assert torch.equal(model.stem.weight, stem[0]) and not torch.equal(model.head.weight, stem[2])

@@ -18,7 +18,9 @@ order and kinds) is the core's, defined once in ``src/nn/graph.rs`` (``Op::layou
 
 from __future__ import annotations
 
+import contextlib
 import operator
+import threading
 import types
 from typing import Any, Callable
 
@@ -147,7 +149,13 @@ class _Capture:
 
     def _program(self) -> tuple:
         try:
-            graph = torch.fx.Tracer().trace(self.root)
+            with _regions_refused():
+                graph = torch.fx.Tracer().trace(self.root)
+        except _Region as r:
+            raise Unsupported(
+                f"its forward enters {r.args[0]}, a region torch.fx does not record (the graph would run it "
+                "in the surrounding mode)"
+            ) from None
         except Exception as e:
             raise Unsupported(f"torch.fx cannot trace its forward ({type(e).__name__}: {e})") from None
         output = None
@@ -217,6 +225,53 @@ class _Capture:
         a = _bind(sig, n.args, n.kwargs, fname, n.name)
         op, args = build({k: self.arg(v) for k, v in a.items()})
         self.emit(op, args, n.name, n)
+
+
+class _Region(Exception):
+    """A forward entered a context manager that fx would drop (its name in ``args[0]``)."""
+
+
+# Context managers whose regions torch.fx does not record: tracing runs their __enter__ and __exit__
+# and keeps only the ops inside, so the graph would run a `with torch.autocast(...)` or
+# `with torch.no_grad():` region in the surrounding mode, a silent difference. A forward that enters
+# one runs eagerly instead, where the region is honoured.
+_REGIONS = {
+    "torch.autocast": torch.amp.autocast_mode.autocast,
+    "torch.no_grad": torch.no_grad,
+    "torch.enable_grad": torch.enable_grad,
+    "torch.set_grad_enabled": torch.set_grad_enabled,
+    "torch.inference_mode": torch.inference_mode,
+}
+
+
+@contextlib.contextmanager
+def _regions_refused():
+    """While the trace runs on this thread, entering one of ``_REGIONS`` raises ``_Region``; other
+    threads (a loader's Python steps) enter them as usual. Grad mode and autocast are the caller's
+    again afterwards: ``set_grad_enabled`` sets the mode when it is built, before ``__enter__``."""
+    me = threading.get_ident()
+    originals = {cls: cls.__dict__["__enter__"] for cls in _REGIONS.values()}
+
+    def refusing(name: str, original: Callable) -> Callable:
+        def __enter__(self):
+            if threading.get_ident() == me:
+                raise _Region(name)
+            return original(self)
+
+        return __enter__
+
+    grad = torch.is_grad_enabled()
+    cast = {d: torch.is_autocast_enabled(d) for d in ("cpu", "cuda")}
+    for name, cls in _REGIONS.items():
+        cls.__enter__ = refusing(name, originals[cls])
+    try:
+        yield
+    finally:
+        for cls, original in originals.items():
+            cls.__enter__ = original
+        torch.set_grad_enabled(grad)
+        for d, on in cast.items():
+            torch.set_autocast_enabled(d, on)
 
 
 def _attr(root: nn.Module, target: str):
