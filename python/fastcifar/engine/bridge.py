@@ -22,18 +22,13 @@ import torch
 
 from .. import _native as _rs
 from .. import optim as _optim
-from ..optim.engine_settings import engine_config, momentum_of
+from ..optim.engine_settings import engine_config, hyper_value, momentum_of
 
 _ENGINE = {torch.optim.SGD: "SGD", torch.optim.Adam: "Adam", torch.optim.AdamW: "AdamW"}
 _UNSUPPORTED_FLAGS = ("maximize", "amsgrad", "differentiable", "capturable", "fused")
 _PER_STEP = tuple(
     c for c in (getattr(torch.optim.lr_scheduler, n, None) for n in ("OneCycleLR", "CyclicLR")) if c is not None
 )
-
-
-def _as_float(v) -> float:
-    """A number, or a tensor holding one, as a float."""
-    return float(v.item() if isinstance(v, torch.Tensor) else v)
 
 
 def _watched(name: str, group: dict) -> tuple:
@@ -129,7 +124,7 @@ class Bridge:
             return self.optimizer._written(written=False)
         if self.name is not None:  # on_engine
             return engine_config(self.name, self.optimizer.param_groups[0])
-        return _rs.OptimizerConfig("SGD", lr=_as_float(self.optimizer.param_groups[0]["lr"]))
+        return _rs.OptimizerConfig("SGD", lr=float(hyper_value(self.optimizer.param_groups[0]["lr"])))
 
     def engine_groups(self):
         """fastcifar.optim's parameter groups for NativeTrainer.set_param_groups (per parameter: the
@@ -187,7 +182,7 @@ class Bridge:
             for i, g in zip(active, grads):
                 self.params[i].grad = g
             self.optimizer.step()
-            used = _as_float(self.optimizer.param_groups[0]["lr"])
+            used = float(hyper_value(self.optimizer.param_groups[0]["lr"]))
         if self.per_step_schedule:
             self._step_schedule()
         return used if grads is not None else self.poll()
@@ -219,7 +214,7 @@ class Bridge:
             return
         states = [self.optimizer.state.get(p) or None for p in self.params]
         g = self.optimizer.param_groups[0]
-        native.load_optimizer_state(lr=_as_float(g["lr"]), momentum=momentum_of(g), states=states)
+        native.load_optimizer_state(lr=float(hyper_value(g["lr"])), momentum=momentum_of(g), states=states)
 
     def export_state(self, native) -> None:
         """Writes the engine's state into the torch optimizer's ``state`` (the same tensors)."""

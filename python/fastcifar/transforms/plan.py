@@ -3,6 +3,8 @@ in Python; and the one place that runs the native pass on single images or a bat
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -58,16 +60,16 @@ class ItemPass:
     gives."""
 
     def __init__(self) -> None:
-        self._key: tuple | None = None
-        self._loader: _rs.NativeLoader | None = None
+        # (data set, the ops' settings, the loader built for them): one record, so none is stale.
+        self._cached: tuple[Any, tuple, _rs.NativeLoader] | None = None
 
     def run(self, native_ds, index: int, ops: list) -> torch.Tensor:
         """Image ``index`` of ``native_ds`` through ``ops`` (a CHW tensor)."""
-        key = (native_ds, tuple(repr(o) for o in ops))
-        if self._loader is None or self._key is None or self._key[0] is not native_ds or self._key[1] != key[1]:
-            self._loader, self._key = item_loader(native_ds, ops, seed=0), key
+        settings = tuple(repr(o) for o in ops)
+        if self._cached is None or self._cached[0] is not native_ds or self._cached[1] != settings:
+            self._cached = (native_ds, settings, item_loader(native_ds, ops, seed=0))
         epoch = int(torch.randint(0, 2**62, ()).item())
-        x, _ = self._loader.batch([index], epoch)
+        x, _ = self._cached[2].batch([index], epoch)
         return x[0]
 
 
