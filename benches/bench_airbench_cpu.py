@@ -24,9 +24,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import textwrap
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import run_timed  # noqa: E402
 
 AIRBENCH = """
 import json, os, sys, tempfile, time
@@ -90,13 +91,6 @@ print(json.dumps({{"curve": h["val_accuracy"], "tta2": tta2, "seconds": wall}}))
 """
 
 
-def run(code: str) -> dict:
-    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"bench child failed:\n{r.stderr[-3000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=os.environ.get("FASTCIFAR_DATA", "data"))
@@ -105,20 +99,24 @@ def main():
     ap.add_argument("--sides", default="airbench,ours")
     ap.add_argument("--amp", default="bf16,float32", help="fastcifar's precisions, comma-separated")
     a = ap.parse_args()
+    precisions = a.amp.split(",")
+    unknown = [p for p in precisions if p not in ("bf16", "float32")]
+    if unknown:
+        ap.error(f"--amp: unknown precision(s) {unknown} (bf16, float32)")
     root = os.path.abspath(a.data)
     sides = []
     for s in a.sides.split(","):
         if s == "airbench":
             sides.append(("airbench train94, float32", AIRBENCH, {}))
         elif s == "ours":
-            for amp in a.amp.split(","):
+            for amp in precisions:
                 sides.append((f"fastcifar.recipes.airbench94, {amp}", OURS, {"amp": amp == "bf16"}))
         else:
             raise SystemExit(f"--sides: unknown side {s!r} (airbench, ours)")
     results: dict = {label: [] for label, _, _ in sides}
     for seed in range(a.seeds):
         for label, code, kw in sides:
-            r = run(code.format(root=root, epochs=a.epochs, seed=seed, **kw))
+            r = run_timed(code.format(root=root, epochs=a.epochs, seed=seed, **kw), 1)[0]
             results[label].append(r)
             print(f"seed {seed}: {label}: {json.dumps(r)}", file=sys.stderr, flush=True)
     print(f"airbench94, {a.epochs} epochs, {a.seeds} seed(s), data {root}; test accuracy (mean over seeds)\n")

@@ -120,8 +120,6 @@ def main():
     diffs = ", ".join(f"{x - y:+.2f}" for x, y in zip(acc["ours"], acc["theirs"]))
     mo, mt = statistics.mean(acc["ours"]), statistics.mean(acc["theirs"])
     print(f"| test accuracy | {mo:.2f}% | {mt:.2f}% | {mo - mt:+.2f} ({diffs}) |")
-    for k in ("ours", "theirs"):
-        print(f"{k}: accuracy per seed " + ", ".join(f"{x:.2f}%" for x in acc[k]), file=sys.stderr)
     to, tt = (statistics.median(r[2] for r in runs[k]) for k in ("ours", "theirs"))
     print(f"| training time, median (log_every=1 here) | {to:.1f} s | {tt:.1f} s | |")
 
